@@ -1,0 +1,59 @@
+# The two commands a user needs are `make demo` and `make test`; both set up first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tulle-installed
+
+# Debian packages the project runs on or tests against.
+APT_PACKAGES := python3-venv nftables libnftables1 iproute2 iptables conntrack procps \
+                containernetworking-plugins etcd-server podman runc busybox-static \
+                nginx-light wrk iperf3
+
+PROTOS := $(shell find proto -name '*.proto' | sort)
+
+.PHONY: help setup apt demo test test-unit test-privileged lint proto bench clean
+
+help:
+	@echo "make demo   set up, then run the demo (a lab cluster with pods, sidecars, mTLS and policies)"
+	@echo "make test   set up, then lint and run every test"
+	@echo "make setup | lint | proto | bench | clean"
+
+setup: apt $(STAMP)
+
+# Installs only what is missing, so a second run changes nothing.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Fast, unprivileged tests first; then the ones that need root and the real kernel.
+test: lint
+	$(PY) -m pytest -m "not privileged" -q
+	$(PY) -m pytest -m privileged -q
+
+proto: setup
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+bench: setup
+	@echo "no benchmarks exist yet (bench/ fills in as the proxy, CNI and policy issues land)"; exit 1
+
+demo: setup
+	$(VENV)/bin/meshctl demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

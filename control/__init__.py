@@ -1,0 +1,1 @@
+"""tulle-control: the control plane (store, mesh model, xDS server, CA) and meshctl."""

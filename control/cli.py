@@ -1,0 +1,12 @@
+"""Entry point of `tulle-control`."""
+
+import sys
+
+
+def main() -> int:
+    print("tulle-control: not implemented yet (issue 4)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

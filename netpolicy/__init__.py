@@ -1,0 +1,2 @@
+"""Policy semantics (NetworkPolicy, AdminNetworkPolicy, Baseline…), the nftables
+compiler and applier, and tulle-agent, the node agent."""

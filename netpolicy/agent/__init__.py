@@ -1,0 +1,1 @@
+"""tulle-agent: the per-node agent (pod network, IPAM, policy enforcement)."""

@@ -1,0 +1,2 @@
+"""tulle-proxy: the uvloop sidecar (xDS client, listeners, router, clusters, load
+balancing, circuit breaking, retries, mTLS, admin)."""

@@ -1,0 +1,78 @@
+"""Load balancers: choose one host of a cluster per request.
+
+Every balancer reads `HostSet.routable()` (healthy hosts, or all in panic), keeps
+whatever table it needs precomputed, and rebuilds it in `hosts_changed()`, which
+the HostSet calls after every membership or health change (make_balancer
+subscribes it). `choose()` runs once per request: it only indexes precomputed
+tuples and draws from the injected `random.Random`.
+
+Policies and their Envoy config messages (fields of `Cluster`):
+ROUND_ROBIN (round_robin_lb_config), LEAST_REQUEST (least_request_lb_config),
+RANDOM (no config), RING_HASH (ring_hash_lb_config), MAGLEV (maglev_lb_config).
+The hash-based policies need `hash_key` (from the route's hash_policy, see
+`hash_key_for`); without one they pick with a random key, as Envoy does.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol
+
+import xxhash
+
+from proxy.config_error import ConfigError, reject_unsupported
+from proxy.upstream.balancer.least_request import LeastRequestBalancer, LeastRequestConfig
+from proxy.upstream.balancer.random import RandomBalancer
+from proxy.upstream.balancer.round_robin import RoundRobinBalancer
+from proxy.upstream.host import Host
+from proxy.upstream.host_set import HostSet
+
+__all__ = [
+    "Balancer",
+    "LeastRequestBalancer",
+    "LeastRequestConfig",
+    "RandomBalancer",
+    "RoundRobinBalancer",
+    "hash_key_for",
+    "make_balancer",
+]
+
+
+class Balancer(Protocol):
+    def choose(self, hash_key: int | None = None) -> Host | None: ...
+
+    def hosts_changed(self) -> None: ...
+
+
+POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
+
+
+def make_balancer(
+    policy: str, host_set: HostSet, config: object | None, rng: random.Random
+) -> Balancer:
+    """The balancer for `policy` over `host_set`, subscribed to its changes.
+
+    `config` is the policy's sub-message of the Cluster (or None); its path in
+    errors is the Cluster field name, e.g. "least_request_lb_config.choice_count".
+    """
+    balancer: Balancer
+    if policy == "ROUND_ROBIN":
+        if config is not None:
+            reject_unsupported(config, "round_robin_lb_config", ())
+        balancer = RoundRobinBalancer(host_set, rng)
+    elif policy == "LEAST_REQUEST":
+        balancer = LeastRequestBalancer(host_set, rng, LeastRequestConfig.from_proto(config))
+    elif policy == "RANDOM":
+        balancer = RandomBalancer(host_set, rng)
+    else:
+        raise ConfigError("lb_policy", f"{policy} is not supported (supported: {', '.join(POLICIES)})")
+    host_set.subscribe(balancer.hosts_changed)
+    return balancer
+
+
+def hash_key_for(value: bytes | str) -> int:
+    """Envoy's hash of a hash_policy input: xxHash64 with seed 0."""
+    if isinstance(value, str):
+        value = value.encode()
+    return xxhash.xxh64_intdigest(value)
+

@@ -35,6 +35,9 @@ class HostSet:
         if not 0.0 <= panic_threshold_percent <= 100.0:
             raise ValueError(f"panic threshold must be within 0..100, got {panic_threshold_percent}")
         self.panic_threshold_percent = panic_threshold_percent
+        # Set by an active health checker: hosts that join start failed, as in Envoy,
+        # until their first check passes.
+        self.active_health_checking = False
         self.hosts: tuple[Host, ...] = ()
         self.healthy: tuple[Host, ...] = ()
         self.in_panic = False
@@ -62,6 +65,8 @@ class HostSet:
                 old.weight = new.weight
                 old.locality_priority = new.locality_priority
                 new = old
+            elif old is None and self.active_health_checking:
+                new.health_check_failed = True
             by_key[ident] = new
             kept.append(new)
         self._by_key = by_key

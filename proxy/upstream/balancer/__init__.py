@@ -19,7 +19,7 @@ import random
 from typing import Protocol
 
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.upstream.balancer.hashing import combine_hash_keys, hash_key_for
+from proxy.upstream.balancer.hashing import combine_hash_keys, hash_key_for, hash_key_for_header
 from proxy.upstream.balancer.least_request import LeastRequestBalancer, LeastRequestConfig
 from proxy.upstream.balancer.maglev import MaglevBalancer, MaglevConfig
 from proxy.upstream.balancer.random import RandomBalancer
@@ -40,6 +40,7 @@ __all__ = [
     "RoundRobinBalancer",
     "combine_hash_keys",
     "hash_key_for",
+    "hash_key_for_header",
     "make_balancer",
 ]
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -135,14 +135,20 @@ def envoy(config: str, listener: int) -> Iterator[None]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def envoy_picks(policy: str, weights: list[int], keys: list[str]) -> tuple[list[int], list[int]]:
-    """Envoy's choice (upstream index) for each header value, and the upstreams' ports."""
+def envoy_picks(
+    policy: str, weights: list[int], keys: Sequence[str | tuple[str, ...]]
+) -> tuple[list[int], list[int]]:
+    """Envoy's choice (upstream index) for each x-user value (a tuple: the header
+    repeated with each value), and the upstreams' ports."""
     listener, admin = _free_port(), _free_port()
     with upstreams(len(weights)) as ports, envoy(bootstrap(policy, ports, weights, listener, admin), listener):
         conn = http.client.HTTPConnection("127.0.0.1", listener, timeout=5)
         picks = []
         for key in keys:
-            conn.request("GET", "/", headers={"x-user": key})
+            conn.putrequest("GET", "/")
+            for value in (key,) if isinstance(key, str) else key:
+                conn.putheader("x-user", value)
+            conn.endheaders()
             response = conn.getresponse()
             body = response.read()
             if response.status != 200:

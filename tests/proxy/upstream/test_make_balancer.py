@@ -5,7 +5,7 @@ import xxhash
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError
-from proxy.upstream.balancer import hash_key_for, make_balancer
+from proxy.upstream.balancer import hash_key_for, hash_key_for_header, make_balancer
 from proxy.upstream.balancer.least_request import LeastRequestBalancer
 from proxy.upstream.balancer.random import RandomBalancer
 from proxy.upstream.balancer.round_robin import RoundRobinBalancer
@@ -45,3 +45,12 @@ def test_balancer_follows_host_set_changes_without_help() -> None:
 def test_hash_key_is_xxhash64_seed_zero() -> None:
     assert hash_key_for("user-42") == xxhash.xxh64_intdigest(b"user-42", seed=0)
     assert hash_key_for(b"user-42") == hash_key_for("user-42")
+
+
+def test_header_hash_of_one_value_is_the_plain_hash() -> None:
+    assert hash_key_for_header(["user-42"]) == hash_key_for("user-42")
+
+
+def test_header_hash_ignores_value_order() -> None:
+    assert hash_key_for_header(["b", "a"]) == hash_key_for_header([b"a", b"b"])
+    assert hash_key_for_header(["a", "b"]) != hash_key_for("ab")

@@ -34,10 +34,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.host import Host
 
 # Envoy's default overprovisioning factor, in percent.
 OVERPROVISIONING_FACTOR_PERCENT = 140
+
+
+DEFAULT_PANIC_THRESHOLD_PERCENT = 50.0
+
+
+def panic_threshold_from_proto(
+    common_lb_config: Cluster.CommonLbConfig | None, path: str = "common_lb_config"
+) -> float:
+    """`Cluster.common_lb_config.healthy_panic_threshold` rounded to a whole percent, as
+    Envoy does (default 50). The other CommonLbConfig fields are not supported."""
+    if common_lb_config is None:
+        return DEFAULT_PANIC_THRESHOLD_PERCENT
+    reject_unsupported(common_lb_config, path, ("healthy_panic_threshold",))
+    if not common_lb_config.HasField("healthy_panic_threshold"):
+        return DEFAULT_PANIC_THRESHOLD_PERCENT
+    value = common_lb_config.healthy_panic_threshold.value
+    if not 0.0 <= value <= 100.0:
+        raise ConfigError(f"{path}.healthy_panic_threshold.value", f"must be within 0..100, got {value}")
+    return float(round(value))
 
 
 @dataclass(slots=True)
@@ -52,7 +74,9 @@ class PriorityLevel:
 
 
 class HostSet:
-    def __init__(self, hosts: Sequence[Host], panic_threshold_percent: float = 50.0) -> None:
+    def __init__(
+        self, hosts: Sequence[Host], panic_threshold_percent: float = DEFAULT_PANIC_THRESHOLD_PERCENT
+    ) -> None:
         if not 0.0 <= panic_threshold_percent <= 100.0:
             raise ValueError(f"panic threshold must be within 0..100, got {panic_threshold_percent}")
         self.panic_threshold_percent = panic_threshold_percent

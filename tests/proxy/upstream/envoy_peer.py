@@ -21,7 +21,7 @@ from pathlib import Path
 ENVOY = Path(sys.executable).parent / "envoy"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -140,7 +140,7 @@ def envoy_picks(
 ) -> tuple[list[int], list[int]]:
     """Envoy's choice (upstream index) for each x-user value (a tuple: the header
     repeated with each value), and the upstreams' ports."""
-    listener, admin = _free_port(), _free_port()
+    listener, admin = free_port(), free_port()
     with upstreams(len(weights)) as ports, envoy(bootstrap(policy, ports, weights, listener, admin), listener):
         conn = http.client.HTTPConnection("127.0.0.1", listener, timeout=5)
         picks = []

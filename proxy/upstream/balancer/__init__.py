@@ -1,0 +1,83 @@
+"""Load balancers: choose one host of a cluster per request.
+
+Every balancer reads `HostSet.routable()` (healthy hosts, or all in panic), keeps
+whatever table it needs precomputed, and rebuilds it in `hosts_changed()`, which
+the HostSet calls after every membership or health change (make_balancer
+subscribes it). `choose()` runs once per request: it only indexes precomputed
+tuples and draws from the injected `random.Random`.
+
+Policies and their Envoy config messages (fields of `Cluster`):
+ROUND_ROBIN (round_robin_lb_config), LEAST_REQUEST (least_request_lb_config),
+RANDOM (no config), RING_HASH (ring_hash_lb_config), MAGLEV (maglev_lb_config).
+The hash-based policies need `hash_key` (from the route's hash_policy, see
+`hash_key_for`); without one they pick with a random key, as Envoy does.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol
+
+from proxy.config_error import ConfigError, reject_unsupported
+from proxy.upstream.balancer.hashing import combine_hash_keys, hash_key_for, hash_key_for_header
+from proxy.upstream.balancer.least_request import LeastRequestBalancer, LeastRequestConfig
+from proxy.upstream.balancer.maglev import MaglevBalancer, MaglevConfig
+from proxy.upstream.balancer.random import RandomBalancer
+from proxy.upstream.balancer.ring_hash import RingHashBalancer, RingHashConfig
+from proxy.upstream.balancer.round_robin import RoundRobinBalancer
+from proxy.upstream.host import Host
+from proxy.upstream.host_set import HostSet
+
+__all__ = [
+    "Balancer",
+    "LeastRequestBalancer",
+    "LeastRequestConfig",
+    "MaglevBalancer",
+    "MaglevConfig",
+    "RandomBalancer",
+    "RingHashBalancer",
+    "RingHashConfig",
+    "RoundRobinBalancer",
+    "combine_hash_keys",
+    "hash_key_for",
+    "hash_key_for_header",
+    "make_balancer",
+]
+
+
+class Balancer(Protocol):
+    def choose(self, hash_key: int | None = None) -> Host | None: ...
+
+    def hosts_changed(self) -> None: ...
+
+
+POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
+
+
+def make_balancer(
+    policy: str, host_set: HostSet, config: object | None, rng: random.Random
+) -> Balancer:
+    """The balancer for `policy` over `host_set`, subscribed to its changes.
+
+    `config` is the policy's sub-message of the Cluster (or None); its path in
+    errors is the Cluster field name, e.g. "least_request_lb_config.choice_count".
+    """
+    balancer: Balancer
+    if policy == "ROUND_ROBIN":
+        if config is not None:
+            reject_unsupported(config, "round_robin_lb_config", ())
+        balancer = RoundRobinBalancer(host_set, rng)
+    elif policy == "LEAST_REQUEST":
+        balancer = LeastRequestBalancer(host_set, rng, LeastRequestConfig.from_proto(config))
+    elif policy == "RANDOM":
+        if config is not None:
+            reject_unsupported(config, "random_lb_config", ())
+        balancer = RandomBalancer(host_set, rng)
+    elif policy == "RING_HASH":
+        balancer = RingHashBalancer(host_set, rng, RingHashConfig.from_proto(config))
+    elif policy == "MAGLEV":
+        balancer = MaglevBalancer(host_set, rng, MaglevConfig.from_proto(config))
+    else:
+        raise ConfigError("lb_policy", f"{policy} is not supported (supported: {', '.join(POLICIES)})")
+    host_set.subscribe(balancer.hosts_changed)
+    return balancer

@@ -1,0 +1,117 @@
+"""LEAST_REQUEST: Envoy's least-request load balancer.
+
+Rules (Envoy's LeastRequestLoadBalancer, N_CHOICES selection):
+- A priority level is drawn by load share first (HostSet.choose_level).
+- Equal weights and no explicit `active_request_bias`: "power of N choices".
+  Draw `choice_count` hosts uniformly at random (with replacement) and keep the
+  first one seen with the strictly fewest `active_requests`. Two choices already
+  avoid the herd effect of always picking the global minimum (every proxy would
+  pile onto the same idle host) while still steering load away from busy hosts.
+- Unequal weights, or `active_request_bias` set explicitly: the EDF scheduler of
+  round robin, with each host's effective weight computed when it is (re)inserted
+  as `weight / (active_requests + 1) ** active_request_bias` (bias default 1.0;
+  bias 0 is plain weighted round robin).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from proxy.config_error import ConfigError, reject_unsupported
+from proxy.upstream.balancer.edf import EdfScheduler
+from proxy.upstream.balancer.round_robin import weights_equal
+from proxy.upstream.host import Host
+from proxy.upstream.host_set import HostSet
+
+
+@dataclass(frozen=True, slots=True)
+class LeastRequestConfig:
+    choice_count: int = 2
+    active_request_bias: float = 1.0
+    bias_configured: bool = False
+
+    @classmethod
+    def from_proto(
+        cls, message: Cluster.LeastRequestLbConfig | None, path: str = "least_request_lb_config") -> LeastRequestConfig:
+        """From `Cluster.LeastRequestLbConfig`."""
+        if message is None:
+            return cls()
+        reject_unsupported(message, path, ("choice_count", "active_request_bias"))
+        choice_count = 2
+        if message.HasField("choice_count"):
+            choice_count = message.choice_count.value
+            if choice_count < 2:
+                raise ConfigError(f"{path}.choice_count", f"must be at least 2, got {choice_count}")
+        bias = 1.0
+        configured = message.HasField("active_request_bias")
+        if configured:
+            runtime = message.active_request_bias
+            reject_unsupported(runtime, f"{path}.active_request_bias", ("default_value",))
+            bias = runtime.default_value
+            if bias < 0.0 or bias != bias:
+                raise ConfigError(f"{path}.active_request_bias.default_value", f"must be >= 0, got {bias}")
+        return cls(choice_count=choice_count, active_request_bias=bias, bias_configured=configured)
+
+
+class _Level:
+    __slots__ = ("edf", "hosts")
+
+    def __init__(self, hosts: tuple[Host, ...], edf: EdfScheduler[Host] | None) -> None:
+        self.hosts = hosts
+        self.edf = edf
+
+
+class LeastRequestBalancer:
+    __slots__ = ("_choices", "_config", "_getrandbits", "_host_set", "_levels", "_seed", "_single")
+
+    def __init__(self, host_set: HostSet, rng: random.Random, config: LeastRequestConfig | None = None) -> None:
+        self._host_set = host_set
+        self._config = config or LeastRequestConfig()
+        self._choices = range(self._config.choice_count - 1)
+        self._getrandbits = rng.getrandbits
+        self._seed = rng.getrandbits(64)
+        self._levels: list[_Level] = []
+        self._single: _Level | None = None
+        self.hosts_changed()
+
+    def _effective_weight(self, host: Host) -> float:
+        bias = self._config.active_request_bias
+        if bias == 0.0:
+            return float(host.weight)
+        if bias == 1.0:
+            return host.weight / (host.active_requests + 1)
+        return host.weight / (host.active_requests + 1) ** bias
+
+    def hosts_changed(self) -> None:
+        levels = []
+        for level in self._host_set.levels:
+            hosts = level.routable
+            weighted = len(hosts) > 1 and (self._config.bias_configured or not weights_equal(hosts))
+            edf = EdfScheduler(hosts, self._effective_weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
+            levels.append(_Level(hosts, edf))
+        self._levels = levels
+        self._single = levels[0] if len(levels) == 1 else None
+
+    def choose(self, hash_key: int | None = None) -> Host | None:
+        rand = self._getrandbits
+        level = self._single
+        if level is None:
+            if not self._levels:
+                return None
+            level = self._levels[self._host_set.choose_level(rand(64))]
+        edf = level.edf
+        if edf is not None:
+            return edf.pick()
+        hosts = level.hosts
+        n = len(hosts)
+        if n == 0:
+            return None
+        best = hosts[rand(64) % n]
+        for _ in self._choices:
+            sampled = hosts[rand(64) % n]
+            if sampled.active_requests < best.active_requests:
+                best = sampled
+        return best

@@ -1,0 +1,40 @@
+"""One upstream endpoint of a cluster, and the per-request state the balancers read.
+
+Rules:
+- A host is identified by (address, port); `key` ("address:port") is what hash
+  policies and stats use, and it is fixed for the life of the object.
+- `healthy` is the conjunction Envoy uses for routing: not failed by active health
+  checking and not ejected by outlier detection. Degraded hosts do not exist here.
+- The object is mutable on purpose: the router bumps `active_requests`, the
+  health checker and the outlier detector flip their flags, and a HostSet keeps the
+  same object across EDS/DNS updates so those counters and flags survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False, slots=True)
+class Host:
+    address: str
+    port: int
+    weight: int = 1
+    locality_priority: int = 0
+    active_requests: int = 0
+    health_check_failed: bool = False
+    outlier_ejected: bool = False
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.weight < 1:
+            raise ValueError(f"host {self.address}:{self.port}: weight must be >= 1, got {self.weight}")
+        self.key = f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.health_check_failed or self.outlier_ejected)
+
+    def __repr__(self) -> str:
+        flags = "" if self.healthy else " unhealthy"
+        return f"Host({self.key} w={self.weight}{flags})"

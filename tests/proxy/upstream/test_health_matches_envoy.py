@@ -1,0 +1,119 @@
+"""Our HTTP health-check request is byte for byte the one the real Envoy sends."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from proxy.upstream.health import HealthCheckConfig, HttpCheck
+from proxy.upstream.health.prober import HealthChecker
+from proxy.upstream.host import Host
+from proxy.upstream.host_set import HostSet
+from tests.proxy.upstream.envoy_peer import envoy, free_port
+
+
+@contextmanager
+def recording_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A server that records each request head and answers 200, one request per connection."""
+    heads: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                heads.append(data)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], heads
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def envoy_bootstrap(port: int, listener: int, admin: int, host_line: str) -> str:
+    return f"""
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: backend
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    health_checks:
+    - timeout: 1s
+      interval: 0.1s
+      no_traffic_interval: 0.1s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      http_health_check: {{path: /healthz{host_line}}}
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"""
+
+
+def envoy_head(host: str | None) -> bytes:
+    listener, admin = free_port(), free_port()
+    with recording_server() as (port, heads):
+        host_line = f", host: {host}" if host else ""
+        with envoy(envoy_bootstrap(port, listener, admin, host_line), listener):
+            deadline = time.monotonic() + 5
+            while not heads and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert heads, "envoy sent no health check"
+        return heads[0]
+
+
+def our_head(host: str | None) -> bytes:
+    async def main(port: int, heads: list[bytes]) -> None:
+        config = HealthCheckConfig(
+            timeout=1.0, interval=0.1, unhealthy_threshold=2, healthy_threshold=1,
+            check=HttpCheck(path="/healthz", host=host),
+        )
+        checker = HealthChecker(config, HostSet([Host("127.0.0.1", port)]), random.Random(0), "backend")
+        checker.start()
+        await asyncio.wait_for(checker.initialized.wait(), 5)
+        await checker.stop()
+
+    with recording_server() as (port, heads):
+        asyncio.run(main(port, heads))
+        return heads[0]
+
+
+@pytest.mark.parametrize("host", [None, "svc.example"], ids=["cluster-name", "configured-host"])
+def test_http_health_check_request_matches_envoy(host: str | None) -> None:
+    assert our_head(host) == envoy_head(host)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import random
 from typing import Protocol
 
-import xxhash
-
 from proxy.config_error import ConfigError, reject_unsupported
+from proxy.upstream.balancer.hashing import combine_hash_keys, hash_key_for
 from proxy.upstream.balancer.least_request import LeastRequestBalancer, LeastRequestConfig
+from proxy.upstream.balancer.maglev import MaglevBalancer, MaglevConfig
 from proxy.upstream.balancer.random import RandomBalancer
+from proxy.upstream.balancer.ring_hash import RingHashBalancer, RingHashConfig
 from proxy.upstream.balancer.round_robin import RoundRobinBalancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
@@ -31,8 +32,13 @@ __all__ = [
     "Balancer",
     "LeastRequestBalancer",
     "LeastRequestConfig",
+    "MaglevBalancer",
+    "MaglevConfig",
     "RandomBalancer",
+    "RingHashBalancer",
+    "RingHashConfig",
     "RoundRobinBalancer",
+    "combine_hash_keys",
     "hash_key_for",
     "make_balancer",
 ]
@@ -63,16 +69,14 @@ def make_balancer(
     elif policy == "LEAST_REQUEST":
         balancer = LeastRequestBalancer(host_set, rng, LeastRequestConfig.from_proto(config))
     elif policy == "RANDOM":
+        if config is not None:
+            reject_unsupported(config, "random_lb_config", ())
         balancer = RandomBalancer(host_set, rng)
+    elif policy == "RING_HASH":
+        balancer = RingHashBalancer(host_set, rng, RingHashConfig.from_proto(config))
+    elif policy == "MAGLEV":
+        balancer = MaglevBalancer(host_set, rng, MaglevConfig.from_proto(config))
     else:
         raise ConfigError("lb_policy", f"{policy} is not supported (supported: {', '.join(POLICIES)})")
     host_set.subscribe(balancer.hosts_changed)
     return balancer
-
-
-def hash_key_for(value: bytes | str) -> int:
-    """Envoy's hash of a hash_policy input: xxHash64 with seed 0."""
-    if isinstance(value, str):
-        value = value.encode()
-    return xxhash.xxh64_intdigest(value)
-

@@ -45,7 +45,7 @@ class ProxyServer:
         for index, cluster_config in enumerate(self.config.clusters):
             cluster = Cluster(cluster_config, f"static_resources.clusters[{index}]", self.rng)
             self.clusters[cluster.name] = cluster
-            self.stats.register("cluster", cluster.name, cluster.stats)
+            self.stats.register("cluster", cluster.name, cluster.stats, cluster.extra_stats)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
         local_address = first_non_loopback_ipv4()
         for listener in self.config.listeners:

@@ -11,7 +11,7 @@ Envoy's `/stats` (`name: value`, sorted); the Prometheus one is Envoy's `/stats/
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 
@@ -28,9 +28,7 @@ class ClusterStats:
     upstream_rq_5xx: int = 0
     upstream_rq_retry: int = 0
     upstream_rq_retry_success: int = 0
-    upstream_rq_retry_overflow: int = 0
     upstream_rq_retry_backoff_exponential: int = 0
-    upstream_rq_pending_overflow: int = 0
     upstream_rq_pending_total: int = 0
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0
@@ -40,7 +38,6 @@ class ClusterStats:
     upstream_cx_connect_fail: int = 0
     upstream_cx_connect_timeout: int = 0
     upstream_cx_destroy: int = 0
-    upstream_cx_overflow: int = 0
     upstream_cx_none_healthy: int = 0
     upstream_cx_active: int = 0
     upstream_rq_active: int = 0
@@ -127,10 +124,16 @@ class StatsStore:
     def __init__(self) -> None:
         self.scopes: dict[str, tuple[str, str, str, Scope]] = {}
         self.server_gauges: dict[str, int] = {}
+        self.extras: dict[str, Callable[[], dict[str, int]]] = {}
 
-    def register(self, kind: str, name: str, scope: Scope) -> None:
-        """kind: cluster | http | tcp | listener; name: the cluster name, stat_prefix or address."""
+    def register(self, kind: str, name: str, scope: Scope,
+                 extra: Callable[[], dict[str, int]] | None = None) -> None:
+        """kind: cluster | http | tcp | listener; name: the cluster name, stat_prefix or
+        address; `extra` yields more stats of the scope kept elsewhere (circuit breaker,
+        outlier detection)."""
         self.scopes[f"{kind}.{name}"] = (kind, name, _TAG[kind], scope)
+        if extra is not None:
+            self.extras[f"{kind}.{name}"] = extra
 
     def values(self) -> Iterator[tuple[str, str, str, str, str, int, bool]]:
         """(full name, kind, scope name, tag, stat, value, is_gauge) for every stat."""
@@ -139,6 +142,10 @@ class StatsStore:
             for field in fields(scope):
                 stat = field.name
                 yield (f"{prefix}.{stat}", kind, name, tag, stat, getattr(scope, stat), stat in gauges)
+            extra = self.extras.get(prefix)
+            if extra is not None:
+                for stat, value in extra().items():
+                    yield (f"{prefix}.{stat}", kind, name, tag, stat, value, _is_gauge(stat))
         for stat, value in self.server_gauges.items():
             yield (f"server.{stat}", "server", "", "", stat, value, True)
 
@@ -160,6 +167,10 @@ class StatsStore:
             out.append(f"# TYPE {metric} {types[metric]}")
             out.extend(by_metric[metric])
         return "\n".join(out) + "\n"
+
+
+def _is_gauge(stat: str) -> bool:
+    return stat.endswith("_open") or ".remaining_" in stat or stat.endswith("ejections_active")
 
 
 _TAG = {"cluster": "envoy_cluster_name", "http": "envoy_http_conn_manager_prefix",

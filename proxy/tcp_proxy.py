@@ -188,8 +188,7 @@ class DownstreamTcp(_Side):
             if host is None:
                 cluster.stats.upstream_cx_none_healthy += 1
                 break
-            if not cluster.breaker.try_start_request():
-                cluster.stats.upstream_cx_overflow += 1
+            if not cluster.breaker.try_open_connection():
                 break
             cluster.stats.upstream_cx_total += 1
             try:
@@ -197,12 +196,13 @@ class DownstreamTcp(_Side):
                     loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
                     cluster.config.connect_timeout)
             except (OSError, TimeoutError):
-                cluster.breaker.finish_request()
+                cluster.breaker.close_connection()
                 cluster.stats.upstream_cx_connect_fail += 1
+                cluster.record_outcome(host, None)
                 continue
             if self.closed:
                 upstream.close()
-                cluster.breaker.finish_request()
+                cluster.breaker.close_connection()
                 return
             self._attach(upstream, cluster, host)
             return
@@ -253,7 +253,7 @@ class DownstreamTcp(_Side):
             self.peer.close()
         if self._active:
             self._active = False
-            self._cluster.breaker.finish_request()
+            self._cluster.breaker.close_connection()
             self._cluster.stats.upstream_cx_active -= 1
             self._cluster.stats.upstream_cx_destroy += 1
 

@@ -90,7 +90,7 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
     for name, cluster in state.clusters.items():
         breaker = cluster.breaker
         for threshold in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
-            lines.append(f"{name}::default_priority::{threshold}::{getattr(breaker, threshold)}")
+            lines.append(f"{name}::default_priority::{threshold}::{getattr(breaker.thresholds, threshold)}")
         lines.append(f"{name}::added_via_api::false")
         for host in cluster.host_set.hosts:
             prefix = f"{name}::{host.key}"

@@ -50,8 +50,10 @@ from proxy.http.retry import (
 from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, RedirectAction
 from proxy.router.route_table import RouteSelection
 from proxy.stats import HttpStats
-from proxy.upstream.balancer import hash_key_for
-from proxy.upstream.pool import ConnectFailure
+from proxy.upstream.balancer import combine_hash_keys, hash_key_for
+from proxy.upstream.pool import ConnectFailure, Overflow
+
+OVERFLOW = "overflow"
 
 if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
@@ -316,7 +318,6 @@ class HttpConnectionManager:
                 headers.set("host", cluster.hostnames.get(host, host.address))
             tried.append(host)
             if not breaker.try_start_request():
-                cstats.upstream_rq_pending_overflow += 1
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                             extra=(("x-envoy-overloaded", "true"),))
                 return
@@ -329,6 +330,7 @@ class HttpConnectionManager:
                 if isinstance(outcome, Attempt):
                     status = outcome.status
                     cstats.count_status(status)
+                    cluster.record_outcome(host, status)
                     if (retry is not None and retry.decide(status) and not request.body.overflowed
                             and await self._retry_allowed(stream, cluster, retry, deadline)):
                         outcome.abandon()
@@ -341,6 +343,11 @@ class HttpConnectionManager:
                 breaker.finish_request()
                 cstats.upstream_rq_active -= 1
                 host.active_requests -= 1
+            if outcome == OVERFLOW:
+                self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
+                            extra=(("x-envoy-overloaded", "true"),))
+                return
+            cluster.record_outcome(host, None)
             if outcome == GLOBAL_TIMEOUT:
                 cstats.upstream_rq_timeout += 1
                 self._reply(stream, 504, b"upstream request timeout")
@@ -364,7 +371,6 @@ class HttpConnectionManager:
         """Take a retry slot from the breaker and sleep the back-off (False: give up)."""
         stats = cluster.stats
         if not cluster.breaker.try_start_retry():
-            stats.upstream_rq_retry_overflow += 1
             return False
         try:
             stats.upstream_rq_retry += 1
@@ -391,11 +397,13 @@ class HttpConnectionManager:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return GLOBAL_TIMEOUT
-                    connection = await asyncio.wait_for(pool.connect(), remaining)
+                    connection = await asyncio.wait_for(pool.acquire(), remaining)
                 else:
-                    connection = await pool.connect()
+                    connection = await pool.acquire()
             except ConnectFailure:
                 return CONNECT_FAILURE
+            except Overflow:
+                return OVERFLOW
             except TimeoutError:
                 return GLOBAL_TIMEOUT
         now = loop.time()
@@ -583,9 +591,7 @@ class HttpConnectionManager:
             else:
                 value = _query_parameter(stream.request.target, policy.name)
             if value is not None:
-                new = hash_key_for(value)
-                old = (((key << 1) | (key >> 63)) & 0xFFFFFFFFFFFFFFFF) if key is not None else 0
-                key = old ^ new
+                key = combine_hash_keys(key, hash_key_for(value))
             if policy.terminal and key is not None:
                 break
         return key

@@ -18,64 +18,20 @@ import random
 import socket
 from collections.abc import Sequence
 
-from proxy.config_error import ConfigError, reject_unsupported
+from proxy.config_error import ConfigError
 from proxy.stats import ClusterStats
 from proxy.upstream.balancer import Balancer, make_balancer
+from proxy.upstream.circuit_breaker import CircuitBreaker, CircuitBreakerThresholds
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
+from proxy.upstream.outlier import OutlierConfig, OutlierDetector
 from proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("tulle.proxy.cluster")
 
 _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": socket.AF_UNSPEC,
              "V4_PREFERRED": socket.AF_UNSPEC, "ALL": socket.AF_UNSPEC}
-
-
-class CircuitBreaker:
-    """Envoy's default-priority thresholds: requests, pending requests, retries, connections."""
-
-    __slots__ = ("max_connections", "max_pending_requests", "max_requests", "max_retries",
-                 "rq_open", "rq_retry_open")
-
-    def __init__(self, config: ClusterConfig, path: str) -> None:
-        self.max_connections = self.max_pending_requests = self.max_requests = 1024
-        self.max_retries = 3
-        self.rq_open = 0
-        self.rq_retry_open = 0
-        proto = config.proto
-        if proto is None or not proto.HasField("circuit_breakers"):
-            return
-        breakers = proto.circuit_breakers
-        here = f"{path}.circuit_breakers"
-        reject_unsupported(breakers, here, ("thresholds",))
-        for index, threshold in enumerate(breakers.thresholds):
-            at = f"{here}.thresholds[{index}]"
-            reject_unsupported(threshold, at, ("priority", "max_connections", "max_pending_requests",
-                                               "max_requests", "max_retries"))
-            if threshold.priority != 0:
-                raise ConfigError(f"{at}.priority", "only DEFAULT priority is supported")
-            for name in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
-                if threshold.HasField(name):
-                    setattr(self, name, getattr(threshold, name).value)
-
-    def try_start_request(self) -> bool:
-        if self.rq_open >= self.max_requests:
-            return False
-        self.rq_open += 1
-        return True
-
-    def finish_request(self) -> None:
-        self.rq_open -= 1
-
-    def try_start_retry(self) -> bool:
-        if self.rq_retry_open >= self.max_retries:
-            return False
-        self.rq_retry_open += 1
-        return True
-
-    def finish_retry(self) -> None:
-        self.rq_retry_open -= 1
 
 
 class Cluster:
@@ -97,14 +53,25 @@ class Cluster:
                           "maglev_lb_config"):
                 if other != field and proto.HasField(other):
                     raise ConfigError(f"{path}.{other}", f"does not apply to lb_policy {config.lb_policy}")
-            for unsupported in ("outlier_detection", "health_checks"):
-                if proto.HasField(unsupported) if unsupported != "health_checks" else len(proto.health_checks):
-                    raise ConfigError(f"{path}.{unsupported}", "not supported by tulle-proxy yet")
+            if len(proto.health_checks):
+                raise ConfigError(f"{path}.health_checks", "not supported by tulle-proxy yet")
         try:
             self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, lb_config, rng)
         except ConfigError as error:
             raise error.under(path) from None
-        self.breaker = CircuitBreaker(config, path)
+        try:
+            thresholds = CircuitBreakerThresholds.from_proto(
+                proto.circuit_breakers if proto is not None and proto.HasField("circuit_breakers")
+                else None, 0, f"{path}.circuit_breakers")
+            outlier_config = (
+                OutlierConfig.from_proto(proto.outlier_detection, f"{path}.outlier_detection")
+                if proto is not None and proto.HasField("outlier_detection") else None)
+        except ConfigError:
+            raise
+        self.breaker = CircuitBreaker(thresholds)
+        self.outlier = (OutlierDetector(outlier_config, self.host_set, rng, self._health_changed)
+                        if outlier_config is not None else None)
+        self._outlier_timer: asyncio.TimerHandle | None = None
         self.pools: dict[Host, ConnectionPool] = {}
         self._dns_task: asyncio.Task[None] | None = None
         if config.type == "STATIC":
@@ -129,11 +96,24 @@ class Cluster:
         for host in list(self.pools):
             if host not in self.hostnames:
                 self.pools.pop(host).close()
+        self._health_changed()
+
+    def _health_changed(self) -> None:
         self.stats.membership_total = len(self.host_set.hosts)
         self.stats.membership_healthy = len(self.host_set.healthy)
 
+    def extra_stats(self) -> dict[str, int]:
+        """The breaker's and outlier detector's stats, under this cluster's scope."""
+        stats = self.breaker.stats()
+        if self.outlier is not None:
+            stats.update(self.outlier.stats.as_dict())
+        return stats
+
     async def start(self) -> None:
-        """Resolve a STRICT_DNS cluster once before serving, then keep re-resolving."""
+        """Resolve a STRICT_DNS cluster once before serving, then keep re-resolving; start
+        the outlier detector's interval."""
+        if self.outlier is not None:
+            self._schedule_outlier_tick()
         if self.config.type == "STRICT_DNS":
             await self._resolve()
             self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
@@ -165,7 +145,26 @@ class Cluster:
             await asyncio.sleep(self.config.dns_refresh_rate)
             await self._resolve()
 
+    def _schedule_outlier_tick(self) -> None:
+        assert self.outlier is not None
+        loop = asyncio.get_running_loop()
+        self._outlier_timer = loop.call_later(self.outlier.config.interval, self._outlier_tick)
+
+    def _outlier_tick(self) -> None:
+        assert self.outlier is not None
+        self.outlier.tick(asyncio.get_running_loop().time())
+        self._schedule_outlier_tick()
+
+    def record_outcome(self, host: Host, status: int | None) -> None:
+        """Feed passive health checking: a response status, or None (connect failure,
+        reset, timeout)."""
+        outlier = self.outlier
+        if outlier is not None:
+            outlier.record(host, status, asyncio.get_running_loop().time())
+
     def stop(self) -> None:
+        if self._outlier_timer is not None:
+            self._outlier_timer.cancel()
         if self._dns_task is not None:
             self._dns_task.cancel()
         for pool in self.pools.values():
@@ -185,5 +184,6 @@ class Cluster:
     def pool(self, host: Host) -> ConnectionPool:
         pool = self.pools.get(host)
         if pool is None:
-            pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout)
+            pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
+                                                     self.breaker)
         return pool

@@ -42,8 +42,8 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for index, cluster_config in enumerate(self.config.clusters):
-            cluster = Cluster(cluster_config, f"static_resources.clusters[{index}]", self.rng)
+        for cluster_config in self.config.clusters:
+            cluster = Cluster(cluster_config, self.rng)
             self.clusters[cluster.name] = cluster
             self.stats.register("cluster", cluster.name, cluster.stats, cluster.extra_stats)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))

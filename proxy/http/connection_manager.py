@@ -119,7 +119,8 @@ class HttpConnectionManager:
         self.stats.downstream_cx_destroy += 1
 
     def protocol_error_reply(self, conn: DownstreamConnection, status: int) -> None:
-        body = b"Bad Request" if status == 400 else b"Request Header Fields Too Large"
+        body = {400: b"Bad Request", 426: b"Upgrade Required"}.get(
+            status, b"Request Header Fields Too Large")
         self.stats.count_status(status)
         conn.write(self._local_head(status, body, None, close=True) + body)
         conn.close()
@@ -158,7 +159,7 @@ class HttpConnectionManager:
         config = self.config
         headers = request.headers
         if request.version == "1.0" and not config.accept_http_10:
-            self._reply(stream, 426, b"", keep_alive=False)
+            self._reply(stream, 426, b"Upgrade Required", keep_alive=False)
             return
         authority = headers.get("host")
         if authority is None:
@@ -166,7 +167,7 @@ class HttpConnectionManager:
                 authority = config.default_host_for_http_10
                 headers.add("host", authority)
             else:
-                self._reply(stream, 400, b"missing host header", keep_alive=False)
+                self._reply(stream, 400, b"", keep_alive=False)
                 return
         if request.upgrade:
             # Upgrades need upgrade_configs, which tulle-proxy rejects at load: Envoy answers 403.

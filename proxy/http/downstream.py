@@ -147,8 +147,8 @@ class DownstreamConnection(asyncio.Protocol):
             offset = upgrade.args[0] if upgrade.args else len(data)
             if self._current is not None:
                 self._current.body.feed(data[offset:]) if offset < len(data) else None
-        except httptools.HttpParserError:
-            self._protocol_error(400)
+        except httptools.HttpParserError as error:
+            self._protocol_error(426 if "version" in str(error).lower() else 400)
         self._dispatch()
 
     def eof_received(self) -> bool | None:

@@ -18,14 +18,13 @@ import random
 import socket
 from collections.abc import Sequence
 
-from proxy.config_error import ConfigError
 from proxy.stats import ClusterStats
 from proxy.upstream.balancer import Balancer, make_balancer
-from proxy.upstream.circuit_breaker import CircuitBreaker, CircuitBreakerThresholds
+from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
-from proxy.upstream.outlier import OutlierConfig, OutlierDetector
+from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("tulle.proxy.cluster")
@@ -35,42 +34,17 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig, path: str, rng: random.Random) -> None:
+    def __init__(self, config: ClusterConfig, rng: random.Random) -> None:
         self.name = config.name
         self.config = config
         self.stats = ClusterStats()
         self.rng = rng
         self.host_set = HostSet((), config.panic_threshold)
         self.hostnames: dict[Host, str] = {}
-        proto = config.proto
-        lb_config: object | None = None
-        if proto is not None:
-            field = {"LEAST_REQUEST": "least_request_lb_config", "ROUND_ROBIN": "round_robin_lb_config",
-                     "RING_HASH": "ring_hash_lb_config", "MAGLEV": "maglev_lb_config"}.get(config.lb_policy)
-            if field and proto.HasField(field):
-                lb_config = getattr(proto, field)
-            for other in ("least_request_lb_config", "round_robin_lb_config", "ring_hash_lb_config",
-                          "maglev_lb_config"):
-                if other != field and proto.HasField(other):
-                    raise ConfigError(f"{path}.{other}", f"does not apply to lb_policy {config.lb_policy}")
-            if len(proto.health_checks):
-                raise ConfigError(f"{path}.health_checks", "not supported by tulle-proxy yet")
-        try:
-            self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, lb_config, rng)
-        except ConfigError as error:
-            raise error.under(path) from None
-        try:
-            thresholds = CircuitBreakerThresholds.from_proto(
-                proto.circuit_breakers if proto is not None and proto.HasField("circuit_breakers")
-                else None, 0, f"{path}.circuit_breakers")
-            outlier_config = (
-                OutlierConfig.from_proto(proto.outlier_detection, f"{path}.outlier_detection")
-                if proto is not None and proto.HasField("outlier_detection") else None)
-        except ConfigError:
-            raise
-        self.breaker = CircuitBreaker(thresholds)
-        self.outlier = (OutlierDetector(outlier_config, self.host_set, rng, self._health_changed)
-                        if outlier_config is not None else None)
+        self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, config.lb_config, rng)
+        self.breaker = CircuitBreaker(config.thresholds)
+        self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
+                        if config.outlier is not None else None)
         self._outlier_timer: asyncio.TimerHandle | None = None
         self.pools: dict[Host, ConnectionPool] = {}
         self._dns_task: asyncio.Task[None] | None = None

@@ -10,17 +10,26 @@ support.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
+from proxy.upstream.balancer import make_balancer
+from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
+from proxy.upstream.host_set import HostSet
+from proxy.upstream.outlier import OutlierConfig
 
 _TYPES = {Cluster.STATIC: "STATIC", Cluster.STRICT_DNS: "STRICT_DNS", Cluster.EDS: "EDS",
           Cluster.LOGICAL_DNS: "LOGICAL_DNS"}
 _LB_POLICIES = {Cluster.ROUND_ROBIN: "ROUND_ROBIN", Cluster.LEAST_REQUEST: "LEAST_REQUEST",
                 Cluster.RANDOM: "RANDOM", Cluster.RING_HASH: "RING_HASH", Cluster.MAGLEV: "MAGLEV"}
+
+
+_LB_CONFIG_FIELDS = {"LEAST_REQUEST": "least_request_lb_config", "ROUND_ROBIN": "round_robin_lb_config",
+                     "RING_HASH": "ring_hash_lb_config", "MAGLEV": "maglev_lb_config"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +52,10 @@ class ClusterConfig:
     dns_refresh_rate: float = 5.0
     dns_family: str = "AUTO"
     max_requests_per_connection: int = 0
-    proto: Cluster | None = None     # kept for the balancer/breaker/outlier/health parsers
+    thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
+    outlier: OutlierConfig | None = None
+    lb_config: object | None = None  # the policy's sub-message, for make_balancer
+    proto: Cluster | None = None
 
     @classmethod
     def from_proto(cls, message: Cluster, path: str) -> ClusterConfig:
@@ -74,6 +86,23 @@ class ClusterConfig:
         if message.HasField("eds_cluster_config"):
             reject_unsupported(message.eds_cluster_config, join(path, "eds_cluster_config"),
                                ("eds_config", "service_name"))
+        if len(message.health_checks):
+            raise ConfigError(join(path, "health_checks"), "not supported by tulle-proxy yet")
+        lb_field = _LB_CONFIG_FIELDS.get(policy)
+        for other in _LB_CONFIG_FIELDS.values():
+            if other != lb_field and message.HasField(other):
+                raise ConfigError(join(path, other), f"does not apply to lb_policy {policy}")
+        lb_config = getattr(message, lb_field) if lb_field and message.HasField(lb_field) else None
+        try:
+            # Building a balancer over no hosts validates its config (errors name the field).
+            make_balancer(policy, HostSet(()), lb_config, random.Random(0))
+        except ConfigError as error:
+            raise error.under(path) from None
+        thresholds = CircuitBreakerThresholds.from_proto(
+            message.circuit_breakers if message.HasField("circuit_breakers") else None, 0,
+            join(path, "circuit_breakers"))
+        outlier = (OutlierConfig.from_proto(message.outlier_detection, join(path, "outlier_detection"))
+                   if message.HasField("outlier_detection") else None)
         endpoints = _endpoints(message, join(path, "load_assignment"), kind)
         if kind == "EDS" and message.HasField("load_assignment"):
             raise ConfigError(join(path, "load_assignment"), "an EDS cluster gets its endpoints over xDS")
@@ -87,6 +116,9 @@ class ClusterConfig:
             dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
             dns_family=family,
             max_requests_per_connection=message.max_requests_per_connection.value,
+            thresholds=thresholds,
+            outlier=outlier,
+            lb_config=lb_config,
             proto=message,
         )
 

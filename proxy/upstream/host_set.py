@@ -1,28 +1,38 @@
-"""The hosts of one cluster, their healthy subset, and Envoy's panic mode.
+"""The hosts of one cluster by priority level, their health, Envoy's panic mode
+and the share of requests each priority level gets.
 
-Rules (Envoy's, for a single priority level):
-- `healthy` is the hosts whose `Host.healthy` is true, in configuration order.
-- Panic: Envoy scales a level's health by the overprovisioning factor 1.4 and caps
-  it at 100 (`min(100, 140 * healthy // total)`). At 100 the level is never in
-  panic. Below it, the level is in panic when the healthy percentage
-  (`100 * healthy / total`, a real number) is below `panic_threshold_percent`;
-  then requests are balanced over *all* hosts, healthy or not, because sending
-  traffic to a few survivors would only overload them too.
-- A threshold of 0 disables panic: with no healthy host there is no host to route to.
-- An empty host set is never routable.
+Rules (Envoy's LoadBalancerBase, degraded hosts aside):
+- Hosts are grouped into levels by `Host.locality_priority` (0 is the most
+  preferred). `healthy` lists the hosts whose `Host.healthy` is true, in
+  configuration order.
+- A level's health is its healthy share scaled by the overprovisioning factor
+  1.4 and capped: `min(100, 140 * healthy // total)`. So a level with at least
+  ~72% healthy hosts still counts as fully available.
+- Load: the levels' healths, capped together at 100 ("normalized availability"),
+  divide the requests: level i gets `health_i * 100 // availability` percent,
+  in priority order, until 100 is given out; a rounding remainder goes to the
+  first level with any health. Traffic thus spills to lower priorities only as
+  higher ones lose hosts (priority failover).
+- Panic: when the normalized availability is 100, no level is in panic. Below
+  it, a level is in panic when its healthy percentage (`100 * healthy / total`,
+  a real number; 0 for an empty level) is below `panic_threshold_percent`
+  (default 50); a level in panic balances over *all* its hosts, because sending
+  everything to the few survivors would only overload them too. When every
+  level is in panic, load follows the host counts instead of health.
+- A threshold of 0 disables panic: with no healthy host anywhere, level 0 gets
+  all the load and has nothing to route to.
 
 Theory of operation: host and health changes are rare and requests are many, so
-every change recomputes `healthy`, `in_panic` and the `routable()` tuple once,
-and then tells its subscribers (the balancers) to rebuild their own tables. The
-per-request path only reads precomputed tuples.
-
-Priorities: hosts at every `locality_priority` are treated as one level; priority
-failover is not modelled here.
+every change recomputes the levels, their routable tuples and the cumulative
+load bounds once, then tells its subscribers (the balancers) to rebuild their
+own tables. Per request, a balancer only calls `choose_level(random_or_hash)`
+(a no-op with one level) and indexes precomputed tuples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from proxy.upstream.host import Host
 
@@ -30,15 +40,31 @@ from proxy.upstream.host import Host
 OVERPROVISIONING_FACTOR_PERCENT = 140
 
 
+@dataclass(slots=True)
+class PriorityLevel:
+    priority: int
+    hosts: tuple[Host, ...]
+    healthy: tuple[Host, ...]
+    health: int = 0  # 0..100, overprovisioned
+    in_panic: bool = False
+    load: int = 0  # percent of requests sent to this level
+    routable: tuple[Host, ...] = ()  # healthy, or all hosts in panic
+
+
 class HostSet:
     def __init__(self, hosts: Sequence[Host], panic_threshold_percent: float = 50.0) -> None:
         if not 0.0 <= panic_threshold_percent <= 100.0:
             raise ValueError(f"panic threshold must be within 0..100, got {panic_threshold_percent}")
         self.panic_threshold_percent = panic_threshold_percent
+        # Set by an active health checker: hosts that join start failed, as in Envoy,
+        # until their first check passes.
+        self.active_health_checking = False
         self.hosts: tuple[Host, ...] = ()
         self.healthy: tuple[Host, ...] = ()
+        self.levels: tuple[PriorityLevel, ...] = ()
         self.in_panic = False
         self._routable: tuple[Host, ...] = ()
+        self._load_bounds: tuple[int, ...] = ()
         self._subscribers: list[Callable[[], None]] = []
         self._by_key: dict[tuple[str, int], Host] = {}
         self.update(hosts)
@@ -62,6 +88,8 @@ class HostSet:
                 old.weight = new.weight
                 old.locality_priority = new.locality_priority
                 new = old
+            elif old is None and self.active_health_checking:
+                new.health_check_failed = True
             by_key[ident] = new
             kept.append(new)
         self._by_key = by_key
@@ -69,24 +97,82 @@ class HostSet:
         self.health_changed()
 
     def health_changed(self) -> None:
-        """Recompute the healthy subset and panic state after hosts' flags changed."""
+        """Recompute health, panic and load after hosts' flags changed; notify subscribers."""
         self.healthy = tuple(h for h in self.hosts if h.healthy)
-        self.in_panic = self._panic(len(self.healthy), len(self.hosts))
-        self._routable = self.hosts if self.in_panic else self.healthy
+        self.levels = self._levels()
+        self._load_bounds = self._cumulative_loads()
+        self.in_panic = any(level.in_panic for level in self.levels) if self.levels else self.panic_threshold_percent > 0
+        routable: list[Host] = []
+        for level in self.levels:
+            if level.load > 0:
+                routable.extend(level.routable)
+        self._routable = tuple(routable)
         for callback in self._subscribers:
             callback()
 
     def routable(self) -> tuple[Host, ...]:
-        """The hosts a balancer should choose from: the healthy ones, or all in panic."""
+        """Every host that can receive requests now: each loaded level's healthy hosts,
+        or all of its hosts when it is in panic. With one level, exactly what a
+        balancer chooses from."""
         return self._routable
 
-    def _panic(self, healthy: int, total: int) -> bool:
+    def choose_level(self, value: int) -> int:
+        """The index into `levels` for a request, from a random number or its hash
+        (Envoy: `value % 100 + 1` against the cumulative loads)."""
+        bounds = self._load_bounds
+        if len(bounds) <= 1:
+            return 0
+        point = value % 100 + 1
+        for index, bound in enumerate(bounds):
+            if point <= bound:
+                return index
+        return 0
+
+    # -- rules ------------------------------------------------------------------
+
+    def _levels(self) -> tuple[PriorityLevel, ...]:
+        by_priority: dict[int, list[Host]] = {}
+        for host in self.hosts:
+            by_priority.setdefault(host.locality_priority, []).append(host)
+        levels = []
+        for priority in sorted(by_priority):
+            members = tuple(by_priority[priority])
+            healthy = tuple(h for h in members if h.healthy)
+            health = min(100, OVERPROVISIONING_FACTOR_PERCENT * len(healthy) // len(members))
+            levels.append(PriorityLevel(priority, members, healthy, health))
+        availability = min(100, sum(level.health for level in levels))
         threshold = self.panic_threshold_percent
-        if total == 0:
-            return threshold > 0
-        if OVERPROVISIONING_FACTOR_PERCENT * healthy // total >= 100:
-            return False
-        return 100.0 * healthy / total < threshold
+        if availability > 0:
+            remaining = 100
+            for level in levels:
+                level.load = min(remaining, level.health * 100 // availability)
+                remaining -= level.load
+            if remaining:
+                next(level for level in levels if level.health > 0).load += remaining
+        for level in levels:
+            level.in_panic = availability < 100 and 100.0 * len(level.healthy) / len(level.hosts) < threshold
+        if levels and all(level.in_panic for level in levels):
+            total = len(self.hosts)
+            remaining = 100
+            for level in levels:
+                level.load = 100 * len(level.hosts) // total
+                remaining -= level.load
+            levels[0].load += remaining
+        elif levels and availability == 0:  # panic disabled and nothing healthy
+            for level in levels:
+                level.load = 0
+            levels[0].load = 100
+        for level in levels:
+            level.routable = level.hosts if level.in_panic else level.healthy
+        return tuple(levels)
+
+    def _cumulative_loads(self) -> tuple[int, ...]:
+        bounds = []
+        total = 0
+        for level in self.levels:
+            total += level.load
+            bounds.append(total)
+        return tuple(bounds)
 
     def __len__(self) -> int:
         return len(self.hosts)

@@ -1,6 +1,7 @@
 """LEAST_REQUEST: Envoy's least-request load balancer.
 
 Rules (Envoy's LeastRequestLoadBalancer, N_CHOICES selection):
+- A priority level is drawn by load share first (HostSet.choose_level).
 - Equal weights and no explicit `active_request_bias`: "power of N choices".
   Draw `choice_count` hosts uniformly at random (with replacement) and keep the
   first one seen with the strictly fewest `active_requests`. Two choices already
@@ -55,8 +56,16 @@ class LeastRequestConfig:
         return cls(choice_count=choice_count, active_request_bias=bias, bias_configured=configured)
 
 
+class _Level:
+    __slots__ = ("edf", "hosts")
+
+    def __init__(self, hosts: tuple[Host, ...], edf: EdfScheduler[Host] | None) -> None:
+        self.hosts = hosts
+        self.edf = edf
+
+
 class LeastRequestBalancer:
-    __slots__ = ("_choices", "_config", "_edf", "_getrandbits", "_host_set", "_hosts", "_seed")
+    __slots__ = ("_choices", "_config", "_getrandbits", "_host_set", "_levels", "_seed", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: LeastRequestConfig | None = None) -> None:
         self._host_set = host_set
@@ -64,8 +73,8 @@ class LeastRequestBalancer:
         self._choices = range(self._config.choice_count - 1)
         self._getrandbits = rng.getrandbits
         self._seed = rng.getrandbits(64)
-        self._hosts: tuple[Host, ...] = ()
-        self._edf: EdfScheduler[Host] | None = None
+        self._levels: list[_Level] = []
+        self._single: _Level | None = None
         self.hosts_changed()
 
     def _effective_weight(self, host: Host) -> float:
@@ -77,24 +86,29 @@ class LeastRequestBalancer:
         return host.weight / (host.active_requests + 1) ** bias
 
     def hosts_changed(self) -> None:
-        hosts = self._host_set.routable()
-        self._hosts = hosts
-        weighted = len(hosts) > 1 and (self._config.bias_configured or not weights_equal(hosts))
-        self._edf = (
-            EdfScheduler(hosts, self._effective_weight, picks=self._seed & 0xFFFFFFFF)
-            if weighted
-            else None
-        )
+        levels = []
+        for level in self._host_set.levels:
+            hosts = level.routable
+            weighted = len(hosts) > 1 and (self._config.bias_configured or not weights_equal(hosts))
+            edf = EdfScheduler(hosts, self._effective_weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
+            levels.append(_Level(hosts, edf))
+        self._levels = levels
+        self._single = levels[0] if len(levels) == 1 else None
 
     def choose(self, hash_key: int | None = None) -> Host | None:
-        edf = self._edf
+        rand = self._getrandbits
+        level = self._single
+        if level is None:
+            if not self._levels:
+                return None
+            level = self._levels[self._host_set.choose_level(rand(64))]
+        edf = level.edf
         if edf is not None:
             return edf.pick()
-        hosts = self._hosts
+        hosts = level.hosts
         n = len(hosts)
         if n == 0:
             return None
-        rand = self._getrandbits
         best = hosts[rand(64) % n]
         for _ in self._choices:
             sampled = hosts[rand(64) % n]

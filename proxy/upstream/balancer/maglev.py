@@ -105,21 +105,21 @@ def build_table(hosts: tuple[Host, ...], table_size: int) -> list[Host]:
 
 
 class MaglevBalancer:
-    __slots__ = ("_cache", "_config", "_getrandbits", "_host_set", "_table", "_table_size")
+    __slots__ = ("_cache", "_config", "_getrandbits", "_host_set", "_single", "_table_size", "_tables")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: MaglevConfig | None = None) -> None:
         self._host_set = host_set
         self._config = config or MaglevConfig()
         self._table_size = self._config.table_size
         self._getrandbits = rng.getrandbits
-        self._cache: OrderedDict[tuple[tuple[str, int], ...], list[Host]] = OrderedDict()
-        self._table: list[Host] = []
+        self._cache: OrderedDict[tuple[tuple[int, int], ...], list[Host]] = OrderedDict()
+        self._tables: list[list[Host]] = []
+        self._single: list[Host] | None = None
         self.hosts_changed()
 
-    def hosts_changed(self) -> None:
-        hosts = self._host_set.routable()
+    def _table_for(self, hosts: tuple[Host, ...]) -> list[Host]:
         # Keyed by identity and weight: a host object that was replaced gets a new table.
-        signature = tuple((f"{id(h)}:{h.key}", h.weight) for h in hosts)
+        signature = tuple((id(h), h.weight) for h in hosts)
         table = self._cache.get(signature)
         if table is None:
             table = build_table(hosts, self._table_size)
@@ -128,14 +128,23 @@ class MaglevBalancer:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(signature)
-        self._table = table
+        return table
+
+    def hosts_changed(self) -> None:
+        self._tables = [self._table_for(level.routable) for level in self._host_set.levels]
+        self._single = self._tables[0] if len(self._tables) == 1 else None
 
     def choose(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
-        table = self._table
-        if not table:
-            return None
         if hash_key is None:
             hash_key = self._getrandbits(64)
+        table = self._single
+        if table is None:
+            if not self._tables:
+                return None
+            # The key picks the level too, so a key sticks to one level.
+            table = self._tables[self._host_set.choose_level(hash_key)]
+        if not table:
+            return None
         if attempt:
             hash_key ^= (MASK64 - attempt + 1) & MASK64
         return table[hash_key % self._table_size]

@@ -1,7 +1,8 @@
 """RANDOM: Envoy's random load balancer.
 
-Rules (Envoy's RandomLoadBalancer): one uniformly random 64-bit number per pick,
-reduced modulo the number of routable hosts. Weights are ignored, as in Envoy.
+Rules (Envoy's RandomLoadBalancer): one uniformly random 64-bit number per pick
+chooses the priority level (by load share) and, reduced modulo the number of the
+level's routable hosts, the host. Weights are ignored, as in Envoy.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ from proxy.upstream.host_set import HostSet
 
 
 class RandomBalancer:
-    __slots__ = ("_getrandbits", "_host_set", "_hosts")
+    __slots__ = ("_getrandbits", "_host_set", "_levels", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random) -> None:
         self._host_set = host_set
         self._getrandbits = rng.getrandbits
-        self._hosts: tuple[Host, ...] = ()
+        self._levels: list[tuple[Host, ...]] = []
+        self._single: tuple[Host, ...] | None = None
         self.hosts_changed()
 
     def hosts_changed(self) -> None:
-        self._hosts = self._host_set.routable()
+        self._levels = [level.routable for level in self._host_set.levels]
+        self._single = self._levels[0] if len(self._levels) == 1 else None
 
     def choose(self, hash_key: int | None = None) -> Host | None:
-        hosts = self._hosts
+        value = self._getrandbits(64)
+        hosts = self._single
+        if hosts is None:
+            if not self._levels:
+                return None
+            hosts = self._levels[self._host_set.choose_level(value)]
         if not hosts:
             return None
-        return hosts[self._getrandbits(64) % len(hosts)]
+        return hosts[value % len(hosts)]

@@ -12,7 +12,8 @@ Rules (Envoy's RingHashLoadBalancer, hash_function XX_HASH):
   entry; attempt n > 0 (a retry that wants another host) moves n entries on.
 - Removing one of N equal hosts moves only the keys that host owned (about 1/N).
 
-Only the ring is rebuilt on a host or health change; a pick is one binary search.
+The request's key also picks the priority level (by load share), as in Envoy.
+Only the rings are rebuilt on a host or health change; a pick is one binary search.
 """
 
 from __future__ import annotations
@@ -93,32 +94,39 @@ def build_ring(hosts: tuple[Host, ...], config: RingHashConfig) -> tuple[list[in
 
 
 class RingHashBalancer:
-    __slots__ = ("_config", "_getrandbits", "_hashes", "_host_set", "_hosts")
+    __slots__ = ("_config", "_getrandbits", "_host_set", "_rings", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: RingHashConfig | None = None) -> None:
         self._host_set = host_set
         self._config = config or RingHashConfig()
         self._getrandbits = rng.getrandbits
-        self._hashes: list[int] = []
-        self._hosts: list[Host] = []
+        self._rings: list[tuple[list[int], list[Host]]] = []
+        self._single: tuple[list[int], list[Host]] | None = None
         self.hosts_changed()
 
     @property
     def ring_size(self) -> int:
-        return len(self._hashes)
+        return sum(len(hashes) for hashes, _ in self._rings)
 
     def hosts_changed(self) -> None:
-        self._hashes, self._hosts = build_ring(self._host_set.routable(), self._config)
+        self._rings = [build_ring(level.routable, self._config) for level in self._host_set.levels]
+        self._single = self._rings[0] if len(self._rings) == 1 else None
 
     def choose(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
-        hashes = self._hashes
-        if not hashes:
-            return None
         if hash_key is None:
             hash_key = self._getrandbits(64)
+        ring = self._single
+        if ring is None:
+            if not self._rings:
+                return None
+            # The key picks the level too, so a key sticks to one level.
+            ring = self._rings[self._host_set.choose_level(hash_key)]
+        hashes, owners = ring
+        if not hashes:
+            return None
         index = bisect_left(hashes, hash_key)
         if index == len(hashes):
             index = 0
         if attempt:
             index = (index + attempt) % len(hashes)
-        return self._hosts[index]
+        return owners[index]

@@ -95,3 +95,71 @@ def test_update_notifies_subscribers() -> None:
     host_set.subscribe(lambda: calls.append(1))
     host_set.update(make_hosts(3))
     assert calls == [1]
+
+
+def at_priority(hosts: list[Host], priority: int) -> list[Host]:
+    for host in hosts:
+        host.locality_priority = priority
+    return hosts
+
+
+def loads(host_set: HostSet) -> list[int]:
+    return [level.load for level in host_set.levels]
+
+
+def test_healthy_priority_zero_takes_all_the_load() -> None:
+    p0, p1 = make_hosts(3), at_priority(make_hosts(3, base_port=9000), 1)
+    assert loads(HostSet(p0 + p1)) == [100, 0]
+    assert HostSet(p0 + p1).routable() == tuple(p0)
+
+
+def test_load_spills_to_the_next_priority_by_overprovisioned_health() -> None:
+    p0, p1 = make_hosts(10), at_priority(make_hosts(10, base_port=9000), 1)
+    fail(p0, 5)  # 50% healthy x 1.4 = 70
+    host_set = HostSet(p0 + p1)
+    assert loads(host_set) == [70, 30]
+    assert not host_set.in_panic
+
+
+def test_mostly_healthy_level_keeps_all_the_load() -> None:
+    p0, p1 = make_hosts(10), at_priority(make_hosts(10, base_port=9000), 1)
+    fail(p0, 2)  # 80% x 1.4 caps at 100
+    assert loads(HostSet(p0 + p1)) == [100, 0]
+
+
+def test_rounding_remainder_goes_to_the_first_level_with_health() -> None:
+    p0, p1 = make_hosts(4), at_priority(make_hosts(5, base_port=9000), 1)
+    fail(p0, 3)  # health 35
+    fail(p1, 4)  # health 28; availability 63
+    host_set = HostSet(p0 + p1, panic_threshold_percent=0)
+    assert loads(host_set) == [56, 44]  # 55 + 44 + remainder 1 to P0
+
+
+def test_panic_is_per_level_below_full_availability() -> None:
+    p0, p1 = make_hosts(10), at_priority(make_hosts(2, base_port=9000), 1)
+    fail(p0, 8)  # 20% healthy, health 28: panic
+    fail(p1, 1)  # 50% healthy, health 70: not panic; availability 98
+    host_set = HostSet(p0 + p1)
+    assert [level.in_panic for level in host_set.levels] == [True, False]
+    assert loads(host_set) == [29, 71]
+    assert host_set.levels[0].routable == tuple(p0)
+    assert host_set.levels[1].routable == (p1[1],)
+
+
+def test_total_panic_splits_load_by_host_count() -> None:
+    p0, p1 = make_hosts(4), at_priority(make_hosts(5, base_port=9000), 1)
+    fail(p0, 3)
+    fail(p1, 4)
+    host_set = HostSet(p0 + p1)
+    assert loads(host_set) == [45, 55]
+    assert host_set.routable() == tuple(p0 + p1)
+
+
+def test_choose_level_maps_values_onto_cumulative_loads() -> None:
+    p0, p1 = make_hosts(10), at_priority(make_hosts(10, base_port=9000), 1)
+    fail(p0, 5)  # loads 70 / 30
+    host_set = HostSet(p0 + p1)
+    assert host_set.choose_level(0) == 0  # 0 % 100 + 1 = 1
+    assert host_set.choose_level(69) == 0  # 70
+    assert host_set.choose_level(70) == 1  # 71
+    assert host_set.choose_level(199) == 1  # 100

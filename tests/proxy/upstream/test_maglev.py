@@ -60,17 +60,24 @@ def test_empty_table_chooses_none() -> None:
     assert MaglevBalancer(HostSet([]), random.Random(0)).choose(5) is None
 
 
-def test_flapping_host_reuses_cached_tables() -> None:
+def test_flapping_host_reuses_cached_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[int] = []
+
+    def counting_build(hosts: tuple[Host, ...], size: int) -> list[Host]:
+        builds.append(len(hosts))
+        return build_table(hosts, size)
+
+    monkeypatch.setattr("proxy.upstream.balancer.maglev.build_table", counting_build)
     hosts = make_hosts(3)
     host_set = HostSet(hosts)
     balancer = MaglevBalancer(host_set, random.Random(0))
     host_set.subscribe(balancer.hosts_changed)
-    first = balancer._table
-    hosts[0].outlier_ejected = True
-    host_set.health_changed()
-    hosts[0].outlier_ejected = False
-    host_set.health_changed()
-    assert balancer._table is first
+    for _ in range(3):
+        hosts[0].outlier_ejected = True
+        host_set.health_changed()
+        hosts[0].outlier_ejected = False
+        host_set.health_changed()
+    assert builds == [3, 2]
 
 
 @settings(max_examples=25)

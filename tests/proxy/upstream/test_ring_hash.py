@@ -125,3 +125,16 @@ def test_from_proto_rejects_minimum_above_maximum() -> None:
     message.maximum_ring_size.value = 4096
     with pytest.raises(ConfigError, match=r"ring_hash_lb_config\.minimum_ring_size"):
         RingHashConfig.from_proto(message)
+
+
+def test_key_sticks_to_one_priority_level() -> None:
+    p0, p1 = make_hosts(4), make_hosts(4, base_port=9000)
+    for host in p1:
+        host.locality_priority = 1
+    for host in p0[:2]:
+        host.outlier_ejected = True  # 50% healthy: P0 70%, P1 30%
+    balancer = RingHashBalancer(HostSet(p0 + p1), random.Random(0))
+    picks = {k: balancer.choose(k) for k in KEYS}
+    assert all(balancer.choose(k) is host for k, host in picks.items())
+    to_p1 = sum(1 for h in picks.values() if h is not None and h.locality_priority == 1)
+    assert abs(to_p1 - 600) < 100

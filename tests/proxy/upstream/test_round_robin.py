@@ -66,3 +66,17 @@ def test_weight_change_switches_to_weighted_schedule() -> None:
     host_set.update(make_hosts(2, weights=[3, 1]))
     counts = Counter(balancer.choose() for _ in range(400))
     assert [counts[h] for h in hosts] == [300, 100]
+
+
+def test_priority_levels_share_requests_by_load() -> None:
+    p0 = make_hosts(10)
+    p1 = make_hosts(10, base_port=9000)
+    for host in p1:
+        host.locality_priority = 1
+    for host in p0[:5]:
+        host.health_check_failed = True  # P0 gets 70%, P1 30%
+    balancer = RoundRobinBalancer(HostSet(p0 + p1), random.Random(6))
+    picks = [balancer.choose() for _ in range(10_000)]
+    to_p1 = sum(1 for h in picks if h is not None and h.locality_priority == 1)
+    assert abs(to_p1 - 3000) < 200
+    assert not any(h in picks for h in p0[:5])

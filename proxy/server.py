@@ -88,4 +88,4 @@ class ProxyServer:
             for conn in list(manager.connections):
                 conn.abort()
         for cluster in self.clusters.values():
-            cluster.stop()
+            await cluster.stop()

@@ -170,7 +170,8 @@ class StatsStore:
 
 
 def _is_gauge(stat: str) -> bool:
-    return stat.endswith("_open") or ".remaining_" in stat or stat.endswith("ejections_active")
+    return (stat.endswith("_open") or ".remaining_" in stat or stat.endswith("ejections_active")
+            or stat in ("health_check.healthy", "health_check.degraded"))
 
 
 _TAG = {"cluster": "envoy_cluster_name", "http": "envoy_http_conn_manager_prefix",

@@ -13,6 +13,7 @@ host_selection_retry_max_attempts re-picks avoid hosts already tried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -22,6 +23,7 @@ from proxy.stats import ClusterStats
 from proxy.upstream.balancer import Balancer, make_balancer
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
+from proxy.upstream.health.prober import HealthChecker
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierDetector
@@ -46,6 +48,12 @@ class Cluster:
         self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
                         if config.outlier is not None else None)
         self._outlier_timer: asyncio.TimerHandle | None = None
+        self.health_checker = (
+            HealthChecker(config.health_check, self.host_set, rng, config.name,
+                          has_traffic=lambda: self.stats.upstream_rq_total > 0,
+                          on_change=self._health_changed,
+                          on_check_passed=self._health_check_passed if self.outlier else None)
+            if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
         self._dns_task: asyncio.Task[None] | None = None
         if config.type == "STATIC":
@@ -81,6 +89,8 @@ class Cluster:
         stats = self.breaker.stats()
         if self.outlier is not None:
             stats.update(self.outlier.stats.as_dict())
+        if self.health_checker is not None:
+            stats.update(self.health_checker.stats.as_dict())
         return stats
 
     async def start(self) -> None:
@@ -91,6 +101,12 @@ class Cluster:
         if self.config.type == "STRICT_DNS":
             await self._resolve()
             self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
+        checker = self.health_checker
+        if checker is not None:
+            # Cluster warming: like Envoy, wait (bounded) for every host's first check.
+            checker.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(checker.initialized.wait(), checker.config.timeout + 1.0)
 
     async def _resolve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,6 +145,10 @@ class Cluster:
         self.outlier.tick(asyncio.get_running_loop().time())
         self._schedule_outlier_tick()
 
+    def _health_check_passed(self, host: Host) -> None:
+        assert self.outlier is not None
+        self.outlier.health_check_passed(host, asyncio.get_running_loop().time())
+
     def record_outcome(self, host: Host, status: int | None) -> None:
         """Feed passive health checking: a response status, or None (connect failure,
         reset, timeout)."""
@@ -136,7 +156,9 @@ class Cluster:
         if outlier is not None:
             outlier.record(host, status, asyncio.get_running_loop().time())
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        if self.health_checker is not None:
+            await self.health_checker.stop()
         if self._outlier_timer is not None:
             self._outlier_timer.cancel()
         if self._dns_task is not None:

@@ -19,6 +19,7 @@ from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.upstream.balancer import make_balancer
 from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
+from proxy.upstream.health import HealthCheckConfig
 from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierConfig
 
@@ -54,6 +55,7 @@ class ClusterConfig:
     max_requests_per_connection: int = 0
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     outlier: OutlierConfig | None = None
+    health_check: HealthCheckConfig | None = None
     lb_config: object | None = None  # the policy's sub-message, for make_balancer
     proto: Cluster | None = None
 
@@ -86,8 +88,7 @@ class ClusterConfig:
         if message.HasField("eds_cluster_config"):
             reject_unsupported(message.eds_cluster_config, join(path, "eds_cluster_config"),
                                ("eds_config", "service_name"))
-        if len(message.health_checks):
-            raise ConfigError(join(path, "health_checks"), "not supported by tulle-proxy yet")
+        health_check = HealthCheckConfig.from_cluster(message.health_checks, join(path, "health_checks"))
         lb_field = _LB_CONFIG_FIELDS.get(policy)
         for other in _LB_CONFIG_FIELDS.values():
             if other != lb_field and message.HasField(other):
@@ -118,6 +119,7 @@ class ClusterConfig:
             max_requests_per_connection=message.max_requests_per_connection.value,
             thresholds=thresholds,
             outlier=outlier,
+            health_check=health_check,
             lb_config=lb_config,
             proto=message,
         )

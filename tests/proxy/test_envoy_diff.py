@@ -20,6 +20,7 @@ PASSING = [
     "cb-max-requests",
     "direct-response-redirect",
     "forwarded-headers",
+    "hc-http-unhealthy",
     "headers-add-remove",
     "lb-least-request",
     "lb-random",

@@ -30,13 +30,14 @@ from control import resources
 from control.allocation import PoolExhaustedError
 from control.endpoints import compute_endpoints, selects_pods
 from control.registry import Registry
-from control.store import CompactedError, ConflictError, Put
+from control.store import CompactedError, ConflictError, Put, StoreError
 
 log = logging.getLogger("tulle.control.controller")
 
 Object = dict[str, Any]
 _KINDS = ("Service", "Pod", "Endpoints", "Node")
 _RETRY_DELAY = 0.05
+_STORE_RETRY = 1.0
 
 
 def _key(obj: Object) -> tuple[str, str]:
@@ -59,6 +60,9 @@ class DerivedStateController:
                 await self._follow()
             except CompactedError:
                 log.warning("watch fell behind the store's history; listing again")
+            except StoreError as e:
+                log.error("store unavailable, retrying in %.0fs: %s", _STORE_RETRY, e)
+                await asyncio.sleep(_STORE_RETRY)
 
     async def _follow(self) -> None:
         snapshot, revision = await self.registry.snapshot(_KINDS)

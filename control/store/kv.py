@@ -114,7 +114,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:
-        """Forget history up to and including `revision` (current values stay)."""
+        """Forget the history before `revision` (etcd's Compact): watching from an
+        earlier revision raises `CompactedError`; current values stay."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -231,8 +231,8 @@ class SQLiteStore(Store):
     async def compact(self, revision: int) -> None:
         def compact() -> None:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM log WHERE revision <= ?", (revision,))
-            self.db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'", (revision,))
+            self.db.execute("DELETE FROM log WHERE revision < ?", (revision,))
+            self.db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'", (revision - 1,))
             self.db.execute("COMMIT")
 
         await self._run(compact)

@@ -31,7 +31,7 @@ def anp(spec: Any, kind: str = "AdminNetworkPolicy", name: str = "x") -> dict[st
     return doc(kind, "policy.networking.k8s.io/v1alpha1", spec, name=name)
 
 
-ANP_SUBJECT = {"namespaces": {}}
+ANP_SUBJECT: dict[str, Any] = {"namespaces": {}}
 
 
 def vs(spec: Any) -> dict[str, Any]:

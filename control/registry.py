@@ -474,10 +474,8 @@ class Registry:
             try:
                 await self.apply([{**document, "metadata": {"name": name, "resourceVersion": "0"}}])
                 return
-            except AlreadyExistsError:
-                return
-            except ConflictError:
-                continue
+            except (AlreadyExistsError, ObjectConflictError):
+                return  # another replica created it first
 
     async def write_server_owned(self, obj: Object, expect: int, extra: Sequence[Op] = ()) -> int:
         """Store an object computed by the server (Endpoints, a Node's podCIDR) as is,

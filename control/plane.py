@@ -6,8 +6,10 @@ CA) are `Component`s: they receive the running `ControlPlane` — its `registry`
 and watch objects — when it starts, and are stopped before it.
 
 Listening: the config API serves on a unix socket (default /run/tulle/control.sock,
-in a root-only directory, socket mode 0600) and on TCP (default 127.0.0.1:15014,
-Istio's port for istioctl-style tooling).
+in a directory only its owner may enter, socket mode 0600: root-only when run as
+root) and on TCP (default 127.0.0.1:15014, Istio's port for istioctl-style tooling).
+State: /var/lib/tulle (SQLite). A user other than root gets ~/.local/state/tulle and
+$XDG_RUNTIME_DIR/tulle/control.sock instead.
 """
 
 from __future__ import annotations
@@ -32,8 +34,19 @@ from proto.tulle.config.v1 import config_pb2_grpc
 
 log = logging.getLogger("tulle.control")
 
-DEFAULT_STATE_DIR = Path("/var/lib/tulle")
-DEFAULT_SOCKET = Path("/run/tulle/control.sock")
+
+
+def _default_paths() -> tuple[Path, Path]:
+    """Where state and the socket live: the system's places for root, the user's own
+    (XDG) places for anyone else, so that a local user can start it with no flags."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/tulle"), Path("/run/tulle/control.sock")
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tulle"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return state, (Path(runtime) / "tulle" / "control.sock" if runtime else state / "control.sock")
+
+
+DEFAULT_STATE_DIR, DEFAULT_SOCKET = _default_paths()
 DEFAULT_LISTEN = "127.0.0.1:15014"
 
 

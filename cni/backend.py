@@ -137,7 +137,9 @@ class CniBackend:
                 host_link = self.datapath.attach_to_bridge(host, bridge, conf.hairpin_mode)
                 routes = self._routes(conf, pool)
                 cidr = ipaddress.IPv4Interface(f"{address}/{pool.subnet.prefixlen}")
-                pod_link = configure_pod_interface(pod, req.ifname, req.netns, cidr, routes)
+                pod_link = configure_pod_interface(
+                    pod, req.ifname, req.netns, cidr, routes, pool.gateway if conf.is_gateway else None
+                )
                 result = Result(
                     interfaces=(
                         Interface(bridge.name, bridge.mac),
@@ -238,7 +240,9 @@ class CniBackend:
 
     def _routes(self, conf: NetConf, pool: AddressPool) -> tuple[Route, ...]:
         routes = [Route(DEFAULT_ROUTE, pool.gateway)] if conf.is_default_gateway else []
-        routes += [Route(r.dst, r.gw or (pool.gateway if conf.is_gateway else None)) for r in conf.ipam.routes]
+        # As host-local does: a route without "gw" is reported without one, and the
+        # kernel route goes through the pod's gateway.
+        routes += list(conf.ipam.routes)
         return tuple(routes)
 
     def _expected_addresses(self, conf: NetConf, req: CniRequest) -> set[ipaddress.IPv4Interface]:

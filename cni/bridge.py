@@ -168,8 +168,10 @@ def configure_pod_interface(
     netns_path: str,
     address: ipaddress.IPv4Interface,
     routes: tuple[Route, ...],
+    default_gw: ipaddress.IPv4Address | None,
 ) -> Link:
-    """Address, up, routes on the pod's end; `pod` is bound to its namespace."""
+    """Address, up, routes on the pod's end; `pod` is bound to its namespace.
+    A route without a gateway goes through `default_gw` (when there is one)."""
     where = f"{ifname} in {netns_path}"
     with step(f"look up {where}"):
         link = find_link(pod, ifname)
@@ -180,10 +182,11 @@ def configure_pod_interface(
     with step(f"bring {where} up"):
         pod.link("set", index=link.index, state="up")
     for route in routes:
-        with step(f"add route {route.dst} via {route.gw} on {where}"):
+        gw = route.gw or default_gw
+        with step(f"add route {route.dst} via {gw} on {where}"):
             kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": link.index}
-            if route.gw is not None:
-                kwargs["gateway"] = str(route.gw)
+            if gw is not None:
+                kwargs["gateway"] = str(gw)
             pod.route("add", **kwargs)
     return link
 

@@ -111,9 +111,18 @@ class PluginError(CniError):
 
 
 class CniRuntime:
-    def __init__(self, plugin_dirs: Sequence[str], cache_dir: Path, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        plugin_dirs: Sequence[str],
+        cache_dir: Path,
+        netns: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """`netns`: the node namespace (a path) plugins run in, as a kubelet runs
+        them on its node; plugins such as portmap change the namespace they run in."""
         self.plugin_dirs = list(plugin_dirs)
         self.cache_dir = cache_dir
+        self.netns = netns
         self.timeout = timeout
 
     # -- verbs ---------------------------------------------------------------
@@ -249,10 +258,11 @@ class CniRuntime:
 
     def _run(self, plugin_type: str, env: Mapping[str, str], conf: Mapping[str, Any]) -> dict[str, Any] | None:
         path = self._find(plugin_type)
+        argv = ["nsenter", f"--net={self.netns}", "--", path] if self.netns else [path]
         full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env}
         try:
             done = subprocess.run(
-                [path], input=json.dumps(conf).encode(), env=full_env, capture_output=True, timeout=self.timeout
+                argv, input=json.dumps(conf).encode(), env=full_env, capture_output=True, timeout=self.timeout
             )
         except subprocess.TimeoutExpired:
             raise PluginError(plugin_type, int(ErrorCode.TRY_AGAIN_LATER), f"{env['CNI_COMMAND']} timed out after {self.timeout}s") from None

@@ -29,6 +29,7 @@ from control import resources
 from control.api import version as tulle_version
 from control.meshctl.client import ConfigClient, RequestError, UnreachableError, default_server
 from control.meshctl.describe import describe as describe_text
+from control.meshctl.lab import lab
 from control.meshctl.manifests import ManifestError, read_manifests
 from control.meshctl.tables import print_table, rows
 from control.resources import DEFAULT_NAMESPACE, Kind, UnknownKindError
@@ -261,6 +262,9 @@ def version(session: Session, client_only: bool) -> None:
     status = _request(session.client.status)
     click.echo(f"Server Version: {status.version}")
     click.echo(f"Server Store: {status.store} (revision {status.revision})")
+
+
+cli.add_command(lab)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

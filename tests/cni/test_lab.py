@@ -1,0 +1,132 @@
+"""The lab, user-facing (`meshctl lab ...`) and as a library (cni.lab.Lab)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cni.lab import Lab, LabError
+from tests.kernel import netns_names
+
+pytestmark = pytest.mark.privileged
+
+MESHCTL = str(Path(sys.executable).parent / "meshctl")
+
+
+def meshctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([MESHCTL, "lab", *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture
+def lab_name() -> Iterator[str]:
+    name = f"t{secrets.token_hex(3)}"
+    try:
+        yield name
+    finally:
+        Lab(name).down()
+
+
+def _traces(name: str, pids: list[int]) -> list[str]:
+    left = [f"namespace {n}" for n in netns_names() if n.startswith(f"tl-{name}.")]
+    left += [f"path {p}" for p in (Path("/run/tulle/lab") / name, Path(f"/run/tulle/lab/{name}.lock")) if p.exists()]
+    left += [f"process {pid}" for pid in pids if _alive(pid)]
+    return left
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or exited and waiting for its reaper (a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_lab_up_pods_talk_across_nodes_and_lab_down_leaves_no_trace(lab_name: str) -> None:
+    meshctl("up", "--nodes", "2", "--name", lab_name)
+    meshctl("pod", "add", "shop/cart", "--node", "node-1", "--labels", "app=cart", "--name", lab_name)
+    meshctl("pod", "add", "shop/db", "--node", "2", "--name", lab_name)
+    state = json.loads(meshctl("status", "-o", "json", "--name", lab_name).stdout)
+    pods = {f"{p['namespace']}/{p['name']}": p for p in state["pods"]}
+    assert pods["shop/cart"]["node"] == "node-1" and pods["shop/db"]["node"] == "node-2"
+    assert pods["shop/cart"]["labels"] == {"app": "cart"}
+    db_ip = pods["shop/db"]["ip"]
+
+    assert meshctl("exec", "shop/cart", "--name", lab_name, "--", "busybox", "ping", "-c1", "-W2", db_ip).returncode == 0
+    server = subprocess.Popen(
+        [MESHCTL, "lab", "exec", "shop/db", "--name", lab_name, "--", sys.executable, "-c",
+         "import socket;s=socket.create_server(('0.0.0.0',8080));print('ready',flush=True);"
+         "c,_=s.accept();c.sendall(b'db says hi');c.close()"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        reply = meshctl("exec", "shop/cart", "--name", lab_name, "--", sys.executable, "-c",
+                        f"import socket;print(socket.create_connection(('{db_ip}',8080),timeout=5).recv(100).decode())")
+        assert reply.stdout.strip() == "db says hi"
+    finally:
+        server.wait(timeout=10)
+    pids = [n["agentPid"] for n in state["nodes"]]
+
+    meshctl("down", "--name", lab_name)
+    assert _traces(lab_name, pids) == []
+
+
+def test_pod_del_releases_its_address_and_namespace(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    pod = lab.add_pod("shop", "cart")
+    lab.delete_pod("shop", "cart")
+    assert pod.netns not in netns_names()
+    again = lab.add_pod("shop", "cart")
+    assert again.ip != pod.ip  # freed addresses rotate; the first is not reused at once
+    assert [p.key for p in Lab.open(lab_name).pods()] == ["shop/cart"]
+
+
+def test_pods_spread_over_nodes_when_no_node_is_given(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=2)
+    placed = [lab.add_pod("default", f"p{i}").node for i in range(4)]
+    assert sorted(placed) == ["node-1", "node-1", "node-2", "node-2"]
+
+
+def test_lab_up_twice_is_refused(lab_name: str) -> None:
+    Lab.up(lab_name, nodes=1)
+    with pytest.raises(LabError, match="already up"):
+        Lab.up(lab_name, nodes=1)
+
+
+def test_unknown_node_and_duplicate_pod_are_refused(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    with pytest.raises(LabError, match="--node"):
+        lab.add_pod("shop", "cart", node="node-9")
+    lab.add_pod("shop", "cart")
+    with pytest.raises(LabError, match="already exists"):
+        lab.add_pod("shop", "cart")
+
+
+def test_commands_on_a_lab_that_is_not_up_say_so(lab_name: str) -> None:
+    done = meshctl("status", "--name", lab_name, check=False)
+    assert done.returncode != 0
+    assert f"lab {lab_name!r} is not up" in done.stderr
+    assert not Path(f"/run/tulle/lab/{lab_name}").exists()
+
+
+def test_bad_lab_name_is_refused() -> None:
+    done = meshctl("up", "--name", "Bad_Name", check=False)
+    assert done.returncode != 0 and "--name" in done.stderr
+
+
+def test_lab_name_comes_from_the_environment(lab_name: str) -> None:
+    Lab.up(lab_name, nodes=1)
+    done = subprocess.run([MESHCTL, "lab", "status", "-o", "json"], capture_output=True, text=True,
+                          env={**os.environ, "TULLE_LAB": lab_name}, timeout=60)
+    assert json.loads(done.stdout)["name"] == lab_name

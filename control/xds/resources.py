@@ -98,6 +98,9 @@ class ResourceSet:
     def get(self, type_url: str) -> Mapping[str, Resource]:
         return self.by_type.get(type_url, _EMPTY)
 
+    def version(self, type_url: str) -> str:
+        return self.versions.get(type_url) or EMPTY_SET_VERSION
+
     def changes_since(self, older: ResourceSet) -> dict[str, frozenset[str]]:
         """Per type, the names added, removed or changed since `older` (memoised)."""
         hit = self._changes.get(id(older))
@@ -125,3 +128,6 @@ def _set_version(resources: Iterable[Resource]) -> str:
         h.update(r.name.encode())
         h.update(r.version.encode())
     return h.hexdigest()
+
+
+EMPTY_SET_VERSION: Final = _set_version(())

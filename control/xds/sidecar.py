@@ -139,16 +139,17 @@ def proxy_resources(
     blocks the push of everything else."""
     errors = errors if errors is not None else []
     out: list[Resource] = []
+    pl = profile.proxyless
     vs_by_host = _virtual_services_by_host(mesh.virtual_services)
     for svc in mesh.services.values():
         eps = mesh.endpoints.get(svc.hostname)
         dr = mesh.destination_rules.get(svc.hostname)
         labels = _subset_pod_labels(mesh, eps) if dr is not None and dr.subsets else ()
         try:
-            out.extend(memo.get(("clusters", svc, eps, dr, labels), _service_clusters, svc, eps, dr, labels))
+            out.extend(memo.get(("clusters", svc, eps, dr, labels, pl), _service_clusters, svc, eps, dr, labels, pl))
         except TranslationError as e:
             errors.append(f"DestinationRule {dr.namespace}/{dr.name}: {e}" if dr else str(e))
-            out.extend(memo.get(("clusters", svc, eps, None, ()), _service_clusters, svc, eps, None, ()))
+            out.extend(memo.get(("clusters", svc, eps, None, (), pl), _service_clusters, svc, eps, None, (), pl))
     out.extend(memo.get("static-clusters", _static_clusters))
     if profile.proxyless:
         for svc in mesh.services.values():
@@ -223,14 +224,14 @@ def cluster_name(port: int, subset: str, host: str) -> str:
 
 def _service_clusters(
     svc: Service, eps: Endpoints | None, dr: DestinationRule | None, pod_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
-) -> list[Resource]:
+, proxyless: bool) -> list[Resource]:
     out: list[Resource] = []
     labels_of = dict(pod_labels)
     for port in svc.ports:
         policy = _merged_policy(dr.traffic_policy if dr else None, port.port)
         endpoints = _lb_endpoints(svc, port, eps)
         name = cluster_name(port.port, "", svc.hostname)
-        out.append(Resource(name, _cluster(name, port, policy)))
+        out.append(Resource(name, _cluster(name, port, policy, proxyless)))
         out.append(Resource(name, _assignment(name, [e for e, _ in endpoints])))
         for subset in dr.subsets if dr else ():
             subset_name = str(subset.get("name", ""))
@@ -240,7 +241,7 @@ def _service_clusters(
             chosen = [
                 e for e, pod in endpoints if all(dict(labels_of.get(pod, ())).get(k) == v for k, v in want.items())
             ]
-            out.append(Resource(sname, _cluster(sname, port, sub_policy)))
+            out.append(Resource(sname, _cluster(sname, port, sub_policy, proxyless)))
             out.append(Resource(sname, _assignment(sname, chosen)))
     return out
 
@@ -290,11 +291,12 @@ def _assignment(name: str, endpoints: list[endpoint_components_pb2.LbEndpoint]) 
     if endpoints:
         # gRPC ignores localities without a weight; Envoy ignores the weight unless
         # locality-weighted balancing is configured.
-        cla.endpoints.add(lb_endpoints=endpoints, load_balancing_weight=wrappers_pb2.UInt32Value(value=len(endpoints)))
+        group = cla.endpoints.add(lb_endpoints=endpoints, load_balancing_weight=wrappers_pb2.UInt32Value(value=len(endpoints)))
+        group.locality.SetInParent()  # gRPC rejects a group without a locality
     return cla
 
 
-def _cluster(name: str, port: ServicePort, policy: Mapping[str, Any]) -> cluster_pb2.Cluster:
+def _cluster(name: str, port: ServicePort, policy: Mapping[str, Any], proxyless: bool) -> cluster_pb2.Cluster:
     lb = policy.get("loadBalancer") or {}
     pool = policy.get("connectionPool") or {}
     tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
@@ -304,7 +306,9 @@ def _cluster(name: str, port: ServicePort, policy: Mapping[str, Any]) -> cluster
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(service_name=name, eds_config=_ads()),
         connect_timeout=_duration(tcp.get("connectTimeout"), DEFAULT_CONNECT_TIMEOUT, f"{name}: connectTimeout"),
     )
-    simple = str(lb.get("simple", "UNSPECIFIED"))
+    # gRPC's xDS client balances ROUND_ROBIN by default (and Istio's gRPC generator sends
+    # that); Envoy sidecars get Istio's LEAST_REQUEST.
+    simple = str(lb.get("simple", "ROUND_ROBIN" if proxyless else "UNSPECIFIED"))
     if "consistentHash" in lb:
         c.lb_policy = cluster_pb2.Cluster.RING_HASH
     elif simple in _LB_POLICIES:

@@ -237,7 +237,7 @@ class XdsStream:
         if self.resources is None:
             return []
         current = self.resources.get(state.type_url)
-        version = self.resources.versions.get(state.type_url, "")
+        version = self.resources.version(state.type_url)
         names = current.keys() if candidates is None else candidates
         changed = [
             r

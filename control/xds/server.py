@@ -31,8 +31,10 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
 
+from control.xds.client_status import client_status
 from control.xds.config import MeshConfig, ResourceOverride
 from control.xds.debounce import DebounceConfig, Debouncer
 from control.xds.mesh import MeshDocuments, MeshSnapshot
@@ -45,6 +47,7 @@ from control.xds.wire import encode_delta, encode_sotw
 log = logging.getLogger("tulle.control.xds")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+CSDS = "envoy.service.status.v3.ClientStatusDiscoveryService"
 _CONFIG_CHANGED = object()
 _CLOSED = object()
 
@@ -104,7 +107,16 @@ class AdsServer:
                 response_serializer=bytes,
             ),
         }
-        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+        csds = {
+            "FetchClientStatus": grpc.unary_unary_rpc_method_handler(
+                self._fetch_client_status,
+                request_deserializer=csds_pb2.ClientStatusRequest.FromString,
+                response_serializer=csds_pb2.ClientStatusResponse.SerializeToString,
+            )
+        }
+        self._server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SERVICE, handlers), grpc.method_handlers_generic_handler(CSDS, csds)]
+        )
         port = self._server.add_insecure_port(address)
         await self._server.start()
         self._debounce_task = asyncio.create_task(self._debounce_loop())
@@ -224,6 +236,18 @@ class AdsServer:
             queue.put_nowait(_CLOSED)
 
     # -- introspection (meshctl proxy-status / proxy-config) ------------------------
+
+    async def _fetch_client_status(
+        self, request: csds_pb2.ClientStatusRequest, context: grpc.aio.ServicerContext
+    ) -> csds_pb2.ClientStatusResponse:
+        return self.client_status(request)
+
+    def client_status(self, request: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:
+        nodes = sorted(
+            ((c.identity, c.stream) for c in self._connections if c.identity is not None),
+            key=lambda n: n[0].id,
+        )
+        return client_status(nodes, request, time.monotonic(), time.time())
 
     def status(self) -> list[ProxyStatus]:
         out = []

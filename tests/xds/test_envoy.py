@@ -4,14 +4,18 @@ in state-of-the-world (GRPC) and incremental (DELTA_GRPC) mode alike."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import duration_pb2
 
 from control.xds.node_identity import NodeIdentity
+from control.xds.proxy_commands import proxy_config, proxy_status
 from control.xds.resources import CLUSTER, Resource
 from tests.xds.harness import (
     ControlPlane,
@@ -208,3 +212,36 @@ def test_invalid_resource_is_nacked_and_the_nack_is_recorded(control: ControlPla
     assert t.acked_version != t.last_nack.version_info
     # Envoy kept its last good clusters: traffic still flows.
     assert _get(port) == (200, "web-v1-0")
+
+
+def test_proxy_status_shows_the_nack_and_proxy_config_what_the_node_is_sent(
+    control: ControlPlane, upstreams: list[Upstream], envoy: Envoy
+) -> None:
+    port, members = _mesh(control, upstreams, ["v1"])
+    eventually(lambda: _get(port) == (200, "web-v1-0"))
+    xds = ["--xds", f"127.0.0.1:{control.port}"]
+    runner = CliRunner()
+    status = runner.invoke(proxy_status, xds)
+    assert status.exit_code == 0, status.output
+    assert NODE_ID in status.output and "SYNCED" in status.output
+
+    clusters = runner.invoke(proxy_config, ["client-0", "clusters", *xds])
+    assert f"outbound|{port}||web.default.svc.cluster.local" in clusters.output
+    upstream = members[0][1]
+    endpoints_out = runner.invoke(proxy_config, [NODE_ID, "endpoints", *xds])
+    assert f"{upstream.host}:{upstream.port}" in endpoints_out.output
+    routes = json.loads(runner.invoke(proxy_config, ["client-0", "routes", "-o", "json", *xds]).output)
+    assert [r["name"] for r in routes] == [str(port)]
+
+    control.server.override = lambda node, resources: [
+        *resources, Resource("bad", cluster_pb2.Cluster(name="bad", connect_timeout=duration_pb2.Duration(seconds=-1)))
+    ]
+    control.apply(service("other", free_port()))
+
+    def nacked_status() -> str | None:
+        out = runner.invoke(proxy_status, xds).output
+        return out if "NACKED" in out else None
+
+    nacked = eventually(nacked_status)
+    assert "last NACK from " + NODE_ID in nacked
+    assert "Invalid duration" in nacked

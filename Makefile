@@ -51,6 +51,7 @@ proto: setup
 
 bench: setup
 	$(PY) bench/control_watch_latency.py
+	$(PY) bench/xds_scale.py
 
 demo: setup
 	$(VENV)/bin/meshctl demo

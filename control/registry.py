@@ -18,7 +18,8 @@ Rules:
   Without one, apply is last-writer-wins, but still read-modify-write safe: the
   registry retries when the object changed between its read and its write.
 - Namespaced objects need their Namespace to exist (or be in the same apply);
-  deleting a Namespace deletes everything in it, in the same transaction.
+  deleting a Namespace deletes everything in it first (in transactions of at most
+  100 objects, since etcd bounds a transaction), then the Namespace.
 - Server-assigned fields survive a re-apply that omits them and cannot be changed:
   a Service's `spec.clusterIP`/`clusterIPs` (allocated here, at creation, from the
   service CIDR, like the Kubernetes API server does), a Node's `spec.podCIDR`/`podCIDRs`
@@ -53,6 +54,7 @@ Errors = list[FieldError]
 
 _SERVER_OWNED = ("uid", "resourceVersion", "creationTimestamp", "generation")
 _RETRIES = 8
+_DELETE_BATCH = 100
 
 
 class NotFoundError(LookupError):
@@ -439,31 +441,44 @@ class Registry:
                     f"Operation cannot be fulfilled on {describe(kind, name)}: the object has been modified; "
                     "please apply your changes to the latest version and try again"
                 )
-            ops: Ops = [*self._release(kind, entry), Delete(key, entry.mod_revision)]
             if kind.name == "Namespace":
-                ops = [*await self._namespace_contents(name), *ops]
+                await self._delete_contents(name)
             try:
-                revision = await self.store.commit(ops)
+                revision = await self.store.commit([*self._release(kind, entry), Delete(key, entry.mod_revision)])
             except ConflictError:
                 continue
-            obj = decode(entry.value, revision)
-            return obj, revision
+            return decode(entry.value, revision), revision
         raise ObjectConflictError(f"{describe(kind, name)} kept changing while being deleted; try again")
+
+    async def _delete_contents(self, namespace: str) -> None:
+        """Delete every object in a namespace, in transactions of at most _DELETE_BATCH
+        objects (etcd bounds the operations of one transaction)."""
+        for _ in range(_RETRIES):
+            ops: Ops = []
+            for kind in resources.KINDS:
+                if kind.namespaced:
+                    entries, _ = await self.store.range(resources.kind_prefix(kind, namespace))
+                    ops.extend(op for entry in entries for op in (*self._release(kind, entry), Delete(entry.key, entry.mod_revision)))
+            if not ops:
+                return
+            try:
+                # Chunks never split an object from its allocations: both come from one entry.
+                chunk: Ops = []
+                for op in ops:
+                    chunk.append(op)
+                    if len(chunk) >= _DELETE_BATCH and op.expect is not None:
+                        await self.store.commit(chunk)
+                        chunk = []
+                if chunk:
+                    await self.store.commit(chunk)
+                return
+            except ConflictError:
+                continue
+        raise ObjectConflictError(f'namespace "{namespace}" kept changing while being deleted; try again')
 
     def _release(self, kind: Kind, entry: Entry) -> Ops:
         pools = {"service-ip": self.cluster.service_ips, "pod-cidr": self.cluster.pod_cidrs}
         return [Delete(pools[pool].key(value)) for pool, value in _allocated_values(kind, json.loads(entry.value))]
-
-    async def _namespace_contents(self, namespace: str) -> Ops:
-        ops: Ops = []
-        for kind in resources.KINDS:
-            if not kind.namespaced:
-                continue
-            entries, _ = await self.store.range(resources.kind_prefix(kind, namespace))
-            for entry in entries:
-                ops.extend(self._release(kind, entry))
-                ops.append(Delete(entry.key, entry.mod_revision))
-        return ops
 
     async def ensure_namespace(self, name: str) -> None:
         """Create a Namespace if it does not exist (the `default` namespace at start-up)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from control.plane import DEFAULT_LISTEN, DEFAULT_SOCKET
+from control.plane import DEFAULT_LISTEN, DEFAULT_SOCKET, MESSAGE_LIMITS
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
 
 Object = dict[str, Any]
@@ -62,7 +62,7 @@ class ConfigClient:
     def __init__(self, server: str, timeout: float = 30.0) -> None:
         self.server = server
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(server)
+        self._channel = grpc.insecure_channel(server, options=MESSAGE_LIMITS)
         self._stub = config_pb2_grpc.ConfigStub(self._channel)
 
     def close(self) -> None:

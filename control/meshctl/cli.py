@@ -148,32 +148,55 @@ def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: 
 @click.option("-A", "--all-namespaces", is_flag=True)
 @click.option("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
 @click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None)
+@click.option("-w", "--watch", is_flag=True, help="after listing, print each change as it happens")
 @click.pass_obj
 def get(session: Session, kind_arg: str, names: tuple[str, ...], namespace: str | None, all_namespaces: bool,
-        selector: str, output: str | None) -> None:
+        selector: str, output: str | None, watch: bool) -> None:
     """List objects of a kind, or show the named ones."""
     kind_name, _, slash_name = kind_arg.partition("/")
     kind = _kind(kind_name)
     names = (slash_name, *names) if slash_name else names
     namespace = (namespace or DEFAULT_NAMESPACE) if kind.namespaced else ""
     all_namespaces = all_namespaces and kind.namespaced
-    if names:
+    scope = "" if all_namespaces else namespace
+    if names and not watch:
         objects = [_request(lambda n=n: session.client.get(kind.name, namespace, n)) for n in names]  # type: ignore[misc]
     else:
-        objects, _ = _request(lambda: session.client.list(kind.name, "" if all_namespaces else namespace, selector))
-        if not objects:
+        objects, revision = _request(lambda: session.client.list(kind.name, scope, selector))
+        if names:
+            objects = [o for o in objects if o["metadata"]["name"] in names]
+        if not objects and not watch:
             where = "" if all_namespaces or not kind.namespaced else f" in {namespace} namespace"
             click.echo(f"No resources found{where}.", err=True)
             return
+    _print_listing(kind, objects, output, single=len(names) == 1 and not watch, all_namespaces=all_namespaces)
+    if not watch:
+        return
+    try:
+        for _, obj, _ in session.client.watch([kind.name], scope, selector, revision):
+            if not names or obj["metadata"]["name"] in names:
+                if output == "yaml":
+                    click.echo("---")
+                _print_listing(kind, [obj], output, single=True, all_namespaces=all_namespaces, header=False)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return  # the way a watch ends
+    except RequestError as e:
+        _fail(_error_text(e))
+
+
+def _print_listing(kind: Kind, objects: Sequence[Object], output: str | None, single: bool,
+                   all_namespaces: bool, header: bool = True) -> None:
     if output in ("yaml", "json"):
-        _print_objects(objects, output, single=bool(names) and len(names) == 1)
+        _print_objects(objects, output, single=single)
     elif output == "name":
         for obj in objects:
             click.echo(object_name(obj))
-    else:
+    elif objects or header:
         now = datetime.datetime.now(datetime.UTC)
         headers, body = rows(kind.name, objects, output == "wide", all_namespaces, now)
-        print_table(Console(width=max(200, Console().width), soft_wrap=True), headers, body)
+        console = Console(width=max(200, Console().width), soft_wrap=True)
+        print_table(console, headers if header else None, body)
 
 
 @cli.command()

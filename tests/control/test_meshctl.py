@@ -199,3 +199,20 @@ def test_the_installed_command_honours_tulle_server_and_exits_3_when_unreachable
     unreachable = subprocess.run([str(MESHCTL), "--server", "127.0.0.1:1", "get", "ns"], capture_output=True, text=True)
     assert unreachable.returncode == UNREACHABLE
     assert "cannot reach tulle-control at 127.0.0.1:1" in unreachable.stderr
+
+
+def test_get_watch_prints_the_listing_then_each_change(control: ControlProcess, meshctl: Any) -> None:
+    watcher = subprocess.Popen([str(MESHCTL), "--server", control.address, "get", "ns", "-w", "-l", "watched=yes"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        # Whether the apply lands before the listing or after it, the object is printed once.
+        manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: watched-ns, labels: {watched: 'yes'}}\n"
+        assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+        lines: list[str] = []
+        while not any("watched-ns" in line for line in lines):
+            lines.append(watcher.stdout.readline())
+        assert lines[-1].split()[:2] == ["watched-ns", "Active"]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)

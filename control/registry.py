@@ -23,7 +23,8 @@ Rules:
 - Server-assigned fields survive a re-apply that omits them and cannot be changed:
   a Service's `spec.clusterIP`/`clusterIPs` (allocated here, at creation, from the
   service CIDR, like the Kubernetes API server does), a Node's `spec.podCIDR`/`podCIDRs`
-  (assigned by the controller). A document without `status` keeps the stored status.
+  (assigned by the controller, or given by the Node's own document: then, if inside the
+  cluster CIDR, it must be free). A document without `status` keeps the stored status.
 - Watch events are ADDED, MODIFIED and DELETED in revision order; a DELETED event
   carries the object's last state. A label selector filters on the object's labels
   after the change (before it, for DELETED).
@@ -304,6 +305,7 @@ class Registry:
         applied_namespaces = {d["metadata"]["name"] for d, k in zip(documents, kinds, strict=True) if k.name == "Namespace"}
         checked_namespaces: set[str] = set()
         service_ips: set[str] | None = None
+        pod_cidrs: set[str] | None = None
         for document, kind in zip(documents, kinds, strict=True):
             doc = copy.deepcopy(dict(document))
             meta = doc["metadata"]
@@ -343,6 +345,10 @@ class Registry:
                 if service_ips is None:
                     service_ips = await self._taken(self.cluster.service_ips)
                 self._assign_cluster_ip(obj, stored, service_ips, plan, key)
+            elif kind.name == "Node" and (obj.get("spec") or {}).get("podCIDR"):
+                if pod_cidrs is None:
+                    pod_cidrs = await self._taken(self.cluster.pod_cidrs)
+                self._claim_pod_cidr(obj, stored, pod_cidrs, plan, key)
 
             if stored is not None and obj == stored:
                 plan.results.append(("unchanged", decode(entry.value, entry.mod_revision) if entry else obj, kind))
@@ -425,6 +431,21 @@ class Registry:
         spec["clusterIP"] = ip
         spec["clusterIPs"] = [ip]
         plan.ops.append(Put(pool.key(ip), key.encode(), 0))
+
+    def _claim_pod_cidr(self, obj: Object, stored: Object | None, taken: set[str], plan: _Plan, key: str) -> None:
+        """A Node applied with its own podCIDR: inside the cluster CIDR it must be free, and
+        is then held like an assigned one; outside it, it is the operator's own range."""
+        cidr = obj["spec"]["podCIDR"]
+        if stored is not None and (stored.get("spec") or {}).get("podCIDR"):
+            return  # kept (and checked immutable) by _merge
+        pool = self.cluster.pod_cidrs
+        if not pool.contains(cidr):
+            return
+        if cidr in taken:
+            raise InvalidDocumentsError([InvalidObjectError("Node", obj["metadata"]["name"], [invalid(
+                "spec.podCIDR", cidr, "is already assigned to another node")])])
+        taken.add(cidr)
+        plan.ops.append(Put(pool.key(cidr), key.encode(), 0))
 
     async def delete(
         self, kind_name: str, namespace: str, name: str, resource_version: str = ""

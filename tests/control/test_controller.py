@@ -8,8 +8,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from control.controller import DerivedStateController
-from control.registry import NotFoundError, Registry
+from control.registry import InvalidDocumentsError, NotFoundError, Registry
 from control.store import Store
 from tests.control.conftest import StoreFactory
 
@@ -130,3 +132,22 @@ def test_nodes_get_the_lowest_free_pod_cidr_and_release_it_when_deleted(stores: 
 
 async def _is(value: Awaitable[Any], expected: Any) -> bool:
     return await value == expected
+
+
+def test_a_node_applied_with_its_own_pod_cidr_keeps_it_and_the_controller_skips_it(stores: StoreFactory) -> None:
+    async def scenario(registry: Registry) -> None:
+        static = node("node-static", "192.168.0.9")
+        static["spec"] = {"podCIDR": "10.244.0.0/24"}
+        await registry.apply([static])
+        await registry.apply([node("node-dynamic", "192.168.0.10")])
+
+        async def cidr() -> str | None:
+            return (await registry.get("Node", "", "node-dynamic")).get("spec", {}).get("podCIDR")
+
+        await eventually(lambda: _is(cidr(), "10.244.1.0/24"))
+        clash = node("node-clash", "192.168.0.11")
+        clash["spec"] = {"podCIDR": "10.244.1.0/24"}
+        with pytest.raises(InvalidDocumentsError, match="is already assigned to another node"):
+            await registry.apply([clash])
+
+    with_controller(stores, scenario)

@@ -8,7 +8,8 @@ store, so every watcher (the xDS server, agents, meshctl) sees them.
 Theory of operation:
 - One watch over Services, Pods, Endpoints and Nodes keeps a cache of them. Each
   event marks what it affects dirty: a Service or its Endpoints mark that Service; a
-  Pod marks the Services in its namespace; a Node marks itself.
+  Pod marks the Services that selected it before the change or select it after; a
+  Node marks itself.
 - The reconcile pass drains every event already waiting, then writes what differs:
   `compute_endpoints` for each dirty Service; a pod CIDR (lowest free /24 of the
   cluster CIDR) for each dirty Node that has none. Every write names the revision it
@@ -102,6 +103,7 @@ class DerivedStateController:
     def _observe(self, event_type: str, obj: Object) -> None:
         kind = obj["kind"]
         key = _key(obj)
+        before = self.cache[kind].get(key)
         if event_type == "DELETED":
             self.cache[kind].pop(key, None)
         else:
@@ -109,8 +111,11 @@ class DerivedStateController:
         if kind in ("Service", "Endpoints"):
             self._dirty_services.add(key)
         elif kind == "Pod":
-            namespace = key[0]
-            self._dirty_services.update(k for k in self.cache["Service"] if k[0] == namespace)
+            # Only the Services that selected the Pod before the change or select it after.
+            labels = [(p["metadata"].get("labels") or {}) for p in (before, obj) if p is not None]
+            for service_key, service in self.cache["Service"].items():
+                if service_key[0] == key[0] and any(_selects(service, pod_labels) for pod_labels in labels):
+                    self._dirty_services.add(service_key)
         elif kind == "Node":
             self._dirty_nodes.add(key[1])
 
@@ -190,6 +195,11 @@ class DerivedStateController:
 
 
 _MANAGED_BY = "endpoints.tulle.dev/managed-by"
+
+
+def _selects(service: Object, labels: dict[str, str]) -> bool:
+    selector = (service.get("spec") or {}).get("selector") or {}
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 def _managed(endpoints: Object) -> bool:

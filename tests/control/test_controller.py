@@ -151,3 +151,14 @@ def test_a_node_applied_with_its_own_pod_cidr_keeps_it_and_the_controller_skips_
             await registry.apply([clash])
 
     with_controller(stores, scenario)
+
+
+def test_relabelling_a_pod_moves_it_between_services_endpoints(stores: StoreFactory) -> None:
+    async def scenario(registry: Registry) -> None:
+        await registry.apply([service("web"), service("db"), pod("p", "10.244.0.7", app="web")])
+        await eventually(lambda: _is(endpoint_ips(registry, "web"), ["10.244.0.7"]))
+        await registry.apply([pod("p", "10.244.0.7", app="db")])
+        await eventually(lambda: _is(endpoint_ips(registry, "db"), ["10.244.0.7"]))
+        await eventually(lambda: _is(endpoint_ips(registry, "web"), []))
+
+    with_controller(stores, scenario)

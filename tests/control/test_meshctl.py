@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from control import resources
 from control.meshctl.cli import FAILED, OK, UNREACHABLE, USAGE, main
 from tests.control.control_process import MESHCTL, ControlProcess, control_process
 
@@ -61,17 +62,22 @@ def upstream_documents() -> list[dict[str, Any]]:
 def test_upstream_manifests_round_trip_through_apply_and_get_yaml(meshctl: Any) -> None:
     applied = meshctl("apply", "-f", str(MANIFESTS))
     assert applied.code == OK, applied.err
-    for document in upstream_documents():
+    documents = upstream_documents()
+    assert {d["kind"] for d in documents} >= {"NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy",
+                                            "VirtualService", "DestinationRule", "PeerAuthentication",
+                                            "AuthorizationPolicy"}
+    for document in documents:
         kind, meta = document["kind"], document["metadata"]
+        namespaced = resources.BY_NAME[kind].namespaced
         args = ["get", kind, meta["name"], "-o", "yaml"]
-        if kind != "Namespace":
+        if namespaced:
             args += ["-n", meta.get("namespace", "default")]
         got = meshctl(*args)
         assert got.code == OK, got.err
         stored = yaml.safe_load(got.out)
         assert all(stored["metadata"][k] for k in SERVER_OWNED)
         expected = copy.deepcopy(document)
-        if kind != "Namespace":
+        if namespaced:
             expected["metadata"].setdefault("namespace", "default")
         assert without_server_fields(stored) == expected
 

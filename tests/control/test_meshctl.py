@@ -222,3 +222,15 @@ def test_get_watch_prints_the_listing_then_each_change(control: ControlProcess, 
     finally:
         watcher.terminate()
         watcher.wait(10)
+
+
+def test_describe_spells_field_names_as_words_and_keeps_label_keys_as_written() -> None:
+    from control.meshctl.describe import describe
+
+    text = describe({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "p", "namespace": "default", "uid": "u", "resourceVersion": "3"},
+                     "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "db"}},
+                              "policyTypes": ["Ingress"]}})
+    assert "  Pod Selector:\n    Match Labels:\n      app.kubernetes.io/name:  db\n" in text
+    assert "  Policy Types:\n    - Ingress\n" in text
+    assert "  Resource Version:  3\n" in text

@@ -234,6 +234,8 @@ def delete(session: Session, args: tuple[str, ...], sources: tuple[str, ...], re
             _fail(f"error: name a {kind.name} to delete", USAGE)
         targets = [(kind, namespace or DEFAULT_NAMESPACE, name) for name in names]
     failed = False
+    if sources:
+        targets.reverse()  # objects before the Namespace that holds them, as they were created after it
     for kind, ns, name in targets:
         try:
             session.client.delete(kind.name, ns if kind.namespaced else "", name)

@@ -88,7 +88,8 @@ class SQLiteStore(Store):
         return self
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The configuration is the operator's: nobody else reads it.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,6 +97,8 @@ class SQLiteStore(Store):
             os.close(fd)
             raise StoreError(f"{self.path} is in use by another tulle-control") from None
         self._lock_fd = fd
+        if not self.path.exists():
+            self.path.touch(mode=0o600)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")

@@ -26,8 +26,9 @@ Rules:
   (assigned by the controller, or given by the Node's own document: then, if inside the
   cluster CIDR, it must be free). A document without `status` keeps the stored status.
 - Watch events are ADDED, MODIFIED and DELETED in revision order; a DELETED event
-  carries the object's last state. A label selector filters on the object's labels
-  after the change (before it, for DELETED).
+  carries the object's last state. With a label selector (or a namespace), an update
+  that makes an object match is ADDED and one that makes it stop matching is DELETED
+  (with its state before the update), as Kubernetes' watch reports it.
 """
 
 from __future__ import annotations
@@ -261,13 +262,24 @@ class Registry:
             for event in batch:
                 if event.key.startswith(ALLOCATION_PREFIX):
                     continue
+                kind_name = event.key.split("/", 1)[0]
                 obj = decode(event.value, event.revision)
-                if not selected(event.key.split("/", 1)[0], obj):
-                    continue
                 if event.type is EventType.DELETE:
-                    yield WatchEvent("DELETED", obj, event.revision)
-                else:
-                    yield WatchEvent("ADDED" if event.created else "MODIFIED", obj, event.revision)
+                    if selected(kind_name, obj):
+                        yield WatchEvent("DELETED", obj, event.revision)
+                    continue
+                now = selected(kind_name, obj)
+                if event.created:
+                    if now:
+                        yield WatchEvent("ADDED", obj, event.revision)
+                    continue
+                # An update moves the object into or out of a filtered watch, as Kubernetes'
+                # watch cache reports it; with the old value unknown, it counts as selected.
+                before = event.prev_value is None or selected(kind_name, decode(event.prev_value, event.revision))
+                if now:
+                    yield WatchEvent("MODIFIED" if before else "ADDED", obj, event.revision)
+                elif before and event.prev_value is not None:
+                    yield WatchEvent("DELETED", decode(event.prev_value, event.revision), event.revision)
 
     # --- writes -----------------------------------------------------------------------
 

@@ -179,8 +179,9 @@ class EtcdStore(Store):
         for event in events:
             if event.type == kv_pb2.Event.PUT:
                 kv = event.kv
+                previous = event.prev_kv.value if event.HasField("prev_kv") else None
                 converted = Event(
-                    EventType.PUT, self._entry(kv).key, kv.mod_revision, kv.value, kv.create_revision == kv.mod_revision
+                    EventType.PUT, self._entry(kv).key, kv.mod_revision, kv.value, kv.version == 1, previous
                 )
             else:
                 converted = Event(

@@ -63,6 +63,8 @@ class Event:
     value: bytes
     # True when the PUT created the key (no value before it).
     created: bool = False
+    # The value before a PUT that updated the key, when the store still has it.
+    prev_value: bytes | None = None
 
 
 class StoreError(Exception):

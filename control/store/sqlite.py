@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS log (
     key TEXT NOT NULL,
     value BLOB NOT NULL,
     created INTEGER NOT NULL,
+    prev_value BLOB,
     PRIMARY KEY (revision, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -172,12 +173,15 @@ class SQLiteStore(Store):
                         "SET value = excluded.value, mod_revision = excluded.mod_revision",
                         (op.key, op.value, revision, revision),
                     )
-                    db.execute("INSERT INTO log VALUES (?, ?, 'PUT', ?, ?, ?)", (revision, seq, op.key, op.value, created))
+                    previous = None if created else current[op.key][0]
+                    db.execute(
+                        "INSERT INTO log VALUES (?, ?, 'PUT', ?, ?, ?, ?)", (revision, seq, op.key, op.value, created, previous)
+                    )
                     seq += 1
                 elif op.key in current:
                     db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
                     db.execute(
-                        "INSERT INTO log VALUES (?, ?, 'DELETE', ?, ?, 0)", (revision, seq, op.key, current[op.key][0])
+                        "INSERT INTO log VALUES (?, ?, 'DELETE', ?, ?, 0, NULL)", (revision, seq, op.key, current[op.key][0])
                     )
                     seq += 1
             if seq == 0:
@@ -203,11 +207,11 @@ class SQLiteStore(Store):
         upto = min(self._meta("revision"), after + 1000)
         lo, hi = _prefix_bounds(prefix)
         rows = self.db.execute(
-            "SELECT type, key, revision, value, created FROM log "
+            "SELECT type, key, revision, value, created, prev_value FROM log "
             "WHERE revision > ? AND revision <= ? AND key >= ? AND key < ? ORDER BY revision, seq",
             (after, upto, lo, hi),
         ).fetchall()
-        return [Event(EventType(t), k, r, v, bool(c)) for t, k, r, v, c in rows], upto
+        return [Event(EventType(t), k, r, v, bool(c), p) for t, k, r, v, c, p in rows], upto
 
     async def watch(self, prefix: str, after: int) -> AsyncIterator[list[Event]]:
         wakeup = asyncio.Event()

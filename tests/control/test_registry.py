@@ -310,3 +310,19 @@ def test_an_apply_larger_than_etcds_transaction_limit_is_refused_whole(tmp_path:
         assert (await registry.list("NetworkPolicy"))[0] == []
 
     StoreFactory("etcd", tmp_path, etcd).run(scenario)
+
+
+def test_a_filtered_watch_sees_objects_enter_and_leave_the_selector(stores: StoreFactory) -> None:
+    async def scenario(store: Store) -> None:
+        registry = await registry_on(store)
+        events = registry.watch(["netpol"], selector="tier=web", since=await store.revision())
+        await registry.apply([policy("p", labels={"tier": "db"})])
+        await registry.apply([policy("p", labels={"tier": "web"})])
+        await registry.apply([policy("p", app="x", labels={"tier": "web"})])
+        await registry.apply([policy("p", app="x", labels={"tier": "db"})])
+        seen = await take(events, 3)
+        assert [e.type for e in seen] == ["ADDED", "MODIFIED", "DELETED"]
+        assert seen[2].object["metadata"]["labels"] == {"tier": "web"}  # its state when it last matched
+        await events.aclose()  # type: ignore[attr-defined]
+
+    stores.run(scenario)

@@ -152,7 +152,12 @@ def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: 
 @click.pass_obj
 def get(session: Session, kind_arg: str, names: tuple[str, ...], namespace: str | None, all_namespaces: bool,
         selector: str, output: str | None, watch: bool) -> None:
-    """List objects of a kind, or show the named ones."""
+    """List objects of a kind (or of several: svc,ep), or show the named ones."""
+    if "," in kind_arg:
+        if names or watch or "/" in kind_arg:
+            _fail("error: several kinds (KIND,KIND) list all objects of each; name none and do not watch", USAGE)
+        _get_kinds(session, [_kind(k) for k in kind_arg.split(",") if k], namespace, all_namespaces, selector, output)
+        return
     kind_name, _, slash_name = kind_arg.partition("/")
     kind = _kind(kind_name)
     names = (slash_name, *names) if slash_name else names
@@ -183,6 +188,31 @@ def get(session: Session, kind_arg: str, names: tuple[str, ...], namespace: str 
         return  # the way a watch ends
     except RequestError as e:
         _fail(_error_text(e))
+
+
+def _get_kinds(session: Session, kinds: Sequence[Kind], namespace: str | None, all_namespaces: bool,
+               selector: str, output: str | None) -> None:
+    """`get svc,ep`: one table per kind, names prefixed with the kind, as kubectl prints them."""
+    listed: list[tuple[Kind, list[Object]]] = []
+    for kind in kinds:
+        scope = "" if all_namespaces or not kind.namespaced else (namespace or DEFAULT_NAMESPACE)
+        objects, _ = _request(lambda kind=kind, scope=scope: session.client.list(kind.name, scope, selector))  # type: ignore[misc]
+        if objects:
+            listed.append((kind, objects))
+    if not listed:
+        click.echo("No resources found.", err=True)
+        return
+    if output in ("yaml", "json"):
+        _print_objects([o for _, objects in listed for o in objects], output, single=False)
+        return
+    for i, (kind, objects) in enumerate(listed):
+        if output == "name":
+            _print_listing(kind, objects, output, single=False, all_namespaces=False)
+            continue
+        if i:
+            click.echo()
+        prefixed = [{**o, "metadata": {**o["metadata"], "name": object_name(o)}} for o in objects]
+        _print_listing(kind, prefixed, output, single=False, all_namespaces=all_namespaces and kind.namespaced)
 
 
 def _print_listing(kind: Kind, objects: Sequence[Object], output: str | None, single: bool,

@@ -234,3 +234,18 @@ def test_describe_spells_field_names_as_words_and_keeps_label_keys_as_written() 
     assert "  Pod Selector:\n    Match Labels:\n      app.kubernetes.io/name:  db\n" in text
     assert "  Policy Types:\n    - Ingress\n" in text
     assert "  Resource Version:  3\n" in text
+
+
+def test_get_of_several_kinds_prints_a_table_per_kind(meshctl: Any) -> None:
+    manifest = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: multi-web}\n"
+        "spec: {selector: {app: multi-web}, ports: [{port: 80}]}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: multi-web}\nspec: {podSelector: {}}\n"
+    )
+    assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+    out = meshctl("get", "svc,netpol").out
+    services, policies = out.split("\n\n")
+    assert services.splitlines()[0].split()[:2] == ["NAME", "TYPE"]
+    assert any(line.startswith("service/multi-web ") for line in services.splitlines())
+    assert policies.splitlines()[0].split()[:2] == ["NAME", "POD-SELECTOR"]
+    assert meshctl("get", "svc,ep", "-w").code == USAGE

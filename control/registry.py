@@ -33,6 +33,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -515,15 +516,10 @@ class Registry:
 
     async def ensure_namespace(self, name: str) -> None:
         """Create a Namespace if it does not exist (the `default` namespace at start-up)."""
-        document = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        for _ in range(_RETRIES):
-            if await self.store.get(resources.object_key(resources.BY_NAME["Namespace"], "", name)) is not None:
-                return
-            try:
-                await self.apply([{**document, "metadata": {"name": name, "resourceVersion": "0"}}])
-                return
-            except (AlreadyExistsError, ObjectConflictError):
-                return  # another replica created it first
+        if await self.store.get(resources.object_key(resources.BY_NAME["Namespace"], "", name)) is not None:
+            return
+        with contextlib.suppress(AlreadyExistsError, ObjectConflictError):  # another replica was first
+            await self.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "resourceVersion": "0"}}])
 
     async def write_server_owned(self, obj: Object, expect: int, extra: Sequence[Op] = ()) -> int:
         """Store an object computed by the server (Endpoints, a Node's podCIDR) as is,

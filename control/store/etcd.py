@@ -33,6 +33,7 @@ from control.store.kv import (
     Put,
     Store,
     StoreError,
+    check_distinct,
     prefix_end,
 )
 from proto.etcd.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -102,6 +103,7 @@ class EtcdStore(Store):
         await self._call(self._kv.Compact, rpc_pb2.CompactionRequest(revision=revision, physical=True))
 
     async def commit(self, ops: Sequence[Op]) -> int:
+        check_distinct(ops)
         if len(ops) > self.max_txn_ops:
             raise TransactionTooLargeError(
                 f"{len(ops)} writes in one transaction, more than etcd's limit of {self.max_txn_ops} "

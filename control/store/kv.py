@@ -123,6 +123,15 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
 
+def check_distinct(ops: Sequence[Op]) -> None:
+    """A transaction touches each key once (etcd refuses it otherwise; so does SQLite here)."""
+    seen: set[str] = set()
+    for op in ops:
+        if op.key in seen:
+            raise ValueError(f"a transaction may touch a key once, and touches {op.key} twice")
+        seen.add(op.key)
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key starting with `prefix` (etcd's range_end)."""
     end = bytearray(prefix)

@@ -40,6 +40,7 @@ from control.store.kv import (
     Put,
     Store,
     StoreError,
+    check_distinct,
 )
 
 T = TypeVar("T")
@@ -145,6 +146,7 @@ class SQLiteStore(Store):
         return revision
 
     async def commit(self, ops: Sequence[Op]) -> int:
+        check_distinct(ops)
         revision, changed = await self._run(self._commit, list(ops))
         if changed:
             for wakeup in self._wakeups:

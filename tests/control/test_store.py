@@ -206,3 +206,12 @@ def test_an_etcd_watch_survives_an_etcd_restart_and_resumes_where_it_was() -> No
 
     with etcd_server() as server:
         asyncio.run(scenario(server))
+
+
+def test_a_transaction_may_touch_a_key_only_once(stores: StoreFactory) -> None:
+    async def scenario(store: Store) -> None:
+        with pytest.raises(ValueError, match="touches k twice"):
+            await store.commit([Put("k", b"1"), Delete("k")])
+        assert await store.get("k") is None
+
+    stores.run(scenario)

@@ -89,6 +89,24 @@ def _kind(name: str) -> Kind:
         _fail(f"error: {e}")
 
 
+def _default_namespace(document: Any, namespace: str) -> None:
+    """kubectl's `apply -n`: a namespaced object without a namespace goes there; one that
+    names another namespace is an error."""
+    if not isinstance(document, dict) or not isinstance(document.get("metadata"), dict):
+        return  # the server explains what is wrong with it
+    try:
+        kind = resources.lookup(str(document.get("kind")))
+    except UnknownKindError:
+        return
+    meta = document["metadata"]
+    if not kind.namespaced:
+        return
+    given = meta.setdefault("namespace", namespace)
+    if given != namespace:
+        _fail(f"error: the namespace from the provided object \"{given}\" does not match the namespace "
+              f"\"{namespace}\". You must pass '--namespace={given}' to perform this operation.")
+
+
 def object_name(obj: Object) -> str:
     """kubectl's `kind.group/name`: `networkpolicy.networking.k8s.io/web`, `service/web`."""
     kind = resources.BY_NAME[obj["kind"]]
@@ -123,13 +141,18 @@ def cli(ctx: click.Context, server: str | None) -> None:
 @click.option("-R", "--recursive", is_flag=True, help="walk directories given with -f recursively")
 @click.option("--dry-run", is_flag=True, help="validate and show the result without storing anything")
 @click.option("-o", "--output", type=click.Choice(["name", "yaml", "json"]), default=None)
+@click.option("-n", "--namespace", default=None, help="namespace of the namespaced objects that name none")
 @click.pass_obj
-def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: bool, output: str | None) -> None:
+def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: bool, output: str | None,
+          namespace: str | None) -> None:
     """Create or update objects from manifests, all or nothing."""
     try:
         documents = read_manifests(sources, recursive)
     except ManifestError as e:
         _fail(f"error: {e}")
+    if namespace:
+        for document in documents:
+            _default_namespace(document, namespace)
     if not documents:
         _fail("error: no objects passed to apply")
     results, _ = _request(lambda: session.client.apply(documents, dry_run))

@@ -249,3 +249,14 @@ def test_get_of_several_kinds_prints_a_table_per_kind(meshctl: Any) -> None:
     assert any(line.startswith("service/multi-web ") for line in services.splitlines())
     assert policies.splitlines()[0].split()[:2] == ["NAME", "POD-SELECTOR"]
     assert meshctl("get", "svc,ep", "-w").code == USAGE
+
+
+def test_apply_with_a_namespace_places_objects_that_name_none(meshctl: Any) -> None:
+    manifest = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-flag}\n---\n"
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: in-flag-ns}\nspec: {podSelector: {}}\n")
+    assert meshctl("apply", "-n", "ns-flag", "-f", "-", stdin=manifest).code == OK
+    assert meshctl("get", "netpol", "in-flag-ns", "-n", "ns-flag", "-o", "name").out == (
+        "networkpolicy.networking.k8s.io/in-flag-ns\n")
+    elsewhere = manifest.replace("{name: in-flag-ns}", "{name: in-flag-ns, namespace: default}")
+    mismatch = meshctl("apply", "-n", "ns-flag", "-f", "-", stdin=elsewhere)
+    assert mismatch.code == FAILED and 'does not match the namespace "ns-flag"' in mismatch.err

@@ -37,7 +37,6 @@ log = logging.getLogger("tulle.control.controller")
 
 Object = dict[str, Any]
 _KINDS = ("Service", "Pod", "Endpoints", "Node")
-_RETRY_DELAY = 0.05
 _STORE_RETRY = 1.0
 
 
@@ -52,8 +51,6 @@ class DerivedStateController:
         self.cache: dict[str, dict[tuple[str, str], Object]] = {kind: {} for kind in _KINDS}
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_nodes: set[str] = set()
-        #: Set after each reconcile pass that left nothing dirty (tests wait on it).
-        self.idle = asyncio.Event()
 
     async def run(self) -> None:
         while True:
@@ -120,28 +117,20 @@ class DerivedStateController:
             self._dirty_nodes.add(key[1])
 
     async def _reconcile(self) -> None:
-        self.idle.clear()
-        retry = False
+        # A write that loses to a concurrent one leaves its item dirty: the winner's write
+        # is an event on its way through the watch, and the pass after it retries.
         for key in sorted(self._dirty_services):
-            self._dirty_services.discard(key)
             try:
                 await self._reconcile_endpoints(key)
             except ConflictError:
-                self._dirty_services.add(key)
-                retry = True
+                continue
+            self._dirty_services.discard(key)
         for name in sorted(self._dirty_nodes):
-            self._dirty_nodes.discard(name)
             try:
                 await self._reconcile_node(name)
             except ConflictError:
-                self._dirty_nodes.add(name)
-                retry = True
-        if retry:
-            # The write lost to a concurrent one; its event is on its way to the cache.
-            await asyncio.sleep(_RETRY_DELAY)
-            await self._reconcile()
-        else:
-            self.idle.set()
+                continue
+            self._dirty_nodes.discard(name)
 
     async def _reconcile_endpoints(self, key: tuple[str, str]) -> None:
         service = self.cache["Service"].get(key)

@@ -162,3 +162,32 @@ def test_relabelling_a_pod_moves_it_between_services_endpoints(stores: StoreFact
         await eventually(lambda: _is(endpoint_ips(registry, "web"), []))
 
     with_controller(stores, scenario)
+
+
+def test_two_controllers_on_one_store_converge_without_fighting(stores: StoreFactory) -> None:
+    async def run(store: Store) -> None:
+        registry = Registry(store)
+        await registry.ensure_namespace("default")
+        tasks = [asyncio.create_task(DerivedStateController(Registry(store)).run()) for _ in range(2)]
+        try:
+            await registry.apply([service(), *(pod(f"p{i}", f"10.244.0.{i + 10}") for i in range(5)),
+                                  node("n1", "192.168.0.1"), node("n2", "192.168.0.2")])
+            expected = [f"10.244.0.{i + 10}" for i in range(5)]
+            await eventually(lambda: _is(endpoint_ips(registry), expected))
+            settled = (await registry.get("Endpoints", "default", "web"))["metadata"]["resourceVersion"]
+            await asyncio.sleep(0.3)
+            assert (await registry.get("Endpoints", "default", "web"))["metadata"]["resourceVersion"] == settled
+
+            async def cidrs() -> set[str | None]:
+                return {(await registry.get("Node", "", n)).get("spec", {}).get("podCIDR") for n in ("n1", "n2")}
+
+            await eventually(lambda: _is(cidrs(), {"10.244.0.0/24", "10.244.1.0/24"}))
+            assert not any(task.done() for task in tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    stores.run(run)

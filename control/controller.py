@@ -61,6 +61,10 @@ class DerivedStateController:
             except StoreError as e:
                 log.error("store unavailable, retrying in %.0fs: %s", _STORE_RETRY, e)
                 await asyncio.sleep(_STORE_RETRY)
+            except Exception:
+                # A bug must not leave the mesh without derived state until a restart.
+                log.exception("derived-state controller failed; starting over in %.0fs", _STORE_RETRY)
+                await asyncio.sleep(_STORE_RETRY)
 
     async def _follow(self) -> None:
         snapshot, revision = await self.registry.snapshot(_KINDS)

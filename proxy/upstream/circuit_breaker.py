@@ -198,6 +198,7 @@ class CircuitBreaker:
         prefix = f"circuit_breakers.{self.thresholds.priority}."
         stats = {
             f"{prefix}cx_open": self.cx_open,
+            f"{prefix}cx_pool_open": 0,  # connection pools are not limited (max_connection_pools)
             f"{prefix}rq_pending_open": self.rq_pending_open,
             f"{prefix}rq_open": self.rq_open,
             f"{prefix}rq_retry_open": self.rq_retry_open,

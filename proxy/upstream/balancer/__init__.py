@@ -46,6 +46,8 @@ __all__ = [
 
 
 class Balancer(Protocol):
+    lb_healthy_panic: int  # requests balanced over a priority level in panic (Envoy's stat)
+
     def choose(self, hash_key: int | None = None) -> Host | None: ...
 
     def hosts_changed(self) -> None: ...

@@ -22,6 +22,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.edf import EdfScheduler
+from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.balancer.round_robin import weights_equal
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
@@ -64,11 +65,11 @@ class _Level:
         self.edf = edf
 
 
-class LeastRequestBalancer:
-    __slots__ = ("_choices", "_config", "_getrandbits", "_host_set", "_levels", "_seed", "_single")
+class LeastRequestBalancer(LevelledBalancer):
+    __slots__ = ("_choices", "_config", "_getrandbits", "_levels", "_seed", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: LeastRequestConfig | None = None) -> None:
-        self._host_set = host_set
+        super().__init__(host_set)
         self._config = config or LeastRequestConfig()
         self._choices = range(self._config.choice_count - 1)
         self._getrandbits = rng.getrandbits
@@ -94,6 +95,7 @@ class LeastRequestBalancer:
             levels.append(_Level(hosts, edf))
         self._levels = levels
         self._single = levels[0] if len(levels) == 1 else None
+        self._levels_changed()
 
     def choose(self, hash_key: int | None = None) -> Host | None:
         rand = self._getrandbits
@@ -101,7 +103,9 @@ class LeastRequestBalancer:
         if level is None:
             if not self._levels:
                 return None
-            level = self._levels[self._host_set.choose_level(rand(64))]
+            level = self._levels[self._pick_level(rand(64))]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         edf = level.edf
         if edf is not None:
             return edf.pick()

@@ -29,6 +29,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.hashing import MASK64, normalized_weights
+from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -104,11 +105,11 @@ def build_table(hosts: tuple[Host, ...], table_size: int) -> list[Host]:
     return [host for host in table if host is not None]
 
 
-class MaglevBalancer:
-    __slots__ = ("_cache", "_config", "_getrandbits", "_host_set", "_single", "_table_size", "_tables")
+class MaglevBalancer(LevelledBalancer):
+    __slots__ = ("_cache", "_config", "_getrandbits", "_single", "_table_size", "_tables")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: MaglevConfig | None = None) -> None:
-        self._host_set = host_set
+        super().__init__(host_set)
         self._config = config or MaglevConfig()
         self._table_size = self._config.table_size
         self._getrandbits = rng.getrandbits
@@ -133,6 +134,7 @@ class MaglevBalancer:
     def hosts_changed(self) -> None:
         self._tables = [self._table_for(level.routable) for level in self._host_set.levels]
         self._single = self._tables[0] if len(self._tables) == 1 else None
+        self._levels_changed()
 
     def choose(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         if hash_key is None:
@@ -142,7 +144,9 @@ class MaglevBalancer:
             if not self._tables:
                 return None
             # The key picks the level too, so a key sticks to one level.
-            table = self._tables[self._host_set.choose_level(hash_key)]
+            table = self._tables[self._pick_level(hash_key)]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         if not table:
             return None
         if attempt:

@@ -28,6 +28,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.hashing import normalized_weights
+from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -93,11 +94,11 @@ def build_ring(hosts: tuple[Host, ...], config: RingHashConfig) -> tuple[list[in
     return [e[0] for e in entries], [e[2] for e in entries]
 
 
-class RingHashBalancer:
-    __slots__ = ("_config", "_getrandbits", "_host_set", "_rings", "_single")
+class RingHashBalancer(LevelledBalancer):
+    __slots__ = ("_config", "_getrandbits", "_rings", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: RingHashConfig | None = None) -> None:
-        self._host_set = host_set
+        super().__init__(host_set)
         self._config = config or RingHashConfig()
         self._getrandbits = rng.getrandbits
         self._rings: list[tuple[list[int], list[Host]]] = []
@@ -111,6 +112,7 @@ class RingHashBalancer:
     def hosts_changed(self) -> None:
         self._rings = [build_ring(level.routable, self._config) for level in self._host_set.levels]
         self._single = self._rings[0] if len(self._rings) == 1 else None
+        self._levels_changed()
 
     def choose(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         if hash_key is None:
@@ -120,7 +122,9 @@ class RingHashBalancer:
             if not self._rings:
                 return None
             # The key picks the level too, so a key sticks to one level.
-            ring = self._rings[self._host_set.choose_level(hash_key)]
+            ring = self._rings[self._pick_level(hash_key)]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         hashes, owners = ring
         if not hashes:
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 from proxy.upstream.balancer.edf import EdfScheduler
+from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -42,11 +43,11 @@ class _Level:
         self.source = source
 
 
-class RoundRobinBalancer:
-    __slots__ = ("_getrandbits", "_host_set", "_indexes", "_levels", "_seed", "_single")
+class RoundRobinBalancer(LevelledBalancer):
+    __slots__ = ("_getrandbits", "_indexes", "_levels", "_seed", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random) -> None:
-        self._host_set = host_set
+        super().__init__(host_set)
         self._getrandbits = rng.getrandbits
         self._seed = rng.getrandbits(64)
         # Rotation index per source (priority, in panic), kept across rebuilds.
@@ -66,13 +67,16 @@ class RoundRobinBalancer:
             levels.append(_Level(hosts, edf, self._indexes.get(source, self._seed), source))
         self._levels = levels
         self._single = levels[0] if len(levels) == 1 else None
+        self._levels_changed()
 
     def choose(self, hash_key: int | None = None) -> Host | None:
         level = self._single
         if level is None:
             if not self._levels:
                 return None
-            level = self._levels[self._host_set.choose_level(self._getrandbits(64))]
+            level = self._levels[self._pick_level(self._getrandbits(64))]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         edf = level.edf
         if edf is not None:
             return edf.pick()

@@ -4,10 +4,13 @@ Rules:
 - A host is identified by (address, port); `key` ("address:port") is what hash
   policies and stats use, and it is fixed for the life of the object.
 - `healthy` is the conjunction Envoy uses for routing: not failed by active health
-  checking and not ejected by outlier detection. Degraded hosts do not exist here.
+  checking, not ejected by outlier detection, and not reported unhealthy by the
+  control plane (EDS health_status UNHEALTHY, DRAINING or TIMEOUT: Envoy's
+  FAILED_EDS_HEALTH). Degraded hosts do not exist here.
 - The object is mutable on purpose: the router bumps `active_requests`, the
   health checker and the outlier detector flip their flags, and a HostSet keeps the
-  same object across EDS/DNS updates so those counters and flags survive.
+  same object across EDS/DNS updates so those counters and flags survive (the
+  configured weight, priority and EDS health are taken from each update).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Host:
     active_requests: int = 0
     health_check_failed: bool = False
     outlier_ejected: bool = False
+    eds_health_failed: bool = False  # set from the endpoint's health_status
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -33,7 +37,7 @@ class Host:
 
     @property
     def healthy(self) -> bool:
-        return not (self.health_check_failed or self.outlier_ejected)
+        return not (self.health_check_failed or self.outlier_ejected or self.eds_health_failed)
 
     def __repr__(self) -> str:
         flags = "" if self.healthy else " unhealthy"

@@ -99,8 +99,8 @@ class HostSet:
 
     def update(self, hosts: Sequence[Host]) -> None:
         """Replace the membership (EDS/DNS). A host whose (address, port) was already
-        present keeps its object, hence its counters and health flags; its weight and
-        priority are taken from the new description."""
+        present keeps its object, hence its counters and health-check and outlier
+        flags; its weight, priority and EDS health are taken from the new description."""
         kept: list[Host] = []
         by_key: dict[tuple[str, int], Host] = {}
         for new in hosts:
@@ -111,6 +111,7 @@ class HostSet:
             if old is not None and old is not new:
                 old.weight = new.weight
                 old.locality_priority = new.locality_priority
+                old.eds_health_failed = new.eds_health_failed
                 new = old
             elif old is None and self.active_health_checking:
                 new.health_check_failed = True

@@ -34,3 +34,8 @@ def test_weight_zero_is_rejected() -> None:
 
 def test_hosts_compare_by_identity() -> None:
     assert Host("10.0.0.1", 80) != Host("10.0.0.1", 80)
+
+
+def test_eds_reported_unhealthy_host_is_unhealthy() -> None:
+    host = Host("10.0.0.1", 80, eds_health_failed=True)
+    assert not host.healthy

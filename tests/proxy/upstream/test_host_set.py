@@ -207,3 +207,13 @@ def test_level_loads_always_add_up_to_100(levels: list[tuple[int, int]], thresho
         assert loads(host_set)[0] == 100
     if host_set.healthy or threshold > 0:
         assert host_set.routable()
+
+
+def test_update_takes_eds_health_from_the_new_description() -> None:
+    a = Host("127.0.0.1", 80)
+    a.outlier_ejected = True
+    host_set = HostSet([a, Host("127.0.0.1", 81)])
+    host_set.update([Host("127.0.0.1", 80, eds_health_failed=True), Host("127.0.0.1", 81)])
+    assert a.eds_health_failed and a.outlier_ejected
+    host_set.update([Host("127.0.0.1", 80), Host("127.0.0.1", 81)])
+    assert not a.eds_health_failed and a.outlier_ejected

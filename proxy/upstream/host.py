@@ -28,6 +28,7 @@ class Host:
     health_check_failed: bool = False
     outlier_ejected: bool = False
     eds_health_failed: bool = False  # set from the endpoint's health_status
+    last_hc_pass_time: float | None = None  # when a failed host last passed a health check (slow start)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,9 @@ The hash-based policies need `hash_key` (from the route's hash_policy, see
 from __future__ import annotations
 
 import random
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.hashing import combine_hash_keys, hash_key_for, hash_key_for_header
@@ -25,6 +27,7 @@ from proxy.upstream.balancer.maglev import MaglevBalancer, MaglevConfig
 from proxy.upstream.balancer.random import RandomBalancer
 from proxy.upstream.balancer.ring_hash import RingHashBalancer, RingHashConfig
 from proxy.upstream.balancer.round_robin import RoundRobinBalancer
+from proxy.upstream.balancer.slow_start import SlowStartConfig
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -38,6 +41,7 @@ __all__ = [
     "RingHashBalancer",
     "RingHashConfig",
     "RoundRobinBalancer",
+    "SlowStartConfig",
     "combine_hash_keys",
     "hash_key_for",
     "hash_key_for_header",
@@ -57,20 +61,30 @@ POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
 
 
 def make_balancer(
-    policy: str, host_set: HostSet, config: object | None, rng: random.Random
+    policy: str,
+    host_set: HostSet,
+    config: Any | None,
+    rng: random.Random,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Balancer:
     """The balancer for `policy` over `host_set`, subscribed to its changes.
 
     `config` is the policy's sub-message of the Cluster (or None); its path in
     errors is the Cluster field name, e.g. "least_request_lb_config.choice_count".
+    `clock` (monotonic seconds, the event loop's clock) is read only for slow start.
     """
     balancer: Balancer
     if policy == "ROUND_ROBIN":
+        slow_start = None
         if config is not None:
-            reject_unsupported(config, "round_robin_lb_config", ())
-        balancer = RoundRobinBalancer(host_set, rng)
+            reject_unsupported(config, "round_robin_lb_config", ("slow_start_config",))
+            if config.HasField("slow_start_config"):
+                slow_start = SlowStartConfig.from_proto(
+                    config.slow_start_config, "round_robin_lb_config.slow_start_config"
+                )
+        balancer = RoundRobinBalancer(host_set, rng, slow_start, clock)
     elif policy == "LEAST_REQUEST":
-        balancer = LeastRequestBalancer(host_set, rng, LeastRequestConfig.from_proto(config))
+        balancer = LeastRequestBalancer(host_set, rng, LeastRequestConfig.from_proto(config), clock)
     elif policy == "RANDOM":
         if config is not None:
             reject_unsupported(config, "random_lb_config", ())

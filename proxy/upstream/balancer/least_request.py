@@ -11,11 +11,14 @@ Rules (Envoy's LeastRequestLoadBalancer, N_CHOICES selection):
   round robin, with each host's effective weight computed when it is (re)inserted
   as `weight / (active_requests + 1) ** active_request_bias` (bias default 1.0;
   bias 0 is plain weighted round robin).
+- Slow start (balancer/slow_start.py) scales the effective weight of warming hosts
+  and, while any host warms up, forces the EDF schedule.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -24,6 +27,7 @@ from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.edf import EdfScheduler
 from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.balancer.round_robin import weights_equal
+from proxy.upstream.balancer.slow_start import SlowStart, SlowStartConfig
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -33,6 +37,7 @@ class LeastRequestConfig:
     choice_count: int = 2
     active_request_bias: float = 1.0
     bias_configured: bool = False
+    slow_start: SlowStartConfig | None = None
 
     @classmethod
     def from_proto(
@@ -40,7 +45,7 @@ class LeastRequestConfig:
         """From `Cluster.LeastRequestLbConfig`."""
         if message is None:
             return cls()
-        reject_unsupported(message, path, ("choice_count", "active_request_bias"))
+        reject_unsupported(message, path, ("choice_count", "active_request_bias", "slow_start_config"))
         choice_count = 2
         if message.HasField("choice_count"):
             choice_count = message.choice_count.value
@@ -54,7 +59,12 @@ class LeastRequestConfig:
             bias = runtime.default_value
             if bias < 0.0 or bias != bias:
                 raise ConfigError(f"{path}.active_request_bias.default_value", f"must be >= 0, got {bias}")
-        return cls(choice_count=choice_count, active_request_bias=bias, bias_configured=configured)
+        slow_start = None
+        if message.HasField("slow_start_config"):
+            slow_start = SlowStartConfig.from_proto(message.slow_start_config, f"{path}.slow_start_config")
+        return cls(
+            choice_count=choice_count, active_request_bias=bias, bias_configured=configured, slow_start=slow_start
+        )
 
 
 class _Level:
@@ -66,11 +76,21 @@ class _Level:
 
 
 class LeastRequestBalancer(LevelledBalancer):
-    __slots__ = ("_choices", "_config", "_getrandbits", "_levels", "_seed", "_single")
+    __slots__ = ("_choices", "_config", "_getrandbits", "_levels", "_seed", "_single", "_slow_start")
 
-    def __init__(self, host_set: HostSet, rng: random.Random, config: LeastRequestConfig | None = None) -> None:
+    def __init__(
+        self,
+        host_set: HostSet,
+        rng: random.Random,
+        config: LeastRequestConfig | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         super().__init__(host_set)
         self._config = config or LeastRequestConfig()
+        slow_start = self._config.slow_start
+        if slow_start is not None and clock is None:
+            raise ValueError("slow start needs a clock")
+        self._slow_start = SlowStart(slow_start, clock) if slow_start is not None and clock is not None else None
         self._choices = range(self._config.choice_count - 1)
         self._getrandbits = rng.getrandbits
         self._seed = rng.getrandbits(64)
@@ -81,16 +101,25 @@ class LeastRequestBalancer(LevelledBalancer):
     def _effective_weight(self, host: Host) -> float:
         bias = self._config.active_request_bias
         if bias == 0.0:
-            return float(host.weight)
-        if bias == 1.0:
-            return host.weight / (host.active_requests + 1)
-        return host.weight / (host.active_requests + 1) ** bias
+            weight = float(host.weight)
+        elif bias == 1.0:
+            weight = host.weight / (host.active_requests + 1)
+        else:
+            weight = host.weight / (host.active_requests + 1) ** bias
+        slow_start = self._slow_start
+        if slow_start is not None and slow_start.active():
+            return slow_start.weight(host, weight)
+        return weight
 
     def hosts_changed(self) -> None:
+        warming = False
+        if self._slow_start is not None:
+            self._slow_start.hosts_seen(self._host_set.hosts)
+            warming = self._slow_start.active()
         levels = []
         for level in self._host_set.levels:
             hosts = level.routable
-            weighted = len(hosts) > 1 and (self._config.bias_configured or not weights_equal(hosts))
+            weighted = len(hosts) > 1 and (warming or self._config.bias_configured or not weights_equal(hosts))
             edf = EdfScheduler(hosts, self._effective_weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
             levels.append(_Level(hosts, edf))
         self._levels = levels

@@ -7,7 +7,7 @@ Rules (Envoy's RoundRobinLoadBalancer):
   at a random seed drawn once per balancer, so a fleet of proxies does not march
   in lock step, and it survives host changes (Envoy keeps one index per source:
   per priority, the healthy list and the full list used in panic).
-- Unequal weights: an EDF scheduler (balancer/edf.py) picks each host in
+- Unequal weights, or a host in slow start (balancer/slow_start.py): an EDF scheduler (balancer/edf.py) picks each host in
   proportion to its weight, smoothly interleaved, started after a seeded number of
   emulated picks. The schedulers are rebuilt on every host or health change.
 """
@@ -15,9 +15,11 @@ Rules (Envoy's RoundRobinLoadBalancer):
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from proxy.upstream.balancer.edf import EdfScheduler
 from proxy.upstream.balancer.levelled import LevelledBalancer
+from proxy.upstream.balancer.slow_start import SlowStart, SlowStartConfig
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -44,10 +46,19 @@ class _Level:
 
 
 class RoundRobinBalancer(LevelledBalancer):
-    __slots__ = ("_getrandbits", "_indexes", "_levels", "_seed", "_single")
+    __slots__ = ("_getrandbits", "_indexes", "_levels", "_seed", "_single", "_slow_start")
 
-    def __init__(self, host_set: HostSet, rng: random.Random) -> None:
+    def __init__(
+        self,
+        host_set: HostSet,
+        rng: random.Random,
+        slow_start: SlowStartConfig | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         super().__init__(host_set)
+        if slow_start is not None and clock is None:
+            raise ValueError("slow start needs a clock")
+        self._slow_start = SlowStart(slow_start, clock) if slow_start is not None and clock is not None else None
         self._getrandbits = rng.getrandbits
         self._seed = rng.getrandbits(64)
         # Rotation index per source (priority, in panic), kept across rebuilds.
@@ -56,14 +67,25 @@ class RoundRobinBalancer(LevelledBalancer):
         self._single: _Level | None = None
         self.hosts_changed()
 
+    def _weight(self, host: Host) -> float:
+        slow_start = self._slow_start
+        if slow_start is not None and slow_start.active():
+            return slow_start.weight(host, float(host.weight))
+        return float(host.weight)
+
     def hosts_changed(self) -> None:
         for old in self._levels:
             self._indexes[old.source] = old.index
+        warming = False
+        if self._slow_start is not None:
+            self._slow_start.hosts_seen(self._host_set.hosts)
+            warming = self._slow_start.active()
         levels = []
         for level in self._host_set.levels:
             hosts = level.routable
             source = (level.priority, level.in_panic)
-            edf = None if weights_equal(hosts) else EdfScheduler(hosts, host_weight, picks=self._seed & 0xFFFFFFFF)
+            weighted = len(hosts) > 1 and (warming or not weights_equal(hosts))
+            edf = EdfScheduler(hosts, self._weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
             levels.append(_Level(hosts, edf, self._indexes.get(source, self._seed), source))
         self._levels = levels
         self._single = levels[0] if len(levels) == 1 else None

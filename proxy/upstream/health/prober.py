@@ -217,6 +217,9 @@ class HealthChecker:
         state = self._states[host]
         if result.passed:
             self.stats.success += 1
+            if state.failed:
+                # Where slow start counts from (Envoy: last_hc_pass_time).
+                host.last_hc_pass_time = asyncio.get_running_loop().time()
             transition = state.on_success()
         else:
             self.stats.failure += 1

@@ -94,6 +94,7 @@ def test_hosts_start_failed_and_pass_on_the_first_check() -> None:
         assert host.health_check_failed and host_set.routable() == ()
         await asyncio.wait_for(hc.initialized.wait(), 3)
         assert not host.health_check_failed and host_set.routable() == (host,)
+        assert host.last_hc_pass_time is not None  # slow start counts from here
         await hc.stop()
         await upstream.stop()
 

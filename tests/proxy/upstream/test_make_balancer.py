@@ -26,10 +26,19 @@ def test_unknown_policy_is_a_config_error() -> None:
         make_balancer("CLUSTER_PROVIDED", HostSet([]), None, random.Random(0))
 
 
-def test_round_robin_slow_start_is_rejected() -> None:
+def test_round_robin_slow_start_window_must_be_positive() -> None:
+    config = Cluster.RoundRobinLbConfig()
+    config.slow_start_config.slow_start_window.seconds = -3
+    with pytest.raises(ConfigError, match=r"round_robin_lb_config\.slow_start_config\.slow_start_window"):
+        make_balancer("ROUND_ROBIN", HostSet([]), config, random.Random(0))
+
+
+def test_round_robin_rejects_unknown_config_fields() -> None:
     config = Cluster.RoundRobinLbConfig()
     config.slow_start_config.slow_start_window.seconds = 3
-    with pytest.raises(ConfigError, match=r"round_robin_lb_config\.slow_start_config"):
+    config.slow_start_config.aggression.runtime_key = "k"
+    config.slow_start_config.aggression.default_value = 0
+    with pytest.raises(ConfigError, match=r"aggression\.default_value"):
         make_balancer("ROUND_ROBIN", HostSet([]), config, random.Random(0))
 
 

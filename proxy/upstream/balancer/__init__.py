@@ -1,18 +1,21 @@
 """Load balancers: choose one host of a cluster per request.
 
-Every balancer reads `HostSet.routable()` (healthy hosts, or all in panic), keeps
-whatever table it needs precomputed, and rebuilds it in `hosts_changed()`, which
-the HostSet calls after every membership or health change (make_balancer
-subscribes it). `choose()` runs once per request: it only indexes precomputed
-tuples and draws from the injected `random.Random`.
+Every balancer keeps one precomputed table per priority level of its HostSet
+(`HostSet.levels`: each level's healthy hosts, or all of them in panic) and
+rebuilds them in `hosts_changed()`, which the HostSet calls after every
+membership or health change (make_balancer subscribes it). `choose()` runs once
+per request: it draws the level by load share (skipped with one level), then
+indexes precomputed tables, drawing from the injected `random.Random`; each pick
+from a level in panic counts in `lb_healthy_panic`.
 
 Policies and their Envoy config messages (fields of `Cluster`):
 ROUND_ROBIN (round_robin_lb_config), LEAST_REQUEST (least_request_lb_config),
 RANDOM (no config), RING_HASH (ring_hash_lb_config), MAGLEV (maglev_lb_config).
-The hash-based policies need `hash_key` (from the route's hash_policy, see
-`hash_key_for`); without one they pick with a random key, as Envoy does.
+The hash-based policies take `hash_key` (from the route's hash_policy: see
+`hash_key_for`, `hash_key_for_header`, `combine_hash_keys`) and `attempt` (n > 0:
+a retry that wants another host, as Envoy's chooseHost(hash, attempt)); without a
+key they pick with a random one, as Envoy does.
 """
-
 from __future__ import annotations
 
 import random

@@ -66,7 +66,8 @@ class SlowStart:
         """Note when each healthy host's slow start began (call with all the cluster's
         hosts on every host change; hosts no longer present are forgotten)."""
         now = self._clock()
-        started = {h: t for h, t in self._started.items() if h in set(hosts)}
+        present = set(hosts)
+        started = {h: t for h, t in self._started.items() if h in present}
         self._started = started
         for host in hosts:
             if not host.healthy:

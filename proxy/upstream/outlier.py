@@ -176,7 +176,22 @@ class OutlierStats:
         for kind in EjectionType:
             out[f"outlier_detection.ejections_detected_{kind.value}"] = self.detected[kind]
             out[f"outlier_detection.ejections_enforced_{kind.value}"] = self.enforced[kind]
+        # Envoy always emits these; local-origin splitting and degradation monitors are
+        # not supported here (rejected in the config), so they stay 0.
+        for name in _ALWAYS_ZERO:
+            out[f"outlier_detection.{name}"] = 0
         return out
+
+
+_ALWAYS_ZERO = (
+    "ejections_detected_consecutive_local_origin_failure",
+    "ejections_enforced_consecutive_local_origin_failure",
+    "ejections_detected_local_origin_success_rate",
+    "ejections_enforced_local_origin_success_rate",
+    "ejections_detected_local_origin_failure_percentage",
+    "ejections_enforced_local_origin_failure_percentage",
+    "ejections_detected_degradation",
+)
 
 
 class OutlierDetector:

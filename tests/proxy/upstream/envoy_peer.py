@@ -32,21 +32,24 @@ class _NameHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = self.server.name.encode()  # type: ignore[attr-defined]
+        status = self.server.status  # type: ignore[attr-defined]
         # One write: separate header and body segments would meet delayed ACKs (40 ms each).
-        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.wfile.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body))
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @contextlib.contextmanager
-def upstreams(count: int) -> Iterator[list[int]]:
-    """`count` HTTP servers on 127.0.0.1; server i answers "i". Yields their ports."""
+def upstreams(count: int, statuses: Sequence[int] = ()) -> Iterator[list[int]]:
+    """`count` HTTP servers on 127.0.0.1; server i answers "i" with statuses[i]
+    (default 200). Yields their ports."""
     servers = []
     try:
         for i in range(count):
             server = ThreadingHTTPServer(("127.0.0.1", 0), _NameHandler)
             server.name = str(i)  # type: ignore[attr-defined]
+            server.status = statuses[i] if i < len(statuses) else 200  # type: ignore[attr-defined]
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, daemon=True).start()
             servers.append(server)

@@ -29,6 +29,7 @@ class Host:
     outlier_ejected: bool = False
     eds_health_failed: bool = False  # set from the endpoint's health_status
     last_hc_pass_time: float | None = None  # when a failed host last passed a health check (slow start)
+    health_check_port: int | None = None  # endpoint.health_check_config.port_value; None: `port`
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -112,6 +112,7 @@ class HostSet:
                 old.weight = new.weight
                 old.locality_priority = new.locality_priority
                 old.eds_health_failed = new.eds_health_failed
+                old.health_check_port = new.health_check_port
                 new = old
             elif old is None and self.active_health_checking:
                 new.health_check_failed = True

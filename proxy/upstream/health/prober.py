@@ -53,6 +53,7 @@ class HealthCheckStats:
     success: int = 0
     failure: int = 0
     network_failure: int = 0
+    passive_failure: int = 0
     healthy: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -61,7 +62,7 @@ class HealthCheckStats:
             "health_check.success": self.success,
             "health_check.failure": self.failure,
             "health_check.network_failure": self.network_failure,
-            "health_check.passive_failure": 0,
+            "health_check.passive_failure": self.passive_failure,
             "health_check.verify_cluster": 0,
             "health_check.healthy": self.healthy,
             "health_check.degraded": 0,
@@ -223,8 +224,10 @@ class HealthChecker:
             transition = state.on_success()
         else:
             self.stats.failure += 1
-            if result.kind is not FailureKind.ACTIVE:
+            if result.kind in (FailureKind.NETWORK, FailureKind.NETWORK_TIMEOUT):
                 self.stats.network_failure += 1
+            elif result.kind is FailureKind.PASSIVE:
+                self.stats.passive_failure += 1
             transition = state.on_failure(result.kind, result.retriable)
         self.stats.healthy = sum(1 for s in self._states.values() if not s.failed)
         if host.health_check_failed != state.failed:
@@ -236,6 +239,12 @@ class HealthChecker:
             self.on_check_passed(host)
         self._update_initialized()
         return transition
+
+    def immediate_failure(self, host: Host) -> None:
+        """The router saw `x-envoy-immediate-health-check-fail` on a response from
+        `host`: fail it now, without waiting for its next check (Envoy)."""
+        if host in self._states:
+            self._apply(host, ProbeResult(False, FailureKind.PASSIVE))
 
     # -- probes -------------------------------------------------------------------
 
@@ -261,7 +270,7 @@ class HealthChecker:
         if connection is not None and not connection.reader.at_eof():
             return connection
         self._drop_connection(host)
-        reader, writer = await asyncio.open_connection(host.address, host.port)
+        reader, writer = await asyncio.open_connection(host.address, _probe_port(host))
         connection = _Connection(reader, writer)
         if self.config.reuse_connection:
             self._connections[host] = connection
@@ -310,7 +319,7 @@ class HealthChecker:
 
     async def _probe_tcp(self, host: Host, check: TcpCheck) -> ProbeResult:
         if check.connect_only:
-            _, writer = await asyncio.open_connection(host.address, host.port)
+            _, writer = await asyncio.open_connection(host.address, _probe_port(host))
             writer.close()
             return _PASSED
         connection = await self._connect(host)
@@ -327,6 +336,10 @@ class HealthChecker:
             self._drop_connection(host)
             connection.close()
         return _PASSED
+
+
+def _probe_port(host: Host) -> int:
+    return host.port if host.health_check_port is None else host.health_check_port
 
 
 def _contains_in_order(buffer: bytes, parts: tuple[bytes, ...]) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from proxy.upstream.health.state import (
 )
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
+
+log = logging.getLogger("tulle.proxy.health")
 
 _READ_SIZE = 65536
 
@@ -209,6 +212,11 @@ class HealthChecker:
             except TimeoutError:
                 self._drop_connection(host)
                 result = ProbeResult(False, FailureKind.NETWORK_TIMEOUT)
+            except Exception:
+                # A probe must never end the loop: the host would silently stop being checked.
+                log.exception("health check of %s failed unexpectedly", host.key)
+                self._drop_connection(host)
+                result = ProbeResult(False, FailureKind.NETWORK)
             transition = self._apply(host, result)
             await asyncio.sleep(
                 next_interval(config, result.passed, transition, self._has_traffic(), self._rng)

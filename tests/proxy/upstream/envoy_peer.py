@@ -60,11 +60,18 @@ def upstreams(count: int, statuses: Sequence[int] = ()) -> Iterator[list[int]]:
             server.server_close()
 
 
-def bootstrap(policy: str, ports: list[int], weights: list[int], listener: int, admin: int) -> str:
+def bootstrap(
+    policy: str, ports: list[int], weights: list[int], listener: int, admin: int, hash_header: str | None = "x-user"
+) -> str:
     endpoints = "\n".join(
         f"          - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
         f"            load_balancing_weight: {weight}"
         for port, weight in zip(ports, weights, strict=True)
+    )
+    hash_policy = (
+        f"\n                  hash_policy:\n                  - header: {{header_name: {hash_header}}}"
+        if hash_header
+        else ""
     )
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -85,9 +92,7 @@ static_resources:
               routes:
               - match: {{prefix: /}}
                 route:
-                  cluster: hashed
-                  hash_policy:
-                  - header: {{header_name: x-user}}
+                  cluster: hashed{hash_policy}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -157,5 +162,22 @@ def envoy_picks(
             if response.status != 200:
                 raise RuntimeError(f"envoy answered {response.status} for {key!r}: {body!r}")
             picks.append(int(body))
+        conn.close()
+        return picks, ports
+
+
+def envoy_sequence(policy: str, weights: list[int], count: int) -> tuple[list[int], list[int]]:
+    """The upstream index Envoy picks for each of `count` requests in a row (no hash
+    policy), and the upstreams' ports."""
+    listener, admin = free_port(), free_port()
+    with (
+        upstreams(len(weights)) as ports,
+        envoy(bootstrap(policy, ports, weights, listener, admin, hash_header=None), listener),
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", listener, timeout=5)
+        picks = []
+        for _ in range(count):
+            conn.request("GET", "/")
+            picks.append(int(conn.getresponse().read()))
         conn.close()
         return picks, ports

@@ -69,33 +69,36 @@ def make_balancer(
     config: Any | None,
     rng: random.Random,
     clock: Callable[[], float] = time.monotonic,
+    config_path: str | None = None,
 ) -> Balancer:
     """The balancer for `policy` over `host_set`, subscribed to its changes.
 
     `config` is the policy's sub-message of the Cluster (or None); its path in
-    errors is the Cluster field name, e.g. "least_request_lb_config.choice_count".
-    `clock` (monotonic seconds, the event loop's clock) is read only for slow start.
+    errors is `config_path`, by default the Cluster field name, e.g.
+    "least_request_lb_config.choice_count" (see load_balancing_policy.py for the
+    typed-extension form). `clock` (monotonic seconds, the event loop's clock) is
+    read only for slow start.
     """
     balancer: Balancer
     if policy == "ROUND_ROBIN":
+        path = config_path or "round_robin_lb_config"
         slow_start = None
         if config is not None:
-            reject_unsupported(config, "round_robin_lb_config", ("slow_start_config",))
+            reject_unsupported(config, path, ("slow_start_config",))
             if config.HasField("slow_start_config"):
-                slow_start = SlowStartConfig.from_proto(
-                    config.slow_start_config, "round_robin_lb_config.slow_start_config"
-                )
+                slow_start = SlowStartConfig.from_proto(config.slow_start_config, f"{path}.slow_start_config")
         balancer = RoundRobinBalancer(host_set, rng, slow_start, clock)
     elif policy == "LEAST_REQUEST":
-        balancer = LeastRequestBalancer(host_set, rng, LeastRequestConfig.from_proto(config), clock)
+        config_ = LeastRequestConfig.from_proto(config, config_path or "least_request_lb_config")
+        balancer = LeastRequestBalancer(host_set, rng, config_, clock)
     elif policy == "RANDOM":
         if config is not None:
-            reject_unsupported(config, "random_lb_config", ())
+            reject_unsupported(config, config_path or "random", ())
         balancer = RandomBalancer(host_set, rng)
     elif policy == "RING_HASH":
-        balancer = RingHashBalancer(host_set, rng, RingHashConfig.from_proto(config))
+        balancer = RingHashBalancer(host_set, rng, RingHashConfig.from_proto(config, config_path or "ring_hash_lb_config"))
     elif policy == "MAGLEV":
-        balancer = MaglevBalancer(host_set, rng, MaglevConfig.from_proto(config))
+        balancer = MaglevBalancer(host_set, rng, MaglevConfig.from_proto(config, config_path or "maglev_lb_config"))
     else:
         raise ConfigError("lb_policy", f"{policy} is not supported (supported: {', '.join(POLICIES)})")
     host_set.subscribe(balancer.hosts_changed)

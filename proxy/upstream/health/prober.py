@@ -288,8 +288,6 @@ class HealthChecker:
         check = self.config.check
         assert isinstance(check, HttpCheck)
         headers = {"host": check.host or self._cluster_name, "user-agent": "Envoy/HC"}
-        if not self.config.reuse_connection:
-            headers["connection"] = "close"
         for name in check.headers_to_remove:
             headers.pop(name, None)
         lines = [f"{check.method} {check.path} HTTP/1.1"]

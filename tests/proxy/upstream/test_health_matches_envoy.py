@@ -53,7 +53,7 @@ def recording_server() -> Iterator[tuple[int, list[bytes]]]:
         server.close()
 
 
-def envoy_bootstrap(port: int, listener: int, admin: int, host_line: str) -> str:
+def envoy_bootstrap(port: int, listener: int, admin: int, host_line: str, reuse: bool) -> str:
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -77,6 +77,7 @@ static_resources:
       no_traffic_interval: 0.1s
       unhealthy_threshold: 2
       healthy_threshold: 1
+      reuse_connection: {str(reuse).lower()}
       http_health_check: {{path: /healthz{host_line}}}
     load_assignment:
       cluster_name: backend
@@ -86,11 +87,11 @@ static_resources:
 """
 
 
-def envoy_head(host: str | None) -> bytes:
+def envoy_head(host: str | None, reuse: bool) -> bytes:
     listener, admin = free_port(), free_port()
     with recording_server() as (port, heads):
         host_line = f", host: {host}" if host else ""
-        with envoy(envoy_bootstrap(port, listener, admin, host_line), listener):
+        with envoy(envoy_bootstrap(port, listener, admin, host_line, reuse), listener):
             deadline = time.monotonic() + 5
             while not heads and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -98,11 +99,11 @@ def envoy_head(host: str | None) -> bytes:
         return heads[0]
 
 
-def our_head(host: str | None) -> bytes:
+def our_head(host: str | None, reuse: bool) -> bytes:
     async def main(port: int, heads: list[bytes]) -> None:
         config = HealthCheckConfig(
             timeout=1.0, interval=0.1, unhealthy_threshold=2, healthy_threshold=1,
-            check=HttpCheck(path="/healthz", host=host),
+            check=HttpCheck(path="/healthz", host=host), reuse_connection=reuse,
         )
         checker = HealthChecker(config, HostSet([Host("127.0.0.1", port)]), random.Random(0), "backend")
         checker.start()
@@ -114,6 +115,10 @@ def our_head(host: str | None) -> bytes:
         return heads[0]
 
 
-@pytest.mark.parametrize("host", [None, "svc.example"], ids=["cluster-name", "configured-host"])
-def test_http_health_check_request_matches_envoy(host: str | None) -> None:
-    assert our_head(host) == envoy_head(host)
+@pytest.mark.parametrize(
+    ("host", "reuse"),
+    [(None, True), ("svc.example", True), (None, False)],
+    ids=["cluster-name", "configured-host", "no-reuse"],
+)
+def test_http_health_check_request_matches_envoy(host: str | None, reuse: bool) -> None:
+    assert our_head(host, reuse) == envoy_head(host, reuse)

@@ -35,7 +35,7 @@ def endpoints(name: str, ports: list[int]) -> dict[str, object]:
     }
 
 
-def outlier_cluster(ports: list[int], enforce_gateway: int) -> dict[str, object]:
+def outlier_cluster(ports: list[int], enforce_gateway: int, split: bool = False) -> dict[str, object]:
     return {
         "name": "od",
         "type": "STATIC",
@@ -47,6 +47,7 @@ def outlier_cluster(ports: list[int], enforce_gateway: int) -> dict[str, object]
             "enforcing_consecutive_gateway_failure": enforce_gateway,
             "max_ejection_percent": 100,
             "interval": "60s",
+            **({"split_external_local_origin_errors": True, "consecutive_local_origin_failure": 2} if split else {}),
         },
         "load_assignment": endpoints("od", ports),
     }
@@ -92,10 +93,13 @@ def bootstrap(cluster: dict[str, object], hc_port: int, listener: int, admin: in
     })
 
 
-def envoy_stats(enforce_gateway: int) -> dict[str, int]:
+def envoy_stats(enforce_gateway: int, split: bool = False) -> dict[str, int]:
+    """Envoy's /stats after REQUESTS requests over three hosts: the first answers 502
+    (or, with `split`, refuses connections), the others 200."""
     listener, admin = free_port(), free_port()
     with upstreams(4, statuses=[502, 200, 200, 200]) as ports:
-        config = bootstrap(outlier_cluster(ports[:3], enforce_gateway), ports[3], listener, admin)
+        hosts = [free_port() if split else ports[0], *ports[1:3]]
+        config = bootstrap(outlier_cluster(hosts, enforce_gateway, split), ports[3], listener, admin)
         with envoy(config, listener):
             conn = http.client.HTTPConnection("127.0.0.1", listener, timeout=5)
             for _ in range(REQUESTS):
@@ -114,8 +118,8 @@ def envoy_stats(enforce_gateway: int) -> dict[str, int]:
     return stats
 
 
-def our_outlier_stats(enforce_gateway: int) -> dict[str, int]:
-    cluster = json_format.ParseDict(outlier_cluster([1, 2, 3], enforce_gateway), Cluster())
+def our_outlier_stats(enforce_gateway: int, split: bool = False) -> dict[str, int]:
+    cluster = json_format.ParseDict(outlier_cluster([1, 2, 3], enforce_gateway, split), Cluster())
     hosts = [Host("127.0.0.1", port) for port in (1, 2, 3)]
     bad = hosts[0]
     host_set = HostSet(hosts)
@@ -124,7 +128,8 @@ def our_outlier_stats(enforce_gateway: int) -> dict[str, int]:
     detector = OutlierDetector(OutlierConfig.from_proto(cluster.outlier_detection), host_set, random.Random(0))
     for _ in range(REQUESTS):
         host = balancer.choose()
-        detector.record(host, 502 if host is bad else 200, 0.0)  # type: ignore[arg-type]
+        bad_outcome = None if split else 502  # None: the connection was refused
+        detector.record(host, bad_outcome if host is bad else 200, 0.0)  # type: ignore[arg-type]
     return {f"cluster.od.{name}": value for name, value in detector.stats.as_dict().items()}
 
 
@@ -132,10 +137,14 @@ def scoped(stats: dict[str, int], prefix: str) -> dict[str, int]:
     return {name: value for name, value in stats.items() if name.startswith(prefix)}
 
 
-@pytest.mark.parametrize("enforce_gateway", [100, 0], ids=["gateway-enforced", "gateway-detected-only"])
-def test_outlier_stats_match_envoy(enforce_gateway: int) -> None:
-    theirs = scoped(envoy_stats(enforce_gateway), "cluster.od.outlier_detection.")
-    ours = our_outlier_stats(enforce_gateway)
+@pytest.mark.parametrize(
+    ("enforce_gateway", "split"),
+    [(100, False), (0, False), (0, True)],
+    ids=["gateway-enforced", "gateway-detected-only", "split-local-origin"],
+)
+def test_outlier_stats_match_envoy(enforce_gateway: int, split: bool) -> None:
+    theirs = scoped(envoy_stats(enforce_gateway, split), "cluster.od.outlier_detection.")
+    ours = our_outlier_stats(enforce_gateway, split)
     assert ours == theirs
     assert ours["cluster.od.outlier_detection.ejections_active"] == 1
 

@@ -10,7 +10,9 @@ Rules (Envoy's RingHashLoadBalancer, hash_function XX_HASH):
   entry i of a host is xxHash64 of "ADDRESS:PORT_i". The entries are sorted by hash.
 - A key picks the first entry whose hash is >= the key, wrapping to the first
   entry; attempt n > 0 (a retry that wants another host) moves n entries on.
-- Removing one of N equal hosts moves only the keys that host owned (about 1/N).
+- Removing one of N equal hosts moves the keys that host owned (about 1/N) and a
+  few others: each survivor now gets ceil(minimum_ring_size / (N-1)) entries
+  instead of ceil(minimum_ring_size / N), and the new entries take some keys.
 
 The request's key also picks the priority level (by load share), as in Envoy.
 Only the rings are rebuilt on a host or health change; a pick is one binary search.

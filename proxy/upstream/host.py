@@ -41,6 +41,20 @@ class Host:
     def healthy(self) -> bool:
         return not (self.health_check_failed or self.outlier_ejected or self.eds_health_failed)
 
+    def health_flags(self) -> str:
+        """Envoy's /clusters `health_flags` text: "healthy", or the failed flags in
+        Envoy's order, e.g. "/failed_active_hc/failed_outlier_check"."""
+        if self.healthy:
+            return "healthy"
+        flags = ""
+        if self.health_check_failed:
+            flags += "/failed_active_hc"
+        if self.outlier_ejected:
+            flags += "/failed_outlier_check"
+        if self.eds_health_failed:
+            flags += "/failed_eds_health"
+        return flags
+
     def __repr__(self) -> str:
         flags = "" if self.healthy else " unhealthy"
         return f"Host({self.key} w={self.weight}{flags})"

@@ -30,6 +30,8 @@ class Host:
     eds_health_failed: bool = False  # set from the endpoint's health_status
     last_hc_pass_time: float | None = None  # when a failed host last passed a health check (slow start)
     health_check_port: int | None = None  # endpoint.health_check_config.port_value; None: `port`
+    locality: str = ""  # the LocalityLbEndpoints it came from (any stable name)
+    locality_weight: int = 0  # that LocalityLbEndpoints' load_balancing_weight (0: none)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

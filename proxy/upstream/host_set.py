@@ -63,6 +63,24 @@ def panic_threshold_from_proto(
 
 
 @dataclass(slots=True)
+class LocalityGroup:
+    """The hosts of one locality within a priority level (locality-weighted balancing)."""
+
+    locality: str
+    weight: int  # the LocalityLbEndpoints' load_balancing_weight
+    hosts: tuple[Host, ...]
+    healthy: tuple[Host, ...]
+
+    @property
+    def effective_weight(self) -> float:
+        """Envoy: weight x min(1, 1.4 x healthy share) — a locality losing hosts sheds load."""
+        if not self.hosts:
+            return 0.0
+        availability = min(1.0, OVERPROVISIONING_FACTOR_PERCENT / 100.0 * len(self.healthy) / len(self.hosts))
+        return self.weight * availability
+
+
+@dataclass(slots=True)
 class PriorityLevel:
     priority: int
     hosts: tuple[Host, ...]
@@ -71,6 +89,9 @@ class PriorityLevel:
     in_panic: bool = False
     load: int = 0  # percent of requests sent to this level
     routable: tuple[Host, ...] = ()  # healthy, or all hosts in panic
+    # With locality-weighted balancing: the level's localities, in order of first
+    # appearance; empty otherwise.
+    localities: tuple[LocalityGroup, ...] = ()
 
 
 class HostSet:
@@ -80,6 +101,9 @@ class HostSet:
         if not 0.0 <= panic_threshold_percent <= 100.0:
             raise ValueError(f"panic threshold must be within 0..100, got {panic_threshold_percent}")
         self.panic_threshold_percent = panic_threshold_percent
+        # Cluster.common_lb_config.locality_weighted_lb_config: balancers first pick a
+        # locality by weight, then a host within it (see LocalityGroup).
+        self.locality_weighted = False
         # Set by an active health checker: hosts that join start failed, as in Envoy,
         # until their first check passes.
         self.active_health_checking = False
@@ -113,6 +137,8 @@ class HostSet:
                 old.locality_priority = new.locality_priority
                 old.eds_health_failed = new.eds_health_failed
                 old.health_check_port = new.health_check_port
+                old.locality = new.locality
+                old.locality_weight = new.locality_weight
                 new = old
             elif old is None and self.active_health_checking:
                 new.health_check_failed = True
@@ -190,7 +216,14 @@ class HostSet:
             levels[0].load = 100
         for level in levels:
             level.routable = level.hosts if level.in_panic else level.healthy
+            if self.locality_weighted:
+                level.localities = _localities(level.hosts)
         return tuple(levels)
+
+    def set_locality_weighted(self, enabled: bool) -> None:
+        """Switch locality-weighted balancing on or off (recomputes and notifies)."""
+        self.locality_weighted = enabled
+        self.health_changed()
 
     def _cumulative_loads(self) -> tuple[int, ...]:
         bounds = []
@@ -202,3 +235,13 @@ class HostSet:
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+
+def _localities(hosts: tuple[Host, ...]) -> tuple[LocalityGroup, ...]:
+    groups: dict[str, list[Host]] = {}
+    for host in hosts:
+        groups.setdefault(host.locality, []).append(host)
+    return tuple(
+        LocalityGroup(name, members[0].locality_weight, tuple(members), tuple(h for h in members if h.healthy))
+        for name, members in groups.items()
+    )

@@ -25,7 +25,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.edf import EdfScheduler
-from proxy.upstream.balancer.levelled import LevelledBalancer
+from proxy.upstream.balancer.levelled import SlottedBalancer, Source
 from proxy.upstream.balancer.round_robin import weights_equal
 from proxy.upstream.balancer.slow_start import SlowStart, SlowStartConfig
 from proxy.upstream.host import Host
@@ -67,7 +67,7 @@ class LeastRequestConfig:
         )
 
 
-class _Level:
+class _Table:
     __slots__ = ("edf", "hosts")
 
     def __init__(self, hosts: tuple[Host, ...], edf: EdfScheduler[Host] | None) -> None:
@@ -75,8 +75,8 @@ class _Level:
         self.edf = edf
 
 
-class LeastRequestBalancer(LevelledBalancer):
-    __slots__ = ("_choices", "_config", "_getrandbits", "_levels", "_seed", "_single", "_slow_start")
+class LeastRequestBalancer(SlottedBalancer[_Table]):
+    __slots__ = ("_choices", "_config", "_getrandbits", "_seed", "_slow_start", "_warming")
 
     def __init__(
         self,
@@ -85,7 +85,8 @@ class LeastRequestBalancer(LevelledBalancer):
         config: LeastRequestConfig | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(host_set)
+        seed = rng.getrandbits(64)
+        super().__init__(host_set, seed)
         self._config = config or LeastRequestConfig()
         slow_start = self._config.slow_start
         if slow_start is not None and clock is None:
@@ -93,9 +94,8 @@ class LeastRequestBalancer(LevelledBalancer):
         self._slow_start = SlowStart(slow_start, clock) if slow_start is not None and clock is not None else None
         self._choices = range(self._config.choice_count - 1)
         self._getrandbits = rng.getrandbits
-        self._seed = rng.getrandbits(64)
-        self._levels: list[_Level] = []
-        self._single: _Level | None = None
+        self._seed = seed
+        self._warming = False
         self.hosts_changed()
 
     def _effective_weight(self, host: Host) -> float:
@@ -111,34 +111,31 @@ class LeastRequestBalancer(LevelledBalancer):
             return slow_start.weight(host, weight)
         return weight
 
+    def _make_table(self, hosts: tuple[Host, ...], source: Source) -> _Table:
+        weighted = len(hosts) > 1 and (self._warming or self._config.bias_configured or not weights_equal(hosts))
+        edf = EdfScheduler(hosts, self._effective_weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
+        return _Table(hosts, edf)
+
     def hosts_changed(self) -> None:
-        warming = False
+        self._warming = False
         if self._slow_start is not None:
             self._slow_start.hosts_seen(self._host_set.hosts)
-            warming = self._slow_start.active()
-        levels = []
-        for level in self._host_set.levels:
-            hosts = level.routable
-            weighted = len(hosts) > 1 and (warming or self._config.bias_configured or not weights_equal(hosts))
-            edf = EdfScheduler(hosts, self._effective_weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
-            levels.append(_Level(hosts, edf))
-        self._levels = levels
-        self._single = levels[0] if len(levels) == 1 else None
-        self._levels_changed()
+            self._warming = self._slow_start.active()
+        self._rebuild()
 
     def choose(self, hash_key: int | None = None) -> Host | None:
         rand = self._getrandbits
-        level = self._single
-        if level is None:
-            if not self._levels:
+        table = self._single
+        if table is None:
+            table = self._slow_table(rand(64))
+            if table is None:
                 return None
-            level = self._levels[self._pick_level(rand(64))]
         elif self._single_panic:
             self.lb_healthy_panic += 1
-        edf = level.edf
+        edf = table.edf
         if edf is not None:
             return edf.pick()
-        hosts = level.hosts
+        hosts = table.hosts
         n = len(hosts)
         if n == 0:
             return None

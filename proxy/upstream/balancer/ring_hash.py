@@ -29,7 +29,7 @@ import xxhash
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.upstream.balancer.hashing import normalized_weights
+from proxy.upstream.balancer.hashing import NormalizedWeights, level_weights, normalized_weights
 from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
@@ -70,10 +70,14 @@ class RingHashConfig:
 
 
 def build_ring(hosts: tuple[Host, ...], config: RingHashConfig) -> tuple[list[int], list[Host]]:
-    """The ring as two parallel lists sorted by hash: entry hashes and their hosts."""
-    if not hosts:
+    """The ring over `hosts` as two parallel lists sorted by hash: entry hashes and their hosts."""
+    return build_ring_from_weights(normalized_weights(hosts), config)
+
+
+def build_ring_from_weights(normalized: NormalizedWeights, config: RingHashConfig) -> tuple[list[int], list[Host]]:
+    weights, min_weight, _ = normalized
+    if not weights:
         return [], []
-    weights, min_weight, _ = normalized_weights(hosts)
     scale = min(
         math.ceil(min_weight * config.minimum_ring_size) / min_weight,
         float(config.maximum_ring_size),
@@ -112,7 +116,7 @@ class RingHashBalancer(LevelledBalancer):
         return sum(len(hashes) for hashes, _ in self._rings)
 
     def hosts_changed(self) -> None:
-        self._rings = [build_ring(level.routable, self._config) for level in self._host_set.levels]
+        self._rings = [build_ring_from_weights(level_weights(level), self._config) for level in self._host_set.levels]
         self._single = self._rings[0] if len(self._rings) == 1 else None
         self._levels_changed()
 

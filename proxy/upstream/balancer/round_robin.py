@@ -77,7 +77,8 @@ class RoundRobinBalancer(SlottedBalancer[_Table]):
 
     def _make_table(self, hosts: tuple[Host, ...], source: Source) -> _Table:
         weighted = len(hosts) > 1 and (self._warming or not weights_equal(hosts))
-        edf = EdfScheduler(hosts, self._weight, picks=self._seed & 0xFFFFFFFF) if weighted else None
+        weight_of = host_weight if self._slow_start is None else self._weight  # the cheaper one per pick
+        edf = EdfScheduler(hosts, weight_of, picks=self._seed & 0xFFFFFFFF) if weighted else None
         table = _Table(hosts, edf, self._indexes.get(source, self._seed), source)
         self._tables.append(table)
         return table

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.balancer.hashing import combine_hash_keys, hash_key_for, hash_key_for_header
 from proxy.upstream.balancer.least_request import LeastRequestBalancer, LeastRequestConfig
+from proxy.upstream.balancer.load_balancing_policy import ChosenPolicy, from_load_balancing_policy
 from proxy.upstream.balancer.maglev import MaglevBalancer, MaglevConfig
 from proxy.upstream.balancer.random import RandomBalancer
 from proxy.upstream.balancer.ring_hash import RingHashBalancer, RingHashConfig
@@ -36,6 +37,7 @@ from proxy.upstream.host_set import HostSet
 
 __all__ = [
     "Balancer",
+    "ChosenPolicy",
     "LeastRequestBalancer",
     "LeastRequestConfig",
     "MaglevBalancer",
@@ -46,6 +48,7 @@ __all__ = [
     "RoundRobinBalancer",
     "SlowStartConfig",
     "combine_hash_keys",
+    "from_load_balancing_policy",
     "hash_key_for",
     "hash_key_for_header",
     "make_balancer",

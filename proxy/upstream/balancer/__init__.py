@@ -4,9 +4,10 @@ Every balancer keeps one precomputed table per priority level of its HostSet
 (`HostSet.levels`: each level's healthy hosts, or all of them in panic) and
 rebuilds them in `hosts_changed()`, which the HostSet calls after every
 membership or health change (make_balancer subscribes it). `choose()` runs once
-per request: it draws the level by load share (skipped with one level), then
-indexes precomputed tables, drawing from the injected `random.Random`; each pick
-from a level in panic counts in `lb_healthy_panic`.
+per request: it draws the level by load share (skipped with one level) and, when
+the HostSet is locality-weighted, a locality (see levelled.py), then indexes
+precomputed tables, drawing from the injected `random.Random`; each pick from a
+level in panic counts in `lb_healthy_panic`.
 
 Policies and their Envoy config messages (fields of `Cluster`):
 ROUND_ROBIN (round_robin_lb_config), LEAST_REQUEST (least_request_lb_config),

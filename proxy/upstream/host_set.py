@@ -21,6 +21,10 @@ Rules (Envoy's LoadBalancerBase, degraded hosts aside):
   level is in panic, load follows the host counts instead of health.
 - A threshold of 0 disables panic: with no healthy host anywhere, level 0 gets
   all the load and has nothing to route to.
+- Locality-weighted balancing (`set_locality_weighted(True)`, from Cluster
+  common_lb_config.locality_weighted_lb_config): each level also lists its
+  localities (`LocalityGroup`: the hosts sharing `Host.locality`, with the
+  LocalityLbEndpoints weight); balancers then pick a locality before a host.
 
 Theory of operation: host and health changes are rare and requests are many, so
 every change recomputes the levels, their routable tuples and the cumulative
@@ -63,6 +67,24 @@ def panic_threshold_from_proto(
 
 
 @dataclass(slots=True)
+class LocalityGroup:
+    """The hosts of one locality within a priority level (locality-weighted balancing)."""
+
+    locality: str
+    weight: int  # the LocalityLbEndpoints' load_balancing_weight
+    hosts: tuple[Host, ...]
+    healthy: tuple[Host, ...]
+
+    @property
+    def effective_weight(self) -> float:
+        """Envoy: weight x min(1, 1.4 x healthy share) — a locality losing hosts sheds load."""
+        if not self.hosts:
+            return 0.0
+        availability = min(1.0, OVERPROVISIONING_FACTOR_PERCENT / 100.0 * len(self.healthy) / len(self.hosts))
+        return self.weight * availability
+
+
+@dataclass(slots=True)
 class PriorityLevel:
     priority: int
     hosts: tuple[Host, ...]
@@ -71,6 +93,9 @@ class PriorityLevel:
     in_panic: bool = False
     load: int = 0  # percent of requests sent to this level
     routable: tuple[Host, ...] = ()  # healthy, or all hosts in panic
+    # With locality-weighted balancing: the level's localities, in order of first
+    # appearance; empty otherwise.
+    localities: tuple[LocalityGroup, ...] = ()
 
 
 class HostSet:
@@ -80,6 +105,9 @@ class HostSet:
         if not 0.0 <= panic_threshold_percent <= 100.0:
             raise ValueError(f"panic threshold must be within 0..100, got {panic_threshold_percent}")
         self.panic_threshold_percent = panic_threshold_percent
+        # Cluster.common_lb_config.locality_weighted_lb_config: balancers first pick a
+        # locality by weight, then a host within it (see LocalityGroup).
+        self.locality_weighted = False
         # Set by an active health checker: hosts that join start failed, as in Envoy,
         # until their first check passes.
         self.active_health_checking = False
@@ -99,8 +127,8 @@ class HostSet:
 
     def update(self, hosts: Sequence[Host]) -> None:
         """Replace the membership (EDS/DNS). A host whose (address, port) was already
-        present keeps its object, hence its counters and health flags; its weight and
-        priority are taken from the new description."""
+        present keeps its object, hence its counters and health-check and outlier
+        flags; its weight, priority and EDS health are taken from the new description."""
         kept: list[Host] = []
         by_key: dict[tuple[str, int], Host] = {}
         for new in hosts:
@@ -111,6 +139,10 @@ class HostSet:
             if old is not None and old is not new:
                 old.weight = new.weight
                 old.locality_priority = new.locality_priority
+                old.eds_health_failed = new.eds_health_failed
+                old.health_check_port = new.health_check_port
+                old.locality = new.locality
+                old.locality_weight = new.locality_weight
                 new = old
             elif old is None and self.active_health_checking:
                 new.health_check_failed = True
@@ -188,7 +220,14 @@ class HostSet:
             levels[0].load = 100
         for level in levels:
             level.routable = level.hosts if level.in_panic else level.healthy
+            if self.locality_weighted:
+                level.localities = _localities(level.hosts)
         return tuple(levels)
+
+    def set_locality_weighted(self, enabled: bool) -> None:
+        """Switch locality-weighted balancing on or off (recomputes and notifies)."""
+        self.locality_weighted = enabled
+        self.health_changed()
 
     def _cumulative_loads(self) -> tuple[int, ...]:
         bounds = []
@@ -200,3 +239,13 @@ class HostSet:
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+
+def _localities(hosts: tuple[Host, ...]) -> tuple[LocalityGroup, ...]:
+    groups: dict[str, list[Host]] = {}
+    for host in hosts:
+        groups.setdefault(host.locality, []).append(host)
+    return tuple(
+        LocalityGroup(name, members[0].locality_weight, tuple(members), tuple(h for h in members if h.healthy))
+        for name, members in groups.items()
+    )

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import yaml
+from envoy.config.core.v3.health_check_pb2 import HealthCheck
+from google.protobuf import json_format
 
 from proxy.upstream.health import HealthCheckConfig, HttpCheck
 from proxy.upstream.health.prober import HealthChecker
@@ -53,7 +56,7 @@ def recording_server() -> Iterator[tuple[int, list[bytes]]]:
         server.close()
 
 
-def envoy_bootstrap(port: int, listener: int, admin: int, host_line: str) -> str:
+def envoy_bootstrap(port: int, listener: int, admin: int, http_check: str, reuse: bool) -> str:
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -77,7 +80,8 @@ static_resources:
       no_traffic_interval: 0.1s
       unhealthy_threshold: 2
       healthy_threshold: 1
-      http_health_check: {{path: /healthz{host_line}}}
+      reuse_connection: {str(reuse).lower()}
+      http_health_check: {http_check}
     load_assignment:
       cluster_name: backend
       endpoints:
@@ -86,11 +90,10 @@ static_resources:
 """
 
 
-def envoy_head(host: str | None) -> bytes:
+def envoy_head(http_check: str, reuse: bool) -> bytes:
     listener, admin = free_port(), free_port()
     with recording_server() as (port, heads):
-        host_line = f", host: {host}" if host else ""
-        with envoy(envoy_bootstrap(port, listener, admin, host_line), listener):
+        with envoy(envoy_bootstrap(port, listener, admin, http_check, reuse), listener):
             deadline = time.monotonic() + 5
             while not heads and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -98,11 +101,11 @@ def envoy_head(host: str | None) -> bytes:
         return heads[0]
 
 
-def our_head(host: str | None) -> bytes:
+def our_head(check: HttpCheck, reuse: bool) -> bytes:
     async def main(port: int, heads: list[bytes]) -> None:
         config = HealthCheckConfig(
             timeout=1.0, interval=0.1, unhealthy_threshold=2, healthy_threshold=1,
-            check=HttpCheck(path="/healthz", host=host),
+            check=check, reuse_connection=reuse,
         )
         checker = HealthChecker(config, HostSet([Host("127.0.0.1", port)]), random.Random(0), "backend")
         checker.start()
@@ -114,6 +117,22 @@ def our_head(host: str | None) -> bytes:
         return heads[0]
 
 
-@pytest.mark.parametrize("host", [None, "svc.example"], ids=["cluster-name", "configured-host"])
-def test_http_health_check_request_matches_envoy(host: str | None) -> None:
-    assert our_head(host) == envoy_head(host)
+# The same http_health_check YAML configures Envoy and (through from_proto) our checker.
+CASES = {
+    "cluster-name": ("{path: /healthz}", True),
+    "configured-host": ("{path: /healthz, host: svc.example}", True),
+    "no-reuse": ("{path: /healthz}", False),
+    "head-with-headers": (
+        "{path: /hz, method: HEAD, request_headers_to_add: [{header: {key: x-a, value: '1'}},"
+        " {header: {key: x-b, value: '2'}}], request_headers_to_remove: [user-agent]}",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_http_health_check_request_matches_envoy(case: str) -> None:
+    http_check, reuse = CASES[case]
+    message = json_format.ParseDict(yaml.safe_load(http_check), HealthCheck.HttpHealthCheck())
+    ours = HttpCheck.from_proto(message, "http_health_check")
+    assert our_head(ours, reuse) == envoy_head(http_check, reuse)

@@ -207,3 +207,36 @@ def test_level_loads_always_add_up_to_100(levels: list[tuple[int, int]], thresho
         assert loads(host_set)[0] == 100
     if host_set.healthy or threshold > 0:
         assert host_set.routable()
+
+
+def test_update_takes_eds_health_from_the_new_description() -> None:
+    a = Host("127.0.0.1", 80)
+    a.outlier_ejected = True
+    host_set = HostSet([a, Host("127.0.0.1", 81)])
+    host_set.update([Host("127.0.0.1", 80, eds_health_failed=True), Host("127.0.0.1", 81)])
+    assert a.eds_health_failed and a.outlier_ejected
+    host_set.update([Host("127.0.0.1", 80), Host("127.0.0.1", 81)])
+    assert not a.eds_health_failed and a.outlier_ejected
+
+
+def in_locality(hosts: list[Host], locality: str, weight: int) -> list[Host]:
+    for host in hosts:
+        host.locality, host.locality_weight = locality, weight
+    return hosts
+
+
+def test_localities_are_grouped_only_when_locality_weighted() -> None:
+    hosts = in_locality(make_hosts(2), "a", 1) + in_locality(make_hosts(2, base_port=9000), "b", 3)
+    host_set = HostSet(hosts)
+    assert not host_set.levels[0].localities
+    host_set.set_locality_weighted(True)
+    summary = [(group.locality, group.weight, len(group.hosts)) for group in host_set.levels[0].localities]
+    assert summary == [("a", 1, 2), ("b", 3, 2)]
+
+
+def test_locality_effective_weight_follows_overprovisioned_health() -> None:
+    a = in_locality(make_hosts(10), "a", 10)
+    fail(a, 5)  # 50% x 1.4 = 70%
+    host_set = HostSet(a)
+    host_set.set_locality_weighted(True)
+    assert host_set.levels[0].localities[0].effective_weight == pytest.approx(7.0)

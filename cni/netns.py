@@ -67,7 +67,7 @@ def netlink_socket_in(netns_fd: int, path: str = "") -> socket.socket:
 def netlink_in(netns_fd: int, path: str = "") -> Iterator[IPRoute]:
     """An IPRoute handle bound to the namespace `netns_fd`."""
     sock = netlink_socket_in(netns_fd, path)
-    ipr = IPRoute(use_socket=sock)
+    ipr = IPRoute(use_socket=sock, groups=0)
     try:
         yield ipr
     finally:

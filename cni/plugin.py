@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import NoReturn
 
 from cni.wire import CURRENT_VERSION, DEFAULT_AGENT_SOCKET, SUPPORTED_VERSIONS, call
 
@@ -30,7 +31,7 @@ def _error(version: str, code: int, msg: str) -> int:
     return 1
 
 
-def main() -> int:
+def handle() -> int:
     command = os.environ.get("CNI_COMMAND", "")
     stdin = sys.stdin.buffer.read()
     if command == "VERSION":
@@ -56,5 +57,13 @@ def main() -> int:
     return int(reply["exit"])
 
 
+def main() -> NoReturn:
+    """Runs the plugin and exits without the interpreter's teardown: a few ms per
+    call that buy nothing, as the process holds nothing needing a clean close."""
+    status = handle()
+    sys.stdout.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

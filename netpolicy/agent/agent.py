@@ -89,7 +89,8 @@ class NodeAgent:
     # -- on the datapath thread ---------------------------------------------
 
     def _start(self) -> list[str]:
-        self._ipr = IPRoute()
+        # groups=0: no multicast subscriptions, so no event backlog to wade through per call.
+        self._ipr = IPRoute(groups=0)
         store = AllocationStore(self.config.state_dir / "allocations.db")
         # Policy seam: the nftables applier (netpolicy) is passed here as `policy=`
         # once it exists; until then no policy is enforced on this node.

@@ -10,6 +10,9 @@ the host's own network namespace.
     python bench/cni_latency.py [--pods 100]
 
 Prints p50/p99 per verb and plugin and the ratio tulle/reference (< 1: faster).
+VERSION is answered by either plugin without any work, so its row is the cost of
+starting the plugin process alone (a Python interpreter against a Go binary);
+ADD/DEL minus VERSION is the work done per call.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def main() -> int:
         ref_conf = {**common, "name": "ref-bench", "type": "bridge", "bridge": "refbench0",
                     "ipam": {"type": "host-local", "subnet": "10.91.0.0/16", "dataDir": str(work / "host-local")}}
         plugins = {"tulle": (BIN / "tulle-cni", tulle_conf), "reference": (REFERENCE / "bridge", ref_conf)}
-        times: dict[str, dict[str, list[float]]] = {name: {"ADD": [], "DEL": []} for name in plugins}
+        times: dict[str, dict[str, list[float]]] = {name: {"ADD": [], "DEL": [], "VERSION": []} for name in plugins}
         results: dict[tuple[str, int], dict[str, Any]] = {}
 
         # Warm-up: each side creates its bridge once, outside the measurement.
@@ -113,6 +116,11 @@ def main() -> int:
                 assert result is not None
                 results[(name, i)] = result
                 _ip("-n", pod, "link", "set", "eth0", "name", f"e{name[:3]}")
+        # The fixed cost of a call: starting the plugin process (VERSION does nothing else).
+        for _ in range(args.pods):
+            for name, (plugin, _conf) in plugins.items():
+                elapsed, _ = _invoke(plugin, "VERSION", {"cniVersion": "1.0.0"}, "", "")
+                times[name]["VERSION"].append(elapsed)
         for i, pod in enumerate(pods):
             for name, (plugin, conf) in plugins.items():
                 _ip("-n", pod, "link", "set", f"e{name[:3]}", "name", "eth0")
@@ -130,7 +138,7 @@ def main() -> int:
 
     print(f"CNI latency, {args.pods} pods, one node namespace, ms (a fresh plugin process per call)")
     print(f"{'verb':<5} {'plugin':<26} {'p50':>8} {'p99':>8} {'mean':>8}")
-    for verb in ("ADD", "DEL"):
+    for verb in ("ADD", "DEL", "VERSION"):
         for name, label in (("tulle", "tulle-cni + tulle-agent"), ("reference", "bridge + host-local")):
             s = times[name][verb]
             print(f"{verb:<5} {label:<26} {_percentile(s, .5) * 1e3:8.2f} {_percentile(s, .99) * 1e3:8.2f} {statistics.mean(s) * 1e3:8.2f}")

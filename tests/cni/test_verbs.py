@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.cni.conftest import Node, run_cni
+from tests.cni.conftest import TULLE_CNI, Node, run_cni
 from tests.kernel import KernelResources, ip
 
 pytestmark = pytest.mark.privileged
@@ -211,8 +211,6 @@ def test_fifty_concurrent_adds_get_fifty_distinct_addresses(node: Node, kernel: 
     for i, pod in enumerate(pods):
         env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}",
                "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
-        from tests.cni.conftest import TULLE_CNI
-
         p = subprocess.Popen([TULLE_CNI], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert p.stdin is not None
         p.stdin.write(json.dumps(node.conf()).encode())

@@ -67,13 +67,13 @@ def main() -> int:
 
     token = secrets.token_hex(3)
     node = f"tl-bench-{token}"
-    pods = [f"tl-bench-{token}-{i}" for i in range(args.pods)]
+    pods = {side: [f"tl-bench-{token}-{side[0]}{i}" for i in range(args.pods)] for side in ("tulle", "reference")}
     work = Path(tempfile.mkdtemp(prefix="tlbench-"))
     agent: subprocess.Popen[bytes] | None = None
     own_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
         _ip("netns", "add", node)
-        for pod in pods:
+        for pod in [*pods["tulle"], *pods["reference"]]:
             _ip("netns", "add", pod)
         socket_path = work / "agent.sock"
         agent = subprocess.Popen(
@@ -106,25 +106,23 @@ def main() -> int:
 
         # Warm-up: each side creates its bridge once, outside the measurement.
         for name, (plugin, conf) in plugins.items():
-            _invoke(plugin, "ADD", conf, f"warm-{name}", f"/run/netns/{pods[0]}")
-            _invoke(plugin, "DEL", conf, f"warm-{name}", f"/run/netns/{pods[0]}")
-        for i, pod in enumerate(pods):
+            _invoke(plugin, "ADD", conf, f"warm-{name}", f"/run/netns/{pods[name][0]}")
+            _invoke(plugin, "DEL", conf, f"warm-{name}", f"/run/netns/{pods[name][0]}")
+        for i in range(args.pods):
             for name, (plugin, conf) in plugins.items():
-                # Each side gets its own interface name inside the shared pod namespace.
-                elapsed, result = _invoke(plugin, "ADD", conf, f"{name}-{i}", f"/run/netns/{pod}")
+                elapsed, result = _invoke(plugin, "ADD", conf, f"{name}-{i}", f"/run/netns/{pods[name][i]}")
                 times[name]["ADD"].append(elapsed)
                 assert result is not None
                 results[(name, i)] = result
-                _ip("-n", pod, "link", "set", "eth0", "name", f"e{name[:3]}")
         # The fixed cost of a call: starting the plugin process (VERSION does nothing else).
         for _ in range(args.pods):
             for name, (plugin, _conf) in plugins.items():
                 elapsed, _ = _invoke(plugin, "VERSION", {"cniVersion": "1.0.0"}, "", "")
                 times[name]["VERSION"].append(elapsed)
-        for i, pod in enumerate(pods):
+        for i in range(args.pods):
             for name, (plugin, conf) in plugins.items():
-                _ip("-n", pod, "link", "set", f"e{name[:3]}", "name", "eth0")
-                elapsed, _ = _invoke(plugin, "DEL", {**conf, "prevResult": results[(name, i)]}, f"{name}-{i}", f"/run/netns/{pod}")
+                prev = {**conf, "prevResult": results[(name, i)]}
+                elapsed, _ = _invoke(plugin, "DEL", prev, f"{name}-{i}", f"/run/netns/{pods[name][i]}")
                 times[name]["DEL"].append(elapsed)
     finally:
         _setns(own_netns)
@@ -132,11 +130,11 @@ def main() -> int:
         if agent is not None:
             agent.terminate()
             agent.wait(timeout=10)
-        for ns in [*pods, node]:
+        for ns in [*pods["tulle"], *pods["reference"], node]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"CNI latency, {args.pods} pods, one node namespace, ms (a fresh plugin process per call)")
+    print(f"CNI latency, {args.pods} pods per plugin, one node namespace, ms (a fresh plugin process per call)")
     print(f"{'verb':<5} {'plugin':<26} {'p50':>8} {'p99':>8} {'mean':>8}")
     for verb in ("ADD", "DEL", "VERSION"):
         for name, label in (("tulle", "tulle-cni + tulle-agent"), ("reference", "bridge + host-local")):

@@ -14,6 +14,9 @@ Rules:
   pending rows at start-up and undoes them (`cni.backend` removes their host
   veth, then the row). So a restart leaks nothing, and since an address is
   reserved before it is configured, it is never handed out twice.
+- A DEL marks its allocation `releasing` and answers; the veth deletion and the
+  row's removal follow on the datapath thread. A releasing address stays taken
+  until then, and start-up finishes any release a killed agent left.
 - Every write is one transaction (BEGIN IMMEDIATE), so concurrent agents on one
   file — never intended, but possible by mistake — still cannot collide.
 """
@@ -38,7 +41,7 @@ CREATE TABLE IF NOT EXISTS allocation (
     address       TEXT NOT NULL,
     host_ifname   TEXT NOT NULL,
     netns         TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('pending', 'attached')),
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'attached', 'releasing')),
     pod_namespace TEXT NOT NULL DEFAULT '',
     pod_name      TEXT NOT NULL DEFAULT '',
     result        TEXT,
@@ -129,6 +132,13 @@ class AllocationStore:
             self._db.execute(
                 "UPDATE allocation SET state='attached', result=? WHERE network=? AND container_id=? AND ifname=?",
                 (result, key.network, key.container_id, key.ifname),
+            )
+
+    def mark_releasing(self, key: AllocationKey) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE allocation SET state='releasing' WHERE network=? AND container_id=? AND ifname=?",
+                (key.network, key.container_id, key.ifname),
             )
 
     def release(self, key: AllocationKey) -> None:

@@ -94,7 +94,7 @@ class NodeAgent:
         store = AllocationStore(self.config.state_dir / "allocations.db")
         # Policy seam: the nftables applier (netpolicy) is passed here as `policy=`
         # once it exists; until then no policy is enforced on this node.
-        self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=None)
+        self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=None, defer=self._worker.submit)
         self._overlay = VxlanOverlay(self._ipr)
         done = self._backend.recover()
         if self.config.nodes_file is not None:

@@ -41,6 +41,22 @@ def test_restart_rolls_back_an_add_that_was_cut_short(node: Node, kernel: Kernel
     assert fresh != kept
 
 
+def test_restart_finishes_a_del_that_was_cut_short(node: Node, kernel: KernelResources) -> None:
+    pod = kernel.netns("pod")
+    assert run_cni("ADD", node.conf(), "c1", f"/run/netns/{pod}").returncode == 0
+    node.kill_agent()
+    # The state a DEL leaves when the agent dies right after answering.
+    store = AllocationStore(node.state_dir / "allocations.db")
+    store.mark_releasing(AllocationKey("tnet", "c1", "eth0"))
+    store.close()
+
+    node.start_agent()
+
+    assert node.attachments() == []
+    assert node.host_veths() == []
+    assert "eth0" not in ip("link", netns=pod)
+
+
 def test_sigkill_during_a_burst_of_adds_leaks_nothing_and_duplicates_nothing(node: Node, kernel: KernelResources) -> None:
     pods = [kernel.netns("pod") for _ in range(30)]
     procs = []

@@ -98,6 +98,16 @@ def test_del_releases_the_address_and_removes_the_veth(node: Node, kernel: Kerne
     assert "eth0" not in ip("link", netns=pod)
 
 
+def test_del_answers_before_the_veth_is_gone_but_later_requests_see_it_gone(node: Node, kernel: KernelResources) -> None:
+    pods = [kernel.netns("pod") for _ in range(2)]
+    assert run_cni("ADD", node.conf(), "c1", f"/run/netns/{pods[0]}").returncode == 0
+    assert run_cni("DEL", node.conf(), "c1", "").returncode == 0
+    # The next request to the agent runs after the deferred teardown.
+    assert run_cni("ADD", node.conf(), "c1", f"/run/netns/{pods[1]}").returncode == 0
+    assert len(node.host_veths()) == 1
+    assert "eth0" not in ip("link", netns=pods[0])
+
+
 def test_del_is_idempotent_even_without_netns_or_prev_result(node: Node, kernel: KernelResources) -> None:
     pod = kernel.netns("pod")
     add = run_cni("ADD", node.conf(), "c1", f"/run/netns/{pod}")

@@ -165,7 +165,9 @@ class CniBackend:
                 )
                 # Policy seam: program the pod's policy before the runtime may start it.
                 if self.policy is not None:
-                    self.policy.pod_attached(self._attachment(key, address, host, req))
+                    policy, attachment = self.policy, self._attachment(key, address, host, req)
+                    policy.pod_attached(attachment)
+                    undo.push(f"forget the policy of {address}", lambda: policy.pod_detached(attachment))
                 self.store.mark_attached(key, json.dumps(result.to_json(conf.cni_version)))
             except BaseException:
                 undo.run()

@@ -184,6 +184,10 @@ class Lab:
         """Runs a command inside the pod's network namespace."""
         return subprocess.run(["nsenter", f"--net={pod.netns_path}", "--", *argv], text=True, timeout=timeout, **run)
 
+    def exec_on_node(self, node: LabNode, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
+        """Runs a command inside a node's network namespace (e.g. nft, ip)."""
+        return subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", "--", *argv], text=True, timeout=timeout, **run)
+
     def spawn(self, pod: LabPod, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
         """Starts a long-running process (a server) inside the pod's namespace."""
         return subprocess.Popen(["nsenter", f"--net={pod.netns_path}", "--", *argv], **popen)

@@ -92,6 +92,13 @@ def test_pod_del_releases_its_address_and_namespace(lab_name: str) -> None:
     assert [p.key for p in Lab.open(lab_name).pods()] == ["shop/cart"]
 
 
+def test_each_node_routes_the_other_nodes_pod_cidr_through_the_overlay(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=2)
+    first, second = lab.nodes()
+    routes = lab.exec_on_node(first, ["ip", "route"], capture_output=True).stdout
+    assert f"{second.pod_cidr} via {second.pod_cidr.network_address} dev tulle.vx" in routes
+
+
 def test_pods_spread_over_nodes_when_no_node_is_given(lab_name: str) -> None:
     lab = Lab.up(lab_name, nodes=2)
     placed = [lab.add_pod("default", f"p{i}").node for i in range(4)]

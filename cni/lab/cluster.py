@@ -169,15 +169,18 @@ class Lab:
             self._save()
 
     def pod(self, namespace: str, name: str) -> LabPod:
+        self._refresh()
         for pod in self._pods:
             if (pod.namespace, pod.name) == (namespace, name):
                 return pod
         raise LabError(f"pod {namespace}/{name} does not exist in lab {self.name!r}")
 
     def pods(self) -> list[LabPod]:
+        self._refresh()
         return list(self._pods)
 
     def nodes(self) -> list[LabNode]:
+        self._refresh()
         return list(self._nodes)
 
     def exec(self, pod: LabPod, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
@@ -193,6 +196,7 @@ class Lab:
         return subprocess.Popen(["nsenter", f"--net={pod.netns_path}", "--", *argv], **popen)
 
     def status(self) -> dict[str, Any]:
+        self._refresh()
         nodes = []
         for node in self._nodes:
             alive = bool(node.agent_pid) and _process_start(node.agent_pid) == node.agent_start
@@ -346,8 +350,13 @@ class Lab:
         return f"tl-{self.name}.ul"
 
     def _require_loaded(self) -> None:
-        if not self._nodes and not self._load():
+        # Always from disk: another process (meshctl, a runner) may have changed the lab.
+        if not self._load():
             raise LabError(f"lab {self.name!r} is not up (meshctl lab up --name {self.name})")
+
+    def _refresh(self) -> None:
+        if not self._load():
+            self._nodes, self._pods = [], []
 
     def _load(self) -> bool:
         try:

@@ -105,6 +105,14 @@ def test_pods_spread_over_nodes_when_no_node_is_given(lab_name: str) -> None:
     assert sorted(placed) == ["node-1", "node-1", "node-2", "node-2"]
 
 
+def test_library_and_cli_see_each_others_pods(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    meshctl("pod", "add", "shop/cli-pod", "--name", lab_name)
+    lab.add_pod("shop", "lib-pod")
+    assert [p.key for p in lab.pods()] == ["shop/cli-pod", "shop/lib-pod"]
+    assert [p.key for p in Lab.open(lab_name).pods()] == ["shop/cli-pod", "shop/lib-pod"]
+
+
 def test_lab_up_twice_is_refused(lab_name: str) -> None:
     Lab.up(lab_name, nodes=1)
     with pytest.raises(LabError, match="already up"):

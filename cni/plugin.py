@@ -20,9 +20,11 @@ import sys
 
 from cni.wire import CURRENT_VERSION, DEFAULT_AGENT_SOCKET, SUPPORTED_VERSIONS, call
 
+# Values of cni.errors.ErrorCode, repeated here to keep this module import-light.
 _TRY_AGAIN_LATER = 11
 _DECODE_FAILURE = 6
 _NOT_AVAILABLE = 50
+_IO_FAILURE = 5
 
 
 def _error(version: str, code: int, msg: str) -> int:
@@ -52,8 +54,12 @@ def handle() -> int:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         code = _NOT_AVAILABLE if command == "STATUS" else _TRY_AGAIN_LATER
         return _error(version, code, f"tulle-agent is not reachable at {path}: {why}")
-    sys.stdout.write(reply["stdout"])
-    return int(reply["exit"])
+    try:
+        stdout, status = str(reply["stdout"]), int(reply["exit"])
+    except (KeyError, TypeError, ValueError):
+        return _error(version, _IO_FAILURE, f"tulle-agent at {path} sent an unexpected reply: {str(reply)[:200]}")
+    sys.stdout.write(stdout)
+    return status
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from cni.lab.topology import (
     LabNode,
     LabPod,
     LabTopology,
+    PortMapping,
     check_lab_name,
     conflist,
     node_list,
@@ -135,7 +136,14 @@ class Lab:
 
     # -- pods ---------------------------------------------------------------------
 
-    def add_pod(self, namespace: str, name: str, node: str | None = None, labels: dict[str, str] | None = None) -> LabPod:
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node: str | None = None,
+        labels: dict[str, str] | None = None,
+        ports: Sequence[PortMapping] = (),
+    ) -> LabPod:
         with self._locked():
             self._require_loaded()
             key = f"{namespace}/{name}"
@@ -145,7 +153,7 @@ class Lab:
             container_id = secrets.token_hex(16)
             netns = LabTopology(self.name, self._node_count).pod_netns(container_id)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
-            runtime, net, rt = self._cni(target, netns, container_id, namespace, name)
+            runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:
                 _ip(netns, "link", "set", "lo", "up", what=f"bring up lo of pod {key}")
                 result = runtime.add(net, rt)
@@ -155,7 +163,8 @@ class Lab:
                 _run(["ip", "netns", "del", netns], f"delete namespace of pod {key}")
                 raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
             address = result["ips"][0]["address"].split("/")[0]
-            pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address), dict(labels or {}))
+            pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
+                         dict(labels or {}), tuple(ports))
             self._pods.append(pod)
             self._save()
             return pod
@@ -308,7 +317,7 @@ class Lab:
     def _delete_pod(self, pod: LabPod) -> None:
         node = next((n for n in self._nodes if n.name == pod.node), None)
         if node is not None and _process_start(node.agent_pid) == node.agent_start:
-            runtime, net, rt = self._cni(node, pod.netns, pod.container_id, pod.namespace, pod.name)
+            runtime, net, rt = self._cni(node, pod.netns, pod.container_id, pod.namespace, pod.name, pod.ports)
             try:
                 runtime.delete(net, rt)
             except CniError as exc:
@@ -318,7 +327,9 @@ class Lab:
 
     # -- helpers ------------------------------------------------------------------
 
-    def _cni(self, node: LabNode, netns: str, container_id: str, namespace: str, name: str) -> tuple[CniRuntime, Any, RuntimeConf]:
+    def _cni(
+        self, node: LabNode, netns: str, container_id: str, namespace: str, name: str, ports: tuple[PortMapping, ...]
+    ) -> tuple[CniRuntime, Any, RuntimeConf]:
         runtime = CniRuntime(
             [str(Path(_bin("tulle-cni")).parent), REFERENCE_PLUGIN_DIR],
             self.dir / "cni-cache",
@@ -331,6 +342,7 @@ class Lab:
             ifname="eth0",
             args=(("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", namespace), ("K8S_POD_NAME", name),
                   ("K8S_POD_INFRA_CONTAINER_ID", container_id)),
+            capability_args={"portMappings": [p.to_json() for p in ports]} if ports else {},
         )
         return runtime, net, rt
 

@@ -3,7 +3,7 @@
     meshctl lab up [--nodes N] [--name NAME]
     meshctl lab down [--name NAME]
     meshctl lab status [--name NAME] [-o json]
-    meshctl lab pod add NS/NAME [--node N] [--labels k=v,...] [--name NAME]
+    meshctl lab pod add NS/NAME [--node N] [--labels k=v,...] [--port H:C[/P]] [--name NAME]
     meshctl lab pod del NS/NAME [--name NAME]
     meshctl lab exec NS/NAME [--name NAME] -- CMD...
 
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cni.lab import Lab, LabError
-from cni.lab.topology import parse_labels, parse_pod_ref
+from cni.lab.topology import parse_labels, parse_pod_ref, parse_port
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,12 +105,16 @@ def pod() -> None:
 @click.argument("ref", metavar="NS/NAME")
 @click.option("--node", help="Node to place the pod on (node-N or N); default: the one with the fewest pods.")
 @click.option("--labels", default="", help="Pod labels, k=v,k2=v2.")
+@click.option("--port", "ports", multiple=True, metavar="HOST:CONTAINER[/PROTO]",
+              help="Publish a pod port on its node (hostPort, through portmap); repeatable.")
 @_lab_name
-def pod_add(ref: str, node: str | None, labels: str, lab_name: str) -> None:
+def pod_add(ref: str, node: str | None, labels: str, ports: tuple[str, ...], lab_name: str) -> None:
     """Create a pod and attach it through tulle-cni."""
     try:
         namespace, name = parse_pod_ref(ref)
-        created = _open(lab_name).add_pod(namespace, name, node=node, labels=parse_labels(labels))
+        created = _open(lab_name).add_pod(
+            namespace, name, node=node, labels=parse_labels(labels), ports=[parse_port(p) for p in ports]
+        )
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"pod {created.key} on {created.node}: {created.ip}")

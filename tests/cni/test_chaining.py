@@ -143,7 +143,7 @@ def test_runtime_gc_deletes_stale_cached_attachments_then_gcs_every_plugin(
     for i, pod in enumerate(pods):
         runtime.add(net, RuntimeConf(f"c{i}", f"/run/netns/{pod}"))
     runtime.gc(net, valid=[("c1", "eth0")])
-    assert [c for c, _, _ in runtime.cached_attachments(net)] == ["c1"]
+    assert [rt.container_id for rt in runtime.cached_attachments(net)] == ["c1"]
     assert [a["containerID"] for a in node.attachments()] == ["c1"]
     assert len(node.host_veths()) == 1
 

@@ -99,6 +99,36 @@ def test_each_node_routes_the_other_nodes_pod_cidr_through_the_overlay(lab_name:
     assert f"{second.pod_cidr} via {second.pod_cidr.network_address} dev tulle.vx" in routes
 
 
+def test_a_host_port_reaches_the_pod_through_its_node_from_another_node(lab_name: str) -> None:
+    meshctl("up", "--nodes", "2", "--name", lab_name)
+    meshctl("pod", "add", "shop/web", "--node", "1", "--port", "18080:8080", "--name", lab_name)
+    meshctl("pod", "add", "shop/client", "--node", "2", "--name", lab_name)
+    lab = Lab.open(lab_name)
+    web = lab.pod("shop", "web")
+    assert [p.to_json() for p in web.ports] == [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]
+    server = lab.spawn(web, [sys.executable, "-c",
+        "import socket;s=socket.create_server(('0.0.0.0',8080));print('ready',flush=True);"
+        "c,_=s.accept();c.sendall(b'via hostPort');c.close()"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        node_ip = lab.nodes()[0].underlay_ip
+        reply = lab.exec(lab.pod("shop", "client"), [sys.executable, "-c",
+            f"import socket;print(socket.create_connection(('{node_ip}',18080),timeout=5).recv(100).decode())"],
+            capture_output=True)
+        assert reply.stdout.strip() == "via hostPort", reply.stderr
+    finally:
+        server.wait(timeout=10)
+    meshctl("pod", "del", "shop/web", "--name", lab_name)
+    rules = lab.exec_on_node(lab.nodes()[0], ["iptables-save", "-t", "nat"], capture_output=True).stdout
+    assert "18080" not in rules
+
+
+def test_bad_port_is_refused_naming_the_flag(lab_name: str) -> None:
+    meshctl("up", "--nodes", "1", "--name", lab_name)
+    done = meshctl("pod", "add", "shop/web", "--port", "80", "--name", lab_name, check=False)
+    assert done.returncode != 0 and "--port" in done.stderr
+
+
 def test_pods_spread_over_nodes_when_no_node_is_given(lab_name: str) -> None:
     lab = Lab.up(lab_name, nodes=2)
     placed = [lab.add_pod("default", f"p{i}").node for i in range(4)]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from cni.lab.topology import LabError, LabTopology, conflist, node_list, parse_labels, parse_pod_ref
+from cni.lab.topology import (
+    LabError,
+    LabTopology,
+    PortMapping,
+    conflist,
+    node_list,
+    parse_labels,
+    parse_pod_ref,
+    parse_port,
+)
 from cni.overlay import parse_nodes
 
 
@@ -67,3 +76,14 @@ def test_labels_parse_as_kubernetes_labels() -> None:
 def test_bad_labels_are_refused(raw: str) -> None:
     with pytest.raises(LabError, match="--labels"):
         parse_labels(raw)
+
+
+def test_ports_parse_with_tcp_as_the_default_protocol() -> None:
+    assert parse_port("18080:8080") == PortMapping(18080, 8080, "tcp")
+    assert parse_port("5353:53/udp") == PortMapping(5353, 53, "udp")
+
+
+@pytest.mark.parametrize("raw", ["80", "a:b", "0:80", "80:70000", "80:80/sctp"])
+def test_bad_ports_are_refused(raw: str) -> None:
+    with pytest.raises(LabError, match="--port"):
+        parse_port(raw)

@@ -242,6 +242,12 @@ class Lab:
     def _build_node(self, node: LabNode, underlay: str) -> None:
         _run(["ip", "netns", "add", node.netns], f"create namespace of {node.name}")
         _ip(node.netns, "link", "set", "lo", "up", what=f"bring up lo of {node.name}")
+        # A new namespace copies the host's rp_filter; strict mode would drop a
+        # remote pod's packets to a hostPort (they enter on the underlay, their
+        # source routes back through the overlay). Loose mode, as systemd sets it.
+        for conf in ("all", "default"):
+            _run(["nsenter", f"--net=/run/netns/{node.netns}", "--", "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=2"],
+                 f"set loose reverse-path filtering on {node.name}")
         port = node.name  # the node's port on the underlay bridge
         _ip(underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.netns,
             what=f"wire {node.name} to the underlay")

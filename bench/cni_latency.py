@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cni.netns import _setns
+from cni.netns import join_netns
 from cni.wire import call
 
 BIN = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def main() -> int:
         # From here on this (single-threaded) process lives in the node namespace,
         # so plugins it starts act there, as they would on a node.
         fd = os.open(f"/run/netns/{node}", os.O_RDONLY)
-        _setns(fd)
+        join_netns(fd)
         os.close(fd)
 
         common = {"cniVersion": "1.0.0", "isGateway": True, "isDefaultGateway": True}
@@ -125,7 +125,7 @@ def main() -> int:
                 elapsed, _ = _invoke(plugin, "DEL", prev, f"{name}-{i}", f"/run/netns/{pods[name][i]}")
                 times[name]["DEL"].append(elapsed)
     finally:
-        _setns(own_netns)
+        join_netns(own_netns)
         os.close(own_netns)
         if agent is not None:
             agent.terminate()

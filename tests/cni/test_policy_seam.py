@@ -16,7 +16,7 @@ from pyroute2 import IPRoute
 from cni.backend import CniBackend, PodAttachment
 from cni.errors import CniError, ErrorCode
 from cni.ipam_store import AllocationStore
-from cni.netns import _setns
+from cni.netns import join_netns
 from cni.request import parse_request
 from tests.kernel import KernelResources, ip
 
@@ -49,7 +49,7 @@ class NodeThread:
 
     def _start(self, netns: str, state: Path, policy: RecordingPolicy) -> CniBackend:
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        _setns(fd)
+        join_netns(fd)
         os.close(fd)
         return CniBackend(AllocationStore(state / "a.db"), IPRoute(groups=0), policy=policy)
 

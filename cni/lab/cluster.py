@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import itertools
 import json
 import os
 import secrets
@@ -295,6 +296,9 @@ class Lab:
         self._pods.clear()
         for node in self._nodes:
             problems += self._stop_agent(node)
+        # Agents the state file does not know (it was lost or never written).
+        for pid, start in self._stray_agents():
+            problems += self._stop_agent(LabNode("(unrecorded)", "", UNDERLAY.network_address, UNDERLAY, pid, start))
         prefix = f"tl-{self.name}."
         for netns in sorted(n for n in _netns_names() if n.startswith(prefix)):
             done = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
@@ -305,6 +309,25 @@ class Lab:
             problems.append(f"directory {self.dir} could not be removed")
         self._nodes.clear()
         return problems
+
+    def _stray_agents(self) -> list[tuple[int, str]]:
+        """tulle-agent processes serving a socket inside this lab's directory."""
+        marker = f"{self.dir}/".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"tulle-agent") for a in argv[:3]) and any(
+                flag == b"--socket" and value.startswith(marker) for flag, value in itertools.pairwise(argv)
+            ):
+                start = _process_start(int(entry.name))
+                if start:
+                    found.append((int(entry.name), start))
+        return found
 
     def _stop_agent(self, node: LabNode) -> list[str]:
         if not node.agent_pid or _process_start(node.agent_pid) != node.agent_start:

@@ -82,6 +82,15 @@ def test_lab_up_pods_talk_across_nodes_and_lab_down_leaves_no_trace(lab_name: st
     assert _traces(lab_name, pids) == []
 
 
+def test_lab_down_leaves_no_trace_even_when_its_state_file_is_lost(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=2)
+    lab.add_pod("shop", "cart")
+    pids = [n.agent_pid for n in lab.nodes()]
+    (Path("/run/tulle/lab") / lab_name / "state.json").unlink()
+    assert Lab(lab_name).down() == []
+    assert _traces(lab_name, pids) == []
+
+
 def test_pod_del_releases_its_address_and_namespace(lab_name: str) -> None:
     lab = Lab.up(lab_name, nodes=1)
     pod = lab.add_pod("shop", "cart")

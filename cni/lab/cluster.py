@@ -11,8 +11,12 @@ Theory of operation.
   DEL, as a runtime does, and the namespace is removed.
 - `down`: DEL every pod (cached results, reverse order), stop the agents by the
   PID recorded at start (checked against the process start time, so a recycled
-  PID is never signalled), delete every namespace named `tl-<lab>.*`, and remove
-  the lab directory (and /run/tulle/lab, /run/tulle if they end up empty).
+  PID is never signalled) and any agent serving a socket inside the lab's
+  directory that the state does not record, delete every namespace named
+  `tl-<lab>.*`, and remove the lab directory (and /run/tulle/lab, /run/tulle if
+  they end up empty).
+- Node namespaces get ip_forward from their agent and loose rp_filter from the
+  lab, whatever the host's settings; nothing is set in the host's namespace.
 - State (nodes, pods, agent PIDs) lives in `<root>/<lab>/state.json`, written
   atomically; commands on one lab are serialised by an flock on `<root>/<lab>.lock`.
 """

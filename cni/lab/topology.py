@@ -10,6 +10,8 @@ Rules:
   inside the lab's namespaces, so any number of labs can reuse them.
 - A pod's namespace is `tl-L.p-<container id prefix>`; its container ID is
   random, so a pod deleted and added again is a new attachment.
+- A node's network is tulle-cni with portmap chained after it, so pods can
+  publish hostPorts on their node's underlay address.
 """
 
 from __future__ import annotations

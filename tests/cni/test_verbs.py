@@ -14,12 +14,6 @@ from tests.kernel import KernelResources, ip
 pytestmark = pytest.mark.privileged
 
 
-def test_version_lists_supported_versions_without_an_agent() -> None:
-    out = run_cni("VERSION", {"cniVersion": "1.1.0"})
-    assert out.returncode == 0
-    assert out.json == {"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
-
-
 def test_add_returns_bridge_veth_and_container_interfaces(node: Node, kernel: KernelResources) -> None:
     pod = kernel.netns("pod")
     out = run_cni("ADD", node.conf(), "c1", f"/run/netns/{pod}")

@@ -138,7 +138,10 @@ def pod_del(ref: str, lab_name: str) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @_lab_name
 def exec_(ref: str, command: tuple[str, ...], lab_name: str) -> None:
-    """Run CMD inside a pod's network namespace: meshctl lab exec NS/NAME -- CMD..."""
+    """Run a command in a pod's network namespace.
+
+    meshctl lab exec NS/NAME -- CMD [ARGS...]
+    """
     if command[:1] == ("--",):
         command = command[1:]
     if not command:

@@ -24,6 +24,7 @@ Theory of operation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import itertools
@@ -41,6 +42,7 @@ from typing import Any
 
 from cni.errors import CniError
 from cni.lab.topology import (
+    NAMESPACE_NAME_LABEL,
     UNDERLAY,
     LabError,
     LabNode,
@@ -107,6 +109,7 @@ class Lab:
         self.dir = root / name
         self._nodes: list[LabNode] = []
         self._pods: list[LabPod] = []
+        self._namespaces: dict[str, dict[str, str]] = {}
         self._node_count = 0
 
     # -- lifecycle ----------------------------------------------------------------
@@ -171,6 +174,7 @@ class Lab:
             pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
                          dict(labels or {}), tuple(ports))
             self._pods.append(pod)
+            self._namespaces.setdefault(namespace, {NAMESPACE_NAME_LABEL: namespace})
             self._save()
             return pod
 
@@ -181,6 +185,33 @@ class Lab:
             self._delete_pod(pod)
             self._pods.remove(pod)
             self._save()
+
+    def set_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> LabPod:
+        """Replaces a pod's labels (the complete new set)."""
+        with self._locked():
+            self._require_loaded()
+            old = self.pod(namespace, name)
+            new = dataclasses.replace(old, labels=dict(labels))
+            self._pods[self._pods.index(old)] = new
+            self._save()
+            return new
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        self._refresh()
+        if namespace not in self._namespaces:
+            raise LabError(f"namespace {namespace!r} has no pods in lab {self.name!r}")
+        return dict(self._namespaces[namespace])
+
+    def set_namespace_labels(self, namespace: str, labels: dict[str, str]) -> dict[str, str]:
+        """Replaces a namespace's labels; kubernetes.io/metadata.name stays, as in Kubernetes.
+        A namespace exists in the lab once it has been labelled or holds a pod."""
+        with self._locked():
+            self._require_loaded()
+            if labels.get(NAMESPACE_NAME_LABEL, namespace) != namespace:
+                raise LabError(f"--labels: {NAMESPACE_NAME_LABEL} is immutable (it is {namespace!r})")
+            self._namespaces[namespace] = {**labels, NAMESPACE_NAME_LABEL: namespace}
+            self._save()
+            return dict(self._namespaces[namespace])
 
     def pod(self, namespace: str, name: str) -> LabPod:
         self._refresh()
@@ -221,7 +252,7 @@ class Lab:
                     entry["attachments"] = call(str(self._socket(node)), {"op": "status"}, timeout=5)["attachments"]
             nodes.append(entry)
         return {"name": self.name, "dir": str(self.dir), "underlay": self._underlay_netns(),
-                "nodes": nodes, "pods": [p.to_json() for p in self._pods]}
+                "nodes": nodes, "namespaces": dict(self._namespaces), "pods": [p.to_json() for p in self._pods]}
 
     # -- building -----------------------------------------------------------------
 
@@ -401,7 +432,7 @@ class Lab:
 
     def _refresh(self) -> None:
         if not self._load():
-            self._nodes, self._pods = [], []
+            self._nodes, self._pods, self._namespaces = [], [], {}
 
     def _load(self) -> bool:
         try:
@@ -411,11 +442,13 @@ class Lab:
         self._node_count = int(state["nodeCount"])
         self._nodes = [LabNode.from_json(n) for n in state["nodes"]]
         self._pods = [LabPod.from_json(p) for p in state["pods"]]
+        self._namespaces = {ns: dict(labels) for ns, labels in state.get("namespaces", {}).items()}
         return True
 
     def _save(self) -> None:
         state = {"name": self.name, "nodeCount": self._node_count,
-                 "nodes": [n.to_json() for n in self._nodes], "pods": [p.to_json() for p in self._pods]}
+                 "nodes": [n.to_json() for n in self._nodes], "pods": [p.to_json() for p in self._pods],
+                 "namespaces": self._namespaces}
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.dir / "state.json")

@@ -31,6 +31,7 @@ LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$
 MAX_NODES = 250
 UNDERLAY = ipaddress.IPv4Network("172.30.0.0/24")
 NETWORK_NAME = "tulle"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # on every namespace, immutable
 POD_MTU = 1450  # the underlay's 1500 minus VXLAN's 50
 
 
@@ -163,6 +164,12 @@ def conflist(agent_socket: str) -> dict[str, Any]:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+def check_namespace(namespace: str) -> str:
+    if not OBJECT_NAME_RE.match(namespace):
+        raise LabError(f"namespace {namespace!r} must be lower-case letters, digits, '-' and '.'")
+    return namespace
 
 
 def parse_pod_ref(ref: str) -> tuple[str, str]:

@@ -152,6 +152,29 @@ def test_library_and_cli_see_each_others_pods(lab_name: str) -> None:
     assert [p.key for p in Lab.open(lab_name).pods()] == ["shop/cli-pod", "shop/lib-pod"]
 
 
+def test_pod_labels_can_be_replaced(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    lab.add_pod("x", "a", labels={"pod": "a"})
+    meshctl("pod", "label", "x/a", "--labels", "pod=b,tier=web", "--name", lab_name)
+    assert lab.pod("x", "a").labels == {"pod": "b", "tier": "web"}
+
+
+def test_namespaces_carry_their_name_label_and_can_be_relabelled(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    lab.add_pod("x", "a")
+    assert lab.namespace_labels("x") == {"kubernetes.io/metadata.name": "x"}
+    meshctl("ns", "label", "x", "--labels", "ns=x", "--name", lab_name)
+    assert lab.namespace_labels("x") == {"ns": "x", "kubernetes.io/metadata.name": "x"}
+    state = json.loads(meshctl("status", "-o", "json", "--name", lab_name).stdout)
+    assert state["namespaces"] == {"x": {"ns": "x", "kubernetes.io/metadata.name": "x"}}
+
+
+def test_the_namespace_name_label_is_immutable(lab_name: str) -> None:
+    Lab.up(lab_name, nodes=1)
+    done = meshctl("ns", "label", "x", "--labels", "kubernetes.io/metadata.name=y", "--name", lab_name, check=False)
+    assert done.returncode != 0 and "immutable" in done.stderr
+
+
 def test_lab_up_twice_is_refused(lab_name: str) -> None:
     Lab.up(lab_name, nodes=1)
     with pytest.raises(LabError, match="already up"):

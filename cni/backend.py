@@ -10,6 +10,12 @@ Rules:
 - DEL is idempotent and needs neither the namespace nor prevResult: the
   allocation key and the host veth's name are derived from (network, container,
   interface).
+- DEL answers once the allocation is durably marked `releasing`; deleting the
+  veth (the kernel's slowest step, ~15 ms of RCU synchronisation) and freeing
+  the address are queued on the datapath thread right behind it. Every later
+  request runs after that (one FIFO thread), the address stays taken until the
+  veth is gone, a new ADD of the same attachment finishes the release first,
+  and start-up finishes any release an agent killed in between left behind.
 - GC releases every attachment of the network not in cni.dev/valid-attachments.
 - Policy seam: `PodPolicy.pod_attached` runs after the pod's interface is up and
   before ADD returns, so that a pod selected by a policy is never reachable
@@ -102,11 +108,15 @@ class CniBackend:
         ipr: IPRoute,
         pod_cidr: ipaddress.IPv4Network | None = None,
         policy: PodPolicy | None = None,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
+        """`defer` queues work on the datapath thread behind the current request;
+        without it (tests driving the backend directly) DEL finishes in line."""
         self.store = store
         self.datapath = BridgeDatapath(ipr)
         self.pod_cidr = pod_cidr
         self.policy = policy
+        self._defer = defer
 
     # -- verbs -------------------------------------------------------------
 
@@ -119,6 +129,9 @@ class CniBackend:
         pool = self.pool(conf)
         key = AllocationKey(conf.name, req.container_id, req.ifname)
         host = host_ifname(conf.name, req.container_id, req.ifname)
+        previous = self.store.get(key)
+        if previous is not None and previous.state == "releasing":
+            self._teardown(key)  # a DEL of this attachment is still finishing: finish it now
         undo = _Undo()
         with open_netns(req.netns) as netns_fd, netlink_in(netns_fd, req.netns) as pod:
             try:
@@ -152,7 +165,9 @@ class CniBackend:
                 )
                 # Policy seam: program the pod's policy before the runtime may start it.
                 if self.policy is not None:
-                    self.policy.pod_attached(self._attachment(key, address, host, req))
+                    policy, attachment = self.policy, self._attachment(key, address, host, req)
+                    policy.pod_attached(attachment)
+                    undo.push(f"forget the policy of {address}", lambda: policy.pod_detached(attachment))
                 self.store.mark_attached(key, json.dumps(result.to_json(conf.cni_version)))
             except BaseException:
                 undo.run()
@@ -162,7 +177,23 @@ class CniBackend:
     def delete(self, req: CniRequest) -> None:
         conf = req.config
         key = AllocationKey(conf.name, req.container_id, req.ifname)
-        self._teardown(key)
+        allocation = self.store.get(key)
+        if self._defer is None or allocation is None:
+            self._teardown(key)
+            return
+        if allocation.state != "releasing":
+            self.store.mark_releasing(key)
+            self._defer(lambda: self._finish_release(key))
+
+    def _finish_release(self, key: AllocationKey) -> None:
+        try:
+            allocation = self.store.get(key)
+            if allocation is not None and allocation.state == "releasing":
+                self._teardown(key)
+        except Exception:
+            # Left as `releasing`: the next ADD of this attachment or the next
+            # start-up finishes it.
+            log.exception("finishing the release of %s failed", key)
 
     def check(self, req: CniRequest) -> None:
         conf = req.config
@@ -200,7 +231,7 @@ class CniBackend:
         keep = {(a.container_id, a.ifname) for a in conf.valid_attachments}
         errors = []
         for allocation in self.store.all(network=conf.name):
-            if (allocation.key.container_id, allocation.key.ifname) not in keep:
+            if allocation.state == "releasing" or (allocation.key.container_id, allocation.key.ifname) not in keep:
                 try:
                     self._teardown(allocation.key)
                 except CniError as exc:
@@ -223,6 +254,9 @@ class CniBackend:
             self.datapath.delete_link(allocation.host_ifname)
             self.store.release(allocation.key)
             done.append(f"rolled back unfinished ADD of {allocation.key.container_id}/{allocation.key.ifname} ({allocation.address})")
+        for allocation in self.store.all(state="releasing"):
+            self._teardown(allocation.key)
+            done.append(f"finished DEL of {allocation.key.container_id}/{allocation.key.ifname} ({allocation.address})")
         owned = {a.host_ifname for a in self.store.all()}
         for name in self.datapath.links_with_prefix(HOST_IFNAME_PREFIX):
             if name not in owned:

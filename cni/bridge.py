@@ -91,10 +91,17 @@ class BridgeDatapath:
 
     def __init__(self, ipr: IPRoute) -> None:
         self.ipr = ipr
+        # Bridges this handle configured: (name, mtu, gateway) -> the link as found.
+        # A bridge that still exists with the same index needs no more calls.
+        self._ready: dict[tuple[str, int | None, str], Link] = {}
 
     def ensure_bridge(self, name: str, mtu: int | None, gateway: ipaddress.IPv4Interface | None) -> Link:
         with step(f"look up bridge {name}"):
             link = find_link(self.ipr, name)
+        ready_key = (name, mtu, str(gateway))
+        known = self._ready.get(ready_key)
+        if link is not None and known is not None and known.index == link.index:
+            return link
         if link is None:
             with step(f"create bridge {name}"):
                 try:
@@ -117,6 +124,7 @@ class BridgeDatapath:
                     self.ipr.addr("add", index=link.index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
         with step(f"bring bridge {name} up"):
             self.ipr.link("set", index=link.index, state="up")
+        self._ready[ready_key] = link
         return link
 
     def create_veth(self, host: str, pod_ifname: str, netns_fd: int, netns_path: str, mtu: int | None) -> None:
@@ -137,13 +145,11 @@ class BridgeDatapath:
             link = find_link(self.ipr, host)
         if link is None:
             raise CniError(ErrorCode.DATAPATH_FAILURE, f"veth {host} vanished after it was created")
-        with step(f"attach veth {host} to bridge {bridge.name}"):
-            self.ipr.link("set", index=link.index, master=bridge.index)
+        with step(f"attach veth {host} to bridge {bridge.name} and bring it up"):
+            self.ipr.link("set", index=link.index, master=bridge.index, state="up")
         if hairpin:
             with step(f"enable hairpin mode on bridge port {host}"):
                 self.ipr.brport("set", index=link.index, mode=_BRPORT_MODE_HAIRPIN)
-        with step(f"bring veth {host} up"):
-            self.ipr.link("set", index=link.index, state="up")
         return link
 
     def delete_link(self, name: str) -> bool:

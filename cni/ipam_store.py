@@ -5,11 +5,18 @@ Rules:
   that keep state. Addresses are unique per pool (subnet): a UNIQUE constraint,
   so even a bug above cannot hand one address out twice.
 - Crash safety: an ADD first records its allocation as `pending` and commits
-  (WAL, synchronous=FULL: durable before any interface exists); only when the
-  datapath is up does it become `attached`. An agent killed mid-ADD finds the
+  before any interface exists; only when the datapath is up does it become
+  `attached`. WAL with synchronous=NORMAL: a commit is in the WAL file before
+  the call returns, so it survives the agent being killed at any instant; only
+  an OS crash or power loss can lose the last commits — and those take every
+  veth and pod namespace with them, so no surviving pod can hold a lost
+  address. (FULL would add an fsync, several ms, to every ADD and DEL.) An agent killed mid-ADD finds the
   pending rows at start-up and undoes them (`cni.backend` removes their host
   veth, then the row). So a restart leaks nothing, and since an address is
   reserved before it is configured, it is never handed out twice.
+- A DEL marks its allocation `releasing` and answers; the veth deletion and the
+  row's removal follow on the datapath thread. A releasing address stays taken
+  until then, and start-up finishes any release a killed agent left.
 - Every write is one transaction (BEGIN IMMEDIATE), so concurrent agents on one
   file — never intended, but possible by mistake — still cannot collide.
 """
@@ -34,7 +41,7 @@ CREATE TABLE IF NOT EXISTS allocation (
     address       TEXT NOT NULL,
     host_ifname   TEXT NOT NULL,
     netns         TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('pending', 'attached')),
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'attached', 'releasing')),
     pod_namespace TEXT NOT NULL DEFAULT '',
     pod_name      TEXT NOT NULL DEFAULT '',
     result        TEXT,
@@ -77,7 +84,7 @@ class AllocationStore:
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise CniError(ErrorCode.STATE_FAILURE, f"cannot open allocation store {path}: {exc}") from None
@@ -106,10 +113,7 @@ class AllocationStore:
                     ErrorCode.INTERFACE_EXISTS,
                     f"container {key.container_id} already has interface {key.ifname} on network {key.network} (ADD without DEL)",
                 )
-            taken = {
-                ipaddress.IPv4Address(row[0])
-                for row in self._db.execute("SELECT address FROM allocation WHERE pool=?", (pool.key,))
-            }
+            taken = _TakenAddresses(self._db, pool.key)
             row = self._db.execute("SELECT address FROM last_reserved WHERE pool=?", (pool.key,)).fetchone()
             last = ipaddress.IPv4Address(row[0]) if row else None
             address = choose_address(pool, taken, last, requested)
@@ -128,6 +132,13 @@ class AllocationStore:
             self._db.execute(
                 "UPDATE allocation SET state='attached', result=? WHERE network=? AND container_id=? AND ifname=?",
                 (result, key.network, key.container_id, key.ifname),
+            )
+
+    def mark_releasing(self, key: AllocationKey) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE allocation SET state='releasing' WHERE network=? AND container_id=? AND ifname=?",
+                (key.network, key.container_id, key.ifname),
             )
 
     def release(self, key: AllocationKey) -> None:
@@ -175,6 +186,22 @@ class AllocationStore:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock, self.path)
+
+
+class _TakenAddresses:
+    """The pool's allocated addresses as a lazy container: `choose_address` probes
+    a candidate or two (one indexed lookup each) instead of loading the pool."""
+
+    def __init__(self, db: sqlite3.Connection, pool: str) -> None:
+        self._db, self._pool = db, pool
+
+    def __contains__(self, address: object) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM allocation WHERE pool=? AND address=?", (self._pool, str(address))
+            ).fetchone()
+            is not None
+        )
 
 
 class _Transaction:

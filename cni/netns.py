@@ -26,7 +26,8 @@ _NETLINK_ROUTE = 0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(fd: int) -> None:
+def join_netns(fd: int) -> None:
+    """Moves the calling thread (only it) into the network namespace `fd`."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -51,14 +52,14 @@ def netlink_socket_in(netns_fd: int, path: str = "") -> socket.socket:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _setns(netns_fd)
+            join_netns(netns_fd)
         except OSError as exc:
             code = ErrorCode.UNKNOWN_CONTAINER if exc.errno == errno.EINVAL else ErrorCode.IO_FAILURE
             raise CniError(code, f"{path or 'fd ' + str(netns_fd)} is not a usable network namespace: {exc.strerror}") from None
         try:
             return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
         finally:
-            _setns(own)
+            join_netns(own)
     finally:
         os.close(own)
 
@@ -67,7 +68,7 @@ def netlink_socket_in(netns_fd: int, path: str = "") -> socket.socket:
 def netlink_in(netns_fd: int, path: str = "") -> Iterator[IPRoute]:
     """An IPRoute handle bound to the namespace `netns_fd`."""
     sock = netlink_socket_in(netns_fd, path)
-    ipr = IPRoute(use_socket=sock)
+    ipr = IPRoute(use_socket=sock, groups=0)
     try:
         yield ipr
     finally:

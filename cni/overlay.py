@@ -20,7 +20,7 @@ not overlap; a bad node list is refused whole, naming the entry and field.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,17 @@ def parse_nodes(raw: Any) -> list[OverlayNode]:
         nodes.append(OverlayNode(name, underlay, cidr, mac.lower()))
     check_nodes(nodes)
     return nodes
+
+
+def nodes_from_messages(messages: Iterable[Any]) -> list[OverlayNode]:
+    """The node list from tulle.netpolicy.v1.Node messages (as the ADS stream will
+    deliver them), under the same rules as the JSON form."""
+    return parse_nodes(
+        [
+            {"name": m.name, "underlayIp": m.underlay_ip, "podCidr": m.pod_cidr, "vtepMac": m.vtep_mac}
+            for m in messages
+        ]
+    )
 
 
 def check_nodes(nodes: Sequence[OverlayNode]) -> None:

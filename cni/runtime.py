@@ -158,9 +158,9 @@ class CniRuntime:
 
     def gc(self, net: NetworkConfigList, valid: Iterable[tuple[str, str]]) -> None:
         keep = set(valid)
-        for container_id, ifname, netns in self.cached_attachments(net):
-            if (container_id, ifname) not in keep:
-                self.delete(net, RuntimeConf(container_id, netns, ifname))
+        for rt in self.cached_attachments(net):
+            if (rt.container_id, rt.ifname) not in keep:
+                self.delete(net, rt)
         if net.disable_gc:
             return
         attachments = [{"containerID": c, "ifname": i} for c, i in sorted(keep)]
@@ -189,7 +189,9 @@ class CniRuntime:
         result = entry.get("result")
         return result if isinstance(result, dict) else None
 
-    def cached_attachments(self, net: NetworkConfigList) -> list[tuple[str, str, str]]:
+    def cached_attachments(self, net: NetworkConfigList) -> list[RuntimeConf]:
+        """Every attachment of `net` with a cached ADD result, with the arguments
+        its ADD was given (a stale attachment is DELeted with them, as libcni does)."""
         out = []
         if self.cache_dir.is_dir():
             for path in sorted(self.cache_dir.glob(f"{net.name}-*")):
@@ -198,7 +200,15 @@ class CniRuntime:
                 except (OSError, ValueError):
                     continue
                 if entry.get("networkName") == net.name:
-                    out.append((entry["containerId"], entry["ifName"], entry.get("netns", "")))
+                    out.append(
+                        RuntimeConf(
+                            container_id=entry["containerId"],
+                            netns=entry.get("netns", ""),
+                            ifname=entry["ifName"],
+                            args=tuple((str(k), str(v)) for k, v in entry.get("cniArgs", [])),
+                            capability_args=dict(entry.get("capabilityArgs", {})),
+                        )
+                    )
         return out
 
     def _cache_path(self, net: NetworkConfigList, rt: RuntimeConf) -> Path:

@@ -11,8 +11,12 @@ Theory of operation.
   DEL, as a runtime does, and the namespace is removed.
 - `down`: DEL every pod (cached results, reverse order), stop the agents by the
   PID recorded at start (checked against the process start time, so a recycled
-  PID is never signalled), delete every namespace named `tl-<lab>.*`, and remove
-  the lab directory (and /run/tulle/lab, /run/tulle if they end up empty).
+  PID is never signalled) and any agent serving a socket inside the lab's
+  directory that the state does not record, delete every namespace named
+  `tl-<lab>.*`, and remove the lab directory (and /run/tulle/lab, /run/tulle if
+  they end up empty).
+- Node namespaces get ip_forward from their agent and loose rp_filter from the
+  lab, whatever the host's settings; nothing is set in the host's namespace.
 - State (nodes, pods, agent PIDs) lives in `<root>/<lab>/state.json`, written
   atomically; commands on one lab are serialised by an flock on `<root>/<lab>.lock`.
 """
@@ -20,8 +24,10 @@ Theory of operation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
+import itertools
 import json
 import os
 import secrets
@@ -36,11 +42,13 @@ from typing import Any
 
 from cni.errors import CniError
 from cni.lab.topology import (
+    NAMESPACE_NAME_LABEL,
     UNDERLAY,
     LabError,
     LabNode,
     LabPod,
     LabTopology,
+    PortMapping,
     check_lab_name,
     conflist,
     node_list,
@@ -101,6 +109,7 @@ class Lab:
         self.dir = root / name
         self._nodes: list[LabNode] = []
         self._pods: list[LabPod] = []
+        self._namespaces: dict[str, dict[str, str]] = {}
         self._node_count = 0
 
     # -- lifecycle ----------------------------------------------------------------
@@ -135,7 +144,14 @@ class Lab:
 
     # -- pods ---------------------------------------------------------------------
 
-    def add_pod(self, namespace: str, name: str, node: str | None = None, labels: dict[str, str] | None = None) -> LabPod:
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node: str | None = None,
+        labels: dict[str, str] | None = None,
+        ports: Sequence[PortMapping] = (),
+    ) -> LabPod:
         with self._locked():
             self._require_loaded()
             key = f"{namespace}/{name}"
@@ -145,7 +161,7 @@ class Lab:
             container_id = secrets.token_hex(16)
             netns = LabTopology(self.name, self._node_count).pod_netns(container_id)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
-            runtime, net, rt = self._cni(target, netns, container_id, namespace, name)
+            runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:
                 _ip(netns, "link", "set", "lo", "up", what=f"bring up lo of pod {key}")
                 result = runtime.add(net, rt)
@@ -155,8 +171,10 @@ class Lab:
                 _run(["ip", "netns", "del", netns], f"delete namespace of pod {key}")
                 raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
             address = result["ips"][0]["address"].split("/")[0]
-            pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address), dict(labels or {}))
+            pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
+                         dict(labels or {}), tuple(ports))
             self._pods.append(pod)
+            self._namespaces.setdefault(namespace, {NAMESPACE_NAME_LABEL: namespace})
             self._save()
             return pod
 
@@ -168,27 +186,62 @@ class Lab:
             self._pods.remove(pod)
             self._save()
 
+    def set_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> LabPod:
+        """Replaces a pod's labels (the complete new set)."""
+        with self._locked():
+            self._require_loaded()
+            old = self.pod(namespace, name)
+            new = dataclasses.replace(old, labels=dict(labels))
+            self._pods[self._pods.index(old)] = new
+            self._save()
+            return new
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        self._refresh()
+        if namespace not in self._namespaces:
+            raise LabError(f"namespace {namespace!r} has no pods in lab {self.name!r}")
+        return dict(self._namespaces[namespace])
+
+    def set_namespace_labels(self, namespace: str, labels: dict[str, str]) -> dict[str, str]:
+        """Replaces a namespace's labels; kubernetes.io/metadata.name stays, as in Kubernetes.
+        A namespace exists in the lab once it has been labelled or holds a pod."""
+        with self._locked():
+            self._require_loaded()
+            if labels.get(NAMESPACE_NAME_LABEL, namespace) != namespace:
+                raise LabError(f"--labels: {NAMESPACE_NAME_LABEL} is immutable (it is {namespace!r})")
+            self._namespaces[namespace] = {**labels, NAMESPACE_NAME_LABEL: namespace}
+            self._save()
+            return dict(self._namespaces[namespace])
+
     def pod(self, namespace: str, name: str) -> LabPod:
+        self._refresh()
         for pod in self._pods:
             if (pod.namespace, pod.name) == (namespace, name):
                 return pod
         raise LabError(f"pod {namespace}/{name} does not exist in lab {self.name!r}")
 
     def pods(self) -> list[LabPod]:
+        self._refresh()
         return list(self._pods)
 
     def nodes(self) -> list[LabNode]:
+        self._refresh()
         return list(self._nodes)
 
     def exec(self, pod: LabPod, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
         """Runs a command inside the pod's network namespace."""
         return subprocess.run(["nsenter", f"--net={pod.netns_path}", "--", *argv], text=True, timeout=timeout, **run)
 
+    def exec_on_node(self, node: LabNode, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
+        """Runs a command inside a node's network namespace (e.g. nft, ip)."""
+        return subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", "--", *argv], text=True, timeout=timeout, **run)
+
     def spawn(self, pod: LabPod, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
         """Starts a long-running process (a server) inside the pod's namespace."""
         return subprocess.Popen(["nsenter", f"--net={pod.netns_path}", "--", *argv], **popen)
 
     def status(self) -> dict[str, Any]:
+        self._refresh()
         nodes = []
         for node in self._nodes:
             alive = bool(node.agent_pid) and _process_start(node.agent_pid) == node.agent_start
@@ -199,7 +252,7 @@ class Lab:
                     entry["attachments"] = call(str(self._socket(node)), {"op": "status"}, timeout=5)["attachments"]
             nodes.append(entry)
         return {"name": self.name, "dir": str(self.dir), "underlay": self._underlay_netns(),
-                "nodes": nodes, "pods": [p.to_json() for p in self._pods]}
+                "nodes": nodes, "namespaces": dict(self._namespaces), "pods": [p.to_json() for p in self._pods]}
 
     # -- building -----------------------------------------------------------------
 
@@ -225,6 +278,12 @@ class Lab:
     def _build_node(self, node: LabNode, underlay: str) -> None:
         _run(["ip", "netns", "add", node.netns], f"create namespace of {node.name}")
         _ip(node.netns, "link", "set", "lo", "up", what=f"bring up lo of {node.name}")
+        # A new namespace copies the host's rp_filter; strict mode would drop a
+        # remote pod's packets to a hostPort (they enter on the underlay, their
+        # source routes back through the overlay). Loose mode, as systemd sets it.
+        for conf in ("all", "default"):
+            _run(["nsenter", f"--net=/run/netns/{node.netns}", "--", "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=2"],
+                 f"set loose reverse-path filtering on {node.name}")
         port = node.name  # the node's port on the underlay bridge
         _ip(underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.netns,
             what=f"wire {node.name} to the underlay")
@@ -272,6 +331,9 @@ class Lab:
         self._pods.clear()
         for node in self._nodes:
             problems += self._stop_agent(node)
+        # Agents the state file does not know (it was lost or never written).
+        for pid, start in self._stray_agents():
+            problems += self._stop_agent(LabNode("(unrecorded)", "", UNDERLAY.network_address, UNDERLAY, pid, start))
         prefix = f"tl-{self.name}."
         for netns in sorted(n for n in _netns_names() if n.startswith(prefix)):
             done = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
@@ -282,6 +344,25 @@ class Lab:
             problems.append(f"directory {self.dir} could not be removed")
         self._nodes.clear()
         return problems
+
+    def _stray_agents(self) -> list[tuple[int, str]]:
+        """tulle-agent processes serving a socket inside this lab's directory."""
+        marker = f"{self.dir}/".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"tulle-agent") for a in argv[:3]) and any(
+                flag == b"--socket" and value.startswith(marker) for flag, value in itertools.pairwise(argv)
+            ):
+                start = _process_start(int(entry.name))
+                if start:
+                    found.append((int(entry.name), start))
+        return found
 
     def _stop_agent(self, node: LabNode) -> list[str]:
         if not node.agent_pid or _process_start(node.agent_pid) != node.agent_start:
@@ -300,7 +381,7 @@ class Lab:
     def _delete_pod(self, pod: LabPod) -> None:
         node = next((n for n in self._nodes if n.name == pod.node), None)
         if node is not None and _process_start(node.agent_pid) == node.agent_start:
-            runtime, net, rt = self._cni(node, pod.netns, pod.container_id, pod.namespace, pod.name)
+            runtime, net, rt = self._cni(node, pod.netns, pod.container_id, pod.namespace, pod.name, pod.ports)
             try:
                 runtime.delete(net, rt)
             except CniError as exc:
@@ -310,7 +391,9 @@ class Lab:
 
     # -- helpers ------------------------------------------------------------------
 
-    def _cni(self, node: LabNode, netns: str, container_id: str, namespace: str, name: str) -> tuple[CniRuntime, Any, RuntimeConf]:
+    def _cni(
+        self, node: LabNode, netns: str, container_id: str, namespace: str, name: str, ports: tuple[PortMapping, ...]
+    ) -> tuple[CniRuntime, Any, RuntimeConf]:
         runtime = CniRuntime(
             [str(Path(_bin("tulle-cni")).parent), REFERENCE_PLUGIN_DIR],
             self.dir / "cni-cache",
@@ -323,6 +406,7 @@ class Lab:
             ifname="eth0",
             args=(("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", namespace), ("K8S_POD_NAME", name),
                   ("K8S_POD_INFRA_CONTAINER_ID", container_id)),
+            capability_args={"portMappings": [p.to_json() for p in ports]} if ports else {},
         )
         return runtime, net, rt
 
@@ -342,8 +426,13 @@ class Lab:
         return f"tl-{self.name}.ul"
 
     def _require_loaded(self) -> None:
-        if not self._nodes and not self._load():
+        # Always from disk: another process (meshctl, a runner) may have changed the lab.
+        if not self._load():
             raise LabError(f"lab {self.name!r} is not up (meshctl lab up --name {self.name})")
+
+    def _refresh(self) -> None:
+        if not self._load():
+            self._nodes, self._pods, self._namespaces = [], [], {}
 
     def _load(self) -> bool:
         try:
@@ -353,11 +442,13 @@ class Lab:
         self._node_count = int(state["nodeCount"])
         self._nodes = [LabNode.from_json(n) for n in state["nodes"]]
         self._pods = [LabPod.from_json(p) for p in state["pods"]]
+        self._namespaces = {ns: dict(labels) for ns, labels in state.get("namespaces", {}).items()}
         return True
 
     def _save(self) -> None:
         state = {"name": self.name, "nodeCount": self._node_count,
-                 "nodes": [n.to_json() for n in self._nodes], "pods": [p.to_json() for p in self._pods]}
+                 "nodes": [n.to_json() for n in self._nodes], "pods": [p.to_json() for p in self._pods],
+                 "namespaces": self._namespaces}
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.dir / "state.json")

@@ -10,6 +10,8 @@ Rules:
   inside the lab's namespaces, so any number of labs can reuse them.
 - A pod's namespace is `tl-L.p-<container id prefix>`; its container ID is
   random, so a pod deleted and added again is a new attachment.
+- A node's network is tulle-cni with portmap chained after it, so pods can
+  publish hostPorts on their node's underlay address.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$
 MAX_NODES = 250
 UNDERLAY = ipaddress.IPv4Network("172.30.0.0/24")
 NETWORK_NAME = "tulle"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # on every namespace, immutable
 POD_MTU = 1450  # the underlay's 1500 minus VXLAN's 50
 
 
@@ -60,6 +63,22 @@ class LabNode:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """A hostPort: `host_port` on the pod's node forwards to `container_port` (portmap)."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hostPort": self.host_port, "containerPort": self.container_port, "protocol": self.protocol}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PortMapping:
+        return cls(int(d["hostPort"]), int(d["containerPort"]), str(d.get("protocol", "tcp")))
+
+
+@dataclass(frozen=True)
 class LabPod:
     namespace: str
     name: str
@@ -68,6 +87,7 @@ class LabPod:
     container_id: str
     ip: ipaddress.IPv4Address
     labels: dict[str, str] = field(default_factory=dict)
+    ports: tuple[PortMapping, ...] = ()
 
     @property
     def key(self) -> str:
@@ -79,12 +99,14 @@ class LabPod:
 
     def to_json(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "name": self.name, "node": self.node, "netns": self.netns,
-                "containerID": self.container_id, "ip": str(self.ip), "labels": dict(self.labels)}
+                "containerID": self.container_id, "ip": str(self.ip), "labels": dict(self.labels),
+                "ports": [p.to_json() for p in self.ports]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LabPod:
         return cls(d["namespace"], d["name"], d["node"], d["netns"], d["containerID"],
-                   ipaddress.IPv4Address(d["ip"]), dict(d.get("labels", {})))
+                   ipaddress.IPv4Address(d["ip"]), dict(d.get("labels", {})),
+                   tuple(PortMapping.from_json(p) for p in d.get("ports", [])))
 
 
 @dataclass(frozen=True)
@@ -144,6 +166,12 @@ def conflist(agent_socket: str) -> dict[str, Any]:
     }
 
 
+def check_namespace(namespace: str) -> str:
+    if not OBJECT_NAME_RE.match(namespace):
+        raise LabError(f"namespace {namespace!r} must be lower-case letters, digits, '-' and '.'")
+    return namespace
+
+
 def parse_pod_ref(ref: str) -> tuple[str, str]:
     namespace, sep, name = ref.partition("/")
     if not sep:
@@ -162,3 +190,20 @@ def parse_labels(raw: str) -> dict[str, str]:
             raise LabError(f"--labels: {part!r} is not key=value with a valid Kubernetes label key and value")
         labels[key] = value
     return labels
+
+
+def parse_port(raw: str) -> PortMapping:
+    """HOST:CONTAINER[/tcp|/udp], as `--port 18080:8080/tcp`."""
+    ports, _, protocol = raw.partition("/")
+    host, sep, container = ports.partition(":")
+    protocol = protocol or "tcp"
+    try:
+        mapping = PortMapping(int(host), int(container), protocol)
+    except ValueError:
+        mapping = None
+    if (
+        not sep or mapping is None or protocol not in ("tcp", "udp")
+        or not (1 <= mapping.host_port <= 65535 and 1 <= mapping.container_port <= 65535)
+    ):
+        raise LabError(f"--port: {raw!r} is not HOST:CONTAINER[/tcp|/udp] with ports 1-65535")
+    return mapping

@@ -3,8 +3,10 @@
     meshctl lab up [--nodes N] [--name NAME]
     meshctl lab down [--name NAME]
     meshctl lab status [--name NAME] [-o json]
-    meshctl lab pod add NS/NAME [--node N] [--labels k=v,...] [--name NAME]
+    meshctl lab pod add NS/NAME [--node N] [--labels k=v,...] [--port H:C[/P]] [--name NAME]
     meshctl lab pod del NS/NAME [--name NAME]
+    meshctl lab pod label NS/NAME --labels k=v,... [--name NAME]
+    meshctl lab ns label NS --labels k=v,... [--name NAME]
     meshctl lab exec NS/NAME [--name NAME] -- CMD...
 
 The lab name defaults to $TULLE_LAB, else "default".
@@ -23,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cni.lab import Lab, LabError
-from cni.lab.topology import parse_labels, parse_pod_ref
+from cni.lab.topology import check_namespace, parse_labels, parse_pod_ref, parse_port
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,8 +93,7 @@ def status(lab_name: str, output: str) -> None:
     for column in ("POD", "NODE", "IP", "LABELS"):
         pods.add_column(column)
     for p in state["pods"]:
-        labels = ",".join(f"{k}={v}" for k, v in p["labels"].items())
-        pods.add_row(f"{p['namespace']}/{p['name']}", p["node"], p["ip"], labels)
+        pods.add_row(f"{p['namespace']}/{p['name']}", p["node"], p["ip"], _format_labels(p["labels"]))
     console.print(pods)
 
 
@@ -105,12 +106,16 @@ def pod() -> None:
 @click.argument("ref", metavar="NS/NAME")
 @click.option("--node", help="Node to place the pod on (node-N or N); default: the one with the fewest pods.")
 @click.option("--labels", default="", help="Pod labels, k=v,k2=v2.")
+@click.option("--port", "ports", multiple=True, metavar="HOST:CONTAINER[/PROTO]",
+              help="Publish a pod port on its node (hostPort, through portmap); repeatable.")
 @_lab_name
-def pod_add(ref: str, node: str | None, labels: str, lab_name: str) -> None:
+def pod_add(ref: str, node: str | None, labels: str, ports: tuple[str, ...], lab_name: str) -> None:
     """Create a pod and attach it through tulle-cni."""
     try:
         namespace, name = parse_pod_ref(ref)
-        created = _open(lab_name).add_pod(namespace, name, node=node, labels=parse_labels(labels))
+        created = _open(lab_name).add_pod(
+            namespace, name, node=node, labels=parse_labels(labels), ports=[parse_port(p) for p in ports]
+        )
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"pod {created.key} on {created.node}: {created.ip}")
@@ -129,12 +134,51 @@ def pod_del(ref: str, lab_name: str) -> None:
     click.echo(f"pod {namespace}/{name} deleted")
 
 
+@pod.command("label")
+@click.argument("ref", metavar="NS/NAME")
+@click.option("--labels", required=True, help="The pod's complete new label set, k=v,k2=v2 ('' for none).")
+@_lab_name
+def pod_label(ref: str, labels: str, lab_name: str) -> None:
+    """Replace a pod's labels."""
+    try:
+        namespace, name = parse_pod_ref(ref)
+        updated = _open(lab_name).set_pod_labels(namespace, name, parse_labels(labels))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"pod {updated.key} labels: {_format_labels(updated.labels)}")
+
+
+@lab.group("ns")
+def ns() -> None:
+    """Label namespaces (namespaceSelector)."""
+
+
+@ns.command("label")
+@click.argument("namespace")
+@click.option("--labels", required=True, help="The namespace's complete new label set, k=v,k2=v2.")
+@_lab_name
+def ns_label(namespace: str, labels: str, lab_name: str) -> None:
+    """Replace a namespace's labels (kubernetes.io/metadata.name always stays)."""
+    try:
+        updated = _open(lab_name).set_namespace_labels(check_namespace(namespace), parse_labels(labels))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"namespace {namespace} labels: {_format_labels(updated)}")
+
+
+def _format_labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
+
+
 @lab.command("exec")
 @click.argument("ref", metavar="NS/NAME")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @_lab_name
 def exec_(ref: str, command: tuple[str, ...], lab_name: str) -> None:
-    """Run CMD inside a pod's network namespace: meshctl lab exec NS/NAME -- CMD..."""
+    """Run a command in a pod's network namespace.
+
+    meshctl lab exec NS/NAME -- CMD [ARGS...]
+    """
     if command[:1] == ("--",):
         command = command[1:]
     if not command:

@@ -10,7 +10,7 @@ Operations (requests on the agent socket, framing in `cni.wire`):
 - `cni`        one CNI invocation from tulle-cni: {env, stdin} -> {exit, stdout}
 - `set-nodes`  the overlay's node list (tulle.netpolicy.v1.Node, JSON form);
                reconciled into VXLAN routes/neighbours/FDB entries. Later the
-               same list arrives on the ADS stream.
+               same list arrives on the ADS stream. (SIGHUP re-reads --nodes-file.)
 - `status`     the node, its pod CIDR, overlay peers and attachment count
 - `attachments` every pod interface the node holds
 """
@@ -89,16 +89,35 @@ class NodeAgent:
     # -- on the datapath thread ---------------------------------------------
 
     def _start(self) -> list[str]:
-        self._ipr = IPRoute()
+        # groups=0: no multicast subscriptions, so no event backlog to wade through per call.
+        self._ipr = IPRoute(groups=0)
         store = AllocationStore(self.config.state_dir / "allocations.db")
         # Policy seam: the nftables applier (netpolicy) is passed here as `policy=`
         # once it exists; until then no policy is enforced on this node.
-        self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=None)
+        self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=None, defer=self._worker.submit)
         self._overlay = VxlanOverlay(self._ipr)
         done = self._backend.recover()
         if self.config.nodes_file is not None:
-            self._apply_nodes(parse_nodes(json.loads(self.config.nodes_file.read_text())))
+            self._apply_nodes(self._read_nodes_file(self.config.nodes_file))
         return done
+
+    def reload_nodes_file(self) -> None:
+        """Re-reads --nodes-file (on SIGHUP); a bad file is logged and changes nothing."""
+        if self.config.nodes_file is None:
+            log.warning("SIGHUP: no --nodes-file to reload")
+            return
+        try:
+            self._apply_nodes(self._read_nodes_file(self.config.nodes_file))
+        except (OSError, ValueError, CniError) as exc:
+            log.error("SIGHUP: node list %s not applied: %s", self.config.nodes_file, exc)
+
+    @staticmethod
+    def _read_nodes_file(path: Path) -> list[OverlayNode]:
+        try:
+            raw = json.loads(path.read_text())
+        except ValueError as exc:
+            raise NodeListError(f"{path} is not valid JSON: {exc}") from None
+        return parse_nodes(raw)
 
     def _cni(self, request: Mapping[str, Any]) -> dict[str, Any]:
         assert self._backend is not None

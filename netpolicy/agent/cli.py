@@ -24,7 +24,7 @@ from netpolicy.agent.server import SocketInUse, serve
 @click.option("--socket", "socket_path", default=DEFAULT_AGENT_SOCKET, show_default=True, type=click.Path(path_type=Path), help="Unix socket tulle-cni connects to.")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Allocation store directory [default: /var/lib/tulle/agent/NODE].")
 @click.option("--pod-cidr", help="This node's pod CIDR, used when a network config has no ipam.subnet.")
-@click.option("--nodes-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON list of tulle.netpolicy.v1.Node: program the VXLAN overlay at start.")
+@click.option("--nodes-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON list of tulle.netpolicy.v1.Node: the VXLAN overlay's peers (re-read on SIGHUP).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None, log_level: str) -> None:
     """tulle-agent: pod networking (CNI backend, VXLAN overlay) for one node."""

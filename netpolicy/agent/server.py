@@ -81,6 +81,7 @@ async def serve(agent: NodeAgent, ready: asyncio.Event | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: agent.worker.submit(agent.reload_nodes_file))
     log.info("tulle-agent for node %s serving %s", agent.config.node, path)
     if ready is not None:
         ready.set()

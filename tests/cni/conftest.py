@@ -114,7 +114,14 @@ class Node:
         out = subprocess.run(["ip", "-n", self.netns, "-o", "link", "show"], capture_output=True, text=True, check=True)
         return [line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()]
 
+    def settle(self) -> None:
+        """Returns once the agent has done all work queued so far (its datapath
+        thread is FIFO: a DEL's deferred veth deletion runs before this call)."""
+        if self.proc is not None and self.proc.poll() is None:
+            call(str(self.socket), {"op": "status"})
+
     def host_veths(self) -> list[str]:
+        self.settle()
         return [name for name in self.links() if name.startswith("tlv")]
 
     def attachments(self) -> list[dict[str, Any]]:

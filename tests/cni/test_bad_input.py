@@ -73,6 +73,15 @@ def test_missing_netns_is_an_unknown_container(node: Node) -> None:
     _assert_nothing_left(node)
 
 
+def test_a_netns_path_that_is_not_a_namespace_is_an_unknown_container(node: Node) -> None:
+    not_a_netns = node.workdir / "not-a-netns"
+    not_a_netns.write_text("")
+    out = run_cni("ADD", node.conf(), "c1", str(not_a_netns))
+    assert out.json["code"] == 3
+    assert str(not_a_netns) in out.json["msg"]
+    _assert_nothing_left(node)
+
+
 def test_interface_name_taken_is_refused(node: Node, kernel: KernelResources) -> None:
     pod = kernel.netns("pod")
     ip("link", "add", "eth0", "type", "bridge", netns=pod)

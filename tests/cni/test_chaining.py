@@ -131,3 +131,33 @@ def test_result_matches_reference_bridge_and_host_local(node: Node, kernel: Kern
     expected["interfaces"][2] = ("eth0", True, f"/run/netns/{tulle_pod}")
     assert shape(ours, tulle_pod) == expected
     ref_runtime.delete(ref_net, RuntimeConf("c1", f"/run/netns/{ref_pod}"))
+
+
+def test_runtime_gc_deletes_stale_cached_attachments_then_gcs_every_plugin(
+    node: Node, kernel: KernelResources, workdir: Path
+) -> None:
+    runtime = _runtime(node, workdir)
+    # GC is a 1.1.0 verb and Debian's reference plugins stop at 1.0.0: tulle-cni alone.
+    net = _conflist(node, version="1.1.0")
+    pods = [kernel.netns("pod") for _ in range(2)]
+    for i, pod in enumerate(pods):
+        runtime.add(net, RuntimeConf(f"c{i}", f"/run/netns/{pod}"))
+    runtime.gc(net, valid=[("c1", "eth0")])
+    assert [rt.container_id for rt in runtime.cached_attachments(net)] == ["c1"]
+    assert [a["containerID"] for a in node.attachments()] == ["c1"]
+    assert len(node.host_veths()) == 1
+
+
+def test_runtime_config_ips_reach_tulle_cni_when_it_declares_the_capability(
+    node: Node, kernel: KernelResources, workdir: Path
+) -> None:
+    runtime = _runtime(node, workdir)
+    net = NetworkConfigList.from_json({"cniVersion": "1.0.0", "name": "tnet", "plugins": [
+        {"type": "tulle-cni", "agentSocket": str(node.socket), "capabilities": {"ips": True},
+         "ipam": {"subnet": "10.77.0.0/24"}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+    ]})
+    pod = kernel.netns("pod")
+    result = runtime.add(net, RuntimeConf("c1", f"/run/netns/{pod}", capability_args={"ips": ["10.77.0.99/24"]}))
+    assert result["ips"][0]["address"] == "10.77.0.99/24"
+    assert runtime.cached_result(net, RuntimeConf("c1", f"/run/netns/{pod}")) == result

@@ -82,6 +82,15 @@ def test_lab_up_pods_talk_across_nodes_and_lab_down_leaves_no_trace(lab_name: st
     assert _traces(lab_name, pids) == []
 
 
+def test_lab_down_leaves_no_trace_even_when_its_state_file_is_lost(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=2)
+    lab.add_pod("shop", "cart")
+    pids = [n.agent_pid for n in lab.nodes()]
+    (Path("/run/tulle/lab") / lab_name / "state.json").unlink()
+    assert Lab(lab_name).down() == []
+    assert _traces(lab_name, pids) == []
+
+
 def test_pod_del_releases_its_address_and_namespace(lab_name: str) -> None:
     lab = Lab.up(lab_name, nodes=1)
     pod = lab.add_pod("shop", "cart")
@@ -92,10 +101,78 @@ def test_pod_del_releases_its_address_and_namespace(lab_name: str) -> None:
     assert [p.key for p in Lab.open(lab_name).pods()] == ["shop/cart"]
 
 
+def test_each_node_routes_the_other_nodes_pod_cidr_through_the_overlay(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=2)
+    first, second = lab.nodes()
+    routes = lab.exec_on_node(first, ["ip", "route"], capture_output=True).stdout
+    assert f"{second.pod_cidr} via {second.pod_cidr.network_address} dev tulle.vx" in routes
+
+
+def test_a_host_port_reaches_the_pod_through_its_node_from_another_node(lab_name: str) -> None:
+    meshctl("up", "--nodes", "2", "--name", lab_name)
+    meshctl("pod", "add", "shop/web", "--node", "1", "--port", "18080:8080", "--name", lab_name)
+    meshctl("pod", "add", "shop/client", "--node", "2", "--name", lab_name)
+    lab = Lab.open(lab_name)
+    web = lab.pod("shop", "web")
+    assert [p.to_json() for p in web.ports] == [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]
+    server = lab.spawn(web, [sys.executable, "-c",
+        "import socket;s=socket.create_server(('0.0.0.0',8080));print('ready',flush=True);"
+        "c,_=s.accept();c.sendall(b'via hostPort');c.close()"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        node_ip = lab.nodes()[0].underlay_ip
+        reply = lab.exec(lab.pod("shop", "client"), [sys.executable, "-c",
+            f"import socket;print(socket.create_connection(('{node_ip}',18080),timeout=5).recv(100).decode())"],
+            capture_output=True)
+        assert reply.stdout.strip() == "via hostPort", reply.stderr
+    finally:
+        server.wait(timeout=10)
+    meshctl("pod", "del", "shop/web", "--name", lab_name)
+    rules = lab.exec_on_node(lab.nodes()[0], ["iptables-save", "-t", "nat"], capture_output=True).stdout
+    assert "18080" not in rules
+
+
+def test_bad_port_is_refused_naming_the_flag(lab_name: str) -> None:
+    meshctl("up", "--nodes", "1", "--name", lab_name)
+    done = meshctl("pod", "add", "shop/web", "--port", "80", "--name", lab_name, check=False)
+    assert done.returncode != 0 and "--port" in done.stderr
+
+
 def test_pods_spread_over_nodes_when_no_node_is_given(lab_name: str) -> None:
     lab = Lab.up(lab_name, nodes=2)
     placed = [lab.add_pod("default", f"p{i}").node for i in range(4)]
     assert sorted(placed) == ["node-1", "node-1", "node-2", "node-2"]
+
+
+def test_library_and_cli_see_each_others_pods(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    meshctl("pod", "add", "shop/cli-pod", "--name", lab_name)
+    lab.add_pod("shop", "lib-pod")
+    assert [p.key for p in lab.pods()] == ["shop/cli-pod", "shop/lib-pod"]
+    assert [p.key for p in Lab.open(lab_name).pods()] == ["shop/cli-pod", "shop/lib-pod"]
+
+
+def test_pod_labels_can_be_replaced(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    lab.add_pod("x", "a", labels={"pod": "a"})
+    meshctl("pod", "label", "x/a", "--labels", "pod=b,tier=web", "--name", lab_name)
+    assert lab.pod("x", "a").labels == {"pod": "b", "tier": "web"}
+
+
+def test_namespaces_carry_their_name_label_and_can_be_relabelled(lab_name: str) -> None:
+    lab = Lab.up(lab_name, nodes=1)
+    lab.add_pod("x", "a")
+    assert lab.namespace_labels("x") == {"kubernetes.io/metadata.name": "x"}
+    meshctl("ns", "label", "x", "--labels", "ns=x", "--name", lab_name)
+    assert lab.namespace_labels("x") == {"ns": "x", "kubernetes.io/metadata.name": "x"}
+    state = json.loads(meshctl("status", "-o", "json", "--name", lab_name).stdout)
+    assert state["namespaces"] == {"x": {"ns": "x", "kubernetes.io/metadata.name": "x"}}
+
+
+def test_the_namespace_name_label_is_immutable(lab_name: str) -> None:
+    Lab.up(lab_name, nodes=1)
+    done = meshctl("ns", "label", "x", "--labels", "kubernetes.io/metadata.name=y", "--name", lab_name, check=False)
+    assert done.returncode != 0 and "immutable" in done.stderr
 
 
 def test_lab_up_twice_is_refused(lab_name: str) -> None:

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from cni.overlay import NodeListError, parse_nodes, peer_entries, vtep_mac_for
+from cni.overlay import NodeListError, nodes_from_messages, parse_nodes, peer_entries, vtep_mac_for
+from proto.tulle.netpolicy.v1.node_pb2 import Node
 
 NODES = [
     {"name": "n1", "underlayIp": "192.168.77.1", "podCidr": "10.244.1.0/24"},
@@ -44,3 +45,9 @@ def test_bad_node_lists_are_refused_naming_the_field(nodes: list[dict[str, str]]
     with pytest.raises(NodeListError) as err:
         parse_nodes(nodes)
     assert mentions in str(err.value)
+
+
+def test_node_messages_give_the_same_list_as_their_json_form() -> None:
+    messages = [Node(name="n1", underlay_ip="192.168.77.1", pod_cidr="10.244.1.0/24"),
+                Node(name="n2", underlay_ip="192.168.77.2", pod_cidr="10.244.2.0/24", vtep_mac="0E:74:C0:A8:4D:02")]
+    assert nodes_from_messages(messages) == parse_nodes(NODES)

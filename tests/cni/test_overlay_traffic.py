@@ -4,8 +4,10 @@ from the node list, and pod-to-pod TCP and UDP across nodes."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,16 @@ def test_a_bad_node_list_is_refused_and_changes_nothing(two_nodes: tuple[Node, N
     reply = call(str(a.socket), {"op": "set-nodes", "nodes": [*NODE_LIST, {"name": "node-c", "underlayIp": "192.168.77.3", "podCidr": "10.78.0.0/25"}]})
     assert "nodes[2].podCidr" in reply["error"]
     assert ip("route", netns=a.netns) == before
+
+
+def test_sighup_reloads_the_nodes_file(two_nodes: tuple[Node, Node], workdir: Path) -> None:
+    a, _ = two_nodes
+    third = {"name": "node-c", "underlayIp": "192.168.77.3", "podCidr": "10.79.0.0/24"}
+    (workdir / "nodes.json").write_text(json.dumps([*NODE_LIST, third]))
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "10.79.0.0/24" not in ip("route", netns=a.netns):
+        time.sleep(0.05)
+    assert "10.79.0.0/24 via 10.79.0.0 dev tulle.vx" in ip("route", netns=a.netns)
+    assert call(str(a.socket), {"op": "status"})["peers"] == ["node-b", "node-c"]

@@ -8,16 +8,10 @@ import subprocess
 
 import pytest
 
-from tests.cni.conftest import Node, run_cni
+from tests.cni.conftest import TULLE_CNI, Node, run_cni
 from tests.kernel import KernelResources, ip
 
 pytestmark = pytest.mark.privileged
-
-
-def test_version_lists_supported_versions_without_an_agent() -> None:
-    out = run_cni("VERSION", {"cniVersion": "1.1.0"})
-    assert out.returncode == 0
-    assert out.json == {"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
 
 
 def test_add_returns_bridge_veth_and_container_interfaces(node: Node, kernel: KernelResources) -> None:
@@ -96,6 +90,16 @@ def test_del_releases_the_address_and_removes_the_veth(node: Node, kernel: Kerne
     assert node.host_veths() == []
     assert node.attachments() == []
     assert "eth0" not in ip("link", netns=pod)
+
+
+def test_del_answers_before_the_veth_is_gone_but_later_requests_see_it_gone(node: Node, kernel: KernelResources) -> None:
+    pods = [kernel.netns("pod") for _ in range(2)]
+    assert run_cni("ADD", node.conf(), "c1", f"/run/netns/{pods[0]}").returncode == 0
+    assert run_cni("DEL", node.conf(), "c1", "").returncode == 0
+    # The next request to the agent runs after the deferred teardown.
+    assert run_cni("ADD", node.conf(), "c1", f"/run/netns/{pods[1]}").returncode == 0
+    assert len(node.host_veths()) == 1
+    assert "eth0" not in ip("link", netns=pods[0])
 
 
 def test_del_is_idempotent_even_without_netns_or_prev_result(node: Node, kernel: KernelResources) -> None:
@@ -211,8 +215,6 @@ def test_fifty_concurrent_adds_get_fifty_distinct_addresses(node: Node, kernel: 
     for i, pod in enumerate(pods):
         env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}",
                "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
-        from tests.cni.conftest import TULLE_CNI
-
         p = subprocess.Popen([TULLE_CNI], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert p.stdin is not None
         p.stdin.write(json.dumps(node.conf()).encode())

@@ -50,7 +50,7 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 bench: setup
-	@echo "no benchmarks exist yet (bench/ fills in as the proxy, CNI and policy issues land)"; exit 1
+	$(PY) bench/netpol_scale.py
 
 demo: setup
 	$(VENV)/bin/meshctl demo

@@ -89,10 +89,17 @@ class ClusterState:
     def build(
         cls, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[Policy] = ()
     ) -> ClusterState:
-        state = cls({ns.name: ns for ns in namespaces}, {}, {p.key: p for p in policies})
+        by_name = {ns.name: ns for ns in namespaces}
+        by_key: dict[tuple[str, str], Pod] = {}
+        by_ip: dict[IPAddress, Pod] = {}
         for pod in pods:
-            state = state.with_pod(pod)
-        return state
+            if pod.namespace not in by_name:
+                raise PolicyError(f"pods.{pod}", f"namespace {pod.namespace!r} does not exist")
+            holder = by_ip.setdefault(pod.ip, pod)
+            if holder is not pod:
+                raise PolicyError(f"pods.{pod}.ip", f"{pod.ip} already belongs to pod {holder}")
+            by_key[pod.key] = pod
+        return cls(by_name, by_key, {p.key: p for p in policies})
 
     # ------------------------------------------------------------------ changes
     def with_namespace(self, namespace: Namespace) -> ClusterState:

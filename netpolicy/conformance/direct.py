@@ -121,6 +121,10 @@ class DirectTopology:
         self._placement = Placement(plan, nodes)
         return self._placement
 
+    def pod_netns(self, ref: PodRef) -> str:
+        """The network namespace of a pod of the current topology."""
+        return self._pod_netns[ref]
+
     @property
     def node_netns(self) -> str | None:
         """The first node's namespace (the only one in a single-node topology)."""

@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from netpolicy.cluster import ClusterState, Namespace, Pod
@@ -45,7 +45,10 @@ def test_kernel_verdicts_equal_the_evaluator(kernel: KernelResources) -> None:
     base_pods = {(p.namespace, p.name): p for p in topology_def.pods}
     first = True
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+    # No shrinking: each example costs real probes, and a failure prints its example and
+    # every mismatching packet anyway.
+    @settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(ns_labels=st.fixed_dictionaries({ns: NS_LABELS for ns in NAMESPACES}),
            pod_labels=st.fixed_dictionaries({ref: POD_LABELS for ref in base_pods}),

@@ -142,9 +142,16 @@ class NodeCompiler:
         self.class_ids: dict[Signature, int] = {}
         used: set[int] = set()
         # Signatures keep the numbers they had; new ones get the lowest free numbers.
-        range_sigs: list[tuple[int, int, Signature]] = [(lo, hi, (_cidr_members(self.cidr_peers, lo), frozenset())) for lo, hi in _address_atoms(self.cidr_peers)]
+        # Every address of an atom (the space cut at all CIDR boundaries) is in the same
+        # CIDR peers, so membership is computed once per atom, not once per pod.
+        atoms = _address_atoms(self.cidr_peers)
+        self.atom_starts = [lo for lo, _ in atoms]
+        self.atom_members = [_cidr_members(self.cidr_peers, lo) for lo, _ in atoms]
+        range_sigs: list[tuple[int, int, Signature]] = [
+            (lo, hi, (members, frozenset())) for (lo, hi), members in zip(atoms, self.atom_members, strict=True)
+        ]
         pod_sigs = {
-            pod.key: (pod_members.get(pod.key, frozenset()) | _cidr_members(self.cidr_peers, int(pod.ip)), self._named_ports(pod))
+            pod.key: (pod_members.get(pod.key, frozenset()) | self._cidr_members(int(pod.ip)), self._named_ports(pod))
             for pod in state.pods.values()
         }
         for sig in [s for _, _, s in range_sigs] + list(pod_sigs.values()):
@@ -190,7 +197,7 @@ class NodeCompiler:
         if previous is None or self.state is None or pod.key in self.state.pods:
             return self.compile(state)
         self.state = state
-        members = self._memberships_of(pod) | _cidr_members(self.cidr_peers, int(pod.ip))
+        members = self._memberships_of(pod) | self._cidr_members(int(pod.ip))
         sig: Signature = (members, self._named_ports(pod))
         rules = {d: dict(previous.rules[d]) for d in DIRECTIONS}
         ports = {d: dict(previous.ports[d]) for d in DIRECTIONS}
@@ -334,6 +341,9 @@ class NodeCompiler:
                 if peer.pods.matches(dict(labels)):
                     members[group].add(peer)
         return {pod.key: frozenset(members.get(group, ())) for group, pods in groups.items() for pod in pods}
+
+    def _cidr_members(self, address: int) -> frozenset[Peer]:
+        return self.atom_members[bisect.bisect_right(self.atom_starts, address) - 1]
 
     def _named_ports(self, pod: Pod) -> NamedPorts:
         return frozenset((p.name, p.protocol.number, p.port) for p in pod.ports if p.name in self.named)

@@ -103,7 +103,7 @@ def test_a_deny_is_never_satisfied_by_a_retry() -> None:
 
 
 def test_a_broken_environment_fails_the_baseline_before_any_policy() -> None:
-    topology = ModelTopology(flaky_first_allows=1)
+    topology = ModelTopology(flaky_first_allows=2)
     result = run(case("deny"), topology)
     assert result["cases"][0]["mismatches"] == ["baseline (no policy): x/a -> x/b TCP/80: expected allow, got deny"]
     assert topology.calls[A_TO_B] == 0

@@ -18,9 +18,11 @@ Theory of operation — per-packet cost independent of policy and pod counts:
   `netpolicy.evaluate` (admin → NetworkPolicy → baseline → default allow) is run over the
   protocol/port space, cut at every port boundary the relevant rules name; the result is
   a list of (protocol range, port range) → allow/drop, each naming the deciding policy
-  and rule. P's *default* is the decision for a peer that matches no predicate; only
-  decisions that differ from it become elements of the verdict map
-  `pod . class . l4proto . dport`, the default goes to a map keyed by the pod.
+  and rule. Three verdict maps hold them, most specific first: P's decisions for a peer
+  that matches no predicate become P's *default* (other protocols) and the `pod . l4proto
+  . dport` exceptions to it; a class gets `pod . class . l4proto . dport` elements only
+  where its decision differs from those. A class that matches none of P's rules' peers
+  (nearly all of them, usually) costs P nothing.
 - The same (program, relevant rules) pair always yields the same decisions, so they are
   memoised: the work grows with the number of distinct situations, not with pods x
   classes.

@@ -44,10 +44,11 @@ def topology_with_outsider() -> Topology:
 
 
 @pytest.mark.timeout(600)
-def test_kernel_verdicts_equal_the_evaluator(kernel: KernelResources) -> None:
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one-node", "two-nodes"])
+def test_kernel_verdicts_equal_the_evaluator(kernel: KernelResources, nodes: int) -> None:
     topology_def = topology_with_outsider()
     loop = asyncio.new_event_loop()
-    topology = DirectTopology(kernel)
+    topology = DirectTopology(kernel, nodes=nodes)
     placement = loop.run_until_complete(topology.bring_up(topology_def))
     policy = DirectPolicy(topology)
     base_pods = {(p.namespace, p.name): p for p in topology_def.pods if (p.namespace, p.name) != OUTSIDE}
@@ -67,7 +68,8 @@ def test_kernel_verdicts_equal_the_evaluator(kernel: KernelResources) -> None:
         nonlocal first
         state = ClusterState.build(
             [Namespace.create(ns, labels) for ns, labels in ns_labels.items()],
-            [Pod(ns, name, pod_labels[(ns, name)], placement.ips[(ns, name)], topology.node, base_pods[(ns, name)].ports)
+            [Pod(ns, name, pod_labels[(ns, name)], placement.ips[(ns, name)], placement.nodes[(ns, name)],
+                 base_pods[(ns, name)].ports)
              for ns, name in base_pods],
             [parse_policy(d) for d in docs],
         )

@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/control_watch_latency.py
 	$(PY) bench/xds_scale.py
 	$(PY) bench/cni_latency.py --pods 100
+	$(PY) bench/netpol_scale.py
 
 demo: setup
 	$(VENV)/bin/meshctl demo

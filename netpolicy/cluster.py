@@ -89,10 +89,17 @@ class ClusterState:
     def build(
         cls, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[Policy] = ()
     ) -> ClusterState:
-        state = cls({ns.name: ns for ns in namespaces}, {}, {p.key: p for p in policies})
+        by_name = {ns.name: ns for ns in namespaces}
+        by_key: dict[tuple[str, str], Pod] = {}
+        by_ip: dict[IPAddress, Pod] = {}
         for pod in pods:
-            state = state.with_pod(pod)
-        return state
+            if pod.namespace not in by_name:
+                raise PolicyError(f"pods.{pod}", f"namespace {pod.namespace!r} does not exist")
+            holder = by_ip.setdefault(pod.ip, pod)
+            if holder is not pod:
+                raise PolicyError(f"pods.{pod}.ip", f"{pod.ip} already belongs to pod {holder}")
+            by_key[pod.key] = pod
+        return cls(by_name, by_key, {p.key: p for p in policies})
 
     # ------------------------------------------------------------------ changes
     def with_namespace(self, namespace: Namespace) -> ClusterState:
@@ -104,12 +111,28 @@ class ClusterState:
         holder = self.pod_by_ip.get(pod.ip)
         if holder is not None and holder.key != pod.key:
             raise PolicyError(f"pods.{pod.namespace}/{pod.name}.ip", f"{pod.ip} already belongs to pod {holder}")
-        return ClusterState(self.namespaces, {**self.pods, pod.key: pod}, self.policies)
+        new = ClusterState(self.namespaces, {**self.pods, pod.key: pod}, self.policies)
+        by_ip = {**self.pod_by_ip, pod.ip: pod}
+        old = self.pods.get(pod.key)
+        if old is not None and old.ip != pod.ip:
+            del by_ip[old.ip]
+        new.__dict__["pod_by_ip"] = by_ip
+        return self._share_policy_views(new)
 
     def without_pod(self, namespace: str, name: str) -> ClusterState:
         pods = dict(self.pods)
         pods.pop((namespace, name), None)
-        return ClusterState(self.namespaces, pods, self.policies)
+        return self._share_policy_views(ClusterState(self.namespaces, pods, self.policies))
+
+    _POLICY_VIEWS = ("network_policies", "admin_policies", "baseline_policy")
+
+    def _share_policy_views(self, new: ClusterState) -> ClusterState:
+        """Pod changes leave the policies alone: the new state reuses the indexes of
+        policies already built for this one (they are immutable)."""
+        for view in self._POLICY_VIEWS:
+            if view in self.__dict__:
+                new.__dict__[view] = self.__dict__[view]
+        return new
 
     def with_policy(self, policy: Policy) -> ClusterState:
         return ClusterState(self.namespaces, self.pods, {**self.policies, policy.key: policy})

@@ -18,9 +18,11 @@ Theory of operation — per-packet cost independent of policy and pod counts:
   `netpolicy.evaluate` (admin → NetworkPolicy → baseline → default allow) is run over the
   protocol/port space, cut at every port boundary the relevant rules name; the result is
   a list of (protocol range, port range) → allow/drop, each naming the deciding policy
-  and rule. P's *default* is the decision for a peer that matches no predicate; only
-  decisions that differ from it become elements of the verdict map
-  `pod . class . l4proto . dport`, the default goes to a map keyed by the pod.
+  and rule. Three verdict maps hold them, most specific first: P's decisions for a peer
+  that matches no predicate become P's *default* (other protocols) and the `pod . l4proto
+  . dport` exceptions to it; a class gets `pod . class . l4proto . dport` elements only
+  where its decision differs from those. A class that matches none of P's rules' peers
+  (nearly all of them, usually) costs P nothing.
 - The same (program, relevant rules) pair always yields the same decisions, so they are
   memoised: the work grows with the number of distinct situations, not with pods x
   classes.
@@ -37,7 +39,7 @@ import bisect
 import ipaddress
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from netpolicy.cluster import ClusterState, Pod
@@ -57,7 +59,9 @@ from netpolicy.model import (
     PortRange,
     Rule,
 )
-from netpolicy.ruleset import ALL_PORTS, PORT_PROTOCOLS, Entry, Key, Ruleset, Signature
+from netpolicy.ruleset import ALL_PORTS, PORT_PROTOCOLS, Entry, Key, PortKey, Ruleset, Signature
+
+DIRECTIONS = (Direction.EGRESS, Direction.INGRESS)
 
 ADDRESS_SPACE = (0, 2**32 - 1)
 # Protocol ranges without ports (everything but TCP, UDP, SCTP), matched with every port.
@@ -96,121 +100,223 @@ class Program:
 
 def compile_ruleset(state: ClusterState, node: str, previous: Ruleset | None = None) -> Ruleset:
     """The ruleset that enforces `state` on `node`."""
-    return _Compilation(state, node, previous).ruleset()
+    return NodeCompiler(node).compile(state, previous)
 
 
-class _Compilation:
-    def __init__(self, state: ClusterState, node: str, previous: Ruleset | None) -> None:
-        self.state = state
+@dataclass(frozen=True, slots=True)
+class _LocalPod:
+    """What a local pod's decisions are made of, per direction (kept for fast updates)."""
+
+    address: int
+    program: Program
+    own_ports: NamedPorts
+    unmatched: tuple[tuple[int, int, int, int, Entry], ...]
+
+    @property
+    def default(self) -> Entry:
+        return self.unmatched[0][4]
+
+
+class NodeCompiler:
+    """Compiles cluster states for one node, keeping what it learnt (peer index, classes,
+    each local pod's program) so that the commonest change — a pod added or removed —
+    is compiled in time proportional to that pod, not to the cluster. Any other change
+    (policies, namespace labels) is a full `compile`. Sans-IO: states in, rulesets out.
+    """
+
+    def __init__(self, node: str) -> None:
         self.node = node
+        self.ruleset: Ruleset | None = None
+        self.state: ClusterState | None = None
+
+    # ------------------------------------------------------------------ full
+    def compile(self, state: ClusterState, previous: Ruleset | None = None) -> Ruleset:
+        previous = previous if previous is not None else self.ruleset
+        self.state = state
         self.previous_ids = dict(previous.class_ids) if previous is not None else {}
         self.peers = _peers(state.policies.values())
+        self.cidr_peers = [p for p in self.peers if isinstance(p, IPBlock | Networks)]
         self.named = _referenced_port_names(state.policies.values())
         self.memo: dict[tuple[object, ...], tuple[tuple[int, int, int, int, Entry], ...]] = {}
+        self._index_peers()
 
-    def ruleset(self) -> Ruleset:
         pod_members = self._pod_memberships()
-        cidr_peers = [p for p in self.peers if isinstance(p, IPBlock | Networks)]
-        atoms = _address_atoms(cidr_peers)
-
-        class_ids: dict[Signature, int] = {}
-        used = set()
-
-        def class_of(signature: Signature) -> int:
-            if signature not in class_ids:
-                number = self.previous_ids.get(signature)
-                if number is None or number in used:
-                    number = 0
-                class_ids[signature] = number
-                if number:
-                    used.add(number)
-            return class_ids[signature]
-
-        # Keep the numbers of surviving signatures first, then number the new ones.
-        range_sigs = [(first, last, _signature(_cidr_members(cidr_peers, first), frozenset())) for first, last in atoms]
+        self.class_ids: dict[Signature, int] = {}
+        used: set[int] = set()
+        # Signatures keep the numbers they had; new ones get the lowest free numbers.
+        # Every address of an atom (the space cut at all CIDR boundaries) is in the same
+        # CIDR peers, so membership is computed once per atom, not once per pod.
+        atoms = _address_atoms(self.cidr_peers)
+        self.atom_starts = [lo for lo, _ in atoms]
+        self.atom_members = [_cidr_members(self.cidr_peers, lo) for lo, _ in atoms]
+        range_sigs: list[tuple[int, int, Signature]] = [
+            (lo, hi, (members, frozenset())) for (lo, hi), members in zip(atoms, self.atom_members, strict=True)
+        ]
         pod_sigs = {
-            pod.key: _signature(pod_members.get(pod.key, frozenset()) | _cidr_members(cidr_peers, int(pod.ip)), self._named_ports(pod))
-            for pod in self.state.pods.values()
+            pod.key: (pod_members.get(pod.key, frozenset()) | self._cidr_members(int(pod.ip)), self._named_ports(pod))
+            for pod in state.pods.values()
         }
-        for _, _, sig in range_sigs:
-            class_of(sig)
-        for sig in pod_sigs.values():
-            class_of(sig)
-        free = (n for n in range(1, 2**31) if n not in used)
-        for sig, number in class_ids.items():
+        for sig in [s for _, _, s in range_sigs] + list(pod_sigs.values()):
+            if sig not in self.class_ids:
+                number = self.previous_ids.get(sig, 0)
+                if number in used:
+                    number = 0
+                self.class_ids[sig] = number
+                used.add(number)
+        self._free = (n for n in itertools.count(1) if n not in used)
+        for sig, number in self.class_ids.items():
             if not number:
-                class_ids[sig] = next(free)
+                self.class_ids[sig] = next(self._free)
+        self.members_by_class: dict[int, Signature] = {n: s for s, n in self.class_ids.items()}
+        self.classes_by_peer: dict[Peer, set[int]] = defaultdict(set)
+        for number, (members, _) in self.members_by_class.items():
+            for peer in members:
+                self.classes_by_peer[peer].add(number)
 
-        cidr_classes: dict[tuple[int, int], int] = {}
-        for first, last, sig in range_sigs:
-            cidr_classes[(first, last)] = class_ids[sig]
-        cidr_classes = _merge_ranges(cidr_classes)
-        starts = sorted(cidr_classes)
+        self.cidr_classes = _merge_ranges({(lo, hi): self.class_ids[sig] for lo, hi, sig in range_sigs})
+        self.cidr_starts = sorted(self.cidr_classes)
         pod_classes = {}
         for key, sig in pod_sigs.items():
-            address = int(self.state.pods[key].ip)
-            if class_ids[sig] != _lookup_range(cidr_classes, starts, address):
-                pod_classes[address] = class_ids[sig]
+            address = int(state.pods[key].ip)
+            if self.class_ids[sig] != _lookup_range(self.cidr_classes, self.cidr_starts, address):
+                pod_classes[address] = self.class_ids[sig]
 
-        members_by_class: dict[int, frozenset[Peer]] = {class_ids[s]: s[0] for s in class_ids}
-        ports_by_class: dict[int, NamedPorts] = {class_ids[s]: s[1] for s in class_ids}
-        classes_by_peer: dict[Peer, set[int]] = defaultdict(set)
-        for number, members in members_by_class.items():
+        self.local: dict[tuple[tuple[str, str], Direction], _LocalPod] = {}
+        rules: dict[Direction, dict[Key, Entry]] = {d: {} for d in DIRECTIONS}
+        ports: dict[Direction, dict[PortKey, Entry]] = {d: {} for d in DIRECTIONS}
+        defaults: dict[Direction, dict[int, Entry]] = {d: {} for d in DIRECTIONS}
+        local = [p for p in state.pods.values() if p.node == self.node]
+        for pod in local:
+            self._add_local(pod, rules, ports, defaults)
+        self.ruleset = Ruleset(self.node, frozenset(int(p.ip) for p in local), self.cidr_classes, pod_classes,
+                               rules, defaults, dict(self.class_ids), ports=ports)
+        return self.ruleset
+
+    # ------------------------------------------------------------------ incremental
+    def add_pod(self, state: ClusterState, pod: Pod) -> Ruleset:
+        """`state` is the previous one plus `pod` (same policies and namespaces)."""
+        previous = self.ruleset
+        if previous is None or self.state is None or pod.key in self.state.pods:
+            return self.compile(state)
+        self.state = state
+        members = self._memberships_of(pod) | self._cidr_members(int(pod.ip))
+        sig: Signature = (members, self._named_ports(pod))
+        rules = {d: dict(previous.rules[d]) for d in DIRECTIONS}
+        ports = {d: dict(previous.ports[d]) for d in DIRECTIONS}
+        defaults = {d: dict(previous.defaults[d]) for d in DIRECTIONS}
+        number = self.class_ids.get(sig)
+        if number is None:
+            number = self.class_ids[sig] = next(self._free)
+            self.members_by_class[number] = sig
             for peer in members:
-                classes_by_peer[peer].add(number)
+                self.classes_by_peer[peer].add(number)
+            # Every local pod decides about the new class (only those whose rules name
+            # one of its peers, or resolve named ports on it, get elements).
+            for (_, direction), info in self.local.items():
+                self._class_elements(info, number, rules[direction])
+        pod_classes = dict(previous.pod_classes)
+        address = int(pod.ip)
+        if number != _lookup_range(self.cidr_classes, self.cidr_starts, address):
+            pod_classes[address] = number
+        local_pods = previous.local_pods
+        if pod.node == self.node:
+            self._add_local(pod, rules, ports, defaults)
+            local_pods = local_pods | {address}
+        self.ruleset = Ruleset(self.node, local_pods, self.cidr_classes, pod_classes, rules, defaults,
+                               dict(self.class_ids), previous.pending, ports)
+        return self.ruleset
 
-        local = sorted((p for p in self.state.pods.values() if p.node == self.node), key=lambda p: int(p.ip))
-        rules: dict[Direction, dict[Key, Entry]] = {}
-        defaults: dict[Direction, dict[int, Entry]] = {}
-        for direction in (Direction.EGRESS, Direction.INGRESS):
-            rules[direction], defaults[direction] = {}, {}
-            for pod in local:
-                program = self._program(pod, direction)
-                if not program.rules and not program.isolating:
-                    continue
-                own_ports = self._named_ports(pod) if direction is Direction.INGRESS else frozenset()
-                # The decisions for a peer that matches none of the rules' peers; P's
-                # default is its verdict for protocols without ports.
-                unmatched = self._decisions(program, frozenset(), own_ports)
-                default = unmatched[0][4]
-                address = int(pod.ip)
-                if not default.allow:
-                    defaults[direction][address] = default
-                # Classes whose decisions can differ from `unmatched`: those in a rule's
-                # peers, or every class when named ports resolve on the peer (egress).
-                candidates: set[int] = set()
-                if program.has_named_ports and direction is Direction.EGRESS:
-                    candidates = set(members_by_class)
-                else:
-                    for r in program.rules:
-                        for peer in r.peers or ():
-                            candidates |= classes_by_peer.get(peer, set())
-                out = rules[direction]
-                exceptions = [(p_lo, p_hi, lo, hi, e) for p_lo, p_hi, lo, hi, e in unmatched if e.allow != default.allow]
-                if exceptions:
-                    for c_lo, c_hi in _gaps(sorted(candidates)):
-                        for p_lo, p_hi, lo, hi, entry in exceptions:
-                            out[(address, c_lo, c_hi, p_lo, p_hi, lo, hi)] = entry
-                for number in sorted(candidates):
-                    dest_ports = ports_by_class[number] if direction is Direction.EGRESS else own_ports
-                    for p_lo, p_hi, lo, hi, entry in self._decisions(program, members_by_class[number], dest_ports):
-                        if entry.allow != default.allow:
-                            out[(address, number, number, p_lo, p_hi, lo, hi)] = entry
-        return Ruleset(
-            node=self.node,
-            local_pods=frozenset(int(p.ip) for p in local),
-            cidr_classes=cidr_classes,
-            pod_classes=pod_classes,
-            rules=rules,
-            defaults=defaults,
-            class_ids=class_ids,
-        )
+    def remove_pod(self, state: ClusterState, pod: Pod) -> Ruleset:
+        """`state` is the previous one without `pod`. Its class stays (numbers are cheap;
+        the next full compile drops unused ones)."""
+        previous = self.ruleset
+        if previous is None or self.state is None or pod.key not in self.state.pods:
+            return self.compile(state)
+        self.state = state
+        address = int(pod.ip)
+        pod_classes = {a: c for a, c in previous.pod_classes.items() if a != address}
+        rules, ports, defaults = dict(previous.rules), dict(previous.ports), dict(previous.defaults)
+        if pod.node == self.node:
+            for direction in DIRECTIONS:
+                self.local.pop((pod.key, direction), None)
+                rules[direction] = {k: e for k, e in previous.rules[direction].items() if k[0] != address}
+                ports[direction] = {k: e for k, e in previous.ports[direction].items() if k[0] != address}
+                defaults[direction] = {a: e for a, e in previous.defaults[direction].items() if a != address}
+        self.ruleset = Ruleset(self.node, previous.local_pods - {address}, self.cidr_classes, pod_classes, rules,
+                               defaults, dict(self.class_ids), previous.pending, ports)
+        return self.ruleset
+
+    # ------------------------------------------------------------------ elements
+    def _add_local(self, pod: Pod, rules: dict[Direction, dict[Key, Entry]],
+                   ports: dict[Direction, dict[PortKey, Entry]], defaults: dict[Direction, dict[int, Entry]]) -> None:
+        address = int(pod.ip)
+        for direction in DIRECTIONS:
+            program = self._program(pod, direction)
+            if not program.rules and not program.isolating:
+                continue
+            own = self._named_ports(pod) if direction is Direction.INGRESS else frozenset()
+            info = _LocalPod(address, program, own, self._decisions(program, frozenset(), own))
+            self.local[(pod.key, direction)] = info
+            if not info.default.allow:
+                defaults[direction][address] = info.default
+            # Peer-independent decisions (rules without peers, e.g. "port 80 from anyone").
+            for p_lo, p_hi, lo, hi, entry in info.unmatched[1:]:
+                if entry.allow != info.default.allow:
+                    ports[direction][(address, p_lo, p_hi, lo, hi)] = entry
+            if program.has_named_ports and direction is Direction.EGRESS:
+                candidates: Iterable[int] = self.members_by_class
+            else:
+                found: set[int] = set()
+                for r in program.rules:
+                    for peer in r.peers or ():
+                        found |= self.classes_by_peer.get(peer, set())
+                candidates = found
+            for number in candidates:
+                self._class_elements(info, number, rules[direction])
+
+    def _class_elements(self, info: _LocalPod, number: int, out: dict[Key, Entry]) -> None:
+        """Elements for one local pod and one peer class: where the class's decision
+        differs from what the fallback maps (port map, then default) would give."""
+        members, peer_ports = self.members_by_class[number]
+        program = info.program
+        egress = program.direction is Direction.EGRESS
+        named_here = egress and program.has_named_ports  # named ports resolve on this peer
+        if not named_here and all(r.peers is None or r.peers.isdisjoint(members) for r in program.rules):
+            return  # decides exactly like an unmatched peer: the fallback maps cover it
+        dest_ports = peer_ports if egress else info.own_ports
+        decisions = self._decisions(program, members, dest_ports)
+        for p_lo, p_hi, lo, hi, entry, fallback in _overlay(decisions, info.unmatched):
+            if entry.allow != fallback.allow:
+                out[(info.address, number, number, p_lo, p_hi, lo, hi)] = entry
 
     # ------------------------------------------------------------------ peers
+    def _index_peers(self) -> None:
+        """Pod-selector peers by one `In` requirement (key, value) they need, so that a
+        pod is only matched against peers that could select it."""
+        self.peers_by_label: dict[tuple[str, str], list[PodPeer]] = defaultdict(list)
+        self.unindexed: list[PodPeer] = []
+        for peer in self.peers:
+            if not isinstance(peer, PodPeer):
+                continue
+            req = next((r for r in peer.pods.requirements if r.operator is Operator.IN), None)
+            if req is None:
+                self.unindexed.append(peer)
+            else:
+                for value in req.values:
+                    self.peers_by_label[(req.key, value)].append(peer)
+
+    def _memberships_of(self, pod: Pod) -> frozenset[Peer]:
+        assert self.state is not None
+        candidates = list(self.unindexed)
+        for item in pod.labels.items():
+            candidates += self.peers_by_label.get(item, ())
+        return frozenset(p for p in candidates if subject_selects(self.state, p, pod))
+
     def _pod_memberships(self) -> dict[tuple[str, str], frozenset[Peer]]:
         """For every pod, the pod-selector peers it satisfies. Pods with the same namespace
         and labels are matched once; a selector with an `In` requirement only looks at the
         pods carrying one of its values."""
+        assert self.state is not None
         groups: dict[tuple[str, frozenset[tuple[str, str]]], list[Pod]] = defaultdict(list)
         for pod in self.state.pods.values():
             groups[(pod.namespace, frozenset(pod.labels.items()))].append(pod)
@@ -238,12 +344,16 @@ class _Compilation:
                     members[group].add(peer)
         return {pod.key: frozenset(members.get(group, ())) for group, pods in groups.items() for pod in pods}
 
+    def _cidr_members(self, address: int) -> frozenset[Peer]:
+        return self.atom_members[bisect.bisect_right(self.atom_starts, address) - 1]
+
     def _named_ports(self, pod: Pod) -> NamedPorts:
         return frozenset((p.name, p.protocol.number, p.port) for p in pod.ports if p.name in self.named)
 
     # ------------------------------------------------------------------ programs
     def _program(self, pod: Pod, direction: Direction) -> Program:
         state = self.state
+        assert state is not None
         rules: list[ProgramRule] = []
         for anp in state.admin_policies:
             if subject_selects(state, anp.subject, pod):
@@ -255,13 +365,6 @@ class _Compilation:
         if banp is not None and subject_selects(state, banp.subject, pod):
             rules += [ProgramRule("baseline", banp, r, _peer_set(r)) for r in _rules(banp, direction)]
         return Program(direction, tuple(rules), isolating)
-
-    def _default(self, program: Program, own_ports: NamedPorts) -> Entry:
-        """The decision for a peer that matches no predicate, on a protocol without ports
-        (only rules without peers and without ports can match it)."""
-        for _, _, _, _, entry in self._decisions(program, frozenset(), own_ports):
-            return entry
-        raise AssertionError("decisions always cover the protocol space")
 
     def _decisions(self, program: Program, members: frozenset[Peer], dest_ports: NamedPorts) -> tuple[tuple[int, int, int, int, Entry], ...]:
         """(protocol first, last, port first, last, entry) covering the whole
@@ -355,10 +458,6 @@ def _candidates(selector: LabelSelector, groups: Mapping[tuple[str, frozenset[tu
     return groups if best is None else best
 
 
-def _signature(members: frozenset[Peer], ports: NamedPorts) -> Signature:
-    return (members, ports)
-
-
 def _cidr_members(peers: Sequence[Peer], address: int) -> frozenset[Peer]:
     ip = ipaddress.IPv4Address(address)
     return frozenset(p for p in peers if isinstance(p, IPBlock | Networks) and p.contains(ip))
@@ -392,16 +491,28 @@ def _merge_ranges(ranges: Mapping[tuple[int, int], int]) -> dict[tuple[int, int]
     return merged
 
 
-def _gaps(numbers: Sequence[int]) -> list[tuple[int, int]]:
-    """The class-number ranges (within 0..2^32-1) not in the sorted `numbers`."""
-    gaps, start = [], 0
-    for n in numbers:
-        if n > start:
-            gaps.append((start, n - 1))
-        start = n + 1
-    if start <= 2**32 - 1:
-        gaps.append((start, 2**32 - 1))
-    return gaps
+def _overlay(decisions: Sequence[tuple[int, int, int, int, Entry]], fallback: Sequence[tuple[int, int, int, int, Entry]]
+             ) -> Iterator[tuple[int, int, int, int, Entry, Entry]]:
+    """The pieces of the protocol x port space on which both lists are constant, with
+    the entry of each (both lists cover the space, protocol by protocol, in order)."""
+    def by_protocol(items: Sequence[tuple[int, int, int, int, Entry]]) -> dict[tuple[int, int], list[tuple[int, int, Entry]]]:
+        out: dict[tuple[int, int], list[tuple[int, int, Entry]]] = defaultdict(list)
+        for p_lo, p_hi, lo, hi, entry in items:
+            out[(p_lo, p_hi)].append((lo, hi, entry))
+        return out
+
+    mine, theirs = by_protocol(decisions), by_protocol(fallback)
+    for protocols, pieces in mine.items():
+        other = theirs[protocols]
+        i = j = 0
+        while i < len(pieces) and j < len(other):
+            lo = max(pieces[i][0], other[j][0])
+            hi = min(pieces[i][1], other[j][1])
+            yield (*protocols, lo, hi, pieces[i][2], other[j][2])
+            if pieces[i][1] == hi:
+                i += 1
+            if other[j][1] == hi:
+                j += 1
 
 
 def _lookup_range(ranges: Mapping[tuple[int, int], int], starts: Sequence[tuple[int, int]], address: int) -> int:

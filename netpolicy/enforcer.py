@@ -20,8 +20,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from netpolicy.applier import NftApplier
-from netpolicy.cluster import ClusterState
-from netpolicy.compiler import compile_ruleset
+from netpolicy.cluster import ClusterState, Pod
+from netpolicy.compiler import NodeCompiler
 from netpolicy.ruleset import TABLE, Ruleset, diff_document, full_document
 
 
@@ -41,22 +41,48 @@ class NodeEnforcer:
         self.table = table
         self.ruleset: Ruleset | None = None  # what the kernel runs, once we applied it
         self._held: frozenset[int] = frozenset()
+        self._compiler = NodeCompiler(node)
 
     def start(self, state: ClusterState) -> Transaction:
-        ruleset = compile_ruleset(state, self.node).with_pending(self._held)
+        self._compiler = NodeCompiler(self.node)
+        ruleset = self._compiler.compile(state).with_pending(self._held)
         document = full_document(ruleset, self.table)
         self.applier.apply(document)
         self.ruleset = ruleset
         return _summary(document, full=True)
 
     def update(self, state: ClusterState) -> Transaction:
+        """Any change (policies, labels, pods): a full compile, applied as a diff."""
         if self.ruleset is None:
             return self.start(state)
+        return self._commit(state, self._compiler.compile(state, self.ruleset))
+
+    def add_pod(self, state: ClusterState, pod: Pod) -> Transaction:
+        """`state` = the one in force plus `pod`: compiled incrementally; releases a hold
+        on the pod's address in the same transaction."""
+        if self.ruleset is None:
+            return self.start(state)
+        return self._commit(state, self._compiler.add_pod(state, pod))
+
+    def remove_pod(self, state: ClusterState, pod: Pod) -> Transaction:
+        if self.ruleset is None:
+            return self.start(state)
+        return self._commit(state, self._compiler.remove_pod(state, pod))
+
+    def _commit(self, state: ClusterState, compiled: Ruleset) -> Transaction:
+        assert self.ruleset is not None
         programmed = {int(p.ip) for p in state.pods.values() if p.node == self.node}
         held = self._held - programmed
-        ruleset = compile_ruleset(state, self.node, self.ruleset).with_pending(held)
+        ruleset = compiled.with_pending(held)
         document = diff_document(self.ruleset, ruleset, self.table)
-        self.applier.apply(document)
+        try:
+            self.applier.apply(document)
+        except Exception:
+            # The kernel kept the old ruleset: the next change is compiled in full
+            # (class numbers still taken from the ruleset in force).
+            self._compiler = NodeCompiler(self.node)
+            self._compiler.ruleset = self.ruleset
+            raise
         self.ruleset, self._held = ruleset, held
         return _summary(document, full=False)
 

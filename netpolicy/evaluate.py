@@ -90,6 +90,22 @@ class Explanation:
         """The side that denied, or the ingress side when both allowed."""
         return self.egress if self.egress.verdict is Verdict.DENY else self.ingress
 
+    def render(self, src: Endpoint, dst: Endpoint, port: int, protocol: Protocol) -> str:
+        """The text of `meshctl netpol explain`: the verdict, then each side with the
+        policies that select it and the rule (or the reason) that decided it."""
+        lines = [f"{src} -> {dst} {protocol.value}/{port}: {self.verdict.value.upper()}"]
+        for title, pod, decision, policies in (("source", src, self.egress, self.egress_policies),
+                                                ("destination", dst, self.ingress, self.ingress_policies)):
+            selected = ", ".join(str(p) for p in policies) or "none"
+            lines.append(f"  {title} {pod} ({decision.direction.value.lower()}): selected by {selected}")
+            lines.append(f"    {decision.verdict.value} at tier {decision.tier.value}"
+                         + (f", {decision.policy}" if decision.policy is not None else "")
+                         + (f" rule {decision.rule.name}" if decision.rule is not None else "")
+                         + (f" ({decision.reason})" if decision.reason else ""))
+        side = self.deciding
+        lines.append(f"  decided by the {side.direction.value.lower()} side")
+        return "\n".join(lines)
+
 
 # --------------------------------------------------------------------------- matching
 def subject_selects(state: ClusterState, subject: PodPeer, pod: Pod) -> bool:

@@ -8,15 +8,18 @@ Layout of the table (`inet tulle` unless named otherwise):
     map  cidr_class     address interval -> peer class (covers all of IPv4)
     map  pod_class      pod IP -> peer class, where it differs from its interval's
     map  egress_rules   src pod . class(dst) . l4proto . dport -> return | drop
+    map  egress_ports   src pod . l4proto . dport -> return | drop (any peer)
     map  egress_default src pod -> drop (pods whose unmatched traffic is denied)
-    map  ingress_rules  dst pod . class(src) . l4proto . dport -> return | drop
-    map  ingress_default
+    map  ingress_rules, ingress_ports, ingress_default: the same keyed by the dst pod
     chain forward       hook forward, priority filter: established/related accept,
                         pending drop, local sources -> egress, local destinations -> ingress
     chain egress, chain ingress   classify the peer into the packet mark, then two lookups
 
-Per packet: at most two class lookups and two verdict-map lookups per direction, whatever
-the number of policies and pods. Map elements carry counters and a comment naming the
+Per packet: at most two class lookups and three verdict-map lookups per direction,
+whatever the number of policies and pods. The verdict maps are consulted from the most
+specific to the least: a (pod, class) element exists only where that class's decision
+differs from the (pod, port) one, which exists only where it differs from the pod's
+default. Map elements carry counters and a comment naming the
 policy and rule that decided them. Denied traffic is dropped, never rejected.
 
 The chains never change between rulesets of the same layout; every policy or pod change
@@ -31,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from netpolicy.model import Direction, Peer
 
@@ -43,11 +46,15 @@ COMMENT_MAX = 127  # libnftnl's limit on element comments, minus the terminator
 
 # (pod address, class first, class last, protocol first, last, port first, last)
 Key = tuple[int, int, int, int, int, int, int]
+# (pod address, protocol first, last, port first, last)
+PortKey = tuple[int, int, int, int, int]
 Signature = tuple[frozenset[Peer], frozenset[tuple[str, int, int]]]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """A decision: allow (`return` to the caller chain) or drop, and what decided it. A
+    tuple, so that comparing two rulesets' maps is done at C speed."""
+
     allow: bool
     comment: str
 
@@ -66,15 +73,17 @@ class Ruleset:
     defaults: Mapping[Direction, Mapping[int, Entry]] = field(default_factory=dict)
     class_ids: Mapping[Signature, int] = field(default_factory=dict)
     pending: frozenset[int] = frozenset()
+    ports: Mapping[Direction, Mapping[PortKey, Entry]] = field(default_factory=dict)
 
     def with_pending(self, addresses: Iterable[int]) -> Ruleset:
         return Ruleset(self.node, self.local_pods, self.cidr_classes, self.pod_classes, self.rules,
-                       self.defaults, self.class_ids, self.pending | frozenset(addresses))
+                       self.defaults, self.class_ids, self.pending | frozenset(addresses), self.ports)
 
     @property
     def element_count(self) -> int:
         return (len(self.local_pods) + len(self.cidr_classes) + len(self.pod_classes)
-                + sum(len(m) for m in self.rules.values()) + sum(len(m) for m in self.defaults.values()))
+                + sum(len(m) for m in self.rules.values()) + sum(len(m) for m in self.defaults.values())
+                + sum(len(m) for m in self.ports.values()))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -95,32 +104,43 @@ def _verdict(entry: Entry) -> Any:
     return {entry.verdict: None}
 
 
-def _elements(ruleset: Ruleset) -> dict[str, dict[Any, Any]]:
-    """Every map/set's elements as {hashable key: (rendered key, rendered value or None)}."""
-    out: dict[str, dict[Any, Any]] = {
-        "pending": {a: (_ip(a), None) for a in ruleset.pending},
-        "local_pods": {a: (_ip(a), None) for a in ruleset.local_pods},
-        "cidr_class": {(lo, hi, c): (_span(lo, hi, _ip), c) for (lo, hi), c in ruleset.cidr_classes.items()},
-        "pod_class": {(a, c): (_ip(a), c) for a, c in ruleset.pod_classes.items()},
+_MAPS = ("pending", "local_pods", "cidr_class", "pod_class",
+         "egress_rules", "egress_ports", "egress_default", "ingress_rules", "ingress_ports", "ingress_default")
+
+
+def _contents(ruleset: Ruleset) -> dict[str, Mapping[Any, Any]]:
+    """Every set/map's elements as {key: value}, in the model's own terms."""
+    out: dict[str, Mapping[Any, Any]] = {
+        "pending": dict.fromkeys(ruleset.pending),
+        "local_pods": dict.fromkeys(ruleset.local_pods),
+        "cidr_class": ruleset.cidr_classes,
+        "pod_class": ruleset.pod_classes,
     }
     for direction in (Direction.EGRESS, Direction.INGRESS):
         name = direction.value.lower()
-        rules = ruleset.rules.get(direction, {})
-        out[f"{name}_rules"] = {
-            (key, entry): (
-                _commented({"concat": [_ip(key[0]), _span(key[1], key[2]), _span(key[3], key[4]),
-                                          # Always a range: nft 1.0.6 cannot delete an
-                                          # element whose fields are all single values.
-                                          {"range": [key[5], key[6]]}]}, entry.comment),
-                _verdict(entry),
-            )
-            for key, entry in rules.items()
-        }
-        out[f"{name}_default"] = {
-            (a, entry): (_commented(_ip(a), entry.comment), _verdict(entry))
-            for a, entry in ruleset.defaults.get(direction, {}).items()
-        }
+        out[f"{name}_rules"] = ruleset.rules.get(direction, {})
+        out[f"{name}_ports"] = ruleset.ports.get(direction, {})
+        out[f"{name}_default"] = ruleset.defaults.get(direction, {})
     return out
+
+
+def _render(name: str, key: Any, value: Any) -> tuple[Any, Any]:
+    """(nft element key, nft value or None for plain sets)."""
+    if name in ("pending", "local_pods"):
+        return _ip(key), None
+    if name == "cidr_class":
+        return _span(key[0], key[1], _ip), value
+    if name == "pod_class":
+        return _ip(key), value
+    if name.endswith("_rules"):
+        # The port is always a range: nft 1.0.6 cannot delete an element whose fields
+        # are all single values.
+        concat = [_ip(key[0]), _span(key[1], key[2]), _span(key[3], key[4]), {"range": [key[5], key[6]]}]
+        return _commented({"concat": concat}, value.comment), _verdict(value)
+    if name.endswith("_ports"):
+        concat = [_ip(key[0]), _span(key[1], key[2]), {"range": [key[3], key[4]]}]
+        return _commented({"concat": concat}, value.comment), _verdict(value)
+    return _commented(_ip(key), value.comment), _verdict(value)
 
 
 def _sets(table: str) -> list[dict[str, Any]]:
@@ -133,6 +153,8 @@ def _sets(table: str) -> list[dict[str, Any]]:
     ]
     for name in ("egress", "ingress"):
         sets.append({"map": {**base, "name": f"{name}_rules", "type": ["ipv4_addr", "mark", "inet_proto", "inet_service"],
+                             "map": "verdict", "flags": ["interval"], "stmt": [{"counter": None}]}})
+        sets.append({"map": {**base, "name": f"{name}_ports", "type": ["ipv4_addr", "inet_proto", "inet_service"],
                              "map": "verdict", "flags": ["interval"], "stmt": [{"counter": None}]}})
         sets.append({"map": {**base, "name": f"{name}_default", "type": "ipv4_addr", "map": "verdict",
                              "stmt": [{"counter": None}]}})
@@ -172,7 +194,10 @@ def _chains(table: str) -> list[dict[str, Any]]:
             _rule(table, chain, [{"mangle": {"key": mark, "value": {"map": {"key": addr(peer), "data": "@pod_class"}}}}], "peer class of a pod"),
             _rule(table, chain, [{"vmap": {"key": {"concat": [addr(own), mark, {"meta": {"key": "l4proto"}},
                                                               {"payload": {"protocol": "th", "field": "dport"}}]},
-                                           "data": f"@{chain}_rules"}}], "policy decisions"),
+                                           "data": f"@{chain}_rules"}}], "decisions for this peer class"),
+            _rule(table, chain, [{"vmap": {"key": {"concat": [addr(own), {"meta": {"key": "l4proto"}},
+                                                              {"payload": {"protocol": "th", "field": "dport"}}]},
+                                           "data": f"@{chain}_ports"}}], "decisions for any peer"),
             _rule(table, chain, [{"vmap": {"key": addr(own), "data": f"@{chain}_default"}}], "isolated pods: everything else"),
         ]
     return out
@@ -195,9 +220,9 @@ def full_document(ruleset: Ruleset, table: str = TABLE) -> dict[str, Any]:
     commands: list[dict[str, Any]] = [{"add": {"table": ref}}, {"delete": {"table": ref}}, {"add": {"table": ref}}]
     commands += [{"add": obj} for obj in _sets(table)]
     commands += [{"add": obj} for obj in _chains(table)]
-    for name, elements in _elements(ruleset).items():
+    for name, elements in _contents(ruleset).items():
         if elements:
-            commands.append(_element_command("add", table, name, elements.values()))
+            commands.append(_element_command("add", table, name, (_render(name, k, v) for k, v in elements.items())))
     return {"nftables": commands}
 
 
@@ -205,13 +230,16 @@ def diff_document(old: Ruleset, new: Ruleset, table: str = TABLE) -> dict[str, A
     """The element deletions and additions that turn `old` (as applied) into `new`;
     empty when nothing changed. Deletions come first, so a changed element (same key,
     new verdict or comment) is removed and re-added in the same transaction."""
-    before, after = _elements(old), _elements(new)
+    before, after = _contents(old), _contents(new)
     deletes, adds = [], []
-    for name in after:
-        gone = [before[name][k] for k in before[name].keys() - after[name].keys()]
-        came = [after[name][k] for k in after[name].keys() - before[name].keys()]
+    for name in _MAPS:
+        b, a = before[name], after[name]
+        if b is a or b == a:
+            continue
+        gone = [(k, v) for k, v in b.items() if k not in a or a[k] != v]
+        came = [(k, v) for k, v in a.items() if k not in b or b[k] != v]
         if gone:
-            deletes.append(_element_command("delete", table, name, ((_bare(k), None) for k, _ in gone)))
+            deletes.append(_element_command("delete", table, name, ((_bare(_render(name, k, v)[0]), None) for k, v in gone)))
         if came:
-            adds.append(_element_command("add", table, name, came))
+            adds.append(_element_command("add", table, name, (_render(name, k, v) for k, v in came)))
     return {"nftables": deletes + adds}

@@ -2,8 +2,11 @@
 policies compiled and applied straight into the node's namespace (no control plane).
 
 Topology: a node namespace holding a bridge; every pod is a namespace joined to it by a
-veth pair, addressed 10.244.<namespace index>.<10 + pod index>/16 (one pod CIDR, so the
-corpus's /4 placeholders cover every pod). Each pod serves its TCP and UDP container
+veth pair; with several nodes, each node's bridge also holds a VXLAN port to the others
+(over an underlay bridge in its own namespace), so pods on different nodes share one L2
+segment and their traffic crosses the forward hook of *both* nodes. Pods are addressed
+10.244.<namespace index>.<10 + pod index>/16 (one pod CIDR, so the corpus's /4
+placeholders cover every pod). Each pod serves its TCP and UDP container
 ports from this process: sockets are opened inside the pod's namespace and served by
 the caller's asyncio loop (TCP: accept, send the pod's name, close; UDP: reply with the
 pod's name). Bridged traffic crosses the node's inet forward hook (br_netfilter), which
@@ -33,6 +36,12 @@ from netpolicy.netns import socket_in
 from netpolicy.ruleset import Ruleset, diff_document, full_document
 
 POD_PREFIX = 16
+VXLAN_ID = 4242
+VXLAN_MTU = 1450  # 1500 minus VXLAN's 50 bytes of encapsulation
+
+
+def _underlay_ip(index: int) -> str:
+    return f"192.168.200.{index + 1}"
 
 
 class Provisioner(Protocol):
@@ -73,13 +82,15 @@ class _UDPReply(asyncio.DatagramProtocol):
 
 
 class DirectTopology:
-    """One node; pods on its bridge."""
+    """Pods on their node's bridge; with several nodes, the bridges are joined into one
+    L2 segment by VXLAN over an underlay bridge (pods are spread round-robin)."""
 
-    def __init__(self, provisioner: Provisioner, node: str = "node-1") -> None:
+    def __init__(self, provisioner: Provisioner, node: str = "node-1", nodes: int = 1) -> None:
         self.provisioner = provisioner
         self.node = node
-        self.node_netns: str | None = None
-        self._bridge: str | None = None
+        self.node_names = [node] + [f"node-{i + 1}" for i in range(1, nodes)] if nodes > 1 else [node]
+        self.node_netns_by_node: dict[str, str] = {}
+        self._bridges: dict[str, str] = {}
         self._topology: Topology | None = None
         self._placement: Placement | None = None
         self._pod_netns: dict[PodRef, str] = {}
@@ -89,25 +100,59 @@ class DirectTopology:
         if self._topology == topology and self._placement is not None:
             return self._placement
         await self.tear_down_pods()
-        if self.node_netns is None:
-            self.node_netns = self.provisioner.netns("npnode")
-            self._bridge = self.provisioner.bridge(self.node_netns)
-            # Bridged IPv4 must cross the inet forward hook (the default in a new
-            # namespace; set explicitly so the ruleset can never be bypassed).
-            subprocess.run(["ip", "netns", "exec", self.node_netns, "sysctl", "-qw",
-                            "net.bridge.bridge-nf-call-iptables=1"], check=True)
+        if not self.node_netns_by_node:
+            self._build_nodes()
         plan = address_plan(topology)
-        for pod in topology.pods:
+        nodes = {}
+        for i, pod in enumerate(topology.pods):
             ref = (pod.namespace, pod.name)
+            node = self.node_names[i % len(self.node_names)]
+            nodes[ref] = node
+            node_netns = self.node_netns_by_node[node]
             netns = self.provisioner.netns("nppod")
             self._pod_netns[ref] = netns
-            inside, outside = self.provisioner.veth(netns, self.node_netns)
+            inside, outside = self.provisioner.veth(netns, node_netns)
             _ip(netns, "addr", "add", f"{plan[ref]}/{POD_PREFIX}", "dev", inside)
-            _ip(self.node_netns, "link", "set", outside, "master", str(self._bridge))
+            if len(self.node_names) > 1:
+                _ip(netns, "link", "set", inside, "mtu", str(VXLAN_MTU))
+            _ip(node_netns, "link", "set", outside, "master", self._bridges[node])
             await self._serve(netns, f"{pod.namespace}/{pod.name}", pod.ports)
         self._topology = topology
-        self._placement = Placement(plan, dict.fromkeys(plan, self.node))
+        self._placement = Placement(plan, nodes)
         return self._placement
+
+    def pod_netns(self, ref: PodRef) -> str:
+        """The network namespace of a pod of the current topology."""
+        return self._pod_netns[ref]
+
+    @property
+    def node_netns(self) -> str | None:
+        """The first node's namespace (the only one in a single-node topology)."""
+        return self.node_netns_by_node.get(self.node)
+
+    def _build_nodes(self) -> None:
+        underlay = self.provisioner.netns("npunder") if len(self.node_names) > 1 else None
+        underlay_bridge = self.provisioner.bridge(underlay) if underlay else None
+        for i, node in enumerate(self.node_names):
+            netns = self.provisioner.netns("npnode")
+            self.node_netns_by_node[node] = netns
+            self._bridges[node] = self.provisioner.bridge(netns)
+            # Bridged IPv4 must cross the inet forward hook (the default in a new
+            # namespace; set explicitly so the ruleset can never be bypassed).
+            subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                            "net.bridge.bridge-nf-call-iptables=1"], check=True)
+            if underlay is not None and underlay_bridge is not None:
+                inside, outside = self.provisioner.veth(netns, underlay)
+                _ip(underlay, "link", "set", outside, "master", underlay_bridge)
+                _ip(netns, "addr", "add", f"{_underlay_ip(i)}/24", "dev", inside)
+                _ip(netns, "link", "add", "vx0", "type", "vxlan", "id", str(VXLAN_ID), "dstport", "4789",
+                    "local", _underlay_ip(i), "dev", inside)
+                for j in range(len(self.node_names)):
+                    if j != i:  # head-end replication of broadcasts to every other node
+                        subprocess.run(["bridge", "-n", netns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0",
+                                        "dst", _underlay_ip(j)], check=True)
+                _ip(netns, "link", "set", "vx0", "master", self._bridges[node])
+                _ip(netns, "link", "set", "vx0", "up")
 
     async def _serve(self, netns: str, name: str, ports: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -166,29 +211,33 @@ class DirectTopology:
 
 
 class DirectPolicy:
-    """Compiles the state for the topology's node and applies it in the node's namespace:
-    the whole table on reset, element diffs afterwards."""
+    """Compiles the state for every node of the topology and applies each node's ruleset
+    in its namespace: the whole table on reset, element diffs afterwards."""
 
     def __init__(self, topology: DirectTopology) -> None:
         self.topology = topology
-        self._applier: NftApplier | None = None
-        self._previous: Ruleset | None = None
+        self._appliers: dict[str, NftApplier] = {}
+        self._previous: dict[str, Ruleset] = {}
         self.transactions = 0
 
-    def _nft(self) -> NftApplier:
-        if self._applier is None:
-            assert self.topology.node_netns is not None, "bring the topology up first"
-            self._applier = NftApplier(self.topology.node_netns)
-        return self._applier
+    def _nft(self, node: str) -> NftApplier:
+        if node not in self._appliers:
+            netns = self.topology.node_netns_by_node.get(node)
+            assert netns is not None, "bring the topology up first"
+            self._appliers[node] = NftApplier(netns)
+        return self._appliers[node]
 
     async def reset(self, state: ClusterState) -> None:
-        ruleset = compile_ruleset(state, self.topology.node)
-        self._nft().apply(full_document(ruleset))
-        self._previous = ruleset
-        self.transactions += 1
+        for node in self.topology.node_names:
+            ruleset = compile_ruleset(state, node)
+            self._nft(node).apply(full_document(ruleset))
+            self._previous[node] = ruleset
+            self.transactions += 1
 
     async def apply(self, state: ClusterState, step: Step) -> None:
-        ruleset = compile_ruleset(state, self.topology.node, self._previous)
-        self._nft().apply(full_document(ruleset) if self._previous is None else diff_document(self._previous, ruleset))
-        self._previous = ruleset
-        self.transactions += 1
+        for node in self.topology.node_names:
+            previous = self._previous.get(node)
+            ruleset = compile_ruleset(state, node, previous)
+            self._nft(node).apply(full_document(ruleset) if previous is None else diff_document(previous, ruleset))
+            self._previous[node] = ruleset
+            self.transactions += 1

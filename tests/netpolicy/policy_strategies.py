@@ -12,8 +12,8 @@ PODS = ("a", "b", "c")
 POD_LABELS = st.fixed_dictionaries({}, optional={"app": st.sampled_from(["a", "b", "c"]),
                                                  "tier": st.sampled_from(["web", "db"])})
 NS_LABELS = st.fixed_dictionaries({}, optional={"team": st.sampled_from(["red", "blue"])})
-CIDRS = ["10.244.0.0/16", "10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/23", "10.244.0.10/32",
-         "10.244.1.11/32", "10.0.0.0/8", "192.0.2.0/24"]
+CIDRS = ["10.244.0.0/16", "10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/23", "10.244.3.10/32",
+         "10.244.0.10/32", "10.244.1.11/32", "10.0.0.0/8", "192.0.2.0/24"]
 
 
 @st.composite
@@ -45,10 +45,10 @@ def np_peer(draw: st.DrawFn) -> dict[str, Any]:
         return {"namespaceSelector": draw(NS_SELECTOR)}
     if kind == "both":
         return {"podSelector": draw(selector()), "namespaceSelector": draw(NS_SELECTOR)}
-    cidr = draw(st.sampled_from(CIDRS[:4]))
+    cidr = draw(st.sampled_from(CIDRS[:5]))
     block: dict[str, Any] = {"cidr": cidr}
     if cidr == "10.244.0.0/16" and draw(st.booleans()):
-        block["except"] = [draw(st.sampled_from(["10.244.0.0/24", "10.244.1.11/32", "10.244.2.0/23"]))]
+        block["except"] = [draw(st.sampled_from(["10.244.0.0/24", "10.244.1.11/32", "10.244.2.0/23", "10.244.3.10/32"]))]
     return {"ipBlock": block}
 
 

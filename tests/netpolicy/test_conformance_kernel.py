@@ -35,6 +35,24 @@ def test_every_np_case_passes_on_one_node(kernel: KernelResources) -> None:
     print(asyncio.run(run()))
 
 
+@pytest.mark.timeout(600)
+def test_every_np_case_passes_across_two_nodes_joined_by_vxlan(kernel: KernelResources) -> None:
+    cases = load_corpus(CORPUS, only="np-*")
+
+    async def run() -> None:
+        topology = DirectTopology(kernel, nodes=2)
+        try:
+            await topology.bring_up(cases[0].topology)
+            placement = await topology.bring_up(cases[0].topology)
+            assert set(placement.nodes.values()) == {"node-1", "node-2"}
+            report = await run_cases(cases, topology, DirectPolicy(topology), RunOptions(timeout=1.0))
+        finally:
+            await topology.tear_down_pods()
+        assert report.passed, report.table()
+
+    asyncio.run(run())
+
+
 @pytest.mark.timeout(300)
 def test_every_admin_and_baseline_case_passes_on_one_node(kernel: KernelResources) -> None:
     cases = load_corpus(CORPUS, only="*anp-*")

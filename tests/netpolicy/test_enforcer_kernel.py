@@ -66,7 +66,7 @@ def with_policy(state: ClusterState, doc: dict[str, Any]) -> ClusterState:
 def test_pod_added_is_one_element_transaction(node: Node) -> None:
     enforcer = node.enforcer()
     assert enforcer.start(with_policy(node.without_c(), DENY_INGRESS_TO_C)).full
-    added = enforcer.update(with_policy(node.full, DENY_INGRESS_TO_C))
+    added = enforcer.add_pod(with_policy(node.full, DENY_INGRESS_TO_C), node.full.pods[("x", "c")])
     assert not added.full and 0 < added.elements <= 4
     assert not node.connects("a", "c")
     assert node.connects("c", "a")
@@ -89,17 +89,27 @@ def test_held_pod_is_unreachable_until_its_rules_are_programmed(node: Node) -> N
     c: Pod = node.full.pods[("x", "c")]
     enforcer.hold(c.ip)
     assert not node.connects("a", "c") and not node.connects("c", "a")
-    enforcer.update(node.full)
+    enforcer.add_pod(node.full, c)
     assert node.connects("a", "c") and node.connects("c", "a")
 
 
 def test_held_pod_selected_by_a_policy_is_never_reachable(node: Node) -> None:
     enforcer = node.enforcer()
     enforcer.start(with_policy(node.without_c(), DENY_INGRESS_TO_C))
-    enforcer.hold(node.full.pods[("x", "c")].ip)
+    c = node.full.pods[("x", "c")]
+    enforcer.hold(c.ip)
     assert not node.connects("a", "c")
-    enforcer.update(with_policy(node.full, DENY_INGRESS_TO_C))
+    enforcer.add_pod(with_policy(node.full, DENY_INGRESS_TO_C), c)
     assert not node.connects("a", "c")
+
+
+def test_removed_pod_leaves_no_rules_behind(node: Node) -> None:
+    enforcer = node.enforcer()
+    enforcer.start(with_policy(node.full, DENY_INGRESS_TO_C))
+    c = node.full.pods[("x", "c")]
+    enforcer.remove_pod(with_policy(node.without_c(), DENY_INGRESS_TO_C), c)
+    assert enforcer.ruleset is not None and int(c.ip) not in enforcer.ruleset.local_pods
+    assert str(c.ip) not in str(enforcer.applier.list_table())
 
 
 def test_refused_transaction_leaves_the_ruleset_in_force(node: Node) -> None:

@@ -79,3 +79,26 @@ def test_explain_names_the_deciding_policy_and_rule() -> None:
     denied = explain(state, C, B, 80, TCP)
     assert denied.verdict is Verdict.DENY and denied.deciding.direction.value == "Ingress"
     assert "isolated by allow-a" in denied.deciding.reason
+
+
+def test_explain_renders_both_sides_and_the_deciding_rule() -> None:
+    state = BASE.with_policy(np({"podSelector": {"matchLabels": {"app": "b"}},
+                                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]}, name="allow-a"))
+    text = explain(state, C, B, 80, TCP).render(C, B, 80, TCP)
+    assert text.splitlines() == [
+        "y/c -> x/b TCP/80: DENY",
+        "  source y/c (egress): selected by none",
+        "    allow at tier default (no policy decides)",
+        "  destination x/b (ingress): selected by NetworkPolicy x/allow-a",
+        "    deny at tier NetworkPolicy, NetworkPolicy x/allow-a (isolated by allow-a; no rule matches)",
+        "  decided by the ingress side",
+    ]
+
+
+def test_explain_shows_an_admin_pass_handing_over_to_network_policy() -> None:
+    anp = parse_policy({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                        "metadata": {"name": "pass-y"}, "spec": {"priority": 1, "subject": {"namespaces": {}},
+                        "ingress": [{"name": "pass-from-y", "action": "Pass", "from": [{"namespaces": {"matchLabels": {"team": "y"}}}]}]}})
+    decision = explain(BASE.with_policy(anp), C, A, 80, TCP).ingress
+    assert decision.verdict is Verdict.ALLOW and decision.tier is Tier.DEFAULT
+    assert decision.reason == "passed by AdminNetworkPolicy pass-y rule pass-from-y; nothing else decides"

@@ -50,6 +50,7 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 bench: setup
+	$(PY) bench/control_watch_latency.py
 	$(PY) bench/xds_scale.py
 
 demo: setup

@@ -1,11 +1,97 @@
-"""Entry point of `tulle-control`."""
+"""Entry point of `tulle-control`: the control plane, with no flags needed locally.
 
+    tulle-control                                   # SQLite under /var/lib/tulle
+    tulle-control --store etcd://127.0.0.1:2379     # a replica sharing etcd with others
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
 import sys
+from pathlib import Path
+
+import click
+
+from control.plane import (
+    DEFAULT_LISTEN,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+    ControlPlane,
+    ControlPlaneConfig,
+)
+from control.registry import ClusterConfig
+from control.store import StoreError
+from control.xds.service import XdsService
+
+
+async def _serve(config: ControlPlaneConfig, xds_listen: str) -> None:
+    xds = XdsService(xds_listen) if xds_listen else None
+    plane = ControlPlane(config, [xds] if xds else [])
+    try:
+        await plane.start()
+    except BaseException:
+        await plane.stop()
+        raise
+    if xds is not None:
+        print(f"tulle-control xds: {xds.address}", file=sys.stderr, flush=True)
+    # Tests and scripts read this line to learn the ports actually bound.
+    print(f"tulle-control ready: {' '.join(plane.endpoints)}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await plane.stop()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", default="", metavar="URL",
+              help="sqlite:[PATH] (default: STATE_DIR/tulle.db) or etcd://HOST:PORT")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--listen", multiple=True, default=[DEFAULT_LISTEN], show_default=True,
+              help="TCP address of the config API (repeatable; port 0 picks one)")
+@click.option("--socket", "socket_path", default=str(DEFAULT_SOCKET), show_default=True,
+              help="unix socket of the config API ('' for none)")
+@click.option("--service-cidr", default="10.96.0.0/16", show_default=True, help="Service cluster IPs")
+@click.option("--cluster-cidr", default="10.244.0.0/16", show_default=True, help="pod CIDRs, cut per node")
+@click.option("--node-cidr-prefix", default=24, show_default=True, help="prefix length of each node's pod CIDR")
+@click.option("--xds-listen", default="", metavar="ADDRESS",
+              help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one); off by default")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: str, service_cidr: str,
+            cluster_cidr: str, node_cidr_prefix: int, xds_listen: str, log_level: str) -> None:
+    """The Tulle control plane: config API, stores, derived state."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cluster = ClusterConfig(service_cidr, cluster_cidr, node_cidr_prefix)
+        cluster.service_ips, cluster.pod_cidrs  # noqa: B018 - validates both CIDRs now
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    config = ControlPlaneConfig(
+        store=store, state_dir=state_dir, socket=Path(socket_path) if socket_path else None,
+        listen=listen, cluster=cluster,
+    )
+    try:
+        asyncio.run(_serve(config, xds_listen))
+    except (StoreError, OSError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 def main() -> int:
-    print("tulle-control: not implemented yet (issue 4)", file=sys.stderr)
-    return 2
+    try:
+        code = command(standalone_mode=False)
+        if isinstance(code, int):
+            return code
+    except click.exceptions.Abort:
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""meshctl against a real tulle-control process: upstream manifests round-trip through
+`apply -f` and `get -o yaml`; tables, errors and exit codes are what scripts expect."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from control.meshctl.cli import FAILED, OK, UNREACHABLE, USAGE, main
+from tests.control.control_process import MESHCTL, ControlProcess, control_process
+
+MANIFESTS = Path(__file__).parent / "manifests"
+SERVER_OWNED = ("uid", "resourceVersion", "creationTimestamp", "generation")
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProcess]:
+    with control_process(tmp_path_factory.mktemp("control")) as process:
+        yield process
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def meshctl(control: ControlProcess, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    def run(*args: str, stdin: str = "") -> Result:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = main(["--server", control.address, *args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def without_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    for key in SERVER_OWNED:
+        out["metadata"].pop(key, None)
+    return out
+
+
+def upstream_documents() -> list[dict[str, Any]]:
+    return [d for path in sorted(MANIFESTS.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_upstream_manifests_round_trip_through_apply_and_get_yaml(meshctl: Any) -> None:
+    applied = meshctl("apply", "-f", str(MANIFESTS))
+    assert applied.code == OK, applied.err
+    for document in upstream_documents():
+        kind, meta = document["kind"], document["metadata"]
+        args = ["get", kind, meta["name"], "-o", "yaml"]
+        if kind != "Namespace":
+            args += ["-n", meta.get("namespace", "default")]
+        got = meshctl(*args)
+        assert got.code == OK, got.err
+        stored = yaml.safe_load(got.out)
+        assert all(stored["metadata"][k] for k in SERVER_OWNED)
+        expected = copy.deepcopy(document)
+        if kind != "Namespace":
+            expected["metadata"].setdefault("namespace", "default")
+        assert without_server_fields(stored) == expected
+
+
+def test_apply_reports_each_object_kubectl_style_and_then_unchanged(meshctl: Any) -> None:
+    path = str(MANIFESTS / "networkpolicy-default-deny-ingress.yaml")
+    meshctl("delete", "-f", path, "--ignore-not-found")
+    assert meshctl("apply", "-f", path).out == "networkpolicy.networking.k8s.io/default-deny-ingress created\n"
+    assert meshctl("apply", "-f", path).out == "networkpolicy.networking.k8s.io/default-deny-ingress unchanged\n"
+
+
+def test_apply_reads_standard_input(meshctl: Any) -> None:
+    manifest = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: from-stdin\n"
+    result = meshctl("apply", "-f", "-", stdin=manifest)
+    assert (result.code, result.out) == (OK, "namespace/from-stdin created\n")
+
+
+def test_an_invalid_manifest_fails_with_the_field_path_and_exit_code_1(meshctl: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: half-applied}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x}\n"
+        "spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}\n"
+    )
+    result = meshctl("apply", "-f", str(bad))
+    assert result.code == FAILED
+    assert result.err.strip() == (
+        'The NetworkPolicy "x" is invalid: spec.ingress[0].ports[0].port: Invalid value: 70000: '
+        "must be between 1 and 65535, inclusive"
+    )
+    assert meshctl("get", "ns", "half-applied").code == FAILED  # nothing half-applied
+
+
+def test_unparseable_yaml_names_the_file(meshctl: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("kind: [unclosed\n")
+    result = meshctl("apply", "-f", str(bad))
+    assert result.code == FAILED and f"error parsing {bad}" in result.err
+
+
+def test_get_prints_a_kubectl_table(meshctl: Any, tmp_path: Path) -> None:
+    manifest = tmp_path / "svc.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: table-web}\n"
+        "spec: {selector: {app: table-web}, ports: [{port: 80, protocol: TCP}]}\n"
+    )
+    assert meshctl("apply", "-f", str(manifest)).code == OK
+    table = meshctl("get", "svc", "table-web").out.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    name, kind, ip, external, ports, _age = table[1].split()
+    assert (name, kind, external, ports) == ("table-web", "ClusterIP", "<none>", "80/TCP")
+    assert ip.startswith("10.96.")
+    wide = meshctl("get", "services", "-o", "wide").out.splitlines()
+    assert "SELECTOR" in wide[0].split() and any("app=table-web" in line for line in wide)
+
+
+def test_get_filters_by_label_selector_and_lists_every_namespace(meshctl: Any) -> None:
+    manifest = (
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: sel-ns}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: sel-a, namespace: sel-ns, labels: {tier: web}}\n"
+        "spec: {podSelector: {}}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: sel-b, namespace: sel-ns, labels: {tier: db}}\n"
+        "spec: {podSelector: {}}\n"
+    )
+    assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+    names = meshctl("get", "netpol", "-n", "sel-ns", "-l", "tier=web", "-o", "name").out.split()
+    assert names == ["networkpolicy.networking.k8s.io/sel-a"]
+    every = meshctl("get", "netpol", "-A").out.splitlines()
+    assert every[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert any(line.split()[:2] == ["sel-ns", "sel-b"] for line in every)
+
+
+def test_get_of_a_missing_object_exits_1_with_kubectls_message(meshctl: Any) -> None:
+    result = meshctl("get", "networkpolicy", "nope")
+    assert result.code == FAILED
+    assert result.err.strip() == 'Error from server (NotFound): networkpolicies.networking.k8s.io "nope" not found'
+
+
+def test_get_of_an_unknown_kind_exits_1(meshctl: Any) -> None:
+    result = meshctl("get", "gateways")
+    assert result.code == FAILED and 'doesn\'t have a resource type "gateways"' in result.err
+
+
+def test_delete_by_kind_and_name_then_by_file(meshctl: Any) -> None:
+    path = str(MANIFESTS / "istio-reviews-destinationrule.yaml")
+    assert meshctl("apply", "-f", path).code == OK
+    deleted = meshctl("delete", "dr", "reviews")
+    assert (deleted.code, deleted.out) == (OK, 'destinationrule.networking.istio.io "reviews" deleted\n')
+    again = meshctl("delete", "-f", path)
+    assert again.code == FAILED and "NotFound" in again.err
+    assert meshctl("delete", "-f", path, "--ignore-not-found").code == OK
+
+
+def test_describe_shows_a_service_with_its_endpoints(meshctl: Any) -> None:
+    manifest = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: desc-web}\n"
+        "spec: {selector: {app: desc-web}, ports: [{port: 80}]}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: desc-web-1, labels: {app: desc-web}}\n"
+        "spec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.3.3}\n"
+    )
+    assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+    for _ in range(100):
+        text = meshctl("describe", "svc", "desc-web").out
+        if "10.244.3.3:80" in text:
+            break
+    assert text.startswith("Name:         desc-web\nNamespace:    default\n")
+    assert "Endpoints:    10.244.3.3:80" in text
+
+
+def test_usage_errors_exit_2(meshctl: Any) -> None:
+    assert meshctl("apply").code == USAGE
+    assert meshctl("frobnicate").code == USAGE
+
+
+def test_version_shows_client_and_server(meshctl: Any) -> None:
+    lines = meshctl("version").out.splitlines()
+    assert lines[0].startswith("Client Version: ") and lines[1].startswith("Server Version: ")
+    assert lines[2].startswith("Server Store: sqlite:")
+
+
+def test_the_installed_command_honours_tulle_server_and_exits_3_when_unreachable(control: ControlProcess) -> None:
+    env = {**os.environ, "TULLE_SERVER": control.address}
+    reached = subprocess.run([str(MESHCTL), "get", "ns", "default", "-o", "name"], env=env, capture_output=True, text=True)
+    assert (reached.returncode, reached.stdout) == (OK, "namespace/default\n")
+    unreachable = subprocess.run([str(MESHCTL), "--server", "127.0.0.1:1", "get", "ns"], capture_output=True, text=True)
+    assert unreachable.returncode == UNREACHABLE
+    assert "cannot reach tulle-control at 127.0.0.1:1" in unreachable.stderr

@@ -528,18 +528,53 @@ def _default_route(cluster: str, proxyless: bool) -> route_components_pb2.Route:
     return route_components_pb2.Route(name="default", match=route_components_pb2.RouteMatch(prefix="/"), route=action)
 
 
+# What translation carries over from a VirtualService; anything else is reported, and the
+# VirtualService is then not applied (never half-applied, never silently ignored).
+_HTTP_ROUTE_FIELDS: Final = frozenset({"name", "match", "route", "timeout", "retries", "rewrite", "headers"})
+_MATCH_FIELDS: Final = frozenset({"name", "uri", "headers", "method", "queryParams", "ignoreUriCase", "port"})
+
+
 def _vs_routes(mesh: MeshSnapshot, vs: VirtualService, port: int, proxyless: bool) -> list[route_components_pb2.Route]:
     routes = []
     for i, rule in enumerate(vs.http):
         where = f"VirtualService {vs.namespace}/{vs.name}: spec.http[{i}]"
+        _only(rule, _HTTP_ROUTE_FIELDS, where)
         action = _route_action(mesh, vs, rule, port, where, proxyless)
         matches = rule.get("match") or [{}]
         for j, m in enumerate(matches):
-            name = str(rule.get("name") or f"{vs.name}.{i}")
-            routes.append(
-                route_components_pb2.Route(name=name, match=_route_match(m, f"{where}.match[{j}]"), route=action)
+            _only(m, _MATCH_FIELDS, f"{where}.match[{j}]")
+            if "port" in m and int(m["port"]) != port:
+                continue  # this match is for another port of the host
+            route = route_components_pb2.Route(
+                name=str(rule.get("name") or f"{vs.name}.{i}"), match=_route_match(m, f"{where}.match[{j}]"), route=action
             )
+            _header_operations(route, rule.get("headers") or {}, f"{where}.headers")
+            routes.append(route)
     return routes
+
+
+def _only(obj: Mapping[str, Any], supported: frozenset[str], where: str) -> None:
+    unsupported = sorted(set(obj) - supported)
+    if unsupported:
+        raise TranslationError(f"{where}.{unsupported[0]}: not supported by tulle-control's xDS translation")
+
+
+def _header_operations(route: route_components_pb2.Route, headers: Mapping[str, Any], where: str) -> None:
+    """Istio's Headers: request/response set (overwrite), add (append), remove."""
+    for direction, adds, removes in (
+        ("request", route.request_headers_to_add, route.request_headers_to_remove),
+        ("response", route.response_headers_to_add, route.response_headers_to_remove),
+    ):
+        ops = headers.get(direction) or {}
+        _only(ops, frozenset({"set", "add", "remove"}), f"{where}.{direction}")
+        for verb, action in (
+            ("set", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+            ("add", base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
+        ):
+            for name, value in sorted((ops.get(verb) or {}).items()):
+                adds.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=action)
+        removes.extend(str(h) for h in ops.get("remove") or ())
+    _only(headers, frozenset({"request", "response"}), where)
 
 
 def _route_match(m: Mapping[str, Any], where: str) -> route_components_pb2.RouteMatch:

@@ -273,3 +273,26 @@ def test_documents_are_kept_current_by_upserts_and_deletes() -> None:
 def test_document_missing_a_required_field_names_it() -> None:
     with pytest.raises(MeshDocumentError, match=r"DestinationRule 'r': missing spec.host"):
         MeshSnapshot.from_documents([{"kind": "DestinationRule", "metadata": {"name": "r"}, "spec": {}}])
+
+
+def test_virtual_service_headers_operations_map_to_route_header_options() -> None:
+    rule = {"route": [{"destination": {"host": "reviews"}}],
+            "headers": {"request": {"set": {"x-env": "prod"}, "remove": ["x-debug"]}, "response": {"add": {"x-served-by": "tulle"}}}}
+    route = msg(build(vs([rule])), ROUTE, "9080").virtual_hosts[0].routes[0]
+    assert [(h.header.key, h.header.value) for h in route.request_headers_to_add] == [("x-env", "prod")]
+    assert list(route.request_headers_to_remove) == ["x-debug"]
+    assert route.response_headers_to_add[0].header.key == "x-served-by"
+
+
+def test_virtual_service_with_an_unsupported_field_is_reported_not_half_applied() -> None:
+    errors: list[str] = []
+    rule = {"route": [{"destination": {"host": "reviews", "subset": "v1"}}], "fault": {"abort": {"httpStatus": 500}}}
+    routes = msg(build(DR, vs([rule]), errors=errors), ROUTE, "9080").virtual_hosts[0].routes
+    assert [r.name for r in routes] == ["default"]
+    assert errors == ["VirtualService shop/reviews: spec.http[0].fault: not supported by tulle-control's xDS translation"]
+
+
+def test_match_on_another_port_does_not_apply_to_this_port() -> None:
+    rule = {"match": [{"port": 1234, "uri": {"prefix": "/x"}}, {"uri": {"prefix": "/y"}}], "route": [{"destination": {"host": "reviews"}}]}
+    routes = msg(build(vs([rule])), ROUTE, "9080").virtual_hosts[0].routes
+    assert [r.match.prefix for r in routes] == ["/y"]

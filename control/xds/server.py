@@ -48,11 +48,6 @@ log = logging.getLogger("tulle.control.xds")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 CSDS = "envoy.service.status.v3.ClientStatusDiscoveryService"
-# A thousand proxies connecting at once each need the whole mesh (about a megabyte at
-# 1,000 services); sending at most this many such pushes at a time keeps the server's
-# memory flat without slowing small pushes (an endpoint change), which never wait.
-LARGE_PUSH = 64 * 1024
-CONCURRENT_LARGE_PUSHES = 64
 _CONFIG_CHANGED = object()
 _CLOSED = object()
 
@@ -90,7 +85,6 @@ class AdsServer:
         self._config = MeshConfig(MeshSnapshot(), self._memo, 0)
         self._debouncer = Debouncer(debounce or DebounceConfig())
         self._changed = asyncio.Event()
-        self._large_pushes = asyncio.Semaphore(CONCURRENT_LARGE_PUSHES)
         self._connections: set[_Connection] = set()
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
@@ -211,14 +205,7 @@ class AdsServer:
                 else:
                     pushes = self._on_request(conn, item, now)
                 for push in pushes:
-                    if push.size < LARGE_PUSH:
-                        yield encode(push)
-                        continue
-                    # The generator resumes only once gRPC has taken the message, so
-                    # holding a slot across encoding and the yield bounds how many large
-                    # responses exist at once (memory), not how many streams are served.
-                    async with self._large_pushes:
-                        yield encode(push)
+                    yield encode(push)
         finally:
             self._connections.discard(conn)
             reader.cancel()

@@ -21,13 +21,17 @@ What a proxy gets (outbound only; Istio operators will recognise every name):
 - Without interception (`INTERCEPTION_MODE: NONE`), outbound listeners bind
   `127.0.0.1_<port>` for real, as Istio does, and there is no capture listener.
 - A VirtualService for the host replaces the default route: each http rule becomes one
-  route per match (matches are ORed), with uri exact/prefix/regex, headers, method and
-  query parameters; route destinations become a cluster or weighted clusters; timeout,
-  retries (attempts, perTryTimeout, retryOn) and rewrite (uri, authority) carry over.
+  route per match (matches are ORed; a match naming another port is skipped), with uri
+  exact/prefix/regex, headers, method and query parameters; route destinations become a
+  cluster or weighted clusters; timeout, retries (attempts, perTryTimeout, retryOn),
+  rewrite (uri, authority) and header operations (request/response set, add, remove)
+  carry over. Any other field (fault, mirror, redirect, corsPolicy …) is reported and the
+  VirtualService is not applied: never half-applied, never silently ignored.
   With no VirtualService, Istio's default route: prefix `/`, no timeout, 2 retries.
 - Proxyless gRPC clients get, instead of listeners bound to ports, an API listener named
   as the client's target (`<host>:<port>`, also `<svc>.<ns>:<port>`) with the same routes
-  inline, and the same clusters and assignments.
+  inline (without Istio's default retries), and the same clusters and assignments, whose
+  default balancer is gRPC's ROUND_ROBIN rather than Envoy's LEAST_REQUEST.
 
 Per-service work is memoised on the frozen model values it reads (`TranslationMemo`), so
 after one endpoint change only that service's assignment is rebuilt and re-serialized.

@@ -54,11 +54,6 @@ class Push:
     resources: tuple[Resource, ...]
     removed: tuple[str, ...] = ()
 
-    @property
-    def size(self) -> int:
-        """Roughly the encoded size in bytes."""
-        return sum(len(r.sotw_chunk) for r in self.resources) + 16 * len(self.removed)
-
 
 @dataclass(frozen=True, slots=True)
 class Nack:

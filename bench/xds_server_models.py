@@ -34,6 +34,7 @@ import grpc
 
 METHOD = "/bench.Push/Stream"
 PAYLOAD = b"x" * 1024
+OPTIONS = [("grpc.max_concurrent_streams", 1 << 20)]
 
 
 def _identity(b: bytes) -> bytes:
@@ -65,7 +66,7 @@ def serve_threads(clients: int) -> None:
         while (item := outbox.get()) is not None:
             yield item
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=clients + 16), maximum_concurrent_rpcs=None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=clients + 16), options=OPTIONS)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "bench.Push", {"Stream": grpc.stream_stream_rpc_method_handler(handler, _identity, _identity)})])
     port = server.add_insecure_port("127.0.0.1:0")
@@ -97,7 +98,7 @@ def serve_aio(clients: int) -> None:
             finally:
                 reader.cancel()
 
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=OPTIONS)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             "bench.Push", {"Stream": grpc.stream_stream_rpc_method_handler(handler, _identity, _identity)})])
         port = server.add_insecure_port("127.0.0.1:0")
@@ -140,7 +141,9 @@ def _control_loop(port: int, count: Any, push: Any, wait: Any) -> None:
 
 
 async def clients_run(port: int, n: int, ready: asyncio.Event, stop: asyncio.Event) -> None:
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range((n + 19) // 20)]
+    # A local subchannel pool gives each channel its own connection, as each proxy has.
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range((n + 19) // 20)]
     opened = 0
 
     async def one(i: int) -> None:
@@ -153,7 +156,12 @@ async def clients_run(port: int, n: int, ready: asyncio.Event, stop: asyncio.Eve
         async for _ in call:
             await call.write(b"ack")
 
-    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(one(i)))
+        if i % 100 == 99:
+            # grpcio's aio client fails a few calls when thousands open in one instant.
+            await asyncio.sleep(0.05)
     await stop.wait()
     for t in tasks:
         t.cancel()

@@ -18,6 +18,9 @@ What a proxy gets (outbound only; Istio operators will recognise every name):
   bare `<svc>` for proxies of the same namespace (bare names are not unique across
   namespaces, and Envoy rejects duplicate domains). Plus Istio's `allow_any` host.
   TCP ports: listener `<vip>_<port>` with tcp_proxy to the service cluster.
+- Inbound: Istio's `virtualInbound` on 15006 (where capture redirects connections
+  arriving for the pod) passes them through to their original destination, the app,
+  via `InboundPassthroughCluster` (plain TCP until PeerAuthentication lands).
 - Without interception (`INTERCEPTION_MODE: NONE`), outbound listeners bind
   `127.0.0.1_<port>` for real, as Istio does, and there is no capture listener.
 - A VirtualService for the host replaces the default route: each http rule becomes one
@@ -56,6 +59,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -78,7 +82,9 @@ from control.xds.resources import Resource
 
 PASSTHROUGH: Final = "PassthroughCluster"
 BLACKHOLE: Final = "BlackHoleCluster"
+INBOUND_PASSTHROUGH: Final = "InboundPassthroughCluster"
 VIRTUAL_OUTBOUND_PORT: Final = 15001
+VIRTUAL_INBOUND_PORT: Final = 15006
 MAX_THRESHOLD: Final = 2**32 - 1
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 # Istio's default retry policy for mesh routes.
@@ -190,6 +196,7 @@ def proxy_resources(
         out.append(memo.get(("http-listener", port_number, profile.intercept), _http_listener, port_number, profile.intercept))
     if profile.intercept:
         out.append(memo.get("virtual-outbound", _virtual_outbound_listener))
+        out.extend(memo.get("virtual-inbound", _virtual_inbound))
     return out
 
 
@@ -471,6 +478,31 @@ def _virtual_outbound_listener() -> Resource:
         ),
     )
     return Resource("virtualOutbound", listener)
+
+
+def _virtual_inbound() -> list[Resource]:
+    """Istio's 15006 listener: connections captured on their way into the pod are passed
+    to their original destination, the app (plain TCP; mTLS termination comes with
+    PeerAuthentication)."""
+    cluster = cluster_pb2.Cluster(
+        name=INBOUND_PASSTHROUGH,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(seconds=int(DEFAULT_CONNECT_TIMEOUT)),
+    )
+    original_dst = listener_components_pb2.ListenerFilter(name="envoy.filters.listener.original_dst")
+    original_dst.typed_config.Pack(original_dst_pb2.OriginalDst())
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND_PASSTHROUGH, cluster=INBOUND_PASSTHROUGH)
+    listener = listener_pb2.Listener(
+        name="virtualInbound",
+        address=_address("0.0.0.0", VIRTUAL_INBOUND_PORT),
+        traffic_direction=base_pb2.INBOUND,
+        listener_filters=[original_dst],
+        default_filter_chain=listener_components_pb2.FilterChain(
+            name="virtualInbound-catchall-tcp", filters=[_network_filter("envoy.filters.network.tcp_proxy", proxy)]
+        ),
+    )
+    return [Resource(INBOUND_PASSTHROUGH, cluster), Resource("virtualInbound", listener)]
 
 
 def _network_filter(name: str, config: Any) -> listener_components_pb2.Filter:

@@ -296,3 +296,11 @@ def test_match_on_another_port_does_not_apply_to_this_port() -> None:
     rule = {"match": [{"port": 1234, "uri": {"prefix": "/x"}}, {"uri": {"prefix": "/y"}}], "route": [{"destination": {"host": "reviews"}}]}
     routes = msg(build(vs([rule])), ROUTE, "9080").virtual_hosts[0].routes
     assert [r.match.prefix for r in routes] == ["/y"]
+
+
+def test_captured_inbound_connections_pass_through_to_their_original_destination() -> None:
+    r = build()
+    inbound = msg(r, LISTENER, "virtualInbound")
+    assert inbound.address.socket_address.port_value == 15006
+    assert [f.name for f in inbound.listener_filters] == ["envoy.filters.listener.original_dst"]
+    assert msg(r, CLUSTER, "InboundPassthroughCluster").type == cluster_pb2.Cluster.ORIGINAL_DST

@@ -169,7 +169,7 @@ def proxy_resources(
                 vs = _usable(mesh, vs_by_host.get(svc.hostname), port, errors)
                 out.extend(
                     memo.get(
-                        ("grpc-listener", svc, port, vs, _destinations(mesh, vs), profile.namespace),
+                        ("grpc-listener", svc, port, vs, _destinations(mesh, svc, vs), profile.namespace),
                         _grpc_listeners, mesh, svc, port, vs, profile.namespace,
                     )
                 )
@@ -186,7 +186,7 @@ def proxy_resources(
         for svc in services:
             port = next(p for p in svc.ports if p.port == port_number)
             vs = _usable(mesh, vs_by_host.get(svc.hostname), port, errors)
-            vhost_key = ("vhost", svc, port, vs, _destinations(mesh, vs), profile.namespace)
+            vhost_key = ("vhost", svc, port, vs, _destinations(mesh, svc, vs), profile.namespace)
             vhosts.append(
                 memo.get(vhost_key, _virtual_host, mesh, svc, port, vs, profile.namespace, False)
             )
@@ -214,16 +214,19 @@ def _usable(
     return vs
 
 
-def _destinations(mesh: MeshSnapshot, vs: VirtualService | None) -> tuple[Service | None, ...]:
-    """The services a VirtualService routes to (their ports decide its clusters)."""
-    if vs is None:
-        return ()
-    hosts = {
-        fqdn(str((d.get("destination") or {}).get("host", "")), vs.namespace)
-        for rule in vs.http
-        for d in rule.get("route") or ()
-    }
-    return tuple(mesh.services.get(h) for h in sorted(hosts))
+def _destinations(
+    mesh: MeshSnapshot, svc: Service, vs: VirtualService | None
+) -> tuple[tuple[Service | None, DestinationRule | None], ...]:
+    """What a virtual host's routes read besides the VirtualService: the services routed
+    to (their ports name the clusters) and their DestinationRules (hash policies)."""
+    hosts = {svc.hostname}
+    if vs is not None:
+        hosts.update(
+            fqdn(str((d.get("destination") or {}).get("host", "")), vs.namespace)
+            for rule in vs.http
+            for d in rule.get("route") or ()
+        )
+    return tuple((mesh.services.get(h), mesh.destination_rules.get(h)) for h in sorted(hosts))
 
 
 def cluster_name(port: int, subset: str, host: str) -> str:
@@ -321,7 +324,16 @@ def _cluster(name: str, port: ServicePort, policy: Mapping[str, Any], proxyless:
     # that); Envoy sidecars get Istio's LEAST_REQUEST.
     simple = str(lb.get("simple", "ROUND_ROBIN" if proxyless else "UNSPECIFIED"))
     if "consistentHash" in lb:
-        c.lb_policy = cluster_pb2.Cluster.RING_HASH
+        ch = lb["consistentHash"]
+        if "maglev" in ch:
+            c.lb_policy = cluster_pb2.Cluster.MAGLEV
+            if "tableSize" in ch["maglev"]:
+                c.maglev_lb_config.table_size.value = int(ch["maglev"]["tableSize"])
+        else:
+            c.lb_policy = cluster_pb2.Cluster.RING_HASH
+            size = (ch.get("ringHash") or {}).get("minimumRingSize", ch.get("minimumRingSize"))
+            if size is not None:
+                c.ring_hash_lb_config.minimum_ring_size.value = int(size)
     elif simple in _LB_POLICIES:
         c.lb_policy = _LB_POLICIES[simple]
     else:
@@ -549,15 +561,23 @@ def _virtual_host(
     routes = (
         _vs_routes(mesh, vs, port.port, proxyless)
         if vs is not None
-        else [_default_route(cluster_name(port.port, "", svc.hostname), proxyless)]
+        else [
+            _default_route(
+                cluster_name(port.port, "", svc.hostname),
+                proxyless,
+                _hash_policies(mesh, svc.hostname, port.port, "", f"Service {svc.namespace}/{svc.name}"),
+            )
+        ]
     )
     return route_components_pb2.VirtualHost(
         name=f"{svc.hostname}:{port.port}", domains=_domains(svc, port.port, proxy_namespace), routes=routes
     )
 
 
-def _default_route(cluster: str, proxyless: bool) -> route_components_pb2.Route:
-    action = route_components_pb2.RouteAction(cluster=cluster)
+def _default_route(
+    cluster: str, proxyless: bool, hash_policies: list[route_components_pb2.RouteAction.HashPolicy]
+) -> route_components_pb2.Route:
+    action = route_components_pb2.RouteAction(cluster=cluster, hash_policy=hash_policies)
     if not proxyless:
         action.timeout.CopyFrom(duration_pb2.Duration())
         action.retry_policy.CopyFrom(_retry_policy({"attempts": 2}))
@@ -671,6 +691,11 @@ def _route_action(
             dest_port = svc.ports[0].port if svc is not None and len(svc.ports) == 1 else port
         clusters.append((cluster_name(int(dest_port), str(dest.get("subset", "")), host), int(d.get("weight", 100 if len(dests) == 1 else 0))))
     action = route_components_pb2.RouteAction()
+    first = dests[0].get("destination") or {}
+    first_port = int(clusters[0][0].split("|")[1])
+    action.hash_policy.extend(
+        _hash_policies(mesh, fqdn(str(first["host"]), vs.namespace), first_port, str(first.get("subset", "")), where)
+    )
     if len(clusters) == 1:
         action.cluster = clusters[0][0]
     else:
@@ -695,6 +720,37 @@ def _route_action(
     if "authority" in rewrite:
         action.host_rewrite_literal = str(rewrite["authority"])
     return action
+
+
+def _hash_policies(
+    mesh: MeshSnapshot, host: str, port: int, subset: str, where: str
+) -> list[route_components_pb2.RouteAction.HashPolicy]:
+    """Istio's consistentHash keys of the destination's DestinationRule (subset and port
+    settings included), as the route's hash policy; none without consistent hashing."""
+    dr = mesh.destination_rules.get(host)
+    if dr is None:
+        return []
+    policy = _merged_policy(dr.traffic_policy, port)
+    for sub in dr.subsets:
+        if subset and sub.get("name") == subset:
+            policy = _merged_policy(_overlay(policy, sub.get("trafficPolicy")), port)
+    ch = (policy.get("loadBalancer") or {}).get("consistentHash")
+    if not ch:
+        return []
+    HashPolicy = route_components_pb2.RouteAction.HashPolicy
+    if "httpHeaderName" in ch:
+        return [HashPolicy(header=HashPolicy.Header(header_name=str(ch["httpHeaderName"])))]
+    if "httpCookie" in ch:
+        cookie = ch["httpCookie"]
+        out = HashPolicy(cookie=HashPolicy.Cookie(name=str(cookie["name"]), path=str(cookie.get("path", ""))))
+        if "ttl" in cookie:
+            out.cookie.ttl.CopyFrom(_duration(cookie["ttl"], 0, f"{where}: consistentHash.httpCookie.ttl"))
+        return [out]
+    if ch.get("useSourceIp"):
+        return [HashPolicy(connection_properties=HashPolicy.ConnectionProperties(source_ip=True))]
+    if "httpQueryParameterName" in ch:
+        return [HashPolicy(query_parameter=HashPolicy.QueryParameter(name=str(ch["httpQueryParameterName"])))]
+    return []
 
 
 _PREVIOUS_HOSTS = route_components_pb2.RetryPolicy.RetryHostPredicate(name="envoy.retry_host_predicates.previous_hosts")

@@ -26,7 +26,12 @@ def test_real_envoy_accepts_the_captured_sidecar_config(tmp_path: Path) -> None:
     rule = {"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
                                                            {"destination": {"host": "reviews", "subset": "v2"}, "weight": 10}],
             "retries": {"attempts": 3, "perTryTimeout": "1s"}, "timeout": "5s"}
-    mesh = MeshSnapshot.from_documents(docs(DR, vs([rule])))
+    hashed = {**DR, "spec": {**DR["spec"], "subsets": [
+        *DR["spec"]["subsets"],
+        {"name": "sticky", "labels": {"version": "v1"},
+         "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "ttl": "60s"}}}}}]}}
+    sticky = {"match": [{"uri": {"prefix": "/cart"}}], "route": [{"destination": {"host": "reviews", "subset": "sticky"}}]}
+    mesh = MeshSnapshot.from_documents(docs(hashed, vs([sticky, rule])))
     resources = proxy_resources(mesh, ProxyProfile(False, "shop", intercept=True), TranslationMemo())
     ads = {"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -61,7 +61,7 @@ def msg(resources: dict[tuple[str, str], Resource], type_url: str, name: str) ->
     return resources[(type_url, name)].message
 
 
-DR = {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
+DR: dict[str, Any] = {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
       "spec": {"host": "reviews",
                "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"},
                                  "connectionPool": {"tcp": {"maxConnections": 10, "connectTimeout": "250ms"},
@@ -304,3 +304,24 @@ def test_captured_inbound_connections_pass_through_to_their_original_destination
     assert inbound.address.socket_address.port_value == 15006
     assert [f.name for f in inbound.listener_filters] == ["envoy.filters.listener.original_dst"]
     assert msg(r, CLUSTER, "InboundPassthroughCluster").type == cluster_pb2.Cluster.ORIGINAL_DST
+
+
+def test_consistent_hash_maps_to_ring_hash_and_a_route_hash_policy() -> None:
+    dr = {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
+          "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"consistentHash": {
+              "httpHeaderName": "x-user", "ringHash": {"minimumRingSize": 2048}}}}}}
+    r = build(dr)
+    c = msg(r, CLUSTER, f"outbound|9080||{HOST}")
+    assert c.lb_policy == cluster_pb2.Cluster.RING_HASH
+    assert c.ring_hash_lb_config.minimum_ring_size.value == 2048
+    route = msg(r, ROUTE, "9080").virtual_hosts[0].routes[0]
+    assert route.route.hash_policy[0].header.header_name == "x-user"
+
+
+def test_subset_consistent_hash_applies_to_routes_to_that_subset() -> None:
+    dr = {**DR, "spec": {**DR["spec"], "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {
+        "loadBalancer": {"consistentHash": {"useSourceIp": True}}}}]}}
+    rule = {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+    route = msg(build(dr, vs([rule])), ROUTE, "9080").virtual_hosts[0].routes[0]
+    assert route.route.hash_policy[0].connection_properties.source_ip
+    assert msg(build(dr, vs([rule])), CLUSTER, f"outbound|9080|v1|{HOST}").lb_policy == cluster_pb2.Cluster.RING_HASH

@@ -52,6 +52,7 @@ proto: setup
 bench: setup
 	$(PY) bench/control_watch_latency.py
 	$(PY) bench/xds_scale.py
+	$(PY) bench/cni_latency.py --pods 100
 
 demo: setup
 	$(VENV)/bin/meshctl demo

@@ -24,7 +24,7 @@ from control.registry import (
     Registry,
 )
 from control.resources import UnknownKindError
-from control.store import CompactedError, ConflictError, StoreError
+from control.store import CompactedError, ConflictError, StoreError, TransactionTooLargeError
 from netpolicy.labels import LabelSelector, SelectorError
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
 
@@ -50,6 +50,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ObjectConflictError, grpc.StatusCode.ABORTED),
     (ConflictError, grpc.StatusCode.ABORTED),
     (CompactedError, grpc.StatusCode.OUT_OF_RANGE),
+    (TransactionTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
 )
 

@@ -50,7 +50,7 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", default="", metavar="URL",
-              help="sqlite:[PATH] (default: STATE_DIR/tulle.db) or etcd://HOST:PORT")
+              help="sqlite:[PATH] (default: STATE_DIR/tulle.db) or etcd://HOST:PORT[/PREFIX][?max-txn-ops=N]")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True)
 @click.option("--listen", multiple=True, default=[DEFAULT_LISTEN], show_default=True,
               help="TCP address of the config API (repeatable; port 0 picks one)")

@@ -8,7 +8,8 @@ store, so every watcher (the xDS server, agents, meshctl) sees them.
 Theory of operation:
 - One watch over Services, Pods, Endpoints and Nodes keeps a cache of them. Each
   event marks what it affects dirty: a Service or its Endpoints mark that Service; a
-  Pod marks the Services in its namespace; a Node marks itself.
+  Pod marks the Services that selected it before the change or select it after; a
+  Node marks itself.
 - The reconcile pass drains every event already waiting, then writes what differs:
   `compute_endpoints` for each dirty Service; a pod CIDR (lowest free /24 of the
   cluster CIDR) for each dirty Node that has none. Every write names the revision it
@@ -36,7 +37,6 @@ log = logging.getLogger("tulle.control.controller")
 
 Object = dict[str, Any]
 _KINDS = ("Service", "Pod", "Endpoints", "Node")
-_RETRY_DELAY = 0.05
 _STORE_RETRY = 1.0
 
 
@@ -51,8 +51,6 @@ class DerivedStateController:
         self.cache: dict[str, dict[tuple[str, str], Object]] = {kind: {} for kind in _KINDS}
         self._dirty_services: set[tuple[str, str]] = set()
         self._dirty_nodes: set[str] = set()
-        #: Set after each reconcile pass that left nothing dirty (tests wait on it).
-        self.idle = asyncio.Event()
 
     async def run(self) -> None:
         while True:
@@ -62,6 +60,10 @@ class DerivedStateController:
                 log.warning("watch fell behind the store's history; listing again")
             except StoreError as e:
                 log.error("store unavailable, retrying in %.0fs: %s", _STORE_RETRY, e)
+                await asyncio.sleep(_STORE_RETRY)
+            except Exception:
+                # A bug must not leave the mesh without derived state until a restart.
+                log.exception("derived-state controller failed; starting over in %.0fs", _STORE_RETRY)
                 await asyncio.sleep(_STORE_RETRY)
 
     async def _follow(self) -> None:
@@ -102,6 +104,7 @@ class DerivedStateController:
     def _observe(self, event_type: str, obj: Object) -> None:
         kind = obj["kind"]
         key = _key(obj)
+        before = self.cache[kind].get(key)
         if event_type == "DELETED":
             self.cache[kind].pop(key, None)
         else:
@@ -109,34 +112,29 @@ class DerivedStateController:
         if kind in ("Service", "Endpoints"):
             self._dirty_services.add(key)
         elif kind == "Pod":
-            namespace = key[0]
-            self._dirty_services.update(k for k in self.cache["Service"] if k[0] == namespace)
+            # Only the Services that selected the Pod before the change or select it after.
+            labels = [(p["metadata"].get("labels") or {}) for p in (before, obj) if p is not None]
+            for service_key, service in self.cache["Service"].items():
+                if service_key[0] == key[0] and any(_selects(service, pod_labels) for pod_labels in labels):
+                    self._dirty_services.add(service_key)
         elif kind == "Node":
             self._dirty_nodes.add(key[1])
 
     async def _reconcile(self) -> None:
-        self.idle.clear()
-        retry = False
+        # A write that loses to a concurrent one leaves its item dirty: the winner's write
+        # is an event on its way through the watch, and the pass after it retries.
         for key in sorted(self._dirty_services):
-            self._dirty_services.discard(key)
             try:
                 await self._reconcile_endpoints(key)
             except ConflictError:
-                self._dirty_services.add(key)
-                retry = True
+                continue
+            self._dirty_services.discard(key)
         for name in sorted(self._dirty_nodes):
-            self._dirty_nodes.discard(name)
             try:
                 await self._reconcile_node(name)
             except ConflictError:
-                self._dirty_nodes.add(name)
-                retry = True
-        if retry:
-            # The write lost to a concurrent one; its event is on its way to the cache.
-            await asyncio.sleep(_RETRY_DELAY)
-            await self._reconcile()
-        else:
-            self.idle.set()
+                continue
+            self._dirty_nodes.discard(name)
 
     async def _reconcile_endpoints(self, key: tuple[str, str]) -> None:
         service = self.cache["Service"].get(key)
@@ -190,6 +188,11 @@ class DerivedStateController:
 
 
 _MANAGED_BY = "endpoints.tulle.dev/managed-by"
+
+
+def _selects(service: Object, labels: dict[str, str]) -> bool:
+    selector = (service.get("spec") or {}).get("selector") or {}
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 def _managed(endpoints: Object) -> bool:

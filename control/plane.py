@@ -48,6 +48,8 @@ def _default_paths() -> tuple[Path, Path]:
 
 DEFAULT_STATE_DIR, DEFAULT_SOCKET = _default_paths()
 DEFAULT_LISTEN = "127.0.0.1:15014"
+# A List of a large mesh is one message; gRPC's 4 MiB default is too small for it.
+MESSAGE_LIMITS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class ControlPlane:
         self._registry = Registry(self._store, self.config.cluster)
         await self._registry.ensure_namespace("default")
 
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=MESSAGE_LIMITS)
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(self._registry, started), server)
         if self.config.socket is not None:
             self.config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

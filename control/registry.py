@@ -18,18 +18,22 @@ Rules:
   Without one, apply is last-writer-wins, but still read-modify-write safe: the
   registry retries when the object changed between its read and its write.
 - Namespaced objects need their Namespace to exist (or be in the same apply);
-  deleting a Namespace deletes everything in it, in the same transaction.
+  deleting a Namespace deletes everything in it first (in transactions of at most
+  100 objects, since etcd bounds a transaction), then the Namespace.
 - Server-assigned fields survive a re-apply that omits them and cannot be changed:
   a Service's `spec.clusterIP`/`clusterIPs` (allocated here, at creation, from the
   service CIDR, like the Kubernetes API server does), a Node's `spec.podCIDR`/`podCIDRs`
-  (assigned by the controller). A document without `status` keeps the stored status.
+  (assigned by the controller, or given by the Node's own document: then, if inside the
+  cluster CIDR, it must be free). A document without `status` keeps the stored status.
 - Watch events are ADDED, MODIFIED and DELETED in revision order; a DELETED event
-  carries the object's last state. A label selector filters on the object's labels
-  after the change (before it, for DELETED).
+  carries the object's last state. With a label selector (or a namespace), an update
+  that makes an object match is ADDED and one that makes it stop matching is DELETED
+  (with its state before the update), as Kubernetes' watch reports it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -53,6 +57,7 @@ Errors = list[FieldError]
 
 _SERVER_OWNED = ("uid", "resourceVersion", "creationTimestamp", "generation")
 _RETRIES = 8
+_DELETE_BATCH = 100
 
 
 class NotFoundError(LookupError):
@@ -258,13 +263,24 @@ class Registry:
             for event in batch:
                 if event.key.startswith(ALLOCATION_PREFIX):
                     continue
+                kind_name = event.key.split("/", 1)[0]
                 obj = decode(event.value, event.revision)
-                if not selected(event.key.split("/", 1)[0], obj):
-                    continue
                 if event.type is EventType.DELETE:
-                    yield WatchEvent("DELETED", obj, event.revision)
-                else:
-                    yield WatchEvent("ADDED" if event.created else "MODIFIED", obj, event.revision)
+                    if selected(kind_name, obj):
+                        yield WatchEvent("DELETED", obj, event.revision)
+                    continue
+                now = selected(kind_name, obj)
+                if event.created:
+                    if now:
+                        yield WatchEvent("ADDED", obj, event.revision)
+                    continue
+                # An update moves the object into or out of a filtered watch, as Kubernetes'
+                # watch cache reports it; with the old value unknown, it counts as selected.
+                before = event.prev_value is None or selected(kind_name, decode(event.prev_value, event.revision))
+                if now:
+                    yield WatchEvent("MODIFIED" if before else "ADDED", obj, event.revision)
+                elif before and event.prev_value is not None:
+                    yield WatchEvent("DELETED", decode(event.prev_value, event.revision), event.revision)
 
     # --- writes -----------------------------------------------------------------------
 
@@ -302,6 +318,7 @@ class Registry:
         applied_namespaces = {d["metadata"]["name"] for d, k in zip(documents, kinds, strict=True) if k.name == "Namespace"}
         checked_namespaces: set[str] = set()
         service_ips: set[str] | None = None
+        pod_cidrs: set[str] | None = None
         for document, kind in zip(documents, kinds, strict=True):
             doc = copy.deepcopy(dict(document))
             meta = doc["metadata"]
@@ -341,6 +358,10 @@ class Registry:
                 if service_ips is None:
                     service_ips = await self._taken(self.cluster.service_ips)
                 self._assign_cluster_ip(obj, stored, service_ips, plan, key)
+            elif kind.name == "Node" and (obj.get("spec") or {}).get("podCIDR"):
+                if pod_cidrs is None:
+                    pod_cidrs = await self._taken(self.cluster.pod_cidrs)
+                self._claim_pod_cidr(obj, stored, pod_cidrs, plan, key)
 
             if stored is not None and obj == stored:
                 plan.results.append(("unchanged", decode(entry.value, entry.mod_revision) if entry else obj, kind))
@@ -424,6 +445,21 @@ class Registry:
         spec["clusterIPs"] = [ip]
         plan.ops.append(Put(pool.key(ip), key.encode(), 0))
 
+    def _claim_pod_cidr(self, obj: Object, stored: Object | None, taken: set[str], plan: _Plan, key: str) -> None:
+        """A Node applied with its own podCIDR: inside the cluster CIDR it must be free, and
+        is then held like an assigned one; outside it, it is the operator's own range."""
+        cidr = obj["spec"]["podCIDR"]
+        if stored is not None and (stored.get("spec") or {}).get("podCIDR"):
+            return  # kept (and checked immutable) by _merge
+        pool = self.cluster.pod_cidrs
+        if not pool.contains(cidr):
+            return
+        if cidr in taken:
+            raise InvalidDocumentsError([InvalidObjectError("Node", obj["metadata"]["name"], [invalid(
+                "spec.podCIDR", cidr, "is already assigned to another node")])])
+        taken.add(cidr)
+        plan.ops.append(Put(pool.key(cidr), key.encode(), 0))
+
     async def delete(
         self, kind_name: str, namespace: str, name: str, resource_version: str = ""
     ) -> tuple[Object, int]:
@@ -439,43 +475,51 @@ class Registry:
                     f"Operation cannot be fulfilled on {describe(kind, name)}: the object has been modified; "
                     "please apply your changes to the latest version and try again"
                 )
-            ops: Ops = [*self._release(kind, entry), Delete(key, entry.mod_revision)]
             if kind.name == "Namespace":
-                ops = [*await self._namespace_contents(name), *ops]
+                await self._delete_contents(name)
             try:
-                revision = await self.store.commit(ops)
+                revision = await self.store.commit([*self._release(kind, entry), Delete(key, entry.mod_revision)])
             except ConflictError:
                 continue
-            obj = decode(entry.value, revision)
-            return obj, revision
+            return decode(entry.value, revision), revision
         raise ObjectConflictError(f"{describe(kind, name)} kept changing while being deleted; try again")
+
+    async def _delete_contents(self, namespace: str) -> None:
+        """Delete every object in a namespace, in transactions of at most _DELETE_BATCH
+        objects (etcd bounds the operations of one transaction)."""
+        for _ in range(_RETRIES):
+            ops: Ops = []
+            for kind in resources.KINDS:
+                if kind.namespaced:
+                    entries, _ = await self.store.range(resources.kind_prefix(kind, namespace))
+                    ops.extend(op for entry in entries for op in (*self._release(kind, entry), Delete(entry.key, entry.mod_revision)))
+            if not ops:
+                return
+            try:
+                # Chunks never split an object from its allocations: both come from one entry.
+                chunk: Ops = []
+                for op in ops:
+                    chunk.append(op)
+                    if len(chunk) >= _DELETE_BATCH and op.expect is not None:
+                        await self.store.commit(chunk)
+                        chunk = []
+                if chunk:
+                    await self.store.commit(chunk)
+                return
+            except ConflictError:
+                continue
+        raise ObjectConflictError(f'namespace "{namespace}" kept changing while being deleted; try again')
 
     def _release(self, kind: Kind, entry: Entry) -> Ops:
         pools = {"service-ip": self.cluster.service_ips, "pod-cidr": self.cluster.pod_cidrs}
         return [Delete(pools[pool].key(value)) for pool, value in _allocated_values(kind, json.loads(entry.value))]
 
-    async def _namespace_contents(self, namespace: str) -> Ops:
-        ops: Ops = []
-        for kind in resources.KINDS:
-            if not kind.namespaced:
-                continue
-            entries, _ = await self.store.range(resources.kind_prefix(kind, namespace))
-            for entry in entries:
-                ops.extend(self._release(kind, entry))
-                ops.append(Delete(entry.key, entry.mod_revision))
-        return ops
-
     async def ensure_namespace(self, name: str) -> None:
         """Create a Namespace if it does not exist (the `default` namespace at start-up)."""
-        document = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        for _ in range(_RETRIES):
-            if await self.store.get(resources.object_key(resources.BY_NAME["Namespace"], "", name)) is not None:
-                return
-            try:
-                await self.apply([{**document, "metadata": {"name": name, "resourceVersion": "0"}}])
-                return
-            except (AlreadyExistsError, ObjectConflictError):
-                return  # another replica created it first
+        if await self.store.get(resources.object_key(resources.BY_NAME["Namespace"], "", name)) is not None:
+            return
+        with contextlib.suppress(AlreadyExistsError, ObjectConflictError):  # another replica was first
+            await self.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "resourceVersion": "0"}}])
 
     async def write_server_owned(self, obj: Object, expect: int, extra: Sequence[Op] = ()) -> int:
         """Store an object computed by the server (Endpoints, a Node's podCIDR) as is,

@@ -29,6 +29,7 @@ from control import resources
 from control.api import version as tulle_version
 from control.meshctl.client import ConfigClient, RequestError, UnreachableError, default_server
 from control.meshctl.describe import describe as describe_text
+from control.meshctl.lab import lab
 from control.meshctl.manifests import ManifestError, read_manifests
 from control.meshctl.tables import print_table, rows
 from control.resources import DEFAULT_NAMESPACE, Kind, UnknownKindError
@@ -90,6 +91,24 @@ def _kind(name: str) -> Kind:
         _fail(f"error: {e}")
 
 
+def _default_namespace(document: Any, namespace: str) -> None:
+    """kubectl's `apply -n`: a namespaced object without a namespace goes there; one that
+    names another namespace is an error."""
+    if not isinstance(document, dict) or not isinstance(document.get("metadata"), dict):
+        return  # the server explains what is wrong with it
+    try:
+        kind = resources.lookup(str(document.get("kind")))
+    except UnknownKindError:
+        return
+    meta = document["metadata"]
+    if not kind.namespaced:
+        return
+    given = meta.setdefault("namespace", namespace)
+    if given != namespace:
+        _fail(f"error: the namespace from the provided object \"{given}\" does not match the namespace "
+              f"\"{namespace}\". You must pass '--namespace={given}' to perform this operation.")
+
+
 def object_name(obj: Object) -> str:
     """kubectl's `kind.group/name`: `networkpolicy.networking.k8s.io/web`, `service/web`."""
     kind = resources.BY_NAME[obj["kind"]]
@@ -124,13 +143,18 @@ def cli(ctx: click.Context, server: str | None) -> None:
 @click.option("-R", "--recursive", is_flag=True, help="walk directories given with -f recursively")
 @click.option("--dry-run", is_flag=True, help="validate and show the result without storing anything")
 @click.option("-o", "--output", type=click.Choice(["name", "yaml", "json"]), default=None)
+@click.option("-n", "--namespace", default=None, help="namespace of the namespaced objects that name none")
 @click.pass_obj
-def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: bool, output: str | None) -> None:
+def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: bool, output: str | None,
+          namespace: str | None) -> None:
     """Create or update objects from manifests, all or nothing."""
     try:
         documents = read_manifests(sources, recursive)
     except ManifestError as e:
         _fail(f"error: {e}")
+    if namespace:
+        for document in documents:
+            _default_namespace(document, namespace)
     if not documents:
         _fail("error: no objects passed to apply")
     results, _ = _request(lambda: session.client.apply(documents, dry_run))
@@ -149,32 +173,85 @@ def apply(session: Session, sources: tuple[str, ...], recursive: bool, dry_run: 
 @click.option("-A", "--all-namespaces", is_flag=True)
 @click.option("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
 @click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None)
+@click.option("-w", "--watch", is_flag=True, help="after listing, print each change as it happens")
 @click.pass_obj
 def get(session: Session, kind_arg: str, names: tuple[str, ...], namespace: str | None, all_namespaces: bool,
-        selector: str, output: str | None) -> None:
-    """List objects of a kind, or show the named ones."""
+        selector: str, output: str | None, watch: bool) -> None:
+    """List objects of a kind (or of several: svc,ep), or show the named ones."""
+    if "," in kind_arg:
+        if names or watch or "/" in kind_arg:
+            _fail("error: several kinds (KIND,KIND) list all objects of each; name none and do not watch", USAGE)
+        _get_kinds(session, [_kind(k) for k in kind_arg.split(",") if k], namespace, all_namespaces, selector, output)
+        return
     kind_name, _, slash_name = kind_arg.partition("/")
     kind = _kind(kind_name)
     names = (slash_name, *names) if slash_name else names
     namespace = (namespace or DEFAULT_NAMESPACE) if kind.namespaced else ""
     all_namespaces = all_namespaces and kind.namespaced
-    if names:
+    scope = "" if all_namespaces else namespace
+    if names and not watch:
         objects = [_request(lambda n=n: session.client.get(kind.name, namespace, n)) for n in names]  # type: ignore[misc]
     else:
-        objects, _ = _request(lambda: session.client.list(kind.name, "" if all_namespaces else namespace, selector))
-        if not objects:
+        objects, revision = _request(lambda: session.client.list(kind.name, scope, selector))
+        if names:
+            objects = [o for o in objects if o["metadata"]["name"] in names]
+        if not objects and not watch:
             where = "" if all_namespaces or not kind.namespaced else f" in {namespace} namespace"
             click.echo(f"No resources found{where}.", err=True)
             return
+    _print_listing(kind, objects, output, single=len(names) == 1 and not watch, all_namespaces=all_namespaces)
+    if not watch:
+        return
+    try:
+        for _, obj, _ in session.client.watch([kind.name], scope, selector, revision):
+            if not names or obj["metadata"]["name"] in names:
+                if output == "yaml":
+                    click.echo("---")
+                _print_listing(kind, [obj], output, single=True, all_namespaces=all_namespaces, header=False)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return  # the way a watch ends
+    except RequestError as e:
+        _fail(_error_text(e))
+
+
+def _get_kinds(session: Session, kinds: Sequence[Kind], namespace: str | None, all_namespaces: bool,
+               selector: str, output: str | None) -> None:
+    """`get svc,ep`: one table per kind, names prefixed with the kind, as kubectl prints them."""
+    listed: list[tuple[Kind, list[Object]]] = []
+    for kind in kinds:
+        scope = "" if all_namespaces or not kind.namespaced else (namespace or DEFAULT_NAMESPACE)
+        objects, _ = _request(lambda kind=kind, scope=scope: session.client.list(kind.name, scope, selector))  # type: ignore[misc]
+        if objects:
+            listed.append((kind, objects))
+    if not listed:
+        click.echo("No resources found.", err=True)
+        return
     if output in ("yaml", "json"):
-        _print_objects(objects, output, single=bool(names) and len(names) == 1)
+        _print_objects([o for _, objects in listed for o in objects], output, single=False)
+        return
+    for i, (kind, objects) in enumerate(listed):
+        if output == "name":
+            _print_listing(kind, objects, output, single=False, all_namespaces=False)
+            continue
+        if i:
+            click.echo()
+        prefixed = [{**o, "metadata": {**o["metadata"], "name": object_name(o)}} for o in objects]
+        _print_listing(kind, prefixed, output, single=False, all_namespaces=all_namespaces and kind.namespaced)
+
+
+def _print_listing(kind: Kind, objects: Sequence[Object], output: str | None, single: bool,
+                   all_namespaces: bool, header: bool = True) -> None:
+    if output in ("yaml", "json"):
+        _print_objects(objects, output, single=single)
     elif output == "name":
         for obj in objects:
             click.echo(object_name(obj))
-    else:
+    elif objects or header:
         now = datetime.datetime.now(datetime.UTC)
         headers, body = rows(kind.name, objects, output == "wide", all_namespaces, now)
-        print_table(Console(width=max(200, Console().width), soft_wrap=True), headers, body)
+        console = Console(width=max(200, Console().width), soft_wrap=True)
+        print_table(console, headers if header else None, body)
 
 
 @cli.command()
@@ -212,6 +289,8 @@ def delete(session: Session, args: tuple[str, ...], sources: tuple[str, ...], re
             _fail(f"error: name a {kind.name} to delete", USAGE)
         targets = [(kind, namespace or DEFAULT_NAMESPACE, name) for name in names]
     failed = False
+    if sources:
+        targets.reverse()  # objects before the Namespace that holds them, as they were created after it
     for kind, ns, name in targets:
         try:
             session.client.delete(kind.name, ns if kind.namespaced else "", name)
@@ -264,6 +343,7 @@ def version(session: Session, client_only: bool) -> None:
     click.echo(f"Server Store: {status.store} (revision {status.revision})")
 
 
+cli.add_command(lab)
 cli.add_command(proxy_status)
 cli.add_command(proxy_config)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from control.plane import DEFAULT_LISTEN, DEFAULT_SOCKET
+from control.plane import DEFAULT_LISTEN, DEFAULT_SOCKET, MESSAGE_LIMITS
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
 
 Object = dict[str, Any]
@@ -62,7 +62,7 @@ class ConfigClient:
     def __init__(self, server: str, timeout: float = 30.0) -> None:
         self.server = server
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(server)
+        self._channel = grpc.insecure_channel(server, options=MESSAGE_LIMITS)
         self._stub = config_pb2_grpc.ConfigStub(self._channel)
 
     def close(self) -> None:
@@ -73,11 +73,18 @@ class ConfigClient:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
             code = e.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _from_server(e):
-                raise UnreachableError(
-                    f"cannot reach tulle-control at {self.server}: {e.details()}"
-                ) from None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not self._connected():
+                raise UnreachableError(f"cannot reach tulle-control at {self.server}: {e.details()}") from None
             raise RequestError(code, e.details()) from None
+
+    def _connected(self) -> bool:
+        """UNAVAILABLE means either "no connection" or "tulle-control's store is down";
+        only in the second case is the channel up."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=0.5)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
 
     def apply(self, documents: Sequence[Object], dry_run: bool = False) -> tuple[list[ApplyOutcome], int]:
         request = config_pb2.ApplyRequest(documents=[json.dumps(d) for d in documents], dry_run=dry_run)
@@ -112,10 +119,3 @@ class ConfigClient:
 
     def status(self) -> config_pb2.StatusResponse:
         return self._call(self._stub.Status, config_pb2.StatusRequest())
-
-
-def _from_server(error: grpc.RpcError) -> bool:
-    """UNAVAILABLE is both "no connection" and the store being down; only the latter has
-    a message from tulle-control."""
-    details = error.details() or ""
-    return details.startswith(("etcd", "sqlite", "store")) or " is closed" in details

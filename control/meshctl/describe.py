@@ -2,7 +2,8 @@
 
 The header (Name, Namespace, Labels, Annotations, API Version, Kind) comes first;
 then every other top-level section with camelCase keys spelled as words ("Pod
-Selector", "Match Labels"), lists as `- ` items, nested two spaces per level. A
+Selector", "Match Labels") except the keys of data maps (labels, headers), lists as
+`- ` items, nested two spaces per level. A
 Service also shows its Endpoints, read from the Endpoints object of the same name.
 """
 
@@ -26,15 +27,21 @@ def _map_text(labels: dict[str, str] | None, indent: int) -> str:
     return f"\n{pad}".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def _render(value: Any, depth: int, lines: list[str]) -> None:
+# Maps whose keys are data (label keys, header names), printed as written.
+_DATA_MAPS = frozenset({"matchLabels", "labels", "selector", "sourceLabels", "nodeSelector", "annotations",
+                        "headers", "queryParams", "withoutHeaders", "set", "add", "portLevelMtls"})
+
+
+def _render(value: Any, depth: int, lines: list[str], data_keys: bool = False) -> None:
     pad = "  " * depth
     if isinstance(value, dict):
         for key, child in value.items():
+            label = str(key) if data_keys else _words(str(key))
             if isinstance(child, (dict, list)) and child:
-                lines.append(f"{pad}{_words(str(key))}:")
-                _render(child, depth + 1, lines)
+                lines.append(f"{pad}{label}:")
+                _render(child, depth + 1, lines, data_keys=str(key) in _DATA_MAPS and not data_keys)
             else:
-                lines.append(f"{pad}{_words(str(key))}:  {_scalar(child)}")
+                lines.append(f"{pad}{label}:  {_scalar(child)}")
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict) and item:

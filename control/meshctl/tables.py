@@ -171,9 +171,12 @@ def rows(kind: str, objects: Sequence[Object], wide: bool, all_namespaces: bool,
     return headers, body
 
 
-def print_table(console: Console, headers: Sequence[str], body: Sequence[Sequence[str]]) -> None:
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0), header_style="")
-    for header in headers:
+def print_table(console: Console, headers: Sequence[str] | None, body: Sequence[Sequence[str]]) -> None:
+    """Columns three spaces apart, as kubectl prints them; no header row when `headers`
+    is None (the rows of a watch, after the listing's header)."""
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0), header_style="",
+                  show_header=headers is not None)
+    for header in headers or [""] * (len(body[0]) if body else 0):
         table.add_column(header, no_wrap=True, overflow="ignore")
     for row in body:
         table.add_row(*row)

@@ -3,15 +3,16 @@
 `open_store(url, state_dir)` picks the backend from a URL:
 - empty or `sqlite:` — the embedded SQLite store at `<state_dir>/tulle.db`;
 - `sqlite:/path/to/file.db` — SQLite at that path;
-- `etcd://HOST:PORT[/prefix]` — an etcd server (keys under `/tulle/` by default).
+- `etcd://HOST:PORT[/prefix][?max-txn-ops=N]` — an etcd server (keys under `/tulle/`
+  by default; N is the server's --max-txn-ops, 128 unless raised there).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from control.store.etcd import EtcdStore
+from control.store.etcd import DEFAULT_MAX_TXN_OPS, EtcdStore, TransactionTooLargeError
 from control.store.kv import (
     CompactedError,
     ConflictError,
@@ -35,11 +36,16 @@ async def open_store(url: str, state_dir: Path) -> Store:
     parts = urlsplit(url)
     if parts.scheme == "etcd" and parts.netloc:
         prefix = parts.path.rstrip("/") + "/" if parts.path not in ("", "/") else "/tulle/"
-        return await EtcdStore(parts.netloc, prefix).open()
+        query = parse_qs(parts.query)
+        try:
+            max_txn_ops = int(query.get("max-txn-ops", [DEFAULT_MAX_TXN_OPS])[0])
+        except ValueError:
+            raise StoreError(f"bad max-txn-ops in {url!r}: must be a number") from None
+        return await EtcdStore(parts.netloc, prefix, max_txn_ops).open()
     raise StoreError(f"unsupported store {url!r}: use sqlite:[PATH] or etcd://HOST:PORT")
 
 
 __all__ = [
     "CompactedError", "ConflictError", "Delete", "Entry", "EtcdStore", "Event", "EventType", "Op", "Put",
-    "SQLiteStore", "Store", "StoreError", "open_store",
+    "SQLiteStore", "Store", "StoreError", "TransactionTooLargeError", "open_store",
 ]

@@ -33,6 +33,7 @@ from control.store.kv import (
     Put,
     Store,
     StoreError,
+    check_distinct,
     prefix_end,
 )
 from proto.etcd.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -40,14 +41,23 @@ from proto.etcd.mvccpb import kv_pb2
 
 _RECONNECT_DELAY = 0.2
 _TIMEOUT = 10.0
+# Listing everything is one Range response; etcd itself allows up to 2 GiB.
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 64 << 20)]
+# etcd's default --max-txn-ops.
+DEFAULT_MAX_TXN_OPS = 128
+
+
+class TransactionTooLargeError(StoreError):
+    """More writes in one transaction than the etcd server accepts (its --max-txn-ops)."""
 
 
 class EtcdStore(Store):
-    def __init__(self, endpoint: str, prefix: str = "/tulle/") -> None:
+    def __init__(self, endpoint: str, prefix: str = "/tulle/", max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
         self.endpoint = endpoint
         self.prefix = prefix.encode()
         self.url = f"etcd://{endpoint}"
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        self.max_txn_ops = max_txn_ops
+        self._channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
         self._kv = rpc_pb2_grpc.KVStub(self._channel)
         self._watch = rpc_pb2_grpc.WatchStub(self._channel)
         self._maintenance = rpc_pb2_grpc.MaintenanceStub(self._channel)
@@ -93,6 +103,13 @@ class EtcdStore(Store):
         await self._call(self._kv.Compact, rpc_pb2.CompactionRequest(revision=revision, physical=True))
 
     async def commit(self, ops: Sequence[Op]) -> int:
+        check_distinct(ops)
+        if len(ops) > self.max_txn_ops:
+            raise TransactionTooLargeError(
+                f"{len(ops)} writes in one transaction, more than etcd's limit of {self.max_txn_ops} "
+                "(its --max-txn-ops): apply fewer objects at once, or raise the limit on etcd and in the "
+                "store URL (etcd://HOST:PORT?max-txn-ops=N)"
+            )
         compares = [
             rpc_pb2.Compare(
                 result=rpc_pb2.Compare.EQUAL,
@@ -164,8 +181,9 @@ class EtcdStore(Store):
         for event in events:
             if event.type == kv_pb2.Event.PUT:
                 kv = event.kv
+                previous = event.prev_kv.value if event.HasField("prev_kv") else None
                 converted = Event(
-                    EventType.PUT, self._entry(kv).key, kv.mod_revision, kv.value, kv.create_revision == kv.mod_revision
+                    EventType.PUT, self._entry(kv).key, kv.mod_revision, kv.value, kv.version == 1, previous
                 )
             else:
                 converted = Event(

@@ -63,6 +63,8 @@ class Event:
     value: bytes
     # True when the PUT created the key (no value before it).
     created: bool = False
+    # The value before a PUT that updated the key, when the store still has it.
+    prev_value: bytes | None = None
 
 
 class StoreError(Exception):
@@ -119,6 +121,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def check_distinct(ops: Sequence[Op]) -> None:
+    """A transaction touches each key once (etcd refuses it otherwise; so does SQLite here)."""
+    seen: set[str] = set()
+    for op in ops:
+        if op.key in seen:
+            raise ValueError(f"a transaction may touch a key once, and touches {op.key} twice")
+        seen.add(op.key)
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -40,6 +40,7 @@ from control.store.kv import (
     Put,
     Store,
     StoreError,
+    check_distinct,
 )
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS log (
     key TEXT NOT NULL,
     value BLOB NOT NULL,
     created INTEGER NOT NULL,
+    prev_value BLOB,
     PRIMARY KEY (revision, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -88,7 +90,8 @@ class SQLiteStore(Store):
         return self
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The configuration is the operator's: nobody else reads it.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,6 +99,8 @@ class SQLiteStore(Store):
             os.close(fd)
             raise StoreError(f"{self.path} is in use by another tulle-control") from None
         self._lock_fd = fd
+        if not self.path.exists():
+            self.path.touch(mode=0o600)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -141,6 +146,7 @@ class SQLiteStore(Store):
         return revision
 
     async def commit(self, ops: Sequence[Op]) -> int:
+        check_distinct(ops)
         revision, changed = await self._run(self._commit, list(ops))
         if changed:
             for wakeup in self._wakeups:
@@ -169,12 +175,15 @@ class SQLiteStore(Store):
                         "SET value = excluded.value, mod_revision = excluded.mod_revision",
                         (op.key, op.value, revision, revision),
                     )
-                    db.execute("INSERT INTO log VALUES (?, ?, 'PUT', ?, ?, ?)", (revision, seq, op.key, op.value, created))
+                    previous = None if created else current[op.key][0]
+                    db.execute(
+                        "INSERT INTO log VALUES (?, ?, 'PUT', ?, ?, ?, ?)", (revision, seq, op.key, op.value, created, previous)
+                    )
                     seq += 1
                 elif op.key in current:
                     db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
                     db.execute(
-                        "INSERT INTO log VALUES (?, ?, 'DELETE', ?, ?, 0)", (revision, seq, op.key, current[op.key][0])
+                        "INSERT INTO log VALUES (?, ?, 'DELETE', ?, ?, 0, NULL)", (revision, seq, op.key, current[op.key][0])
                     )
                     seq += 1
             if seq == 0:
@@ -200,11 +209,11 @@ class SQLiteStore(Store):
         upto = min(self._meta("revision"), after + 1000)
         lo, hi = _prefix_bounds(prefix)
         rows = self.db.execute(
-            "SELECT type, key, revision, value, created FROM log "
+            "SELECT type, key, revision, value, created, prev_value FROM log "
             "WHERE revision > ? AND revision <= ? AND key >= ? AND key < ? ORDER BY revision, seq",
             (after, upto, lo, hi),
         ).fetchall()
-        return [Event(EventType(t), k, r, v, bool(c)) for t, k, r, v, c in rows], upto
+        return [Event(EventType(t), k, r, v, bool(c), p) for t, k, r, v, c, p in rows], upto
 
     async def watch(self, prefix: str, after: int) -> AsyncIterator[list[Event]]:
         wakeup = asyncio.Event()

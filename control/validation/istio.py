@@ -77,9 +77,9 @@ HTTP_ROUTE = obj(
     match=ListOf(HTTP_MATCH),
     route=ListOf(HTTP_ROUTE_DESTINATION),
     redirect=obj(
-        exclusive=[("port", "derivePort")],
+        exclusive=[("port", "derivePort"), ("uri", "prefixRewrite")],
         uri=Str(), authority=Str(), port=PORT, derivePort=one_of("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"),
-        scheme=Str(), redirectCode=Int(300, 399),
+        scheme=Str(), redirectCode=Int(300, 399), prefixRewrite=Str(),
     ),
     directResponse=obj(
         required=["status"], status=Int(200, 599),
@@ -114,8 +114,8 @@ HTTP_ROUTE = obj(
     checks=[_http_route],
 )
 L4_MATCH = dict(
-    destinationSubnets=ListOf(IP_OR_CIDR), port=PORT, sourceLabels=Labels(), gateways=ListOf(Str()),
-    sourceNamespace=Str(),
+    destinationSubnets=ListOf(IP_OR_CIDR), port=PORT, sourceSubnet=IP_OR_CIDR, sourceLabels=Labels(),
+    gateways=ListOf(Str()), sourceNamespace=Str(),
 )
 VIRTUAL_SERVICE_SPEC = obj(
     required=["hosts"],
@@ -140,16 +140,28 @@ LOAD_BALANCER = obj(
         exactly_one=[("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")],
         exclusive=[("ringHash", "maglev", "minimumRingSize")],
         httpHeaderName=Str(),
-        httpCookie=obj(required=["name"], name=Str(), path=Str(), ttl=DURATION, attributes=ListOf(Opaque())),
+        httpCookie=obj(required=["name"], name=Str(), path=Str(), ttl=DURATION,
+                       attributes=ListOf(obj(required=["name"], name=Str(non_empty=True), value=Str()))),
         useSourceIp=Bool(),
         httpQueryParameterName=Str(),
         ringHash=obj(minimumRingSize=Int(0)),
         maglev=obj(tableSize=Int(0)),
         minimumRingSize=Int(0),
     ),
-    localityLbSetting=Opaque(),
+    localityLbSetting=obj(
+        enabled=Bool(),
+        distribute=ListOf(obj(**{"from": Str()}, to=MapOf(Int(0, 100)))),
+        failover=ListOf(obj(**{"from": Str()}, to=Str())),
+        failoverPriority=ListOf(Str()),
+    ),
+    zoneAwareLbSetting=obj(
+        enabled=Bool(),
+        failover=ListOf(obj(**{"from": Str()}, to=Str())),
+        failoverPriority=ListOf(Str()),
+        minClusterSize=Int(0),
+    ),
     warmupDurationSecs=DURATION,
-    warmup=Opaque(),
+    warmup=obj(duration=DURATION, minimumPercent=Num(0, 100), aggression=Num(0, 1e9)),
 )
 CONNECTION_POOL = obj(
     tcp=obj(
@@ -160,6 +172,7 @@ CONNECTION_POOL = obj(
         http1MaxPendingRequests=Int(0), http2MaxRequests=Int(0), maxRequestsPerConnection=Int(0),
         maxRetries=Int(0), idleTimeout=DURATION, h2UpgradePolicy=one_of("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"),
         useClientProtocol=Bool(), maxConcurrentStreams=Int(0),
+        http2KeepAlive=obj(interval=DURATION, timeout=DURATION),
     ),
 )
 OUTLIER_DETECTION = obj(
@@ -172,6 +185,7 @@ OUTLIER_DETECTION = obj(
     baseEjectionTime=DURATION,
     maxEjectionPercent=Int(0, 100),
     minHealthPercent=Int(0, 100),
+    outlierDetectionHttpErrorCodes=ListOf(Int(100, 599)),
 )
 CLIENT_TLS = obj(
     mode=one_of("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"),
@@ -186,9 +200,11 @@ _POLICY_PARTS: dict[str, Node] = {
     "tls": CLIENT_TLS,
 }
 TRAFFIC_POLICY = obj(
-    portLevelSettings=ListOf(obj(required=["port"], port=PORT_SELECTOR, **_POLICY_PARTS)),
-    tunnel=Opaque(),
+    portLevelSettings=ListOf(obj(required=["port"], port=PORT_SELECTOR, **_POLICY_PARTS), max_items=4096),
+    tunnel=obj(required=["targetHost", "targetPort"], protocol=one_of("CONNECT", "POST"), targetHost=Str(non_empty=True),
+               targetPort=PORT),
     proxyProtocol=obj(version=one_of("V1", "V2")),
+    retryBudget=obj(percent=Num(0, 100), minRetryConcurrency=Int(0), budgetInterval=DURATION),
     **_POLICY_PARTS,
 )
 
@@ -242,7 +258,8 @@ STRINGS = ListOf(Str())
 PORT_STRINGS = ListOf(Checked(_port_key_reason))
 SOURCE = obj(
     **dict.fromkeys(("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
-                     "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts"), STRINGS),
+                     "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts", "trustDomains",
+                     "notTrustDomains"), STRINGS),
     **dict.fromkeys(("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"), ListOf(IP_OR_CIDR)),
 )
 OPERATION = obj(

@@ -172,7 +172,12 @@ CONTAINER_PORT = obj(
     hostPort=PORT,
     hostIP=IP,
 )
-_OPAQUE_CONTAINER_FIELDS = ["env", "envFrom", "resources", "resizePolicy", "restartPolicy", "volumeMounts", "volumeDevices", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "securityContext", "stdin", "stdinOnce", "tty", "workingDir"]
+_OPAQUE_CONTAINER_FIELDS = (
+    "env", "envFrom", "resources", "resizePolicy", "restartPolicy", "volumeMounts",
+    "volumeDevices", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle",
+    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy",
+    "securityContext", "stdin", "stdinOnce", "tty", "workingDir",
+)
 CONTAINER = obj(
     required=["name"],
     name=LABEL_NAME,
@@ -180,10 +185,32 @@ CONTAINER = obj(
     command=ListOf(Str()),
     args=ListOf(Str()),
     ports=ListOf(CONTAINER_PORT),
-    checks=[_unique_names("ports")],
     **dict.fromkeys(_OPAQUE_CONTAINER_FIELDS, Opaque()),
 )
-_OPAQUE_POD_SPEC_FIELDS = ["volumes", "ephemeralContainers", "terminationGracePeriodSeconds", "activeDeadlineSeconds", "dnsPolicy", "nodeSelector", "automountServiceAccountToken", "shareProcessNamespace", "securityContext", "imagePullSecrets", "hostname", "subdomain", "affinity", "schedulerName", "tolerations", "hostAliases", "priorityClassName", "priority", "dnsConfig", "readinessGates", "runtimeClassName", "enableServiceLinks", "preemptionPolicy", "overhead", "topologySpreadConstraints", "setHostnameAsFQDN", "os", "hostUsers", "schedulingGates", "resourceClaims", "hostPID", "hostIPC"]
+_OPAQUE_POD_SPEC_FIELDS = (
+    "volumes", "ephemeralContainers", "terminationGracePeriodSeconds",
+    "activeDeadlineSeconds", "dnsPolicy", "nodeSelector", "automountServiceAccountToken",
+    "shareProcessNamespace", "securityContext", "imagePullSecrets", "hostname", "subdomain",
+    "affinity", "schedulerName", "tolerations", "hostAliases", "priorityClassName",
+    "priority", "dnsConfig", "readinessGates", "runtimeClassName", "enableServiceLinks",
+    "preemptionPolicy", "overhead", "topologySpreadConstraints", "setHostnameAsFQDN", "os",
+    "hostUsers", "schedulingGates", "resourceClaims", "hostPID", "hostIPC",
+)
+
+
+def _pod_port_names(spec: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """Port names are unique across the whole pod (a Service's targetPort names one)."""
+    seen: set[str] = set()
+    for c, container in enumerate(spec.get("containers") or []):
+        for p, port in enumerate(container.get("ports") or []):
+            name = port.get("name")
+            if name is None:
+                continue
+            if name in seen:
+                errors.append(duplicate(f"{path}.containers[{c}].ports[{p}].name", name))
+            seen.add(name)
+
+
 POD_SPEC = obj(
     required=["containers"],
     containers=ListOf(CONTAINER, min_items=1),
@@ -193,7 +220,7 @@ POD_SPEC = obj(
     serviceAccount=Str(),
     hostNetwork=Bool(),
     restartPolicy=one_of("Always", "OnFailure", "Never"),
-    checks=[_unique_names("containers")],
+    checks=[_unique_names("containers"), _pod_port_names],
     **dict.fromkeys(_OPAQUE_POD_SPEC_FIELDS, Opaque()),
 )
 POD_STATUS = obj(

@@ -1,5 +1,6 @@
 """A real etcd server for tests: Debian's /usr/bin/etcd on free loopback ports with a
-throwaway data dir, stopped (by PID) and removed afterwards."""
+throwaway data dir, stopped (by PID) and removed afterwards. It can be stopped and
+started again on the same ports and data, to test reconnection."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 ETCD = "/usr/bin/etcd"
@@ -22,56 +22,70 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
 class EtcdServer:
-    endpoint: str
-    process: subprocess.Popen[bytes]
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.client_port = 0
+        self.peer_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
 
-def _wait_ready(host: str, port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        name = "tulle-test"
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        return subprocess.Popen(
+            [ETCD, "--name", name, "--data-dir", str(self.data / name),
+             "--listen-client-urls", client, "--advertise-client-urls", client,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"{name}={peer}", "--log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def _ready(self, timeout: float) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.2):
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def start(self) -> None:
+        """On new free ports the first time (retrying if one was taken meanwhile), then on the same ones."""
+        fresh = self.client_port == 0
+        for _ in range(5 if fresh else 1):
+            if fresh:
+                self.client_port, self.peer_port = _free_port(), _free_port()
+            self.process = self._spawn()
+            if self._ready(20):
+                return
+            self.stop()
+        raise RuntimeError("etcd did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
 
 
 @contextmanager
 def etcd_server() -> Iterator[EtcdServer]:
-    data = Path(tempfile.mkdtemp(prefix="tulle-etcd-"))
-    process: subprocess.Popen[bytes] | None = None
+    server = EtcdServer(Path(tempfile.mkdtemp(prefix="tulle-etcd-")))
     try:
-        for _ in range(5):  # a free port may be taken between probing and etcd's bind
-            client, peer = _free_port(), _free_port()
-            name = f"tulle-test-{client}"
-            process = subprocess.Popen(
-                [ETCD, "--name", name, "--data-dir", str(data / name),
-                 "--listen-client-urls", f"http://127.0.0.1:{client}",
-                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                 "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
-                 "--log-level", "error"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
-            if _wait_ready("127.0.0.1", client, process, 20):
-                break
-            process.kill()
-            process.wait()
-        else:
-            raise RuntimeError("etcd did not start")
-        yield EtcdServer(f"127.0.0.1:{client}", process)
+        server.start()
+        yield server
     finally:
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(data, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.data, ignore_errors=True)

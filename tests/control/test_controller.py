@@ -8,8 +8,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from control.controller import DerivedStateController
-from control.registry import NotFoundError, Registry
+from control.registry import InvalidDocumentsError, NotFoundError, Registry
 from control.store import Store
 from tests.control.conftest import StoreFactory
 
@@ -130,3 +132,62 @@ def test_nodes_get_the_lowest_free_pod_cidr_and_release_it_when_deleted(stores: 
 
 async def _is(value: Awaitable[Any], expected: Any) -> bool:
     return await value == expected
+
+
+def test_a_node_applied_with_its_own_pod_cidr_keeps_it_and_the_controller_skips_it(stores: StoreFactory) -> None:
+    async def scenario(registry: Registry) -> None:
+        static = node("node-static", "192.168.0.9")
+        static["spec"] = {"podCIDR": "10.244.0.0/24"}
+        await registry.apply([static])
+        await registry.apply([node("node-dynamic", "192.168.0.10")])
+
+        async def cidr() -> str | None:
+            return (await registry.get("Node", "", "node-dynamic")).get("spec", {}).get("podCIDR")
+
+        await eventually(lambda: _is(cidr(), "10.244.1.0/24"))
+        clash = node("node-clash", "192.168.0.11")
+        clash["spec"] = {"podCIDR": "10.244.1.0/24"}
+        with pytest.raises(InvalidDocumentsError, match="is already assigned to another node"):
+            await registry.apply([clash])
+
+    with_controller(stores, scenario)
+
+
+def test_relabelling_a_pod_moves_it_between_services_endpoints(stores: StoreFactory) -> None:
+    async def scenario(registry: Registry) -> None:
+        await registry.apply([service("web"), service("db"), pod("p", "10.244.0.7", app="web")])
+        await eventually(lambda: _is(endpoint_ips(registry, "web"), ["10.244.0.7"]))
+        await registry.apply([pod("p", "10.244.0.7", app="db")])
+        await eventually(lambda: _is(endpoint_ips(registry, "db"), ["10.244.0.7"]))
+        await eventually(lambda: _is(endpoint_ips(registry, "web"), []))
+
+    with_controller(stores, scenario)
+
+
+def test_two_controllers_on_one_store_converge_without_fighting(stores: StoreFactory) -> None:
+    async def run(store: Store) -> None:
+        registry = Registry(store)
+        await registry.ensure_namespace("default")
+        tasks = [asyncio.create_task(DerivedStateController(Registry(store)).run()) for _ in range(2)]
+        try:
+            await registry.apply([service(), *(pod(f"p{i}", f"10.244.0.{i + 10}") for i in range(5)),
+                                  node("n1", "192.168.0.1"), node("n2", "192.168.0.2")])
+            expected = [f"10.244.0.{i + 10}" for i in range(5)]
+            await eventually(lambda: _is(endpoint_ips(registry), expected))
+            settled = (await registry.get("Endpoints", "default", "web"))["metadata"]["resourceVersion"]
+            await asyncio.sleep(0.3)
+            assert (await registry.get("Endpoints", "default", "web"))["metadata"]["resourceVersion"] == settled
+
+            async def cidrs() -> set[str | None]:
+                return {(await registry.get("Node", "", n)).get("spec", {}).get("podCIDR") for n in ("n1", "n2")}
+
+            await eventually(lambda: _is(cidrs(), {"10.244.0.0/24", "10.244.1.0/24"}))
+            assert not any(task.done() for task in tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    stores.run(run)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from control.endpoints import compute_endpoints, selects_pods
 
 
@@ -92,3 +95,14 @@ def test_only_services_with_a_selector_have_managed_endpoints() -> None:
 def test_the_same_inputs_give_the_same_document_whatever_the_pod_order() -> None:
     pods = [pod(f"p{i}", f"10.0.0.{i}") for i in range(1, 6)]
     assert compute_endpoints(service({"app": "web"}), pods) == compute_endpoints(service({"app": "web"}), pods[::-1])
+
+
+@given(st.lists(st.tuples(st.integers(1, 250), st.sampled_from(["web", "db"]), st.sampled_from([None, "True", "False"])),
+                max_size=30, unique_by=lambda t: t[0]))
+def test_every_backing_pod_appears_exactly_once_ready_or_not(specs: list[tuple[int, str, str | None]]) -> None:
+    pods = [pod(f"p{n}", f"10.0.0.{n}", labels={"app": app}, ready=ready) for n, app, ready in specs]
+    endpoints = compute_endpoints(service({"app": "web"}), pods)
+    listed = [a["ip"] for s in endpoints["subsets"] for a in s.get("addresses", []) + s.get("notReadyAddresses", [])]
+    assert sorted(listed) == sorted(f"10.0.0.{n}" for n, app, _ in specs if app == "web")
+    unready = {a["ip"] for s in endpoints["subsets"] for a in s.get("notReadyAddresses", [])}
+    assert unready == {f"10.0.0.{n}" for n, app, ready in specs if app == "web" and ready == "False"}

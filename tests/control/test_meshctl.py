@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from control import resources
 from control.meshctl.cli import FAILED, OK, UNREACHABLE, USAGE, main
 from tests.control.control_process import MESHCTL, ControlProcess, control_process
 
@@ -61,17 +62,22 @@ def upstream_documents() -> list[dict[str, Any]]:
 def test_upstream_manifests_round_trip_through_apply_and_get_yaml(meshctl: Any) -> None:
     applied = meshctl("apply", "-f", str(MANIFESTS))
     assert applied.code == OK, applied.err
-    for document in upstream_documents():
+    documents = upstream_documents()
+    assert {d["kind"] for d in documents} >= {"NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy",
+                                            "VirtualService", "DestinationRule", "PeerAuthentication",
+                                            "AuthorizationPolicy"}
+    for document in documents:
         kind, meta = document["kind"], document["metadata"]
+        namespaced = resources.BY_NAME[kind].namespaced
         args = ["get", kind, meta["name"], "-o", "yaml"]
-        if kind != "Namespace":
+        if namespaced:
             args += ["-n", meta.get("namespace", "default")]
         got = meshctl(*args)
         assert got.code == OK, got.err
         stored = yaml.safe_load(got.out)
         assert all(stored["metadata"][k] for k in SERVER_OWNED)
         expected = copy.deepcopy(document)
-        if kind != "Namespace":
+        if namespaced:
             expected["metadata"].setdefault("namespace", "default")
         assert without_server_fields(stored) == expected
 
@@ -199,3 +205,58 @@ def test_the_installed_command_honours_tulle_server_and_exits_3_when_unreachable
     unreachable = subprocess.run([str(MESHCTL), "--server", "127.0.0.1:1", "get", "ns"], capture_output=True, text=True)
     assert unreachable.returncode == UNREACHABLE
     assert "cannot reach tulle-control at 127.0.0.1:1" in unreachable.stderr
+
+
+def test_get_watch_prints_the_listing_then_each_change(control: ControlProcess, meshctl: Any) -> None:
+    watcher = subprocess.Popen([str(MESHCTL), "--server", control.address, "get", "ns", "-w", "-l", "watched=yes"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        # Whether the apply lands before the listing or after it, the object is printed once.
+        manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: watched-ns, labels: {watched: 'yes'}}\n"
+        assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+        lines: list[str] = []
+        while not any("watched-ns" in line for line in lines):
+            lines.append(watcher.stdout.readline())
+        assert lines[-1].split()[:2] == ["watched-ns", "Active"]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+
+
+def test_describe_spells_field_names_as_words_and_keeps_label_keys_as_written() -> None:
+    from control.meshctl.describe import describe
+
+    text = describe({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "p", "namespace": "default", "uid": "u", "resourceVersion": "3"},
+                     "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "db"}},
+                              "policyTypes": ["Ingress"]}})
+    assert "  Pod Selector:\n    Match Labels:\n      app.kubernetes.io/name:  db\n" in text
+    assert "  Policy Types:\n    - Ingress\n" in text
+    assert "  Resource Version:  3\n" in text
+
+
+def test_get_of_several_kinds_prints_a_table_per_kind(meshctl: Any) -> None:
+    manifest = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: multi-web}\n"
+        "spec: {selector: {app: multi-web}, ports: [{port: 80}]}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: multi-web}\nspec: {podSelector: {}}\n"
+    )
+    assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+    out = meshctl("get", "svc,netpol").out
+    services, policies = out.split("\n\n")
+    assert services.splitlines()[0].split()[:2] == ["NAME", "TYPE"]
+    assert any(line.startswith("service/multi-web ") for line in services.splitlines())
+    assert policies.splitlines()[0].split()[:2] == ["NAME", "POD-SELECTOR"]
+    assert meshctl("get", "svc,ep", "-w").code == USAGE
+
+
+def test_apply_with_a_namespace_places_objects_that_name_none(meshctl: Any) -> None:
+    manifest = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-flag}\n---\n"
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: in-flag-ns}\nspec: {podSelector: {}}\n")
+    assert meshctl("apply", "-n", "ns-flag", "-f", "-", stdin=manifest).code == OK
+    assert meshctl("get", "netpol", "in-flag-ns", "-n", "ns-flag", "-o", "name").out == (
+        "networkpolicy.networking.k8s.io/in-flag-ns\n")
+    elsewhere = manifest.replace("{name: in-flag-ns}", "{name: in-flag-ns, namespace: default}")
+    mismatch = meshctl("apply", "-n", "ns-flag", "-f", "-", stdin=elsewhere)
+    assert mismatch.code == FAILED and 'does not match the namespace "ns-flag"' in mismatch.err

@@ -84,6 +84,24 @@ def test_two_replicas_on_one_etcd_see_each_others_writes_within_a_second(tmp_pat
             assert event_type == "ADDED" and seen == result.object
             assert reader.get("NetworkPolicy", "default", "shared") == result.object
 
+            # Derived state computed by either replica's controller reaches both.
+            writer.apply([
+                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                 "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}},
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "labels": {"app": "web"}},
+                 "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"podIP": "10.244.0.8"}},
+            ])
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                try:
+                    endpoints = reader.get("Endpoints", "default", "web")
+                except RequestError:
+                    endpoints = {}
+                if endpoints.get("subsets"):
+                    break
+                time.sleep(0.02)
+            assert endpoints["subsets"][0]["addresses"][0]["ip"] == "10.244.0.8"
+
             reader.delete("NetworkPolicy", "default", "shared")
             deadline = time.monotonic() + 1.0
             while writer.list("NetworkPolicy")[0] and time.monotonic() < deadline:

@@ -8,6 +8,7 @@ import asyncio
 import copy
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +21,9 @@ from control.registry import (
     Registry,
     WatchEvent,
 )
-from control.store import CompactedError, Store
+from control.store import CompactedError, Store, TransactionTooLargeError
 from tests.control.conftest import StoreFactory
+from tests.control.etcd_server import EtcdServer
 from tests.control.test_validation import VALID
 
 SERVER_OWNED = ("uid", "resourceVersion", "creationTimestamp", "generation")
@@ -283,5 +285,44 @@ def test_status_survives_a_reapply_without_status(stores: StoreFactory) -> None:
         await registry.apply([{**pod, "status": {"podIP": "10.244.0.9"}}])
         [result], _ = await registry.apply([pod])
         assert result.outcome == "unchanged" and result.object["status"] == {"podIP": "10.244.0.9"}
+
+    stores.run(scenario)
+
+
+def test_deleting_a_namespace_larger_than_one_etcd_transaction_deletes_all_of_it(stores: StoreFactory) -> None:
+    async def scenario(store: Store) -> None:
+        registry = await registry_on(store)
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "big"}}
+        await registry.apply([namespace])
+        for start in range(0, 250, 50):
+            await registry.apply([policy(f"p{i}", namespace="big") for i in range(start, start + 50)])
+        await registry.delete("Namespace", "", "big")
+        assert (await registry.list("NetworkPolicy", "big"))[0] == []
+
+    stores.run(scenario)
+
+
+def test_an_apply_larger_than_etcds_transaction_limit_is_refused_whole(tmp_path: Path, etcd: EtcdServer) -> None:
+    async def scenario(store: Store) -> None:
+        registry = await registry_on(store)
+        with pytest.raises(TransactionTooLargeError, match="more than etcd's limit of 128"):
+            await registry.apply([policy(f"p{i}") for i in range(129)])
+        assert (await registry.list("NetworkPolicy"))[0] == []
+
+    StoreFactory("etcd", tmp_path, etcd).run(scenario)
+
+
+def test_a_filtered_watch_sees_objects_enter_and_leave_the_selector(stores: StoreFactory) -> None:
+    async def scenario(store: Store) -> None:
+        registry = await registry_on(store)
+        events = registry.watch(["netpol"], selector="tier=web", since=await store.revision())
+        await registry.apply([policy("p", labels={"tier": "db"})])
+        await registry.apply([policy("p", labels={"tier": "web"})])
+        await registry.apply([policy("p", app="x", labels={"tier": "web"})])
+        await registry.apply([policy("p", app="x", labels={"tier": "db"})])
+        seen = await take(events, 3)
+        assert [e.type for e in seen] == ["ADDED", "MODIFIED", "DELETED"]
+        assert seen[2].object["metadata"]["labels"] == {"tier": "web"}  # its state when it last matched
+        await events.aclose()  # type: ignore[attr-defined]
 
     stores.run(scenario)

@@ -12,6 +12,7 @@ from control.store import (
     CompactedError,
     ConflictError,
     Delete,
+    EtcdStore,
     Event,
     EventType,
     Put,
@@ -20,7 +21,7 @@ from control.store import (
     StoreError,
 )
 from tests.control.conftest import StoreFactory
-from tests.control.etcd_server import EtcdServer
+from tests.control.etcd_server import EtcdServer, etcd_server
 
 
 async def next_batch(events: AsyncIterator[list[Event]]) -> list[Event]:
@@ -182,5 +183,35 @@ def test_a_write_through_one_etcd_client_reaches_another_clients_watch(tmp_path:
             await events.aclose()  # type: ignore[attr-defined]
         finally:
             await other.close()
+
+    stores.run(scenario)
+
+
+def test_an_etcd_watch_survives_an_etcd_restart_and_resumes_where_it_was() -> None:
+    async def scenario(server: EtcdServer) -> None:
+        store = await EtcdStore(server.endpoint).open()
+        try:
+            events = store.watch("", await store.revision())
+            first = await store.commit([Put("before", b"1")])
+            assert (await next_batch(events))[0].revision == first
+            pending = asyncio.ensure_future(anext(events))
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.start)
+            second = await store.commit([Put("after", b"2")])
+            batch = await asyncio.wait_for(pending, 20)
+            assert (batch[0].key, batch[0].revision) == ("after", second)
+            await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    with etcd_server() as server:
+        asyncio.run(scenario(server))
+
+
+def test_a_transaction_may_touch_a_key_only_once(stores: StoreFactory) -> None:
+    async def scenario(store: Store) -> None:
+        with pytest.raises(ValueError, match="touches k twice"):
+            await store.commit([Put("k", b"1"), Delete("k")])
+        assert await store.get("k") is None
 
     stores.run(scenario)

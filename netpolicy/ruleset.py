@@ -1,0 +1,217 @@
+"""A node's compiled policy ruleset, and its rendering as libnftables JSON: the whole
+table (an atomic replacement) or the difference between two rulesets (element changes).
+
+Layout of the table (`inet tulle` unless named otherwise):
+
+    set  pending        pod IPs not yet programmed: dropped both ways (fail-closed)
+    set  local_pods     this node's pod IPs
+    map  cidr_class     address interval -> peer class (covers all of IPv4)
+    map  pod_class      pod IP -> peer class, where it differs from its interval's
+    map  egress_rules   src pod . class(dst) . l4proto . dport -> return | drop
+    map  egress_default src pod -> drop (pods whose unmatched traffic is denied)
+    map  ingress_rules  dst pod . class(src) . l4proto . dport -> return | drop
+    map  ingress_default
+    chain forward       hook forward, priority filter: established/related accept,
+                        pending drop, local sources -> egress, local destinations -> ingress
+    chain egress, chain ingress   classify the peer into the packet mark, then two lookups
+
+Per packet: at most two class lookups and two verdict-map lookups per direction, whatever
+the number of policies and pods. Map elements carry counters and a comment naming the
+policy and rule that decided them. Denied traffic is dropped, never rejected.
+
+The chains never change between rulesets of the same layout; every policy or pod change
+is a change of map elements, so `diff_document` emits only element deletions and additions
+— one transaction that the kernel applies atomically. The packet mark is used as scratch
+space inside the chains (the classifier's output); nothing else on the node may rely on a
+mark across the forward hook.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from netpolicy.model import Direction, Peer
+
+TABLE = "tulle"
+FAMILY = "inet"
+ALL_PORTS = (0, 65535)
+PORT_PROTOCOLS = (6, 17, 132)  # TCP, UDP, SCTP: the protocols whose ports policies name
+COMMENT_MAX = 127  # libnftnl's limit on element comments, minus the terminator
+
+# (pod address, class first, class last, protocol first, last, port first, last)
+Key = tuple[int, int, int, int, int, int, int]
+Signature = tuple[frozenset[Peer], frozenset[tuple[str, int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    allow: bool
+    comment: str
+
+    @property
+    def verdict(self) -> str:
+        return "return" if self.allow else "drop"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    node: str
+    local_pods: frozenset[int] = frozenset()
+    cidr_classes: Mapping[tuple[int, int], int] = field(default_factory=lambda: {(0, 2**32 - 1): 1})
+    pod_classes: Mapping[int, int] = field(default_factory=dict)
+    rules: Mapping[Direction, Mapping[Key, Entry]] = field(default_factory=dict)
+    defaults: Mapping[Direction, Mapping[int, Entry]] = field(default_factory=dict)
+    class_ids: Mapping[Signature, int] = field(default_factory=dict)
+    pending: frozenset[int] = frozenset()
+
+    def with_pending(self, addresses: Iterable[int]) -> Ruleset:
+        return Ruleset(self.node, self.local_pods, self.cidr_classes, self.pod_classes, self.rules,
+                       self.defaults, self.class_ids, self.pending | frozenset(addresses))
+
+    @property
+    def element_count(self) -> int:
+        return (len(self.local_pods) + len(self.cidr_classes) + len(self.pod_classes)
+                + sum(len(m) for m in self.rules.values()) + sum(len(m) for m in self.defaults.values()))
+
+
+# --------------------------------------------------------------------------- rendering
+def _ip(address: int) -> str:
+    return str(ipaddress.IPv4Address(address))
+
+
+def _span(first: int, last: int, render: Any = None) -> Any:
+    f = render(first) if render else first
+    return f if first == last else {"range": [f, render(last) if render else last]}
+
+
+def _commented(value: Any, comment: str) -> Any:
+    return {"elem": {"val": value, "comment": comment[:COMMENT_MAX]}}
+
+
+def _verdict(entry: Entry) -> Any:
+    return {entry.verdict: None}
+
+
+def _elements(ruleset: Ruleset) -> dict[str, dict[Any, Any]]:
+    """Every map/set's elements as {hashable key: (rendered key, rendered value or None)}."""
+    out: dict[str, dict[Any, Any]] = {
+        "pending": {a: (_ip(a), None) for a in ruleset.pending},
+        "local_pods": {a: (_ip(a), None) for a in ruleset.local_pods},
+        "cidr_class": {(lo, hi, c): (_span(lo, hi, _ip), c) for (lo, hi), c in ruleset.cidr_classes.items()},
+        "pod_class": {(a, c): (_ip(a), c) for a, c in ruleset.pod_classes.items()},
+    }
+    for direction in (Direction.EGRESS, Direction.INGRESS):
+        name = direction.value.lower()
+        rules = ruleset.rules.get(direction, {})
+        out[f"{name}_rules"] = {
+            (key, entry): (
+                _commented({"concat": [_ip(key[0]), _span(key[1], key[2]), _span(key[3], key[4]),
+                                          # Always a range: nft 1.0.6 cannot delete an
+                                          # element whose fields are all single values.
+                                          {"range": [key[5], key[6]]}]}, entry.comment),
+                _verdict(entry),
+            )
+            for key, entry in rules.items()
+        }
+        out[f"{name}_default"] = {
+            (a, entry): (_commented(_ip(a), entry.comment), _verdict(entry))
+            for a, entry in ruleset.defaults.get(direction, {}).items()
+        }
+    return out
+
+
+def _sets(table: str) -> list[dict[str, Any]]:
+    base = {"family": FAMILY, "table": table}
+    sets: list[dict[str, Any]] = [
+        {"set": {**base, "name": "pending", "type": "ipv4_addr"}},
+        {"set": {**base, "name": "local_pods", "type": "ipv4_addr"}},
+        {"map": {**base, "name": "cidr_class", "type": "ipv4_addr", "map": "mark", "flags": ["interval"]}},
+        {"map": {**base, "name": "pod_class", "type": "ipv4_addr", "map": "mark"}},
+    ]
+    for name in ("egress", "ingress"):
+        sets.append({"map": {**base, "name": f"{name}_rules", "type": ["ipv4_addr", "mark", "inet_proto", "inet_service"],
+                             "map": "verdict", "flags": ["interval"], "stmt": [{"counter": None}]}})
+        sets.append({"map": {**base, "name": f"{name}_default", "type": "ipv4_addr", "map": "verdict",
+                             "stmt": [{"counter": None}]}})
+    return sets
+
+
+def _rule(table: str, chain: str, expr: list[Any], comment: str | None = None) -> dict[str, Any]:
+    rule: dict[str, Any] = {"family": FAMILY, "table": table, "chain": chain, "expr": expr}
+    if comment:
+        rule["comment"] = comment
+    return {"rule": rule}
+
+
+def _chains(table: str) -> list[dict[str, Any]]:
+    def addr(f: str) -> Any:
+        return {"payload": {"protocol": "ip", "field": f}}
+
+    def member(f: str, s: str) -> Any:
+        return {"match": {"op": "==", "left": addr(f), "right": f"@{s}"}}
+
+    out: list[dict[str, Any]] = [
+        {"chain": {"family": FAMILY, "table": table, "name": "forward", "type": "filter", "hook": "forward",
+                   "prio": 0, "policy": "accept"}},
+        {"chain": {"family": FAMILY, "table": table, "name": "egress"}},
+        {"chain": {"family": FAMILY, "table": table, "name": "ingress"}},
+        _rule(table, "forward", [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+                                 {"accept": None}], "return traffic of allowed connections"),
+        _rule(table, "forward", [member("saddr", "pending"), {"counter": None}, {"drop": None}], "pod not yet programmed"),
+        _rule(table, "forward", [member("daddr", "pending"), {"counter": None}, {"drop": None}], "pod not yet programmed"),
+        _rule(table, "forward", [member("saddr", "local_pods"), {"jump": {"target": "egress"}}], "egress of this node's pods"),
+        _rule(table, "forward", [member("daddr", "local_pods"), {"jump": {"target": "ingress"}}], "ingress of this node's pods"),
+    ]
+    for chain, own, peer in (("egress", "saddr", "daddr"), ("ingress", "daddr", "saddr")):
+        mark = {"meta": {"key": "mark"}}
+        out += [
+            _rule(table, chain, [{"mangle": {"key": mark, "value": {"map": {"key": addr(peer), "data": "@cidr_class"}}}}], "peer class by address range"),
+            _rule(table, chain, [{"mangle": {"key": mark, "value": {"map": {"key": addr(peer), "data": "@pod_class"}}}}], "peer class of a pod"),
+            _rule(table, chain, [{"vmap": {"key": {"concat": [addr(own), mark, {"meta": {"key": "l4proto"}},
+                                                              {"payload": {"protocol": "th", "field": "dport"}}]},
+                                           "data": f"@{chain}_rules"}}], "policy decisions"),
+            _rule(table, chain, [{"vmap": {"key": addr(own), "data": f"@{chain}_default"}}], "isolated pods: everything else"),
+        ]
+    return out
+
+
+def _bare(key: Any) -> Any:
+    """An element's key without its comment (deletion names the key only)."""
+    return key["elem"]["val"] if isinstance(key, dict) and "elem" in key else key
+
+
+def _element_command(verb: str, table: str, name: str, items: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    elems = [key if value is None else [key, value] for key, value in items]
+    return {verb: {"element": {"family": FAMILY, "table": table, "name": name, "elem": elems}}}
+
+
+def full_document(ruleset: Ruleset, table: str = TABLE) -> dict[str, Any]:
+    """Replaces the table atomically (add, delete, re-create, fill: one transaction), so
+    traffic sees either the old ruleset or the new one, never none."""
+    ref = {"family": FAMILY, "name": table}
+    commands: list[dict[str, Any]] = [{"add": {"table": ref}}, {"delete": {"table": ref}}, {"add": {"table": ref}}]
+    commands += [{"add": obj} for obj in _sets(table)]
+    commands += [{"add": obj} for obj in _chains(table)]
+    for name, elements in _elements(ruleset).items():
+        if elements:
+            commands.append(_element_command("add", table, name, elements.values()))
+    return {"nftables": commands}
+
+
+def diff_document(old: Ruleset, new: Ruleset, table: str = TABLE) -> dict[str, Any]:
+    """The element deletions and additions that turn `old` (as applied) into `new`;
+    empty when nothing changed. Deletions come first, so a changed element (same key,
+    new verdict or comment) is removed and re-added in the same transaction."""
+    before, after = _elements(old), _elements(new)
+    deletes, adds = [], []
+    for name in after:
+        gone = [before[name][k] for k in before[name].keys() - after[name].keys()]
+        came = [after[name][k] for k in after[name].keys() - before[name].keys()]
+        if gone:
+            deletes.append(_element_command("delete", table, name, ((_bare(k), None) for k, _ in gone)))
+        if came:
+            adds.append(_element_command("add", table, name, came))
+    return {"nftables": deletes + adds}

@@ -1,0 +1,162 @@
+"""The admin endpoints, as functions of the running proxy's state (no I/O here).
+
+Rules (Envoy's admin API): `/ready` is 200 "LIVE" while serving, 503 "DRAINING" after
+`/healthcheck/fail` (until `/healthcheck/ok`); `/stats` is Envoy's text format (with
+`?filter=REGEX`), `/stats/prometheus` the Prometheus one; `/clusters` lists each cluster's
+thresholds and each host's counters and health in Envoy's `name::host::stat::value` lines;
+`/config_dump` the bootstrap as JSON; `/server_info` version, state, uptime and node;
+`/quitquitquit`, `/healthcheck/fail` and `/healthcheck/ok` need POST (405 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from google.protobuf import json_format
+
+from proxy.bootstrap import BootstrapConfig
+from proxy.stats import StatsStore
+from proxy.upstream.cluster import Cluster
+
+VERSION = "tulle-proxy/0.1.0/HTTP1"
+
+
+@dataclass
+class AdminState:
+    config: BootstrapConfig
+    stats: StatsStore
+    clusters: dict[str, Cluster]
+    started: float = field(default_factory=time.time)
+    health_check_failed: bool = False
+    quit: Callable[[], None] = lambda: None
+    options: dict[str, object] = field(default_factory=dict)
+
+
+Reply = tuple[int, str, bytes]
+TEXT = "text/plain; charset=UTF-8"
+JSON = "application/json"
+
+
+def handle(state: AdminState, method: str, target: str) -> Reply:
+    path, _, query = target.partition("?")
+    params = {key: values[-1] for key, values in parse_qs(query).items()}
+    if path in _MUTATING:
+        if method != "POST":
+            return 405, TEXT, b"This endpoint needs to be accessed with POST.\n"
+        return _MUTATING[path](state)
+    handler = _READ.get(path)
+    if handler is None:
+        return 404, TEXT, b"invalid path. admin commands are:\n" + "".join(
+            f"  {name}\n" for name in sorted({*_READ, *_MUTATING})).encode()
+    return handler(state, params)
+
+
+def _ready(state: AdminState, params: dict[str, str]) -> Reply:
+    if state.health_check_failed:
+        return 503, TEXT, b"DRAINING\n"
+    return 200, TEXT, b"LIVE\n"
+
+
+def _stats(state: AdminState, params: dict[str, str]) -> Reply:
+    pattern = params.get("filter")
+    if params.get("format") == "prometheus":
+        return _prometheus(state, params)
+    if params.get("format") == "json":
+        regex = re.compile(pattern) if pattern else None
+        stats = [{"name": name, "value": value} for name, *_, value, _ in state.stats.values()
+                 if regex is None or regex.search(name)]
+        return 200, JSON, json.dumps({"stats": stats}).encode()
+    text = state.stats.render_text()
+    if pattern:
+        try:
+            regex = re.compile(pattern)
+        except re.error as error:
+            return 400, TEXT, f"Invalid regex: {error}\n".encode()
+        text = "".join(line + "\n" for line in text.splitlines() if regex.search(line.split(":")[0]))
+    return 200, TEXT, text.encode()
+
+
+def _prometheus(state: AdminState, params: dict[str, str]) -> Reply:
+    return 200, "text/plain; charset=UTF-8", state.stats.render_prometheus().encode()
+
+
+def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
+    lines = []
+    for name, cluster in state.clusters.items():
+        breaker = cluster.breaker
+        for threshold in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+            lines.append(f"{name}::default_priority::{threshold}::{getattr(breaker.thresholds, threshold)}")
+        lines.append(f"{name}::added_via_api::false")
+        for host in cluster.host_set.hosts:
+            prefix = f"{name}::{host.key}"
+            pool = cluster.pools.get(host)
+            flags = []
+            if host.health_check_failed:
+                flags.append("/failed_active_hc")
+            if host.outlier_ejected:
+                flags.append("/failed_outlier_check")
+            lines.append(f"{prefix}::cx_active::{pool.open if pool else 0}")
+            lines.append(f"{prefix}::rq_active::{host.active_requests}")
+            lines.append(f"{prefix}::health_flags::{''.join(flags) or 'healthy'}")
+            lines.append(f"{prefix}::weight::{host.weight}")
+            lines.append(f"{prefix}::priority::{host.locality_priority}")
+            lines.append(f"{prefix}::hostname::{cluster.hostnames.get(host, '')}")
+    return 200, TEXT, ("\n".join(lines) + "\n").encode()
+
+
+def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
+    bootstrap = state.config.proto
+    dump = {"configs": [{
+        "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+        "bootstrap": json_format.MessageToDict(bootstrap) if bootstrap is not None else {},
+    }]}
+    return 200, JSON, json.dumps(dump, indent=1).encode()
+
+
+def _server_info(state: AdminState, params: dict[str, str]) -> Reply:
+    uptime = int(time.time() - state.started)
+    info = {
+        "version": VERSION,
+        "state": "DRAINING" if state.health_check_failed else "LIVE",
+        "hot_restart_version": "disabled",
+        "command_line_options": state.options,
+        "node": {"id": state.config.node_id, "cluster": state.config.node_cluster},
+        "uptime_current_epoch": f"{uptime}s",
+        "uptime_all_epochs": f"{uptime}s",
+    }
+    return 200, JSON, json.dumps(info, indent=1).encode()
+
+
+def _quit(state: AdminState) -> Reply:
+    state.quit()
+    return 200, TEXT, b"OK\n"
+
+
+def _healthcheck_fail(state: AdminState) -> Reply:
+    state.health_check_failed = True
+    return 200, TEXT, b"OK\n"
+
+
+def _healthcheck_ok(state: AdminState) -> Reply:
+    state.health_check_failed = False
+    return 200, TEXT, b"OK\n"
+
+
+_READ: dict[str, Callable[[AdminState, dict[str, str]], Reply]] = {
+    "/ready": _ready,
+    "/stats": _stats,
+    "/stats/prometheus": _prometheus,
+    "/clusters": _clusters,
+    "/config_dump": _config_dump,
+    "/server_info": _server_info,
+}
+_MUTATING: dict[str, Callable[[AdminState], Reply]] = {
+    "/quitquitquit": _quit,
+    "/healthcheck/fail": _healthcheck_fail,
+    "/healthcheck/ok": _healthcheck_ok,
+}

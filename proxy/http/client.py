@@ -1,0 +1,162 @@
+"""The HTTP/1.1 client side of one upstream connection (httptools response parser).
+
+Theory of operation: the pool owns connections; the router borrows one per attempt, sends the
+request head and body through `write`, and hands a `ResponseSink` that receives the parsed
+response as events: headers, body chunks, completion, or a reset (the connection closed or
+failed before the response completed). A connection is reusable when the response completed,
+both sides allow keep-alive and the request body was fully sent. Interim 1xx responses
+(other than 101) are skipped. A response without Content-Length or chunked framing ends
+when the upstream closes: that close completes it instead of resetting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import httptools
+
+from proxy.http.headers import Headers
+
+
+class ResponseSink(Protocol):
+    def on_response_headers(self, status: int, headers: Headers, keep_alive: bool) -> None: ...
+
+    def on_response_body(self, chunk: bytes) -> None: ...
+
+    def on_response_complete(self) -> None: ...
+
+    def on_upstream_reset(self) -> None: ...
+
+
+class ConnectionOwner(Protocol):
+    def connection_closed(self, connection: UpstreamConnection) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("_close_delimited", "_headers", "_in_response", "_interim", "_owner",
+                 "_parser", "_status", "closed", "keep_alive", "sink", "transport")
+
+    def __init__(self, owner: ConnectionOwner) -> None:
+        self._owner = owner
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._status = 0
+        self._in_response = False
+        self._interim = False
+        self._close_delimited = False
+        self.keep_alive = True
+        self.closed = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.keep_alive = False
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            if self._in_response and self._close_delimited:
+                sink.on_response_complete()
+            else:
+                sink.on_upstream_reset()
+        self._owner.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # used by the router
+
+    def start(self, sink: ResponseSink, head: bytes) -> None:
+        self.sink = sink
+        self._in_response = False
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        """Give up the exchange in flight: the connection cannot be reused."""
+        self.sink = None
+        self.keep_alive = False
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_response = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        self._status = status
+        if 100 <= status < 200 and status != 101:
+            self._interim = True
+            return
+        self._interim = False
+        headers = Headers(self._headers)
+        self._close_delimited = (
+            "content-length" not in headers and "transfer-encoding" not in headers
+            and status not in (204, 304))
+        self.keep_alive = parser.should_keep_alive() and not self._close_delimited
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_headers(status, headers, self.keep_alive)
+
+    def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._in_response = False
+        sink = self.sink
+        self.sink = None
+        if sink is not None:
+            sink.on_response_complete()
+
+    def _fail(self) -> None:
+        """Garbage from the upstream: reset the exchange, never reuse the connection."""
+        sink = self.sink
+        self.sink = None
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+        if sink is not None:
+            sink.on_upstream_reset()

@@ -1,0 +1,678 @@
+"""The HTTP connection manager and its router: from a parsed request to a response.
+
+Theory of operation, per request (one coroutine, `_serve`):
+1. connection-manager rules on the request headers (Envoy's mutateRequestHeaders):
+   hop-by-hop headers go; with `use_remote_address` the peer (or, for a loopback peer, the
+   host's first non-loopback address) is appended to x-forwarded-for, x-forwarded-proto is
+   overwritten and the request is external unless the peer is in `internal_address_config`
+   (Envoy 1.40 treats no address as internal by default); an external request loses the
+   x-envoy-* control headers, an edge one gets x-envoy-external-address and a fresh
+   x-request-id; a missing x-request-id is generated;
+2. routing (proxy/router/route_table.py): no route → 404 with an empty body; direct
+   responses and redirects are answered here;
+3. the router: header mutations and rewrites, then attempts — pick a host (balancer,
+   previous_hosts), hold a circuit-breaker request slot, take or open a pooled connection,
+   send, wait for the response head under the per-try and route deadlines — and the retry
+   policy decides whether an outcome is returned or retried after a jittered back-off;
+4. the response head gets Envoy's headers (x-envoy-upstream-service-time, server, date,
+   the route's response mutations) and the body streams through.
+
+Local replies (Envoy's texts): 503 "upstream connect error or disconnect/reset before
+headers. reset reason: overflow" with x-envoy-overloaded for circuit breaking, "... reset
+reason: remote connection failure" / "connection termination" for connect failures and
+resets, 504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
+balancer has no host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
+from proxy.http.downstream import DownstreamConnection, Request
+from proxy.http.hcm_config import HcmConfig
+from proxy.http.headers import Headers
+from proxy.http.response import LAST_CHUNK, encode_chunk, encode_head, http_date
+from proxy.http.retry import (
+    CONNECT_FAILURE,
+    PER_TRY_TIMEOUT,
+    RESET,
+    RetryPolicy,
+    RetryState,
+    parse_retry_on,
+)
+from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, RedirectAction
+from proxy.router.route_table import RouteSelection
+from proxy.stats import HttpStats
+from proxy.upstream.balancer import combine_hash_keys, hash_key_for
+from proxy.upstream.pool import ConnectFailure, Overflow
+
+OVERFLOW = "overflow"
+
+if TYPE_CHECKING:
+    from proxy.upstream.cluster import Cluster
+
+log = logging.getLogger("tulle.proxy.http")
+
+_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "upgrade")
+_RESPONSE_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
+_INTERNAL_ONLY = ("x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
+                  "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
+                  "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
+                  "x-envoy-upstream-rq-per-try-timeout-ms",
+                  "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
+                  "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
+                  "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal")
+_EDGE_ONLY = ("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+              "x-envoy-downstream-service-node")
+
+RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
+_RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination"}
+
+
+class Stream:
+    """One request's context; also what header `%COMMAND%` substitutions read."""
+
+    __slots__ = ("committed", "conn", "downstream_local", "downstream_remote", "internal",
+                 "request", "request_headers", "response_mutations", "start")
+
+    def __init__(self, conn: DownstreamConnection, request: Request, start: float) -> None:
+        self.conn = conn
+        self.request = request
+        self.request_headers = request.headers
+        self.downstream_remote = conn.peer
+        self.downstream_local = conn.local
+        self.start = start
+        self.committed = False
+        self.internal = False
+        self.response_mutations: tuple = ()
+
+
+class HttpConnectionManager:
+    def __init__(self, config: HcmConfig, clusters: dict[str, Cluster], rng: random.Random,
+                 local_address: str) -> None:
+        self.config = config
+        self.clusters = clusters
+        self.rng = rng
+        self.local_address = local_address
+        self.stats = HttpStats()
+        self.connections: set[DownstreamConnection] = set()
+        self._loop = asyncio.get_event_loop()
+
+    # connections
+
+    def connection_opened(self, conn: DownstreamConnection) -> None:
+        self.connections.add(conn)
+        self.stats.downstream_cx_total += 1
+        self.stats.downstream_cx_http1_total += 1
+        self.stats.downstream_cx_active += 1
+
+    def connection_closed(self, conn: DownstreamConnection) -> None:
+        self.connections.discard(conn)
+        self.stats.downstream_cx_active -= 1
+        self.stats.downstream_cx_destroy += 1
+
+    def protocol_error_reply(self, conn: DownstreamConnection, status: int) -> None:
+        body = {400: b"Bad Request", 426: b"Upgrade Required"}.get(
+            status, b"Request Header Fields Too Large")
+        self.stats.count_status(status)
+        conn.write(self._local_head(status, body, None, close=True) + body)
+        conn.close()
+
+    def serve(self, conn: DownstreamConnection, request: Request) -> None:
+        self._loop.create_task(self._serve(conn, request))
+
+    # one request
+
+    async def _serve(self, conn: DownstreamConnection, request: Request) -> None:
+        stats = self.stats
+        stats.downstream_rq_total += 1
+        stats.downstream_rq_http1_total += 1
+        stats.downstream_rq_active += 1
+        stream = Stream(conn, request, self._loop.time())
+        try:
+            await self._handle(stream)
+        except _DownstreamGone:
+            if request.body.failed and not stream.committed:
+                self._reply(stream, 400, b"Bad Request", keep_alive=False)
+            else:
+                conn.response_done(False)
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.target)
+            if not stream.committed:
+                self._reply(stream, 500, b"", keep_alive=False)
+            else:
+                conn.abort()
+                conn.response_done(False)
+        finally:
+            stats.downstream_rq_active -= 1
+            stats.downstream_rq_completed += 1
+
+    async def _handle(self, stream: Stream) -> None:
+        request = stream.request
+        config = self.config
+        headers = request.headers
+        if request.version == "1.0" and not config.accept_http_10:
+            self._reply(stream, 426, b"Upgrade Required", keep_alive=False)
+            return
+        authority = headers.get("host")
+        if authority is None:
+            if request.version == "1.0" and config.default_host_for_http_10:
+                authority = config.default_host_for_http_10
+                headers.add("host", authority)
+            else:
+                self._reply(stream, 400, b"", keep_alive=False)
+                return
+        if request.upgrade:
+            # Upgrades need upgrade_configs, which tulle-proxy rejects at load: Envoy answers 403.
+            self._reply(stream, 403, b"", keep_alive=False)
+            return
+        if request.expect_continue:
+            headers.remove("expect")
+            if not request.body.done:
+                stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._mutate_request_headers(stream)
+        table = config.route_table
+        selection = table.select(request.method, authority, request.target, headers)
+        if selection is None:
+            self.stats.no_route += 1
+            self._reply(stream, 404, b"")
+            return
+        stream.response_mutations = table.response_mutations(selection)
+        action = selection.route.action
+        if isinstance(action, ForwardAction):
+            await self._forward(stream, selection, action, authority)
+        elif isinstance(action, DirectResponseAction):
+            self.stats.rq_direct_response += 1
+            self._reply(stream, action.status, action.body)
+        else:
+            assert isinstance(action, RedirectAction)
+            self.stats.rq_redirect += 1
+            location = action.location("http", authority, selection.path, selection.query,
+                                       selection.matched)
+            self._reply(stream, action.status, b"", extra=(("location", location),))
+
+    # connection-manager header rules
+
+    def _mutate_request_headers(self, stream: Stream) -> None:
+        config = self.config
+        headers = stream.request.headers
+        for name in _HOP_BY_HOP:
+            headers.remove(name)
+        te = headers.get("te")
+        if te is not None and te.lower() != "trailers":
+            headers.remove("te")
+        peer = stream.downstream_remote[0]
+        if config.use_remote_address:
+            remote = peer
+            if not config.skip_xff_append:
+                appended = self.local_address if _is_loopback(peer) else peer
+                existing = headers.get_joined("x-forwarded-for")
+                headers.set("x-forwarded-for", f"{existing},{appended}" if existing else appended)
+            headers.set("x-forwarded-proto", "http")
+            internal = self._is_internal(remote)
+            edge = not internal
+        else:
+            existing = headers.get_joined("x-forwarded-for")
+            entries = [entry.strip() for entry in existing.split(",")] if existing else []
+            remote = entries[-1] if entries else ""
+            internal = len(entries) == 1 and self._is_internal(remote)
+            edge = False
+            if "x-forwarded-proto" not in headers:
+                headers.add("x-forwarded-proto", "http")
+        headers.remove("x-envoy-internal")
+        if internal:
+            headers.set("x-envoy-internal", "true")
+        else:
+            for name in _INTERNAL_ONLY:
+                headers.remove(name)
+            if edge:
+                for name in _EDGE_ONLY:
+                    headers.remove(name)
+                headers.set("x-envoy-external-address", remote)
+        stream.internal = internal
+        if config.generate_request_id and (
+                "x-request-id" not in headers or (edge and not config.preserve_external_request_id)):
+            headers.set("x-request-id", str(uuid.uuid4()))
+
+    def _is_internal(self, address: str) -> bool:
+        networks = self.config.internal_networks
+        if not networks or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    # the router
+
+    async def _forward(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
+                       authority: str) -> None:
+        request = stream.request
+        headers = request.headers
+        cluster_name = action.pick_cluster(self.rng.random())
+        cluster = self.clusters.get(cluster_name)
+        if cluster is None:
+            self.stats.no_cluster += 1
+            self._reply(stream, 503, b"")
+            return
+        vhost = selection.virtual_host
+        policy = action.retry_policy or vhost.retry_policy
+        timeout = action.timeout
+        if stream.internal:
+            policy, timeout = _honour_envoy_headers(headers, policy, timeout)
+        per_try = policy.per_try_timeout if policy is not None else 0.0
+        hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
+        for mutation in self.config.route_table.request_mutations(selection):
+            mutation.apply(headers, stream)
+        if action.host_rewrite_literal:
+            headers.set("x-envoy-original-host", authority)
+            headers.set("host", action.host_rewrite_literal)
+        target = request.target
+        rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
+        if rewritten is not None:
+            headers.set("x-envoy-original-path", target)
+            target = rewritten
+        if request.chunked:
+            headers.set("transfer-encoding", "chunked")
+        envoy_headers = not self.config.suppress_envoy_headers
+        loop = self._loop
+        start = loop.time()
+        deadline = start + timeout if timeout > 0 else 0.0
+        retry = RetryState(policy) if policy is not None and policy.num_retries > 0 else None
+        if retry is not None and "retriable-status-codes" in retry.policy.retry_on:
+            extra = headers.get("x-envoy-retriable-status-codes")
+            if extra and stream.internal:
+                retry.extra_status_codes = frozenset(
+                    int(code) for code in extra.split(",") if code.strip().isdigit())
+        breaker = cluster.breaker
+        cstats = cluster.stats
+        tried: list = []
+        number = 0
+        last_failure = ""
+        while True:
+            number += 1
+            if vhost.include_request_attempt_count:
+                headers.set("x-envoy-attempt-count", str(number))
+            if envoy_headers:
+                expected = _expected_timeout(timeout, per_try, deadline, loop.time(), number)
+                if expected is not None:
+                    headers.set("x-envoy-expected-rq-timeout-ms", expected)
+            if action.auto_host_rewrite:
+                pass   # set per attempt below, once the host is known
+            host = cluster.choose(hash_key, tried if policy is not None and policy.previous_hosts else (),
+                                  policy.host_selection_retry_max_attempts if policy is not None else 1)
+            if host is None:
+                cstats.upstream_cx_none_healthy += 1
+                self._reply(stream, 503, b"no healthy upstream")
+                return
+            if action.auto_host_rewrite:
+                if number == 1:
+                    headers.set("x-envoy-original-host", authority)
+                headers.set("host", cluster.hostnames.get(host, host.address))
+            tried.append(host)
+            if not breaker.try_start_request():
+                self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
+                            extra=(("x-envoy-overloaded", "true"),))
+                return
+            cstats.upstream_rq_total += 1
+            cstats.upstream_rq_active += 1
+            host.active_requests += 1
+            try:
+                head = _request_head(request.method, target, headers)
+                outcome = await self._attempt(stream, cluster, host, head, per_try, deadline)
+                if isinstance(outcome, Attempt):
+                    status = outcome.status
+                    cstats.count_status(status)
+                    cluster.record_outcome(host, status)
+                    if (retry is not None and retry.decide(status) and not request.body.overflowed
+                            and await self._retry_allowed(stream, cluster, retry, deadline)):
+                        outcome.abandon()
+                        continue
+                    if number > 1:
+                        cstats.upstream_rq_retry_success += 1 if status < 500 else 0
+                    await self._respond(stream, outcome, selection, number, deadline)
+                    return
+            finally:
+                breaker.finish_request()
+                cstats.upstream_rq_active -= 1
+                host.active_requests -= 1
+            if outcome == OVERFLOW:
+                self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
+                            extra=(("x-envoy-overloaded", "true"),))
+                return
+            cluster.record_outcome(host, None)
+            if outcome == GLOBAL_TIMEOUT:
+                cstats.upstream_rq_timeout += 1
+                self._reply(stream, 504, b"upstream request timeout")
+                return
+            if outcome == PER_TRY_TIMEOUT:
+                cstats.upstream_rq_per_try_timeout += 1
+            last_failure = outcome
+            if (retry is not None and retry.decide(outcome) and not request.body.overflowed
+                    and await self._retry_allowed(stream, cluster, retry, deadline)):
+                continue
+            if outcome == PER_TRY_TIMEOUT:
+                self._reply(stream, 504, b"upstream request timeout")
+                return
+            retried = "retried and the latest " if number > 1 else ""
+            body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
+            self._reply(stream, 503, body.encode())
+            return
+
+    async def _retry_allowed(self, stream: Stream, cluster: Cluster, retry: RetryState,
+                             deadline: float) -> bool:
+        """Take a retry slot from the breaker and sleep the back-off (False: give up)."""
+        stats = cluster.stats
+        if not cluster.breaker.try_start_retry():
+            return False
+        try:
+            stats.upstream_rq_retry += 1
+            stats.upstream_rq_retry_backoff_exponential += 1
+            delay = retry.backoff(self.rng)
+            if deadline and self._loop.time() + delay >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            return not stream.conn.closed
+        finally:
+            cluster.breaker.finish_retry()
+
+    async def _attempt(self, stream: Stream, cluster: Cluster, host: object, head: bytes,
+                       per_try: float, deadline: float) -> Attempt | str:
+        from proxy.upstream.host import Host
+
+        assert isinstance(host, Host)
+        loop = self._loop
+        pool = cluster.pool(host)
+        connection = pool.take_idle()
+        if connection is None:
+            try:
+                if deadline:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return GLOBAL_TIMEOUT
+                    connection = await asyncio.wait_for(pool.acquire(), remaining)
+                else:
+                    connection = await pool.acquire()
+            except ConnectFailure:
+                return CONNECT_FAILURE
+            except Overflow:
+                return OVERFLOW
+            except TimeoutError:
+                return GLOBAL_TIMEOUT
+        now = loop.time()
+        attempt = Attempt(connection, pool, host, now)
+        connection.start(attempt, head)
+        body = stream.request.body
+        pump: asyncio.Task[None] | None = None
+        if stream.request.has_body:
+            if body.done:
+                _write_body(connection, body.chunks, stream.request.chunked, True)
+            else:
+                pump = loop.create_task(self._pump_body(stream, connection))
+        per_try_deadline = now + per_try if per_try > 0 else 0.0
+        timer = None
+        if per_try_deadline and (not deadline or per_try_deadline < deadline):
+            timer = loop.call_at(per_try_deadline, attempt.expire, PER_TRY_TIMEOUT)
+        elif deadline:
+            timer = loop.call_at(deadline, attempt.expire, GLOBAL_TIMEOUT)
+        try:
+            while attempt.headers is None and not attempt.reset and attempt.expired is None:
+                if body.failed or stream.conn.closed:
+                    attempt.abandon()
+                    raise _DownstreamGone()
+                await attempt.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if attempt.headers is not None:
+            return attempt
+        if pump is not None:
+            pump.cancel()
+        attempt.abandon()
+        if attempt.expired is not None:
+            return attempt.expired
+        return RESET
+
+    async def _pump_body(self, stream: Stream, connection: object) -> None:
+        from proxy.http.client import UpstreamConnection
+
+        assert isinstance(connection, UpstreamConnection)
+        body = stream.request.body
+        chunked = stream.request.chunked
+        sent = 0
+        while True:
+            chunks = body.chunks
+            if sent < len(chunks):
+                _write_body(connection, chunks[sent:], chunked, False)
+                if body.overflowed:
+                    chunks.clear()
+                    sent = 0
+                else:
+                    sent = len(chunks)
+            if body.done:
+                if chunked:
+                    connection.write(LAST_CHUNK)
+                return
+            if body.failed or connection.closed:
+                return
+            await body.wait()
+
+    async def _respond(self, stream: Stream, attempt: Attempt, selection: RouteSelection,
+                       attempts: int, deadline: float) -> None:
+        request = stream.request
+        conn = stream.conn
+        headers = attempt.headers
+        assert headers is not None
+        status = attempt.status
+        framed_length = headers.get("content-length")
+        for name in _RESPONSE_HOP_BY_HOP:
+            headers.remove(name)
+        loop = self._loop
+        if not self.config.suppress_envoy_headers:
+            headers.set("x-envoy-upstream-service-time", str(int((loop.time() - stream.start) * 1000)))
+        if selection.virtual_host.include_attempt_count_in_response:
+            headers.set("x-envoy-attempt-count", str(attempts))
+        for mutation in stream.response_mutations:
+            mutation.apply(headers, stream)
+        self._server_headers(headers, stream)
+        no_body = request.method == "HEAD" or status in (204, 304) or status < 200
+        keep_alive = request.keep_alive and request.body.done and not conn._error
+        chunked = False
+        if no_body:
+            if framed_length is not None:
+                headers.set("content-length", framed_length)
+        elif framed_length is not None:
+            headers.set("content-length", framed_length)
+        elif request.version == "1.1":
+            chunked = True
+            headers.set("transfer-encoding", "chunked")
+        else:
+            keep_alive = False
+        if not keep_alive:
+            headers.set("connection", "close")
+        self.stats.count_status(status)
+        stream.committed = True
+        conn.write(encode_head(status, headers))
+        upstream = attempt.connection
+        if no_body and not attempt.complete:
+            attempt.abandon()
+            conn.response_done(keep_alive)
+            return
+
+        def relay(chunk: bytes) -> None:
+            conn.write(encode_chunk(chunk) if chunked else chunk)
+            if conn.write_paused:
+                upstream.pause_reading()
+                conn.on_drain = upstream.resume_reading
+
+        for chunk in attempt.buffer:
+            relay(chunk)
+        attempt.buffer.clear()
+        attempt.writer = relay
+        timer = loop.call_at(deadline, attempt.expire, GLOBAL_TIMEOUT) if deadline else None
+        try:
+            while not attempt.complete and not attempt.reset and attempt.expired is None:
+                if conn.closed:
+                    break
+                await attempt.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            conn.on_drain = None
+        if attempt.complete:
+            if chunked:
+                conn.write(LAST_CHUNK)
+            attempt.finish()
+            conn.response_done(keep_alive)
+            return
+        # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close.
+        attempt.abandon()
+        conn.abort()
+        conn.response_done(False)
+
+    # replies
+
+    def _server_headers(self, headers: Headers, stream: Stream) -> None:
+        mode = self.config.server_header
+        if mode == "OVERWRITE":
+            headers.set("server", self.config.server_name)
+        elif mode == "APPEND_IF_ABSENT" and "server" not in headers:
+            headers.add("server", self.config.server_name)
+        if "date" not in headers:
+            headers.add("date", http_date())
+
+    def _local_head(self, status: int, body: bytes, stream: Stream | None, close: bool = False,
+                    extra: Sequence[tuple[str, str]] = ()) -> bytes:
+        headers = Headers(list(extra))
+        if body or status not in (204, 304):
+            headers.add("content-length", str(len(body)))
+        if body:
+            headers.add("content-type", "text/plain")
+        if stream is not None:
+            for mutation in stream.response_mutations:
+                mutation.apply(headers, stream)
+        headers.add("date", http_date())
+        headers.add("server", self.config.server_name)
+        if close:
+            headers.add("connection", "close")
+        return encode_head(status, headers)
+
+    def _reply(self, stream: Stream, status: int, body: bytes, keep_alive: bool = True,
+               extra: Sequence[tuple[str, str]] = ()) -> None:
+        request = stream.request
+        keep_alive = keep_alive and request.keep_alive and request.body.done
+        self.stats.count_status(status)
+        stream.committed = True
+        conn = stream.conn
+        payload = b"" if request.method == "HEAD" else body
+        conn.write(self._local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
+        conn.response_done(keep_alive)
+
+    def _hash_key(self, policies: tuple[HashPolicy, ...], stream: Stream) -> int | None:
+        key: int | None = None
+        headers = stream.request.headers
+        for policy in policies:
+            value: str | None
+            if policy.kind == "header":
+                value = headers.get_joined(policy.name)
+                if value is not None and "," in value:
+                    value = "".join(line for name, line in headers.items if name == policy.name)
+            elif policy.kind == "cookie":
+                value = _cookie(headers, policy.name)
+            elif policy.kind == "source_ip":
+                value = stream.downstream_remote[0] or None
+            else:
+                value = _query_parameter(stream.request.target, policy.name)
+            if value is not None:
+                key = combine_hash_keys(key, hash_key_for(value))
+            if policy.terminal and key is not None:
+                break
+        return key
+
+
+class _DownstreamGone(Exception):
+    """The client went away or sent a malformed body while an attempt was in flight."""
+
+
+def _request_head(method: str, target: str, headers: Headers) -> bytes:
+    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + "".join(
+        [f"{name}: {value}\r\n" for name, value in headers.items]).encode("latin-1") + b"\r\n"
+
+
+def _write_body(connection: object, chunks: list[bytes], chunked: bool, last: bool) -> None:
+    from proxy.http.client import UpstreamConnection
+
+    assert isinstance(connection, UpstreamConnection)
+    if chunked:
+        data = b"".join(encode_chunk(chunk) for chunk in chunks if chunk)
+        connection.write(data + LAST_CHUNK if last else data)
+    else:
+        connection.write(b"".join(chunks))
+
+
+def _expected_timeout(timeout: float, per_try: float, deadline: float, now: float,
+                      number: int) -> str | None:
+    """x-envoy-expected-rq-timeout-ms: the per-try timeout if it is the tighter bound, else
+    the route timeout (what remains of it on a retry); None without either."""
+    if timeout > 0:
+        remaining = timeout if number == 1 else max(deadline - now, 0.0)
+        if per_try > 0 and per_try < remaining:
+            return str(int(per_try * 1000))
+        return str(int(remaining * 1000))
+    if per_try > 0:
+        return str(int(per_try * 1000))
+    return None
+
+
+def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
+                          timeout: float) -> tuple[RetryPolicy | None, float]:
+    """x-envoy-* request headers of an internal request override the route's settings."""
+    from dataclasses import replace
+
+    value = headers.get("x-envoy-upstream-rq-timeout-ms")
+    if value is not None and value.isdigit():
+        timeout = int(value) / 1000
+        headers.remove("x-envoy-upstream-rq-timeout-ms")
+    retry_on = headers.get("x-envoy-retry-on")
+    if retry_on is not None:
+        extra = parse_retry_on(retry_on)
+        if extra:
+            base = policy or RetryPolicy()
+            policy = replace(base, retry_on=base.retry_on | extra)
+    max_retries = headers.get("x-envoy-max-retries")
+    if max_retries is not None and max_retries.isdigit() and policy is not None:
+        policy = replace(policy, num_retries=int(max_retries))
+    per_try = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")
+    if per_try is not None and per_try.isdigit() and policy is not None:
+        policy = replace(policy, per_try_timeout=int(per_try) / 1000)
+        headers.remove("x-envoy-upstream-rq-per-try-timeout-ms")
+    return policy, timeout
+
+
+def _is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1" or address.startswith("::ffff:127.")
+
+
+def _cookie(headers: Headers, name: str) -> str | None:
+    for key, value in headers.items:
+        if key == "cookie":
+            for pair in value.split(";"):
+                cookie_name, _, cookie_value = pair.strip().partition("=")
+                if cookie_name == name:
+                    return cookie_value
+    return None
+
+
+def _query_parameter(target: str, name: str) -> str | None:
+    from proxy.router.matchers import parse_query
+
+    _, _, query = target.partition("?")
+    return parse_query(query).get(name) if query else None

@@ -1,0 +1,284 @@
+"""The HTTP/1.1 server side of one downstream connection (httptools request parser).
+
+Theory of operation: bytes are parsed as they arrive; each request becomes a `Request`
+(head plus a streaming `RequestBody`) and requests are served one at a time in arrival
+order (pipelined requests wait their turn; reading pauses while one is queued, so a client
+cannot make the proxy buffer without bound). The connection manager's `handle` coroutine
+serves a request and calls `response_done`, which closes the connection or starts the next
+request. Requests are dispatched after the bytes that completed their head are fully
+parsed, so a malformed request whose error sits in the same read never reaches an
+upstream.
+
+Rules for bad input (Envoy's statuses): a parse error (bad request line, bad header,
+Content-Length with Transfer-Encoding, bad chunk size) is 400; request headers over
+`max_request_headers_kb` or more than `max_headers_count` lines are 431; the connection
+closes after such a reply. HTTP/1.0 is 426 unless `accept_http_10`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.http.headers import Headers
+
+if TYPE_CHECKING:
+    from proxy.http.connection_manager import HttpConnectionManager
+
+RETAIN_LIMIT = 1024 * 1024   # request bytes kept for retries (Envoy's per-request buffer limit)
+
+
+class RequestBody:
+    """Request body chunks as they arrive; retained for retries up to RETAIN_LIMIT."""
+
+    __slots__ = ("_waiter", "chunks", "done", "failed", "on_done", "overflowed", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done = False
+        self.size = 0
+        self.overflowed = False
+        self.failed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.on_done: Callable[[], None] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        if self.size > RETAIN_LIMIT:
+            self.overflowed = True
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+        if self.on_done is not None:
+            self.on_done()
+
+    def fail(self) -> None:
+        """The client sent a malformed body: whoever streams it must give up."""
+        self.failed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+        self._waiter = None
+
+
+class Request:
+    __slots__ = ("body", "chunked", "expect_continue", "has_body", "headers", "keep_alive",
+                 "method", "target", "upgrade", "version")
+
+    def __init__(self, method: str, target: str, version: str, headers: Headers,
+                 keep_alive: bool, upgrade: bool) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.body = RequestBody()
+        self.chunked = False
+        self.has_body = False
+        self.expect_continue = False
+
+
+class DownstreamConnection(asyncio.Protocol):
+    def __init__(self, manager: HttpConnectionManager) -> None:
+        self.manager = manager
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._in_head = True
+        self._current: Request | None = None
+        self._ready: deque[Request] = deque()
+        self.active: Request | None = None
+        self.closed = False
+        self._reading = True
+        self._error: int = 0
+        self.tunnel: Callable[[bytes], None] | None = None
+        self.on_drain: Callable[[], None] | None = None
+        self.write_paused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
+        self.local = (local[0], local[1]) if isinstance(local, tuple) else ("", 0)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.manager.connection_opened(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
+        if self._error:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.manager.config.max_request_headers_bytes + 16 * 1024:
+                self._protocol_error(431)
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            if self._current is not None:
+                self._current.body.feed(data[offset:]) if offset < len(data) else None
+        except httptools.HttpParserError as error:
+            self._protocol_error(426 if "version" in str(error).lower() else 400)
+        self._dispatch()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: serve what is in flight, then close.
+        return not (self.active is None and not self._ready)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self.manager.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.on_drain is not None:
+            self.on_drain()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        config = self.manager.config
+        size = len(self._url) + sum(len(name) + len(value) for name, value in self._headers)
+        if size > config.max_request_headers_bytes or len(self._headers) > config.max_headers_count:
+            self._error = 431
+            raise httptools.HttpParserError("request headers too large")
+        headers = Headers(self._headers)
+        version = parser.get_http_version()
+        request = Request(parser.get_method().decode("latin-1"), self._url.decode("latin-1"),
+                          version, headers, parser.should_keep_alive(), parser.should_upgrade())
+        transfer_encoding = headers.get("transfer-encoding")
+        request.chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
+        request.has_body = request.chunked or (headers.get("content-length") or "0") != "0"
+        request.expect_continue = (headers.get("expect") or "").lower() == "100-continue"
+        self._in_head = False
+        self._head_bytes = 0
+        self._current = request
+        self._ready.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._current is not None:
+            self._current.body.finish()
+            self._current = None
+        self._in_head = True
+
+    # serving
+
+    def _dispatch(self) -> None:
+        if self.active is None and self._ready and not self.closed:
+            request = self._ready.popleft()
+            self.active = request
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            self.manager.serve(self, request)
+        if self._ready and self._reading and self.transport is not None:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def response_done(self, keep_alive: bool) -> None:
+        """The response to the active request is fully written."""
+        self.active = None
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if not keep_alive or self._error:
+            self.close()
+            return
+        if not self._reading:
+            self._reading = True
+            transport.resume_reading()
+        if self._ready:
+            self._dispatch()
+        else:
+            self._arm_idle()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def _arm_idle(self) -> None:
+        timeout = self.manager.config.idle_timeout
+        if timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if self.active is None:
+            self.close()
+
+    def _protocol_error(self, status: int) -> None:
+        status = self._error or status
+        self._error = status
+        self.manager.stats.downstream_cx_protocol_error += 1
+        # Requests queued before the bad one are still served; the bad one gets the reply.
+        current = self._current
+        if current is not None:
+            if current in self._ready:
+                self._ready.remove(current)
+            else:
+                current.body.fail()
+        self._current = None
+        if self.active is None and not self._ready:
+            self.manager.protocol_error_reply(self, status)

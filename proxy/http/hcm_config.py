@@ -1,0 +1,163 @@
+"""The HTTP connection manager's configuration (Envoy's HttpConnectionManager message).
+
+Rules: only the router HTTP filter is supported (it must be the last filter, as in Envoy);
+the route configuration is inline (`route_config`) — RDS comes with dynamic resources; the
+codec is HTTP/1.1 (`AUTO` and `HTTP1` accepted). Defaults are Envoy's: server name
+"envoy", request ids generated, 60 KiB of request headers, 100 headers, 1 h connection idle
+timeout, 5 min stream idle timeout, no request timeout, nothing internal unless
+`internal_address_config` lists it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from envoy.extensions.filters.http.router.v3.router_pb2 import Router
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
+    HttpConnectionManager,
+)
+
+from proxy.config_error import ConfigError, reject_unsupported
+from proxy.proto_config import join, seconds
+from proxy.router.route_table import RouteTable
+
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class HcmConfig:
+    stat_prefix: str
+    route_table: RouteTable
+    server_name: str = "envoy"
+    server_header: str = "OVERWRITE"          # | APPEND_IF_ABSENT | PASS_THROUGH
+    use_remote_address: bool = False
+    skip_xff_append: bool = False
+    generate_request_id: bool = True
+    preserve_external_request_id: bool = False
+    always_set_request_id_in_response: bool = False
+    internal_networks: tuple[IpNetwork, ...] = ()
+    max_request_headers_bytes: int = 60 * 1024
+    max_headers_count: int = 100
+    idle_timeout: float = 3600.0
+    stream_idle_timeout: float = 300.0
+    request_timeout: float = 0.0
+    request_headers_timeout: float = 0.0
+    upgrades: frozenset[str] = frozenset()
+    accept_http_10: bool = False
+    default_host_for_http_10: str = ""
+    suppress_envoy_headers: bool = False
+    proxy_100_continue: bool = False
+
+    @classmethod
+    def from_proto(cls, message: HttpConnectionManager, path: str) -> HcmConfig:
+        reject_unsupported(message, path, (
+            "codec_type", "stat_prefix", "route_config", "http_filters", "server_name",
+            "server_header_transformation", "use_remote_address", "skip_xff_append",
+            "xff_num_trusted_hops", "generate_request_id", "preserve_external_request_id",
+            "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
+            "common_http_protocol_options", "http_protocol_options", "stream_idle_timeout",
+            "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout",
+            "upgrade_configs", "normalize_path", "merge_slashes", "proxy_100_continue"))
+        if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
+            raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
+        if not message.stat_prefix:
+            raise ConfigError(join(path, "stat_prefix"), "must not be empty")
+        if not message.HasField("route_config"):
+            raise ConfigError(path, "route_config is required (rds is not supported yet)")
+        if message.xff_num_trusted_hops:
+            raise ConfigError(join(path, "xff_num_trusted_hops"), "only 0 is supported")
+        suppress = _check_filters(message, join(path, "http_filters"))
+        internal: list[IpNetwork] = []
+        if message.HasField("internal_address_config"):
+            here = join(path, "internal_address_config")
+            reject_unsupported(message.internal_address_config, here, ("cidr_ranges",))
+            for index, cidr in enumerate(message.internal_address_config.cidr_ranges):
+                try:
+                    internal.append(ipaddress.ip_network(
+                        f"{cidr.address_prefix}/{cidr.prefix_len.value}", strict=False))
+                except ValueError as error:
+                    raise ConfigError(f"{here}.cidr_ranges[{index}]", str(error)) from None
+        idle_timeout, max_headers = 3600.0, 100
+        if message.HasField("common_http_protocol_options"):
+            common = message.common_http_protocol_options
+            here = join(path, "common_http_protocol_options")
+            reject_unsupported(common, here, ("idle_timeout", "max_headers_count"))
+            if common.HasField("idle_timeout"):
+                idle_timeout = seconds(common.idle_timeout)
+            if common.HasField("max_headers_count"):
+                max_headers = common.max_headers_count.value
+        accept_10, default_host = False, ""
+        if message.HasField("http_protocol_options"):
+            http1 = message.http_protocol_options
+            here = join(path, "http_protocol_options")
+            reject_unsupported(http1, here, ("accept_http_10", "default_host_for_http_10"))
+            accept_10, default_host = http1.accept_http_10, http1.default_host_for_http_10
+        upgrades = set()
+        for index, upgrade in enumerate(message.upgrade_configs):
+            here = f"{path}.upgrade_configs[{index}]"
+            reject_unsupported(upgrade, here, ("upgrade_type", "enabled"))
+            if upgrade.upgrade_type.lower() == "connect":
+                raise ConfigError(join(here, "upgrade_type"), "CONNECT is not supported")
+            if not upgrade.HasField("enabled") or upgrade.enabled.value:
+                upgrades.add(upgrade.upgrade_type.lower())
+        if message.normalize_path.value or message.merge_slashes:
+            field = "normalize_path" if message.normalize_path.value else "merge_slashes"
+            raise ConfigError(join(path, field), "path normalization is not supported")
+        try:
+            table = RouteTable.from_proto(message.route_config, join(path, "route_config"))
+        except ConfigError:
+            raise
+        kb = message.max_request_headers_kb.value if message.HasField("max_request_headers_kb") else 60
+        return cls(
+            stat_prefix=message.stat_prefix,
+            route_table=table,
+            server_name=message.server_name or "envoy",
+            server_header=HttpConnectionManager.ServerHeaderTransformation.Name(
+                message.server_header_transformation),
+            use_remote_address=message.use_remote_address.value,
+            skip_xff_append=message.skip_xff_append,
+            generate_request_id=(message.generate_request_id.value
+                                 if message.HasField("generate_request_id") else True),
+            preserve_external_request_id=message.preserve_external_request_id,
+            always_set_request_id_in_response=message.always_set_request_id_in_response,
+            internal_networks=tuple(internal),
+            max_request_headers_bytes=kb * 1024,
+            max_headers_count=max_headers,
+            idle_timeout=idle_timeout,
+            stream_idle_timeout=(seconds(message.stream_idle_timeout)
+                                 if message.HasField("stream_idle_timeout") else 300.0),
+            request_timeout=seconds(message.request_timeout),
+            request_headers_timeout=seconds(message.request_headers_timeout),
+            upgrades=frozenset(upgrades),
+            accept_http_10=accept_10,
+            default_host_for_http_10=default_host,
+            suppress_envoy_headers=suppress,
+            proxy_100_continue=message.proxy_100_continue,
+        )
+
+
+def _check_filters(message: HttpConnectionManager, path: str) -> bool:
+    """The filter chain must be exactly the router; returns its suppress_envoy_headers."""
+    filters = message.http_filters
+    if not filters:
+        raise ConfigError(path, "the router filter (envoy.filters.http.router) is required")
+    for index, http_filter in enumerate(filters):
+        here = f"{path}[{index}]"
+        reject_unsupported(http_filter, here, ("name", "typed_config"))
+        type_url = http_filter.typed_config.type_url
+        is_router = type_url == ROUTER_TYPE or (
+            not type_url and http_filter.name == "envoy.filters.http.router")
+        if not is_router:
+            raise ConfigError(here, f"HTTP filter {http_filter.name!r} is not supported "
+                              "(only envoy.filters.http.router)")
+        if index != len(filters) - 1:
+            raise ConfigError(here, "the router must be the last HTTP filter")
+    router = Router()
+    last = filters[-1]
+    if last.HasField("typed_config"):
+        last.typed_config.Unpack(router)
+    here = f"{path}[{len(filters) - 1}].typed_config"
+    reject_unsupported(router, here, ("suppress_envoy_headers", "start_child_span", "dynamic_stats"))
+    return router.suppress_envoy_headers

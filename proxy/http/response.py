@@ -1,0 +1,51 @@
+"""Writing HTTP/1.1 response heads and local replies the way Envoy does.
+
+Rules: status line with the standard reason phrase; header names lower-case; a local reply
+(404 no route, 503 overflow, 504 timeout, direct responses, redirects) carries
+content-length, `content-type: text/plain` when it has a body, then date and server; the
+`date` value is cached per second (formatting it per request would cost more than the rest).
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+from proxy.http.headers import Headers
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_REASONS[425] = "Too Early"
+_STATUS_LINES: dict[int, bytes] = {}
+
+_date_second = 0
+_date_value = ""
+
+
+def http_date() -> str:
+    global _date_second, _date_value
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_value = formatdate(now, usegmt=True)
+    return _date_value
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        reason = _REASONS.get(status, "Unknown")
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
+    return line
+
+
+def encode_head(status: int, headers: Headers) -> bytes:
+    return status_line(status) + "".join(
+        [f"{name}: {value}\r\n" for name, value in headers.items]).encode("latin-1") + b"\r\n"
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,178 @@
+"""Counters and gauges under Envoy's stat names, and the two admin renderings of them.
+
+Rules: names are Envoy's (`cluster.NAME.upstream_rq_total`, `http.PREFIX.downstream_rq_2xx`,
+`listener.ADDRESS.downstream_cx_total`, `tcp.PREFIX.downstream_cx_total`...), so dashboards
+carry over. Each scope is a slotted dataclass whose fields are its stats: the request path
+bumps attributes (the cheapest thing Python can do), and the admin walks the fields.
+Fields listed in a scope's GAUGES are gauges, the others counters. The text format is
+Envoy's `/stats` (`name: value`, sorted); the Prometheus one is Envoy's `/stats/prometheus`
+(`envoy_` prefix, the scope's name as a tag, `# TYPE` lines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    GAUGES = frozenset({"upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+                        "membership_healthy", "membership_total",
+                        "outlier_detection.ejections_active"})
+    upstream_rq_total: int = 0
+    upstream_rq_completed: int = 0
+    upstream_rq_2xx: int = 0
+    upstream_rq_3xx: int = 0
+    upstream_rq_4xx: int = 0
+    upstream_rq_5xx: int = 0
+    upstream_rq_retry: int = 0
+    upstream_rq_retry_success: int = 0
+    upstream_rq_retry_backoff_exponential: int = 0
+    upstream_rq_pending_total: int = 0
+    upstream_rq_timeout: int = 0
+    upstream_rq_per_try_timeout: int = 0
+    upstream_rq_rx_reset: int = 0
+    upstream_rq_tx_reset: int = 0
+    upstream_cx_total: int = 0
+    upstream_cx_connect_fail: int = 0
+    upstream_cx_connect_timeout: int = 0
+    upstream_cx_destroy: int = 0
+    upstream_cx_none_healthy: int = 0
+    upstream_cx_active: int = 0
+    upstream_rq_active: int = 0
+    upstream_rq_pending_active: int = 0
+    membership_healthy: int = 0
+    membership_total: int = 0
+
+    def count_status(self, status: int) -> None:
+        klass = status // 100
+        if klass == 2:
+            self.upstream_rq_2xx += 1
+        elif klass == 5:
+            self.upstream_rq_5xx += 1
+        elif klass == 4:
+            self.upstream_rq_4xx += 1
+        elif klass == 3:
+            self.upstream_rq_3xx += 1
+
+
+@dataclass(slots=True)
+class HttpStats:
+    GAUGES = frozenset({"downstream_rq_active", "downstream_cx_active"})
+    downstream_rq_total: int = 0
+    downstream_rq_http1_total: int = 0
+    downstream_rq_1xx: int = 0
+    downstream_rq_2xx: int = 0
+    downstream_rq_3xx: int = 0
+    downstream_rq_4xx: int = 0
+    downstream_rq_5xx: int = 0
+    downstream_rq_completed: int = 0
+    downstream_rq_timeout: int = 0
+    downstream_rq_rx_reset: int = 0
+    downstream_cx_total: int = 0
+    downstream_cx_http1_total: int = 0
+    downstream_cx_protocol_error: int = 0
+    downstream_cx_destroy: int = 0
+    downstream_cx_active: int = 0
+    downstream_rq_active: int = 0
+    no_route: int = 0
+    rq_direct_response: int = 0
+    rq_redirect: int = 0
+    no_cluster: int = 0
+
+    def count_status(self, status: int) -> None:
+        klass = status // 100
+        if klass == 2:
+            self.downstream_rq_2xx += 1
+        elif klass == 5:
+            self.downstream_rq_5xx += 1
+        elif klass == 4:
+            self.downstream_rq_4xx += 1
+        elif klass == 3:
+            self.downstream_rq_3xx += 1
+        else:
+            self.downstream_rq_1xx += 1
+
+
+@dataclass(slots=True)
+class TcpProxyStats:
+    GAUGES = frozenset({"downstream_cx_active"})
+    downstream_cx_total: int = 0
+    downstream_cx_rx_bytes_total: int = 0
+    downstream_cx_tx_bytes_total: int = 0
+    downstream_cx_no_route: int = 0
+    upstream_flush_total: int = 0
+    idle_timeout: int = 0
+    downstream_cx_active: int = 0
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    GAUGES = frozenset({"downstream_cx_active"})
+    downstream_cx_total: int = 0
+    downstream_cx_destroy: int = 0
+    downstream_cx_active: int = 0
+
+
+Scope = ClusterStats | HttpStats | TcpProxyStats | ListenerStats
+
+
+class StatsStore:
+    """Every scope of the process, by Envoy's prefix (`cluster.a`, `http.ingress`...)."""
+
+    def __init__(self) -> None:
+        self.scopes: dict[str, tuple[str, str, str, Scope]] = {}
+        self.server_gauges: dict[str, int] = {}
+        self.extras: dict[str, Callable[[], dict[str, int]]] = {}
+
+    def register(self, kind: str, name: str, scope: Scope,
+                 extra: Callable[[], dict[str, int]] | None = None) -> None:
+        """kind: cluster | http | tcp | listener; name: the cluster name, stat_prefix or
+        address; `extra` yields more stats of the scope kept elsewhere (circuit breaker,
+        outlier detection)."""
+        self.scopes[f"{kind}.{name}"] = (kind, name, _TAG[kind], scope)
+        if extra is not None:
+            self.extras[f"{kind}.{name}"] = extra
+
+    def values(self) -> Iterator[tuple[str, str, str, str, str, int, bool]]:
+        """(full name, kind, scope name, tag, stat, value, is_gauge) for every stat."""
+        for prefix, (kind, name, tag, scope) in self.scopes.items():
+            gauges = scope.GAUGES
+            for field in fields(scope):
+                stat = field.name
+                yield (f"{prefix}.{stat}", kind, name, tag, stat, getattr(scope, stat), stat in gauges)
+            extra = self.extras.get(prefix)
+            if extra is not None:
+                for stat, value in extra().items():
+                    yield (f"{prefix}.{stat}", kind, name, tag, stat, value, _is_gauge(stat))
+        for stat, value in self.server_gauges.items():
+            yield (f"server.{stat}", "server", "", "", stat, value, True)
+
+    def render_text(self, filter_text: str | None = None) -> str:
+        lines = sorted(f"{name}: {value}" for name, *_, value, _ in self.values()
+                       if filter_text is None or filter_text in name)
+        return "\n".join(lines) + "\n"
+
+    def render_prometheus(self) -> str:
+        by_metric: dict[str, list[str]] = {}
+        types: dict[str, str] = {}
+        for _, kind, name, tag, stat, value, gauge in self.values():
+            metric = f"envoy_{kind}_{stat}".replace(".", "_")
+            types[metric] = "gauge" if gauge else "counter"
+            label = f'{{{tag}="{name}"}}' if tag else ""
+            by_metric.setdefault(metric, []).append(f"{metric}{label} {value}")
+        out = []
+        for metric in sorted(by_metric):
+            out.append(f"# TYPE {metric} {types[metric]}")
+            out.extend(by_metric[metric])
+        return "\n".join(out) + "\n"
+
+
+def _is_gauge(stat: str) -> bool:
+    return (stat.endswith("_open") or ".remaining_" in stat or stat.endswith("ejections_active")
+            or stat in ("health_check.healthy", "health_check.degraded"))
+
+
+_TAG = {"cluster": "envoy_cluster_name", "http": "envoy_http_conn_manager_prefix",
+        "tcp": "envoy_tcp_prefix", "listener": "envoy_listener_address", "server": ""}

@@ -1,0 +1,277 @@
+"""The tcp_proxy network filter: one upstream connection per downstream connection, bytes
+relayed both ways.
+
+Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
+- the cluster is `cluster`, or one of `weighted_clusters` drawn per connection by weight;
+- the host comes from the cluster's balancer; a failed connect is retried on a new host up
+  to `max_connect_attempts` (default 1), after which the downstream connection is closed;
+- bytes read before the upstream connection is up are held (and reading paused), then sent;
+- a half-close (FIN) on one side is passed to the other; the pair closes when both sides
+  are done or either side resets; `idle_timeout` (default 1 h, 0 disables) closes a pair
+  with no traffic either way;
+- flow control: when one side's write buffer is full the other side stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+
+from proxy.config_error import ConfigError, reject_unsupported
+from proxy.proto_config import join, seconds
+from proxy.stats import TcpProxyStats
+
+if TYPE_CHECKING:
+    from proxy.upstream.cluster import Cluster
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxyConfig:
+    stat_prefix: str
+    cluster: str = ""
+    weighted_clusters: tuple[tuple[str, int], ...] = ()
+    idle_timeout: float = 3600.0
+    max_connect_attempts: int = 1
+
+    @classmethod
+    def from_proto(cls, message: TcpProxy, path: str) -> TcpProxyConfig:
+        reject_unsupported(message, path, ("stat_prefix", "cluster", "weighted_clusters",
+                                           "idle_timeout", "max_connect_attempts"))
+        if not message.stat_prefix:
+            raise ConfigError(join(path, "stat_prefix"), "must not be empty")
+        weighted: list[tuple[str, int]] = []
+        if message.HasField("weighted_clusters"):
+            here = join(path, "weighted_clusters")
+            reject_unsupported(message.weighted_clusters, here, ("clusters",))
+            for index, cluster in enumerate(message.weighted_clusters.clusters):
+                reject_unsupported(cluster, f"{here}.clusters[{index}]", ("name", "weight"))
+                weighted.append((cluster.name, cluster.weight))
+            if sum(weight for _, weight in weighted) <= 0:
+                raise ConfigError(here, "needs a cluster with weight > 0")
+        elif not message.cluster:
+            raise ConfigError(path, "one of cluster or weighted_clusters is required")
+        attempts = message.max_connect_attempts.value if message.HasField("max_connect_attempts") else 1
+        if attempts < 1:
+            raise ConfigError(join(path, "max_connect_attempts"), "must be >= 1")
+        return cls(
+            stat_prefix=message.stat_prefix,
+            cluster=message.cluster,
+            weighted_clusters=tuple(weighted),
+            idle_timeout=seconds(message.idle_timeout) if message.HasField("idle_timeout") else 3600.0,
+            max_connect_attempts=attempts,
+        )
+
+    def clusters(self) -> set[str]:
+        return {self.cluster} if self.cluster else {name for name, _ in self.weighted_clusters}
+
+    def pick_cluster(self, rng: random.Random) -> str:
+        if not self.weighted_clusters:
+            return self.cluster
+        point = rng.random() * sum(weight for _, weight in self.weighted_clusters)
+        for name, weight in self.weighted_clusters:
+            if point < weight:
+                return name
+            point -= weight
+        return self.weighted_clusters[-1][0]
+
+
+class TcpProxyFilter:
+    """The per-listener part: config, clusters and stats; makes one protocol per connection."""
+
+    def __init__(self, config: TcpProxyConfig, clusters: dict[str, Cluster], rng: random.Random) -> None:
+        self.config = config
+        self.clusters = clusters
+        self.rng = rng
+        self.stats = TcpProxyStats()
+
+    def protocol(self) -> asyncio.Protocol:
+        return DownstreamTcp(self)
+
+
+class _Side(asyncio.Protocol):
+    """One end of the relay; `peer` is the other end's transport once both exist."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.eof = False
+        self.closed = False
+        self.last_activity = 0.0
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            self.peer.transport.resume_reading()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def half_close(self) -> None:
+        if self.transport is not None and not self.closed and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+class UpstreamTcp(_Side):
+    def __init__(self, downstream: DownstreamTcp) -> None:
+        super().__init__()
+        self.peer = downstream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        downstream = self.peer
+        assert isinstance(downstream, DownstreamTcp)
+        downstream.owner.stats.downstream_cx_tx_bytes_total += len(data)
+        downstream.touch()
+        downstream.send(data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        assert self.peer is not None
+        self.peer.half_close()
+        if self.peer.eof:
+            self.peer.close()
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.peer is not None:
+            self.peer.close()
+
+
+class DownstreamTcp(_Side):
+    def __init__(self, owner: TcpProxyFilter) -> None:
+        super().__init__()
+        self.owner = owner
+        self._pending: list[bytes] = []
+        self._idle: asyncio.TimerHandle | None = None
+        self._active = False
+        self._connect: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        stats = self.owner.stats
+        stats.downstream_cx_total += 1
+        stats.downstream_cx_active += 1
+        transport.pause_reading()  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._connect = asyncio.get_running_loop().create_task(self._open_upstream())
+
+    async def _open_upstream(self) -> None:
+        owner = self.owner
+        cluster = owner.clusters.get(owner.config.pick_cluster(owner.rng))
+        loop = asyncio.get_running_loop()
+        if cluster is None:
+            owner.stats.downstream_cx_no_route += 1
+            self.close()
+            return
+        for _ in range(owner.config.max_connect_attempts):
+            host = cluster.choose(None)
+            if host is None:
+                cluster.stats.upstream_cx_none_healthy += 1
+                break
+            if not cluster.breaker.try_open_connection():
+                break
+            cluster.stats.upstream_cx_total += 1
+            try:
+                _, upstream = await asyncio.wait_for(
+                    loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
+                    cluster.config.connect_timeout)
+            except (OSError, TimeoutError):
+                cluster.breaker.close_connection()
+                cluster.stats.upstream_cx_connect_fail += 1
+                cluster.record_outcome(host, None)
+                continue
+            if self.closed:
+                upstream.close()
+                cluster.breaker.close_connection()
+                return
+            self._attach(upstream, cluster, host)
+            return
+        self.close()
+
+    def _attach(self, upstream: UpstreamTcp, cluster: Cluster, host: object) -> None:
+        self.peer = upstream
+        self._active = True
+        cluster.stats.upstream_cx_active += 1
+        self._cluster = cluster
+        sock = upstream.transport.get_extra_info("socket") if upstream.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for data in self._pending:
+            upstream.send(data)
+        self._pending.clear()
+        if self.eof:
+            upstream.half_close()
+        elif self.transport is not None:
+            self.transport.resume_reading()
+        self.touch()
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.stats.downstream_cx_rx_bytes_total += len(data)
+        if self.peer is None:
+            self._pending.append(data)
+            return
+        self.touch()
+        self.peer.send(data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.peer is not None:
+            self.peer.half_close()
+            if self.peer.eof:
+                self.peer.close()
+                return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.owner.stats.downstream_cx_active -= 1
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._connect is not None and not self._connect.done():
+            self._connect.cancel()
+        if self.peer is not None:
+            self.peer.close()
+        if self._active:
+            self._active = False
+            self._cluster.breaker.close_connection()
+            self._cluster.stats.upstream_cx_active -= 1
+            self._cluster.stats.upstream_cx_destroy += 1
+
+    def touch(self) -> None:
+        timeout = self.owner.config.idle_timeout
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        if self._idle is None:
+            self._idle = loop.call_later(timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        remaining = self.last_activity + self.owner.config.idle_timeout - loop.time()
+        if remaining > 0:
+            self._idle = loop.call_later(remaining, self._check_idle)
+            return
+        self._idle = None
+        self.owner.stats.idle_timeout += 1
+        self.close()

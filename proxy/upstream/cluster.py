@@ -1,0 +1,185 @@
+"""A cluster at run time: its hosts, balancer, circuit breaker, pools and stats, composed.
+
+Theory of operation: the router asks `choose(hash_key, avoid)` for a host, then takes a
+connection from that host's pool. Membership comes from the config (STATIC), from DNS
+(STRICT_DNS: every address the name resolves to is a host; re-resolved every
+dns_refresh_rate) or from EDS (`update_endpoints`). The HostSet keeps Host objects whose
+address persists, so counters and health survive updates.
+
+`avoid` implements the previous_hosts retry predicate: up to
+host_selection_retry_max_attempts re-picks avoid hosts already tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Sequence
+
+from proxy.stats import ClusterStats
+from proxy.upstream.balancer import Balancer, make_balancer
+from proxy.upstream.circuit_breaker import CircuitBreaker
+from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
+from proxy.upstream.health.prober import HealthChecker
+from proxy.upstream.host import Host
+from proxy.upstream.host_set import HostSet
+from proxy.upstream.outlier import OutlierDetector
+from proxy.upstream.pool import ConnectionPool
+
+log = logging.getLogger("tulle.proxy.cluster")
+
+_FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": socket.AF_UNSPEC,
+             "V4_PREFERRED": socket.AF_UNSPEC, "ALL": socket.AF_UNSPEC}
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig, rng: random.Random) -> None:
+        self.name = config.name
+        self.config = config
+        self.stats = ClusterStats()
+        self.rng = rng
+        self.host_set = HostSet((), config.panic_threshold)
+        self.hostnames: dict[Host, str] = {}
+        self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, config.lb_config, rng)
+        self.breaker = CircuitBreaker(config.thresholds)
+        self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
+                        if config.outlier is not None else None)
+        self._outlier_timer: asyncio.TimerHandle | None = None
+        self.health_checker = (
+            HealthChecker(config.health_check, self.host_set, rng, config.name,
+                          has_traffic=lambda: self.stats.upstream_rq_total > 0,
+                          on_change=self._health_changed,
+                          on_check_passed=self._health_check_passed if self.outlier else None)
+            if config.health_check is not None else None)
+        self.pools: dict[Host, ConnectionPool] = {}
+        self._dns_task: asyncio.Task[None] | None = None
+        if config.type == "STATIC":
+            self.set_endpoints(config.endpoints)
+
+    # membership
+
+    def set_endpoints(self, endpoints: Sequence[EndpointConfig],
+                      resolved: dict[str, list[str]] | None = None) -> None:
+        hosts: list[Host] = []
+        names: dict[tuple[str, int], str] = {}
+        for endpoint in endpoints:
+            addresses = resolved[endpoint.address] if resolved is not None else [endpoint.address]
+            for address in addresses:
+                host = Host(address, endpoint.port, weight=endpoint.weight,
+                            locality_priority=endpoint.priority)
+                hosts.append(host)
+                names[(address, endpoint.port)] = endpoint.hostname
+        self.host_set.update(hosts)
+        self.hostnames = {host: names.get((host.address, host.port), host.address)
+                          for host in self.host_set.hosts}
+        for host in list(self.pools):
+            if host not in self.hostnames:
+                self.pools.pop(host).close()
+        self._health_changed()
+
+    def _health_changed(self) -> None:
+        self.stats.membership_total = len(self.host_set.hosts)
+        self.stats.membership_healthy = len(self.host_set.healthy)
+
+    def extra_stats(self) -> dict[str, int]:
+        """The breaker's and outlier detector's stats, under this cluster's scope."""
+        stats = self.breaker.stats()
+        if self.outlier is not None:
+            stats.update(self.outlier.stats.as_dict())
+        if self.health_checker is not None:
+            stats.update(self.health_checker.stats.as_dict())
+        return stats
+
+    async def start(self) -> None:
+        """Resolve a STRICT_DNS cluster once before serving, then keep re-resolving; start
+        the outlier detector's interval."""
+        if self.outlier is not None:
+            self._schedule_outlier_tick()
+        if self.config.type == "STRICT_DNS":
+            await self._resolve()
+            self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
+        checker = self.health_checker
+        if checker is not None:
+            # Cluster warming: like Envoy, wait (bounded) for every host's first check.
+            checker.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(checker.initialized.wait(), checker.config.timeout + 1.0)
+
+    async def _resolve(self) -> None:
+        loop = asyncio.get_running_loop()
+        family = _FAMILIES.get(self.config.dns_family, socket.AF_UNSPEC)
+        resolved: dict[str, list[str]] = {}
+        for endpoint in self.config.endpoints:
+            try:
+                infos = await loop.getaddrinfo(endpoint.address, endpoint.port, family=family,
+                                               type=socket.SOCK_STREAM)
+            except OSError as error:
+                log.warning("cluster %s: cannot resolve %s: %s", self.name, endpoint.address, error)
+                resolved[endpoint.address] = []
+                continue
+            addresses: list[str] = []
+            for info in infos:
+                address = str(info[4][0])
+                if address not in addresses:
+                    addresses.append(address)
+            if self.config.dns_family == "V4_PREFERRED" and any(":" not in a for a in addresses):
+                addresses = [a for a in addresses if ":" not in a]
+            resolved[endpoint.address] = addresses
+        self.set_endpoints(self.config.endpoints, resolved)
+
+    async def _refresh_dns(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.dns_refresh_rate)
+            await self._resolve()
+
+    def _schedule_outlier_tick(self) -> None:
+        assert self.outlier is not None
+        loop = asyncio.get_running_loop()
+        self._outlier_timer = loop.call_later(self.outlier.config.interval, self._outlier_tick)
+
+    def _outlier_tick(self) -> None:
+        assert self.outlier is not None
+        self.outlier.tick(asyncio.get_running_loop().time())
+        self._schedule_outlier_tick()
+
+    def _health_check_passed(self, host: Host) -> None:
+        assert self.outlier is not None
+        self.outlier.health_check_passed(host, asyncio.get_running_loop().time())
+
+    def record_outcome(self, host: Host, status: int | None) -> None:
+        """Feed passive health checking: a response status, or None (connect failure,
+        reset, timeout)."""
+        outlier = self.outlier
+        if outlier is not None:
+            outlier.record(host, status, asyncio.get_running_loop().time())
+
+    async def stop(self) -> None:
+        if self.health_checker is not None:
+            await self.health_checker.stop()
+        if self._outlier_timer is not None:
+            self._outlier_timer.cancel()
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+        for pool in self.pools.values():
+            pool.close()
+
+    # per request
+
+    def choose(self, hash_key: int | None, avoid: Sequence[Host] = (), attempts: int = 1) -> Host | None:
+        host = self.balancer.choose(hash_key)
+        if avoid and host is not None:
+            for _ in range(attempts):
+                if host not in avoid:
+                    break
+                host = self.balancer.choose(hash_key)
+        return host
+
+    def pool(self, host: Host) -> ConnectionPool:
+        pool = self.pools.get(host)
+        if pool is None:
+            pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
+                                                     self.breaker)
+        return pool

@@ -1,0 +1,172 @@
+"""A cluster's configuration, read from Envoy's Cluster message and validated.
+
+Rules: STATIC and STRICT_DNS clusters carry their endpoints in `load_assignment`; EDS
+clusters get them over xDS (`eds_cluster_config`). `connect_timeout` defaults to 5 s as in
+Envoy; `healthy_panic_threshold` to 50 %; STRICT_DNS re-resolves every `dns_refresh_rate`
+(default 5 s). The balancer, circuit breaker, outlier detection and health check messages
+are handed to their own parsers (proxy/upstream/...), which reject what they do not
+support.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from proxy.config_error import ConfigError, reject_unsupported
+from proxy.proto_config import join, seconds
+from proxy.upstream.balancer import make_balancer
+from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
+from proxy.upstream.health import HealthCheckConfig
+from proxy.upstream.host_set import HostSet
+from proxy.upstream.outlier import OutlierConfig
+
+_TYPES = {Cluster.STATIC: "STATIC", Cluster.STRICT_DNS: "STRICT_DNS", Cluster.EDS: "EDS",
+          Cluster.LOGICAL_DNS: "LOGICAL_DNS"}
+_LB_POLICIES = {Cluster.ROUND_ROBIN: "ROUND_ROBIN", Cluster.LEAST_REQUEST: "LEAST_REQUEST",
+                Cluster.RANDOM: "RANDOM", Cluster.RING_HASH: "RING_HASH", Cluster.MAGLEV: "MAGLEV"}
+
+
+_LB_CONFIG_FIELDS = {"LEAST_REQUEST": "least_request_lb_config", "ROUND_ROBIN": "round_robin_lb_config",
+                     "RING_HASH": "ring_hash_lb_config", "MAGLEV": "maglev_lb_config"}
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    address: str
+    port: int
+    weight: int = 1
+    priority: int = 0
+    hostname: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    type: str
+    lb_policy: str
+    connect_timeout: float
+    endpoints: tuple[EndpointConfig, ...]
+    panic_threshold: float = 50.0
+    dns_refresh_rate: float = 5.0
+    dns_family: str = "AUTO"
+    max_requests_per_connection: int = 0
+    thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
+    outlier: OutlierConfig | None = None
+    health_check: HealthCheckConfig | None = None
+    lb_config: object | None = None  # the policy's sub-message, for make_balancer
+    proto: Cluster | None = None
+
+    @classmethod
+    def from_proto(cls, message: Cluster, path: str) -> ClusterConfig:
+        reject_unsupported(message, path, (
+            "name", "type", "connect_timeout", "lb_policy", "load_assignment", "circuit_breakers",
+            "outlier_detection", "health_checks", "common_lb_config", "ring_hash_lb_config",
+            "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
+            "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "eds_cluster_config",
+            "per_connection_buffer_limit_bytes", "max_requests_per_connection", "metadata",
+            "alt_stat_name"))
+        if not message.name:
+            raise ConfigError(join(path, "name"), "must not be empty")
+        kind = _TYPES.get(message.type)
+        if kind is None or kind == "LOGICAL_DNS":
+            raise ConfigError(join(path, "type"), f"{Cluster.DiscoveryType.Name(message.type)} "
+                              "is not supported (STATIC, STRICT_DNS, EDS)")
+        policy = _LB_POLICIES.get(message.lb_policy)
+        if policy is None:
+            raise ConfigError(join(path, "lb_policy"),
+                              f"{Cluster.LbPolicy.Name(message.lb_policy)} is not supported")
+        panic = 50.0
+        if message.HasField("common_lb_config"):
+            common = message.common_lb_config
+            reject_unsupported(common, join(path, "common_lb_config"), ("healthy_panic_threshold",))
+            if common.HasField("healthy_panic_threshold"):
+                panic = common.healthy_panic_threshold.value
+        family = Cluster.DnsLookupFamily.Name(message.dns_lookup_family)
+        if message.HasField("eds_cluster_config"):
+            reject_unsupported(message.eds_cluster_config, join(path, "eds_cluster_config"),
+                               ("eds_config", "service_name"))
+        health_check = HealthCheckConfig.from_cluster(message.health_checks, join(path, "health_checks"))
+        lb_field = _LB_CONFIG_FIELDS.get(policy)
+        for other in _LB_CONFIG_FIELDS.values():
+            if other != lb_field and message.HasField(other):
+                raise ConfigError(join(path, other), f"does not apply to lb_policy {policy}")
+        lb_config = getattr(message, lb_field) if lb_field and message.HasField(lb_field) else None
+        try:
+            # Building a balancer over no hosts validates its config (errors name the field).
+            make_balancer(policy, HostSet(()), lb_config, random.Random(0))
+        except ConfigError as error:
+            raise error.under(path) from None
+        thresholds = CircuitBreakerThresholds.from_proto(
+            message.circuit_breakers if message.HasField("circuit_breakers") else None, 0,
+            join(path, "circuit_breakers"))
+        outlier = (OutlierConfig.from_proto(message.outlier_detection, join(path, "outlier_detection"))
+                   if message.HasField("outlier_detection") else None)
+        endpoints = _endpoints(message, join(path, "load_assignment"), kind)
+        if kind == "EDS" and message.HasField("load_assignment"):
+            raise ConfigError(join(path, "load_assignment"), "an EDS cluster gets its endpoints over xDS")
+        return cls(
+            name=message.name,
+            type=kind,
+            lb_policy=policy,
+            connect_timeout=seconds(message.connect_timeout) if message.HasField("connect_timeout") else 5.0,
+            endpoints=endpoints,
+            panic_threshold=panic,
+            dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
+            dns_family=family,
+            max_requests_per_connection=message.max_requests_per_connection.value,
+            thresholds=thresholds,
+            outlier=outlier,
+            health_check=health_check,
+            lb_config=lb_config,
+            proto=message,
+        )
+
+
+def _endpoints(message: Cluster, path: str, kind: str) -> tuple[EndpointConfig, ...]:
+    assignment = message.load_assignment
+    reject_unsupported(assignment, path, ("cluster_name", "endpoints", "policy"))
+    endpoints: list[EndpointConfig] = []
+    for index, locality in enumerate(assignment.endpoints):
+        here = f"{path}.endpoints[{index}]"
+        reject_unsupported(locality, here, ("lb_endpoints", "priority", "locality",
+                                            "load_balancing_weight"))
+        for position, lb_endpoint in enumerate(locality.lb_endpoints):
+            endpoints.append(endpoint_config(lb_endpoint, f"{here}.lb_endpoints[{position}]",
+                                             locality.priority, kind))
+    return tuple(endpoints)
+
+
+def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str) -> EndpointConfig:
+    from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
+
+    assert isinstance(lb_endpoint, LbEndpoint)
+    reject_unsupported(lb_endpoint, path, ("endpoint", "load_balancing_weight", "health_status",
+                                           "metadata"))
+    endpoint = lb_endpoint.endpoint
+    reject_unsupported(endpoint, join(path, "endpoint"), ("address", "hostname", "health_check_config"))
+    socket_address = endpoint.address.socket_address
+    here = join(path, "endpoint.address.socket_address")
+    reject_unsupported(endpoint.address, join(path, "endpoint.address"), ("socket_address",))
+    reject_unsupported(socket_address, here, ("address", "port_value", "protocol"))
+    if socket_address.protocol != 0:
+        raise ConfigError(join(here, "protocol"), "only TCP is supported")
+    if not socket_address.address:
+        raise ConfigError(join(here, "address"), "must not be empty")
+    if kind == "STATIC":
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(socket_address.address)
+        except ValueError:
+            raise ConfigError(join(here, "address"),
+                              f"{socket_address.address!r} is not an IP address (a STATIC cluster "
+                              "needs IPs; use STRICT_DNS for names)") from None
+    weight = lb_endpoint.load_balancing_weight.value if lb_endpoint.HasField("load_balancing_weight") else 1
+    if weight < 1:
+        raise ConfigError(join(path, "load_balancing_weight"), "must be >= 1")
+    return EndpointConfig(address=socket_address.address, port=socket_address.port_value,
+                          weight=weight, priority=priority,
+                          hostname=endpoint.hostname or socket_address.address)

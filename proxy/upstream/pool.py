@@ -1,0 +1,142 @@
+"""Keep-alive connection pool for one upstream host (HTTP/1.1: one request per connection
+at a time).
+
+Rules: an idle connection is reused last-in first-out (the warmest one, and idle ones at the
+bottom age out); a connection the upstream closed leaves the pool when asyncio reports it;
+connecting is bounded by the cluster's connect_timeout; `upstream_cx_*` stats and the circuit
+breaker's connection count follow every open and close. At the breaker's max_connections a
+request waits as a pending request (max_pending_requests, else overflow) for a connection
+to be released, first come first served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+
+from proxy.http.client import UpstreamConnection
+from proxy.stats import ClusterStats
+from proxy.upstream.circuit_breaker import CircuitBreaker
+from proxy.upstream.host import Host
+
+
+class ConnectFailure(Exception):
+    """The connection to the host could not be made (refused, unreachable, timed out)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Overflow(Exception):
+    """The circuit breaker refused: too many connections and pending requests."""
+
+
+class ConnectionPool:
+    __slots__ = ("_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host", "open",
+                 "stats")
+
+    def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
+                 breaker: CircuitBreaker) -> None:
+        self.host = host
+        self.stats = stats
+        self.connect_timeout = connect_timeout
+        self.breaker = breaker
+        self._idle: list[UpstreamConnection] = []
+        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self._loop = asyncio.get_event_loop()
+        self.open = 0
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle connection, a new one, or (at max_connections) the next one released."""
+        connection = self.take_idle()
+        if connection is not None:
+            return connection
+        breaker = self.breaker
+        while True:
+            if breaker.try_open_connection():
+                try:
+                    return await self.connect()
+                except BaseException:
+                    breaker.close_connection()
+                    raise
+            if not breaker.try_start_pending():
+                raise Overflow()
+            self.stats.upstream_rq_pending_total += 1
+            self.stats.upstream_rq_pending_active += 1
+            waiter: asyncio.Future[UpstreamConnection | None] = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            finally:
+                breaker.finish_pending()
+                self.stats.upstream_rq_pending_active -= 1
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if handed is not None:
+                return handed
+
+    async def connect(self) -> UpstreamConnection:
+        stats = self.stats
+        stats.upstream_cx_total += 1
+        try:
+            _, connection = await asyncio.wait_for(
+                self._loop.create_connection(lambda: UpstreamConnection(self),
+                                             self.host.address, self.host.port),
+                self.connect_timeout)
+        except TimeoutError:
+            stats.upstream_cx_connect_fail += 1
+            stats.upstream_cx_connect_timeout += 1
+            raise ConnectFailure("connection timeout") from None
+        except OSError as error:
+            stats.upstream_cx_connect_fail += 1
+            raise ConnectFailure(f"delayed connect error: {error.errno}") from None
+        transport = connection.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.open += 1
+        stats.upstream_cx_active += 1
+        return connection
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Back to the pool after a completed exchange, or closed when not reusable."""
+        if connection.keep_alive and not connection.closed:
+            waiters = self._waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(connection)
+                    return
+            self._idle.append(connection)
+        else:
+            connection.abort()
+
+    def connection_closed(self, connection: UpstreamConnection) -> None:
+        self.breaker.close_connection()
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)   # a connection slot is free: connect
+                break
+        self.open -= 1
+        self.stats.upstream_cx_active -= 1
+        self.stats.upstream_cx_destroy += 1
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.abort()
+        self._idle.clear()

@@ -1,0 +1,143 @@
+"""Test helpers: a recording HTTP upstream, free ports, and a proxy process (tulle-proxy
+or the real Envoy) started on a rendered bootstrap and always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TULLE = REPO / ".venv" / "bin" / "tulle-proxy"
+ENVOY = REPO / ".venv" / "bin" / "envoy"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RecordingUpstream:
+    """An HTTP/1.1 upstream answering 200 "ok" to everything and recording raw requests."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.received: list[bytes] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        conn.settimeout(2)
+        with conn:
+            try:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    self.received.append(data)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        self._thread.join(1)
+
+
+def bootstrap(listener_port: int, upstream_port: int, extra_route: str = "") -> str:
+    return f"""
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ['*']
+              routes:
+              - {{match: {{prefix: /}}, route: {{cluster: a}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: a
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: a
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+"""
+
+
+@contextlib.contextmanager
+def running_proxy(kind: str, config_text: str, port: int, workdir: Path) -> Iterator[None]:
+    """Run tulle-proxy or Envoy on `config_text` until the block ends; `port` must accept."""
+    config = workdir / f"{kind}-bootstrap.yaml"
+    config.write_text(config_text)
+    if kind == "envoy":
+        command = [str(ENVOY), "-c", str(config), "--concurrency", "1", "--log-level", "error",
+                   "--base-id", str(os.getpid() % 60000 + 3000)]
+    else:
+        command = [str(TULLE), "-c", str(config), "--log-level", "error"]
+    log = open(workdir / f"{kind}.log", "wb")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((workdir / f"{kind}.log").read_text()) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send raw bytes, read until the proxy closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        response = b""
+        with contextlib.suppress(OSError):
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                response += chunk
+        return response

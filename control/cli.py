@@ -23,11 +23,19 @@ from control.plane import (
 )
 from control.registry import ClusterConfig
 from control.store import StoreError
+from control.xds.service import XdsService
 
 
-async def _serve(config: ControlPlaneConfig) -> None:
-    plane = ControlPlane(config)
-    await plane.start()
+async def _serve(config: ControlPlaneConfig, xds_listen: str) -> None:
+    xds = XdsService(xds_listen) if xds_listen else None
+    plane = ControlPlane(config, [xds] if xds else [])
+    try:
+        await plane.start()
+    except BaseException:
+        await plane.stop()
+        raise
+    if xds is not None:
+        print(f"tulle-control xds: {xds.address}", file=sys.stderr, flush=True)
     # Tests and scripts read this line to learn the ports actually bound.
     print(f"tulle-control ready: {' '.join(plane.endpoints)}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -51,9 +59,11 @@ async def _serve(config: ControlPlaneConfig) -> None:
 @click.option("--service-cidr", default="10.96.0.0/16", show_default=True, help="Service cluster IPs")
 @click.option("--cluster-cidr", default="10.244.0.0/16", show_default=True, help="pod CIDRs, cut per node")
 @click.option("--node-cidr-prefix", default=24, show_default=True, help="prefix length of each node's pod CIDR")
+@click.option("--xds-listen", default="", metavar="ADDRESS",
+              help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one); off by default")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: str, service_cidr: str,
-            cluster_cidr: str, node_cidr_prefix: int, log_level: str) -> None:
+            cluster_cidr: str, node_cidr_prefix: int, xds_listen: str, log_level: str) -> None:
     """The Tulle control plane: config API, stores, derived state."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -66,7 +76,7 @@ def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: s
         listen=listen, cluster=cluster,
     )
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, xds_listen))
     except (StoreError, OSError) as e:
         raise click.ClickException(str(e)) from None
 

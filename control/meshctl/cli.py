@@ -33,6 +33,7 @@ from control.meshctl.lab import lab
 from control.meshctl.manifests import ManifestError, read_manifests
 from control.meshctl.tables import print_table, rows
 from control.resources import DEFAULT_NAMESPACE, Kind, UnknownKindError
+from control.xds.proxy_commands import proxy_config, proxy_status
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 T = TypeVar("T")
@@ -343,6 +344,8 @@ def version(session: Session, client_only: bool) -> None:
 
 
 cli.add_command(lab)
+cli.add_command(proxy_status)
+cli.add_command(proxy_config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ how tests make the control plane emit a deliberately invalid resource to see it 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from control.xds.mesh import MeshSnapshot
 from control.xds.node_identity import NodeIdentity, NodeKind
 from control.xds.resources import Resource, ResourceSet
 from control.xds.sidecar import ProxyProfile, TranslationMemo, proxy_resources
+
+log = logging.getLogger("tulle.control.xds")
 
 ResourceOverride = Callable[[NodeIdentity, list[Resource]], list[Resource]]
 
@@ -66,4 +69,10 @@ class MeshConfig:
     def _build(self, profile: ProxyProfile | AgentProfile) -> list[Resource]:
         if isinstance(profile, AgentProfile):
             return agent_resources(self.mesh, profile.node_name, self._memo)
-        return proxy_resources(self.mesh, profile, self._memo, self.errors)
+        errors: list[str] = []
+        resources = proxy_resources(self.mesh, profile, self._memo, errors)
+        for error in errors:
+            if error not in self.errors:
+                self.errors.append(error)
+                log.warning("config generation %d: %s", self.generation, error)
+        return resources

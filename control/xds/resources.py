@@ -18,6 +18,7 @@ asks the same question.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -63,7 +64,7 @@ class Resource:
     __slots__ = ("delta_chunk", "message", "name", "sotw_chunk", "type_url", "version")
 
     def __init__(self, name: str, message: Message, type_url: str | None = None) -> None:
-        self.name = name
+        self.name = sys.intern(name)  # shared with every stream's subscription of it
         self.message = message
         self.type_url = type_url or type_url_of(message)
         payload = message.SerializeToString(deterministic=True)

@@ -117,7 +117,12 @@ class AdsServer:
         self._server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(SERVICE, handlers), grpc.method_handlers_generic_handler(CSDS, csds)]
         )
-        port = self._server.add_insecure_port(address)
+        try:
+            port = self._server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"xDS: cannot listen on {address}: {e}") from None
+        if port == 0:
+            raise OSError(f"xDS: cannot listen on {address}")
         await self._server.start()
         self._debounce_task = asyncio.create_task(self._debounce_loop())
         return port

@@ -18,16 +18,23 @@ What a proxy gets (outbound only; Istio operators will recognise every name):
   bare `<svc>` for proxies of the same namespace (bare names are not unique across
   namespaces, and Envoy rejects duplicate domains). Plus Istio's `allow_any` host.
   TCP ports: listener `<vip>_<port>` with tcp_proxy to the service cluster.
+- Inbound: Istio's `virtualInbound` on 15006 (where capture redirects connections
+  arriving for the pod) passes them through to their original destination, the app,
+  via `InboundPassthroughCluster` (plain TCP until PeerAuthentication lands).
 - Without interception (`INTERCEPTION_MODE: NONE`), outbound listeners bind
   `127.0.0.1_<port>` for real, as Istio does, and there is no capture listener.
 - A VirtualService for the host replaces the default route: each http rule becomes one
-  route per match (matches are ORed), with uri exact/prefix/regex, headers, method and
-  query parameters; route destinations become a cluster or weighted clusters; timeout,
-  retries (attempts, perTryTimeout, retryOn) and rewrite (uri, authority) carry over.
+  route per match (matches are ORed; a match naming another port is skipped), with uri
+  exact/prefix/regex, headers, method and query parameters; route destinations become a
+  cluster or weighted clusters; timeout, retries (attempts, perTryTimeout, retryOn),
+  rewrite (uri, authority) and header operations (request/response set, add, remove)
+  carry over. Any other field (fault, mirror, redirect, corsPolicy …) is reported and the
+  VirtualService is not applied: never half-applied, never silently ignored.
   With no VirtualService, Istio's default route: prefix `/`, no timeout, 2 retries.
 - Proxyless gRPC clients get, instead of listeners bound to ports, an API listener named
   as the client's target (`<host>:<port>`, also `<svc>.<ns>:<port>`) with the same routes
-  inline, and the same clusters and assignments.
+  inline (without Istio's default retries), and the same clusters and assignments, whose
+  default balancer is gRPC's ROUND_ROBIN rather than Envoy's LEAST_REQUEST.
 
 Per-service work is memoised on the frozen model values it reads (`TranslationMemo`), so
 after one endpoint change only that service's assignment is rebuilt and re-serialized.
@@ -52,6 +59,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -74,7 +82,9 @@ from control.xds.resources import Resource
 
 PASSTHROUGH: Final = "PassthroughCluster"
 BLACKHOLE: Final = "BlackHoleCluster"
+INBOUND_PASSTHROUGH: Final = "InboundPassthroughCluster"
 VIRTUAL_OUTBOUND_PORT: Final = 15001
+VIRTUAL_INBOUND_PORT: Final = 15006
 MAX_THRESHOLD: Final = 2**32 - 1
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 # Istio's default retry policy for mesh routes.
@@ -159,7 +169,7 @@ def proxy_resources(
                 vs = _usable(mesh, vs_by_host.get(svc.hostname), port, errors)
                 out.extend(
                     memo.get(
-                        ("grpc-listener", svc, port, vs, _destinations(mesh, vs), profile.namespace),
+                        ("grpc-listener", svc, port, vs, _destinations(mesh, svc, vs), profile.namespace),
                         _grpc_listeners, mesh, svc, port, vs, profile.namespace,
                     )
                 )
@@ -176,7 +186,7 @@ def proxy_resources(
         for svc in services:
             port = next(p for p in svc.ports if p.port == port_number)
             vs = _usable(mesh, vs_by_host.get(svc.hostname), port, errors)
-            vhost_key = ("vhost", svc, port, vs, _destinations(mesh, vs), profile.namespace)
+            vhost_key = ("vhost", svc, port, vs, _destinations(mesh, svc, vs), profile.namespace)
             vhosts.append(
                 memo.get(vhost_key, _virtual_host, mesh, svc, port, vs, profile.namespace, False)
             )
@@ -186,6 +196,7 @@ def proxy_resources(
         out.append(memo.get(("http-listener", port_number, profile.intercept), _http_listener, port_number, profile.intercept))
     if profile.intercept:
         out.append(memo.get("virtual-outbound", _virtual_outbound_listener))
+        out.extend(memo.get("virtual-inbound", _virtual_inbound))
     return out
 
 
@@ -203,16 +214,19 @@ def _usable(
     return vs
 
 
-def _destinations(mesh: MeshSnapshot, vs: VirtualService | None) -> tuple[Service | None, ...]:
-    """The services a VirtualService routes to (their ports decide its clusters)."""
-    if vs is None:
-        return ()
-    hosts = {
-        fqdn(str((d.get("destination") or {}).get("host", "")), vs.namespace)
-        for rule in vs.http
-        for d in rule.get("route") or ()
-    }
-    return tuple(mesh.services.get(h) for h in sorted(hosts))
+def _destinations(
+    mesh: MeshSnapshot, svc: Service, vs: VirtualService | None
+) -> tuple[tuple[Service | None, DestinationRule | None], ...]:
+    """What a virtual host's routes read besides the VirtualService: the services routed
+    to (their ports name the clusters) and their DestinationRules (hash policies)."""
+    hosts = {svc.hostname}
+    if vs is not None:
+        hosts.update(
+            fqdn(str((d.get("destination") or {}).get("host", "")), vs.namespace)
+            for rule in vs.http
+            for d in rule.get("route") or ()
+        )
+    return tuple((mesh.services.get(h), mesh.destination_rules.get(h)) for h in sorted(hosts))
 
 
 def cluster_name(port: int, subset: str, host: str) -> str:
@@ -310,7 +324,16 @@ def _cluster(name: str, port: ServicePort, policy: Mapping[str, Any], proxyless:
     # that); Envoy sidecars get Istio's LEAST_REQUEST.
     simple = str(lb.get("simple", "ROUND_ROBIN" if proxyless else "UNSPECIFIED"))
     if "consistentHash" in lb:
-        c.lb_policy = cluster_pb2.Cluster.RING_HASH
+        ch = lb["consistentHash"]
+        if "maglev" in ch:
+            c.lb_policy = cluster_pb2.Cluster.MAGLEV
+            if "tableSize" in ch["maglev"]:
+                c.maglev_lb_config.table_size.value = int(ch["maglev"]["tableSize"])
+        else:
+            c.lb_policy = cluster_pb2.Cluster.RING_HASH
+            size = (ch.get("ringHash") or {}).get("minimumRingSize", ch.get("minimumRingSize"))
+            if size is not None:
+                c.ring_hash_lb_config.minimum_ring_size.value = int(size)
     elif simple in _LB_POLICIES:
         c.lb_policy = _LB_POLICIES[simple]
     else:
@@ -469,6 +492,31 @@ def _virtual_outbound_listener() -> Resource:
     return Resource("virtualOutbound", listener)
 
 
+def _virtual_inbound() -> list[Resource]:
+    """Istio's 15006 listener: connections captured on their way into the pod are passed
+    to their original destination, the app (plain TCP; mTLS termination comes with
+    PeerAuthentication)."""
+    cluster = cluster_pb2.Cluster(
+        name=INBOUND_PASSTHROUGH,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(seconds=int(DEFAULT_CONNECT_TIMEOUT)),
+    )
+    original_dst = listener_components_pb2.ListenerFilter(name="envoy.filters.listener.original_dst")
+    original_dst.typed_config.Pack(original_dst_pb2.OriginalDst())
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND_PASSTHROUGH, cluster=INBOUND_PASSTHROUGH)
+    listener = listener_pb2.Listener(
+        name="virtualInbound",
+        address=_address("0.0.0.0", VIRTUAL_INBOUND_PORT),
+        traffic_direction=base_pb2.INBOUND,
+        listener_filters=[original_dst],
+        default_filter_chain=listener_components_pb2.FilterChain(
+            name="virtualInbound-catchall-tcp", filters=[_network_filter("envoy.filters.network.tcp_proxy", proxy)]
+        ),
+    )
+    return [Resource(INBOUND_PASSTHROUGH, cluster), Resource("virtualInbound", listener)]
+
+
 def _network_filter(name: str, config: Any) -> listener_components_pb2.Filter:
     f = listener_components_pb2.Filter(name=name)
     f.typed_config.Pack(config)
@@ -513,33 +561,76 @@ def _virtual_host(
     routes = (
         _vs_routes(mesh, vs, port.port, proxyless)
         if vs is not None
-        else [_default_route(cluster_name(port.port, "", svc.hostname), proxyless)]
+        else [
+            _default_route(
+                cluster_name(port.port, "", svc.hostname),
+                proxyless,
+                _hash_policies(mesh, svc.hostname, port.port, "", f"Service {svc.namespace}/{svc.name}"),
+            )
+        ]
     )
     return route_components_pb2.VirtualHost(
         name=f"{svc.hostname}:{port.port}", domains=_domains(svc, port.port, proxy_namespace), routes=routes
     )
 
 
-def _default_route(cluster: str, proxyless: bool) -> route_components_pb2.Route:
-    action = route_components_pb2.RouteAction(cluster=cluster)
+def _default_route(
+    cluster: str, proxyless: bool, hash_policies: list[route_components_pb2.RouteAction.HashPolicy]
+) -> route_components_pb2.Route:
+    action = route_components_pb2.RouteAction(cluster=cluster, hash_policy=hash_policies)
     if not proxyless:
         action.timeout.CopyFrom(duration_pb2.Duration())
         action.retry_policy.CopyFrom(_retry_policy({"attempts": 2}))
     return route_components_pb2.Route(name="default", match=route_components_pb2.RouteMatch(prefix="/"), route=action)
 
 
+# What translation carries over from a VirtualService; anything else is reported, and the
+# VirtualService is then not applied (never half-applied, never silently ignored).
+_HTTP_ROUTE_FIELDS: Final = frozenset({"name", "match", "route", "timeout", "retries", "rewrite", "headers"})
+_MATCH_FIELDS: Final = frozenset({"name", "uri", "headers", "method", "queryParams", "ignoreUriCase", "port"})
+
+
 def _vs_routes(mesh: MeshSnapshot, vs: VirtualService, port: int, proxyless: bool) -> list[route_components_pb2.Route]:
     routes = []
     for i, rule in enumerate(vs.http):
         where = f"VirtualService {vs.namespace}/{vs.name}: spec.http[{i}]"
+        _only(rule, _HTTP_ROUTE_FIELDS, where)
         action = _route_action(mesh, vs, rule, port, where, proxyless)
         matches = rule.get("match") or [{}]
         for j, m in enumerate(matches):
-            name = str(rule.get("name") or f"{vs.name}.{i}")
-            routes.append(
-                route_components_pb2.Route(name=name, match=_route_match(m, f"{where}.match[{j}]"), route=action)
+            _only(m, _MATCH_FIELDS, f"{where}.match[{j}]")
+            if "port" in m and int(m["port"]) != port:
+                continue  # this match is for another port of the host
+            route = route_components_pb2.Route(
+                name=str(rule.get("name") or f"{vs.name}.{i}"), match=_route_match(m, f"{where}.match[{j}]"), route=action
             )
+            _header_operations(route, rule.get("headers") or {}, f"{where}.headers")
+            routes.append(route)
     return routes
+
+
+def _only(obj: Mapping[str, Any], supported: frozenset[str], where: str) -> None:
+    unsupported = sorted(set(obj) - supported)
+    if unsupported:
+        raise TranslationError(f"{where}.{unsupported[0]}: not supported by tulle-control's xDS translation")
+
+
+def _header_operations(route: route_components_pb2.Route, headers: Mapping[str, Any], where: str) -> None:
+    """Istio's Headers: request/response set (overwrite), add (append), remove."""
+    for direction, adds, removes in (
+        ("request", route.request_headers_to_add, route.request_headers_to_remove),
+        ("response", route.response_headers_to_add, route.response_headers_to_remove),
+    ):
+        ops = headers.get(direction) or {}
+        _only(ops, frozenset({"set", "add", "remove"}), f"{where}.{direction}")
+        for verb, action in (
+            ("set", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+            ("add", base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
+        ):
+            for name, value in sorted((ops.get(verb) or {}).items()):
+                adds.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=action)
+        removes.extend(str(h) for h in ops.get("remove") or ())
+    _only(headers, frozenset({"request", "response"}), where)
 
 
 def _route_match(m: Mapping[str, Any], where: str) -> route_components_pb2.RouteMatch:
@@ -600,6 +691,11 @@ def _route_action(
             dest_port = svc.ports[0].port if svc is not None and len(svc.ports) == 1 else port
         clusters.append((cluster_name(int(dest_port), str(dest.get("subset", "")), host), int(d.get("weight", 100 if len(dests) == 1 else 0))))
     action = route_components_pb2.RouteAction()
+    first = dests[0].get("destination") or {}
+    first_port = int(clusters[0][0].split("|")[1])
+    action.hash_policy.extend(
+        _hash_policies(mesh, fqdn(str(first["host"]), vs.namespace), first_port, str(first.get("subset", "")), where)
+    )
     if len(clusters) == 1:
         action.cluster = clusters[0][0]
     else:
@@ -624,6 +720,37 @@ def _route_action(
     if "authority" in rewrite:
         action.host_rewrite_literal = str(rewrite["authority"])
     return action
+
+
+def _hash_policies(
+    mesh: MeshSnapshot, host: str, port: int, subset: str, where: str
+) -> list[route_components_pb2.RouteAction.HashPolicy]:
+    """Istio's consistentHash keys of the destination's DestinationRule (subset and port
+    settings included), as the route's hash policy; none without consistent hashing."""
+    dr = mesh.destination_rules.get(host)
+    if dr is None:
+        return []
+    policy = _merged_policy(dr.traffic_policy, port)
+    for sub in dr.subsets:
+        if subset and sub.get("name") == subset:
+            policy = _merged_policy(_overlay(policy, sub.get("trafficPolicy")), port)
+    ch = (policy.get("loadBalancer") or {}).get("consistentHash")
+    if not ch:
+        return []
+    HashPolicy = route_components_pb2.RouteAction.HashPolicy
+    if "httpHeaderName" in ch:
+        return [HashPolicy(header=HashPolicy.Header(header_name=str(ch["httpHeaderName"])))]
+    if "httpCookie" in ch:
+        cookie = ch["httpCookie"]
+        out = HashPolicy(cookie=HashPolicy.Cookie(name=str(cookie["name"]), path=str(cookie.get("path", ""))))
+        if "ttl" in cookie:
+            out.cookie.ttl.CopyFrom(_duration(cookie["ttl"], 0, f"{where}: consistentHash.httpCookie.ttl"))
+        return [out]
+    if ch.get("useSourceIp"):
+        return [HashPolicy(connection_properties=HashPolicy.ConnectionProperties(source_ip=True))]
+    if "httpQueryParameterName" in ch:
+        return [HashPolicy(query_parameter=HashPolicy.QueryParameter(name=str(ch["httpQueryParameterName"])))]
+    return []
 
 
 _PREVIOUS_HOSTS = route_components_pb2.RetryPolicy.RetryHostPredicate(name="envoy.retry_host_predicates.previous_hosts")

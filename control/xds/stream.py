@@ -30,12 +30,14 @@ Theory of operation, per type URL on a stream:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from control.xds.held_versions import HeldVersions
 from control.xds.resources import FULL_STATE_TYPES, PUSH_ORDER, Resource, ResourceSet
 
 
@@ -75,8 +77,8 @@ class TypeState:
     type_url: str
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
-    sent: dict[str, str] = field(default_factory=dict)
-    acked: dict[str, str] = field(default_factory=dict)
+    sent: HeldVersions = field(default_factory=HeldVersions)
+    acked: HeldVersions = field(default_factory=HeldVersions)
     in_flight: list[_InFlight] = field(default_factory=list)
     responded: bool = False
     acked_version: str = ""
@@ -130,7 +132,7 @@ class XdsStream:
         if state is None or seq is None:
             # First request for the type, or a reconnect carrying another server's nonce.
             state = TypeState(type_url, wildcard=not req.resource_names or "*" in req.resource_names)
-            state.names = set(req.resource_names) - {"*"}
+            state.names = set(map(sys.intern, req.resource_names)) - {"*"}
             self.types[type_url] = state
             return self._answer(state, None, now, force=True)
         if req.HasField("error_detail"):
@@ -139,7 +141,7 @@ class XdsStream:
             self._ack(state, seq, now)
         if seq != state.last_seq:
             return []  # stale: the client has not seen our newest push yet
-        new_names = set(req.resource_names) - {"*"}
+        new_names = set(map(sys.intern, req.resource_names)) - {"*"}
         wildcard = state.wildcard if not req.resource_names else "*" in req.resource_names
         added = new_names - state.names
         for gone in state.names - new_names:
@@ -157,8 +159,8 @@ class XdsStream:
         first = state is None
         if state is None:
             state = TypeState(type_url)
-            state.sent = dict(req.initial_resource_versions)
-            state.acked = dict(state.sent)
+            state.sent = HeldVersions(req.initial_resource_versions)
+            state.acked = state.sent.copy()
             # Legacy wildcard: a first request that names nothing asks for everything.
             state.wildcard = not req.resource_names_subscribe
             self.types[type_url] = state
@@ -169,7 +171,8 @@ class XdsStream:
             else:
                 self._ack(state, seq, now)
         added: set[str] = set()
-        for name in req.resource_names_subscribe:
+        for name in map(sys.intern, req.resource_names_subscribe):
+            # Interned: a thousand streams subscribing to the same names share them.
             if name == "*":
                 state.wildcard = True
                 added.add("*")
@@ -261,7 +264,8 @@ class XdsStream:
         self._nonces += 1
         nonce = f"{self.nonce_prefix}{self._nonces}"
         state.in_flight.append(_InFlight(self._nonces, nonce, version, changes, now))
-        _apply(state.sent, changes)
+        state.sent.apply(changes)
+        state.sent.rebase(current)
         state.responded = True
         state.last_nonce, state.last_seq = nonce, self._nonces
         return [Push(state.type_url, nonce, version, tuple(changed), tuple(sorted(removed)))]
@@ -279,8 +283,10 @@ class XdsStream:
         # An ACK of a push also accepts every older push still in flight.
         while state.in_flight and state.in_flight[0].seq <= seq:
             flight = state.in_flight.pop(0)
-            _apply(state.acked, flight.changes)
+            state.acked.apply(flight.changes)
             state.acked_version = flight.version_info
+        if self.resources is not None:
+            state.acked.rebase(self.resources.get(state.type_url))
         state.acked_at = now
         state.acks += 1
 
@@ -292,21 +298,13 @@ class XdsStream:
                 rejected = flight.version_info
                 state.resync.update(flight.changes)
                 break
-            _apply(state.acked, flight.changes)
+            state.acked.apply(flight.changes)
             state.acked_version = flight.version_info
         state.last_nack = Nack(f"{self.nonce_prefix}{seq}", rejected, message, now)
         state.nacks += 1
-        state.sent = dict(state.acked)
+        state.sent = state.acked.copy()
         for flight in state.in_flight:
-            _apply(state.sent, flight.changes)
-
-
-def _apply(held: dict[str, str], changes: dict[str, str | None]) -> None:
-    for name, version in changes.items():
-        if version is None:
-            held.pop(name, None)
-        else:
-            held[name] = version
+            state.sent.apply(flight.changes)
 
 
 def _ordered(type_urls: Iterable[str]) -> list[str]:

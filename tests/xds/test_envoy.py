@@ -245,3 +245,16 @@ def test_proxy_status_shows_the_nack_and_proxy_config_what_the_node_is_sent(
     nacked = eventually(nacked_status)
     assert "last NACK from " + NODE_ID in nacked
     assert "Invalid duration" in nacked
+
+
+def test_deleting_a_service_removes_its_cluster_and_route(control: ControlPlane, upstreams: list[Upstream], envoy: Envoy) -> None:
+    port, _ = _mesh(control, upstreams, ["v1"])
+    name = f"outbound|{port}||web.default.svc.cluster.local"
+
+    def clusters() -> set[str]:
+        return {c["cluster"]["name"] for c in envoy.config_dump("dynamic_active_clusters").get("configs", [])}
+
+    eventually(lambda: name in clusters())
+    control.call(control.server.delete, "Service", "default", "web")
+    eventually(lambda: name not in clusters())
+    assert eventually(lambda: _get(port)[0] == 0)  # no service on the port: no listener

@@ -95,3 +95,28 @@ def test_proxyless_grpc_client_resolves_a_service_and_spreads_calls_over_its_end
     assert min(seen.values()) >= 10, seen
     statuses = control.call(control.server.status)
     assert [s.kind for s in statuses] in ([], ["proxyless"])  # the client may already be gone
+
+
+def test_proxyless_grpc_client_follows_a_virtual_service_to_a_subset(
+    control: ControlPlane, servers: list[WhoamiServer]
+) -> None:
+    control.apply(service("greeter", 7070, port_name="grpc"))
+    for s, version in zip(servers, ("v1", "v2"), strict=True):
+        control.apply(pod(s.name, s.host, {"app": "greeter", "version": version}))
+    control.apply(
+        {
+            "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "greeter", "namespace": "default"},
+            "subsets": [
+                {"addresses": [{"ip": s.host, "targetRef": {"kind": "Pod", "name": s.name, "namespace": "default"}}],
+                 "ports": [{"name": "grpc", "port": s.port}]}
+                for s in servers
+            ],
+        },
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "greeter", "namespace": "default"},
+         "spec": {"host": "greeter", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "greeter", "namespace": "default"},
+         "spec": {"hosts": ["greeter"], "http": [{"route": [{"destination": {"host": "greeter", "subset": "v2"}}],
+                                                  "timeout": "10s", "retries": {"attempts": 2, "retryOn": "unavailable"}}]}},
+    )
+    seen = run_client(control, "xds:///greeter.default:7070", 10)
+    assert seen == {"greeter-b": 10}

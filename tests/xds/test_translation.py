@@ -61,7 +61,7 @@ def msg(resources: dict[tuple[str, str], Resource], type_url: str, name: str) ->
     return resources[(type_url, name)].message
 
 
-DR = {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
+DR: dict[str, Any] = {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
       "spec": {"host": "reviews",
                "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"},
                                  "connectionPool": {"tcp": {"maxConnections": 10, "connectTimeout": "250ms"},
@@ -273,3 +273,55 @@ def test_documents_are_kept_current_by_upserts_and_deletes() -> None:
 def test_document_missing_a_required_field_names_it() -> None:
     with pytest.raises(MeshDocumentError, match=r"DestinationRule 'r': missing spec.host"):
         MeshSnapshot.from_documents([{"kind": "DestinationRule", "metadata": {"name": "r"}, "spec": {}}])
+
+
+def test_virtual_service_headers_operations_map_to_route_header_options() -> None:
+    rule = {"route": [{"destination": {"host": "reviews"}}],
+            "headers": {"request": {"set": {"x-env": "prod"}, "remove": ["x-debug"]}, "response": {"add": {"x-served-by": "tulle"}}}}
+    route = msg(build(vs([rule])), ROUTE, "9080").virtual_hosts[0].routes[0]
+    assert [(h.header.key, h.header.value) for h in route.request_headers_to_add] == [("x-env", "prod")]
+    assert list(route.request_headers_to_remove) == ["x-debug"]
+    assert route.response_headers_to_add[0].header.key == "x-served-by"
+
+
+def test_virtual_service_with_an_unsupported_field_is_reported_not_half_applied() -> None:
+    errors: list[str] = []
+    rule = {"route": [{"destination": {"host": "reviews", "subset": "v1"}}], "fault": {"abort": {"httpStatus": 500}}}
+    routes = msg(build(DR, vs([rule]), errors=errors), ROUTE, "9080").virtual_hosts[0].routes
+    assert [r.name for r in routes] == ["default"]
+    assert errors == ["VirtualService shop/reviews: spec.http[0].fault: not supported by tulle-control's xDS translation"]
+
+
+def test_match_on_another_port_does_not_apply_to_this_port() -> None:
+    rule = {"match": [{"port": 1234, "uri": {"prefix": "/x"}}, {"uri": {"prefix": "/y"}}], "route": [{"destination": {"host": "reviews"}}]}
+    routes = msg(build(vs([rule])), ROUTE, "9080").virtual_hosts[0].routes
+    assert [r.match.prefix for r in routes] == ["/y"]
+
+
+def test_captured_inbound_connections_pass_through_to_their_original_destination() -> None:
+    r = build()
+    inbound = msg(r, LISTENER, "virtualInbound")
+    assert inbound.address.socket_address.port_value == 15006
+    assert [f.name for f in inbound.listener_filters] == ["envoy.filters.listener.original_dst"]
+    assert msg(r, CLUSTER, "InboundPassthroughCluster").type == cluster_pb2.Cluster.ORIGINAL_DST
+
+
+def test_consistent_hash_maps_to_ring_hash_and_a_route_hash_policy() -> None:
+    dr = {"kind": "DestinationRule", "metadata": {"name": "reviews", "namespace": "shop"},
+          "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"consistentHash": {
+              "httpHeaderName": "x-user", "ringHash": {"minimumRingSize": 2048}}}}}}
+    r = build(dr)
+    c = msg(r, CLUSTER, f"outbound|9080||{HOST}")
+    assert c.lb_policy == cluster_pb2.Cluster.RING_HASH
+    assert c.ring_hash_lb_config.minimum_ring_size.value == 2048
+    route = msg(r, ROUTE, "9080").virtual_hosts[0].routes[0]
+    assert route.route.hash_policy[0].header.header_name == "x-user"
+
+
+def test_subset_consistent_hash_applies_to_routes_to_that_subset() -> None:
+    dr = {**DR, "spec": {**DR["spec"], "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {
+        "loadBalancer": {"consistentHash": {"useSourceIp": True}}}}]}}
+    rule = {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+    route = msg(build(dr, vs([rule])), ROUTE, "9080").virtual_hosts[0].routes[0]
+    assert route.route.hash_policy[0].connection_properties.source_ip
+    assert msg(build(dr, vs([rule])), CLUSTER, f"outbound|9080|v1|{HOST}").lb_policy == cluster_pb2.Cluster.RING_HASH

@@ -12,7 +12,9 @@ import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format
 
+from cni.overlay import parse_nodes
 from control.xds.resources import TULLE_NODE, TULLE_POD
 from proto.tulle.netpolicy.v1 import node_pb2, pod_pb2
 from tests.xds.harness import ControlPlane, eventually, pod
@@ -113,3 +115,18 @@ def test_agent_shows_in_proxy_status_with_acked_versions(control: ControlPlane, 
         return status.kind == "agent" and all(t.acked_version and t.pending == 0 for t in status.types)
 
     eventually(acked)
+
+
+def test_node_resources_are_the_node_list_tulle_agent_programs_the_overlay_from(
+    control: ControlPlane, agent: DeltaAgentClient
+) -> None:
+    agent.next(TULLE_NODE)
+    control.apply(node_doc("node-2", "192.168.50.2", "10.244.2.0/24"))
+    resources = [*agent.next(TULLE_NODE).resources]
+    nodes = []
+    for r in resources:
+        node = node_pb2.Node()
+        r.resource.Unpack(node)
+        nodes.append(json_format.MessageToDict(node))
+    [overlay] = parse_nodes(nodes)
+    assert (overlay.name, str(overlay.underlay_ip), str(overlay.pod_cidr)) == ("node-2", "192.168.50.2", "10.244.2.0/24")

@@ -243,3 +243,21 @@ def diff_document(old: Ruleset, new: Ruleset, table: str = TABLE) -> dict[str, A
         if came:
             adds.append(_element_command("add", table, name, (_render(name, k, v) for k, v in came)))
     return {"nftables": deletes + adds}
+
+
+def counters_by_rule(listing: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(packets, bytes) per deciding policy rule, summed over every element that names
+    it, from a `list table` JSON document: which policy rule allowed or dropped how much
+    new-connection traffic on this node (the operator's view of the verdict maps)."""
+    totals: dict[str, tuple[int, int]] = {}
+    for obj in listing.get("nftables", ()):
+        body = obj.get("map")
+        if not body or body.get("map") != "verdict":
+            continue
+        for key, _ in body.get("elem", ()):
+            elem = key.get("elem") if isinstance(key, dict) else None
+            if not elem or "comment" not in elem or "counter" not in elem:
+                continue
+            packets, octets = totals.get(elem["comment"], (0, 0))
+            totals[elem["comment"]] = (packets + elem["counter"]["packets"], octets + elem["counter"]["bytes"])
+    return totals

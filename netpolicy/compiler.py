@@ -20,8 +20,8 @@ Theory of operation — per-packet cost independent of policy and pod counts:
   a list of (protocol range, port range) → allow/drop, each naming the deciding policy
   and rule. Three verdict maps hold them, most specific first: P's decisions for a peer
   that matches no predicate become P's *default* (other protocols) and the `pod . l4proto
-  . dport` exceptions to it; a class gets `pod . class . l4proto . dport` elements only
-  where its decision differs from those. A class that matches none of P's rules' peers
+  . dport` exceptions to it; a class gets elements in P's own `class . l4proto . dport`
+  map only where its decision differs from those. A class that matches none of P's rules' peers
   (nearly all of them, usually) costs P nothing.
 - The same (program, relevant rules) pair always yields the same decisions, so they are
   memoised: the work grows with the number of distinct situations, not with pods x

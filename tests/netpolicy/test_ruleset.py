@@ -1,4 +1,5 @@
-"""The compiled ruleset's shape: constant chains, element-only diffs, stable classes."""
+"""The compiled ruleset's shape: shared chains that never change, element-only diffs for
+policy changes, per-pod maps of constant shape, stable class numbers."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class Namespaces:
         self.token = secrets.token_hex(3)
         self.names: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.dirs: list[str] = []
 
     def netns(self, role: str) -> str:
         name = f"tl-bench-{role}-{self.token}"
@@ -85,6 +87,8 @@ class Namespaces:
             proc.wait()
         for name in reversed(self.names):
             run("ip", "netns", "del", name, check=False)
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -242,6 +246,7 @@ def bench_packets(ns: Namespaces, state: ClusterState, seconds: float, rounds: i
         run("ip", "-n", pod_ns, "link", "set", inside, "up")
     run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1", netns=client)
     workdir = tempfile.mkdtemp(prefix="tl-bench-nginx-")
+    ns.dirs.append(workdir)
     conf = Path(workdir) / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=workdir, ip=pod_ip(SERVER), port=SERVER_PORT))
     ns.procs.append(subprocess.Popen(["ip", "netns", "exec", server, "nginx", "-c", str(conf), "-p", workdir],

@@ -20,8 +20,8 @@ Theory of operation — per-packet cost independent of policy and pod counts:
   a list of (protocol range, port range) → allow/drop, each naming the deciding policy
   and rule. Three verdict maps hold them, most specific first: P's decisions for a peer
   that matches no predicate become P's *default* (other protocols) and the `pod . l4proto
-  . dport` exceptions to it; a class gets `pod . class . l4proto . dport` elements only
-  where its decision differs from those. A class that matches none of P's rules' peers
+  . dport` exceptions to it; a class gets elements in P's own `class . l4proto . dport`
+  map only where its decision differs from those. A class that matches none of P's rules' peers
   (nearly all of them, usually) costs P nothing.
 - The same (program, relevant rules) pair always yields the same decisions, so they are
   memoised: the work grows with the number of distinct situations, not with pods x
@@ -59,7 +59,15 @@ from netpolicy.model import (
     PortRange,
     Rule,
 )
-from netpolicy.ruleset import ALL_PORTS, PORT_PROTOCOLS, Entry, Key, PortKey, Ruleset, Signature
+from netpolicy.ruleset import (
+    ALL_PORTS,
+    PORT_PROTOCOLS,
+    Entry,
+    PortKey,
+    Rules,
+    Ruleset,
+    Signature,
+)
 
 DIRECTIONS = (Direction.EGRESS, Direction.INGRESS)
 
@@ -182,7 +190,7 @@ class NodeCompiler:
                 pod_classes[address] = self.class_ids[sig]
 
         self.local: dict[tuple[tuple[str, str], Direction], _LocalPod] = {}
-        rules: dict[Direction, dict[Key, Entry]] = {d: {} for d in DIRECTIONS}
+        rules: dict[Direction, Rules] = {d: {} for d in DIRECTIONS}
         ports: dict[Direction, dict[PortKey, Entry]] = {d: {} for d in DIRECTIONS}
         defaults: dict[Direction, dict[int, Entry]] = {d: {} for d in DIRECTIONS}
         local = [p for p in state.pods.values() if p.node == self.node]
@@ -201,7 +209,7 @@ class NodeCompiler:
         self.state = state
         members = self._memberships_of(pod) | self._cidr_members(int(pod.ip))
         sig: Signature = (members, self._named_ports(pod))
-        rules = {d: dict(previous.rules[d]) for d in DIRECTIONS}
+        rules = {d: dict(previous.rules[d]) for d in DIRECTIONS}  # per-pod maps shared until changed
         ports = {d: dict(previous.ports[d]) for d in DIRECTIONS}
         defaults = {d: dict(previous.defaults[d]) for d in DIRECTIONS}
         number = self.class_ids.get(sig)
@@ -239,7 +247,7 @@ class NodeCompiler:
         if pod.node == self.node:
             for direction in DIRECTIONS:
                 self.local.pop((pod.key, direction), None)
-                rules[direction] = {k: e for k, e in previous.rules[direction].items() if k[0] != address}
+                rules[direction] = {a: m for a, m in previous.rules[direction].items() if a != address}
                 ports[direction] = {k: e for k, e in previous.ports[direction].items() if k[0] != address}
                 defaults[direction] = {a: e for a, e in previous.defaults[direction].items() if a != address}
         self.ruleset = Ruleset(self.node, previous.local_pods - {address}, self.cidr_classes, pod_classes, rules,
@@ -247,7 +255,7 @@ class NodeCompiler:
         return self.ruleset
 
     # ------------------------------------------------------------------ elements
-    def _add_local(self, pod: Pod, rules: dict[Direction, dict[Key, Entry]],
+    def _add_local(self, pod: Pod, rules: dict[Direction, Rules],
                    ports: dict[Direction, dict[PortKey, Entry]], defaults: dict[Direction, dict[int, Entry]]) -> None:
         address = int(pod.ip)
         for direction in DIRECTIONS:
@@ -274,7 +282,7 @@ class NodeCompiler:
             for number in candidates:
                 self._class_elements(info, number, rules[direction])
 
-    def _class_elements(self, info: _LocalPod, number: int, out: dict[Key, Entry]) -> None:
+    def _class_elements(self, info: _LocalPod, number: int, out: Rules) -> None:
         """Elements for one local pod and one peer class: where the class's decision
         differs from what the fallback maps (port map, then default) would give."""
         members, peer_ports = self.members_by_class[number]
@@ -285,9 +293,12 @@ class NodeCompiler:
             return  # decides exactly like an unmatched peer: the fallback maps cover it
         dest_ports = peer_ports if egress else info.own_ports
         decisions = self._decisions(program, members, dest_ports)
-        for p_lo, p_hi, lo, hi, entry, fallback in _overlay(decisions, info.unmatched):
-            if entry.allow != fallback.allow:
-                out[(info.address, number, number, p_lo, p_hi, lo, hi)] = entry
+        found = {(number, number, p_lo, p_hi, lo, hi): entry
+                 for p_lo, p_hi, lo, hi, entry, fallback in _overlay(decisions, info.unmatched)
+                 if entry.allow != fallback.allow}
+        if found:
+            # A new map object: the previous ruleset may share the old one.
+            out[info.address] = {**out.get(info.address, {}), **found}
 
     # ------------------------------------------------------------------ peers
     def _index_peers(self) -> None:

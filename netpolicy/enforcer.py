@@ -6,7 +6,8 @@ Rules:
   then the kernel keeps enforcing whatever the previous agent left — a restart never
   opens a window without rules.
 - `update` compiles the new state against the ruleset in force and applies only the
-  difference (map elements) in one transaction. If the kernel refuses it, nothing of it
+  difference in one transaction: map elements, plus a pod's own map and chain when a
+  local pod gains or loses per-class decisions; the shared chains never change. If the kernel refuses it, nothing of it
   is applied and the ruleset in force is unchanged (the error propagates).
 - Fail-closed pod start (the CNI ADD path): `hold(ip)` before the pod's interface comes
   up makes every packet from or to that address drop; the `update` that includes the pod

@@ -16,6 +16,7 @@ from netpolicy.conformance.corpus import Probe, initial_state, parse_topology
 from netpolicy.conformance.direct import DirectTopology
 from netpolicy.enforcer import NodeEnforcer
 from netpolicy.model import Protocol, parse_policy
+from netpolicy.ruleset import counters_by_rule
 from tests.kernel import KernelResources
 
 pytestmark = pytest.mark.privileged
@@ -81,6 +82,15 @@ def test_policy_change_is_applied_as_a_diff(node: Node) -> None:
     assert not node.connects("a", "c") and node.connects("a", "b")
     enforcer.update(node.full)
     assert node.connects("a", "c")
+
+
+def test_counters_name_the_policy_that_dropped_the_traffic(node: Node) -> None:
+    enforcer = node.enforcer()
+    enforcer.start(with_policy(node.full, DENY_INGRESS_TO_C))
+    assert not node.connects("a", "c")
+    counters = counters_by_rule(enforcer.applier.list_table())
+    packets, _ = counters["isolated by NetworkPolicy x/deny-c"]
+    assert packets >= 1  # the SYN (and its retransmissions, if any)
 
 
 def test_held_pod_is_unreachable_until_its_rules_are_programmed(node: Node) -> None:

@@ -31,7 +31,7 @@ from control.xds.service import XdsService
 
 
 async def _serve(config: ControlPlaneConfig, xds_listen: str, ca: CaConfig) -> None:
-    xds = XdsService(xds_listen) if xds_listen else None
+    xds = XdsService(xds_listen, trust_domain=ca.trust_domain) if xds_listen else None
     plane = ControlPlane(config, [CaService(ca), *([xds] if xds else [])])
     try:
         await plane.start()

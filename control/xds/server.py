@@ -37,7 +37,7 @@ from google.protobuf import json_format
 from control.xds.client_status import client_status
 from control.xds.config import MeshConfig, ResourceOverride
 from control.xds.debounce import DebounceConfig, Debouncer
-from control.xds.mesh import MeshDocuments, MeshSnapshot
+from control.xds.mesh import TRUST_DOMAIN, MeshDocuments, MeshSnapshot
 from control.xds.node_identity import NodeIdentity
 from control.xds.resources import TYPE_ALIASES, ResourceSet
 from control.xds.sidecar import TranslationMemo
@@ -77,8 +77,9 @@ class _Connection:
 
 
 class AdsServer:
-    def __init__(self, debounce: DebounceConfig | None = None) -> None:
-        self.documents = MeshDocuments()
+    def __init__(self, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN) -> None:
+        self.trust_domain = trust_domain
+        self.documents = MeshDocuments(trust_domain)
         self.override: ResourceOverride | None = None  # test hook, see control.xds.config
         self.pushes = 0  # config generations pushed
         self._memo = TranslationMemo()
@@ -146,7 +147,7 @@ class AdsServer:
             self._mesh_changed()
 
     def replace(self, docs: Iterable[Mapping[str, Any]]) -> None:
-        self.documents = MeshDocuments()
+        self.documents = MeshDocuments(self.trust_domain)
         for doc in docs:
             self.documents.upsert(doc)
         self._mesh_changed()

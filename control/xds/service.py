@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Protocol
 
 from control.xds.debounce import DebounceConfig
+from control.xds.mesh import TRUST_DOMAIN
 from control.xds.server import AdsServer
 
 log = logging.getLogger("tulle.control.xds")
 
 DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
-KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy")
+KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy",
+         "PeerAuthentication", "AuthorizationPolicy")
 
 
 class _Event(Protocol):
@@ -43,9 +45,11 @@ class _Plane(Protocol):
 
 
 class XdsService:
-    def __init__(self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None) -> None:
+    def __init__(
+        self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN
+    ) -> None:
         self.listen = listen
-        self.ads = AdsServer(debounce)
+        self.ads = AdsServer(debounce, trust_domain)
         self.address = ""  # host:port actually bound, after start()
         self._task: asyncio.Task[None] | None = None
 

@@ -10,7 +10,7 @@ Rules:
   from tulle-control's CA. Secret `ROOTCA` is the `validation_context` (trust bundle).
   Any other name is refused (PERMISSION_DENIED naming it): a sidecar cannot fetch
   another workload's or namespace's secrets through its socket.
-- Rotation: a new key and certificate at half the certificate's lifetime (retried with
+- Rotation: a new key and certificate at half the certificate's remaining lifetime (retried with
   back-off on failure while the old one serves); each rotation is pushed to every open
   stream as a new version. Envoy applies new secrets to new handshakes only, so
   connections in flight are not dropped.
@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
+from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from netpolicy.agent.identity import CertificateAuthorityClient, PodRef
-from proxy.tls.workload_identity import new_key_and_csr, renewal_time, retry_delay
+from proxy.tls.workload_identity import new_key_and_csr, retry_delay
 
 log = logging.getLogger("tulle.agent.sds")
 
@@ -101,7 +102,12 @@ class WorkloadSecrets:
             self.version += 1
             self._changed.notify_all()
         log.info("pod %s: certificate %d for %s", self.pod, self.version, issued.identity)
-        return renewal_time(issued.cert_chain[0].encode())
+        # Half of what is left from now: the CA backdates not-before for clock skew, so
+        # the certificate's own midpoint would come at once for a lifetime of seconds.
+        now = self._clock()
+        not_after = x509.load_pem_x509_certificate(issued.cert_chain[0].encode()).not_valid_after_utc
+        self.not_after = not_after
+        return now + (not_after - now) / 2
 
     async def _renew_forever(self, renew_at: dt.datetime) -> None:
         failures = 0

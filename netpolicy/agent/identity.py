@@ -39,7 +39,6 @@ log = logging.getLogger("tulle.agent.identity")
 
 MAX_REQUEST = 64 << 10
 DEFAULT_CONTROL_SOCKET = "unix:/run/tulle/control.sock"
-DEFAULT_IDENTITY_SOCKET = Path("/run/tulle/identity.sock")
 
 NetnsId = tuple[int, int]  # (st_dev, st_ino) of an nsfs file
 

@@ -65,12 +65,16 @@ class WorkloadSecrets:
         self._secrets: dict[str, secret_pb2.Secret] = {}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
         """Issues the first certificate (so the first SDS answer is never empty), then
-        keeps renewing it in the background."""
-        renew_at = await self._rotate()
-        self._task = asyncio.create_task(self._renew_forever(renew_at), name=f"sds-renew {self.pod}")
+        keeps renewing it in the background. Idempotent: the first SDS stream of a pod
+        starts it, so pods without a sidecar never cost the CA anything."""
+        async with self._starting:
+            if self._task is None:
+                renew_at = await self._rotate()
+                self._task = asyncio.create_task(self._renew_forever(renew_at), name=f"sds-renew {self.pod}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -131,6 +135,10 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        try:
+            await self._secrets.start()
+        except Exception as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no certificate for pod {self._secrets.pod}: {error}")
         subscribed: set[str] = set()
         sent_version = 0
         requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
@@ -197,7 +205,6 @@ class PodSdsServer:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        await self.secrets.start()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

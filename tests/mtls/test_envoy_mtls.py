@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from control.ca.authority import CertificateAuthority
 from control.ca.spiffe import SpiffeId
+from control.xds.proxy_commands import proxy_config
 from netpolicy.agent.identity import PodRef
 from tests.ca.test_authority import csr_for
 from tests.mtls.harness import NODE, App, Mesh, Sidecar, eventually, free_port, loopback_ip
@@ -250,3 +252,25 @@ def test_an_allow_policy_for_another_principal_denies_the_client(lab: Lab) -> No
     lab.mesh.apply(policy("AuthorizationPolicy", "only-ops", "shop", {
         "action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["ops"]}}]}]}))
     lab.until("/", 403)
+
+
+# -- meshctl -----------------------------------------------------------------------------
+
+
+def test_meshctl_proxy_config_secrets_shows_the_sidecars_certificates(lab: Lab) -> None:
+    lab.until("/", 200)
+    result = CliRunner().invoke(proxy_config, ["reviews-v1.shop", "secrets", "--admin", lab.server.admin])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert rows[0][:4] == ["NAME", "TYPE", "IDENTITY", "SERIAL"]
+    default = next(r for r in rows if r[0] == "default")
+    assert default[1:4] == ["Cert", "Chain", "spiffe://cluster.local/ns/shop/sa/reviews"]
+    not_before, not_after = (dt.datetime.fromisoformat(v) for v in default[5:7])
+    assert not_after - not_before == dt.timedelta(hours=1, minutes=1)
+    root = next(r for r in rows if r[0] == "ROOTCA")
+    assert root[1:3] == ["Trust", "Bundle"] and "Tulle root CA" in " ".join(root)
+
+
+def test_meshctl_proxy_config_secrets_names_the_proxy_it_reached(lab: Lab) -> None:
+    result = CliRunner().invoke(proxy_config, ["frontend-1.web", "secrets", "--admin", lab.server.admin])
+    assert result.exit_code != 0 and "not 'frontend-1.web'" in result.output

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import click
+import grpc
 
 from control.ca.component import DEFAULT_TRUST_DOMAIN, CaConfig, CaService
+from control.ca.serving import ServingIdentity
 from control.ca.spiffe import SpiffeId
 from control.plane import (
     DEFAULT_LISTEN,
@@ -30,16 +32,26 @@ from control.store import StoreError
 from control.xds.service import XdsService
 
 
-async def _serve(config: ControlPlaneConfig, xds_listen: str, ca: CaConfig) -> None:
-    xds = XdsService(xds_listen, trust_domain=ca.trust_domain) if xds_listen else None
-    plane = ControlPlane(config, [CaService(ca), *([xds] if xds else [])])
+async def _serve(config: ControlPlaneConfig, xds_listen: str, xds_listen_tls: str, ca: CaConfig) -> None:
+    authority = CaService(ca)
+
+    def credentials() -> grpc.ServerCredentials:
+        assert authority.ca is not None
+        return ServingIdentity(authority.ca).server_credentials()
+
+    xds = None
+    if xds_listen or xds_listen_tls:
+        xds = XdsService(xds_listen, trust_domain=ca.trust_domain, tls_listen=xds_listen_tls, credentials=credentials)
+    plane = ControlPlane(config, [authority, *([xds] if xds else [])])
     try:
         await plane.start()
     except BaseException:
         await plane.stop()
         raise
-    if xds is not None:
+    if xds is not None and xds.address:
         print(f"tulle-control xds: {xds.address}", file=sys.stderr, flush=True)
+    if xds is not None and xds.tls_address:
+        print(f"tulle-control xds-tls: {xds.tls_address}", file=sys.stderr, flush=True)
     # Tests and scripts read this line to learn the ports actually bound.
     print(f"tulle-control ready: {' '.join(plane.endpoints)}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -65,6 +77,9 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str, ca: CaConfig) -> N
 @click.option("--node-cidr-prefix", default=24, show_default=True, help="prefix length of each node's pod CIDR")
 @click.option("--xds-listen", default="", metavar="ADDRESS",
               help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one); off by default")
+@click.option("--xds-listen-tls", default="", metavar="ADDRESS",
+              help="serve xDS over mTLS here (Istio's 15012; port 0 picks one): clients need a certificate "
+                   "from this CA and read only their own node's config; off by default")
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True,
               help="SPIFFE trust domain of the identities the CA issues")
 @click.option("--svid-ttl", default="24h", show_default=True, metavar="DURATION",
@@ -77,7 +92,7 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str, ca: CaConfig) -> N
               help="PEM certificates above an intermediate --ca-cert, up to the root")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: str, service_cidr: str,
-            cluster_cidr: str, node_cidr_prefix: int, xds_listen: str, trust_domain: str, svid_ttl: str,
+            cluster_cidr: str, node_cidr_prefix: int, xds_listen: str, xds_listen_tls: str, trust_domain: str, svid_ttl: str,
             ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None, log_level: str) -> None:
     """The Tulle control plane: config API, stores, derived state."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -96,7 +111,7 @@ def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: s
         listen=listen, cluster=cluster,
     )
     try:
-        asyncio.run(_serve(config, xds_listen, ca))
+        asyncio.run(_serve(config, xds_listen, xds_listen_tls, ca))
     except (StoreError, OSError) as e:
         raise click.ClickException(str(e)) from None
 

@@ -34,6 +34,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
 
+from control.xds.client_authorization import may_read, may_read_status
 from control.xds.client_status import client_status
 from control.xds.config import MeshConfig, ResourceOverride
 from control.xds.debounce import DebounceConfig, Debouncer
@@ -76,6 +77,16 @@ class _Connection:
         self.connected_at = time.time()
 
 
+def peer_spiffe_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The URI SAN of the client certificate on an mTLS connection; None on a
+    connection without TLS (the plaintext port: trusted as configured)."""
+    auth = context.auth_context()
+    if not auth.get("x509_pem_cert") and not auth.get("peer_spiffe_id"):
+        return None
+    uris = [v.decode() for v in auth.get("peer_spiffe_id", [])]
+    return uris[0] if uris else ""
+
+
 class AdsServer:
     def __init__(self, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN) -> None:
         self.trust_domain = trust_domain
@@ -89,11 +100,16 @@ class AdsServer:
         self._connections: set[_Connection] = set()
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
+        self.tls_port = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, address: str = "127.0.0.1:0") -> int:
-        """Serve on `address`; returns the bound port."""
+    async def start(
+        self, address: str = "127.0.0.1:0", tls_address: str = "", credentials: grpc.ServerCredentials | None = None
+    ) -> int:
+        """Serve on `address` (plaintext; "" for none) and on `tls_address` with
+        `credentials` (mTLS, clients authorized per `client_authorization`); returns
+        the plaintext port bound (0 without one), `tls_port` the other."""
         self._server = grpc.aio.server(
             options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.so_reuseport", 0)]
         )
@@ -118,12 +134,20 @@ class AdsServer:
         self._server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(SERVICE, handlers), grpc.method_handlers_generic_handler(CSDS, csds)]
         )
-        try:
-            port = self._server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise OSError(f"xDS: cannot listen on {address}: {e}") from None
-        if port == 0:
-            raise OSError(f"xDS: cannot listen on {address}")
+        port = 0
+        for where, creds in ((address, None), (tls_address, credentials)):
+            if not where:
+                continue
+            try:
+                bound = self._server.add_insecure_port(where) if creds is None else self._server.add_secure_port(where, creds)
+            except RuntimeError as e:
+                raise OSError(f"xDS: cannot listen on {where}: {e}") from None
+            if bound == 0:
+                raise OSError(f"xDS: cannot listen on {where}")
+            if creds is None:
+                port = bound
+            else:
+                self.tls_port = bound
         await self._server.start()
         self._debounce_task = asyncio.create_task(self._debounce_loop())
         return port
@@ -190,6 +214,7 @@ class AdsServer:
         self, variant: Variant, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         conn = _Connection(variant, context.peer())
+        peer = peer_spiffe_id(context)
         encode = encode_sotw if variant is Variant.SOTW else encode_delta
         reader = asyncio.create_task(self._read(requests, conn.queue))
         self._connections.add(conn)
@@ -204,6 +229,11 @@ class AdsServer:
                     assert conn.identity is not None
                     pushes = conn.stream.on_resources(self._config.resources_for(conn.identity), now)
                 else:
+                    if conn.identity is None and peer is not None and item.HasField("node"):
+                        refused = may_read(NodeIdentity.from_node(item.node), peer, self._config.mesh)
+                        if refused is not None:
+                            log.warning("ADS stream from %s refused: %s", conn.peer, refused)
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
                     pushes = self._on_request(conn, item, now)
                 for push in pushes:
                     yield encode(push)
@@ -246,6 +276,10 @@ class AdsServer:
     async def _fetch_client_status(
         self, request: csds_pb2.ClientStatusRequest, context: grpc.aio.ServicerContext
     ) -> csds_pb2.ClientStatusResponse:
+        peer = peer_spiffe_id(context)
+        refused = may_read_status(peer) if peer is not None else None
+        if refused is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         return self.client_status(request)
 
     def client_status(self, request: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:

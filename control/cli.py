@@ -43,6 +43,9 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str, xds_listen_tls: st
     if xds_listen or xds_listen_tls:
         xds = XdsService(xds_listen, trust_domain=ca.trust_domain, tls_listen=xds_listen_tls, credentials=credentials)
     plane = ControlPlane(config, [authority, *([xds] if xds else [])])
+    if xds is not None and xds_listen_tls:
+        # Agents on other machines get their pods' certificates over the mTLS port.
+        xds.ads.services.append(lambda server: authority.serve_for_remote_agents(server, plane))
     try:
         await plane.start()
     except BaseException:

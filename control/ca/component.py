@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from control.ca.authority import DEFAULT_TTL, CertificateAuthority
-from control.ca.service import AsyncCertificateService
+from control.ca.service import AsyncCertificateService, agent_node_of_channel
 from control.registry import NotFoundError
 from proto.tulle.security.v1 import ca_pb2_grpc
 
@@ -79,6 +79,23 @@ class CaService:
             AsyncCertificateService(self.ca, pod, self.config.svid_ttl), server
         )
         log.info("CA for trust domain %s serving (signer %s)", self.ca.trust_domain, self.ca.signer.subject.rfc4514_string())
+
+    def serve_for_remote_agents(self, server: grpc.aio.Server, plane: ControlPlane) -> None:
+        """The same API on a network server (tulle-control's mTLS xDS port): there, the
+        node a request names must be the one the agent's client certificate proves."""
+        assert self.ca is not None, "register() first"
+        registry = plane.registry
+
+        async def pod(namespace: str, name: str) -> dict[str, Any] | None:
+            try:
+                return await registry.get("Pod", namespace, name)
+            except NotFoundError:
+                return None
+
+        ca_pb2_grpc.add_CertificateServiceServicer_to_server(
+            AsyncCertificateService(self.ca, pod, self.config.svid_ttl,
+                                    node_of_channel=agent_node_of_channel(self.ca.trust_domain)), server
+        )
 
     async def start(self, plane: ControlPlane) -> None:
         pass

@@ -25,7 +25,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
 
+from control.ca.service import peer_spiffe_id
 from control.xds.client_authorization import may_read, may_read_status
 from control.xds.client_status import client_status
 from control.xds.config import MeshConfig, ResourceOverride
@@ -77,16 +78,6 @@ class _Connection:
         self.connected_at = time.time()
 
 
-def peer_spiffe_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    """The URI SAN of the client certificate on an mTLS connection; None on a
-    connection without TLS (the plaintext port: trusted as configured)."""
-    auth = context.auth_context()
-    if not auth.get("x509_pem_cert") and not auth.get("peer_spiffe_id"):
-        return None
-    uris = [v.decode() for v in auth.get("peer_spiffe_id", [])]
-    return uris[0] if uris else ""
-
-
 class AdsServer:
     def __init__(self, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN) -> None:
         self.trust_domain = trust_domain
@@ -101,6 +92,9 @@ class AdsServer:
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
         self.tls_port = 0
+        # Other services of the same ports (tulle-control's CA for remote agents), added
+        # before the server starts.
+        self.services: list[Callable[[grpc.aio.Server], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -134,6 +128,8 @@ class AdsServer:
         self._server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(SERVICE, handlers), grpc.method_handlers_generic_handler(CSDS, csds)]
         )
+        for register in self.services:
+            register(self._server)
         port = 0
         for where, creds in ((address, None), (tls_address, credentials)):
             if not where:

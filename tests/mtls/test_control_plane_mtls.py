@@ -25,6 +25,7 @@ from control.ca.spiffe import SpiffeId, agent_identity
 from control.plane import ControlPlane, ControlPlaneConfig
 from control.xds.resources import CLUSTER
 from control.xds.service import XdsService
+from proto.tulle.security.v1 import ca_pb2, ca_pb2_grpc
 from tests.ca.test_authority import csr_for
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -45,6 +46,7 @@ def run(tmp_path: Path, scenario: Callable[[str, CertificateAuthority, bytes], A
                          credentials=lambda: ServingIdentity(authority.ca).server_credentials())  # type: ignore[arg-type]
         plane = ControlPlane(ControlPlaneConfig(state_dir=tmp_path, socket=tmp_path / "run" / "control.sock", listen=()),
                              [authority, xds])
+        xds.ads.services.append(lambda server: authority.serve_for_remote_agents(server, plane))
         await plane.start()
         try:
             await plane.registry.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
@@ -149,5 +151,32 @@ def test_only_system_identities_read_every_proxys_status(tmp_path: Path) -> None
         web = certificate(ca, SpiffeId("cluster.local", "shop", "frontend"))
         assert await refused(csds(web)) == grpc.StatusCode.PERMISSION_DENIED
         await csds(certificate(ca, SpiffeId("cluster.local", "tulle-system", "meshctl")))
+
+    run(tmp_path, scenario)
+
+
+async def sign(address: str, roots: bytes, client: Credentials, node: str) -> ca_pb2.CertificateResponse:
+    creds = grpc.ssl_channel_credentials(roots, *(client or (None, None)))
+    async with grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", "tulle-control")]) as ch:
+        stub = ca_pb2_grpc.CertificateServiceStub(ch)
+        response: ca_pb2.CertificateResponse = await stub.CreateCertificate(ca_pb2.CertificateRequest(
+            csr=csr_for().decode(), node=node, pod_namespace="shop", pod_name="web-1"), timeout=5)
+        return response
+
+
+def test_a_remote_agent_gets_certificates_for_its_nodes_pods_over_mtls(tmp_path: Path) -> None:
+    async def scenario(address: str, ca: CertificateAuthority, roots: bytes) -> None:
+        agent = certificate(ca, agent_identity("cluster.local", "node-1"))
+        assert (await sign(address, roots, agent, "node-1")).identity == "spiffe://cluster.local/ns/shop/sa/frontend"
+        other_node = certificate(ca, agent_identity("cluster.local", "node-2"))
+        assert await refused(sign(address, roots, other_node, "node-1")) == grpc.StatusCode.PERMISSION_DENIED
+
+    run(tmp_path, scenario)
+
+
+def test_a_workload_certificate_cannot_obtain_certificates(tmp_path: Path) -> None:
+    async def scenario(address: str, ca: CertificateAuthority, roots: bytes) -> None:
+        web = certificate(ca, SpiffeId("cluster.local", "shop", "frontend"))
+        assert await refused(sign(address, roots, web, "node-1")) == grpc.StatusCode.PERMISSION_DENIED
 
     run(tmp_path, scenario)

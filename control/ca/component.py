@@ -8,9 +8,11 @@ Where the CA comes from:
 - `--ca-cert/--ca-key[/--ca-chain]`: an operator-supplied root, or an intermediate with
   its chain up to the root (the key file must be 0600 or tighter, else start fails).
 
-Where it is served: on the control plane's own gRPC server, hence on its root-only unix
-socket. Whoever can open that socket is root on this machine, so the node an agent names
-is trusted there (see `attestation`). The pod named in a request is read from the
+Where it is served: on the control plane's own gRPC server. Whoever can open its
+root-only unix socket is root on this machine, so the node an agent names is trusted
+there (see `attestation`); on that server's TCP listeners, and on the mTLS xDS port
+(`serve_for_remote_agents`), only an agent certificate proves a node, so a plaintext
+client can obtain nothing. The pod named in a request is read from the
 registry per request.
 """
 
@@ -75,8 +77,15 @@ class CaService:
             except NotFoundError:
                 return None
 
+        remote = agent_node_of_channel(self.ca.trust_domain)
+
+        def node_of_channel(context: Any) -> str | None:
+            # The config API's server also listens on TCP: only the root-only unix socket
+            # is trusted to name a node; elsewhere the client certificate must prove it.
+            return None if str(context.peer()).startswith("unix:") else remote(context)
+
         ca_pb2_grpc.add_CertificateServiceServicer_to_server(
-            AsyncCertificateService(self.ca, pod, self.config.svid_ttl), server
+            AsyncCertificateService(self.ca, pod, self.config.svid_ttl, node_of_channel=node_of_channel), server
         )
         log.info("CA for trust domain %s serving (signer %s)", self.ca.trust_domain, self.ca.signer.subject.rfc4514_string())
 

@@ -117,3 +117,20 @@ def test_an_operator_supplied_ca_signs_instead_of_a_generated_one(tmp_path: Path
 def test_a_ca_key_and_certificate_come_together() -> None:
     with pytest.raises(ValueError, match="--ca-cert and --ca-key go together"):
         CaConfig(cert=Path("/x.pem"))
+
+
+def test_over_the_plaintext_tcp_listener_nobody_may_claim_a_node(tmp_path: Path) -> None:
+    async def main() -> None:
+        plane = ControlPlane(ControlPlaneConfig(state_dir=tmp_path, socket=tmp_path / "run" / "control.sock",
+                                                listen=["127.0.0.1:0"]), [CaService()])
+        await plane.start()
+        try:
+            await plane.registry.apply([POD])
+            async with grpc.aio.insecure_channel(plane.addresses[0]) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await ca_pb2_grpc.CertificateServiceStub(channel).CreateCertificate(request())
+                assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            await plane.stop()
+
+    asyncio.run(main())

@@ -67,6 +67,13 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+class ApiComponent(Component, Protocol):
+    """A component that also serves gRPC services beside the config API, on the same
+    root-only socket and listeners: `register` adds them before the server starts."""
+
+    def register(self, server: grpc.aio.Server, plane: ControlPlane) -> None: ...
+
+
 class ControlPlane:
     def __init__(self, config: ControlPlaneConfig, components: Sequence[Component] = ()) -> None:
         self.config = config
@@ -92,6 +99,10 @@ class ControlPlane:
 
         server = grpc.aio.server(options=MESSAGE_LIMITS)
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(self._registry, started), server)
+        for component in self.components:
+            register = getattr(component, "register", None)
+            if register is not None:
+                register(server, self)
         if self.config.socket is not None:
             self.config.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):

@@ -127,12 +127,31 @@ class CertificateAuthority:
             raise CsrRejected(f"identity {identity} is outside trust domain {self.trust_domain!r}")
         csr = _load_csr(csr_pem)
         _check_requested_names(csr, identity)
+        return self._sign(csr.public_key(), identity, now, ttl, ())  # type: ignore[arg-type]
+
+    def issue_for_key(
+        self, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, identity: SpiffeId, now: dt.datetime,
+        ttl: dt.timedelta, dns_names: tuple[str, ...] = (),
+    ) -> IssuedCertificate:
+        """A certificate for a key this process holds (tulle-control's own serving
+        certificate), with DNS names beside the SPIFFE ID so that clients checking the
+        host name they dialled accept it."""
+        if identity.trust_domain != self.trust_domain:
+            raise CsrRejected(f"identity {identity} is outside trust domain {self.trust_domain!r}")
+        return self._sign(public_key, identity, now, ttl, dns_names)
+
+    def _sign(
+        self, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, identity: SpiffeId, now: dt.datetime,
+        ttl: dt.timedelta, dns_names: tuple[str, ...],
+    ) -> IssuedCertificate:
         not_after = min(now + ttl, self.signer.not_valid_after_utc)
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
+        names += [x509.DNSName(d) for d in dns_names]
         certificate = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.signer.subject)
-            .public_key(csr.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(not_after)
@@ -142,9 +161,7 @@ class CertificateAuthority:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True
-            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signer.public_key()),  # type: ignore[arg-type]
                 critical=False,

@@ -45,3 +45,16 @@ class SpiffeId:
         if not match:
             raise InvalidSpiffeId(f"{uri!r} is not spiffe://<trust-domain>/ns/<ns>/sa/<sa>")
         return cls(match["td"], match["ns"], match["sa"])
+
+
+# Identities of Tulle's own components, in the namespace no workload may use.
+SYSTEM_NAMESPACE = "tulle-system"
+
+
+def control_plane_identity(trust_domain: str) -> SpiffeId:
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, "tulle-control")
+
+
+def agent_identity(trust_domain: str, node: str) -> SpiffeId:
+    """The identity of the tulle-agent of `node`: what its client certificate proves."""
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, f"tulle-agent.{node}")

@@ -14,6 +14,7 @@ itself with one line, `cli.add_command(its_group)`.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from control.meshctl.client import ConfigClient, RequestError, UnreachableError,
 from control.meshctl.describe import describe as describe_text
 from control.meshctl.lab import lab
 from control.meshctl.manifests import ManifestError, read_manifests
+from control.meshctl.pod_security import policy_namespaces, security_lines
 from control.meshctl.tables import print_table, rows
 from control.resources import DEFAULT_NAMESPACE, Kind, UnknownKindError
 from control.xds.proxy_commands import proxy_config, proxy_status
@@ -327,7 +329,14 @@ def describe(session: Session, kind_arg: str, name: str | None, namespace: str |
             endpoints = session.client.get("Endpoints", namespace, name)
         except RequestError:
             endpoints = None
-    click.echo(describe_text(obj, endpoints))
+    security = None
+    if kind.name == "Pod":
+        policies: list[Any] = []
+        for ns in policy_namespaces(namespace):
+            for policy_kind in ("PeerAuthentication", "AuthorizationPolicy"):
+                policies += _request(functools.partial(session.client.list, policy_kind, ns))[0]
+        security = security_lines(obj, policies)
+    click.echo(describe_text(obj, endpoints, security))
 
 
 @cli.command()

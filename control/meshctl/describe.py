@@ -68,7 +68,7 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-def describe(obj: Object, endpoints: Object | None = None) -> str:
+def describe(obj: Object, endpoints: Object | None = None, security: list[str] | None = None) -> str:
     meta = obj["metadata"]
     label = 13
     lines = [f"{'Name:':<{label}} {meta['name']}"]
@@ -91,6 +91,7 @@ def describe(obj: Object, endpoints: Object | None = None) -> str:
             lines.append(f"{_words(section)}:  {_scalar(value)}")
     if obj["kind"] == "Service":
         lines.append(f"{'Endpoints:':<{label}} {_endpoint_list(endpoints)}")
+    lines.extend(security or ())
     lines.append("Events:       <none>")
     return "\n".join(lines)
 

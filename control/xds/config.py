@@ -20,7 +20,7 @@ from control.xds.agent import agent_resources
 from control.xds.mesh import MeshSnapshot
 from control.xds.node_identity import NodeIdentity, NodeKind
 from control.xds.resources import Resource, ResourceSet
-from control.xds.sidecar import ProxyProfile, TranslationMemo, proxy_resources
+from control.xds.sidecar import ProxyProfile, TranslationMemo, proxy_resources, workload_inbound
 
 log = logging.getLogger("tulle.control.xds")
 
@@ -51,10 +51,12 @@ class MeshConfig:
         if node.kind is NodeKind.AGENT:
             return AgentProfile(node.name)
         pod = self.mesh.pods.get(f"{node.namespace}/{node.name}") or self.mesh.pods_by_ip.get(node.ip)
+        proxyless = node.kind is NodeKind.PROXYLESS
         return ProxyProfile(
-            proxyless=node.kind is NodeKind.PROXYLESS,
+            proxyless=proxyless,
             namespace=pod.namespace if pod else node.namespace,
             intercept=node.intercept,
+            inbound=workload_inbound(self.mesh, pod) if pod is not None and node.intercept and not proxyless else None,
         )
 
     def resources_for(self, node: NodeIdentity) -> ResourceSet:

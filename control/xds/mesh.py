@@ -3,7 +3,8 @@
 Theory of operation: the store hands the control plane Kubernetes-shaped documents
 (plain dicts with apiVersion, kind, metadata, spec, status). `MeshSnapshot.from_documents`
 reads the kinds the xDS translation needs — Namespace, Pod, Service, Endpoints, Node,
-VirtualService, DestinationRule, NetworkPolicy — into frozen dataclasses and ignores
+VirtualService, DestinationRule, NetworkPolicy, PeerAuthentication,
+AuthorizationPolicy — into frozen dataclasses and ignores
 every other kind. Documents are assumed already validated by the API edge; a document
 that still lacks what translation needs raises `MeshDocumentError` naming the field.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DOMAIN_SUFFIX = "svc.cluster.local"
+TRUST_DOMAIN = "cluster.local"
 
 Doc = Mapping[str, Any]
 
@@ -78,6 +80,7 @@ class Pod:
     labels: tuple[tuple[str, str], ...]
     ports: tuple[ContainerPort, ...]
     service_account: str = "default"
+    sidecar: bool = False  # injected with a proxy: peers reach it over mTLS (auto mTLS)
 
     @property
     def key(self) -> str:
@@ -173,6 +176,25 @@ class NetworkPolicy:
     spec: Any  # frozen; interpreted by netpolicy, carried here for agents
 
 
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    name: str
+    namespace: str
+    selector: tuple[tuple[str, str], ...] | None  # matchLabels; None: the whole namespace
+    mode: str  # UNSET, DISABLE, PERMISSIVE, STRICT
+    port_modes: tuple[tuple[int, str], ...]  # portLevelMtls (workload target ports)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    name: str
+    namespace: str
+    selector: tuple[tuple[str, str], ...] | None  # matchLabels; None: the whole namespace
+    action: str  # ALLOW, DENY, AUDIT, CUSTOM
+    rules: tuple[Any, ...] | None  # frozen spec.rules; None when absent
+    target_refs: bool  # targetRef(s) (gateways, waypoints) rather than a selector
+
+
 class Frozen(dict[str, Any]):
     """A read-only, hashable mapping for spec fragments kept verbatim."""
 
@@ -204,13 +226,16 @@ class MeshSnapshot:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: Mapping[str, DestinationRule] = field(default_factory=dict)  # host
     network_policies: tuple[NetworkPolicy, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    trust_domain: str = TRUST_DOMAIN  # of the SPIFFE IDs that peers must present
 
     @classmethod
-    def from_documents(cls, docs: Iterable[Doc]) -> MeshSnapshot:
-        return cls.from_objects(o for d in docs if (o := read_document(d)) is not None)
+    def from_documents(cls, docs: Iterable[Doc], trust_domain: str = TRUST_DOMAIN) -> MeshSnapshot:
+        return cls.from_objects((o for d in docs if (o := read_document(d)) is not None), trust_domain)
 
     @classmethod
-    def from_objects(cls, objects: Iterable[object]) -> MeshSnapshot:
+    def from_objects(cls, objects: Iterable[object], trust_domain: str = TRUST_DOMAIN) -> MeshSnapshot:
         namespaces: set[str] = set()
         pods: dict[str, Pod] = {}
         services: dict[str, Service] = {}
@@ -219,6 +244,8 @@ class MeshSnapshot:
         vss: list[VirtualService] = []
         drs: dict[str, DestinationRule] = {}
         nps: list[NetworkPolicy] = []
+        pas: list[PeerAuthentication] = []
+        aps: list[AuthorizationPolicy] = []
         for obj in objects:
             if isinstance(obj, str):
                 namespaces.add(obj)
@@ -237,6 +264,10 @@ class MeshSnapshot:
                 drs.setdefault(obj.host, obj)
             elif isinstance(obj, NetworkPolicy):
                 nps.append(obj)
+            elif isinstance(obj, PeerAuthentication):
+                pas.append(obj)
+            elif isinstance(obj, AuthorizationPolicy):
+                aps.append(obj)
         return cls(
             namespaces=tuple(sorted(namespaces)),
             pods=pods,
@@ -247,6 +278,9 @@ class MeshSnapshot:
             virtual_services=tuple(sorted(vss, key=lambda v: (v.namespace, v.name))),
             destination_rules=drs,
             network_policies=tuple(sorted(nps, key=lambda n: (n.namespace, n.name))),
+            peer_authentications=tuple(sorted(pas, key=lambda a: (a.namespace, a.name))),
+            authorization_policies=tuple(sorted(aps, key=lambda a: (a.namespace, a.name))),
+            trust_domain=trust_domain,
         )
 
 
@@ -260,7 +294,8 @@ class MeshDocuments:
     """The documents of a store as the translator needs them, kept current by upserts and
     deletes (a store's List then Watch), each parsed once when it changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, trust_domain: str = TRUST_DOMAIN) -> None:
+        self.trust_domain = trust_domain
         self._objects: dict[tuple[str, str, str], object] = {}
 
     @staticmethod
@@ -281,7 +316,7 @@ class MeshDocuments:
         return self._objects.pop(self.key(kind, namespace, name), None) is not None
 
     def snapshot(self) -> MeshSnapshot:
-        return MeshSnapshot.from_objects(self._objects.values())
+        return MeshSnapshot.from_objects(self._objects.values(), self.trust_domain)
 
 
 def _meta(doc: Doc) -> tuple[str, str]:
@@ -311,7 +346,21 @@ def _read_pod(doc: Doc) -> Pod:
         labels=_labels(doc["metadata"].get("labels")),
         ports=ports,
         service_account=str(spec.get("serviceAccountName") or "default"),
+        sidecar=_has_sidecar(doc),
     )
+
+
+SIDECAR_CONTAINERS = frozenset({"tulle-proxy", "istio-proxy"})
+
+
+def _has_sidecar(doc: Doc) -> bool:
+    """Injected (`sidecar.tulle.io/inject: "true"`, as tulle-cni reads it) or carrying a
+    proxy container; Istio-injected pods count too."""
+    annotations = doc["metadata"].get("annotations") or {}
+    if str(annotations.get("sidecar.tulle.io/inject", "")).lower() == "true":
+        return True
+    containers = (doc.get("spec") or {}).get("containers") or ()
+    return any(c.get("name") in SIDECAR_CONTAINERS for c in containers)
 
 
 def _read_service(doc: Doc) -> Service:
@@ -401,6 +450,41 @@ def _read_network_policy(doc: Doc) -> NetworkPolicy:
     return NetworkPolicy(name, ns, freeze(doc.get("spec") or {}))
 
 
+def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    selector = spec.get("selector")
+    if selector is None:
+        return None
+    return _labels(selector.get("matchLabels") or {})
+
+
+def _read_peer_authentication(doc: Doc) -> PeerAuthentication:
+    name, ns = _meta(doc)
+    spec = doc.get("spec") or {}
+    return PeerAuthentication(
+        name=name,
+        namespace=ns,
+        selector=_selector(spec),
+        mode=str((spec.get("mtls") or {}).get("mode") or "UNSET"),
+        port_modes=tuple(sorted(
+            (int(port), str((m or {}).get("mode") or "UNSET")) for port, m in (spec.get("portLevelMtls") or {}).items()
+        )),
+    )
+
+
+def _read_authorization_policy(doc: Doc) -> AuthorizationPolicy:
+    name, ns = _meta(doc)
+    spec = doc.get("spec") or {}
+    rules = spec.get("rules")
+    return AuthorizationPolicy(
+        name=name,
+        namespace=ns,
+        selector=_selector(spec),
+        action=str(spec.get("action") or "ALLOW"),
+        rules=None if rules is None else freeze(rules),
+        target_refs=bool(spec.get("targetRef") or spec.get("targetRefs")),
+    )
+
+
 _READERS: dict[str, Any] = {
     "Namespace": _read_namespace,
     "Pod": _read_pod,
@@ -410,4 +494,6 @@ _READERS: dict[str, Any] = {
     "VirtualService": _read_virtual_service,
     "DestinationRule": _read_destination_rule,
     "NetworkPolicy": _read_network_policy,
+    "PeerAuthentication": _read_peer_authentication,
+    "AuthorizationPolicy": _read_authorization_policy,
 }

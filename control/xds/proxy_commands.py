@@ -4,6 +4,7 @@ connected node, read over CSDS (envoy.service.status.v3) from the xDS port.
     meshctl proxy-status                       # every connected proxy and agent
     meshctl proxy-config NODE clusters         # also listeners, routes, endpoints, nodes, pods
     meshctl proxy-config NODE routes -o json
+    meshctl proxy-config NODE secrets --admin 127.0.0.1:15000   # from the proxy's own admin
 
 NODE is a node id or a unique part of one (a pod name works for sidecars).
 Register on meshctl's group with `cli.add_command(proxy_status)` and
@@ -23,6 +24,7 @@ from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format, symbol_database
 
 import control.xds.sidecar  # noqa: F401 - registers every message type a resource may hold
+from control.xds.proxy_secrets import DEFAULT_ADMIN, fetch_secrets, node_id, secret_rows
 from control.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TULLE_NODE, TULLE_POD
 from proto.tulle.netpolicy.v1 import node_pb2, pod_pb2  # noqa: F401 - Tulle's agent types, likewise
 
@@ -84,11 +86,16 @@ def proxy_status(address: str) -> None:
 
 @click.command("proxy-config")
 @click.argument("node")
-@click.argument("kind", type=click.Choice(sorted(KINDS)))
+@click.argument("kind", type=click.Choice(sorted([*KINDS, "secrets"])))
 @click.option("-o", "--output", type=click.Choice(["short", "json"]), default="short", show_default=True)
 @click.option("--xds", "address", default=DEFAULT_XDS, show_default=True, help="tulle-control's xDS address")
-def proxy_config(node: str, kind: str, output: str, address: str) -> None:
-    """What tulle-control sends NODE of one resource KIND."""
+@click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="the proxy's admin address (secrets only)")
+def proxy_config(node: str, kind: str, output: str, address: str, admin: str) -> None:
+    """What tulle-control sends NODE of one resource KIND; for `secrets`, the
+    certificates the proxy at --admin holds (they come from its node agent)."""
+    if kind == "secrets":
+        _secrets(node, admin, output)
+        return
     response = fetch(address, csds_pb2.ClientStatusRequest())
     matches = [c for c in response.config if c.node.id == node] or [c for c in response.config if node in c.node.id]
     if not matches:
@@ -105,6 +112,20 @@ def proxy_config(node: str, kind: str, output: str, address: str) -> None:
         click.echo(json.dumps(resources, indent=2))
         return
     click.echo(_table(_SHORT[kind](resources)))
+
+
+def _secrets(node: str, admin: str, output: str) -> None:
+    try:
+        serving = node_id(admin)
+        dump = fetch_secrets(admin)
+    except (ConnectionError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    if node not in serving:
+        raise click.ClickException(f"the proxy at {admin} is {serving!r}, not {node!r}")
+    if output == "json":
+        click.echo(json.dumps(dump, indent=2))
+        return
+    click.echo(_table(secret_rows(dump)))
 
 
 def _unpack(packed: Any) -> Any:

@@ -25,7 +25,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +34,12 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
 
+from control.ca.service import peer_spiffe_id
+from control.xds.client_authorization import may_read, may_read_status
 from control.xds.client_status import client_status
 from control.xds.config import MeshConfig, ResourceOverride
 from control.xds.debounce import DebounceConfig, Debouncer
-from control.xds.mesh import MeshDocuments, MeshSnapshot
+from control.xds.mesh import TRUST_DOMAIN, MeshDocuments, MeshSnapshot
 from control.xds.node_identity import NodeIdentity
 from control.xds.resources import TYPE_ALIASES, ResourceSet
 from control.xds.sidecar import TranslationMemo
@@ -77,8 +79,9 @@ class _Connection:
 
 
 class AdsServer:
-    def __init__(self, debounce: DebounceConfig | None = None) -> None:
-        self.documents = MeshDocuments()
+    def __init__(self, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN) -> None:
+        self.trust_domain = trust_domain
+        self.documents = MeshDocuments(trust_domain)
         self.override: ResourceOverride | None = None  # test hook, see control.xds.config
         self.pushes = 0  # config generations pushed
         self._memo = TranslationMemo()
@@ -88,11 +91,19 @@ class AdsServer:
         self._connections: set[_Connection] = set()
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
+        self.tls_port = 0
+        # Other services of the same ports (tulle-control's CA for remote agents), added
+        # before the server starts.
+        self.services: list[Callable[[grpc.aio.Server], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, address: str = "127.0.0.1:0") -> int:
-        """Serve on `address`; returns the bound port."""
+    async def start(
+        self, address: str = "127.0.0.1:0", tls_address: str = "", credentials: grpc.ServerCredentials | None = None
+    ) -> int:
+        """Serve on `address` (plaintext; "" for none) and on `tls_address` with
+        `credentials` (mTLS, clients authorized per `client_authorization`); returns
+        the plaintext port bound (0 without one), `tls_port` the other."""
         self._server = grpc.aio.server(
             options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.so_reuseport", 0)]
         )
@@ -117,12 +128,22 @@ class AdsServer:
         self._server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(SERVICE, handlers), grpc.method_handlers_generic_handler(CSDS, csds)]
         )
-        try:
-            port = self._server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise OSError(f"xDS: cannot listen on {address}: {e}") from None
-        if port == 0:
-            raise OSError(f"xDS: cannot listen on {address}")
+        for register in self.services:
+            register(self._server)
+        port = 0
+        for where, creds in ((address, None), (tls_address, credentials)):
+            if not where:
+                continue
+            try:
+                bound = self._server.add_insecure_port(where) if creds is None else self._server.add_secure_port(where, creds)
+            except RuntimeError as e:
+                raise OSError(f"xDS: cannot listen on {where}: {e}") from None
+            if bound == 0:
+                raise OSError(f"xDS: cannot listen on {where}")
+            if creds is None:
+                port = bound
+            else:
+                self.tls_port = bound
         await self._server.start()
         self._debounce_task = asyncio.create_task(self._debounce_loop())
         return port
@@ -146,7 +167,7 @@ class AdsServer:
             self._mesh_changed()
 
     def replace(self, docs: Iterable[Mapping[str, Any]]) -> None:
-        self.documents = MeshDocuments()
+        self.documents = MeshDocuments(self.trust_domain)
         for doc in docs:
             self.documents.upsert(doc)
         self._mesh_changed()
@@ -189,6 +210,7 @@ class AdsServer:
         self, variant: Variant, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         conn = _Connection(variant, context.peer())
+        peer = peer_spiffe_id(context)
         encode = encode_sotw if variant is Variant.SOTW else encode_delta
         reader = asyncio.create_task(self._read(requests, conn.queue))
         self._connections.add(conn)
@@ -203,6 +225,11 @@ class AdsServer:
                     assert conn.identity is not None
                     pushes = conn.stream.on_resources(self._config.resources_for(conn.identity), now)
                 else:
+                    if conn.identity is None and peer is not None and item.HasField("node"):
+                        refused = may_read(NodeIdentity.from_node(item.node), peer, self._config.mesh)
+                        if refused is not None:
+                            log.warning("ADS stream from %s refused: %s", conn.peer, refused)
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
                     pushes = self._on_request(conn, item, now)
                 for push in pushes:
                     yield encode(push)
@@ -245,6 +272,10 @@ class AdsServer:
     async def _fetch_client_status(
         self, request: csds_pb2.ClientStatusRequest, context: grpc.aio.ServicerContext
     ) -> csds_pb2.ClientStatusResponse:
+        peer = peer_spiffe_id(context)
+        refused = may_read_status(peer) if peer is not None else None
+        if refused is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         return self.client_status(request)
 
     def client_status(self, request: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:

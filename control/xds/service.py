@@ -13,16 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import grpc
+
 from control.xds.debounce import DebounceConfig
+from control.xds.mesh import TRUST_DOMAIN
 from control.xds.server import AdsServer
 
 log = logging.getLogger("tulle.control.xds")
 
 DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
-KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy")
+KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy",
+         "PeerAuthentication", "AuthorizationPolicy")
 
 
 class _Event(Protocol):
@@ -43,10 +47,20 @@ class _Plane(Protocol):
 
 
 class XdsService:
-    def __init__(self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None) -> None:
+    def __init__(
+        self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN,
+        tls_listen: str = "", credentials: Callable[[], grpc.ServerCredentials] | None = None,
+    ) -> None:
+        """`listen`: the plaintext port ("" for none); `tls_listen`: the mTLS port, with
+        `credentials` (called at start, once the CA is loaded)."""
+        if tls_listen and credentials is None:
+            raise ValueError("an mTLS xDS port needs server credentials")
         self.listen = listen
-        self.ads = AdsServer(debounce)
+        self.tls_listen = tls_listen
+        self._credentials = credentials
+        self.ads = AdsServer(debounce, trust_domain)
         self.address = ""  # host:port actually bound, after start()
+        self.tls_address = ""
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, plane: _Plane) -> None:
@@ -54,10 +68,15 @@ class XdsService:
         objects, revision = await registry.snapshot(KINDS)
         self.ads.replace(obj for kind in KINDS for obj in objects.get(kind, ()))
         self.ads.push_now()
-        port = await self.ads.start(self.listen)
-        self.address = f"{self.listen.rpartition(':')[0]}:{port}"
+        credentials = self._credentials() if self._credentials is not None and self.tls_listen else None
+        port = await self.ads.start(self.listen, self.tls_listen, credentials)
+        if self.listen:
+            self.address = f"{self.listen.rpartition(':')[0]}:{port}"
+        if self.tls_listen:
+            self.tls_address = f"{self.tls_listen.rpartition(':')[0]}:{self.ads.tls_port}"
         self._task = asyncio.create_task(self._follow(registry, revision), name="xds-watch")
-        log.info("xDS (ADS, CSDS) serving on %s", self.address)
+        log.info("xDS (ADS, CSDS) serving on %s", " and ".join(
+            a for a in (self.address, self.tls_address and f"{self.tls_address} (mTLS)") if a))
 
     async def stop(self) -> None:
         if self._task is not None:

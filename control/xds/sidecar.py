@@ -19,8 +19,14 @@ What a proxy gets (outbound only; Istio operators will recognise every name):
   namespaces, and Envoy rejects duplicate domains). Plus Istio's `allow_any` host.
   TCP ports: listener `<vip>_<port>` with tcp_proxy to the service cluster.
 - Inbound: Istio's `virtualInbound` on 15006 (where capture redirects connections
-  arriving for the pod) passes them through to their original destination, the app,
-  via `InboundPassthroughCluster` (plain TCP until PeerAuthentication lands).
+  arriving for the pod). For a proxy whose pod is known, per-port filter chains
+  terminate mTLS by PeerAuthentication mode and enforce AuthorizationPolicy (see
+  `inbound`); for an unknown proxy, plain passthrough via `InboundPassthroughCluster`.
+- Auto mTLS (Istio's): a cluster whose endpoints include pods with a sidecar gets
+  `transport_socket_matches` — `tlsMode-istio` (UpstreamTlsContext, SDS secrets, the
+  service accounts' SPIFFE IDs as `match_typed_subject_alt_names`, see `tls`) for
+  endpoints whose metadata `envoy.transport_socket_match` says `tlsMode: istio`, and
+  `tlsMode-disabled` (plaintext) for the others, and for ports under DISABLE.
 - Without interception (`INTERCEPTION_MODE: NONE`), outbound listeners bind
   `127.0.0.1_<port>` for real, as Istio does, and there is no capture listener.
 - A VirtualService for the host replaces the default route: each http rule becomes one
@@ -65,20 +71,26 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from control.xds.authorization import applicable
+from control.xds.inbound import Inbound, InboundPort, inbound_resources, served_ports
 from control.xds.mesh import (
     DestinationRule,
     Endpoints,
     MeshSnapshot,
+    Pod,
     Service,
     ServicePort,
     VirtualService,
     fqdn,
 )
+from control.xds.peer_authentication import mtls_mode
 from control.xds.resources import Resource
+from control.xds.tls import upstream_socket
 
 PASSTHROUGH: Final = "PassthroughCluster"
 BLACKHOLE: Final = "BlackHoleCluster"
@@ -112,6 +124,7 @@ class ProxyProfile:
     proxyless: bool
     namespace: str  # "" when the proxy matches no known pod
     intercept: bool
+    inbound: Inbound | None = None  # the served pod's inbound side; None: plain passthrough
 
 
 class TranslationMemo:
@@ -155,11 +168,12 @@ def proxy_resources(
         eps = mesh.endpoints.get(svc.hostname)
         dr = mesh.destination_rules.get(svc.hostname)
         labels = _subset_pod_labels(mesh, eps) if dr is not None and dr.subsets else ()
+        tls = () if pl else _mtls_peers(mesh, eps)
         try:
-            out.extend(memo.get(("clusters", svc, eps, dr, labels, pl), _service_clusters, svc, eps, dr, labels, pl))
+            out.extend(memo.get(("clusters", svc, eps, dr, labels, pl, tls), _service_clusters, svc, eps, dr, labels, pl, tls))
         except TranslationError as e:
             errors.append(f"DestinationRule {dr.namespace}/{dr.name}: {e}" if dr else str(e))
-            out.extend(memo.get(("clusters", svc, eps, None, (), pl), _service_clusters, svc, eps, None, (), pl))
+            out.extend(memo.get(("clusters", svc, eps, None, (), pl, tls), _service_clusters, svc, eps, None, (), pl, tls))
     out.extend(memo.get("static-clusters", _static_clusters))
     if profile.proxyless:
         for svc in mesh.services.values():
@@ -196,8 +210,55 @@ def proxy_resources(
         out.append(memo.get(("http-listener", port_number, profile.intercept), _http_listener, port_number, profile.intercept))
     if profile.intercept:
         out.append(memo.get("virtual-outbound", _virtual_outbound_listener))
-        out.extend(memo.get("virtual-inbound", _virtual_inbound))
+        if profile.inbound is None:
+            out.extend(memo.get("virtual-inbound", _virtual_inbound))
+        else:
+            resources, inbound_errors = memo.get(("inbound", profile.inbound), _inbound, profile.inbound)
+            out.extend(resources)
+            errors.extend(e for e in inbound_errors if e not in errors)
     return out
+
+
+def workload_inbound(mesh: MeshSnapshot, pod: Pod) -> Inbound:
+    """What the inbound side of `pod`'s sidecar depends on: its served ports with their
+    mTLS modes, its own mode, and the AuthorizationPolicies that apply to it. Pods alike
+    in these share one profile, hence one translation."""
+    pas = mesh.peer_authentications
+    return Inbound(
+        ports=tuple(
+            InboundPort(port, http, http2, mtls_mode(pas, pod.namespace, pod.labels, port))
+            for port, http, http2 in served_ports(mesh, pod)
+        ),
+        mode=mtls_mode(pas, pod.namespace, pod.labels, None),
+        policies=applicable(mesh.authorization_policies, pod.namespace, pod.labels),
+    )
+
+
+def _inbound(inbound: Inbound) -> tuple[list[Resource], list[str]]:
+    errors: list[str] = []
+    return inbound_resources(inbound, errors), errors
+
+
+# (endpoint IP, endpoint port, SPIFFE ID) of each endpoint reached over mTLS.
+MtlsPeers = tuple[tuple[str, int, str], ...]
+
+
+def _mtls_peers(mesh: MeshSnapshot, eps: Endpoints | None) -> MtlsPeers:
+    """Istio's auto mTLS: an endpoint is reached over mTLS when its pod has a sidecar
+    and its PeerAuthentication for that port is not DISABLE; the others in plaintext."""
+    if eps is None:
+        return ()
+    out = []
+    for subset in eps.subsets:
+        for a in subset.addresses:
+            pod = mesh.pods.get(a.pod) if a.pod else mesh.pods_by_ip.get(a.ip)
+            if pod is None or not pod.sidecar:
+                continue
+            identity = f"spiffe://{mesh.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+            for port in subset.ports:
+                if mtls_mode(mesh.peer_authentications, pod.namespace, pod.labels, port.port).accepts_mtls:
+                    out.append((a.ip, port.port, identity))
+    return tuple(sorted(set(out)))
 
 
 def _usable(
@@ -238,14 +299,14 @@ def cluster_name(port: int, subset: str, host: str) -> str:
 
 def _service_clusters(
     svc: Service, eps: Endpoints | None, dr: DestinationRule | None, pod_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
-, proxyless: bool) -> list[Resource]:
+, proxyless: bool, tls: MtlsPeers = ()) -> list[Resource]:
     out: list[Resource] = []
     labels_of = dict(pod_labels)
     for port in svc.ports:
         policy = _merged_policy(dr.traffic_policy if dr else None, port.port)
-        endpoints = _lb_endpoints(svc, port, eps)
+        endpoints = _lb_endpoints(svc, port, eps, tls)
         name = cluster_name(port.port, "", svc.hostname)
-        out.append(Resource(name, _cluster(name, port, policy, proxyless)))
+        out.append(Resource(name, _with_auto_mtls(_cluster(name, port, policy, proxyless), port, endpoints, tls)))
         out.append(Resource(name, _assignment(name, [e for e, _ in endpoints])))
         for subset in dr.subsets if dr else ():
             subset_name = str(subset.get("name", ""))
@@ -255,9 +316,35 @@ def _service_clusters(
             chosen = [
                 e for e, pod in endpoints if all(dict(labels_of.get(pod, ())).get(k) == v for k, v in want.items())
             ]
-            out.append(Resource(sname, _cluster(sname, port, sub_policy, proxyless)))
+            out.append(Resource(sname, _with_auto_mtls(_cluster(sname, port, sub_policy, proxyless), port, endpoints, tls)))
             out.append(Resource(sname, _assignment(sname, chosen)))
     return out
+
+
+TRANSPORT_SOCKET_MATCH: Final = "envoy.transport_socket_match"
+
+
+def _with_auto_mtls(
+    cluster: cluster_pb2.Cluster, port: ServicePort, endpoints: list[tuple[endpoint_components_pb2.LbEndpoint, str]],
+    tls: MtlsPeers,
+) -> cluster_pb2.Cluster:
+    """Istio's auto mTLS on a cluster: endpoints labelled `tlsMode: istio` (pods with a
+    sidecar) are reached over mTLS, verified against the SPIFFE IDs of the service's
+    meshed pods; the others in plaintext (`tlsMode-disabled`)."""
+    reached = {(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+               for e, _ in endpoints}
+    sans = sorted({identity for ip, p, identity in tls if (ip, p) in reached})
+    if not sans:
+        return cluster
+    _, _, subset, host = cluster.name.split("|")
+    sni = f"outbound_.{port.port}_.{subset}_.{host}"
+    http2 = (port.app_protocol or port.name.split("-", 1)[0]).lower() in ("http2", "grpc", "h2c")
+    istio = cluster.transport_socket_matches.add(name="tlsMode-istio", transport_socket=upstream_socket(sans, sni, http2))
+    istio.match.update({"tlsMode": "istio"})
+    plain = cluster.transport_socket_matches.add(name="tlsMode-disabled")
+    plain.transport_socket.name = "envoy.transport_sockets.raw_buffer"
+    plain.transport_socket.typed_config.Pack(raw_buffer_pb2.RawBuffer())
+    return cluster
 
 
 def _subset_pod_labels(mesh: MeshSnapshot, eps: Endpoints | None) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
@@ -273,10 +360,11 @@ def _subset_pod_labels(mesh: MeshSnapshot, eps: Endpoints | None) -> tuple[tuple
 
 
 def _lb_endpoints(
-    svc: Service, port: ServicePort, eps: Endpoints | None
+    svc: Service, port: ServicePort, eps: Endpoints | None, tls: MtlsPeers = ()
 ) -> list[tuple[endpoint_components_pb2.LbEndpoint, str]]:
     if eps is None:
         return []
+    meshed = {(ip, p) for ip, p, _ in tls}
     out = []
     for subset in eps.subsets:
         target = next(
@@ -296,6 +384,8 @@ def _lb_endpoints(
                     a.ip,
                 )
             )
+            if (a.ip, target) in meshed:
+                out[-1][0].metadata.filter_metadata[TRANSPORT_SOCKET_MATCH].update({"tlsMode": "istio"})
     out.sort(key=lambda e: (e[1], e[0].endpoint.address.socket_address.port_value))
     return out
 

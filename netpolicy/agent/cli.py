@@ -16,7 +16,9 @@ import click
 
 from cni.wire import DEFAULT_AGENT_SOCKET
 from netpolicy.agent.agent import AgentConfig, NodeAgent
-from netpolicy.agent.server import SocketInUse, serve
+from netpolicy.agent.identity import DEFAULT_CONTROL_SOCKET
+from netpolicy.agent.identity_service import IdentityConfig, serve_with_identity
+from netpolicy.agent.server import SocketInUse
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,8 +27,10 @@ from netpolicy.agent.server import SocketInUse, serve
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Allocation store directory [default: /var/lib/tulle/agent/NODE].")
 @click.option("--pod-cidr", help="This node's pod CIDR, used when a network config has no ipam.subnet.")
 @click.option("--nodes-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON list of tulle.netpolicy.v1.Node: the VXLAN overlay's peers (re-read on SIGHUP).")
+@click.option("--ca-address", default=DEFAULT_CONTROL_SOCKET, show_default=True, help="tulle-control's CertificateService, for workload certificates ('' turns identity off).")
+@click.option("--sds-dir", type=click.Path(path_type=Path), help="Per-pod SDS sockets: SDS_DIR/NAMESPACE/POD/socket [default: beside --socket].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
-def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None, log_level: str) -> None:
+def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None, ca_address: str, sds_dir: Path | None, log_level: str) -> None:
     """tulle-agent: pod networking (CNI backend, VXLAN overlay) for one node."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -44,7 +48,7 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
     try:
         for line in agent.start():
             logging.getLogger("tulle.agent").warning("recovery: %s", line)
-        asyncio.run(serve(agent))
+        asyncio.run(serve_with_identity(agent, IdentityConfig(ca_address, sds_dir=sds_dir)))
     except SocketInUse as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -224,6 +224,25 @@ def test_get_watch_prints_the_listing_then_each_change(control: ControlProcess, 
         watcher.wait(10)
 
 
+def test_describe_pod_shows_its_identity_mtls_mode_and_authorization(meshctl: Any) -> None:
+    manifest = (
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: desc-db, labels: {app: desc-db},"
+        " annotations: {sidecar.tulle.io/inject: 'true'}}\n"
+        "spec: {serviceAccountName: db, containers: [{name: c, image: i, ports: [{containerPort: 5432}]}]}\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\n"
+        "spec: {mtls: {mode: STRICT}}\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: desc-db-deny}\n"
+        "spec: {selector: {matchLabels: {app: desc-db}}, action: DENY, rules: [{}]}\n"
+    )
+    assert meshctl("apply", "-f", "-", stdin=manifest).code == OK
+    text = meshctl("describe", "pod", "desc-db").out
+    assert "Identity:     spiffe://cluster.local/ns/default/sa/db\n" in text
+    assert "Sidecar:      yes\n" in text
+    assert "mTLS:         STRICT (ports 5432: STRICT)\n" in text
+    assert "Authorization: DENY default/desc-db-deny\n" in text
+
+
 def test_describe_spells_field_names_as_words_and_keeps_label_keys_as_written() -> None:
     from control.meshctl.describe import describe
 

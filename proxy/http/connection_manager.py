@@ -637,17 +637,20 @@ def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
     """x-envoy-* request headers of an internal request override the route's settings."""
     from dataclasses import replace
 
+    max_retries_header = headers.get("x-envoy-max-retries")
     value = headers.get("x-envoy-upstream-rq-timeout-ms")
     if value is not None and value.isdigit():
         timeout = int(value) / 1000
         headers.remove("x-envoy-upstream-rq-timeout-ms")
     retry_on = headers.get("x-envoy-retry-on")
+    for consumed in ("x-envoy-retry-on", "x-envoy-max-retries"):
+        headers.remove(consumed)
     if retry_on is not None:
         extra = parse_retry_on(retry_on)
         if extra:
             base = policy or RetryPolicy()
             policy = replace(base, retry_on=base.retry_on | extra)
-    max_retries = headers.get("x-envoy-max-retries")
+    max_retries = max_retries_header
     if max_retries is not None and max_retries.isdigit() and policy is not None:
         policy = replace(policy, num_retries=int(max_retries))
     per_try = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")

@@ -247,17 +247,19 @@ class RedirectAction:
         )
 
     def location(self, scheme: str, authority: str, path: str, query: str, matched: int) -> str:
-        """Envoy's redirect URL for a request (path without query, query with its '?')."""
+        """Envoy's redirect URL for a request (path without query, query with its '?').
+
+        host_redirect replaces host and port; port_redirect the port; a scheme change
+        drops the port only when it was the old scheme's explicit default (:80, :443)."""
         host, _, port = authority.rpartition(":") if _has_port(authority) else (authority, "", "")
         new_scheme = self.scheme or scheme
+        if self.scheme and ((scheme == "http" and port == "80") or (scheme == "https" and port == "443")):
+            port = ""    # an explicit default port of the old scheme goes with it
         if self.host:
-            host = self.host
+            # host_redirect replaces the whole authority (a port in it included)
+            host, _, port = self.host.rpartition(":") if _has_port(self.host) else (self.host, "", "")
         if self.port:
             port = str(self.port)
-        elif self.scheme and self.scheme != scheme:
-            port = ""    # a scheme change drops the old scheme's port
-        if port and ((new_scheme == "http" and port == "80") or (new_scheme == "https" and port == "443")):
-            port = ""
         if self.path is not None:
             new_path = self.path
             if "?" in new_path:

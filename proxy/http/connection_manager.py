@@ -30,7 +30,6 @@ import asyncio
 import ipaddress
 import logging
 import random
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -60,17 +59,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tulle.proxy.http")
 
-_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "upgrade")
-_RESPONSE_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
-_INTERNAL_ONLY = ("x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "upgrade"))
+_RESPONSE_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection",
+                                  "transfer-encoding", "upgrade"))
+_INTERNAL_ONLY = frozenset(("x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
                   "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
                   "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
                   "x-envoy-upstream-rq-per-try-timeout-ms",
                   "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
                   "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
-                  "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal")
-_EDGE_ONLY = ("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
-              "x-envoy-downstream-service-node")
+                  "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal"))
+_EDGE_ONLY = frozenset(("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+                        "x-envoy-downstream-service-node"))
+_EXTERNAL_REMOVALS = _HOP_BY_HOP | _INTERNAL_ONLY
+_EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
 
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
 _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination"}
@@ -103,7 +105,7 @@ class HttpConnectionManager:
         self.local_address = local_address
         self.stats = HttpStats()
         self.connections: set[DownstreamConnection] = set()
-        self._loop = asyncio.get_event_loop()
+        self._loop = self.loop = asyncio.get_event_loop()
 
     # connections
 
@@ -203,8 +205,6 @@ class HttpConnectionManager:
     def _mutate_request_headers(self, stream: Stream) -> None:
         config = self.config
         headers = stream.request.headers
-        for name in _HOP_BY_HOP:
-            headers.remove(name)
         te = headers.get("te")
         if te is not None and te.lower() != "trailers":
             headers.remove("te")
@@ -226,20 +226,25 @@ class HttpConnectionManager:
             edge = False
             if "x-forwarded-proto" not in headers:
                 headers.add("x-forwarded-proto", "http")
-        headers.remove("x-envoy-internal")
         if internal:
+            headers.remove_all(_HOP_BY_HOP)
             headers.set("x-envoy-internal", "true")
+        elif edge:
+            headers.remove_all(_EDGE_REMOVALS)
+            headers.set("x-envoy-external-address", remote)
         else:
-            for name in _INTERNAL_ONLY:
-                headers.remove(name)
-            if edge:
-                for name in _EDGE_ONLY:
-                    headers.remove(name)
-                headers.set("x-envoy-external-address", remote)
+            headers.remove_all(_EXTERNAL_REMOVALS)
         stream.internal = internal
         if config.generate_request_id and (
                 "x-request-id" not in headers or (edge and not config.preserve_external_request_id)):
-            headers.set("x-request-id", str(uuid.uuid4()))
+            headers.set("x-request-id", self._request_id())
+
+    def _request_id(self) -> str:
+        """A random (version 4) UUID; Envoy's are random too, not cryptographic."""
+        bits = self.rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
+        bits = bits & ~(0xC000 << 48) | (0x8000 << 48)
+        text = f"{bits:032x}"
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
     def _is_internal(self, address: str) -> bool:
         networks = self.config.internal_networks
@@ -473,8 +478,7 @@ class HttpConnectionManager:
         assert headers is not None
         status = attempt.status
         framed_length = headers.get("content-length")
-        for name in _RESPONSE_HOP_BY_HOP:
-            headers.remove(name)
+        headers.remove_all(_RESPONSE_HOP_BY_HOP)
         loop = self._loop
         if not self.config.suppress_envoy_headers:
             headers.set("x-envoy-upstream-service-time", str(int((loop.time() - stream.start) * 1000)))
@@ -500,8 +504,15 @@ class HttpConnectionManager:
             headers.set("connection", "close")
         self.stats.count_status(status)
         stream.committed = True
-        conn.write(encode_head(status, headers))
+        head = encode_head(status, headers)
         upstream = attempt.connection
+        if attempt.complete and not chunked:
+            # The whole response is here (the common small case): one write, one syscall.
+            conn.write(head + b"".join(attempt.buffer) if attempt.buffer and not no_body else head)
+            attempt.finish()
+            conn.response_done(keep_alive)
+            return
+        conn.write(head)
         if no_body and not attempt.complete:
             attempt.abandon()
             conn.response_done(keep_alive)

@@ -115,6 +115,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.on_drain: Callable[[], None] | None = None
         self.write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # asyncio.Protocol
 
@@ -218,9 +219,6 @@ class DownstreamConnection(asyncio.Protocol):
         if self.active is None and self._ready and not self.closed:
             request = self._ready.popleft()
             self.active = request
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
             self.manager.serve(self, request)
         if self._ready and self._reading and self.transport is not None:
             self._reading = False
@@ -258,15 +256,28 @@ class DownstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_idle(self) -> None:
+        """Note the start of an idle period; one lazy timer per connection checks it (re-arming
+        a timer per request would cost more than the check)."""
         timeout = self.manager.config.idle_timeout
-        if timeout > 0:
-            loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(timeout, self._idle_expired)
+        if timeout <= 0:
+            return
+        loop = self.manager.loop
+        self._idle_since = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._idle_since + timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
-        if self.active is None:
+        if self.closed:
+            return
+        loop = self.manager.loop
+        deadline = self._idle_since + self.manager.config.idle_timeout
+        if self.active is None and not self._ready and loop.time() >= deadline:
             self.close()
+            return
+        if self.active is not None:
+            deadline = loop.time() + self.manager.config.idle_timeout
+        self._idle_timer = loop.call_at(deadline, self._idle_expired)
 
     def _protocol_error(self, status: int) -> None:
         status = self._error or status

@@ -29,9 +29,10 @@ log = logging.getLogger("tulle.proxy")
 
 class ProxyServer:
     def __init__(self, config: BootstrapConfig, reuse_port: bool = False,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, admin: bool = True) -> None:
         self.config = config
         self.reuse_port = reuse_port
+        self.serve_admin = admin
         self.rng = rng or random.Random()
         self.stats = StatsStore()
         self.clusters: dict[str, Cluster] = {}
@@ -67,7 +68,7 @@ class ProxyServer:
             log.info("listener %s on %s:%s", listener.name, listener.address.address,
                      listener.address.port)
         admin = self.config.admin
-        if admin is not None:
+        if admin is not None and self.serve_admin:
             server = await loop.create_server(lambda: AdminConnection(self.admin_state),
                                               admin.address, admin.port, reuse_address=True,
                                               reuse_port=self.reuse_port or None)

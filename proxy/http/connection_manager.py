@@ -30,9 +30,11 @@ import asyncio
 import ipaddress
 import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from proxy.access_log import AccessLogWriter, AccessRecord
 from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.downstream import DownstreamConnection, Request
 from proxy.http.hcm_config import HcmConfig
@@ -74,6 +76,9 @@ _EDGE_ONLY = frozenset(("x-envoy-decorator-operation", "x-envoy-downstream-servi
 _EXTERNAL_REMOVALS = _HOP_BY_HOP | _INTERNAL_ONLY
 _EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
 
+# The UUID variant nibble (10xx) for each random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
 _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination"}
 
@@ -81,8 +86,9 @@ _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connecti
 class Stream:
     """One request's context; also what header `%COMMAND%` substitutions read."""
 
-    __slots__ = ("committed", "conn", "downstream_local", "downstream_remote", "internal",
-                 "request", "request_headers", "response_mutations", "start")
+    __slots__ = ("bytes_sent", "committed", "conn", "downstream_local", "downstream_remote",
+                 "flags", "internal", "original_path", "request", "request_headers",
+                 "response_mutations", "service_time", "start", "status", "upstream")
 
     def __init__(self, conn: DownstreamConnection, request: Request, start: float) -> None:
         self.conn = conn
@@ -94,6 +100,13 @@ class Stream:
         self.committed = False
         self.internal = False
         self.response_mutations: tuple = ()
+        # for the access log
+        self.status = 0
+        self.bytes_sent = 0
+        self.flags = "-"
+        self.upstream = "-"
+        self.service_time: str | None = None
+        self.original_path = request.target
 
 
 class HttpConnectionManager:
@@ -106,6 +119,30 @@ class HttpConnectionManager:
         self.stats = HttpStats()
         self.connections: set[DownstreamConnection] = set()
         self._loop = self.loop = asyncio.get_event_loop()
+        self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
+        if self.access_log is not None:
+            self._loop.call_later(1.0, self._flush_access_log)
+
+    def _flush_access_log(self) -> None:
+        assert self.access_log is not None
+        self.access_log.flush()
+        self._loop.call_later(1.0, self._flush_access_log)
+
+    def _log(self, stream: Stream) -> None:
+        assert self.access_log is not None
+        request = stream.request
+        headers = request.headers
+        now = self._loop.time()
+        self.access_log.write(AccessRecord(
+            start=time.time() - (now - stream.start), method=request.method,
+            path=headers.get("x-envoy-original-path") or stream.original_path,
+            authority=headers.get("host") or "", status=stream.status,
+            flags=stream.flags if not stream.conn.closed or stream.committed else "DC",
+            bytes_received=request.body.size, bytes_sent=stream.bytes_sent,
+            duration_ms=int((now - stream.start) * 1000), service_time=stream.service_time,
+            forwarded_for=headers.get_joined("x-forwarded-for"),
+            user_agent=headers.get("user-agent"), request_id=headers.get("x-request-id"),
+            upstream=stream.upstream))
 
     # connections
 
@@ -155,6 +192,8 @@ class HttpConnectionManager:
         finally:
             stats.downstream_rq_active -= 1
             stats.downstream_rq_completed += 1
+            if self.access_log is not None:
+                self._log(stream)
 
     async def _handle(self, stream: Stream) -> None:
         request = stream.request
@@ -184,6 +223,7 @@ class HttpConnectionManager:
         selection = table.select(request.method, authority, request.target, headers)
         if selection is None:
             self.stats.no_route += 1
+            stream.flags = "NR"
             self._reply(stream, 404, b"")
             return
         stream.response_mutations = table.response_mutations(selection)
@@ -240,11 +280,9 @@ class HttpConnectionManager:
             headers.set("x-request-id", self._request_id())
 
     def _request_id(self) -> str:
-        """A random (version 4) UUID; Envoy's are random too, not cryptographic."""
-        bits = self.rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
-        bits = bits & ~(0xC000 << 48) | (0x8000 << 48)
-        text = f"{bits:032x}"
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        """A random version-4 UUID; Envoy's are random too, not cryptographic."""
+        h = self.rng.randbytes(16).hex()
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
     def _is_internal(self, address: str) -> bool:
         networks = self.config.internal_networks
@@ -266,6 +304,7 @@ class HttpConnectionManager:
         cluster = self.clusters.get(cluster_name)
         if cluster is None:
             self.stats.no_cluster += 1
+            stream.flags = "NC"
             self._reply(stream, 503, b"")
             return
         vhost = selection.virtual_host
@@ -316,6 +355,7 @@ class HttpConnectionManager:
                                   policy.host_selection_retry_max_attempts if policy is not None else 1)
             if host is None:
                 cstats.upstream_cx_none_healthy += 1
+                stream.flags = "UH"
                 self._reply(stream, 503, b"no healthy upstream")
                 return
             if action.auto_host_rewrite:
@@ -324,6 +364,7 @@ class HttpConnectionManager:
                 headers.set("host", cluster.hostnames.get(host, host.address))
             tried.append(host)
             if not breaker.try_start_request():
+                stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                             extra=(("x-envoy-overloaded", "true"),))
                 return
@@ -350,11 +391,14 @@ class HttpConnectionManager:
                 cstats.upstream_rq_active -= 1
                 host.active_requests -= 1
             if outcome == OVERFLOW:
+                stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                             extra=(("x-envoy-overloaded", "true"),))
                 return
             cluster.record_outcome(host, None)
+            stream.upstream = host.key
             if outcome == GLOBAL_TIMEOUT:
+                stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
                 self._reply(stream, 504, b"upstream request timeout")
                 return
@@ -365,9 +409,12 @@ class HttpConnectionManager:
                     and await self._retry_allowed(stream, cluster, retry, deadline)):
                 continue
             if outcome == PER_TRY_TIMEOUT:
+                stream.flags = "UT,URX" if number > 1 else "UT"
                 self._reply(stream, 504, b"upstream request timeout")
                 return
             retried = "retried and the latest " if number > 1 else ""
+            flag = "UF" if last_failure == CONNECT_FAILURE else "UC"
+            stream.flags = f"{flag},URX" if number > 1 else flag
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             self._reply(stream, 503, body.encode())
             return
@@ -484,6 +531,9 @@ class HttpConnectionManager:
             headers.set("x-envoy-upstream-service-time", str(int((loop.time() - stream.start) * 1000)))
         if selection.virtual_host.include_attempt_count_in_response:
             headers.set("x-envoy-attempt-count", str(attempts))
+        stream.status = status
+        stream.upstream = attempt.host.key
+        stream.service_time = headers.get("x-envoy-upstream-service-time")
         for mutation in stream.response_mutations:
             mutation.apply(headers, stream)
         self._server_headers(headers, stream)
@@ -508,7 +558,9 @@ class HttpConnectionManager:
         upstream = attempt.connection
         if attempt.complete and not chunked:
             # The whole response is here (the common small case): one write, one syscall.
-            conn.write(head + b"".join(attempt.buffer) if attempt.buffer and not no_body else head)
+            body = b"".join(attempt.buffer) if attempt.buffer and not no_body else b""
+            stream.bytes_sent = len(body)
+            conn.write(head + body)
             attempt.finish()
             conn.response_done(keep_alive)
             return
@@ -519,6 +571,7 @@ class HttpConnectionManager:
             return
 
         def relay(chunk: bytes) -> None:
+            stream.bytes_sent += len(chunk)
             conn.write(encode_chunk(chunk) if chunked else chunk)
             if conn.write_paused:
                 upstream.pause_reading()
@@ -545,6 +598,7 @@ class HttpConnectionManager:
             conn.response_done(keep_alive)
             return
         # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close.
+        stream.flags = "UT" if attempt.expired else "UC"
         attempt.abandon()
         conn.abort()
         conn.response_done(False)
@@ -581,9 +635,11 @@ class HttpConnectionManager:
         request = stream.request
         keep_alive = keep_alive and request.keep_alive and request.body.done
         self.stats.count_status(status)
+        stream.status = status
         stream.committed = True
         conn = stream.conn
         payload = b"" if request.method == "HEAD" else body
+        stream.bytes_sent = len(payload)
         conn.write(self._local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
         conn.response_done(keep_alive)
 

@@ -18,6 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
     HttpConnectionManager,
 )
 
+from proxy.access_log import AccessLogConfig
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.router.route_table import RouteTable
@@ -49,6 +50,7 @@ class HcmConfig:
     default_host_for_http_10: str = ""
     suppress_envoy_headers: bool = False
     proxy_100_continue: bool = False
+    access_logs: tuple[AccessLogConfig, ...] = ()
 
     @classmethod
     def from_proto(cls, message: HttpConnectionManager, path: str) -> HcmConfig:
@@ -59,7 +61,8 @@ class HcmConfig:
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
             "common_http_protocol_options", "http_protocol_options", "stream_idle_timeout",
             "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout",
-            "upgrade_configs", "normalize_path", "merge_slashes", "proxy_100_continue"))
+            "upgrade_configs", "normalize_path", "merge_slashes", "proxy_100_continue",
+            "access_log"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
@@ -135,6 +138,8 @@ class HcmConfig:
             default_host_for_http_10=default_host,
             suppress_envoy_headers=suppress,
             proxy_100_continue=message.proxy_100_continue,
+            access_logs=tuple(AccessLogConfig.from_proto(log, f"{path}.access_log[{index}]")
+                              for index, log in enumerate(message.access_log)),
         )
 
 

@@ -57,7 +57,7 @@ class ListenerConfig:
     @classmethod
     def from_proto(cls, message: Listener, path: str) -> ListenerConfig:
         reject_unsupported(message, path, ("name", "address", "filter_chains", "stat_prefix",
-                                           "per_connection_buffer_limit_bytes", "traffic_direction",
+                                           "traffic_direction",
                                            "enable_reuse_port", "metadata"))
         address = SocketAddress.from_proto(message.address, join(path, "address"))
         if len(message.filter_chains) != 1:

@@ -46,7 +46,8 @@ class ProxyServer:
         for cluster_config in self.config.clusters:
             cluster = Cluster(cluster_config, self.rng)
             self.clusters[cluster.name] = cluster
-            self.stats.register("cluster", cluster.name, cluster.stats, cluster.extra_stats)
+            self.stats.register("cluster", cluster_config.stat_name, cluster.stats,
+                                cluster.extra_stats)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
         local_address = first_non_loopback_ipv4()
         for listener in self.config.listeners:

@@ -35,7 +35,7 @@ class ConnectionOwner(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_headers", "_in_response", "_interim", "_owner",
-                 "_parser", "_status", "closed", "keep_alive", "sink", "transport")
+                 "_parser", "_status", "closed", "keep_alive", "requests", "sink", "transport")
 
     def __init__(self, owner: ConnectionOwner) -> None:
         self._owner = owner
@@ -49,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self.keep_alive = True
         self.closed = False
+        self.requests = 0
 
     # asyncio.Protocol
 

@@ -4,8 +4,9 @@ Rules: only the router HTTP filter is supported (it must be the last filter, as 
 the route configuration is inline (`route_config`) — RDS comes with dynamic resources; the
 codec is HTTP/1.1 (`AUTO` and `HTTP1` accepted). Defaults are Envoy's: server name
 "envoy", request ids generated, 60 KiB of request headers, 100 headers, 1 h connection idle
-timeout, 5 min stream idle timeout, no request timeout, nothing internal unless
-`internal_address_config` lists it.
+timeout, 5 min stream idle timeout, nothing internal unless `internal_address_config` lists it; 100-continue is
+answered by the proxy itself (Envoy's default). Stream, request and header timeouts are not
+implemented yet and are rejected when set.
 """
 
 from __future__ import annotations
@@ -42,14 +43,10 @@ class HcmConfig:
     max_request_headers_bytes: int = 60 * 1024
     max_headers_count: int = 100
     idle_timeout: float = 3600.0
-    stream_idle_timeout: float = 300.0
-    request_timeout: float = 0.0
-    request_headers_timeout: float = 0.0
     upgrades: frozenset[str] = frozenset()
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
     suppress_envoy_headers: bool = False
-    proxy_100_continue: bool = False
     access_logs: tuple[AccessLogConfig, ...] = ()
 
     @classmethod
@@ -59,10 +56,8 @@ class HcmConfig:
             "server_header_transformation", "use_remote_address", "skip_xff_append",
             "xff_num_trusted_hops", "generate_request_id", "preserve_external_request_id",
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
-            "common_http_protocol_options", "http_protocol_options", "stream_idle_timeout",
-            "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout",
-            "upgrade_configs", "normalize_path", "merge_slashes", "proxy_100_continue",
-            "access_log"))
+            "common_http_protocol_options", "http_protocol_options", "upgrade_configs",
+            "normalize_path", "merge_slashes", "access_log"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
@@ -129,15 +124,10 @@ class HcmConfig:
             max_request_headers_bytes=kb * 1024,
             max_headers_count=max_headers,
             idle_timeout=idle_timeout,
-            stream_idle_timeout=(seconds(message.stream_idle_timeout)
-                                 if message.HasField("stream_idle_timeout") else 300.0),
-            request_timeout=seconds(message.request_timeout),
-            request_headers_timeout=seconds(message.request_headers_timeout),
             upgrades=frozenset(upgrades),
             accept_http_10=accept_10,
             default_host_for_http_10=default_host,
             suppress_envoy_headers=suppress,
-            proxy_100_continue=message.proxy_100_continue,
             access_logs=tuple(AccessLogConfig.from_proto(log, f"{path}.access_log[{index}]")
                               for index, log in enumerate(message.access_log)),
         )

@@ -181,5 +181,6 @@ class Cluster:
         pool = self.pools.get(host)
         if pool is None:
             pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
-                                                     self.breaker)
+                                                     self.breaker,
+                                                     self.config.max_requests_per_connection)
         return pool

@@ -52,7 +52,8 @@ class ClusterConfig:
     panic_threshold: float = 50.0
     dns_refresh_rate: float = 5.0
     dns_family: str = "AUTO"
-    max_requests_per_connection: int = 0
+    max_requests_per_connection: int = 0      # 0: unlimited
+    stat_name: str = ""                      # alt_stat_name, else the name
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     outlier: OutlierConfig | None = None
     health_check: HealthCheckConfig | None = None
@@ -65,9 +66,8 @@ class ClusterConfig:
             "name", "type", "connect_timeout", "lb_policy", "load_assignment", "circuit_breakers",
             "outlier_detection", "health_checks", "common_lb_config", "ring_hash_lb_config",
             "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
-            "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "eds_cluster_config",
-            "per_connection_buffer_limit_bytes", "max_requests_per_connection", "metadata",
-            "alt_stat_name"))
+            "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
+            "max_requests_per_connection", "metadata", "alt_stat_name"))
         if not message.name:
             raise ConfigError(join(path, "name"), "must not be empty")
         kind = _TYPES.get(message.type)
@@ -117,6 +117,7 @@ class ClusterConfig:
             dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
             dns_family=family,
             max_requests_per_connection=message.max_requests_per_connection.value,
+            stat_name=message.alt_stat_name or message.name,
             thresholds=thresholds,
             outlier=outlier,
             health_check=health_check,

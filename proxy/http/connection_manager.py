@@ -210,14 +210,11 @@ class HttpConnectionManager:
             else:
                 self._reply(stream, 400, b"", keep_alive=False)
                 return
-        if request.upgrade:
-            # Upgrades need upgrade_configs, which tulle-proxy rejects at load: Envoy answers 403.
-            self._reply(stream, 403, b"", keep_alive=False)
-            return
         if request.expect_continue:
             headers.remove("expect")
             if not request.body.done:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        upgrade = (headers.get("upgrade") or "").lower() if request.upgrade else ""
         self._mutate_request_headers(stream)
         table = config.route_table
         selection = table.select(request.method, authority, request.target, headers)
@@ -228,7 +225,12 @@ class HttpConnectionManager:
             return
         stream.response_mutations = table.response_mutations(selection)
         action = selection.route.action
-        if isinstance(action, ForwardAction):
+        if upgrade:
+            if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
+                self._reply(stream, 403, b"", keep_alive=False)
+                return
+            await self._tunnel(stream, selection, action, upgrade)
+        elif isinstance(action, ForwardAction):
             await self._forward(stream, selection, action, authority)
         elif isinstance(action, DirectResponseAction):
             self.stats.rq_direct_response += 1
@@ -418,6 +420,104 @@ class HttpConnectionManager:
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             self._reply(stream, 503, body.encode())
             return
+
+    def _upgrade_allowed(self, upgrade: str, action: ForwardAction) -> bool:
+        """Envoy: the connection manager's upgrade_configs enable a type; a route's own
+        upgrade_configs enable or disable it for that route."""
+        if upgrade in action.upgrades_disabled:
+            return False
+        return upgrade in self.config.upgrades or upgrade in action.upgrades
+
+    async def _tunnel(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
+                      upgrade: str) -> None:
+        """An upgrade (WebSocket): forward the request on a fresh connection; on 101 the two
+        connections become a byte pipe until either side closes; any other answer is an
+        ordinary response."""
+        request = stream.request
+        headers = request.headers
+        conn = stream.conn
+        cluster = self.clusters.get(action.pick_cluster(self.rng.random()))
+        if cluster is None:
+            self._reply(stream, 503, b"", keep_alive=False)
+            return
+        for mutation in self.config.route_table.request_mutations(selection):
+            mutation.apply(headers, stream)
+        headers.set("connection", "upgrade")
+        headers.set("upgrade", upgrade)
+        target = action.rewrite_path(selection.path, selection.query, selection.matched) or request.target
+        host = cluster.choose(None)
+        if host is None:
+            self._reply(stream, 503, b"no healthy upstream", keep_alive=False)
+            return
+        pool = cluster.pool(host)
+        loop = self._loop
+        if not cluster.breaker.try_open_connection():
+            self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
+                        keep_alive=False, extra=(("x-envoy-overloaded", "true"),))
+            return
+        try:
+            connection = await pool.connect()
+        except ConnectFailure:
+            cluster.breaker.close_connection()
+            self._reply(stream, 503, (RESET_PREFIX + "reset reason: remote connection failure").encode(),
+                        keep_alive=False)
+            return
+        attempt = Attempt(connection, pool, host, loop.time())
+        connection.start(attempt, _request_head(request.method, target, headers))
+        timer = (loop.call_later(action.timeout, attempt.expire, GLOBAL_TIMEOUT)
+                 if action.timeout > 0 else None)
+        try:
+            while attempt.headers is None and not attempt.reset and attempt.expired is None:
+                if conn.closed:
+                    attempt.abandon()
+                    return
+                await attempt.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if attempt.headers is None:
+            attempt.abandon()
+            if attempt.expired is not None:
+                self._reply(stream, 504, b"upstream request timeout", keep_alive=False)
+            else:
+                self._reply(stream, 503, (RESET_PREFIX + "reset reason: connection termination").encode(),
+                            keep_alive=False)
+            return
+        if attempt.status != 101:
+            connection.keep_alive = False
+            await self._respond(stream, attempt, selection, 1, 0.0)
+            return
+        response = attempt.headers
+        response.remove("transfer-encoding")
+        for mutation in stream.response_mutations:
+            mutation.apply(response, stream)
+        self._server_headers(response, stream)
+        stream.status = 101
+        stream.upstream = host.key
+        stream.committed = True
+        self.stats.count_status(101)
+        conn.write(encode_head(101, response))
+        closed = loop.create_future()
+
+        def finish() -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        connection.tunnel = conn.write
+        conn.tunnel = connection.write
+        connection.on_lost = finish
+        conn.on_lost = finish
+        for data in connection.early_tunnel_data:
+            conn.write(data)
+        for data in conn.early_tunnel_data:
+            connection.write(data)
+        connection.early_tunnel_data.clear()
+        conn.early_tunnel_data.clear()
+        if not (connection.closed or conn.closed):
+            await closed
+        connection.abort()
+        conn.close()
+        conn.response_done(False)
 
     async def _retry_allowed(self, stream: Stream, cluster: Cluster, retry: RetryState,
                              deadline: float) -> bool:

@@ -112,6 +112,9 @@ class DownstreamConnection(asyncio.Protocol):
         self._reading = True
         self._error: int = 0
         self.tunnel: Callable[[bytes], None] | None = None
+        self.upgraded = False
+        self.early_tunnel_data: list[bytes] = []
+        self.on_lost: Callable[[], None] | None = None
         self.on_drain: Callable[[], None] | None = None
         self.write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -135,6 +138,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel(data)
             return
+        if self.upgraded:
+            self.early_tunnel_data.append(data)   # until the upstream accepts the upgrade
+            return
         if self._error:
             return
         if self._in_head:
@@ -145,9 +151,13 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            # Everything after this request's head belongs to the upgraded protocol.
             offset = upgrade.args[0] if upgrade.args else len(data)
-            if self._current is not None:
-                self._current.body.feed(data[offset:]) if offset < len(data) else None
+            self.upgraded = True
+            if offset < len(data):
+                self.early_tunnel_data.append(data[offset:])
+            if self._current is not None and not self._current.body.done:
+                self._current.body.finish()
         except httptools.HttpParserError as error:
             self._protocol_error(426 if "version" in str(error).lower() else 400)
         self._dispatch()
@@ -158,6 +168,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self.manager.connection_closed(self)

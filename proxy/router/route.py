@@ -125,7 +125,8 @@ class ForwardAction:
     timeout: float = DEFAULT_ROUTE_TIMEOUT     # 0 = no timeout
     retry_policy: RetryPolicy | None = None
     hash_policy: tuple[HashPolicy, ...] = ()
-    upgrades: frozenset[str] = frozenset()
+    upgrades: frozenset[str] = frozenset()            # enabled on this route
+    upgrades_disabled: frozenset[str] = frozenset()   # disabled on this route
 
     def pick_cluster(self, random_value: float) -> str:
         if not self.weighted_clusters:
@@ -167,12 +168,16 @@ class ForwardAction:
             if prefix_rewrite is not None:
                 raise ConfigError(join(path, "regex_rewrite"), "cannot be combined with prefix_rewrite")
             regex_rewrite = _regex_rewrite(message.regex_rewrite, join(path, "regex_rewrite"))
-        upgrades = set()
+        upgrades, disabled = set(), set()
         for index, upgrade in enumerate(message.upgrade_configs):
             here = f"{path}.upgrade_configs[{index}]"
             reject_unsupported(upgrade, here, ("upgrade_type", "enabled"))
+            if upgrade.upgrade_type.lower() == "connect":
+                raise ConfigError(join(here, "upgrade_type"), "CONNECT is not supported")
             if not upgrade.HasField("enabled") or upgrade.enabled.value:
                 upgrades.add(upgrade.upgrade_type.lower())
+            else:
+                disabled.add(upgrade.upgrade_type.lower())
         return cls(
             cluster=message.cluster,
             weighted_clusters=tuple(weighted),
@@ -187,6 +192,7 @@ class ForwardAction:
             hash_policy=tuple(HashPolicy.from_proto(policy, f"{path}.hash_policy[{index}]")
                               for index, policy in enumerate(message.hash_policy)),
             upgrades=frozenset(upgrades),
+            upgrades_disabled=frozenset(disabled),
         )
 
     def rewrite_path(self, path: str, query: str, matched: int) -> str | None:

@@ -31,6 +31,8 @@ CASES = {
         b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!", 400),
     "space in a header name": (b"GET / HTTP/1.1\r\nhost: x\r\nbad header: v\r\n\r\n", 400),
     "no host header": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "upgrade without upgrade_configs": (
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", 403),
 }
 
 

@@ -89,6 +89,7 @@ class ListenerConfig:
 
     def clusters(self) -> set[str]:
         if self.http is not None:
-            return self.http.route_table.clusters()
+            table = self.http.route_table
+            return table.clusters() if table is not None else set()
         assert self.tcp is not None
         return self.tcp.clusters()

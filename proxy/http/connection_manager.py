@@ -113,6 +113,7 @@ class HttpConnectionManager:
     def __init__(self, config: HcmConfig, clusters: dict[str, Cluster], rng: random.Random,
                  local_address: str) -> None:
         self.config = config
+        self.route_table = config.route_table   # swapped whole by RDS updates
         self.clusters = clusters
         self.rng = rng
         self.local_address = local_address
@@ -216,7 +217,12 @@ class HttpConnectionManager:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         upgrade = (headers.get("upgrade") or "").lower() if request.upgrade else ""
         self._mutate_request_headers(stream)
-        table = config.route_table
+        table = self.route_table
+        if table is None:   # RDS has not delivered this listener's routes yet
+            self.stats.no_route += 1
+            stream.flags = "NR"
+            self._reply(stream, 404, b"")
+            return
         selection = table.select(request.method, authority, request.target, headers)
         if selection is None:
             self.stats.no_route += 1
@@ -316,7 +322,9 @@ class HttpConnectionManager:
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
         per_try = policy.per_try_timeout if policy is not None else 0.0
         hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
-        for mutation in self.config.route_table.request_mutations(selection):
+        table = self.route_table
+        assert table is not None
+        for mutation in table.request_mutations(selection):
             mutation.apply(headers, stream)
         if action.host_rewrite_literal:
             headers.set("x-envoy-original-host", authority)
@@ -440,7 +448,9 @@ class HttpConnectionManager:
         if cluster is None:
             self._reply(stream, 503, b"", keep_alive=False)
             return
-        for mutation in self.config.route_table.request_mutations(selection):
+        table = self.route_table
+        assert table is not None
+        for mutation in table.request_mutations(selection):
             mutation.apply(headers, stream)
         headers.set("connection", "upgrade")
         headers.set("upgrade", upgrade)

@@ -31,7 +31,8 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True, slots=True)
 class HcmConfig:
     stat_prefix: str
-    route_table: RouteTable
+    route_table: RouteTable | None      # None: routes come over RDS (`rds_name`)
+    rds_name: str = ""
     server_name: str = "envoy"
     server_header: str = "OVERWRITE"          # | APPEND_IF_ABSENT | PASS_THROUGH
     use_remote_address: bool = False
@@ -57,13 +58,24 @@ class HcmConfig:
             "xff_num_trusted_hops", "generate_request_id", "preserve_external_request_id",
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
             "common_http_protocol_options", "http_protocol_options", "upgrade_configs",
-            "normalize_path", "merge_slashes", "access_log"))
+            "normalize_path", "merge_slashes", "access_log", "rds"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
             raise ConfigError(join(path, "stat_prefix"), "must not be empty")
-        if not message.HasField("route_config"):
-            raise ConfigError(path, "route_config is required (rds is not supported yet)")
+        rds_name = ""
+        if message.HasField("rds"):
+            here = join(path, "rds")
+            reject_unsupported(message.rds, here, ("config_source", "route_config_name"))
+            source = message.rds.config_source
+            reject_unsupported(source, join(here, "config_source"), ("ads", "resource_api_version"))
+            if not source.HasField("ads"):
+                raise ConfigError(join(here, "config_source"), "only ads is supported")
+            if not message.rds.route_config_name:
+                raise ConfigError(join(here, "route_config_name"), "must not be empty")
+            rds_name = message.rds.route_config_name
+        elif not message.HasField("route_config"):
+            raise ConfigError(path, "one of route_config or rds is required")
         if message.xff_num_trusted_hops:
             raise ConfigError(join(path, "xff_num_trusted_hops"), "only 0 is supported")
         suppress = _check_filters(message, join(path, "http_filters"))
@@ -103,14 +115,13 @@ class HcmConfig:
         if message.normalize_path.value or message.merge_slashes:
             field = "normalize_path" if message.normalize_path.value else "merge_slashes"
             raise ConfigError(join(path, field), "path normalization is not supported")
-        try:
-            table = RouteTable.from_proto(message.route_config, join(path, "route_config"))
-        except ConfigError:
-            raise
+        table = (RouteTable.from_proto(message.route_config, join(path, "route_config"))
+                 if message.HasField("route_config") else None)
         kb = message.max_request_headers_kb.value if message.HasField("max_request_headers_kb") else 60
         return cls(
             stat_prefix=message.stat_prefix,
             route_table=table,
+            rds_name=rds_name,
             server_name=message.server_name or "envoy",
             server_header=HttpConnectionManager.ServerHeaderTransformation.Name(
                 message.server_header_transformation),

@@ -55,6 +55,7 @@ class Cluster:
                           on_check_passed=self._health_check_passed if self.outlier else None)
             if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
+        self.config_endpoints: tuple[EndpointConfig, ...] = config.endpoints
         self._dns_task: asyncio.Task[None] | None = None
         if config.type == "STATIC":
             self.set_endpoints(config.endpoints)

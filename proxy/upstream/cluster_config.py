@@ -54,6 +54,7 @@ class ClusterConfig:
     dns_family: str = "AUTO"
     max_requests_per_connection: int = 0      # 0: unlimited
     stat_name: str = ""                      # alt_stat_name, else the name
+    http2: bool = False                      # only allowed for the xDS server's cluster
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     outlier: OutlierConfig | None = None
     health_check: HealthCheckConfig | None = None
@@ -67,7 +68,8 @@ class ClusterConfig:
             "outlier_detection", "health_checks", "common_lb_config", "ring_hash_lb_config",
             "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
             "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
-            "max_requests_per_connection", "metadata", "alt_stat_name"))
+            "max_requests_per_connection", "metadata", "alt_stat_name",
+            "http2_protocol_options", "typed_extension_protocol_options"))
         if not message.name:
             raise ConfigError(join(path, "name"), "must not be empty")
         kind = _TYPES.get(message.type)
@@ -118,12 +120,36 @@ class ClusterConfig:
             dns_family=family,
             max_requests_per_connection=message.max_requests_per_connection.value,
             stat_name=message.alt_stat_name or message.name,
+            http2=_http2(message, path),
             thresholds=thresholds,
             outlier=outlier,
             health_check=health_check,
             lb_config=lb_config,
             proto=message,
         )
+
+
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _http2(message: Cluster, path: str) -> bool:
+    """Whether the cluster asks for HTTP/2 upstream (gRPC to an xDS server)."""
+    if message.HasField("http2_protocol_options"):
+        return True
+    for key, options in message.typed_extension_protocol_options.items():
+        here = f"{path}.typed_extension_protocol_options[{key}]"
+        if not options.type_url.endswith(_HTTP_OPTIONS):
+            raise ConfigError(here, f"{options.type_url} is not supported")
+        from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+
+        parsed = HttpProtocolOptions()
+        options.Unpack(parsed)
+        reject_unsupported(parsed, here, ("explicit_http_config",))
+        explicit = parsed.explicit_http_config
+        reject_unsupported(explicit, join(here, "explicit_http_config"),
+                           ("http2_protocol_options", "http_protocol_options"))
+        return explicit.HasField("http2_protocol_options")
+    return False
 
 
 def _endpoints(message: Cluster, path: str, kind: str) -> tuple[EndpointConfig, ...]:

@@ -64,7 +64,9 @@ def test_a_supported_bootstrap_loads() -> None:
     (bootstrap(top="stats_flush_interval: 5s"), "stats_flush_interval"),
     (bootstrap(hcm_extra="stream_idle_timeout: 10s"),
      "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stream_idle_timeout"),
-    (bootstrap(top="dynamic_resources: {ads_config: {api_type: GRPC}}"), "dynamic_resources"),
+    (bootstrap(top="dynamic_resources: {ads_config: {api_type: DELTA_GRPC}}"),
+     "dynamic_resources.ads_config.api_type"),
+    (bootstrap(cluster_extra="http2_protocol_options: {}"), "static_resources.clusters[0]"),
 ])
 def test_unsupported_field_is_rejected_with_its_path(text: str, path: str) -> None:
     with pytest.raises(ConfigError) as error:

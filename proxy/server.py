@@ -24,6 +24,7 @@ import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
 from envoy.config.core.v3.base_pb2 import Node
@@ -45,8 +46,10 @@ from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, endpoint_config
-from proxy.xds.client import AdsClient
 from proxy.xds.sotw import CLUSTER, ENDPOINTS, LISTENER, ROUTE, SotwState
+
+if TYPE_CHECKING:
+    from proxy.xds.client import AdsClient
 
 log = logging.getLogger("tulle.proxy")
 
@@ -148,6 +151,8 @@ class ProxyServer:
         rds = self._rds_names()
         if rds:
             initial[ROUTE] = rds
+        from proxy.xds.client import AdsClient  # grpc is loaded only when ADS is configured
+
         self.ads = AdsClient(target, SotwState(node), self, initial)
         self._ads_task = asyncio.get_running_loop().create_task(self.ads.run())
 

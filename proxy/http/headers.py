@@ -30,7 +30,11 @@ class Headers:
         return values[0] if len(values) == 1 else ",".join(values)
 
     def __contains__(self, name: object) -> bool:
-        return any(key == name for key, _ in self.items)
+        # A plain loop: any() over a generator costs a frame per call on the hot path.
+        for key, _ in self.items:  # noqa: SIM110
+            if key == name:
+                return True
+        return False
 
     def add(self, name: str, value: str) -> None:
         self.items.append((name, value))
@@ -49,7 +53,7 @@ class Headers:
         items.append((name, value))
 
     def remove(self, name: str) -> None:
-        if any(key == name for key, _ in self.items):
+        if name in self:
             self.items = [item for item in self.items if item[0] != name]
 
     def remove_all(self, names: frozenset[str]) -> None:

@@ -46,6 +46,7 @@ from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, endpoint_config
+from proxy.xds.delta import DeltaState
 from proxy.xds.sotw import CLUSTER, ENDPOINTS, LISTENER, ROUTE, SotwState
 
 if TYPE_CHECKING:
@@ -153,7 +154,8 @@ class ProxyServer:
             initial[ROUTE] = rds
         from proxy.xds.client import AdsClient  # grpc is loaded only when ADS is configured
 
-        self.ads = AdsClient(target, SotwState(node), self, initial)
+        state = DeltaState(node) if ads.delta else SotwState(node)
+        self.ads = AdsClient(target, state, self, initial)
         self._ads_task = asyncio.get_running_loop().create_task(self.ads.run())
 
     # xDS

@@ -1,8 +1,8 @@
 """`dynamic_resources` of the bootstrap: where the ADS server is and what it provides.
 
-Rules: one ADS stream (`ads_config`, api_type GRPC, transport V3) to an `envoy_grpc` cluster
-of static_resources that speaks HTTP/2; `lds_config` and `cds_config`, when set, must say
-`ads: {}`. Delta xDS (DELTA_GRPC) and other config sources are rejected by path.
+Rules: one ADS stream (`ads_config`, api_type GRPC or DELTA_GRPC, transport V3) to an
+`envoy_grpc` cluster of static_resources that speaks HTTP/2; `lds_config` and `cds_config`,
+when set, must say `ads: {}`. Other config sources are rejected by path.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from proxy.proto_config import join
 @dataclass(frozen=True, slots=True)
 class AdsConfig:
     cluster: str                 # the static cluster of the ADS server
+    delta: bool                  # DELTA_GRPC (incremental) rather than GRPC (state of the world)
     lds: bool                    # listeners come over ADS
     cds: bool                    # clusters come over ADS
 
@@ -31,9 +32,9 @@ class AdsConfig:
         here = join(path, "ads_config")
         reject_unsupported(ads, here, ("api_type", "transport_api_version", "grpc_services",
                                        "set_node_on_first_message_only"))
-        if ads.api_type != ApiConfigSource.GRPC:
+        if ads.api_type not in (ApiConfigSource.GRPC, ApiConfigSource.DELTA_GRPC):
             raise ConfigError(join(here, "api_type"), f"{ApiConfigSource.ApiType.Name(ads.api_type)} "
-                              "is not supported (GRPC, state of the world)")
+                              "is not supported (GRPC, DELTA_GRPC)")
         if len(ads.grpc_services) != 1:
             raise ConfigError(join(here, "grpc_services"), "exactly one gRPC service is required")
         service = ads.grpc_services[0]
@@ -43,6 +44,7 @@ class AdsConfig:
             raise ConfigError(join(at, "envoy_grpc.cluster_name"), "is required")
         reject_unsupported(service.envoy_grpc, join(at, "envoy_grpc"), ("cluster_name",))
         return cls(cluster=service.envoy_grpc.cluster_name,
+                   delta=ads.api_type == ApiConfigSource.DELTA_GRPC,
                    lds=_ads_source(message, "lds_config", path),
                    cds=_ads_source(message, "cds_config", path))
 

@@ -24,7 +24,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+    Resource,
+)
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
@@ -43,6 +49,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self) -> None:
         self.requests: list[DiscoveryRequest] = []
         self.outbox: queue.Queue[DiscoveryResponse] = queue.Queue()
+        self.delta_requests: list[DeltaDiscoveryRequest] = []
+        self.delta_outbox: queue.Queue[DeltaDiscoveryResponse] = queue.Queue()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -64,6 +72,43 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 yield self.outbox.get(timeout=0.05)
             except queue.Empty:
                 continue
+
+    def DeltaAggregatedResources(self, request_iterator: Iterator[DeltaDiscoveryRequest],  # noqa: N802
+                                 context: grpc.ServicerContext) -> Iterator[DeltaDiscoveryResponse]:
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    self.delta_requests.append(request)
+            except grpc.RpcError:
+                pass
+
+        threading.Thread(target=read, daemon=True).start()
+        while context.is_active():
+            try:
+                yield self.delta_outbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def push_delta(self, type_url: str, resources: dict[str, Message], removed: tuple[str, ...] = ()) -> str:
+        self.nonce += 1
+        items = []
+        for name, resource in resources.items():
+            item = Resource(name=name, version=f"{name}-{self.nonce}")
+            item.resource.Pack(resource)
+            items.append(item)
+        self.delta_outbox.put(DeltaDiscoveryResponse(type_url=type_url, resources=items,
+                                                     removed_resources=list(removed),
+                                                     nonce=str(self.nonce)))
+        return str(self.nonce)
+
+    def wait_delta(self, predicate: Callable[[DeltaDiscoveryRequest], bool]) -> DeltaDiscoveryRequest:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for request in list(self.delta_requests):
+                if predicate(request):
+                    return request
+            time.sleep(0.02)
+        raise AssertionError(f"no such delta request; got {list(self.delta_requests)}")
 
     def push(self, type_url: str, version: str, resources: list[Message]) -> str:
         self.nonce += 1
@@ -130,15 +175,12 @@ def ads() -> Iterator[AdsServer]:
     server.server.stop(0)
 
 
-def test_proxy_configured_and_updated_over_ads(ads: AdsServer, tmp_path: Path) -> None:
-    upstream = RecordingUpstream()
-    port = free_port()
-    config = tmp_path / "bootstrap.yaml"
-    config.write_text(f"""
+def ads_bootstrap(ads: AdsServer, api_type: str) -> str:
+    return f"""
 node: {{id: sidecar-1, cluster: test}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -155,7 +197,14 @@ static_resources:
     load_assignment:
       cluster_name: xds
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ads.port}}}}}}}}}]}}]
-""")
+"""
+
+
+def test_proxy_configured_and_updated_over_ads(ads: AdsServer, tmp_path: Path) -> None:
+    upstream = RecordingUpstream()
+    port = free_port()
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(ads_bootstrap(ads, "GRPC"))
     log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
     process = subprocess.Popen([str(TULLE), "-c", str(config), "--log-level", "warning"],
                                stdout=log, stderr=subprocess.STDOUT)
@@ -204,6 +253,77 @@ lb_subset_config: {fallback_policy: ANY_ENDPOINT}
         assert "Cluster web.lb_subset_config" in nack.error_detail.message
         response = exchange(port, b"GET /still HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert response.endswith(b"updated")
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+        upstream.close()
+
+
+def inline_listener(port: int, body: str) -> Message:
+    return message(Listener, f"""
+name: ingress
+address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress
+      route_config:
+        virtual_hosts:
+        - name: all
+          domains: ['*']
+          routes:
+          - {{match: {{path: /direct}}, direct_response: {{status: 200, body: {{inline_string: {body}}}}}}}
+          - {{match: {{prefix: /}}, route: {{cluster: web}}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+""")
+
+
+def test_proxy_configured_and_updated_over_delta_ads(ads: AdsServer, tmp_path: Path) -> None:
+    upstream = RecordingUpstream()
+    port = free_port()
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(ads_bootstrap(ads, "DELTA_GRPC"))
+    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen([str(TULLE), "-c", str(config), "--log-level", "warning"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ads.wait_delta(lambda r: r.type_url == CLUSTER)
+        ads.wait_delta(lambda r: r.type_url == LISTENER)
+        web = message(Cluster, f"""
+name: web
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: web
+  endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream.port}}}}}}}}}]}}]
+""")
+        nonce = ads.push_delta(CLUSTER, {"web": web})
+        ack = ads.wait_delta(lambda r: r.type_url == CLUSTER and r.response_nonce == nonce)
+        assert not ack.HasField("error_detail")
+        nonce = ads.push_delta(LISTENER, {"ingress": inline_listener(port, "one")})
+        ads.wait_delta(lambda r: r.type_url == LISTENER and r.response_nonce == nonce)
+        assert exchange(port, b"GET /direct HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").endswith(b"one")
+        assert exchange(port, b"GET /up HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").endswith(b"ok")
+
+        # an update of one listener, then the removal of the cluster
+        nonce = ads.push_delta(LISTENER, {"ingress": inline_listener(port, "two")})
+        ads.wait_delta(lambda r: r.type_url == LISTENER and r.response_nonce == nonce)
+        assert exchange(port, b"GET /direct HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").endswith(b"two")
+        nonce = ads.push_delta(CLUSTER, {}, removed=("web",))
+        ads.wait_delta(lambda r: r.type_url == CLUSTER and r.response_nonce == nonce)
+        assert exchange(port, b"GET /up HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 503 ")
+
+        # a bad resource is NACKed and changes nothing
+        bad = message(Cluster, "{name: web, type: STATIC, connect_timeout: 1s, lb_subset_config: {fallback_policy: ANY_ENDPOINT}}")
+        nonce = ads.push_delta(CLUSTER, {"web": bad})
+        nack = ads.wait_delta(lambda r: r.type_url == CLUSTER and r.response_nonce == nonce)
+        assert "Cluster web.lb_subset_config" in nack.error_detail.message
     finally:
         process.terminate()
         process.wait(10)

@@ -56,3 +56,37 @@ def test_resubscription_after_reconnect_resumes_at_the_accepted_version() -> Non
     assert requests[CLUSTER].version_info == "v7"
     assert requests[CLUSTER].response_nonce == ""
     assert list(requests[ENDPOINTS].resource_names) == ["web"]
+
+
+def test_delta_candidate_is_committed_only_on_ack() -> None:
+    from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, Resource
+    from google.protobuf.any_pb2 import Any
+
+    from proxy.xds.delta import DeltaState
+
+    machine = DeltaState(Node(id="n1"))
+    first = machine.subscribe(CLUSTER, wildcard=True)
+    assert first is not None and list(first.resource_names_subscribe) == []
+    one = DeltaDiscoveryResponse(type_url=CLUSTER, nonce="1", resources=[
+        Resource(name="a", version="1", resource=Any()), Resource(name="b", version="1", resource=Any())])
+    assert len(machine.candidate(one)) == 2
+    ack = machine.accepted(one)
+    assert ack.response_nonce == "1" and not ack.HasField("error_detail")
+    two = DeltaDiscoveryResponse(type_url=CLUSTER, nonce="2", removed_resources=["a"])
+    assert len(machine.candidate(two)) == 1
+    nack = machine.rejected(two, "bad")
+    assert nack.error_detail.message == "bad"
+    [resume] = machine.resubscribe_all()
+    assert dict(resume.initial_resource_versions) == {"a": "1", "b": "1"}
+
+
+def test_delta_subscription_changes_are_sent_as_differences() -> None:
+    from proxy.xds.delta import DeltaState
+
+    machine = DeltaState(Node(id="n1"))
+    machine.subscribe(ENDPOINTS, ("a", "b"))
+    request = machine.subscribe(ENDPOINTS, ("b", "c"))
+    assert request is not None
+    assert list(request.resource_names_subscribe) == ["c"]
+    assert list(request.resource_names_unsubscribe) == ["a"]
+    assert machine.subscribe(ENDPOINTS, ("c", "b")) is None

@@ -64,7 +64,7 @@ def test_a_supported_bootstrap_loads() -> None:
     (bootstrap(top="stats_flush_interval: 5s"), "stats_flush_interval"),
     (bootstrap(hcm_extra="stream_idle_timeout: 10s"),
      "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stream_idle_timeout"),
-    (bootstrap(top="dynamic_resources: {ads_config: {api_type: DELTA_GRPC}}"),
+    (bootstrap(top="dynamic_resources: {ads_config: {api_type: REST}}"),
      "dynamic_resources.ads_config.api_type"),
     (bootstrap(cluster_extra="http2_protocol_options: {}"), "static_resources.clusters[0]"),
 ])

@@ -73,7 +73,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             except queue.Empty:
                 continue
 
-    def DeltaAggregatedResources(self, request_iterator: Iterator[DeltaDiscoveryRequest],  # noqa: N802
+    def DeltaAggregatedResources(self, request_iterator: Iterator[DeltaDiscoveryRequest],
                                  context: grpc.ServicerContext) -> Iterator[DeltaDiscoveryResponse]:
         def read() -> None:
             try:

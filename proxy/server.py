@@ -32,6 +32,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener as ListenerProto
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
 
 from proxy.admin.endpoints import AdminState
 from proxy.admin.server import AdminConnection
@@ -78,7 +79,9 @@ class ProxyServer:
         self.managers: list[HttpConnectionManager] = []
         self.route_tables: dict[str, RouteTable] = {}
         self.stopped = asyncio.Event()
-        self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set)
+        self.route_protos: dict[str, RouteConfiguration] = {}
+        self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
+                                      dynamic=self._dynamic_resources)
         self.ads: AdsClient | None = None
         self._ads_task: asyncio.Task[None] | None = None
         self._local_address = ""
@@ -159,6 +162,14 @@ class ProxyServer:
         self._ads_task = asyncio.get_running_loop().create_task(self.ads.run())
 
     # xDS
+
+    def _dynamic_resources(self) -> dict[str, dict[str, Message]]:
+        return {
+            "clusters": dict(self.dynamic_clusters),
+            "listeners": {name: running.proto for name, running in self.listeners.items()
+                          if running.proto is not None},
+            "routes": dict(self.route_protos),
+        }
 
     async def apply(self, type_url: str, resources: Sequence[Any]) -> dict[str, tuple[str, ...]]:
         if type_url == CLUSTER:
@@ -284,6 +295,7 @@ class ProxyServer:
         tables = {proto.name: RouteTable.from_proto(proto, f"RouteConfiguration {proto.name}")
                   for proto in protos}
         self.route_tables.update(tables)
+        self.route_protos.update({proto.name: proto for proto in protos})
         for running in self.listeners.values():
             manager = running.manager
             if manager is not None and manager.config.rds_name in tables:

@@ -175,9 +175,10 @@ def ads() -> Iterator[AdsServer]:
     server.server.stop(0)
 
 
-def ads_bootstrap(ads: AdsServer, api_type: str) -> str:
+def ads_bootstrap(ads: AdsServer, api_type: str, admin: int = 0) -> str:
     return f"""
 node: {{id: sidecar-1, cluster: test}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin or free_port()}}}}}}}
 dynamic_resources:
   ads_config:
     api_type: {api_type}
@@ -204,7 +205,8 @@ def test_proxy_configured_and_updated_over_ads(ads: AdsServer, tmp_path: Path) -
     upstream = RecordingUpstream()
     port = free_port()
     config = tmp_path / "bootstrap.yaml"
-    config.write_text(ads_bootstrap(ads, "GRPC"))
+    admin = free_port()
+    config.write_text(ads_bootstrap(ads, "GRPC", admin))
     log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
     process = subprocess.Popen([str(TULLE), "-c", str(config), "--log-level", "warning"],
                                stdout=log, stderr=subprocess.STDOUT)
@@ -253,6 +255,9 @@ lb_subset_config: {fallback_policy: ANY_ENDPOINT}
         assert "Cluster web.lb_subset_config" in nack.error_detail.message
         response = exchange(port, b"GET /still HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert response.endswith(b"updated")
+
+        dump = exchange(admin, b"GET /config_dump HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert b'"name": "web"' in dump and b'"name": "ingress"' in dump and b'"name": "routes"' in dump
     finally:
         process.terminate()
         process.wait(10)

@@ -13,6 +13,8 @@ Rules (Envoy's ResourceManager, one per cluster and routing priority):
 - Each resource reports an "open" gauge (1 while at its maximum) under
   `circuit_breakers.<priority>.{cx_open,rq_pending_open,rq_open,rq_retry_open}`
   and, with `track_remaining`, `remaining_{cx,pending,rq,retries}`.
+- Connection pools are counted (open_pool/close_pool) but not limited: Envoy's
+  max_connection_pools is rejected in the config.
 - retry_budget replaces max_retries by a share of the load:
   `max(min_retry_concurrency, budget_percent% of (requests + pending requests))`,
   defaults 20% and 3.
@@ -30,6 +32,8 @@ from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers
 from proxy.config_error import ConfigError, reject_unsupported
 
 PRIORITY_NAMES = {0: "default", 1: "high"}
+# Envoy's "no limit" (uint64 max), as its remaining_cx_pools gauge shows it.
+_UNLIMITED = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,7 @@ class CircuitBreaker:
     """The counters of one cluster at one routing priority."""
 
     __slots__ = (
+        "connection_pools",
         "connections",
         "cx_overflow",
         "pending_requests",
@@ -119,6 +124,7 @@ class CircuitBreaker:
         self.pending_requests = 0
         self.requests = 0
         self.retries = 0
+        self.connection_pools = 0
         # Envoy's overflow counters (cluster.NAME.upstream_*_overflow).
         self.cx_overflow = 0
         self.rq_pending_overflow = 0
@@ -156,6 +162,14 @@ class CircuitBreaker:
 
     def close_connection(self) -> None:
         self.connections -= 1
+
+    # connection pools (one per host in use); unlimited, since max_connection_pools is
+    # not supported, but counted for Envoy's remaining_cx_pools gauge
+    def open_pool(self) -> None:
+        self.connection_pools += 1
+
+    def close_pool(self) -> None:
+        self.connection_pools -= 1
 
     # retries in flight
     @property
@@ -198,10 +212,12 @@ class CircuitBreaker:
         prefix = f"circuit_breakers.{self.thresholds.priority}."
         stats = {
             f"{prefix}cx_open": self.cx_open,
+            f"{prefix}cx_pool_open": 0,  # connection pools are not limited (max_connection_pools)
             f"{prefix}rq_pending_open": self.rq_pending_open,
             f"{prefix}rq_open": self.rq_open,
             f"{prefix}rq_retry_open": self.rq_retry_open,
             "upstream_cx_overflow": self.cx_overflow,
+            "upstream_cx_pool_overflow": 0,
             "upstream_rq_pending_overflow": self.rq_pending_overflow,
             "upstream_rq_retry_overflow": self.rq_retry_overflow,
         }
@@ -211,4 +227,5 @@ class CircuitBreaker:
             stats[f"{prefix}remaining_pending"] = max(0, t.max_pending_requests - self.pending_requests)
             stats[f"{prefix}remaining_rq"] = max(0, t.max_requests - self.requests)
             stats[f"{prefix}remaining_retries"] = max(0, self.max_retries - self.retries)
+            stats[f"{prefix}remaining_cx_pools"] = _UNLIMITED - self.connection_pools
         return stats

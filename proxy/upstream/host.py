@@ -4,10 +4,13 @@ Rules:
 - A host is identified by (address, port); `key` ("address:port") is what hash
   policies and stats use, and it is fixed for the life of the object.
 - `healthy` is the conjunction Envoy uses for routing: not failed by active health
-  checking and not ejected by outlier detection. Degraded hosts do not exist here.
+  checking, not ejected by outlier detection, and not reported unhealthy by the
+  control plane (EDS health_status UNHEALTHY, DRAINING or TIMEOUT: Envoy's
+  FAILED_EDS_HEALTH). Degraded hosts do not exist here.
 - The object is mutable on purpose: the router bumps `active_requests`, the
   health checker and the outlier detector flip their flags, and a HostSet keeps the
-  same object across EDS/DNS updates so those counters and flags survive.
+  same object across EDS/DNS updates so those counters and flags survive (the
+  configured weight, priority and EDS health are taken from each update).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ class Host:
     active_requests: int = 0
     health_check_failed: bool = False
     outlier_ejected: bool = False
+    eds_health_failed: bool = False  # set from the endpoint's health_status
+    last_hc_pass_time: float | None = None  # when a failed host last passed a health check (slow start)
+    health_check_port: int | None = None  # endpoint.health_check_config.port_value; None: `port`
+    locality: str = ""  # the LocalityLbEndpoints it came from (any stable name)
+    locality_weight: int = 0  # that LocalityLbEndpoints' load_balancing_weight (0: none)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -33,7 +41,21 @@ class Host:
 
     @property
     def healthy(self) -> bool:
-        return not (self.health_check_failed or self.outlier_ejected)
+        return not (self.health_check_failed or self.outlier_ejected or self.eds_health_failed)
+
+    def health_flags(self) -> str:
+        """Envoy's /clusters `health_flags` text: "healthy", or the failed flags in
+        Envoy's order, e.g. "/failed_active_hc/failed_outlier_check"."""
+        if self.healthy:
+            return "healthy"
+        flags = ""
+        if self.health_check_failed:
+            flags += "/failed_active_hc"
+        if self.outlier_ejected:
+            flags += "/failed_outlier_check"
+        if self.eds_health_failed:
+            flags += "/failed_eds_health"
+        return flags
 
     def __repr__(self) -> str:
         flags = "" if self.healthy else " unhealthy"

@@ -34,10 +34,50 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from proxy.config_error import ConfigError, reject_unsupported
 from proxy.upstream.host import Host
 
 # Envoy's default overprovisioning factor, in percent.
 OVERPROVISIONING_FACTOR_PERCENT = 140
+
+
+DEFAULT_PANIC_THRESHOLD_PERCENT = 50.0
+
+
+def panic_threshold_from_proto(
+    common_lb_config: Cluster.CommonLbConfig | None, path: str = "common_lb_config"
+) -> float:
+    """`Cluster.common_lb_config.healthy_panic_threshold` rounded to a whole percent, as
+    Envoy does (default 50). The other CommonLbConfig fields are not supported."""
+    if common_lb_config is None:
+        return DEFAULT_PANIC_THRESHOLD_PERCENT
+    reject_unsupported(common_lb_config, path, ("healthy_panic_threshold",))
+    if not common_lb_config.HasField("healthy_panic_threshold"):
+        return DEFAULT_PANIC_THRESHOLD_PERCENT
+    value = common_lb_config.healthy_panic_threshold.value
+    if not 0.0 <= value <= 100.0:
+        raise ConfigError(f"{path}.healthy_panic_threshold.value", f"must be within 0..100, got {value}")
+    return float(round(value))
+
+
+@dataclass(slots=True)
+class LocalityGroup:
+    """The hosts of one locality within a priority level (locality-weighted balancing)."""
+
+    locality: str
+    weight: int  # the LocalityLbEndpoints' load_balancing_weight
+    hosts: tuple[Host, ...]
+    healthy: tuple[Host, ...]
+
+    @property
+    def effective_weight(self) -> float:
+        """Envoy: weight x min(1, 1.4 x healthy share) — a locality losing hosts sheds load."""
+        if not self.hosts:
+            return 0.0
+        availability = min(1.0, OVERPROVISIONING_FACTOR_PERCENT / 100.0 * len(self.healthy) / len(self.hosts))
+        return self.weight * availability
 
 
 @dataclass(slots=True)
@@ -49,13 +89,21 @@ class PriorityLevel:
     in_panic: bool = False
     load: int = 0  # percent of requests sent to this level
     routable: tuple[Host, ...] = ()  # healthy, or all hosts in panic
+    # With locality-weighted balancing: the level's localities, in order of first
+    # appearance; empty otherwise.
+    localities: tuple[LocalityGroup, ...] = ()
 
 
 class HostSet:
-    def __init__(self, hosts: Sequence[Host], panic_threshold_percent: float = 50.0) -> None:
+    def __init__(
+        self, hosts: Sequence[Host], panic_threshold_percent: float = DEFAULT_PANIC_THRESHOLD_PERCENT
+    ) -> None:
         if not 0.0 <= panic_threshold_percent <= 100.0:
             raise ValueError(f"panic threshold must be within 0..100, got {panic_threshold_percent}")
         self.panic_threshold_percent = panic_threshold_percent
+        # Cluster.common_lb_config.locality_weighted_lb_config: balancers first pick a
+        # locality by weight, then a host within it (see LocalityGroup).
+        self.locality_weighted = False
         # Set by an active health checker: hosts that join start failed, as in Envoy,
         # until their first check passes.
         self.active_health_checking = False
@@ -75,8 +123,8 @@ class HostSet:
 
     def update(self, hosts: Sequence[Host]) -> None:
         """Replace the membership (EDS/DNS). A host whose (address, port) was already
-        present keeps its object, hence its counters and health flags; its weight and
-        priority are taken from the new description."""
+        present keeps its object, hence its counters and health-check and outlier
+        flags; its weight, priority and EDS health are taken from the new description."""
         kept: list[Host] = []
         by_key: dict[tuple[str, int], Host] = {}
         for new in hosts:
@@ -87,6 +135,10 @@ class HostSet:
             if old is not None and old is not new:
                 old.weight = new.weight
                 old.locality_priority = new.locality_priority
+                old.eds_health_failed = new.eds_health_failed
+                old.health_check_port = new.health_check_port
+                old.locality = new.locality
+                old.locality_weight = new.locality_weight
                 new = old
             elif old is None and self.active_health_checking:
                 new.health_check_failed = True
@@ -164,7 +216,14 @@ class HostSet:
             levels[0].load = 100
         for level in levels:
             level.routable = level.hosts if level.in_panic else level.healthy
+            if self.locality_weighted:
+                level.localities = _localities(level.hosts)
         return tuple(levels)
+
+    def set_locality_weighted(self, enabled: bool) -> None:
+        """Switch locality-weighted balancing on or off (recomputes and notifies)."""
+        self.locality_weighted = enabled
+        self.health_changed()
 
     def _cumulative_loads(self) -> tuple[int, ...]:
         bounds = []
@@ -176,3 +235,13 @@ class HostSet:
 
     def __len__(self) -> int:
         return len(self.hosts)
+
+
+def _localities(hosts: tuple[Host, ...]) -> tuple[LocalityGroup, ...]:
+    groups: dict[str, list[Host]] = {}
+    for host in hosts:
+        groups.setdefault(host.locality, []).append(host)
+    return tuple(
+        LocalityGroup(name, members[0].locality_weight, tuple(members), tuple(h for h in members if h.healthy))
+        for name, members in groups.items()
+    )

@@ -1,9 +1,15 @@
 """Outlier detection: Envoy's passive health checking of a cluster's hosts.
 
-Rules (Envoy's outlier DetectorImpl, external-origin errors; no split of local
-and external errors):
-- The router reports every upstream response code with `record()`; a connect
-  failure, reset or timeout (no response) counts as 503, as Envoy maps it.
+Rules (Envoy's outlier DetectorImpl):
+- The router reports every upstream outcome with `record()`: a response status,
+  or None for a local-origin failure (connect failure, reset, timeout). By
+  default None counts as 503, as Envoy maps it.
+- With `split_external_local_origin_errors`, local-origin events are kept apart:
+  None bumps a host's consecutive local-origin failures (threshold
+  `consecutive_local_origin_failure`, default 5, enforcing 100%) and its
+  local-origin success rate; a response is a local-origin success (the connection
+  worked) and, on the external side, its status. Connect failures then never
+  count as 5xx.
 - Consecutive 5xx: every 5xx bumps a host's counter, anything else resets it;
   when it reaches `consecutive_5xx` (default 5) the host is detected.
   Consecutive gateway failure: the same for 502/503/504 (a non-gateway 5xx resets
@@ -13,6 +19,8 @@ and external errors):
   of them): a host whose success rate is below mean - stdev_factor/1000 * stdev
   is detected. Failure percentage: the same hosts (volume/minimum hosts of its
   own) are detected when 100 - success rate >= `failure_percentage_threshold`.
+  With the split, both also run over the local-origin counters (enforcing
+  `enforcing_local_origin_success_rate` 100, `enforcing_failure_percentage_local_origin` 0).
 - Detection becomes ejection only when (a) the ejected share *after* this
   ejection stays within `max_ejection_percent` (default 10) of all hosts, or
   `always_eject_one_host` is set and nothing is ejected yet — otherwise
@@ -53,6 +61,9 @@ class EjectionType(enum.Enum):
     CONSECUTIVE_GATEWAY_FAILURE = "consecutive_gateway_failure"
     SUCCESS_RATE = "success_rate"
     FAILURE_PERCENTAGE = "failure_percentage"
+    CONSECUTIVE_LOCAL_ORIGIN_FAILURE = "consecutive_local_origin_failure"
+    SUCCESS_RATE_LOCAL_ORIGIN = "local_origin_success_rate"
+    FAILURE_PERCENTAGE_LOCAL_ORIGIN = "local_origin_failure_percentage"
 
 
 _GATEWAY_ERRORS = frozenset((502, 503, 504))
@@ -81,6 +92,11 @@ class OutlierConfig:
     failure_percentage_request_volume: int = 50
     enforcing_failure_percentage: int = 0
     successful_active_health_check_uneject_host: bool = True
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failure: int = 5
+    enforcing_consecutive_local_origin_failure: int = 100
+    enforcing_local_origin_success_rate: int = 100
+    enforcing_failure_percentage_local_origin: int = 0
 
     def __post_init__(self) -> None:
         if self.max_ejection_time < self.base_ejection_time:
@@ -92,6 +108,9 @@ class OutlierConfig:
             EjectionType.CONSECUTIVE_GATEWAY_FAILURE: self.enforcing_consecutive_gateway_failure,
             EjectionType.SUCCESS_RATE: self.enforcing_success_rate,
             EjectionType.FAILURE_PERCENTAGE: self.enforcing_failure_percentage,
+            EjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE: self.enforcing_consecutive_local_origin_failure,
+            EjectionType.SUCCESS_RATE_LOCAL_ORIGIN: self.enforcing_local_origin_success_rate,
+            EjectionType.FAILURE_PERCENTAGE_LOCAL_ORIGIN: self.enforcing_failure_percentage_local_origin,
         }[kind]
 
     @classmethod
@@ -101,14 +120,17 @@ class OutlierConfig:
         percents = (
             "max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure",
             "enforcing_success_rate", "failure_percentage_threshold", "enforcing_failure_percentage",
+            "enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate",
+            "enforcing_failure_percentage_local_origin",
         )
         counts = (
             "consecutive_5xx", "consecutive_gateway_failure", "success_rate_minimum_hosts",
             "success_rate_request_volume", "success_rate_stdev_factor",
             "failure_percentage_minimum_hosts", "failure_percentage_request_volume",
+            "consecutive_local_origin_failure",
         )
         flags = ("always_eject_one_host", "successful_active_health_check_uneject_host")
-        reject_unsupported(message, path, durations + percents + counts + flags)
+        reject_unsupported(message, path, (*durations, *percents, *counts, *flags, "split_external_local_origin_errors"))
         values: dict[str, object] = {}
         for name in durations:
             if message.HasField(name):
@@ -123,6 +145,7 @@ class OutlierConfig:
                 if name in percents and value > 100:
                     raise ConfigError(f"{path}.{name}", f"is a percentage (0..100), got {value}")
                 values[name] = value
+        values["split_external_local_origin_errors"] = message.split_external_local_origin_errors
         if "max_ejection_time" not in values:
             # Envoy: the default maximum is 300 s, or the base time if that is larger.
             base = values.get("base_ejection_time", _DEFAULT_BASE_EJECTION_TIME)
@@ -138,6 +161,7 @@ class OutlierConfig:
 class _HostMonitor:
     consecutive_5xx: int = 0
     consecutive_gateway_failure: int = 0
+    consecutive_local_origin_failure: int = 0
     num_ejections: int = 0
     backoff: int = 0
     last_ejection: float = 0.0
@@ -149,6 +173,11 @@ class _HostMonitor:
     current_total: int = 0
     previous_success: int = 0
     previous_total: int = 0
+    # The same for local-origin events (only with split_external_local_origin_errors).
+    local_current_success: int = 0
+    local_current_total: int = 0
+    local_previous_success: int = 0
+    local_previous_total: int = 0
 
 
 @dataclass(slots=True)
@@ -176,7 +205,13 @@ class OutlierStats:
         for kind in EjectionType:
             out[f"outlier_detection.ejections_detected_{kind.value}"] = self.detected[kind]
             out[f"outlier_detection.ejections_enforced_{kind.value}"] = self.enforced[kind]
+        # Envoy always emits this; degradation monitors (extensions) are not supported.
+        for name in _ALWAYS_ZERO:
+            out[f"outlier_detection.{name}"] = 0
         return out
+
+
+_ALWAYS_ZERO = ("ejections_detected_degradation",)
 
 
 class OutlierDetector:
@@ -219,10 +254,19 @@ class OutlierDetector:
 
     def record(self, host: Host, status: int | None, now: float) -> None:
         """One upstream outcome: a response status, or None for connect failure,
-        reset or timeout (counted as 503, a gateway failure)."""
+        reset or timeout (a local-origin failure; 503 unless errors are split)."""
         m = self._monitors.get(host)
         if m is None:
             return  # the host left the cluster while its request was in flight
+        if self.config.split_external_local_origin_errors:
+            m.local_current_total += 1
+            if status is None:
+                m.consecutive_local_origin_failure += 1
+                if m.consecutive_local_origin_failure == self.config.consecutive_local_origin_failure:
+                    self._consecutive_error(host, m, EjectionType.CONSECUTIVE_LOCAL_ORIGIN_FAILURE, now)
+                return
+            m.local_current_success += 1
+            m.consecutive_local_origin_failure = 0
         m.current_total += 1
         code = 503 if status is None else status
         if 500 <= code <= 599:
@@ -266,7 +310,11 @@ class OutlierDetector:
                     changed = True
             m.previous_success, m.previous_total = m.current_success, m.current_total
             m.current_success = m.current_total = 0
-        changed = self._success_rate_ejections(now) or changed
+            m.local_previous_success, m.local_previous_total = m.local_current_success, m.local_current_total
+            m.local_current_success = m.local_current_total = 0
+        changed = self._success_rate_ejections(now, local=False) or changed
+        if config.split_external_local_origin_errors:
+            changed = self._success_rate_ejections(now, local=True) or changed
         for host, m in self._monitors.items():
             if (
                 not host.outlier_ejected
@@ -289,10 +337,12 @@ class OutlierDetector:
         if kind is EjectionType.CONSECUTIVE_5XX:
             self.stats.ejections_consecutive_5xx += 1
             m.consecutive_5xx = 0
-        else:
+        elif kind is EjectionType.CONSECUTIVE_GATEWAY_FAILURE:
             m.consecutive_gateway_failure = 0
+        else:
+            m.consecutive_local_origin_failure = 0
 
-    def _success_rate_ejections(self, now: float) -> bool:
+    def _success_rate_ejections(self, now: float, local: bool) -> bool:
         config = self.config
         n = len(self._monitors)
         if n < config.success_rate_minimum_hosts and n < config.failure_percentage_minimum_hosts:
@@ -301,14 +351,20 @@ class OutlierDetector:
         by_failure: list[tuple[Host, _HostMonitor, float]] = []
         total_rate = 0.0
         for host, m in self._monitors.items():
-            if host.outlier_ejected or m.previous_total == 0:
+            if local:
+                successes, total = m.local_previous_success, m.local_previous_total
+            else:
+                successes, total = m.previous_success, m.previous_total
+            if host.outlier_ejected or total == 0:
                 continue
-            rate = m.previous_success * 100.0 / m.previous_total
-            if m.previous_total >= config.success_rate_request_volume:
+            rate = successes * 100.0 / total
+            if total >= config.success_rate_request_volume:
                 by_rate.append((host, m, rate))
                 total_rate += rate
-            if m.previous_total >= config.failure_percentage_request_volume:
+            if total >= config.failure_percentage_request_volume:
                 by_failure.append((host, m, rate))
+        rate_kind = EjectionType.SUCCESS_RATE_LOCAL_ORIGIN if local else EjectionType.SUCCESS_RATE
+        failure_kind = EjectionType.FAILURE_PERCENTAGE_LOCAL_ORIGIN if local else EjectionType.FAILURE_PERCENTAGE
         changed = False
         if by_rate and len(by_rate) >= config.success_rate_minimum_hosts:
             mean = total_rate / len(by_rate)
@@ -317,13 +373,13 @@ class OutlierDetector:
             for host, m, rate in by_rate:
                 if rate < threshold:
                     self.stats.ejections_success_rate += 1
-                    self.stats.detected[EjectionType.SUCCESS_RATE] += 1
-                    changed = self._eject(host, m, EjectionType.SUCCESS_RATE, now) or changed
+                    self.stats.detected[rate_kind] += 1
+                    changed = self._eject(host, m, rate_kind, now) or changed
         if by_failure and len(by_failure) >= config.failure_percentage_minimum_hosts:
             for host, m, rate in by_failure:
                 if not host.outlier_ejected and 100.0 - rate >= config.failure_percentage_threshold:
-                    self.stats.detected[EjectionType.FAILURE_PERCENTAGE] += 1
-                    changed = self._eject(host, m, EjectionType.FAILURE_PERCENTAGE, now) or changed
+                    self.stats.detected[failure_kind] += 1
+                    changed = self._eject(host, m, failure_kind, now) or changed
         return changed
 
     def _eject(self, host: Host, m: _HostMonitor, kind: EjectionType, now: float) -> bool:
@@ -358,6 +414,7 @@ class OutlierDetector:
         # Fresh counters, so that a few errors right after return do not re-eject.
         m.consecutive_5xx = 0
         m.consecutive_gateway_failure = 0
+        m.consecutive_local_origin_failure = 0
         m.last_unejection = now
 
     def _notify(self) -> None:

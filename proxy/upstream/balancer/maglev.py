@@ -28,9 +28,15 @@ import xxhash
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.upstream.balancer.hashing import MASK64, normalized_weights
+from proxy.upstream.balancer.hashing import (
+    MASK64,
+    NormalizedWeights,
+    level_weights,
+    normalized_weights,
+)
+from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.host import Host
-from proxy.upstream.host_set import HostSet
+from proxy.upstream.host_set import HostSet, PriorityLevel
 
 DEFAULT_TABLE_SIZE = 65537
 _CACHED_TABLES = 4
@@ -71,10 +77,14 @@ class MaglevConfig:
 
 
 def build_table(hosts: tuple[Host, ...], table_size: int) -> list[Host]:
-    """The Maglev lookup table: `table_size` slots, each holding a host."""
-    if not hosts:
+    """The Maglev lookup table over `hosts`: `table_size` slots, each holding a host."""
+    return build_table_from_weights(normalized_weights(hosts), table_size)
+
+
+def build_table_from_weights(normalized: NormalizedWeights, table_size: int) -> list[Host]:
+    weights, _, max_weight = normalized
+    if not weights:
         return []
-    weights, _, max_weight = normalized_weights(hosts)
     hash64 = xxhash.xxh64_intdigest
     # Envoy orders the hosts by their key string. Parallel lists, one slot per host:
     # next preferred position, skip, normalized weight, and target weight.
@@ -104,25 +114,27 @@ def build_table(hosts: tuple[Host, ...], table_size: int) -> list[Host]:
     return [host for host in table if host is not None]
 
 
-class MaglevBalancer:
-    __slots__ = ("_cache", "_config", "_getrandbits", "_host_set", "_single", "_table_size", "_tables")
+class MaglevBalancer(LevelledBalancer):
+    __slots__ = ("_cache", "_config", "_getrandbits", "_single", "_table_size", "_tables")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: MaglevConfig | None = None) -> None:
-        self._host_set = host_set
+        super().__init__(host_set)
         self._config = config or MaglevConfig()
         self._table_size = self._config.table_size
         self._getrandbits = rng.getrandbits
-        self._cache: OrderedDict[tuple[tuple[int, int], ...], list[Host]] = OrderedDict()
+        self._cache: OrderedDict[tuple[tuple[int, float], ...], list[Host]] = OrderedDict()
         self._tables: list[list[Host]] = []
         self._single: list[Host] | None = None
         self.hosts_changed()
 
-    def _table_for(self, hosts: tuple[Host, ...]) -> list[Host]:
-        # Keyed by identity and weight: a host object that was replaced gets a new table.
-        signature = tuple((id(h), h.weight) for h in hosts)
+    def _table_for(self, level: PriorityLevel) -> list[Host]:
+        normalized = level_weights(level)
+        # Keyed by identity and normalized weight: a replaced host object or a changed
+        # (host or locality) weight gets a new table.
+        signature = tuple((id(h), w) for h, w in normalized[0])
         table = self._cache.get(signature)
         if table is None:
-            table = build_table(hosts, self._table_size)
+            table = build_table_from_weights(normalized, self._table_size)
             self._cache[signature] = table
             if len(self._cache) > _CACHED_TABLES:
                 self._cache.popitem(last=False)
@@ -131,8 +143,9 @@ class MaglevBalancer:
         return table
 
     def hosts_changed(self) -> None:
-        self._tables = [self._table_for(level.routable) for level in self._host_set.levels]
+        self._tables = [self._table_for(level) for level in self._host_set.levels]
         self._single = self._tables[0] if len(self._tables) == 1 else None
+        self._levels_changed()
 
     def choose(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         if hash_key is None:
@@ -142,7 +155,9 @@ class MaglevBalancer:
             if not self._tables:
                 return None
             # The key picks the level too, so a key sticks to one level.
-            table = self._tables[self._host_set.choose_level(hash_key)]
+            table = self._tables[self._pick_level(hash_key)]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         if not table:
             return None
         if attempt:

@@ -9,31 +9,34 @@ from __future__ import annotations
 
 import random
 
+from proxy.upstream.balancer.levelled import SlottedBalancer, Source
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
 
-class RandomBalancer:
-    __slots__ = ("_getrandbits", "_host_set", "_levels", "_single")
+class RandomBalancer(SlottedBalancer[tuple[Host, ...]]):
+    __slots__ = ("_getrandbits",)
 
     def __init__(self, host_set: HostSet, rng: random.Random) -> None:
-        self._host_set = host_set
+        super().__init__(host_set, rng.getrandbits(64))
         self._getrandbits = rng.getrandbits
-        self._levels: list[tuple[Host, ...]] = []
-        self._single: tuple[Host, ...] | None = None
         self.hosts_changed()
 
+    def _make_table(self, hosts: tuple[Host, ...], source: Source) -> tuple[Host, ...]:
+        return hosts
+
     def hosts_changed(self) -> None:
-        self._levels = [level.routable for level in self._host_set.levels]
-        self._single = self._levels[0] if len(self._levels) == 1 else None
+        self._rebuild()
 
     def choose(self, hash_key: int | None = None) -> Host | None:
         value = self._getrandbits(64)
         hosts = self._single
         if hosts is None:
-            if not self._levels:
+            hosts = self._slow_table(value)
+            if hosts is None:
                 return None
-            hosts = self._levels[self._host_set.choose_level(value)]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         if not hosts:
             return None
         return hosts[value % len(hosts)]

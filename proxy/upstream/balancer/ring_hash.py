@@ -10,7 +10,9 @@ Rules (Envoy's RingHashLoadBalancer, hash_function XX_HASH):
   entry i of a host is xxHash64 of "ADDRESS:PORT_i". The entries are sorted by hash.
 - A key picks the first entry whose hash is >= the key, wrapping to the first
   entry; attempt n > 0 (a retry that wants another host) moves n entries on.
-- Removing one of N equal hosts moves only the keys that host owned (about 1/N).
+- Removing one of N equal hosts moves the keys that host owned (about 1/N) and a
+  few others: each survivor now gets ceil(minimum_ring_size / (N-1)) entries
+  instead of ceil(minimum_ring_size / N), and the new entries take some keys.
 
 The request's key also picks the priority level (by load share), as in Envoy.
 Only the rings are rebuilt on a host or health change; a pick is one binary search.
@@ -27,7 +29,8 @@ import xxhash
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.upstream.balancer.hashing import normalized_weights
+from proxy.upstream.balancer.hashing import NormalizedWeights, level_weights, normalized_weights
+from proxy.upstream.balancer.levelled import LevelledBalancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
@@ -67,10 +70,14 @@ class RingHashConfig:
 
 
 def build_ring(hosts: tuple[Host, ...], config: RingHashConfig) -> tuple[list[int], list[Host]]:
-    """The ring as two parallel lists sorted by hash: entry hashes and their hosts."""
-    if not hosts:
+    """The ring over `hosts` as two parallel lists sorted by hash: entry hashes and their hosts."""
+    return build_ring_from_weights(normalized_weights(hosts), config)
+
+
+def build_ring_from_weights(normalized: NormalizedWeights, config: RingHashConfig) -> tuple[list[int], list[Host]]:
+    weights, min_weight, _ = normalized
+    if not weights:
         return [], []
-    weights, min_weight, _ = normalized_weights(hosts)
     scale = min(
         math.ceil(min_weight * config.minimum_ring_size) / min_weight,
         float(config.maximum_ring_size),
@@ -93,11 +100,11 @@ def build_ring(hosts: tuple[Host, ...], config: RingHashConfig) -> tuple[list[in
     return [e[0] for e in entries], [e[2] for e in entries]
 
 
-class RingHashBalancer:
-    __slots__ = ("_config", "_getrandbits", "_host_set", "_rings", "_single")
+class RingHashBalancer(LevelledBalancer):
+    __slots__ = ("_config", "_getrandbits", "_rings", "_single")
 
     def __init__(self, host_set: HostSet, rng: random.Random, config: RingHashConfig | None = None) -> None:
-        self._host_set = host_set
+        super().__init__(host_set)
         self._config = config or RingHashConfig()
         self._getrandbits = rng.getrandbits
         self._rings: list[tuple[list[int], list[Host]]] = []
@@ -109,8 +116,9 @@ class RingHashBalancer:
         return sum(len(hashes) for hashes, _ in self._rings)
 
     def hosts_changed(self) -> None:
-        self._rings = [build_ring(level.routable, self._config) for level in self._host_set.levels]
+        self._rings = [build_ring_from_weights(level_weights(level), self._config) for level in self._host_set.levels]
         self._single = self._rings[0] if len(self._rings) == 1 else None
+        self._levels_changed()
 
     def choose(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         if hash_key is None:
@@ -120,7 +128,9 @@ class RingHashBalancer:
             if not self._rings:
                 return None
             # The key picks the level too, so a key sticks to one level.
-            ring = self._rings[self._host_set.choose_level(hash_key)]
+            ring = self._rings[self._pick_level(hash_key)]
+        elif self._single_panic:
+            self.lb_healthy_panic += 1
         hashes, owners = ring
         if not hashes:
             return None

@@ -6,11 +6,14 @@ prober.py  the asyncio shell: probes hosts on schedule and flips Host.health_che
 """
 
 from proxy.upstream.health.config import HealthCheckConfig, HttpCheck, TcpCheck
+from proxy.upstream.health.prober import HealthChecker, HealthCheckStats
 from proxy.upstream.health.state import FailureKind, HealthState, Transition, next_interval
 
 __all__ = [
     "FailureKind",
     "HealthCheckConfig",
+    "HealthCheckStats",
+    "HealthChecker",
     "HealthState",
     "HttpCheck",
     "TcpCheck",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from proxy.upstream.health.state import (
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 
+log = logging.getLogger("tulle.proxy.health")
+
 _READ_SIZE = 65536
 
 
@@ -53,6 +56,7 @@ class HealthCheckStats:
     success: int = 0
     failure: int = 0
     network_failure: int = 0
+    passive_failure: int = 0
     healthy: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -61,7 +65,7 @@ class HealthCheckStats:
             "health_check.success": self.success,
             "health_check.failure": self.failure,
             "health_check.network_failure": self.network_failure,
-            "health_check.passive_failure": 0,
+            "health_check.passive_failure": self.passive_failure,
             "health_check.verify_cluster": 0,
             "health_check.healthy": self.healthy,
             "health_check.degraded": 0,
@@ -208,6 +212,11 @@ class HealthChecker:
             except TimeoutError:
                 self._drop_connection(host)
                 result = ProbeResult(False, FailureKind.NETWORK_TIMEOUT)
+            except Exception:
+                # A probe must never end the loop: the host would silently stop being checked.
+                log.exception("health check of %s failed unexpectedly", host.key)
+                self._drop_connection(host)
+                result = ProbeResult(False, FailureKind.NETWORK)
             transition = self._apply(host, result)
             await asyncio.sleep(
                 next_interval(config, result.passed, transition, self._has_traffic(), self._rng)
@@ -217,11 +226,16 @@ class HealthChecker:
         state = self._states[host]
         if result.passed:
             self.stats.success += 1
+            if state.failed:
+                # Where slow start counts from (Envoy: last_hc_pass_time).
+                host.last_hc_pass_time = asyncio.get_running_loop().time()
             transition = state.on_success()
         else:
             self.stats.failure += 1
-            if result.kind is not FailureKind.ACTIVE:
+            if result.kind in (FailureKind.NETWORK, FailureKind.NETWORK_TIMEOUT):
                 self.stats.network_failure += 1
+            elif result.kind is FailureKind.PASSIVE:
+                self.stats.passive_failure += 1
             transition = state.on_failure(result.kind, result.retriable)
         self.stats.healthy = sum(1 for s in self._states.values() if not s.failed)
         if host.health_check_failed != state.failed:
@@ -233,6 +247,12 @@ class HealthChecker:
             self.on_check_passed(host)
         self._update_initialized()
         return transition
+
+    def immediate_failure(self, host: Host) -> None:
+        """The router saw `x-envoy-immediate-health-check-fail` on a response from
+        `host`: fail it now, without waiting for its next check (Envoy)."""
+        if host in self._states:
+            self._apply(host, ProbeResult(False, FailureKind.PASSIVE))
 
     # -- probes -------------------------------------------------------------------
 
@@ -258,7 +278,7 @@ class HealthChecker:
         if connection is not None and not connection.reader.at_eof():
             return connection
         self._drop_connection(host)
-        reader, writer = await asyncio.open_connection(host.address, host.port)
+        reader, writer = await asyncio.open_connection(host.address, _probe_port(host))
         connection = _Connection(reader, writer)
         if self.config.reuse_connection:
             self._connections[host] = connection
@@ -268,8 +288,6 @@ class HealthChecker:
         check = self.config.check
         assert isinstance(check, HttpCheck)
         headers = {"host": check.host or self._cluster_name, "user-agent": "Envoy/HC"}
-        if not self.config.reuse_connection:
-            headers["connection"] = "close"
         for name in check.headers_to_remove:
             headers.pop(name, None)
         lines = [f"{check.method} {check.path} HTTP/1.1"]
@@ -307,7 +325,7 @@ class HealthChecker:
 
     async def _probe_tcp(self, host: Host, check: TcpCheck) -> ProbeResult:
         if check.connect_only:
-            _, writer = await asyncio.open_connection(host.address, host.port)
+            _, writer = await asyncio.open_connection(host.address, _probe_port(host))
             writer.close()
             return _PASSED
         connection = await self._connect(host)
@@ -324,6 +342,10 @@ class HealthChecker:
             self._drop_connection(host)
             connection.close()
         return _PASSED
+
+
+def _probe_port(host: Host) -> int:
+    return host.port if host.health_check_port is None else host.health_check_port
 
 
 def _contains_in_order(buffer: bytes, parts: tuple[bytes, ...]) -> bool:

@@ -8,7 +8,8 @@ Rules (Envoy's ActiveHealthCheckSession):
 - A healthy host becomes failed after `unhealthy_threshold` consecutive network
   failures (connect error, reset, timeout) or retriable HTTP statuses, but at
   once on an active failure: an HTTP status that is neither expected nor retriable
-  (a host answering 503 wants out now).
+  (a host answering 503 wants out now), and on a passive failure: an upstream
+  response carrying `x-envoy-immediate-health-check-fail`.
 - A success resets the failure count; a failure resets the success count.
 - Transition of a check: CHANGED when the host flipped (or its first result
   arrived), CHANGE_PENDING when it moved toward a flip, UNCHANGED otherwise.
@@ -42,6 +43,7 @@ class FailureKind(enum.Enum):
     ACTIVE = "active"  # the host answered, and the answer is a failure
     NETWORK = "network"  # connect error or reset
     NETWORK_TIMEOUT = "network_timeout"  # no answer within the timeout
+    PASSIVE = "passive"  # the host said so itself (x-envoy-immediate-health-check-fail)
 
 
 class HealthState:
@@ -76,7 +78,7 @@ class HealthState:
         transition = Transition.UNCHANGED
         if not self.failed:
             self.num_unhealthy += 1
-            immediate = kind is FailureKind.ACTIVE and not retriable
+            immediate = kind in (FailureKind.ACTIVE, FailureKind.PASSIVE) and not retriable
             if immediate or self.num_unhealthy == self.unhealthy_threshold:
                 self.failed = True
                 self.num_unhealthy = 0

@@ -14,14 +14,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ENVOY = Path(sys.executable).parent / "envoy"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -32,21 +32,24 @@ class _NameHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = self.server.name.encode()  # type: ignore[attr-defined]
+        status = self.server.status  # type: ignore[attr-defined]
         # One write: separate header and body segments would meet delayed ACKs (40 ms each).
-        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.wfile.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body))
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @contextlib.contextmanager
-def upstreams(count: int) -> Iterator[list[int]]:
-    """`count` HTTP servers on 127.0.0.1; server i answers "i". Yields their ports."""
+def upstreams(count: int, statuses: Sequence[int] = ()) -> Iterator[list[int]]:
+    """`count` HTTP servers on 127.0.0.1; server i answers "i" with statuses[i]
+    (default 200). Yields their ports."""
     servers = []
     try:
         for i in range(count):
             server = ThreadingHTTPServer(("127.0.0.1", 0), _NameHandler)
             server.name = str(i)  # type: ignore[attr-defined]
+            server.status = statuses[i] if i < len(statuses) else 200  # type: ignore[attr-defined]
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, daemon=True).start()
             servers.append(server)
@@ -57,11 +60,18 @@ def upstreams(count: int) -> Iterator[list[int]]:
             server.server_close()
 
 
-def bootstrap(policy: str, ports: list[int], weights: list[int], listener: int, admin: int) -> str:
+def bootstrap(
+    policy: str, ports: list[int], weights: list[int], listener: int, admin: int, hash_header: str | None = "x-user"
+) -> str:
     endpoints = "\n".join(
         f"          - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
         f"            load_balancing_weight: {weight}"
         for port, weight in zip(ports, weights, strict=True)
+    )
+    hash_policy = (
+        f"\n                  hash_policy:\n                  - header: {{header_name: {hash_header}}}"
+        if hash_header
+        else ""
     )
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -82,9 +92,7 @@ static_resources:
               routes:
               - match: {{prefix: /}}
                 route:
-                  cluster: hashed
-                  hash_policy:
-                  - header: {{header_name: x-user}}
+                  cluster: hashed{hash_policy}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -135,18 +143,41 @@ def envoy(config: str, listener: int) -> Iterator[None]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def envoy_picks(policy: str, weights: list[int], keys: list[str]) -> tuple[list[int], list[int]]:
-    """Envoy's choice (upstream index) for each header value, and the upstreams' ports."""
-    listener, admin = _free_port(), _free_port()
+def envoy_picks(
+    policy: str, weights: list[int], keys: Sequence[str | tuple[str, ...]]
+) -> tuple[list[int], list[int]]:
+    """Envoy's choice (upstream index) for each x-user value (a tuple: the header
+    repeated with each value), and the upstreams' ports."""
+    listener, admin = free_port(), free_port()
     with upstreams(len(weights)) as ports, envoy(bootstrap(policy, ports, weights, listener, admin), listener):
         conn = http.client.HTTPConnection("127.0.0.1", listener, timeout=5)
         picks = []
         for key in keys:
-            conn.request("GET", "/", headers={"x-user": key})
+            conn.putrequest("GET", "/")
+            for value in (key,) if isinstance(key, str) else key:
+                conn.putheader("x-user", value)
+            conn.endheaders()
             response = conn.getresponse()
             body = response.read()
             if response.status != 200:
                 raise RuntimeError(f"envoy answered {response.status} for {key!r}: {body!r}")
             picks.append(int(body))
+        conn.close()
+        return picks, ports
+
+
+def envoy_sequence(policy: str, weights: list[int], count: int) -> tuple[list[int], list[int]]:
+    """The upstream index Envoy picks for each of `count` requests in a row (no hash
+    policy), and the upstreams' ports."""
+    listener, admin = free_port(), free_port()
+    with (
+        upstreams(len(weights)) as ports,
+        envoy(bootstrap(policy, ports, weights, listener, admin, hash_header=None), listener),
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", listener, timeout=5)
+        picks = []
+        for _ in range(count):
+            conn.request("GET", "/")
+            picks.append(int(conn.getresponse().read()))
         conn.close()
         return picks, ports

@@ -4,12 +4,14 @@ import random
 
 import pytest
 
-from proxy.upstream.balancer import hash_key_for, make_balancer
+from proxy.upstream.balancer import hash_key_for_header, make_balancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 from tests.proxy.upstream.envoy_peer import envoy_picks
 
-KEYS = [f"user-{i}" for i in range(200)]
+# 200 single values, and 20 requests carrying the header twice (values in either order).
+KEYS: list[str | tuple[str, ...]] = [f"user-{i}" for i in range(200)]
+KEYS += [(f"b-{i}", f"a-{i}") if i % 2 else (f"a-{i}", f"b-{i}") for i in range(20)]
 
 
 @pytest.mark.parametrize("policy", ["RING_HASH", "MAGLEV"])
@@ -20,7 +22,7 @@ def test_same_host_as_envoy_for_200_keys(policy: str, weights: list[int]) -> Non
     balancer = make_balancer(policy, HostSet(hosts), None, random.Random(0))
     ours = []
     for key in KEYS:
-        host = balancer.choose(hash_key_for(key))
+        host = balancer.choose(hash_key_for_header((key,) if isinstance(key, str) else key))
         assert host is not None
         ours.append(hosts.index(host))
     assert ours == envoy_choice

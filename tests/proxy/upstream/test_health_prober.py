@@ -94,6 +94,7 @@ def test_hosts_start_failed_and_pass_on_the_first_check() -> None:
         assert host.health_check_failed and host_set.routable() == ()
         await asyncio.wait_for(hc.initialized.wait(), 3)
         assert not host.health_check_failed and host_set.routable() == (host,)
+        assert host.last_hc_pass_time is not None  # slow start counts from here
         await hc.stop()
         await upstream.stop()
 
@@ -317,6 +318,36 @@ def test_passing_check_is_reported_for_outlier_unejection() -> None:
         hc.start()
         await until(lambda: len(passed) >= 2)
         assert passed[0] is host
+        await hc.stop()
+        await upstream.stop()
+
+    run(main)
+
+
+def test_immediate_failure_from_the_router_fails_the_host_now() -> None:
+    async def main() -> None:
+        upstream = await HttpUpstream().start()
+        host = Host("127.0.0.1", upstream.port)
+        hc, host_set = checker(replace(HTTP, interval=10.0, unhealthy_threshold=5), [host])
+        hc.start()
+        await until(lambda: not host.health_check_failed)
+        hc.immediate_failure(host)
+        assert host.health_check_failed and host_set.routable() == ()
+        assert hc.stats.as_dict()["health_check.passive_failure"] == 1
+        await hc.stop()
+        await upstream.stop()
+
+    run(main)
+
+
+def test_health_check_port_overrides_the_traffic_port() -> None:
+    async def main() -> None:
+        upstream = await HttpUpstream().start()
+        host = Host("127.0.0.1", closed_port(), health_check_port=upstream.port)
+        hc, _ = checker(HTTP, [host])
+        hc.start()
+        await until(lambda: not host.health_check_failed)
+        assert upstream.requests
         await hc.stop()
         await upstream.stop()
 

@@ -124,3 +124,10 @@ def test_initial_delay_is_zero_without_initial_jitter() -> None:
     assert initial_delay(CONFIG, random.Random(0)) == 0.0
     delays = {initial_delay(replace(CONFIG, initial_jitter=2.0), random.Random(s)) for s in range(20)}
     assert all(0 < d < 2.0 for d in delays) and len(delays) > 10
+
+
+def test_passive_failure_fails_the_host_at_once() -> None:
+    state = HealthState(2, 3)
+    state.on_success()
+    assert state.on_failure(FailureKind.PASSIVE) is Transition.CHANGED
+    assert state.failed

@@ -34,3 +34,19 @@ def test_weight_zero_is_rejected() -> None:
 
 def test_hosts_compare_by_identity() -> None:
     assert Host("10.0.0.1", 80) != Host("10.0.0.1", 80)
+
+
+def test_eds_reported_unhealthy_host_is_unhealthy() -> None:
+    host = Host("10.0.0.1", 80, eds_health_failed=True)
+    assert not host.healthy
+
+
+def test_health_flags_read_as_envoys_clusters_page() -> None:
+    host = Host("10.0.0.1", 80)
+    assert host.health_flags() == "healthy"
+    host.health_check_failed = True
+    host.outlier_ejected = True
+    assert host.health_flags() == "/failed_active_hc/failed_outlier_check"
+    host.health_check_failed = False
+    host.eds_health_failed = True
+    assert host.health_flags() == "/failed_outlier_check/failed_eds_health"

@@ -1,5 +1,11 @@
+import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.config_error import ConfigError
 from proxy.upstream.host import Host
-from proxy.upstream.host_set import HostSet
+from proxy.upstream.host_set import HostSet, panic_threshold_from_proto
 from tests.proxy.upstream.hosts import make_hosts
 
 
@@ -163,3 +169,74 @@ def test_choose_level_maps_values_onto_cumulative_loads() -> None:
     assert host_set.choose_level(69) == 0  # 70
     assert host_set.choose_level(70) == 1  # 71
     assert host_set.choose_level(199) == 1  # 100
+
+
+def test_panic_threshold_from_proto_rounds_like_envoy() -> None:
+    config = Cluster.CommonLbConfig()
+    assert panic_threshold_from_proto(config) == 50.0
+    assert panic_threshold_from_proto(None) == 50.0
+    config.healthy_panic_threshold.value = 33.6
+    assert panic_threshold_from_proto(config) == 34.0
+    config.healthy_panic_threshold.value = 0
+    assert panic_threshold_from_proto(config) == 0.0
+
+
+def test_panic_threshold_from_proto_rejects_zone_aware_routing() -> None:
+    config = Cluster.CommonLbConfig()
+    config.zone_aware_lb_config.SetInParent()
+    with pytest.raises(ConfigError, match=r"common_lb_config\.zone_aware_lb_config"):
+        panic_threshold_from_proto(config)
+
+
+@given(
+    levels=st.lists(
+        st.tuples(st.integers(1, 12), st.integers(0, 12)), min_size=1, max_size=4
+    ),
+    threshold=st.sampled_from([0.0, 50.0, 80.0]),
+)
+def test_level_loads_always_add_up_to_100(levels: list[tuple[int, int]], threshold: float) -> None:
+    hosts: list[Host] = []
+    for priority, (size, unhealthy) in enumerate(levels):
+        members = at_priority(make_hosts(size, base_port=1000 * (priority + 1)), priority)
+        fail(members, min(unhealthy, size))
+        hosts += members
+    host_set = HostSet(hosts, panic_threshold_percent=threshold)
+    assert sum(loads(host_set)) == 100
+    assert all(load >= 0 for load in loads(host_set))
+    if host_set.levels[0].health == 100:
+        assert loads(host_set)[0] == 100
+    if host_set.healthy or threshold > 0:
+        assert host_set.routable()
+
+
+def test_update_takes_eds_health_from_the_new_description() -> None:
+    a = Host("127.0.0.1", 80)
+    a.outlier_ejected = True
+    host_set = HostSet([a, Host("127.0.0.1", 81)])
+    host_set.update([Host("127.0.0.1", 80, eds_health_failed=True), Host("127.0.0.1", 81)])
+    assert a.eds_health_failed and a.outlier_ejected
+    host_set.update([Host("127.0.0.1", 80), Host("127.0.0.1", 81)])
+    assert not a.eds_health_failed and a.outlier_ejected
+
+
+def in_locality(hosts: list[Host], locality: str, weight: int) -> list[Host]:
+    for host in hosts:
+        host.locality, host.locality_weight = locality, weight
+    return hosts
+
+
+def test_localities_are_grouped_only_when_locality_weighted() -> None:
+    hosts = in_locality(make_hosts(2), "a", 1) + in_locality(make_hosts(2, base_port=9000), "b", 3)
+    host_set = HostSet(hosts)
+    assert not host_set.levels[0].localities
+    host_set.set_locality_weighted(True)
+    summary = [(group.locality, group.weight, len(group.hosts)) for group in host_set.levels[0].localities]
+    assert summary == [("a", 1, 2), ("b", 3, 2)]
+
+
+def test_locality_effective_weight_follows_overprovisioned_health() -> None:
+    a = in_locality(make_hosts(10), "a", 10)
+    fail(a, 5)  # 50% x 1.4 = 70%
+    host_set = HostSet(a)
+    host_set.set_locality_weighted(True)
+    assert host_set.levels[0].localities[0].effective_weight == pytest.approx(7.0)

@@ -6,6 +6,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError
 from proxy.upstream.balancer.least_request import LeastRequestBalancer, LeastRequestConfig
+from proxy.upstream.balancer.slow_start import SlowStartConfig
 from proxy.upstream.host_set import HostSet
 from tests.proxy.upstream.hosts import make_hosts
 
@@ -82,8 +83,15 @@ def test_from_proto_rejects_choice_count_below_two() -> None:
         LeastRequestConfig.from_proto(message)
 
 
-def test_from_proto_rejects_slow_start() -> None:
+def test_from_proto_reads_slow_start() -> None:
     message = Cluster.LeastRequestLbConfig()
-    message.slow_start_config.slow_start_window.seconds = 1
-    with pytest.raises(ConfigError, match=r"least_request_lb_config\.slow_start_config"):
+    message.slow_start_config.slow_start_window.seconds = 30
+    message.slow_start_config.min_weight_percent.value = 20
+    assert LeastRequestConfig.from_proto(message).slow_start == SlowStartConfig(30.0, 1.0, 20.0)
+
+
+def test_from_proto_requires_the_slow_start_window() -> None:
+    message = Cluster.LeastRequestLbConfig()
+    message.slow_start_config.min_weight_percent.value = 20
+    with pytest.raises(ConfigError, match=r"least_request_lb_config\.slow_start_config\.slow_start_window"):
         LeastRequestConfig.from_proto(message)

@@ -7,8 +7,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config_error import ConfigError
-from proxy.upstream.balancer.hashing import MASK64, combine_hash_keys, hash_key_for
-from proxy.upstream.balancer.maglev import MaglevBalancer, MaglevConfig, build_table
+from proxy.upstream.balancer.hashing import (
+    MASK64,
+    NormalizedWeights,
+    combine_hash_keys,
+    hash_key_for,
+)
+from proxy.upstream.balancer.maglev import (
+    MaglevBalancer,
+    MaglevConfig,
+    build_table,
+    build_table_from_weights,
+)
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 from tests.proxy.upstream.hosts import make_hosts
@@ -63,11 +73,11 @@ def test_empty_table_chooses_none() -> None:
 def test_flapping_host_reuses_cached_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     builds: list[int] = []
 
-    def counting_build(hosts: tuple[Host, ...], size: int) -> list[Host]:
-        builds.append(len(hosts))
-        return build_table(hosts, size)
+    def counting_build(normalized: NormalizedWeights, size: int) -> list[Host]:
+        builds.append(len(normalized[0]))
+        return build_table_from_weights(normalized, size)
 
-    monkeypatch.setattr("proxy.upstream.balancer.maglev.build_table", counting_build)
+    monkeypatch.setattr("proxy.upstream.balancer.maglev.build_table_from_weights", counting_build)
     hosts = make_hosts(3)
     host_set = HostSet(hosts)
     balancer = MaglevBalancer(host_set, random.Random(0))

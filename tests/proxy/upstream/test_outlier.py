@@ -249,7 +249,47 @@ def test_from_proto_rejects_max_below_base() -> None:
         OutlierConfig.from_proto(message)
 
 
-def test_from_proto_rejects_split_errors() -> None:
+def test_from_proto_reads_the_local_origin_split() -> None:
     message = OutlierDetection(split_external_local_origin_errors=True)
-    with pytest.raises(ConfigError, match="split_external_local_origin_errors"):
-        OutlierConfig.from_proto(message)
+    message.consecutive_local_origin_failure.value = 2
+    config = OutlierConfig.from_proto(message)
+    assert config.split_external_local_origin_errors and config.consecutive_local_origin_failure == 2
+
+
+SPLIT = replace(LAX, split_external_local_origin_errors=True)
+
+
+def test_split_connect_failures_eject_as_local_origin_failures() -> None:
+    d, hosts, _ = detector(config=SPLIT)
+    fail(d, hosts[0], 5, status=None)
+    assert hosts[0].outlier_ejected
+    stats = d.stats.as_dict()
+    assert stats["outlier_detection.ejections_enforced_consecutive_local_origin_failure"] == 1
+    assert stats["outlier_detection.ejections_detected_consecutive_5xx"] == 0
+
+
+def test_split_connect_failures_are_not_5xx() -> None:
+    d, hosts, _ = detector(config=replace(SPLIT, consecutive_local_origin_failure=100))
+    fail(d, hosts[0], 4, status=500)
+    fail(d, hosts[0], 3, status=None)
+    fail(d, hosts[0], 1, status=500)  # the 5th consecutive 5xx
+    assert hosts[0].outlier_ejected
+    assert d.stats.as_dict()["outlier_detection.ejections_enforced_consecutive_5xx"] == 1
+
+
+def test_split_any_response_resets_local_origin_failures() -> None:
+    d, hosts, _ = detector(config=SPLIT)
+    fail(d, hosts[0], 4, status=None)
+    d.record(hosts[0], 503, 0.0)  # the connection worked
+    fail(d, hosts[0], 4, status=None)
+    assert not hosts[0].outlier_ejected
+
+
+def test_split_local_origin_success_rate_outlier_is_ejected() -> None:
+    d, hosts, _ = detector(6, SPLIT)
+    for host in hosts:
+        for i in range(100):
+            d.record(host, None if host is hosts[0] and i % 2 else 200, 1.0)
+    d.tick(10.0)
+    assert hosts[0].outlier_ejected
+    assert d.stats.as_dict()["outlier_detection.ejections_enforced_local_origin_success_rate"] == 1

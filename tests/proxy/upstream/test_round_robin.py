@@ -80,3 +80,33 @@ def test_priority_levels_share_requests_by_load() -> None:
     to_p1 = sum(1 for h in picks if h is not None and h.locality_priority == 1)
     assert abs(to_p1 - 3000) < 200
     assert not any(h in picks for h in p0[:5])
+
+
+def test_localities_share_by_weight() -> None:
+    a = make_hosts(2)
+    b = make_hosts(2, base_port=9000)
+    for host in a:
+        host.locality, host.locality_weight = "a", 1
+    for host in b:
+        host.locality, host.locality_weight = "b", 3
+    host_set = HostSet(a + b)
+    host_set.set_locality_weighted(True)
+    balancer = RoundRobinBalancer(host_set, random.Random(2))
+    host_set.subscribe(balancer.hosts_changed)
+    counts = Counter(balancer.choose() for _ in range(400))
+    assert sum(counts[h] for h in b) == 300
+    assert all(counts[h] == 150 for h in b) and all(counts[h] == 50 for h in a)
+
+
+def test_a_level_in_panic_ignores_localities() -> None:
+    a = make_hosts(4)
+    for host in a:
+        host.locality, host.locality_weight = "a", 1
+        host.health_check_failed = True
+    b = make_hosts(1, base_port=9000)
+    b[0].locality, b[0].locality_weight = "b", 100
+    host_set = HostSet(a + b)  # 1 of 5 healthy: panic
+    host_set.set_locality_weighted(True)
+    balancer = RoundRobinBalancer(host_set, random.Random(2))
+    counts = Counter(balancer.choose() for _ in range(50))
+    assert all(counts[h] == 10 for h in a + b)

@@ -37,7 +37,7 @@ from google.protobuf.message import Message
 from proxy.admin.endpoints import AdminState
 from proxy.admin.server import AdminConnection
 from proxy.bootstrap import BootstrapConfig
-from proxy.config_error import ConfigError
+from proxy.config_error import ConfigError, reject_unsupported
 from proxy.http.connection_manager import HttpConnectionManager
 from proxy.http.downstream import DownstreamConnection
 from proxy.listener import ListenerConfig
@@ -46,7 +46,7 @@ from proxy.router.route_table import RouteTable
 from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
 from proxy.upstream.cluster import Cluster
-from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, endpoint_config
+from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
 from proxy.xds.delta import DeltaState
 from proxy.xds.sotw import CLUSTER, ENDPOINTS, LISTENER, ROUTE, SotwState
 
@@ -247,12 +247,10 @@ class ProxyServer:
         parsed: dict[str, list[EndpointConfig]] = {}
         for assignment in assignments:
             path = f"ClusterLoadAssignment {assignment.cluster_name}"
+            reject_unsupported(assignment, path, ("cluster_name", "endpoints"))
             endpoints = []
             for index, locality in enumerate(assignment.endpoints):
-                for position, lb_endpoint in enumerate(locality.lb_endpoints):
-                    endpoints.append(endpoint_config(
-                        lb_endpoint, f"{path}.endpoints[{index}].lb_endpoints[{position}]",
-                        locality.priority, "STATIC"))
+                endpoints.extend(locality_endpoints(locality, f"{path}.endpoints[{index}]", "STATIC"))
             parsed[assignment.cluster_name] = endpoints
         for cluster in self.clusters.values():
             if cluster.config.type != "EDS":

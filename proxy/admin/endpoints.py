@@ -99,14 +99,9 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
         for host in cluster.host_set.hosts:
             prefix = f"{name}::{host.key}"
             pool = cluster.pools.get(host)
-            flags = []
-            if host.health_check_failed:
-                flags.append("/failed_active_hc")
-            if host.outlier_ejected:
-                flags.append("/failed_outlier_check")
             lines.append(f"{prefix}::cx_active::{pool.open if pool else 0}")
             lines.append(f"{prefix}::rq_active::{host.active_requests}")
-            lines.append(f"{prefix}::health_flags::{''.join(flags) or 'healthy'}")
+            lines.append(f"{prefix}::health_flags::{host.health_flags()}")
             lines.append(f"{prefix}::weight::{host.weight}")
             lines.append(f"{prefix}::priority::{host.locality_priority}")
             lines.append(f"{prefix}::hostname::{cluster.hostnames.get(host, '')}")

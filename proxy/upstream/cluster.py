@@ -43,7 +43,10 @@ class Cluster:
         self.rng = rng
         self.host_set = HostSet((), config.panic_threshold)
         self.hostnames: dict[Host, str] = {}
-        self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, config.lb_config, rng)
+        self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, config.lb_config, rng,
+                                                config_path=config.lb_config_path)
+        if config.locality_weighted:
+            self.host_set.set_locality_weighted(True)
         self.breaker = CircuitBreaker(config.thresholds)
         self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
                         if config.outlier is not None else None)
@@ -70,7 +73,10 @@ class Cluster:
             addresses = resolved[endpoint.address] if resolved is not None else [endpoint.address]
             for address in addresses:
                 host = Host(address, endpoint.port, weight=endpoint.weight,
-                            locality_priority=endpoint.priority)
+                            locality_priority=endpoint.priority,
+                            eds_health_failed=endpoint.health_failed,
+                            health_check_port=endpoint.health_check_port,
+                            locality=endpoint.locality, locality_weight=endpoint.locality_weight)
                 hosts.append(host)
                 names[(address, endpoint.port)] = endpoint.hostname
         self.host_set.update(hosts)

@@ -37,6 +37,7 @@ class ConnectionOwner(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_headers", "_in_response", "_interim", "_owner",
                  "_parser", "_status", "closed", "early_tunnel_data", "keep_alive", "on_lost",
+                 "protocol_error",
                  "requests", "sink", "transport", "tunnel", "upgraded")
 
     def __init__(self, owner: ConnectionOwner) -> None:
@@ -51,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self.keep_alive = True
         self.closed = False
+        self.protocol_error = False   # the upstream sent something that is not HTTP/1.1
         self.requests = 0
         # after a 101 response: raw bytes go to `tunnel`; bytes before it are kept
         self.tunnel: Callable[[bytes], None] | None = None
@@ -174,6 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         self.sink = None
         self.keep_alive = False
+        self.protocol_error = True
         if self.transport is not None:
             self.transport.abort()
         if sink is not None:

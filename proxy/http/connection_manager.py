@@ -20,7 +20,8 @@ Theory of operation, per request (one coroutine, `_serve`):
 Local replies (Envoy's texts): 503 "upstream connect error or disconnect/reset before
 headers. reset reason: overflow" with x-envoy-overloaded for circuit breaking, "... reset
 reason: remote connection failure" / "connection termination" for connect failures and
-resets, 504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
+resets, 502 "... reset reason: protocol error" when the upstream's answer is not HTTP/1.1,
+504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
 balancer has no host.
 """
 
@@ -43,6 +44,7 @@ from proxy.http.response import LAST_CHUNK, encode_chunk, encode_head, http_date
 from proxy.http.retry import (
     CONNECT_FAILURE,
     PER_TRY_TIMEOUT,
+    PROTOCOL_ERROR,
     RESET,
     RetryPolicy,
     RetryState,
@@ -80,7 +82,8 @@ _EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
-_RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination"}
+_RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination",
+                  PROTOCOL_ERROR: "protocol error"}
 
 
 class Stream:
@@ -423,10 +426,11 @@ class HttpConnectionManager:
                 self._reply(stream, 504, b"upstream request timeout")
                 return
             retried = "retried and the latest " if number > 1 else ""
-            flag = "UF" if last_failure == CONNECT_FAILURE else "UC"
+            flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
             stream.flags = f"{flag},URX" if number > 1 else flag
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
-            self._reply(stream, 503, body.encode())
+            # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
+            self._reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode())
             return
 
     def _upgrade_allowed(self, upgrade: str, action: ForwardAction) -> bool:
@@ -601,7 +605,7 @@ class HttpConnectionManager:
         attempt.abandon()
         if attempt.expired is not None:
             return attempt.expired
-        return RESET
+        return PROTOCOL_ERROR if connection.protocol_error else RESET
 
     async def _pump_body(self, stream: Stream, connection: object) -> None:
         from proxy.http.client import UpstreamConnection

@@ -40,6 +40,7 @@ from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.downstream import DownstreamConnection, Request
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
+from proxy.http.inline import run_inline
 from proxy.http.response import LAST_CHUNK, encode_chunk, encode_head, http_date
 from proxy.http.retry import (
     CONNECT_FAILURE,
@@ -169,7 +170,7 @@ class HttpConnectionManager:
         conn.close()
 
     def serve(self, conn: DownstreamConnection, request: Request) -> None:
-        self._loop.create_task(self._serve(conn, request))
+        run_inline(self._serve(conn, request))
 
     # one request
 

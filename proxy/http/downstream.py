@@ -110,6 +110,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.active: Request | None = None
         self.closed = False
         self._reading = True
+        self._dispatching = False
         self._error: int = 0
         self.tunnel: Callable[[bytes], None] | None = None
         self.upgraded = False
@@ -228,10 +229,18 @@ class DownstreamConnection(asyncio.Protocol):
     # serving
 
     def _dispatch(self) -> None:
-        if self.active is None and self._ready and not self.closed:
-            request = self._ready.popleft()
-            self.active = request
-            self.manager.serve(self, request)
+        # Requests may be served synchronously (local replies), and finishing one dispatches
+        # the next: a loop, not recursion, so a long pipeline cannot exhaust the stack.
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.active is None and self._ready and not self.closed:
+                request = self._ready.popleft()
+                self.active = request
+                self.manager.serve(self, request)
+        finally:
+            self._dispatching = False
         if self._ready and self._reading and self.transport is not None:
             self._reading = False
             self.transport.pause_reading()

@@ -68,3 +68,11 @@ def test_a_well_formed_request_after_the_bad_ones_is_proxied(
     assert response.startswith(b"HTTP/1.1 200 "), response[:200]
     assert response.endswith(b"ok")
     assert any(request.startswith(b"GET /ok HTTP/1.1") for request in upstream.received)
+
+
+def test_a_long_pipeline_is_answered_in_order(proxy: tuple[int, RecordingUpstream]) -> None:
+    port, _ = proxy
+    requests = b"".join(b"GET /p%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(300))
+    requests += b"GET /last HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    response = exchange(port, requests, timeout=10)
+    assert response.count(b"HTTP/1.1 200 ") == 301

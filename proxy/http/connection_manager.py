@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxy.access_log import AccessLogWriter, AccessRecord
-from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
+from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
 from proxy.http.downstream import DownstreamConnection, Request
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
@@ -325,6 +325,7 @@ class HttpConnectionManager:
         if stream.internal:
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
         per_try = policy.per_try_timeout if policy is not None else 0.0
+        idle = action.idle_timeout if action.idle_timeout is not None else self.config.stream_idle_timeout
         hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
         table = self.route_table
         assert table is not None
@@ -387,7 +388,7 @@ class HttpConnectionManager:
             host.active_requests += 1
             try:
                 head = _request_head(request.method, target, headers)
-                outcome = await self._attempt(stream, cluster, host, head, per_try, deadline)
+                outcome = await self._attempt(stream, cluster, host, head, per_try, deadline, idle)
                 if isinstance(outcome, Attempt):
                     status = outcome.status
                     cstats.count_status(status)
@@ -411,6 +412,10 @@ class HttpConnectionManager:
                 return
             cluster.record_outcome(host, None)
             stream.upstream = host.key
+            if outcome == IDLE_TIMEOUT:
+                stream.flags = "SI"
+                self._reply(stream, 504, b"stream timeout")
+                return
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
@@ -552,7 +557,7 @@ class HttpConnectionManager:
             cluster.breaker.finish_retry()
 
     async def _attempt(self, stream: Stream, cluster: Cluster, host: object, head: bytes,
-                       per_try: float, deadline: float) -> Attempt | str:
+                       per_try: float, deadline: float, idle: float = 0.0) -> Attempt | str:
         from proxy.upstream.host import Host
 
         assert isinstance(host, Host)
@@ -584,12 +589,16 @@ class HttpConnectionManager:
                 _write_body(connection, body.chunks, stream.request.chunked, True)
             else:
                 pump = loop.create_task(self._pump_body(stream, connection))
-        per_try_deadline = now + per_try if per_try > 0 else 0.0
+        # One timer for the nearest of the per-try, route and stream idle deadlines.
+        candidates = [(deadline, GLOBAL_TIMEOUT)] if deadline else []
+        if per_try > 0:
+            candidates.append((now + per_try, PER_TRY_TIMEOUT))
+        if idle > 0:
+            candidates.append((now + idle, IDLE_TIMEOUT))
         timer = None
-        if per_try_deadline and (not deadline or per_try_deadline < deadline):
-            timer = loop.call_at(per_try_deadline, attempt.expire, PER_TRY_TIMEOUT)
-        elif deadline:
-            timer = loop.call_at(deadline, attempt.expire, GLOBAL_TIMEOUT)
+        if candidates:
+            when, kind = min(candidates)
+            timer = loop.call_at(when, attempt.expire, kind)
         try:
             while attempt.headers is None and not attempt.reset and attempt.expired is None:
                 if body.failed or stream.conn.closed:

@@ -5,8 +5,10 @@ the route configuration is inline (`route_config`) — RDS comes with dynamic re
 codec is HTTP/1.1 (`AUTO` and `HTTP1` accepted). Defaults are Envoy's: server name
 "envoy", request ids generated, 60 KiB of request headers, 100 headers, 1 h connection idle
 timeout, 5 min stream idle timeout, nothing internal unless `internal_address_config` lists it; 100-continue is
-answered by the proxy itself (Envoy's default). Stream, request and header timeouts are not
-implemented yet and are rejected when set.
+answered by the proxy itself (Envoy's default). Request and request-header timeouts are not
+implemented yet and are rejected when set. The stream idle timeout (route `idle_timeout`,
+else `stream_idle_timeout`, 5 min by default) bounds the wait for the upstream's response
+head: 504 "stream timeout".
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class HcmConfig:
     max_request_headers_bytes: int = 60 * 1024
     max_headers_count: int = 100
     idle_timeout: float = 3600.0
+    stream_idle_timeout: float = 300.0
     upgrades: frozenset[str] = frozenset()
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
@@ -58,7 +61,7 @@ class HcmConfig:
             "xff_num_trusted_hops", "generate_request_id", "preserve_external_request_id",
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
             "common_http_protocol_options", "http_protocol_options", "upgrade_configs",
-            "normalize_path", "merge_slashes", "access_log", "rds"))
+            "normalize_path", "merge_slashes", "access_log", "rds", "stream_idle_timeout"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
@@ -135,6 +138,8 @@ class HcmConfig:
             max_request_headers_bytes=kb * 1024,
             max_headers_count=max_headers,
             idle_timeout=idle_timeout,
+            stream_idle_timeout=(seconds(message.stream_idle_timeout)
+                                 if message.HasField("stream_idle_timeout") else 300.0),
             upgrades=frozenset(upgrades),
             accept_http_10=accept_10,
             default_host_for_http_10=default_host,

@@ -123,6 +123,7 @@ class ForwardAction:
     host_rewrite_literal: str = ""
     auto_host_rewrite: bool = False
     timeout: float = DEFAULT_ROUTE_TIMEOUT     # 0 = no timeout
+    idle_timeout: float | None = None         # None: the connection manager's stream_idle_timeout
     retry_policy: RetryPolicy | None = None
     hash_policy: tuple[HashPolicy, ...] = ()
     upgrades: frozenset[str] = frozenset()            # enabled on this route
@@ -142,7 +143,7 @@ class ForwardAction:
     def from_proto(cls, message: Message, path: str, match: RouteMatch) -> ForwardAction:
         reject_unsupported(message, path, ("cluster", "weighted_clusters", "prefix_rewrite",
                                     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
-                                    "timeout", "retry_policy", "hash_policy",
+                                    "timeout", "idle_timeout", "retry_policy", "hash_policy",
                                     "upgrade_configs"))
         weighted: list[tuple[str, int]] = []
         if message.HasField("weighted_clusters"):
@@ -187,6 +188,7 @@ class ForwardAction:
             host_rewrite_literal=message.host_rewrite_literal,
             auto_host_rewrite=message.auto_host_rewrite.value,
             timeout=seconds(message.timeout) if message.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT,
+            idle_timeout=seconds(message.idle_timeout) if message.HasField("idle_timeout") else None,
             retry_policy=(RetryPolicy.from_proto(message.retry_policy, join(path, "retry_policy"))
                           if message.HasField("retry_policy") else None),
             hash_policy=tuple(HashPolicy.from_proto(policy, f"{path}.hash_policy[{index}]")

@@ -353,6 +353,13 @@ class HttpConnectionManager:
                     int(code) for code in extra.split(",") if code.strip().isdigit())
         breaker = cluster.breaker
         cstats = cluster.stats
+
+        def counted(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+            """The router's local replies carry the attempt count too, when asked for."""
+            if vhost.include_attempt_count_in_response:
+                return (*extra, ("x-envoy-attempt-count", str(number)))
+            return extra
+
         tried: list = []
         number = 0
         last_failure = ""
@@ -371,7 +378,7 @@ class HttpConnectionManager:
             if host is None:
                 cstats.upstream_cx_none_healthy += 1
                 stream.flags = "UH"
-                self._reply(stream, 503, b"no healthy upstream")
+                self._reply(stream, 503, b"no healthy upstream", extra=counted())
                 return
             if action.auto_host_rewrite:
                 if number == 1:
@@ -381,7 +388,7 @@ class HttpConnectionManager:
             if not breaker.try_start_request():
                 stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
-                            extra=(("x-envoy-overloaded", "true"),))
+                            extra=counted(("x-envoy-overloaded", "true")))
                 return
             cstats.upstream_rq_total += 1
             cstats.upstream_rq_active += 1
@@ -408,18 +415,18 @@ class HttpConnectionManager:
             if outcome == OVERFLOW:
                 stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
-                            extra=(("x-envoy-overloaded", "true"),))
+                            extra=counted(("x-envoy-overloaded", "true")))
                 return
             cluster.record_outcome(host, None)
             stream.upstream = host.key
             if outcome == IDLE_TIMEOUT:
                 stream.flags = "SI"
-                self._reply(stream, 504, b"stream timeout")
+                self._reply(stream, 504, b"stream timeout", extra=counted())
                 return
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
-                self._reply(stream, 504, b"upstream request timeout")
+                self._reply(stream, 504, b"upstream request timeout", extra=counted())
                 return
             if outcome == PER_TRY_TIMEOUT:
                 cstats.upstream_rq_per_try_timeout += 1
@@ -429,14 +436,15 @@ class HttpConnectionManager:
                 continue
             if outcome == PER_TRY_TIMEOUT:
                 stream.flags = "UT,URX" if number > 1 else "UT"
-                self._reply(stream, 504, b"upstream request timeout")
+                self._reply(stream, 504, b"upstream request timeout", extra=counted())
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
             stream.flags = f"{flag},URX" if number > 1 else flag
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
-            self._reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode())
+            self._reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode(),
+                        extra=counted())
             return
 
     def _upgrade_allowed(self, upgrade: str, action: ForwardAction) -> bool:

@@ -738,6 +738,10 @@ class HttpConnectionManager:
     # replies
 
     def _server_headers(self, headers: Headers, stream: Stream) -> None:
+        if self.config.always_set_request_id_in_response:
+            request_id = stream.request.headers.get("x-request-id")
+            if request_id is not None:
+                headers.set("x-request-id", request_id)
         mode = self.config.server_header
         if mode == "OVERWRITE":
             headers.set("server", self.config.server_name)
@@ -756,6 +760,10 @@ class HttpConnectionManager:
         if stream is not None:
             for mutation in stream.response_mutations:
                 mutation.apply(headers, stream)
+            if self.config.always_set_request_id_in_response:
+                request_id = stream.request.headers.get("x-request-id")
+                if request_id is not None:
+                    headers.set("x-request-id", request_id)
         headers.add("date", http_date())
         headers.add("server", self.config.server_name)
         if close:

@@ -150,6 +150,23 @@ def wrk(url: str, cpu: int, duration: float, connections: int, threads: int = 1)
                      _ms(p99.group(1)) if p99 else float("nan"), failed)
 
 
+def fixed_rate_latency(url: str, cpu: int, rate: int, duration: int, clients: int,
+                       log: Path) -> tuple[float, float, int]:
+    """p50 and p99 (ms) and the number of requests at a fixed request rate (h2load --rps,
+    HTTP/1.1, `clients` keep-alive connections sharing the rate)."""
+    log.unlink(missing_ok=True)
+    subprocess.run(["taskset", "-c", str(cpu), "h2load", "--h1", "-c", str(clients),
+                    "--rps", str(max(1, rate // clients)), "-D", str(duration),
+                    "--log-file", str(log), url],
+                   capture_output=True, text=True, check=True, timeout=duration + 30)
+    latencies = sorted(int(line.split()[2]) / 1000 for line in log.read_text().splitlines() if line.strip())
+    if not latencies:
+        return float("nan"), float("nan"), 0
+    def at(share: float) -> float:
+        return latencies[min(len(latencies) - 1, int(share * len(latencies)))]
+    return at(0.50), at(0.99), len(latencies)
+
+
 def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tulle-bench-"))
 

@@ -55,6 +55,7 @@ from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, 
 from proxy.router.route_table import RouteSelection
 from proxy.stats import HttpStats
 from proxy.upstream.balancer import combine_hash_keys, hash_key_for
+from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectFailure, Overflow
 
 OVERFLOW = "overflow"
@@ -564,11 +565,8 @@ class HttpConnectionManager:
         finally:
             cluster.breaker.finish_retry()
 
-    async def _attempt(self, stream: Stream, cluster: Cluster, host: object, head: bytes,
+    async def _attempt(self, stream: Stream, cluster: Cluster, host: Host, head: bytes,
                        per_try: float, deadline: float, idle: float = 0.0) -> Attempt | str:
-        from proxy.upstream.host import Host
-
-        assert isinstance(host, Host)
         loop = self._loop
         pool = cluster.pool(host)
         connection = pool.take_idle()
@@ -597,16 +595,13 @@ class HttpConnectionManager:
                 _write_body(connection, body.chunks, stream.request.chunked, True)
             else:
                 pump = loop.create_task(self._pump_body(stream, connection))
-        # One timer for the nearest of the per-try, route and stream idle deadlines.
-        candidates = [(deadline, GLOBAL_TIMEOUT)] if deadline else []
-        if per_try > 0:
-            candidates.append((now + per_try, PER_TRY_TIMEOUT))
-        if idle > 0:
-            candidates.append((now + idle, IDLE_TIMEOUT))
-        timer = None
-        if candidates:
-            when, kind = min(candidates)
-            timer = loop.call_at(when, attempt.expire, kind)
+        # One timer for the nearest of the route, per-try and stream idle deadlines.
+        when, kind = deadline, GLOBAL_TIMEOUT
+        if per_try > 0 and (not when or now + per_try < when):
+            when, kind = now + per_try, PER_TRY_TIMEOUT
+        if idle > 0 and (not when or now + idle < when):
+            when, kind = now + idle, IDLE_TIMEOUT
+        timer = loop.call_at(when, attempt.expire, kind) if when else None
         try:
             while attempt.headers is None and not attempt.reset and attempt.expired is None:
                 if body.failed or stream.conn.closed:

@@ -45,10 +45,11 @@ class Headers:
         for index, (key, _) in enumerate(items):
             if key == name:
                 items[index] = (name, value)
-                self.items = [
-                    item for position, item in enumerate(items)
-                    if position <= index or item[0] != name
-                ]
+                for later in range(index + 1, len(items)):
+                    if items[later][0] == name:   # repeated lines: drop the others (rare)
+                        self.items = [item for position, item in enumerate(items)
+                                      if position <= index or item[0] != name]
+                        break
                 return
         items.append((name, value))
 

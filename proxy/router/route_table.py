@@ -65,7 +65,7 @@ class VirtualHost:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: built per request, and frozen __init__ is slow
 class RouteSelection:
     """The outcome of routing one request."""
 

@@ -33,10 +33,12 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy.access_log import AccessLogWriter, AccessRecord
 from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
+from proxy.http.client import UpstreamConnection
 from proxy.http.downstream import DownstreamConnection, Request
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
@@ -51,6 +53,7 @@ from proxy.http.retry import (
     RetryState,
     parse_retry_on,
 )
+from proxy.router.matchers import parse_query
 from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, RedirectAction
 from proxy.router.route_table import RouteSelection
 from proxy.stats import HttpStats
@@ -361,7 +364,7 @@ class HttpConnectionManager:
                 return (*extra, ("x-envoy-attempt-count", str(number)))
             return extra
 
-        tried: list = []
+        tried: list[Host] = []
         number = 0
         last_failure = ""
         while True:
@@ -620,10 +623,7 @@ class HttpConnectionManager:
             return attempt.expired
         return PROTOCOL_ERROR if connection.protocol_error else RESET
 
-    async def _pump_body(self, stream: Stream, connection: object) -> None:
-        from proxy.http.client import UpstreamConnection
-
-        assert isinstance(connection, UpstreamConnection)
+    async def _pump_body(self, stream: Stream, connection: UpstreamConnection) -> None:
         body = stream.request.body
         chunked = stream.request.chunked
         sent = 0
@@ -809,10 +809,7 @@ def _request_head(method: str, target: str, headers: Headers) -> bytes:
         [f"{name}: {value}\r\n" for name, value in headers.items]).encode("latin-1") + b"\r\n"
 
 
-def _write_body(connection: object, chunks: list[bytes], chunked: bool, last: bool) -> None:
-    from proxy.http.client import UpstreamConnection
-
-    assert isinstance(connection, UpstreamConnection)
+def _write_body(connection: UpstreamConnection, chunks: list[bytes], chunked: bool, last: bool) -> None:
     if chunked:
         data = b"".join(encode_chunk(chunk) for chunk in chunks if chunk)
         connection.write(data + LAST_CHUNK if last else data)
@@ -837,8 +834,6 @@ def _expected_timeout(timeout: float, per_try: float, deadline: float, now: floa
 def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
                           timeout: float) -> tuple[RetryPolicy | None, float]:
     """x-envoy-* request headers of an internal request override the route's settings."""
-    from dataclasses import replace
-
     max_retries_header = headers.get("x-envoy-max-retries")
     value = headers.get("x-envoy-upstream-rq-timeout-ms")
     if value is not None and value.isdigit():
@@ -877,7 +872,5 @@ def _cookie(headers: Headers, name: str) -> str | None:
 
 
 def _query_parameter(target: str, name: str) -> str | None:
-    from proxy.router.matchers import parse_query
-
     _, _, query = target.partition("?")
     return parse_query(query).get(name) if query else None

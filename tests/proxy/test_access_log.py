@@ -40,7 +40,11 @@ def log_lines(kind: str, tmp_path: Path) -> list[str]:
                            b"connection: close\r\n\r\n")
             exchange(port, b"POST /upload HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n"
                            b"x-forwarded-for: 10.1.2.3\r\nconnection: close\r\n\r\nhello")
-            time.sleep(1.5)   # both flush their access logs within a second
+            # both flush their access logs about once a second
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    not log.exists() or len(log.read_text().splitlines()) < 2):
+                time.sleep(0.1)
     finally:
         upstream.close()
     return [normalised(line) for line in log.read_text().splitlines()]

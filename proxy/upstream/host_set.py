@@ -21,6 +21,10 @@ Rules (Envoy's LoadBalancerBase, degraded hosts aside):
   level is in panic, load follows the host counts instead of health.
 - A threshold of 0 disables panic: with no healthy host anywhere, level 0 gets
   all the load and has nothing to route to.
+- Locality-weighted balancing (`set_locality_weighted(True)`, from Cluster
+  common_lb_config.locality_weighted_lb_config): each level also lists its
+  localities (`LocalityGroup`: the hosts sharing `Host.locality`, with the
+  LocalityLbEndpoints weight); balancers then pick a locality before a host.
 
 Theory of operation: host and health changes are rare and requests are many, so
 every change recomputes the levels, their routable tuples and the cumulative

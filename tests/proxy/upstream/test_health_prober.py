@@ -352,3 +352,68 @@ def test_health_check_port_overrides_the_traffic_port() -> None:
         await upstream.stop()
 
     run(main)
+
+
+async def raw_server(reply: bytes, close: bool) -> tuple[asyncio.Server, list[int]]:
+    """A server answering every request head with the fixed bytes `reply`."""
+    connections = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(reply)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), connections
+
+
+def test_chunked_response_passes_and_keeps_the_connection() -> None:
+    async def main() -> None:
+        reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        server, connections = await raw_server(reply, close=False)
+        host = Host("127.0.0.1", server.sockets[0].getsockname()[1])
+        hc, _ = checker(HTTP, [host])
+        hc.start()
+        await until(lambda: hc.stats.success >= 3)
+        assert connections[0] == 1 and not host.health_check_failed
+        await hc.stop()
+        server.close()
+
+    run(main)
+
+
+def test_body_ended_by_close_passes() -> None:
+    async def main() -> None:
+        reply = b"HTTP/1.0 200 OK\r\n\r\nok"
+        server, connections = await raw_server(reply, close=True)
+        host = Host("127.0.0.1", server.sockets[0].getsockname()[1])
+        hc, _ = checker(HTTP, [host])
+        hc.start()
+        await until(lambda: hc.stats.success >= 2)
+        assert connections[0] >= 2 and not host.health_check_failed
+        await hc.stop()
+        server.close()
+
+    run(main)
+
+
+def test_garbage_answer_is_a_network_failure() -> None:
+    async def main() -> None:
+        server, _ = await raw_server(b"SSH-2.0-OpenSSH\r\n\r\n", close=False)
+        host = Host("127.0.0.1", server.sockets[0].getsockname()[1])
+        hc, _ = checker(HTTP, [host])
+        hc.start()
+        await until(lambda: hc.stats.network_failure >= 1)
+        assert host.health_check_failed
+        await hc.stop()
+        server.close()
+
+    run(main)

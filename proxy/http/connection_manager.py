@@ -338,6 +338,8 @@ class HttpConnectionManager:
         if action.host_rewrite_literal:
             headers.set("x-envoy-original-host", authority)
             headers.set("host", action.host_rewrite_literal)
+            if action.append_x_forwarded_host:
+                _append_forwarded_host(headers, authority)
         target = request.target
         rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
         if rewritten is not None:
@@ -387,6 +389,8 @@ class HttpConnectionManager:
             if action.auto_host_rewrite:
                 if number == 1:
                     headers.set("x-envoy-original-host", authority)
+                    if action.append_x_forwarded_host:
+                        _append_forwarded_host(headers, authority)
                 headers.set("host", cluster.hostnames.get(host, host.address))
             tried.append(host)
             if not breaker.try_start_request():
@@ -855,6 +859,11 @@ def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
         policy = replace(policy, per_try_timeout=int(per_try) / 1000)
         headers.remove("x-envoy-upstream-rq-per-try-timeout-ms")
     return policy, timeout
+
+
+def _append_forwarded_host(headers: Headers, host: str) -> None:
+    existing = headers.get_joined("x-forwarded-host")
+    headers.set("x-forwarded-host", f"{existing},{host}" if existing else host)
 
 
 def _is_loopback(address: str) -> bool:

@@ -122,6 +122,7 @@ class ForwardAction:
     regex_rewrite: tuple[re.Pattern[str], str] | None = None
     host_rewrite_literal: str = ""
     auto_host_rewrite: bool = False
+    append_x_forwarded_host: bool = False     # when the host is rewritten
     timeout: float = DEFAULT_ROUTE_TIMEOUT     # 0 = no timeout
     idle_timeout: float | None = None         # None: the connection manager's stream_idle_timeout
     retry_policy: RetryPolicy | None = None
@@ -143,6 +144,7 @@ class ForwardAction:
     def from_proto(cls, message: Message, path: str, match: RouteMatch) -> ForwardAction:
         reject_unsupported(message, path, ("cluster", "weighted_clusters", "prefix_rewrite",
                                     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
+                                    "append_x_forwarded_host",
                                     "timeout", "idle_timeout", "retry_policy", "hash_policy",
                                     "upgrade_configs"))
         weighted: list[tuple[str, int]] = []
@@ -187,6 +189,7 @@ class ForwardAction:
             regex_rewrite=regex_rewrite,
             host_rewrite_literal=message.host_rewrite_literal,
             auto_host_rewrite=message.auto_host_rewrite.value,
+            append_x_forwarded_host=message.append_x_forwarded_host,
             timeout=seconds(message.timeout) if message.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT,
             idle_timeout=seconds(message.idle_timeout) if message.HasField("idle_timeout") else None,
             retry_policy=(RetryPolicy.from_proto(message.retry_policy, join(path, "retry_policy"))

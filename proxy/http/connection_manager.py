@@ -252,7 +252,9 @@ class HttpConnectionManager:
         else:
             assert isinstance(action, RedirectAction)
             self.stats.rq_redirect += 1
-            location = action.location("http", authority, selection.path, selection.query,
+            # The request's scheme, as Envoy sees it, is x-forwarded-proto (set above).
+            scheme = (headers.get("x-forwarded-proto") or "http").lower()
+            location = action.location(scheme, authority, selection.path, selection.query,
                                        selection.matched)
             self._reply(stream, action.status, b"", extra=(("location", location),))
 

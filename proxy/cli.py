@@ -6,12 +6,19 @@
 A bootstrap that cannot be honoured fails start-up with exit status 1 and one line naming
 the field ("static_resources.clusters[0].lb_policy: ..."). `--mode validate` only checks.
 SIGTERM and SIGINT stop the proxy; so does POST /quitquitquit on the admin listener.
+
+`--concurrency N` (N > 1): the configuration is validated once, then N worker processes are
+forked; each runs its own event loop and binds every listener with SO_REUSEPORT, so the
+kernel spreads connections over them. Worker 0 also serves the admin listener (its
+/stats are worker 0's). If a worker exits, the others are stopped and the proxy exits with
+its status; SIGTERM to the parent stops every worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -52,19 +59,61 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency < 1:
         print("tulle-proxy: --concurrency must be >= 1", file=sys.stderr)
         return 1
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        pass
-    return asyncio.run(_serve(config, vars(args)))
+    if args.concurrency == 1:
+        return _run_worker(config, vars(args), reuse_port=False, admin=True)
+    return _run_workers(config, vars(args), args.concurrency)
 
 
-async def _serve(config: BootstrapConfig, options: dict[str, object]) -> int:
+def _run_worker(config: BootstrapConfig, options: dict[str, object], reuse_port: bool,
+                admin: bool) -> int:
+    import uvloop
+
+    uvloop.install()
+    return asyncio.run(_serve(config, options, reuse_port, admin))
+
+
+def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int) -> int:
+    import os
+
+    children: list[int] = []
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 1
+            try:
+                code = _run_worker(config, options, reuse_port=True, admin=index == 0)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if remaining and (code != 0 or status == 0):
+            status = status or code
+            forward(signal.SIGTERM, None)
+    return status
+
+
+async def _serve(config: BootstrapConfig, options: dict[str, object], reuse_port: bool = False,
+                 admin: bool = True) -> int:
     from proxy.server import ProxyServer
 
-    server = ProxyServer(config)
+    server = ProxyServer(config, reuse_port=reuse_port, admin=admin)
     server.admin_state.options = options
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

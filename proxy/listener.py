@@ -57,7 +57,7 @@ class ListenerConfig:
     @classmethod
     def from_proto(cls, message: Listener, path: str) -> ListenerConfig:
         reject_unsupported(message, path, ("name", "address", "filter_chains", "stat_prefix",
-                                           "per_connection_buffer_limit_bytes", "traffic_direction",
+                                           "traffic_direction",
                                            "enable_reuse_port", "metadata"))
         address = SocketAddress.from_proto(message.address, join(path, "address"))
         if len(message.filter_chains) != 1:
@@ -89,6 +89,7 @@ class ListenerConfig:
 
     def clusters(self) -> set[str]:
         if self.http is not None:
-            return self.http.route_table.clusters()
+            table = self.http.route_table
+            return table.clusters() if table is not None else set()
         assert self.tcp is not None
         return self.tcp.clusters()

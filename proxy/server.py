@@ -1,10 +1,19 @@
-"""The running proxy: clusters, listeners and admin composed from a BootstrapConfig.
+"""The running proxy: clusters, listeners and admin composed from a BootstrapConfig, and
+changed at run time by xDS.
 
-Theory of operation: clusters start first (STRICT_DNS clusters resolve before any listener
-accepts, as Envoy initialises clusters before listeners), then every listener binds, then
-the admin listener. Each HTTP listener gets its own connection manager (its stats under
-`http.STAT_PREFIX`), each tcp_proxy listener its filter (`tcp.STAT_PREFIX`); clusters are
-shared. `stop()` closes the listeners and every connection.
+Theory of operation: static clusters start first (STRICT_DNS clusters resolve, health
+checks warm, before any listener accepts, as Envoy initialises clusters before listeners),
+then every static listener binds, then the admin listener, then the ADS client if the
+bootstrap has dynamic_resources. Each HTTP listener gets its own connection manager (stats
+under `http.STAT_PREFIX`), each tcp_proxy listener its filter (`tcp.STAT_PREFIX`); clusters
+are shared through one dict, so a cluster added or replaced by CDS is what the next request
+sees, while requests in flight keep the Cluster object they started with.
+
+xDS updates (`apply`) validate the whole response first (nothing is half-applied), then:
+CDS adds, replaces (when the resource changed) and removes clusters; EDS sets the hosts of
+EDS clusters; LDS starts, replaces and stops listeners — a replaced listener stops
+accepting and its open connections finish on the old configuration (drain); RDS swaps the
+route table of every connection manager that names it.
 """
 
 from __future__ import annotations
@@ -13,65 +22,284 @@ import asyncio
 import logging
 import random
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener as ListenerProto
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
 
 from proxy.admin.endpoints import AdminState
 from proxy.admin.server import AdminConnection
 from proxy.bootstrap import BootstrapConfig
+from proxy.config_error import ConfigError, reject_unsupported
 from proxy.http.connection_manager import HttpConnectionManager
 from proxy.http.downstream import DownstreamConnection
+from proxy.listener import ListenerConfig
 from proxy.local_address import first_non_loopback_ipv4
+from proxy.router.route_table import RouteTable
 from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
+from proxy.xds.delta import DeltaState
+from proxy.xds.sotw import CLUSTER, ENDPOINTS, LISTENER, ROUTE, SotwState
+
+if TYPE_CHECKING:
+    from proxy.xds.client import AdsClient
 
 log = logging.getLogger("tulle.proxy")
 
 
+@dataclass
+class RunningListener:
+    config: ListenerConfig
+    server: asyncio.AbstractServer
+    manager: HttpConnectionManager | None
+    proto: ListenerProto | None = None
+
+
 class ProxyServer:
     def __init__(self, config: BootstrapConfig, reuse_port: bool = False,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, admin: bool = True) -> None:
         self.config = config
         self.reuse_port = reuse_port
+        self.serve_admin = admin
         self.rng = rng or random.Random()
         self.stats = StatsStore()
         self.clusters: dict[str, Cluster] = {}
+        self.dynamic_clusters: dict[str, ClusterProto] = {}
+        self.listeners: dict[str, RunningListener] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.managers: list[HttpConnectionManager] = []
+        self.route_tables: dict[str, RouteTable] = {}
         self.stopped = asyncio.Event()
-        self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set)
+        self.route_protos: dict[str, RouteConfiguration] = {}
+        self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
+                                      dynamic=self._dynamic_resources)
+        self.ads: AdsClient | None = None
+        self._ads_task: asyncio.Task[None] | None = None
+        self._local_address = ""
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._local_address = first_non_loopback_ipv4()
         for cluster_config in self.config.clusters:
-            cluster = Cluster(cluster_config, self.rng)
-            self.clusters[cluster.name] = cluster
-            self.stats.register("cluster", cluster.name, cluster.stats, cluster.extra_stats)
+            self._add_cluster(cluster_config)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
-        local_address = first_non_loopback_ipv4()
         for listener in self.config.listeners:
-            factory: object
-            if listener.http is not None:
-                manager = HttpConnectionManager(listener.http, self.clusters, self.rng, local_address)
-                self.managers.append(manager)
-                self.stats.register("http", listener.http.stat_prefix, manager.stats)
-                factory = lambda manager=manager: DownstreamConnection(manager)  # noqa: E731
-            else:
-                assert listener.tcp is not None
-                tcp = TcpProxyFilter(listener.tcp, self.clusters, self.rng)
-                self.stats.register("tcp", listener.tcp.stat_prefix, tcp.stats)
-                factory = tcp.protocol
-            server = await loop.create_server(
-                factory, listener.address.address, listener.address.port,
-                reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
-            self.servers.append(server)
-            log.info("listener %s on %s:%s", listener.name, listener.address.address,
-                     listener.address.port)
+            await self._start_listener(listener)
         admin = self.config.admin
-        if admin is not None:
+        if admin is not None and self.serve_admin:
             server = await loop.create_server(lambda: AdminConnection(self.admin_state),
                                               admin.address, admin.port, reuse_address=True,
                                               reuse_port=self.reuse_port or None)
             self.servers.append(server)
+        if self.config.ads is not None:
+            self._start_ads()
+
+    def _add_cluster(self, cluster_config: ClusterConfig) -> Cluster:
+        cluster = Cluster(cluster_config, self.rng)
+        self.clusters[cluster.name] = cluster
+        self.stats.register("cluster", cluster_config.stat_name, cluster.stats, cluster.extra_stats)
+        return cluster
+
+    async def _start_listener(self, listener: ListenerConfig, proto: ListenerProto | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        factory: object
+        manager = None
+        if listener.http is not None:
+            manager = HttpConnectionManager(listener.http, self.clusters, self.rng, self._local_address)
+            if listener.http.rds_name:
+                manager.route_table = self.route_tables.get(listener.http.rds_name)
+            self.managers.append(manager)
+            self.stats.register("http", listener.http.stat_prefix, manager.stats)
+            factory = lambda manager=manager: DownstreamConnection(manager)  # noqa: E731
+        else:
+            assert listener.tcp is not None
+            tcp = TcpProxyFilter(listener.tcp, self.clusters, self.rng)
+            self.stats.register("tcp", listener.tcp.stat_prefix, tcp.stats)
+            factory = tcp.protocol
+        server = await loop.create_server(
+            factory, listener.address.address, listener.address.port,
+            reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
+        self.servers.append(server)
+        self.listeners[listener.name] = RunningListener(listener, server, manager, proto)
+        log.info("listener %s on %s:%s", listener.name, listener.address.address,
+                 listener.address.port)
+
+    def _start_ads(self) -> None:
+        ads = self.config.ads
+        assert ads is not None
+        cluster = self.clusters[ads.cluster]
+        hosts = cluster.host_set.hosts
+        if not hosts:
+            raise ConfigError("dynamic_resources.ads_config", f"cluster {ads.cluster!r} has no host")
+        host = hosts[0]
+        target = f"[{host.address}]:{host.port}" if ":" in host.address else f"{host.address}:{host.port}"
+        node = Node(id=self.config.node_id, cluster=self.config.node_cluster,
+                    user_agent_name="tulle-proxy")
+        initial: dict[str, tuple[str, ...]] = {}
+        if ads.cds:
+            initial[CLUSTER] = ()
+        if ads.lds:
+            initial[LISTENER] = ()
+        eds = self._eds_names()
+        if eds:
+            initial[ENDPOINTS] = eds
+        rds = self._rds_names()
+        if rds:
+            initial[ROUTE] = rds
+        from proxy.xds.client import AdsClient  # grpc is loaded only when ADS is configured
+
+        state = DeltaState(node) if ads.delta else SotwState(node)
+        self.ads = AdsClient(target, state, self, initial)
+        self._ads_task = asyncio.get_running_loop().create_task(self.ads.run())
+
+    # xDS
+
+    def _dynamic_resources(self) -> dict[str, dict[str, Message]]:
+        return {
+            "clusters": dict(self.dynamic_clusters),
+            "listeners": {name: running.proto for name, running in self.listeners.items()
+                          if running.proto is not None},
+            "routes": dict(self.route_protos),
+        }
+
+    async def apply(self, type_url: str, resources: Sequence[Any]) -> dict[str, tuple[str, ...]]:
+        if type_url == CLUSTER:
+            await self._apply_clusters(resources)
+            return {ENDPOINTS: self._eds_names()}
+        if type_url == ENDPOINTS:
+            self._apply_endpoints(resources)
+            return {}
+        if type_url == LISTENER:
+            await self._apply_listeners(resources)
+            return {ROUTE: self._rds_names()}
+        if type_url == ROUTE:
+            self._apply_routes(resources)
+            return {}
+        raise ConfigError(type_url, "resource type not supported by tulle-proxy")
+
+    def _eds_names(self) -> tuple[str, ...]:
+        names = []
+        for cluster in self.clusters.values():
+            if cluster.config.type == "EDS":
+                proto = cluster.config.proto
+                service = proto.eds_cluster_config.service_name if proto is not None else ""
+                names.append(service or cluster.name)
+        return tuple(names)
+
+    def _rds_names(self) -> tuple[str, ...]:
+        return tuple(sorted({running.config.http.rds_name for running in self.listeners.values()
+                             if running.config.http is not None and running.config.http.rds_name}))
+
+    @staticmethod
+    def _decode(resources: Sequence[Any], message_type: type, kind: str) -> list:
+        decoded = []
+        for index, resource in enumerate(resources):
+            message = message_type()
+            if not resource.Unpack(message):
+                raise ConfigError(f"resources[{index}]", f"is {resource.type_url}, expected {kind}")
+            decoded.append(message)
+        return decoded
+
+    async def _apply_clusters(self, resources: Sequence[Any]) -> None:
+        protos: list[ClusterProto] = self._decode(resources, ClusterProto, "Cluster")
+        static = {cluster.name for cluster in self.config.clusters}
+        configs: list[ClusterConfig] = []
+        for proto in protos:
+            path = f"Cluster {proto.name}"
+            if proto.name in static:
+                raise ConfigError(path, "a static cluster cannot be replaced over CDS")
+            config = ClusterConfig.from_proto(proto, path)
+            if config.http2:
+                raise ConfigError(path, "HTTP/2 upstreams are not supported")
+            configs.append(config)
+        # validated: now apply
+        wanted = {config.name for config in configs}
+        for name in list(self.dynamic_clusters):
+            if name not in wanted:
+                del self.dynamic_clusters[name]
+                await self.clusters.pop(name).stop()
+        started = []
+        for config, proto in zip(configs, protos, strict=True):
+            if self.dynamic_clusters.get(config.name) == proto:
+                continue
+            old = self.clusters.get(config.name)
+            self.dynamic_clusters[config.name] = proto
+            cluster = self._add_cluster(config)
+            if old is not None and old.config.type == "EDS" and config.type == "EDS":
+                cluster.set_endpoints(old.config_endpoints)
+            started.append(cluster.start())
+            if old is not None:
+                await old.stop()
+        await asyncio.gather(*started)
+
+    def _apply_endpoints(self, resources: Sequence[Any]) -> None:
+        assignments: list[ClusterLoadAssignment] = self._decode(resources, ClusterLoadAssignment,
+                                                                "ClusterLoadAssignment")
+        parsed: dict[str, list[EndpointConfig]] = {}
+        for assignment in assignments:
+            path = f"ClusterLoadAssignment {assignment.cluster_name}"
+            reject_unsupported(assignment, path, ("cluster_name", "endpoints"))
+            endpoints = []
+            for index, locality in enumerate(assignment.endpoints):
+                endpoints.extend(locality_endpoints(locality, f"{path}.endpoints[{index}]", "STATIC"))
+            parsed[assignment.cluster_name] = endpoints
+        for cluster in self.clusters.values():
+            if cluster.config.type != "EDS":
+                continue
+            proto = cluster.config.proto
+            service = (proto.eds_cluster_config.service_name if proto is not None else "") or cluster.name
+            if service in parsed:
+                cluster.set_endpoints(parsed[service])
+                cluster.config_endpoints = tuple(parsed[service])
+
+    async def _apply_listeners(self, resources: Sequence[Any]) -> None:
+        protos: list[ListenerProto] = self._decode(resources, ListenerProto, "Listener")
+        static = {listener.name for listener in self.config.listeners}
+        configs = []
+        for proto in protos:
+            path = f"Listener {proto.name}"
+            if proto.name in static:
+                raise ConfigError(path, "a static listener cannot be replaced over LDS")
+            configs.append(ListenerConfig.from_proto(proto, path))
+        wanted = {config.name for config in configs}
+        for name in [name for name in self.listeners if name not in static and name not in wanted]:
+            self._drain(self.listeners.pop(name))
+        for config, proto in zip(configs, protos, strict=True):
+            running = self.listeners.get(config.name)
+            if running is not None and running.proto == proto:
+                continue
+            if running is not None:
+                self._drain(running)
+            await self._start_listener(config, proto)
+
+    def _drain(self, running: RunningListener) -> None:
+        """Stop accepting; connections already open finish on their old configuration."""
+        running.server.close()
+        if running.server in self.servers:
+            self.servers.remove(running.server)
+
+    def _apply_routes(self, resources: Sequence[Any]) -> None:
+        protos: list[RouteConfiguration] = self._decode(resources, RouteConfiguration,
+                                                        "RouteConfiguration")
+        tables = {proto.name: RouteTable.from_proto(proto, f"RouteConfiguration {proto.name}")
+                  for proto in protos}
+        self.route_tables.update(tables)
+        self.route_protos.update({proto.name: proto for proto in protos})
+        for running in self.listeners.values():
+            manager = running.manager
+            if manager is not None and manager.config.rds_name in tables:
+                manager.route_table = tables[manager.config.rds_name]
+
+    # shutdown
 
     def bound_ports(self) -> list[int]:
         ports = []
@@ -82,6 +310,8 @@ class ProxyServer:
         return ports
 
     async def stop(self) -> None:
+        if self._ads_task is not None:
+            self._ads_task.cancel()
         for server in self.servers:
             server.close()
         for manager in self.managers:

@@ -4,7 +4,8 @@ Rules (Envoy's admin API): `/ready` is 200 "LIVE" while serving, 503 "DRAINING" 
 `/healthcheck/fail` (until `/healthcheck/ok`); `/stats` is Envoy's text format (with
 `?filter=REGEX`), `/stats/prometheus` the Prometheus one; `/clusters` lists each cluster's
 thresholds and each host's counters and health in Envoy's `name::host::stat::value` lines;
-`/config_dump` the bootstrap as JSON; `/server_info` version, state, uptime and node;
+`/config_dump` the bootstrap and what xDS delivered (active clusters, listeners, routes) as
+JSON; `/server_info` version, state, uptime and node;
 `/quitquitquit`, `/healthcheck/fail` and `/healthcheck/ok` need POST (405 otherwise).
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from proxy.bootstrap import BootstrapConfig
 from proxy.stats import StatsStore
@@ -35,6 +37,8 @@ class AdminState:
     health_check_failed: bool = False
     quit: Callable[[], None] = lambda: None
     options: dict[str, object] = field(default_factory=dict)
+    # what xDS delivered: {"clusters"|"listeners"|"routes": {name: proto message}}
+    dynamic: Callable[[], dict[str, dict[str, Message]]] = lambda: {}
 
 
 Reply = tuple[int, str, bytes]
@@ -95,14 +99,9 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
         for host in cluster.host_set.hosts:
             prefix = f"{name}::{host.key}"
             pool = cluster.pools.get(host)
-            flags = []
-            if host.health_check_failed:
-                flags.append("/failed_active_hc")
-            if host.outlier_ejected:
-                flags.append("/failed_outlier_check")
             lines.append(f"{prefix}::cx_active::{pool.open if pool else 0}")
             lines.append(f"{prefix}::rq_active::{host.active_requests}")
-            lines.append(f"{prefix}::health_flags::{''.join(flags) or 'healthy'}")
+            lines.append(f"{prefix}::health_flags::{host.health_flags()}")
             lines.append(f"{prefix}::weight::{host.weight}")
             lines.append(f"{prefix}::priority::{host.locality_priority}")
             lines.append(f"{prefix}::hostname::{cluster.hostnames.get(host, '')}")
@@ -111,10 +110,24 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
 
 def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
     bootstrap = state.config.proto
-    dump = {"configs": [{
-        "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-        "bootstrap": json_format.MessageToDict(bootstrap) if bootstrap is not None else {},
-    }]}
+    dynamic = state.dynamic()
+
+    def entries(kind: str, key: str) -> list[dict[str, object]]:
+        return [{key: {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name,
+                       **json_format.MessageToDict(message)}}
+                for _, message in sorted(dynamic.get(kind, {}).items())]
+
+    dump = {"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+         "bootstrap": json_format.MessageToDict(bootstrap) if bootstrap is not None else {}},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+         "dynamic_active_clusters": entries("clusters", "cluster")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+         "dynamic_listeners": [{"name": entry["listener"]["name"], "active_state": entry}  # type: ignore[index]
+                               for entry in entries("listeners", "listener")]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+         "dynamic_route_configs": entries("routes", "route_config")},
+    ]}
     return 200, JSON, json.dumps(dump, indent=1).encode()
 
 

@@ -23,11 +23,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.listener import ListenerConfig, SocketAddress
 from proxy.upstream.cluster_config import ClusterConfig
+from proxy.xds.config import AdsConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class BootstrapConfig:
     admin: SocketAddress | None
     node_id: str = ""
     node_cluster: str = ""
+    ads: AdsConfig | None = None
     proto: Bootstrap | None = None
 
 
@@ -65,7 +68,8 @@ def parse_bootstrap(text: str) -> BootstrapConfig:
 
 
 def from_proto(message: Bootstrap) -> BootstrapConfig:
-    reject_unsupported(message, "", ("node", "static_resources", "admin", "layered_runtime"))
+    reject_unsupported(message, "", ("node", "static_resources", "admin", "layered_runtime",
+                                     "dynamic_resources"))
     if message.HasField("layered_runtime") and message.layered_runtime.layers:
         for index, layer in enumerate(message.layered_runtime.layers):
             if layer.WhichOneof("layer_specifier") not in ("static_layer", "admin_layer"):
@@ -91,14 +95,19 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
     reject_unsupported(resources, "static_resources", ("listeners", "clusters"))
     clusters = tuple(ClusterConfig.from_proto(cluster, f"static_resources.clusters[{index}]")
                      for index, cluster in enumerate(resources.clusters))
+    ads = (AdsConfig.from_proto(message.dynamic_resources, "dynamic_resources")
+           if message.HasField("dynamic_resources") else None)
     names: set[str] = set()
     for index, cluster in enumerate(clusters):
+        if cluster.http2 and (ads is None or cluster.name != ads.cluster):
+            raise ConfigError(f"static_resources.clusters[{index}]",
+                              "HTTP/2 upstreams are supported only for the ADS server's cluster")
         if cluster.name in names:
             raise ConfigError(f"static_resources.clusters[{index}].name",
                               f"duplicate cluster name {cluster.name!r}")
-        if cluster.type == "EDS":
+        if cluster.type == "EDS" and ads is None:
             raise ConfigError(f"static_resources.clusters[{index}].type",
-                              "EDS needs dynamic_resources, which are not supported yet")
+                              "EDS needs dynamic_resources.ads_config")
         names.add(cluster.name)
     listeners = tuple(ListenerConfig.from_proto(listener, f"static_resources.listeners[{index}]")
                       for index, listener in enumerate(resources.listeners))
@@ -108,7 +117,13 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
         if listener.name in seen:
             raise ConfigError(f"{path}.name", f"duplicate listener name {listener.name!r}")
         seen.add(listener.name)
-        for cluster_name in sorted(listener.clusters() - names):
-            raise ConfigError(path, f"refers to unknown cluster {cluster_name!r}")
+        if ads is None or not ads.cds:
+            for cluster_name in sorted(listener.clusters() - names):
+                raise ConfigError(path, f"refers to unknown cluster {cluster_name!r}")
+        if listener.http is not None and listener.http.rds_name and ads is None:
+            raise ConfigError(path, "rds needs dynamic_resources.ads_config")
+    if ads is not None and ads.cluster not in names:
+        raise ConfigError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                          f"unknown cluster {ads.cluster!r}")
     return BootstrapConfig(listeners=listeners, clusters=clusters, admin=admin,
-                           node_id=node_id, node_cluster=node_cluster, proto=message)
+                           node_id=node_id, node_cluster=node_cluster, ads=ads, proto=message)

@@ -18,6 +18,7 @@ from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectionPool
 
 GLOBAL_TIMEOUT = "global-timeout"
+IDLE_TIMEOUT = "idle-timeout"
 
 
 class Attempt:

@@ -12,6 +12,7 @@ when the upstream closes: that close completes it instead of resetting it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 import httptools
@@ -35,7 +36,9 @@ class ConnectionOwner(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_headers", "_in_response", "_interim", "_owner",
-                 "_parser", "_status", "closed", "keep_alive", "sink", "transport")
+                 "_parser", "_status", "closed", "early_tunnel_data", "keep_alive", "on_lost",
+                 "protocol_error",
+                 "requests", "sink", "transport", "tunnel", "upgraded")
 
     def __init__(self, owner: ConnectionOwner) -> None:
         self._owner = owner
@@ -49,6 +52,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self.keep_alive = True
         self.closed = False
+        self.protocol_error = False   # the upstream sent something that is not HTTP/1.1
+        self.requests = 0
+        # after a 101 response: raw bytes go to `tunnel`; bytes before it are kept
+        self.tunnel: Callable[[bytes], None] | None = None
+        self.upgraded = False
+        self.early_tunnel_data: list[bytes] = []
+        self.on_lost: Callable[[], None] | None = None
 
     # asyncio.Protocol
 
@@ -56,8 +66,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self.upgraded = True
+            if offset < len(data):
+                self.early_tunnel_data.append(data[offset:])
         except httptools.HttpParserError:
             self._fail()
 
@@ -67,6 +85,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.keep_alive = False
+        if self.on_lost is not None:
+            self.on_lost()
         sink = self.sink
         if sink is not None:
             self.sink = None
@@ -130,7 +150,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers = Headers(self._headers)
         self._close_delimited = (
             "content-length" not in headers and "transfer-encoding" not in headers
-            and status not in (204, 304))
+            and status not in (101, 204, 304))
         self.keep_alive = parser.should_keep_alive() and not self._close_delimited
         sink = self.sink
         if sink is not None:
@@ -156,6 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         self.sink = None
         self.keep_alive = False
+        self.protocol_error = True
         if self.transport is not None:
             self.transport.abort()
         if sink is not None:

@@ -20,7 +20,8 @@ Theory of operation, per request (one coroutine, `_serve`):
 Local replies (Envoy's texts): 503 "upstream connect error or disconnect/reset before
 headers. reset reason: overflow" with x-envoy-overloaded for circuit breaking, "... reset
 reason: remote connection failure" / "connection termination" for connect failures and
-resets, 504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
+resets, 502 "... reset reason: protocol error" when the upstream's answer is not HTTP/1.1,
+504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
 balancer has no host.
 """
 
@@ -30,27 +31,34 @@ import asyncio
 import ipaddress
 import logging
 import random
-import uuid
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
+from proxy.access_log import AccessLogWriter, AccessRecord
+from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
+from proxy.http.client import UpstreamConnection
 from proxy.http.downstream import DownstreamConnection, Request
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
+from proxy.http.inline import run_inline
 from proxy.http.response import LAST_CHUNK, encode_chunk, encode_head, http_date
 from proxy.http.retry import (
     CONNECT_FAILURE,
     PER_TRY_TIMEOUT,
+    PROTOCOL_ERROR,
     RESET,
     RetryPolicy,
     RetryState,
     parse_retry_on,
 )
+from proxy.router.matchers import parse_query
 from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, RedirectAction
 from proxy.router.route_table import RouteSelection
 from proxy.stats import HttpStats
 from proxy.upstream.balancer import combine_hash_keys, hash_key_for
+from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectFailure, Overflow
 
 OVERFLOW = "overflow"
@@ -60,27 +68,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tulle.proxy.http")
 
-_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "upgrade")
-_RESPONSE_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
-_INTERNAL_ONLY = ("x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "upgrade"))
+_RESPONSE_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection",
+                                  "transfer-encoding", "upgrade"))
+_INTERNAL_ONLY = frozenset(("x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
                   "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
                   "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
                   "x-envoy-upstream-rq-per-try-timeout-ms",
                   "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
                   "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
-                  "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal")
-_EDGE_ONLY = ("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
-              "x-envoy-downstream-service-node")
+                  "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal"))
+_EDGE_ONLY = frozenset(("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+                        "x-envoy-downstream-service-node"))
+_EXTERNAL_REMOVALS = _HOP_BY_HOP | _INTERNAL_ONLY
+_EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
+
+# The UUID variant nibble (10xx) for each random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
-_RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination"}
+_RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination",
+                  PROTOCOL_ERROR: "protocol error"}
 
 
 class Stream:
     """One request's context; also what header `%COMMAND%` substitutions read."""
 
-    __slots__ = ("committed", "conn", "downstream_local", "downstream_remote", "internal",
-                 "request", "request_headers", "response_mutations", "start")
+    __slots__ = ("bytes_sent", "committed", "conn", "downstream_local", "downstream_remote",
+                 "flags", "internal", "original_path", "request", "request_headers",
+                 "response_mutations", "service_time", "start", "status", "upstream")
 
     def __init__(self, conn: DownstreamConnection, request: Request, start: float) -> None:
         self.conn = conn
@@ -92,18 +108,50 @@ class Stream:
         self.committed = False
         self.internal = False
         self.response_mutations: tuple = ()
+        # for the access log
+        self.status = 0
+        self.bytes_sent = 0
+        self.flags = "-"
+        self.upstream = "-"
+        self.service_time: str | None = None
+        self.original_path = request.target
 
 
 class HttpConnectionManager:
     def __init__(self, config: HcmConfig, clusters: dict[str, Cluster], rng: random.Random,
                  local_address: str) -> None:
         self.config = config
+        self.route_table = config.route_table   # swapped whole by RDS updates
         self.clusters = clusters
         self.rng = rng
         self.local_address = local_address
         self.stats = HttpStats()
         self.connections: set[DownstreamConnection] = set()
-        self._loop = asyncio.get_event_loop()
+        self._loop = self.loop = asyncio.get_event_loop()
+        self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
+        if self.access_log is not None:
+            self._loop.call_later(1.0, self._flush_access_log)
+
+    def _flush_access_log(self) -> None:
+        assert self.access_log is not None
+        self.access_log.flush()
+        self._loop.call_later(1.0, self._flush_access_log)
+
+    def _log(self, stream: Stream) -> None:
+        assert self.access_log is not None
+        request = stream.request
+        headers = request.headers
+        now = self._loop.time()
+        self.access_log.write(AccessRecord(
+            start=time.time() - (now - stream.start), method=request.method,
+            path=headers.get("x-envoy-original-path") or stream.original_path,
+            authority=headers.get("host") or "", status=stream.status,
+            flags=stream.flags if not stream.conn.closed or stream.committed else "DC",
+            bytes_received=request.body.size, bytes_sent=stream.bytes_sent,
+            duration_ms=int((now - stream.start) * 1000), service_time=stream.service_time,
+            forwarded_for=headers.get_joined("x-forwarded-for"),
+            user_agent=headers.get("user-agent"), request_id=headers.get("x-request-id"),
+            upstream=stream.upstream))
 
     # connections
 
@@ -126,7 +174,7 @@ class HttpConnectionManager:
         conn.close()
 
     def serve(self, conn: DownstreamConnection, request: Request) -> None:
-        self._loop.create_task(self._serve(conn, request))
+        run_inline(self._serve(conn, request))
 
     # one request
 
@@ -153,6 +201,8 @@ class HttpConnectionManager:
         finally:
             stats.downstream_rq_active -= 1
             stats.downstream_rq_completed += 1
+            if self.access_log is not None:
+                self._log(stream)
 
     async def _handle(self, stream: Stream) -> None:
         request = stream.request
@@ -169,24 +219,32 @@ class HttpConnectionManager:
             else:
                 self._reply(stream, 400, b"", keep_alive=False)
                 return
-        if request.upgrade:
-            # Upgrades need upgrade_configs, which tulle-proxy rejects at load: Envoy answers 403.
-            self._reply(stream, 403, b"", keep_alive=False)
-            return
         if request.expect_continue:
             headers.remove("expect")
             if not request.body.done:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        upgrade = (headers.get("upgrade") or "").lower() if request.upgrade else ""
         self._mutate_request_headers(stream)
-        table = config.route_table
+        table = self.route_table
+        if table is None:   # RDS has not delivered this listener's routes yet
+            self.stats.no_route += 1
+            stream.flags = "NR"
+            self._reply(stream, 404, b"")
+            return
         selection = table.select(request.method, authority, request.target, headers)
         if selection is None:
             self.stats.no_route += 1
+            stream.flags = "NR"
             self._reply(stream, 404, b"")
             return
         stream.response_mutations = table.response_mutations(selection)
         action = selection.route.action
-        if isinstance(action, ForwardAction):
+        if upgrade:
+            if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
+                self._reply(stream, 403, b"", keep_alive=False)
+                return
+            await self._tunnel(stream, selection, action, upgrade)
+        elif isinstance(action, ForwardAction):
             await self._forward(stream, selection, action, authority)
         elif isinstance(action, DirectResponseAction):
             self.stats.rq_direct_response += 1
@@ -194,7 +252,9 @@ class HttpConnectionManager:
         else:
             assert isinstance(action, RedirectAction)
             self.stats.rq_redirect += 1
-            location = action.location("http", authority, selection.path, selection.query,
+            # The request's scheme, as Envoy sees it, is x-forwarded-proto (set above).
+            scheme = (headers.get("x-forwarded-proto") or "http").lower()
+            location = action.location(scheme, authority, selection.path, selection.query,
                                        selection.matched)
             self._reply(stream, action.status, b"", extra=(("location", location),))
 
@@ -203,8 +263,6 @@ class HttpConnectionManager:
     def _mutate_request_headers(self, stream: Stream) -> None:
         config = self.config
         headers = stream.request.headers
-        for name in _HOP_BY_HOP:
-            headers.remove(name)
         te = headers.get("te")
         if te is not None and te.lower() != "trailers":
             headers.remove("te")
@@ -226,20 +284,23 @@ class HttpConnectionManager:
             edge = False
             if "x-forwarded-proto" not in headers:
                 headers.add("x-forwarded-proto", "http")
-        headers.remove("x-envoy-internal")
         if internal:
+            headers.remove_all(_HOP_BY_HOP)
             headers.set("x-envoy-internal", "true")
+        elif edge:
+            headers.remove_all(_EDGE_REMOVALS)
+            headers.set("x-envoy-external-address", remote)
         else:
-            for name in _INTERNAL_ONLY:
-                headers.remove(name)
-            if edge:
-                for name in _EDGE_ONLY:
-                    headers.remove(name)
-                headers.set("x-envoy-external-address", remote)
+            headers.remove_all(_EXTERNAL_REMOVALS)
         stream.internal = internal
         if config.generate_request_id and (
                 "x-request-id" not in headers or (edge and not config.preserve_external_request_id)):
-            headers.set("x-request-id", str(uuid.uuid4()))
+            headers.set("x-request-id", self._request_id())
+
+    def _request_id(self) -> str:
+        """A random version-4 UUID; Envoy's are random too, not cryptographic."""
+        h = self.rng.randbytes(16).hex()
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
     def _is_internal(self, address: str) -> bool:
         networks = self.config.internal_networks
@@ -261,6 +322,7 @@ class HttpConnectionManager:
         cluster = self.clusters.get(cluster_name)
         if cluster is None:
             self.stats.no_cluster += 1
+            stream.flags = "NC"
             self._reply(stream, 503, b"")
             return
         vhost = selection.virtual_host
@@ -269,12 +331,17 @@ class HttpConnectionManager:
         if stream.internal:
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
         per_try = policy.per_try_timeout if policy is not None else 0.0
+        idle = action.idle_timeout if action.idle_timeout is not None else self.config.stream_idle_timeout
         hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
-        for mutation in self.config.route_table.request_mutations(selection):
+        table = self.route_table
+        assert table is not None
+        for mutation in table.request_mutations(selection):
             mutation.apply(headers, stream)
         if action.host_rewrite_literal:
             headers.set("x-envoy-original-host", authority)
             headers.set("host", action.host_rewrite_literal)
+            if action.append_x_forwarded_host:
+                _append_forwarded_host(headers, authority)
         target = request.target
         rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
         if rewritten is not None:
@@ -294,7 +361,14 @@ class HttpConnectionManager:
                     int(code) for code in extra.split(",") if code.strip().isdigit())
         breaker = cluster.breaker
         cstats = cluster.stats
-        tried: list = []
+
+        def counted(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+            """The router's local replies carry the attempt count too, when asked for."""
+            if vhost.include_attempt_count_in_response:
+                return (*extra, ("x-envoy-attempt-count", str(number)))
+            return extra
+
+        tried: list[Host] = []
         number = 0
         last_failure = ""
         while True:
@@ -311,23 +385,27 @@ class HttpConnectionManager:
                                   policy.host_selection_retry_max_attempts if policy is not None else 1)
             if host is None:
                 cstats.upstream_cx_none_healthy += 1
-                self._reply(stream, 503, b"no healthy upstream")
+                stream.flags = "UH"
+                self._reply(stream, 503, b"no healthy upstream", extra=counted())
                 return
             if action.auto_host_rewrite:
                 if number == 1:
                     headers.set("x-envoy-original-host", authority)
+                    if action.append_x_forwarded_host:
+                        _append_forwarded_host(headers, authority)
                 headers.set("host", cluster.hostnames.get(host, host.address))
             tried.append(host)
             if not breaker.try_start_request():
+                stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
-                            extra=(("x-envoy-overloaded", "true"),))
+                            extra=counted(("x-envoy-overloaded", "true")))
                 return
             cstats.upstream_rq_total += 1
             cstats.upstream_rq_active += 1
             host.active_requests += 1
             try:
                 head = _request_head(request.method, target, headers)
-                outcome = await self._attempt(stream, cluster, host, head, per_try, deadline)
+                outcome = await self._attempt(stream, cluster, host, head, per_try, deadline, idle)
                 if isinstance(outcome, Attempt):
                     status = outcome.status
                     cstats.count_status(status)
@@ -345,13 +423,20 @@ class HttpConnectionManager:
                 cstats.upstream_rq_active -= 1
                 host.active_requests -= 1
             if outcome == OVERFLOW:
+                stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
-                            extra=(("x-envoy-overloaded", "true"),))
+                            extra=counted(("x-envoy-overloaded", "true")))
                 return
             cluster.record_outcome(host, None)
+            stream.upstream = host.key
+            if outcome == IDLE_TIMEOUT:
+                stream.flags = "SI"
+                self._reply(stream, 504, b"stream timeout", extra=counted())
+                return
             if outcome == GLOBAL_TIMEOUT:
+                stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
-                self._reply(stream, 504, b"upstream request timeout")
+                self._reply(stream, 504, b"upstream request timeout", extra=counted())
                 return
             if outcome == PER_TRY_TIMEOUT:
                 cstats.upstream_rq_per_try_timeout += 1
@@ -360,12 +445,117 @@ class HttpConnectionManager:
                     and await self._retry_allowed(stream, cluster, retry, deadline)):
                 continue
             if outcome == PER_TRY_TIMEOUT:
-                self._reply(stream, 504, b"upstream request timeout")
+                stream.flags = "UT,URX" if number > 1 else "UT"
+                self._reply(stream, 504, b"upstream request timeout", extra=counted())
                 return
             retried = "retried and the latest " if number > 1 else ""
+            flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
+            stream.flags = f"{flag},URX" if number > 1 else flag
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
-            self._reply(stream, 503, body.encode())
+            # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
+            self._reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode(),
+                        extra=counted())
             return
+
+    def _upgrade_allowed(self, upgrade: str, action: ForwardAction) -> bool:
+        """Envoy: the connection manager's upgrade_configs enable a type; a route's own
+        upgrade_configs enable or disable it for that route."""
+        if upgrade in action.upgrades_disabled:
+            return False
+        return upgrade in self.config.upgrades or upgrade in action.upgrades
+
+    async def _tunnel(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
+                      upgrade: str) -> None:
+        """An upgrade (WebSocket): forward the request on a fresh connection; on 101 the two
+        connections become a byte pipe until either side closes; any other answer is an
+        ordinary response."""
+        request = stream.request
+        headers = request.headers
+        conn = stream.conn
+        cluster = self.clusters.get(action.pick_cluster(self.rng.random()))
+        if cluster is None:
+            self._reply(stream, 503, b"", keep_alive=False)
+            return
+        table = self.route_table
+        assert table is not None
+        for mutation in table.request_mutations(selection):
+            mutation.apply(headers, stream)
+        headers.set("connection", "upgrade")
+        headers.set("upgrade", upgrade)
+        target = action.rewrite_path(selection.path, selection.query, selection.matched) or request.target
+        host = cluster.choose(None)
+        if host is None:
+            self._reply(stream, 503, b"no healthy upstream", keep_alive=False)
+            return
+        pool = cluster.pool(host)
+        loop = self._loop
+        if not cluster.breaker.try_open_connection():
+            self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
+                        keep_alive=False, extra=(("x-envoy-overloaded", "true"),))
+            return
+        try:
+            connection = await pool.connect()
+        except ConnectFailure:
+            cluster.breaker.close_connection()
+            self._reply(stream, 503, (RESET_PREFIX + "reset reason: remote connection failure").encode(),
+                        keep_alive=False)
+            return
+        attempt = Attempt(connection, pool, host, loop.time())
+        connection.start(attempt, _request_head(request.method, target, headers))
+        timer = (loop.call_later(action.timeout, attempt.expire, GLOBAL_TIMEOUT)
+                 if action.timeout > 0 else None)
+        try:
+            while attempt.headers is None and not attempt.reset and attempt.expired is None:
+                if conn.closed:
+                    attempt.abandon()
+                    return
+                await attempt.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if attempt.headers is None:
+            attempt.abandon()
+            if attempt.expired is not None:
+                self._reply(stream, 504, b"upstream request timeout", keep_alive=False)
+            else:
+                self._reply(stream, 503, (RESET_PREFIX + "reset reason: connection termination").encode(),
+                            keep_alive=False)
+            return
+        if attempt.status != 101:
+            connection.keep_alive = False
+            await self._respond(stream, attempt, selection, 1, 0.0)
+            return
+        response = attempt.headers
+        response.remove("transfer-encoding")
+        for mutation in stream.response_mutations:
+            mutation.apply(response, stream)
+        self._server_headers(response, stream)
+        stream.status = 101
+        stream.upstream = host.key
+        stream.committed = True
+        self.stats.count_status(101)
+        conn.write(encode_head(101, response))
+        closed = loop.create_future()
+
+        def finish() -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        connection.tunnel = conn.write
+        conn.tunnel = connection.write
+        connection.on_lost = finish
+        conn.on_lost = finish
+        for data in connection.early_tunnel_data:
+            conn.write(data)
+        for data in conn.early_tunnel_data:
+            connection.write(data)
+        connection.early_tunnel_data.clear()
+        conn.early_tunnel_data.clear()
+        if not (connection.closed or conn.closed):
+            await closed
+        connection.abort()
+        conn.close()
+        conn.response_done(False)
 
     async def _retry_allowed(self, stream: Stream, cluster: Cluster, retry: RetryState,
                              deadline: float) -> bool:
@@ -384,11 +574,8 @@ class HttpConnectionManager:
         finally:
             cluster.breaker.finish_retry()
 
-    async def _attempt(self, stream: Stream, cluster: Cluster, host: object, head: bytes,
-                       per_try: float, deadline: float) -> Attempt | str:
-        from proxy.upstream.host import Host
-
-        assert isinstance(host, Host)
+    async def _attempt(self, stream: Stream, cluster: Cluster, host: Host, head: bytes,
+                       per_try: float, deadline: float, idle: float = 0.0) -> Attempt | str:
         loop = self._loop
         pool = cluster.pool(host)
         connection = pool.take_idle()
@@ -417,12 +604,13 @@ class HttpConnectionManager:
                 _write_body(connection, body.chunks, stream.request.chunked, True)
             else:
                 pump = loop.create_task(self._pump_body(stream, connection))
-        per_try_deadline = now + per_try if per_try > 0 else 0.0
-        timer = None
-        if per_try_deadline and (not deadline or per_try_deadline < deadline):
-            timer = loop.call_at(per_try_deadline, attempt.expire, PER_TRY_TIMEOUT)
-        elif deadline:
-            timer = loop.call_at(deadline, attempt.expire, GLOBAL_TIMEOUT)
+        # One timer for the nearest of the route, per-try and stream idle deadlines.
+        when, kind = deadline, GLOBAL_TIMEOUT
+        if per_try > 0 and (not when or now + per_try < when):
+            when, kind = now + per_try, PER_TRY_TIMEOUT
+        if idle > 0 and (not when or now + idle < when):
+            when, kind = now + idle, IDLE_TIMEOUT
+        timer = loop.call_at(when, attempt.expire, kind) if when else None
         try:
             while attempt.headers is None and not attempt.reset and attempt.expired is None:
                 if body.failed or stream.conn.closed:
@@ -439,12 +627,9 @@ class HttpConnectionManager:
         attempt.abandon()
         if attempt.expired is not None:
             return attempt.expired
-        return RESET
+        return PROTOCOL_ERROR if connection.protocol_error else RESET
 
-    async def _pump_body(self, stream: Stream, connection: object) -> None:
-        from proxy.http.client import UpstreamConnection
-
-        assert isinstance(connection, UpstreamConnection)
+    async def _pump_body(self, stream: Stream, connection: UpstreamConnection) -> None:
         body = stream.request.body
         chunked = stream.request.chunked
         sent = 0
@@ -473,13 +658,15 @@ class HttpConnectionManager:
         assert headers is not None
         status = attempt.status
         framed_length = headers.get("content-length")
-        for name in _RESPONSE_HOP_BY_HOP:
-            headers.remove(name)
+        headers.remove_all(_RESPONSE_HOP_BY_HOP)
         loop = self._loop
         if not self.config.suppress_envoy_headers:
             headers.set("x-envoy-upstream-service-time", str(int((loop.time() - stream.start) * 1000)))
         if selection.virtual_host.include_attempt_count_in_response:
             headers.set("x-envoy-attempt-count", str(attempts))
+        stream.status = status
+        stream.upstream = attempt.host.key
+        stream.service_time = headers.get("x-envoy-upstream-service-time")
         for mutation in stream.response_mutations:
             mutation.apply(headers, stream)
         self._server_headers(headers, stream)
@@ -500,14 +687,24 @@ class HttpConnectionManager:
             headers.set("connection", "close")
         self.stats.count_status(status)
         stream.committed = True
-        conn.write(encode_head(status, headers))
+        head = encode_head(status, headers)
         upstream = attempt.connection
+        if attempt.complete and not chunked:
+            # The whole response is here (the common small case): one write, one syscall.
+            body = b"".join(attempt.buffer) if attempt.buffer and not no_body else b""
+            stream.bytes_sent = len(body)
+            conn.write(head + body)
+            attempt.finish()
+            conn.response_done(keep_alive)
+            return
+        conn.write(head)
         if no_body and not attempt.complete:
             attempt.abandon()
             conn.response_done(keep_alive)
             return
 
         def relay(chunk: bytes) -> None:
+            stream.bytes_sent += len(chunk)
             conn.write(encode_chunk(chunk) if chunked else chunk)
             if conn.write_paused:
                 upstream.pause_reading()
@@ -534,6 +731,7 @@ class HttpConnectionManager:
             conn.response_done(keep_alive)
             return
         # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close.
+        stream.flags = "UT" if attempt.expired else "UC"
         attempt.abandon()
         conn.abort()
         conn.response_done(False)
@@ -541,6 +739,10 @@ class HttpConnectionManager:
     # replies
 
     def _server_headers(self, headers: Headers, stream: Stream) -> None:
+        if self.config.always_set_request_id_in_response:
+            request_id = stream.request.headers.get("x-request-id")
+            if request_id is not None:
+                headers.set("x-request-id", request_id)
         mode = self.config.server_header
         if mode == "OVERWRITE":
             headers.set("server", self.config.server_name)
@@ -559,6 +761,10 @@ class HttpConnectionManager:
         if stream is not None:
             for mutation in stream.response_mutations:
                 mutation.apply(headers, stream)
+            if self.config.always_set_request_id_in_response:
+                request_id = stream.request.headers.get("x-request-id")
+                if request_id is not None:
+                    headers.set("x-request-id", request_id)
         headers.add("date", http_date())
         headers.add("server", self.config.server_name)
         if close:
@@ -570,9 +776,11 @@ class HttpConnectionManager:
         request = stream.request
         keep_alive = keep_alive and request.keep_alive and request.body.done
         self.stats.count_status(status)
+        stream.status = status
         stream.committed = True
         conn = stream.conn
         payload = b"" if request.method == "HEAD" else body
+        stream.bytes_sent = len(payload)
         conn.write(self._local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
         conn.response_done(keep_alive)
 
@@ -607,10 +815,7 @@ def _request_head(method: str, target: str, headers: Headers) -> bytes:
         [f"{name}: {value}\r\n" for name, value in headers.items]).encode("latin-1") + b"\r\n"
 
 
-def _write_body(connection: object, chunks: list[bytes], chunked: bool, last: bool) -> None:
-    from proxy.http.client import UpstreamConnection
-
-    assert isinstance(connection, UpstreamConnection)
+def _write_body(connection: UpstreamConnection, chunks: list[bytes], chunked: bool, last: bool) -> None:
     if chunked:
         data = b"".join(encode_chunk(chunk) for chunk in chunks if chunk)
         connection.write(data + LAST_CHUNK if last else data)
@@ -635,19 +840,20 @@ def _expected_timeout(timeout: float, per_try: float, deadline: float, now: floa
 def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
                           timeout: float) -> tuple[RetryPolicy | None, float]:
     """x-envoy-* request headers of an internal request override the route's settings."""
-    from dataclasses import replace
-
+    max_retries_header = headers.get("x-envoy-max-retries")
     value = headers.get("x-envoy-upstream-rq-timeout-ms")
     if value is not None and value.isdigit():
         timeout = int(value) / 1000
         headers.remove("x-envoy-upstream-rq-timeout-ms")
     retry_on = headers.get("x-envoy-retry-on")
+    for consumed in ("x-envoy-retry-on", "x-envoy-max-retries"):
+        headers.remove(consumed)
     if retry_on is not None:
         extra = parse_retry_on(retry_on)
         if extra:
             base = policy or RetryPolicy()
             policy = replace(base, retry_on=base.retry_on | extra)
-    max_retries = headers.get("x-envoy-max-retries")
+    max_retries = max_retries_header
     if max_retries is not None and max_retries.isdigit() and policy is not None:
         policy = replace(policy, num_retries=int(max_retries))
     per_try = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")
@@ -655,6 +861,11 @@ def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
         policy = replace(policy, per_try_timeout=int(per_try) / 1000)
         headers.remove("x-envoy-upstream-rq-per-try-timeout-ms")
     return policy, timeout
+
+
+def _append_forwarded_host(headers: Headers, host: str) -> None:
+    existing = headers.get_joined("x-forwarded-host")
+    headers.set("x-forwarded-host", f"{existing},{host}" if existing else host)
 
 
 def _is_loopback(address: str) -> bool:
@@ -672,7 +883,5 @@ def _cookie(headers: Headers, name: str) -> str | None:
 
 
 def _query_parameter(target: str, name: str) -> str | None:
-    from proxy.router.matchers import parse_query
-
     _, _, query = target.partition("?")
     return parse_query(query).get(name) if query else None

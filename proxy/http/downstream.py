@@ -110,11 +110,16 @@ class DownstreamConnection(asyncio.Protocol):
         self.active: Request | None = None
         self.closed = False
         self._reading = True
+        self._dispatching = False
         self._error: int = 0
         self.tunnel: Callable[[bytes], None] | None = None
+        self.upgraded = False
+        self.early_tunnel_data: list[bytes] = []
+        self.on_lost: Callable[[], None] | None = None
         self.on_drain: Callable[[], None] | None = None
         self.write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # asyncio.Protocol
 
@@ -134,6 +139,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel(data)
             return
+        if self.upgraded:
+            self.early_tunnel_data.append(data)   # until the upstream accepts the upgrade
+            return
         if self._error:
             return
         if self._in_head:
@@ -144,9 +152,13 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            # Everything after this request's head belongs to the upgraded protocol.
             offset = upgrade.args[0] if upgrade.args else len(data)
-            if self._current is not None:
-                self._current.body.feed(data[offset:]) if offset < len(data) else None
+            self.upgraded = True
+            if offset < len(data):
+                self.early_tunnel_data.append(data[offset:])
+            if self._current is not None and not self._current.body.done:
+                self._current.body.finish()
         except httptools.HttpParserError as error:
             self._protocol_error(426 if "version" in str(error).lower() else 400)
         self._dispatch()
@@ -157,6 +169,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self.manager.connection_closed(self)
@@ -215,13 +229,18 @@ class DownstreamConnection(asyncio.Protocol):
     # serving
 
     def _dispatch(self) -> None:
-        if self.active is None and self._ready and not self.closed:
-            request = self._ready.popleft()
-            self.active = request
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            self.manager.serve(self, request)
+        # Requests may be served synchronously (local replies), and finishing one dispatches
+        # the next: a loop, not recursion, so a long pipeline cannot exhaust the stack.
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.active is None and self._ready and not self.closed:
+                request = self._ready.popleft()
+                self.active = request
+                self.manager.serve(self, request)
+        finally:
+            self._dispatching = False
         if self._ready and self._reading and self.transport is not None:
             self._reading = False
             self.transport.pause_reading()
@@ -258,15 +277,28 @@ class DownstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_idle(self) -> None:
+        """Note the start of an idle period; one lazy timer per connection checks it (re-arming
+        a timer per request would cost more than the check)."""
         timeout = self.manager.config.idle_timeout
-        if timeout > 0:
-            loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(timeout, self._idle_expired)
+        if timeout <= 0:
+            return
+        loop = self.manager.loop
+        self._idle_since = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._idle_since + timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
-        if self.active is None:
+        if self.closed:
+            return
+        loop = self.manager.loop
+        deadline = self._idle_since + self.manager.config.idle_timeout
+        if self.active is None and not self._ready and loop.time() >= deadline:
             self.close()
+            return
+        if self.active is not None:
+            deadline = loop.time() + self.manager.config.idle_timeout
+        self._idle_timer = loop.call_at(deadline, self._idle_expired)
 
     def _protocol_error(self, status: int) -> None:
         status = self._error or status

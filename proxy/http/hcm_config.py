@@ -4,8 +4,11 @@ Rules: only the router HTTP filter is supported (it must be the last filter, as 
 the route configuration is inline (`route_config`) — RDS comes with dynamic resources; the
 codec is HTTP/1.1 (`AUTO` and `HTTP1` accepted). Defaults are Envoy's: server name
 "envoy", request ids generated, 60 KiB of request headers, 100 headers, 1 h connection idle
-timeout, 5 min stream idle timeout, no request timeout, nothing internal unless
-`internal_address_config` lists it.
+timeout, 5 min stream idle timeout, nothing internal unless `internal_address_config` lists it; 100-continue is
+answered by the proxy itself (Envoy's default). Request and request-header timeouts are not
+implemented yet and are rejected when set. The stream idle timeout (route `idle_timeout`,
+else `stream_idle_timeout`, 5 min by default) bounds the wait for the upstream's response
+head: 504 "stream timeout".
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
     HttpConnectionManager,
 )
 
+from proxy.access_log import AccessLogConfig
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.router.route_table import RouteTable
@@ -29,7 +33,8 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True, slots=True)
 class HcmConfig:
     stat_prefix: str
-    route_table: RouteTable
+    route_table: RouteTable | None      # None: routes come over RDS (`rds_name`)
+    rds_name: str = ""
     server_name: str = "envoy"
     server_header: str = "OVERWRITE"          # | APPEND_IF_ABSENT | PASS_THROUGH
     use_remote_address: bool = False
@@ -42,13 +47,11 @@ class HcmConfig:
     max_headers_count: int = 100
     idle_timeout: float = 3600.0
     stream_idle_timeout: float = 300.0
-    request_timeout: float = 0.0
-    request_headers_timeout: float = 0.0
     upgrades: frozenset[str] = frozenset()
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
     suppress_envoy_headers: bool = False
-    proxy_100_continue: bool = False
+    access_logs: tuple[AccessLogConfig, ...] = ()
 
     @classmethod
     def from_proto(cls, message: HttpConnectionManager, path: str) -> HcmConfig:
@@ -57,15 +60,25 @@ class HcmConfig:
             "server_header_transformation", "use_remote_address", "skip_xff_append",
             "xff_num_trusted_hops", "generate_request_id", "preserve_external_request_id",
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
-            "common_http_protocol_options", "http_protocol_options", "stream_idle_timeout",
-            "request_timeout", "request_headers_timeout", "drain_timeout", "delayed_close_timeout",
-            "upgrade_configs", "normalize_path", "merge_slashes", "proxy_100_continue"))
+            "common_http_protocol_options", "http_protocol_options", "upgrade_configs",
+            "normalize_path", "merge_slashes", "access_log", "rds", "stream_idle_timeout"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
             raise ConfigError(join(path, "stat_prefix"), "must not be empty")
-        if not message.HasField("route_config"):
-            raise ConfigError(path, "route_config is required (rds is not supported yet)")
+        rds_name = ""
+        if message.HasField("rds"):
+            here = join(path, "rds")
+            reject_unsupported(message.rds, here, ("config_source", "route_config_name"))
+            source = message.rds.config_source
+            reject_unsupported(source, join(here, "config_source"), ("ads", "resource_api_version"))
+            if not source.HasField("ads"):
+                raise ConfigError(join(here, "config_source"), "only ads is supported")
+            if not message.rds.route_config_name:
+                raise ConfigError(join(here, "route_config_name"), "must not be empty")
+            rds_name = message.rds.route_config_name
+        elif not message.HasField("route_config"):
+            raise ConfigError(path, "one of route_config or rds is required")
         if message.xff_num_trusted_hops:
             raise ConfigError(join(path, "xff_num_trusted_hops"), "only 0 is supported")
         suppress = _check_filters(message, join(path, "http_filters"))
@@ -105,14 +118,13 @@ class HcmConfig:
         if message.normalize_path.value or message.merge_slashes:
             field = "normalize_path" if message.normalize_path.value else "merge_slashes"
             raise ConfigError(join(path, field), "path normalization is not supported")
-        try:
-            table = RouteTable.from_proto(message.route_config, join(path, "route_config"))
-        except ConfigError:
-            raise
+        table = (RouteTable.from_proto(message.route_config, join(path, "route_config"))
+                 if message.HasField("route_config") else None)
         kb = message.max_request_headers_kb.value if message.HasField("max_request_headers_kb") else 60
         return cls(
             stat_prefix=message.stat_prefix,
             route_table=table,
+            rds_name=rds_name,
             server_name=message.server_name or "envoy",
             server_header=HttpConnectionManager.ServerHeaderTransformation.Name(
                 message.server_header_transformation),
@@ -128,13 +140,12 @@ class HcmConfig:
             idle_timeout=idle_timeout,
             stream_idle_timeout=(seconds(message.stream_idle_timeout)
                                  if message.HasField("stream_idle_timeout") else 300.0),
-            request_timeout=seconds(message.request_timeout),
-            request_headers_timeout=seconds(message.request_headers_timeout),
             upgrades=frozenset(upgrades),
             accept_http_10=accept_10,
             default_host_for_http_10=default_host,
             suppress_envoy_headers=suppress,
-            proxy_100_continue=message.proxy_100_continue,
+            access_logs=tuple(AccessLogConfig.from_proto(log, f"{path}.access_log[{index}]")
+                              for index, log in enumerate(message.access_log)),
         )
 
 

@@ -30,7 +30,11 @@ class Headers:
         return values[0] if len(values) == 1 else ",".join(values)
 
     def __contains__(self, name: object) -> bool:
-        return any(key == name for key, _ in self.items)
+        # A plain loop: any() over a generator costs a frame per call on the hot path.
+        for key, _ in self.items:  # noqa: SIM110
+            if key == name:
+                return True
+        return False
 
     def add(self, name: str, value: str) -> None:
         self.items.append((name, value))
@@ -41,16 +45,25 @@ class Headers:
         for index, (key, _) in enumerate(items):
             if key == name:
                 items[index] = (name, value)
-                self.items = [
-                    item for position, item in enumerate(items)
-                    if position <= index or item[0] != name
-                ]
+                for later in range(index + 1, len(items)):
+                    if items[later][0] == name:   # repeated lines: drop the others (rare)
+                        self.items = [item for position, item in enumerate(items)
+                                      if position <= index or item[0] != name]
+                        break
                 return
         items.append((name, value))
 
     def remove(self, name: str) -> None:
-        if any(key == name for key, _ in self.items):
+        if name in self:
             self.items = [item for item in self.items if item[0] != name]
+
+    def remove_all(self, names: frozenset[str]) -> None:
+        """Remove every line whose name is in `names` (one pass, for the hot path)."""
+        items = self.items
+        for key, _ in items:
+            if key in names:
+                self.items = [item for item in items if item[0] not in names]
+                return
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)

@@ -31,6 +31,7 @@ from proxy.proto_config import join, seconds
 
 CONNECT_FAILURE = "connect-failure"
 RESET = "reset"          # the upstream closed or reset before sending response headers
+PROTOCOL_ERROR = "protocol-error"   # the upstream's answer was not HTTP/1.1 (a reset too)
 PER_TRY_TIMEOUT = "per-try-timeout"
 
 KNOWN_RETRY_ON = frozenset({

@@ -122,11 +122,13 @@ class ForwardAction:
     regex_rewrite: tuple[re.Pattern[str], str] | None = None
     host_rewrite_literal: str = ""
     auto_host_rewrite: bool = False
+    append_x_forwarded_host: bool = False     # when the host is rewritten
     timeout: float = DEFAULT_ROUTE_TIMEOUT     # 0 = no timeout
-    idle_timeout: float = 0.0
+    idle_timeout: float | None = None         # None: the connection manager's stream_idle_timeout
     retry_policy: RetryPolicy | None = None
     hash_policy: tuple[HashPolicy, ...] = ()
-    upgrades: frozenset[str] = frozenset()
+    upgrades: frozenset[str] = frozenset()            # enabled on this route
+    upgrades_disabled: frozenset[str] = frozenset()   # disabled on this route
 
     def pick_cluster(self, random_value: float) -> str:
         if not self.weighted_clusters:
@@ -142,6 +144,7 @@ class ForwardAction:
     def from_proto(cls, message: Message, path: str, match: RouteMatch) -> ForwardAction:
         reject_unsupported(message, path, ("cluster", "weighted_clusters", "prefix_rewrite",
                                     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
+                                    "append_x_forwarded_host",
                                     "timeout", "idle_timeout", "retry_policy", "hash_policy",
                                     "upgrade_configs"))
         weighted: list[tuple[str, int]] = []
@@ -168,12 +171,16 @@ class ForwardAction:
             if prefix_rewrite is not None:
                 raise ConfigError(join(path, "regex_rewrite"), "cannot be combined with prefix_rewrite")
             regex_rewrite = _regex_rewrite(message.regex_rewrite, join(path, "regex_rewrite"))
-        upgrades = set()
+        upgrades, disabled = set(), set()
         for index, upgrade in enumerate(message.upgrade_configs):
             here = f"{path}.upgrade_configs[{index}]"
             reject_unsupported(upgrade, here, ("upgrade_type", "enabled"))
+            if upgrade.upgrade_type.lower() == "connect":
+                raise ConfigError(join(here, "upgrade_type"), "CONNECT is not supported")
             if not upgrade.HasField("enabled") or upgrade.enabled.value:
                 upgrades.add(upgrade.upgrade_type.lower())
+            else:
+                disabled.add(upgrade.upgrade_type.lower())
         return cls(
             cluster=message.cluster,
             weighted_clusters=tuple(weighted),
@@ -182,13 +189,15 @@ class ForwardAction:
             regex_rewrite=regex_rewrite,
             host_rewrite_literal=message.host_rewrite_literal,
             auto_host_rewrite=message.auto_host_rewrite.value,
+            append_x_forwarded_host=message.append_x_forwarded_host,
             timeout=seconds(message.timeout) if message.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT,
-            idle_timeout=seconds(message.idle_timeout),
+            idle_timeout=seconds(message.idle_timeout) if message.HasField("idle_timeout") else None,
             retry_policy=(RetryPolicy.from_proto(message.retry_policy, join(path, "retry_policy"))
                           if message.HasField("retry_policy") else None),
             hash_policy=tuple(HashPolicy.from_proto(policy, f"{path}.hash_policy[{index}]")
                               for index, policy in enumerate(message.hash_policy)),
             upgrades=frozenset(upgrades),
+            upgrades_disabled=frozenset(disabled),
         )
 
     def rewrite_path(self, path: str, query: str, matched: int) -> str | None:
@@ -247,17 +256,19 @@ class RedirectAction:
         )
 
     def location(self, scheme: str, authority: str, path: str, query: str, matched: int) -> str:
-        """Envoy's redirect URL for a request (path without query, query with its '?')."""
+        """Envoy's redirect URL for a request (path without query, query with its '?').
+
+        host_redirect replaces host and port; port_redirect the port; a scheme change
+        drops the port only when it was the old scheme's explicit default (:80, :443)."""
         host, _, port = authority.rpartition(":") if _has_port(authority) else (authority, "", "")
         new_scheme = self.scheme or scheme
+        if self.scheme and ((scheme == "http" and port == "80") or (scheme == "https" and port == "443")):
+            port = ""    # an explicit default port of the old scheme goes with it
         if self.host:
-            host = self.host
+            # host_redirect replaces the whole authority (a port in it included)
+            host, _, port = self.host.rpartition(":") if _has_port(self.host) else (self.host, "", "")
         if self.port:
             port = str(self.port)
-        elif self.scheme and self.scheme != scheme:
-            port = ""    # a scheme change drops the old scheme's port
-        if port and ((new_scheme == "http" and port == "80") or (new_scheme == "https" and port == "443")):
-            port = ""
         if self.path is not None:
             new_path = self.path
             if "?" in new_path:

@@ -65,7 +65,7 @@ class VirtualHost:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # not frozen: built per request, and frozen __init__ is slow
 class RouteSelection:
     """The outcome of routing one request."""
 
@@ -109,6 +109,9 @@ class RouteTable:
         self._suffixes = tuple(sorted(suffixes, key=lambda item: -len(item[0])))
         self._prefixes = tuple(sorted(prefixes, key=lambda item: -len(item[0])))
         self._host_cache: dict[str, VirtualHost | None] = {}
+        # the mutation levels of each (route, virtual host), computed once (keyed by identity)
+        self._request_levels: dict[int, tuple[HeaderMutation, ...]] = {}
+        self._response_levels: dict[int, tuple[HeaderMutation, ...]] = {}
 
     @classmethod
     def from_proto(cls, message: Message, path: str = "route_config") -> RouteTable:
@@ -194,11 +197,21 @@ class RouteTable:
         return None
 
     def request_mutations(self, selection: RouteSelection) -> tuple[HeaderMutation, ...]:
-        levels = (selection.route.request_headers, selection.virtual_host.request_headers,
-                  self.request_headers)
-        return tuple(level for level in (levels[::-1] if self.most_specific_wins else levels) if level)
+        levels = self._request_levels.get(id(selection.route))
+        if levels is None:
+            levels = self._request_levels[id(selection.route)] = self._ordered(
+                selection.route.request_headers, selection.virtual_host.request_headers,
+                self.request_headers)
+        return levels
 
     def response_mutations(self, selection: RouteSelection) -> tuple[HeaderMutation, ...]:
-        levels = (selection.route.response_headers, selection.virtual_host.response_headers,
-                  self.response_headers)
-        return tuple(level for level in (levels[::-1] if self.most_specific_wins else levels) if level)
+        levels = self._response_levels.get(id(selection.route))
+        if levels is None:
+            levels = self._response_levels[id(selection.route)] = self._ordered(
+                selection.route.response_headers, selection.virtual_host.response_headers,
+                self.response_headers)
+        return levels
+
+    def _ordered(self, *levels: HeaderMutation) -> tuple[HeaderMutation, ...]:
+        ordered = levels[::-1] if self.most_specific_wins else levels
+        return tuple(level for level in ordered if level)

@@ -43,7 +43,10 @@ class Cluster:
         self.rng = rng
         self.host_set = HostSet((), config.panic_threshold)
         self.hostnames: dict[Host, str] = {}
-        self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, config.lb_config, rng)
+        self.balancer: Balancer = make_balancer(config.lb_policy, self.host_set, config.lb_config, rng,
+                                                config_path=config.lb_config_path)
+        if config.locality_weighted:
+            self.host_set.set_locality_weighted(True)
         self.breaker = CircuitBreaker(config.thresholds)
         self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
                         if config.outlier is not None else None)
@@ -55,6 +58,7 @@ class Cluster:
                           on_check_passed=self._health_check_passed if self.outlier else None)
             if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
+        self.config_endpoints: tuple[EndpointConfig, ...] = config.endpoints
         self._dns_task: asyncio.Task[None] | None = None
         if config.type == "STATIC":
             self.set_endpoints(config.endpoints)
@@ -69,7 +73,10 @@ class Cluster:
             addresses = resolved[endpoint.address] if resolved is not None else [endpoint.address]
             for address in addresses:
                 host = Host(address, endpoint.port, weight=endpoint.weight,
-                            locality_priority=endpoint.priority)
+                            locality_priority=endpoint.priority,
+                            eds_health_failed=endpoint.health_failed,
+                            health_check_port=endpoint.health_check_port,
+                            locality=endpoint.locality, locality_weight=endpoint.locality_weight)
                 hosts.append(host)
                 names[(address, endpoint.port)] = endpoint.hostname
         self.host_set.update(hosts)
@@ -181,5 +188,6 @@ class Cluster:
         pool = self.pools.get(host)
         if pool is None:
             pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
-                                                     self.breaker)
+                                                     self.breaker,
+                                                     self.config.max_requests_per_connection)
         return pool

@@ -18,6 +18,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.upstream.balancer import make_balancer
+from proxy.upstream.balancer.load_balancing_policy import from_load_balancing_policy
 from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
 from proxy.upstream.health import HealthCheckConfig
 from proxy.upstream.host_set import HostSet
@@ -40,6 +41,10 @@ class EndpointConfig:
     weight: int = 1
     priority: int = 0
     hostname: str = ""
+    locality: str = ""
+    locality_weight: int = 0
+    health_failed: bool = False       # EDS health_status UNHEALTHY, DRAINING or TIMEOUT
+    health_check_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +57,15 @@ class ClusterConfig:
     panic_threshold: float = 50.0
     dns_refresh_rate: float = 5.0
     dns_family: str = "AUTO"
-    max_requests_per_connection: int = 0
+    max_requests_per_connection: int = 0      # 0: unlimited
+    stat_name: str = ""                      # alt_stat_name, else the name
+    http2: bool = False                      # only allowed for the xDS server's cluster
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     outlier: OutlierConfig | None = None
     health_check: HealthCheckConfig | None = None
     lb_config: object | None = None  # the policy's sub-message, for make_balancer
+    lb_config_path: str | None = None
+    locality_weighted: bool = False
     proto: Cluster | None = None
 
     @classmethod
@@ -65,9 +74,9 @@ class ClusterConfig:
             "name", "type", "connect_timeout", "lb_policy", "load_assignment", "circuit_breakers",
             "outlier_detection", "health_checks", "common_lb_config", "ring_hash_lb_config",
             "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
-            "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "eds_cluster_config",
-            "per_connection_buffer_limit_bytes", "max_requests_per_connection", "metadata",
-            "alt_stat_name"))
+            "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
+            "max_requests_per_connection", "metadata", "alt_stat_name",
+            "http2_protocol_options", "typed_extension_protocol_options", "load_balancing_policy"))
         if not message.name:
             raise ConfigError(join(path, "name"), "must not be empty")
         kind = _TYPES.get(message.type)
@@ -79,11 +88,17 @@ class ClusterConfig:
             raise ConfigError(join(path, "lb_policy"),
                               f"{Cluster.LbPolicy.Name(message.lb_policy)} is not supported")
         panic = 50.0
+        locality_weighted = False
         if message.HasField("common_lb_config"):
             common = message.common_lb_config
-            reject_unsupported(common, join(path, "common_lb_config"), ("healthy_panic_threshold",))
+            here = join(path, "common_lb_config")
+            reject_unsupported(common, here, ("healthy_panic_threshold", "locality_weighted_lb_config"))
             if common.HasField("healthy_panic_threshold"):
                 panic = common.healthy_panic_threshold.value
+            if common.HasField("locality_weighted_lb_config"):
+                reject_unsupported(common.locality_weighted_lb_config,
+                                   join(here, "locality_weighted_lb_config"), ())
+                locality_weighted = True
         family = Cluster.DnsLookupFamily.Name(message.dns_lookup_family)
         if message.HasField("eds_cluster_config"):
             reject_unsupported(message.eds_cluster_config, join(path, "eds_cluster_config"),
@@ -94,11 +109,17 @@ class ClusterConfig:
             if other != lb_field and message.HasField(other):
                 raise ConfigError(join(path, other), f"does not apply to lb_policy {policy}")
         lb_config = getattr(message, lb_field) if lb_field and message.HasField(lb_field) else None
+        lb_config_path: str | None = None
+        if message.HasField("load_balancing_policy"):
+            # The typed extension list takes precedence over lb_policy, as in Envoy.
+            chosen = from_load_balancing_policy(message.load_balancing_policy,
+                                                join(path, "load_balancing_policy"))
+            policy, lb_config, lb_config_path = chosen.policy, chosen.config, chosen.config_path
         try:
             # Building a balancer over no hosts validates its config (errors name the field).
-            make_balancer(policy, HostSet(()), lb_config, random.Random(0))
+            make_balancer(policy, HostSet(()), lb_config, random.Random(0), config_path=lb_config_path)
         except ConfigError as error:
-            raise error.under(path) from None
+            raise (error if lb_config_path else error.under(path)) from None
         thresholds = CircuitBreakerThresholds.from_proto(
             message.circuit_breakers if message.HasField("circuit_breakers") else None, 0,
             join(path, "circuit_breakers"))
@@ -117,12 +138,39 @@ class ClusterConfig:
             dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
             dns_family=family,
             max_requests_per_connection=message.max_requests_per_connection.value,
+            stat_name=message.alt_stat_name or message.name,
+            http2=_http2(message, path),
             thresholds=thresholds,
             outlier=outlier,
             health_check=health_check,
             lb_config=lb_config,
+            lb_config_path=lb_config_path,
+            locality_weighted=locality_weighted,
             proto=message,
         )
+
+
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _http2(message: Cluster, path: str) -> bool:
+    """Whether the cluster asks for HTTP/2 upstream (gRPC to an xDS server)."""
+    if message.HasField("http2_protocol_options"):
+        return True
+    for key, options in message.typed_extension_protocol_options.items():
+        here = f"{path}.typed_extension_protocol_options[{key}]"
+        if not options.type_url.endswith(_HTTP_OPTIONS):
+            raise ConfigError(here, f"{options.type_url} is not supported")
+        from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+
+        parsed = HttpProtocolOptions()
+        options.Unpack(parsed)
+        reject_unsupported(parsed, here, ("explicit_http_config",))
+        explicit = parsed.explicit_http_config
+        reject_unsupported(explicit, join(here, "explicit_http_config"),
+                           ("http2_protocol_options", "http_protocol_options"))
+        return explicit.HasField("http2_protocol_options")
+    return False
 
 
 def _endpoints(message: Cluster, path: str, kind: str) -> tuple[EndpointConfig, ...]:
@@ -131,15 +179,28 @@ def _endpoints(message: Cluster, path: str, kind: str) -> tuple[EndpointConfig, 
     endpoints: list[EndpointConfig] = []
     for index, locality in enumerate(assignment.endpoints):
         here = f"{path}.endpoints[{index}]"
-        reject_unsupported(locality, here, ("lb_endpoints", "priority", "locality",
-                                            "load_balancing_weight"))
-        for position, lb_endpoint in enumerate(locality.lb_endpoints):
-            endpoints.append(endpoint_config(lb_endpoint, f"{here}.lb_endpoints[{position}]",
-                                             locality.priority, kind))
+        endpoints.extend(locality_endpoints(locality, here, kind))
     return tuple(endpoints)
 
 
-def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str) -> EndpointConfig:
+def locality_endpoints(locality: object, path: str, kind: str) -> list[EndpointConfig]:
+    """The endpoints of one LocalityLbEndpoints, with its priority, name and weight."""
+    from envoy.config.endpoint.v3.endpoint_components_pb2 import LocalityLbEndpoints
+
+    assert isinstance(locality, LocalityLbEndpoints)
+    reject_unsupported(locality, path, ("lb_endpoints", "priority", "locality", "load_balancing_weight"))
+    name = "/".join((locality.locality.region, locality.locality.zone, locality.locality.sub_zone))
+    weight = locality.load_balancing_weight.value if locality.HasField("load_balancing_weight") else 0
+    return [endpoint_config(lb_endpoint, f"{path}.lb_endpoints[{position}]", locality.priority,
+                            kind, name, weight)
+            for position, lb_endpoint in enumerate(locality.lb_endpoints)]
+
+
+_FAILED_HEALTH = frozenset((2, 3, 4))   # UNHEALTHY, DRAINING, TIMEOUT
+
+
+def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str,
+                    locality: str = "", locality_weight: int = 0) -> EndpointConfig:
     from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
 
     assert isinstance(lb_endpoint, LbEndpoint)
@@ -147,6 +208,11 @@ def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str) ->
                                            "metadata"))
     endpoint = lb_endpoint.endpoint
     reject_unsupported(endpoint, join(path, "endpoint"), ("address", "hostname", "health_check_config"))
+    hc_port = None
+    if endpoint.HasField("health_check_config"):
+        here = join(path, "endpoint.health_check_config")
+        reject_unsupported(endpoint.health_check_config, here, ("port_value",))
+        hc_port = endpoint.health_check_config.port_value or None
     socket_address = endpoint.address.socket_address
     here = join(path, "endpoint.address.socket_address")
     reject_unsupported(endpoint.address, join(path, "endpoint.address"), ("socket_address",))
@@ -169,4 +235,7 @@ def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str) ->
         raise ConfigError(join(path, "load_balancing_weight"), "must be >= 1")
     return EndpointConfig(address=socket_address.address, port=socket_address.port_value,
                           weight=weight, priority=priority,
-                          hostname=endpoint.hostname or socket_address.address)
+                          hostname=endpoint.hostname or socket_address.address,
+                          locality=locality, locality_weight=locality_weight,
+                          health_failed=lb_endpoint.health_status in _FAILED_HEALTH,
+                          health_check_port=hc_port)

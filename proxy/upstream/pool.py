@@ -34,11 +34,12 @@ class Overflow(Exception):
 
 
 class ConnectionPool:
-    __slots__ = ("_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host", "open",
-                 "stats")
+    __slots__ = ("_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host",
+                 "max_requests_per_connection", "open", "stats")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
-                 breaker: CircuitBreaker) -> None:
+                 breaker: CircuitBreaker, max_requests_per_connection: int = 0) -> None:
+        self.max_requests_per_connection = max_requests_per_connection
         self.host = host
         self.stats = stats
         self.connect_timeout = connect_timeout
@@ -110,7 +111,12 @@ class ConnectionPool:
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
-        """Back to the pool after a completed exchange, or closed when not reusable."""
+        """Back to the pool after a completed exchange, or closed when not reusable (or when
+        it has carried max_requests_per_connection requests)."""
+        connection.requests += 1
+        limit = self.max_requests_per_connection
+        if limit and connection.requests >= limit:
+            connection.keep_alive = False
         if connection.keep_alive and not connection.closed:
             waiters = self._waiters
             while waiters:

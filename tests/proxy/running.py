@@ -64,7 +64,7 @@ class RecordingUpstream:
         self._thread.join(1)
 
 
-def bootstrap(listener_port: int, upstream_port: int, extra_route: str = "") -> str:
+def bootstrap(listener_port: int, upstream_port: int, hcm_extra: str = "") -> str:
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
 static_resources:
@@ -77,6 +77,7 @@ static_resources:
         typed_config:
           '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: main
+{hcm_extra}
           route_config:
             virtual_hosts:
             - name: all

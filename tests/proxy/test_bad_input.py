@@ -31,6 +31,8 @@ CASES = {
         b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!", 400),
     "space in a header name": (b"GET / HTTP/1.1\r\nhost: x\r\nbad header: v\r\n\r\n", 400),
     "no host header": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "upgrade without upgrade_configs": (
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", 403),
 }
 
 
@@ -66,3 +68,11 @@ def test_a_well_formed_request_after_the_bad_ones_is_proxied(
     assert response.startswith(b"HTTP/1.1 200 "), response[:200]
     assert response.endswith(b"ok")
     assert any(request.startswith(b"GET /ok HTTP/1.1") for request in upstream.received)
+
+
+def test_a_long_pipeline_is_answered_in_order(proxy: tuple[int, RecordingUpstream]) -> None:
+    port, _ = proxy
+    requests = b"".join(b"GET /p%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(300))
+    requests += b"GET /last HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    response = exchange(port, requests, timeout=10)
+    assert response.count(b"HTTP/1.1 200 ") == 301

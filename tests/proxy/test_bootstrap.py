@@ -62,7 +62,11 @@ def test_a_supported_bootstrap_loads() -> None:
     (bootstrap(hcm_extra="codec_type: HTTP2"),
      "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.codec_type"),
     (bootstrap(top="stats_flush_interval: 5s"), "stats_flush_interval"),
-    (bootstrap(top="dynamic_resources: {ads_config: {api_type: GRPC}}"), "dynamic_resources"),
+    (bootstrap(hcm_extra="request_timeout: 10s"),
+     "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.request_timeout"),
+    (bootstrap(top="dynamic_resources: {ads_config: {api_type: REST}}"),
+     "dynamic_resources.ads_config.api_type"),
+    (bootstrap(cluster_extra="http2_protocol_options: {}"), "static_resources.clusters[0]"),
 ])
 def test_unsupported_field_is_rejected_with_its_path(text: str, path: str) -> None:
     with pytest.raises(ConfigError) as error:

@@ -1,8 +1,10 @@
-"""tulle-proxy against the real Envoy: the shared envoy-diff scenarios, one case each.
+"""tulle-proxy against the real Envoy: the envoy-diff scenarios, one case each.
 
 Each case runs ../shared/envoy-diff/run.py on one scenario: the harness drives the same
 traffic through Envoy 1.40 and through tulle-proxy with the same bootstrap and compares what
-clients and upstreams saw. The list is explicit so that a regression fails a named case.
+clients and upstreams saw. The shared list is explicit so that a regression fails a named
+case; tests/proxy/scenarios/ holds Tulle's own scenarios in the same format (every one of
+them must pass).
 """
 
 from __future__ import annotations
@@ -51,16 +53,29 @@ def _envoy_diff() -> Path:
     raise FileNotFoundError("shared/envoy-diff not found above the repository")
 
 
+OWN = Path(__file__).resolve().parent / "scenarios"
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("scenario", PASSING)
-def test_scenario_matches_envoy(scenario: str, tmp_path: Path) -> None:
+def test_shared_scenario_matches_envoy(scenario: str, tmp_path: Path) -> None:
+    run_scenario(_envoy_diff() / "scenarios", scenario, tmp_path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", sorted(path.stem for path in OWN.glob("*.yaml")))
+def test_own_scenario_matches_envoy(scenario: str, tmp_path: Path) -> None:
+    run_scenario(OWN, scenario, tmp_path)
+
+
+def run_scenario(directory: Path, scenario: str, tmp_path: Path) -> None:
     harness = _envoy_diff()
     proxy = REPO / ".venv" / "bin" / "tulle-proxy"
     out = tmp_path / "result.json"
     completed = subprocess.run(
         [sys.executable, str(harness / "run.py"),
          "--proxy", f"{proxy} -c {{config}} --concurrency 1",
-         "--scenarios", str(harness / "scenarios"), "--only", scenario, "--json", str(out)],
+         "--scenarios", str(directory), "--only", scenario, "--json", str(out)],
         capture_output=True, text=True, timeout=110, check=False)
     result = json.loads(out.read_text())
     [outcome] = result["scenarios"]

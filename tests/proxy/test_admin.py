@@ -1,0 +1,81 @@
+"""Admin endpoints: Envoy's paths, formats and stat names."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from proxy.admin.endpoints import AdminState, handle
+from proxy.bootstrap import parse_bootstrap
+from proxy.stats import StatsStore
+from proxy.upstream.cluster import Cluster
+from tests.proxy.running import bootstrap
+
+
+@pytest.fixture
+def state() -> AdminState:
+    config = parse_bootstrap(bootstrap(10000, 8080))
+    stats = StatsStore()
+    clusters = {}
+    for cluster_config in config.clusters:
+        cluster = Cluster(cluster_config, random.Random(1))
+        clusters[cluster.name] = cluster
+        stats.register("cluster", cluster.name, cluster.stats, cluster.extra_stats)
+    clusters["a"].stats.upstream_rq_total = 7
+    return AdminState(config, stats, clusters)
+
+
+def test_ready_is_live_until_healthcheck_fail(state: AdminState) -> None:
+    assert handle(state, "GET", "/ready") == (200, "text/plain; charset=UTF-8", b"LIVE\n")
+    assert handle(state, "POST", "/healthcheck/fail")[0] == 200
+    assert handle(state, "GET", "/ready")[0] == 503
+    assert handle(state, "POST", "/healthcheck/ok")[0] == 200
+    assert handle(state, "GET", "/ready")[0] == 200
+
+
+def test_mutating_endpoints_need_post(state: AdminState) -> None:
+    assert handle(state, "GET", "/quitquitquit")[0] == 405
+    assert handle(state, "GET", "/healthcheck/fail")[0] == 405
+
+
+def test_stats_use_envoys_names(state: AdminState) -> None:
+    status, _, body = handle(state, "GET", "/stats")
+    lines = body.decode().splitlines()
+    assert status == 200
+    assert "cluster.a.upstream_rq_total: 7" in lines
+    assert "cluster.a.circuit_breakers.default.rq_open: 0" in lines
+    assert "cluster.a.upstream_rq_pending_overflow: 0" in lines
+    assert lines == sorted(lines)
+
+
+def test_stats_filter(state: AdminState) -> None:
+    _, _, body = handle(state, "GET", "/stats?filter=upstream_rq_total")
+    assert body.decode().splitlines() == ["cluster.a.upstream_rq_total: 7"]
+
+
+def test_prometheus_format(state: AdminState) -> None:
+    _, _, body = handle(state, "GET", "/stats/prometheus")
+    text = body.decode()
+    assert "# TYPE envoy_cluster_upstream_rq_total counter" in text
+    assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="a"} 7' in text
+    assert "# TYPE envoy_cluster_upstream_cx_active gauge" in text
+
+
+def test_clusters_lists_hosts_and_thresholds(state: AdminState) -> None:
+    _, _, body = handle(state, "GET", "/clusters")
+    lines = body.decode().splitlines()
+    assert "a::default_priority::max_requests::1024" in lines
+    assert "a::127.0.0.1:8080::health_flags::healthy" in lines
+
+
+def test_config_dump_and_server_info_are_json(state: AdminState) -> None:
+    dump = json.loads(handle(state, "GET", "/config_dump")[2])
+    assert dump["configs"][0]["bootstrap"]["staticResources"]["clusters"][0]["name"] == "a"
+    info = json.loads(handle(state, "GET", "/server_info")[2])
+    assert info["state"] == "LIVE"
+
+
+def test_unknown_path_is_404(state: AdminState) -> None:
+    assert handle(state, "GET", "/nope")[0] == 404

@@ -1,0 +1,93 @@
+"""An upstream that answers garbage, closes mid-response or is slow to start: the client gets
+what Envoy gives it (same bootstrap, compared case by case), and a slowloris client does
+not hold up anyone else."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.proxy.running import bootstrap, exchange, free_port, running_proxy
+
+ANSWERS = {
+    "/garbage": b"this is not http\r\n\r\n",
+    "/bad-status": b"HTTP/1.1 abc OK\r\ncontent-length: 0\r\n\r\n",
+    "/short-body": b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "/ok": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+}
+
+
+class ScriptedUpstream:
+    """Answers each request with the raw bytes for its path, then closes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                path = data.split(b" ")[1].decode()
+                conn.sendall(ANSWERS.get(path, ANSWERS["/ok"]))
+            except OSError:
+                return
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    upstream = ScriptedUpstream()
+    ports = {"tulle": free_port(), "envoy": free_port()}
+    workdir: Path = tmp_path_factory.mktemp("bad-upstream")
+    with running_proxy("tulle", bootstrap(ports["tulle"], upstream.port), ports["tulle"], workdir), \
+            running_proxy("envoy", bootstrap(ports["envoy"], upstream.port), ports["envoy"], workdir):
+        yield ports
+    upstream.sock.close()
+
+
+def status_and_body(response: bytes) -> tuple[bytes, bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+@pytest.mark.parametrize("path", ["/garbage", "/bad-status", "/short-body", "/bad-chunk"])
+def test_broken_upstream_answer_gets_envoys_response(both: dict[str, int], path: str) -> None:
+    request = f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+    envoy = status_and_body(exchange(both["envoy"], request))
+    tulle = status_and_body(exchange(both["tulle"], request))
+    assert tulle == envoy
+
+
+def test_slowloris_client_does_not_delay_others(both: dict[str, int]) -> None:
+    port = both["tulle"]
+    slow = socket.create_connection(("127.0.0.1", port))
+    try:
+        slow.sendall(b"GET /ok HTTP/1.1\r\nhost: x\r\n")   # and never finishes its headers
+        for _ in range(20):
+            slow.sendall(b"x-drip: 1\r\n")
+            response = exchange(port, b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            assert response.startswith(b"HTTP/1.1 200 ")
+    finally:
+        slow.close()

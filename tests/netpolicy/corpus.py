@@ -10,7 +10,17 @@ from types import ModuleType
 
 from netpolicy.conformance.corpus import PodRef, Topology
 
-CORPUS = Path("/work/shared/conformance/netpol")
+
+def _corpus() -> Path:
+    """The shared corpus beside the repository (CI lays shared/ next to its clone)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "conformance" / "netpol"
+        if (candidate / "cases").is_dir():
+            return candidate
+    raise FileNotFoundError("shared/conformance/netpol not found beside the repository")
+
+
+CORPUS = _corpus()
 CASE_FILES = sorted((CORPUS / "cases").glob("*.yaml"))
 
 

@@ -26,8 +26,8 @@ from control.store import StoreError
 from control.xds.service import XdsService
 
 
-async def _serve(config: ControlPlaneConfig, xds_listen: str) -> None:
-    xds = XdsService(xds_listen) if xds_listen else None
+async def _serve(config: ControlPlaneConfig, xds_listen: tuple[str, ...]) -> None:
+    xds = XdsService(xds_listen[0], also=xds_listen[1:]) if xds_listen else None
     plane = ControlPlane(config, [xds] if xds else [])
     try:
         await plane.start()
@@ -59,11 +59,12 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str) -> None:
 @click.option("--service-cidr", default="10.96.0.0/16", show_default=True, help="Service cluster IPs")
 @click.option("--cluster-cidr", default="10.244.0.0/16", show_default=True, help="pod CIDRs, cut per node")
 @click.option("--node-cidr-prefix", default=24, show_default=True, help="prefix length of each node's pod CIDR")
-@click.option("--xds-listen", default="", metavar="ADDRESS",
-              help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one); off by default")
+@click.option("--xds-listen", multiple=True, metavar="ADDRESS",
+              help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one) or unix:PATH; "
+                   "repeatable; off by default")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: str, service_cidr: str,
-            cluster_cidr: str, node_cidr_prefix: int, xds_listen: str, log_level: str) -> None:
+            cluster_cidr: str, node_cidr_prefix: int, xds_listen: tuple[str, ...], log_level: str) -> None:
     """The Tulle control plane: config API, stores, derived state."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -78,6 +78,7 @@ class Pod:
     labels: tuple[tuple[str, str], ...]
     ports: tuple[ContainerPort, ...]
     service_account: str = "default"
+    resource_version: str = ""  # of the stored object; agents' ACKs report it back
 
     @property
     def key(self) -> str:
@@ -171,6 +172,14 @@ class NetworkPolicy:
     name: str
     namespace: str
     spec: Any  # frozen; interpreted by netpolicy, carried here for agents
+    resource_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    resource_version: str = ""
 
 
 class Frozen(dict[str, Any]):
@@ -204,6 +213,7 @@ class MeshSnapshot:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: Mapping[str, DestinationRule] = field(default_factory=dict)  # host
     network_policies: tuple[NetworkPolicy, ...] = ()
+    namespace_objects: Mapping[str, Namespace] = field(default_factory=dict)  # name (labels for agents)
 
     @classmethod
     def from_documents(cls, docs: Iterable[Doc]) -> MeshSnapshot:
@@ -211,7 +221,7 @@ class MeshSnapshot:
 
     @classmethod
     def from_objects(cls, objects: Iterable[object]) -> MeshSnapshot:
-        namespaces: set[str] = set()
+        namespaces: dict[str, Namespace] = {}
         pods: dict[str, Pod] = {}
         services: dict[str, Service] = {}
         endpoints: dict[str, Endpoints] = {}
@@ -220,8 +230,8 @@ class MeshSnapshot:
         drs: dict[str, DestinationRule] = {}
         nps: list[NetworkPolicy] = []
         for obj in objects:
-            if isinstance(obj, str):
-                namespaces.add(obj)
+            if isinstance(obj, Namespace):
+                namespaces[obj.name] = obj
             elif isinstance(obj, Pod):
                 pods[obj.key] = obj
             elif isinstance(obj, Service):
@@ -247,6 +257,7 @@ class MeshSnapshot:
             virtual_services=tuple(sorted(vss, key=lambda v: (v.namespace, v.name))),
             destination_rules=drs,
             network_policies=tuple(sorted(nps, key=lambda n: (n.namespace, n.name))),
+            namespace_objects=dict(sorted(namespaces.items())),
         )
 
 
@@ -289,8 +300,13 @@ def _meta(doc: Doc) -> tuple[str, str]:
     return str(name), str(doc["metadata"].get("namespace") or "default")
 
 
-def _read_namespace(doc: Doc) -> str:
-    return str(_require(doc, "metadata", "name"))
+def _read_namespace(doc: Doc) -> Namespace:
+    name = str(_require(doc, "metadata", "name"))
+    return Namespace(name, _labels(doc["metadata"].get("labels")), _resource_version(doc))
+
+
+def _resource_version(doc: Doc) -> str:
+    return str((doc.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _read_pod(doc: Doc) -> Pod:
@@ -311,6 +327,7 @@ def _read_pod(doc: Doc) -> Pod:
         labels=_labels(doc["metadata"].get("labels")),
         ports=ports,
         service_account=str(spec.get("serviceAccountName") or "default"),
+        resource_version=_resource_version(doc),
     )
 
 
@@ -398,7 +415,7 @@ def _read_destination_rule(doc: Doc) -> DestinationRule:
 
 def _read_network_policy(doc: Doc) -> NetworkPolicy:
     name, ns = _meta(doc)
-    return NetworkPolicy(name, ns, freeze(doc.get("spec") or {}))
+    return NetworkPolicy(name, ns, freeze(doc.get("spec") or {}), _resource_version(doc))
 
 
 _READERS: dict[str, Any] = {

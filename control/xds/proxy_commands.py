@@ -24,9 +24,24 @@ from google.protobuf import json_format, symbol_database
 
 import control.xds.sidecar  # noqa: F401 - registers every message type a resource may hold
 from control.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TULLE_NODE, TULLE_POD
-from proto.tulle.netpolicy.v1 import node_pb2, pod_pb2  # noqa: F401 - Tulle's agent types, likewise
+from proto.tulle.netpolicy.v1 import (  # noqa: F401 - Tulle's agent types, likewise
+    namespace_pb2,
+    network_policy_pb2,
+    node_pb2,
+    pod_pb2,
+)
 
-DEFAULT_XDS = os.environ.get("TULLE_XDS_ADDRESS", "127.0.0.1:15010")
+
+def _default_xds() -> str:
+    from control.meshctl.client import single_lab_socket
+
+    if address := os.environ.get("TULLE_XDS_ADDRESS"):
+        return address
+    lab = single_lab_socket("xds.sock")
+    return f"unix:{lab}" if lab is not None else "127.0.0.1:15010"
+
+
+DEFAULT_XDS = _default_xds()
 CSDS_METHOD = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"
 COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE), ("NODES", TULLE_NODE), ("PODS", TULLE_POD))
 KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints": ENDPOINT, "nodes": TULLE_NODE, "pods": TULLE_POD}

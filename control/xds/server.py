@@ -91,8 +91,9 @@ class AdsServer:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, address: str = "127.0.0.1:0") -> int:
-        """Serve on `address`; returns the bound port."""
+    async def start(self, address: str = "127.0.0.1:0", *more: str) -> int:
+        """Serve on `address` (and on `more`, e.g. a unix:PATH for local tools); returns
+        the port bound for `address`."""
         self._server = grpc.aio.server(
             options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.so_reuseport", 0)]
         )
@@ -123,6 +124,13 @@ class AdsServer:
             raise OSError(f"xDS: cannot listen on {address}: {e}") from None
         if port == 0:
             raise OSError(f"xDS: cannot listen on {address}")
+        for extra in more:
+            try:
+                bound = self._server.add_insecure_port(extra)
+            except RuntimeError as e:
+                raise OSError(f"xDS: cannot listen on {extra}: {e}") from None
+            if bound == 0:
+                raise OSError(f"xDS: cannot listen on {extra}")
         await self._server.start()
         self._debounce_task = asyncio.create_task(self._debounce_loop())
         return port

@@ -43,8 +43,10 @@ class _Plane(Protocol):
 
 
 class XdsService:
-    def __init__(self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None) -> None:
+    def __init__(self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None,
+                 also: tuple[str, ...] = ()) -> None:
         self.listen = listen
+        self.also = also  # more addresses (e.g. unix:PATH for meshctl next to a lab)
         self.ads = AdsServer(debounce)
         self.address = ""  # host:port actually bound, after start()
         self._task: asyncio.Task[None] | None = None
@@ -54,7 +56,7 @@ class XdsService:
         objects, revision = await registry.snapshot(KINDS)
         self.ads.replace(obj for kind in KINDS for obj in objects.get(kind, ()))
         self.ads.push_now()
-        port = await self.ads.start(self.listen)
+        port = await self.ads.start(self.listen, *self.also)
         self.address = f"{self.listen.rpartition(':')[0]}:{port}"
         self._task = asyncio.create_task(self._follow(registry, revision), name="xds-watch")
         log.info("xDS (ADS, CSDS) serving on %s", self.address)

@@ -160,7 +160,10 @@ class Lab:
         node: str | None = None,
         labels: dict[str, str] | None = None,
         ports: Sequence[PortMapping] = (),
+        container_ports: Sequence[dict[str, Any]] = (),
     ) -> LabPod:
+        """`ports`: hostPorts (portmap); `container_ports`: the Pod object's container
+        ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80}."""
         with self._locked():
             self._require_loaded()
             key = f"{namespace}/{name}"
@@ -172,7 +175,7 @@ class Lab:
             if self._control is not None:
                 with self.api() as api:
                     api.ensure_namespace(namespace, self._namespaces.get(namespace))
-                    api.create_pod(namespace, name, dict(labels or {}))
+                    api.create_pod(namespace, name, dict(labels or {}), container_ports)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
             runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,13 @@ class LabApi:
             raise LabError(f"tulle-control: apply: {e.details()}") from None
         return [json.loads(r.document) for r in reply.results]
 
+    def list(self, kind: str, namespace: str = "") -> list[dict[str, Any]]:
+        try:
+            reply = self.stub.List(config_pb2.ListRequest(kind=kind, namespace=namespace), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise LabError(f"tulle-control: list {kind}: {e.details()}") from None
+        return [json.loads(d) for d in reply.documents]
+
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:
             self.stub.Delete(config_pb2.DeleteRequest(ref=config_pb2.ObjectRef(kind=kind, namespace=namespace, name=name)),
@@ -114,11 +121,17 @@ class LabApi:
             meta["resourceVersion"] = found["metadata"]["resourceVersion"]
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
 
-    def create_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+    def create_pod(self, namespace: str, name: str, labels: Mapping[str, str],
+                   container_ports: Sequence[Mapping[str, Any]] = ()) -> None:
+        """`container_ports`: the Pod spec's ports ({name, containerPort, protocol}),
+        which named ports in policies resolve against."""
         self.ensure_namespace(namespace)
+        container: dict[str, Any] = {"name": "main", "image": "lab"}
+        if container_ports:
+            container["ports"] = [dict(p) for p in container_ports]
         self.apply({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
-                    "spec": {"containers": [{"name": "main", "image": "lab"}]}})
+                    "spec": {"containers": [container]}})
 
     def set_pod_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
         for _ in range(10):  # the agent may be writing the pod's status meanwhile

@@ -31,6 +31,7 @@ from control.meshctl.client import ConfigClient, RequestError, UnreachableError,
 from control.meshctl.describe import describe as describe_text
 from control.meshctl.lab import lab
 from control.meshctl.manifests import ManifestError, read_manifests
+from control.meshctl.netpol import netpol
 from control.meshctl.tables import print_table, rows
 from control.resources import DEFAULT_NAMESPACE, Kind, UnknownKindError
 from control.xds.proxy_commands import proxy_config, proxy_status
@@ -344,6 +345,7 @@ def version(session: Session, client_only: bool) -> None:
 
 
 cli.add_command(lab)
+cli.add_command(netpol)
 cli.add_command(proxy_status)
 cli.add_command(proxy_config)
 

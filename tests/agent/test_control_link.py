@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +226,31 @@ def test_lab_without_control_plane_has_no_api(lab: Lab) -> None:
     assert lab.has_control
     with pytest.raises(LabError, match="no control plane"):
         Lab("nonexistent-lab").api()
+
+
+def meshctl(lab: Lab, *args: str) -> str:
+    done = subprocess.run([str(Path(sys.executable).parent / "meshctl"), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **lab.control_addresses()})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_get_networkpolicy_shows_on_how_many_nodes_each_policy_is_enforced(lab: Lab, ns: str) -> None:
+    lab.add_pod(ns, "web", node="node-1", labels={"app": "web"})
+    with lab.api() as api:
+        api.apply(policy(ns))
+    eventually(lambda: enforced_everywhere(lab, ns, "deny-web"))
+    table = meshctl(lab, "get", "networkpolicy", "-n", ns).splitlines()
+    assert table[0].split()[:3] == ["NAME", "POD-SELECTOR", "ENFORCED"]
+    assert table[1].split()[:3] == ["deny-web", "app=web", "2/2"]
+
+
+def test_explain_names_the_policy_and_side_that_drop_traffic(lab: Lab, ns: str) -> None:
+    lab.add_pod(ns, "web", node="node-1", labels={"app": "web"})
+    lab.add_pod(ns, "client", node="node-2", labels={"app": "client"})
+    with lab.api() as api:
+        api.apply(policy(ns))
+    text = meshctl(lab, "netpol", "explain", f"{ns}/client", f"{ns}/web", "80/TCP")
+    assert f"{ns}/client -> {ns}/web TCP/80: DENY" in text
+    assert f"selected by NetworkPolicy {ns}/deny-web" in text
+    assert "decided by the ingress side" in text

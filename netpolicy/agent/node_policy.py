@@ -8,8 +8,10 @@ Rules (every method runs on the agent's datapath thread, so none needs a lock):
 - An ADS change is compiled in full and applied as a diff. If it cannot be used (bad
   resource) or the kernel refuses it, the view and the rules stay as they were and the
   error is returned, to be NACKed.
-- Fail-closed pod start: `pod_attached` (CNI ADD, after the interface is up, before ADD
-  returns) programs the pod's rules in one incremental transaction. If the pod's labels
+- Fail-closed pod start: `pod_pending` (CNI ADD, address reserved, no interface yet) puts
+  the address in the ruleset's pending set, which drops everything from or to it;
+  `pod_attached` (after the interface is up, before ADD returns) programs the pod's rules
+  and releases the hold in one incremental transaction. If the pod's labels
   are unknown (its object has not arrived on the stream yet) they are read from the
   config API; a pod the control plane does not know, an unreachable control plane or a
   refused transaction fails the ADD (which the backend rolls back): a pod is never
@@ -19,6 +21,7 @@ Rules (every method runs on the agent's datapath thread, so none needs a lock):
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -108,6 +111,16 @@ class NodePolicy:
         return None
 
     # ------------------------------------------------------------------ CNI seam
+    def pod_pending(self, address: ipaddress.IPv4Address) -> None:
+        """Before the pod's interface exists: its address drops everything until
+        `pod_attached` programs its rules (the hold is released in that transaction)."""
+        if not self.started.is_set():
+            raise CniError(ErrorCode.TRY_AGAIN_LATER, "tulle-agent has not received the cluster's policies yet")
+        try:
+            self.enforcer.hold(address)
+        except Exception as e:
+            raise CniError(ErrorCode.DATAPATH_FAILURE, f"holding {address} until its rules are in place: {e}") from None
+
     def pod_attached(self, pod: PodAttachment) -> None:
         if not pod.pod_namespace or not pod.pod_name:
             raise CniError(ErrorCode.INVALID_ENVIRONMENT,

@@ -270,3 +270,16 @@ def test_lab_down_stops_the_control_plane_and_leaves_no_trace() -> None:
     assert not lab.dir.exists()
     assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
                 if n.startswith(f"tl-{name}.")]
+
+
+def test_proxy_status_and_proxy_config_show_what_each_agent_holds(lab: Lab, ns: str) -> None:
+    with lab.api() as api:
+        api.ensure_namespace(ns)
+        api.apply(policy(ns))
+    eventually(lambda: enforced_everywhere(lab, ns, "deny-web"))
+    status = meshctl(lab, "proxy-status").splitlines()
+    assert status[0].split()[-1] == "NETPOL"
+    agents = [line for line in status[1:] if line.startswith("agent~")]
+    assert len(agents) == 2 and all(line.split()[-2] == "SYNCED" for line in agents)  # the NETPOL cell
+    config = meshctl(lab, "proxy-config", "node-1", "networkpolicies")
+    assert any(line.split()[:2] == [ns, "deny-web"] for line in config.splitlines())

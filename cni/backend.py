@@ -17,8 +17,9 @@ Rules:
   veth is gone, a new ADD of the same attachment finishes the release first,
   and start-up finishes any release an agent killed in between left behind.
 - GC releases every attachment of the network not in cni.dev/valid-attachments.
-- Policy seam: `PodPolicy.pod_attached` runs after the pod's interface is up and
-  before ADD returns, so that a pod selected by a policy is never reachable
+- Policy seam: `PodPolicy.pod_pending` runs once the address is reserved, before the
+  interface exists (the policy makes the address unreachable); `pod_attached` runs
+  after the pod's interface is up and before ADD returns, so that a pod selected by a policy is never reachable
   unprotected; if it raises, the ADD fails and is rolled back. The agent passes
   no PodPolicy yet: the nftables applier (netpolicy) plugs in there.
 
@@ -76,6 +77,10 @@ class PodAttachment:
 
 
 class PodPolicy(Protocol):
+    def pod_pending(self, address: ipaddress.IPv4Address) -> None:
+        """The pod's address, reserved; called before its interface exists. Until
+        `pod_attached`, traffic from or to it must be dropped. Raise to fail the ADD."""
+
     def pod_attached(self, pod: PodAttachment) -> None:
         """Programs the pod's policy; called before ADD returns. Raise to fail the ADD."""
 
@@ -141,6 +146,8 @@ class CniBackend:
                     key, pool, req.requested_ips, host, req.netns, req.pod_namespace, req.pod_name
                 )
                 undo.push(f"release {address}", lambda: self.store.release(key))
+                if self.policy is not None:
+                    self.policy.pod_pending(address)
                 gateway = ipaddress.IPv4Interface(f"{pool.gateway}/{pool.subnet.prefixlen}")
                 bridge = self.datapath.ensure_bridge(conf.bridge, conf.mtu, gateway if conf.is_gateway else None)
                 if conf.is_gateway:

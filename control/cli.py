@@ -32,7 +32,7 @@ from control.store import StoreError
 from control.xds.service import XdsService
 
 
-async def _serve(config: ControlPlaneConfig, xds_listen: str, xds_listen_tls: str, ca: CaConfig) -> None:
+async def _serve(config: ControlPlaneConfig, xds_listen: tuple[str, ...], xds_listen_tls: str, ca: CaConfig) -> None:
     authority = CaService(ca)
 
     def credentials() -> grpc.ServerCredentials:
@@ -41,7 +41,8 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str, xds_listen_tls: st
 
     xds = None
     if xds_listen or xds_listen_tls:
-        xds = XdsService(xds_listen, trust_domain=ca.trust_domain, tls_listen=xds_listen_tls, credentials=credentials)
+        xds = XdsService(xds_listen[0] if xds_listen else "", also=xds_listen[1:], trust_domain=ca.trust_domain,
+                         tls_listen=xds_listen_tls, credentials=credentials)
     plane = ControlPlane(config, [authority, *([xds] if xds else [])])
     if xds is not None and xds_listen_tls:
         # Agents on other machines get their pods' certificates over the mTLS port.
@@ -78,8 +79,9 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str, xds_listen_tls: st
 @click.option("--service-cidr", default="10.96.0.0/16", show_default=True, help="Service cluster IPs")
 @click.option("--cluster-cidr", default="10.244.0.0/16", show_default=True, help="pod CIDRs, cut per node")
 @click.option("--node-cidr-prefix", default=24, show_default=True, help="prefix length of each node's pod CIDR")
-@click.option("--xds-listen", default="", metavar="ADDRESS",
-              help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one); off by default")
+@click.option("--xds-listen", multiple=True, metavar="ADDRESS",
+              help="serve xDS (ADS and CSDS) here, e.g. 127.0.0.1:15010 (port 0 picks one) or unix:PATH; "
+                   "repeatable; off by default")
 @click.option("--xds-listen-tls", default="", metavar="ADDRESS",
               help="serve xDS over mTLS here (Istio's 15012; port 0 picks one): clients need a certificate "
                    "from this CA and read only their own node's config; off by default")
@@ -95,7 +97,7 @@ async def _serve(config: ControlPlaneConfig, xds_listen: str, xds_listen_tls: st
               help="PEM certificates above an intermediate --ca-cert, up to the root")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def command(store: str, state_dir: Path, listen: tuple[str, ...], socket_path: str, service_cidr: str,
-            cluster_cidr: str, node_cidr_prefix: int, xds_listen: str, xds_listen_tls: str, trust_domain: str, svid_ttl: str,
+            cluster_cidr: str, node_cidr_prefix: int, xds_listen: tuple[str, ...], xds_listen_tls: str, trust_domain: str, svid_ttl: str,
             ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None, log_level: str) -> None:
     """The Tulle control plane: config API, stores, derived state."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

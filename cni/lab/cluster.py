@@ -17,6 +17,11 @@ Theory of operation.
   they end up empty).
 - Node namespaces get ip_forward from their agent and loose rp_filter from the
   lab, whatever the host's settings; nothing is set in the host's namespace.
+- With a control plane (`up(..., control=True)`, what `meshctl lab up` does): tulle-control
+  runs in the underlay namespace (see `cni.lab.control`), each agent joins it with
+  `--control` (registers its Node, gets its pod CIDR, follows ADS), pods are created as
+  objects before their CNI ADD and deleted after their DEL, and labels change through the
+  API. `down` stops tulle-control after the agents.
 - State (nodes, pods, agent PIDs) lives in `<root>/<lab>/state.json`, written
   atomically; commands on one lab are serialised by an flock on `<root>/<lab>.lock`.
 """
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from cni.errors import CniError
+from cni.lab.control import API_PORT, CONTROL_IP, LabApi, api_socket, control_argv, xds_socket
 from cni.lab.topology import (
     NAMESPACE_NAME_LABEL,
     UNDERLAY,
@@ -111,17 +117,20 @@ class Lab:
         self._pods: list[LabPod] = []
         self._namespaces: dict[str, dict[str, str]] = {}
         self._node_count = 0
+        self._control: dict[str, Any] | None = None  # {"pid", "start"} of tulle-control
 
     # -- lifecycle ----------------------------------------------------------------
 
     @classmethod
-    def up(cls, name: str, nodes: int = 2, root: Path = DEFAULT_ROOT) -> Lab:
+    def up(cls, name: str, nodes: int = 2, root: Path = DEFAULT_ROOT, control: bool = False) -> Lab:
         topology = LabTopology(name, nodes)
         lab = cls(name, root)
         with lab._locked():
             if lab.dir.exists() or any(n.startswith(topology.prefix) for n in _netns_names()):
                 raise LabError(f"lab {name!r} is already up (meshctl lab down --name {name})")
             lab._node_count = nodes
+            if control:
+                lab._control = {"pid": 0, "start": ""}
             try:
                 lab._build(topology)
             except BaseException:
@@ -151,7 +160,10 @@ class Lab:
         node: str | None = None,
         labels: dict[str, str] | None = None,
         ports: Sequence[PortMapping] = (),
+        container_ports: Sequence[dict[str, Any]] = (),
     ) -> LabPod:
+        """`ports`: hostPorts (portmap); `container_ports`: the Pod object's container
+        ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80}."""
         with self._locked():
             self._require_loaded()
             key = f"{namespace}/{name}"
@@ -160,6 +172,10 @@ class Lab:
             target = self._pick_node(node)
             container_id = secrets.token_hex(16)
             netns = LabTopology(self.name, self._node_count).pod_netns(container_id)
+            if self._control is not None:
+                with self.api() as api:
+                    api.ensure_namespace(namespace, self._namespaces.get(namespace))
+                    api.create_pod(namespace, name, dict(labels or {}), container_ports)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
             runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:
@@ -169,6 +185,9 @@ class Lab:
                 with contextlib.suppress(CniError):
                     runtime.delete(net, rt)
                 _run(["ip", "netns", "del", netns], f"delete namespace of pod {key}")
+                if self._control is not None:
+                    with self.api() as api:
+                        api.delete("Pod", namespace, name)
                 raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
             address = result["ips"][0]["address"].split("/")[0]
             pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
@@ -192,6 +211,9 @@ class Lab:
             self._require_loaded()
             old = self.pod(namespace, name)
             new = dataclasses.replace(old, labels=dict(labels))
+            if self._control is not None:
+                with self.api() as api:
+                    api.set_pod_labels(namespace, name, labels)
             self._pods[self._pods.index(old)] = new
             self._save()
             return new
@@ -210,8 +232,47 @@ class Lab:
             if labels.get(NAMESPACE_NAME_LABEL, namespace) != namespace:
                 raise LabError(f"--labels: {NAMESPACE_NAME_LABEL} is immutable (it is {namespace!r})")
             self._namespaces[namespace] = {**labels, NAMESPACE_NAME_LABEL: namespace}
+            if self._control is not None:
+                with self.api() as api:
+                    api.ensure_namespace(namespace, self._namespaces[namespace])
             self._save()
             return dict(self._namespaces[namespace])
+
+    def restart_agent(self, node_name: str) -> LabNode:
+        """Stops a node's tulle-agent and starts a new one (pods and kernel state stay)."""
+        with self._locked():
+            self._require_loaded()
+            node = self._pick_node(node_name)
+            problems = self._stop_agent(node)
+            if problems:
+                raise LabError("; ".join(problems))
+            started = self._start_agent(node, self.dir / "nodes.json")
+            self._nodes[self._nodes.index(node)] = started
+            self._save()
+            self._wait_for_agent(started)
+            return started
+
+    def stop_agent(self, node_name: str) -> None:
+        """Stops a node's tulle-agent (`restart_agent` starts it again)."""
+        with self._locked():
+            self._require_loaded()
+            problems = self._stop_agent(self._pick_node(node_name))
+            if problems:
+                raise LabError("; ".join(problems))
+
+    def api(self) -> LabApi:
+        """A config-API client of the lab's tulle-control (close it, or use `with`)."""
+        if self._control is None:
+            raise LabError(f"lab {self.name!r} runs no control plane (meshctl lab up --control)")
+        return LabApi(self.dir)
+
+    @property
+    def has_control(self) -> bool:
+        return self._control is not None
+
+    def control_addresses(self) -> dict[str, str]:
+        """Where meshctl on this host finds the lab's control plane."""
+        return {"TULLE_SERVER": f"unix:{api_socket(self.dir)}", "TULLE_XDS_ADDRESS": f"unix:{xds_socket(self.dir)}"}
 
     def pod(self, namespace: str, name: str) -> LabPod:
         self._refresh()
@@ -251,7 +312,11 @@ class Lab:
                 with contextlib.suppress(OSError, ValueError):
                     entry["attachments"] = call(str(self._socket(node)), {"op": "status"}, timeout=5)["attachments"]
             nodes.append(entry)
-        return {"name": self.name, "dir": str(self.dir), "underlay": self._underlay_netns(),
+        control = None
+        if self._control is not None:
+            alive = _process_start(int(self._control["pid"])) == self._control["start"]
+            control = {"pid": self._control["pid"], "state": "running" if alive else "stopped", **self.control_addresses()}
+        return {"name": self.name, "dir": str(self.dir), "underlay": self._underlay_netns(), "control": control,
                 "nodes": nodes, "namespaces": dict(self._namespaces), "pods": [p.to_json() for p in self._pods]}
 
     # -- building -----------------------------------------------------------------
@@ -268,12 +333,48 @@ class Lab:
         for node in nodes:
             self._build_node(node, underlay)
         self._save()
+        if self._control is not None:
+            self._start_control(underlay)
         for node in nodes:
             started = self._start_agent(node, nodes_file)
             self._nodes.append(started)
             self._save()
         for node in self._nodes:
             self._wait_for_agent(node)
+        if self._control is not None:
+            # The control plane allocated each node's pod CIDR at registration.
+            self._nodes = [dataclasses.replace(n, pod_cidr=ipaddress.IPv4Network(
+                call(str(self._socket(n)), {"op": "status"}, timeout=5)["podCidr"])) for n in self._nodes]
+            self._save()
+            self._wait_for_overlay()
+
+    def _wait_for_overlay(self) -> None:
+        """Until every agent has programmed a route to every other node (node list via ADS)."""
+        names = {n.name for n in self._nodes}
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        for node in self._nodes:
+            while set(call(str(self._socket(node)), {"op": "status"}, timeout=5)["peers"]) != names - {node.name}:
+                if time.monotonic() > deadline:
+                    raise LabError(f"tulle-agent of {node.name} did not receive the node list in time")
+                time.sleep(0.02)
+
+    def _start_control(self, underlay: str) -> None:
+        _ip(underlay, "link", "set", "lo", "up", what="bring up lo of the underlay")
+        _ip(underlay, "addr", "add", f"{CONTROL_IP}/{UNDERLAY.prefixlen}", "dev", "ul0",
+            what="address the control plane on the underlay")
+        argv = ["nsenter", f"--net=/run/netns/{underlay}", "--", *control_argv(_bin("tulle-control"), self.dir)]
+        with open(self.dir / "control.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self._control = {"pid": proc.pid, "start": _process_start(proc.pid)}
+        self._save()
+        control = self._control
+        with LabApi(self.dir) as api:
+            try:
+                api.wait_ready(lambda: _process_start(int(control["pid"])) == control["start"])
+            except LabError as exc:
+                log_text = (self.dir / "control.log").read_text(errors="replace")[-2000:]
+                raise LabError(f"{exc}:\n{log_text}") from None
 
     def _build_node(self, node: LabNode, underlay: str) -> None:
         _run(["ip", "netns", "add", node.netns], f"create namespace of {node.name}")
@@ -298,8 +399,11 @@ class Lab:
     def _start_agent(self, node: LabNode, nodes_file: Path) -> LabNode:
         home = self.dir / node.name
         argv = ["nsenter", f"--net=/run/netns/{node.netns}", "--", _bin("tulle-agent"),
-                "--node", node.name, "--socket", str(self._socket(node)), "--state-dir", str(home / "state"),
-                "--pod-cidr", str(node.pod_cidr), "--nodes-file", str(nodes_file)]
+                "--node", node.name, "--socket", str(self._socket(node)), "--state-dir", str(home / "state")]
+        if self._control is not None:
+            argv += ["--control", f"{CONTROL_IP}:{API_PORT}"]
+        else:
+            argv += ["--pod-cidr", str(node.pod_cidr), "--nodes-file", str(nodes_file)]
         with open(home / "agent.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -307,7 +411,7 @@ class Lab:
         return LabNode(node.name, node.netns, node.underlay_ip, node.pod_cidr, proc.pid, _process_start(proc.pid))
 
     def _wait_for_agent(self, node: LabNode) -> None:
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        deadline = time.monotonic() + AGENT_START_TIMEOUT * (3 if self._control is not None else 1)
         while time.monotonic() < deadline:
             if _process_start(node.agent_pid) != node.agent_start:
                 log = (self.dir / node.name / "agent.log").read_text(errors="replace")[-2000:]
@@ -317,7 +421,7 @@ class Lab:
                 return
             except OSError:
                 time.sleep(0.05)
-        raise LabError(f"tulle-agent of {node.name} did not answer within {AGENT_START_TIMEOUT}s")
+        raise LabError(f"tulle-agent of {node.name} did not answer in time")
 
     # -- tearing down -------------------------------------------------------------
 
@@ -334,6 +438,10 @@ class Lab:
         # Agents the state file does not know (it was lost or never written).
         for pid, start in self._stray_agents():
             problems += self._stop_agent(LabNode("(unrecorded)", "", UNDERLAY.network_address, UNDERLAY, pid, start))
+        if self._control is not None and self._control.get("pid"):
+            problems += self._stop_agent(LabNode("(control plane)", "", UNDERLAY.network_address, UNDERLAY,
+                                                 int(self._control["pid"]), str(self._control["start"])))
+        self._control = None
         prefix = f"tl-{self.name}."
         for netns in sorted(n for n in _netns_names() if n.startswith(prefix)):
             done = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
@@ -356,7 +464,7 @@ class Lab:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(a.endswith(b"tulle-agent") for a in argv[:3]) and any(
+            if any(a.endswith((b"tulle-agent", b"tulle-control")) for a in argv[:3]) and any(
                 flag == b"--socket" and value.startswith(marker) for flag, value in itertools.pairwise(argv)
             ):
                 start = _process_start(int(entry.name))
@@ -386,6 +494,9 @@ class Lab:
                 runtime.delete(net, rt)
             except CniError as exc:
                 raise LabError(f"pod {pod.key}: network teardown failed: {exc}") from None
+        if self._control is not None and _process_start(int(self._control["pid"])) == self._control["start"]:
+            with self.api() as api:
+                api.delete("Pod", pod.namespace, pod.name)
         if pod.netns in _netns_names():
             _run(["ip", "netns", "del", pod.netns], f"delete namespace of pod {pod.key}")
 
@@ -443,12 +554,13 @@ class Lab:
         self._nodes = [LabNode.from_json(n) for n in state["nodes"]]
         self._pods = [LabPod.from_json(p) for p in state["pods"]]
         self._namespaces = {ns: dict(labels) for ns, labels in state.get("namespaces", {}).items()}
+        self._control = state.get("control")
         return True
 
     def _save(self) -> None:
         state = {"name": self.name, "nodeCount": self._node_count,
                  "nodes": [n.to_json() for n in self._nodes], "pods": [p.to_json() for p in self._pods],
-                 "namespaces": self._namespaces}
+                 "namespaces": self._namespaces, "control": self._control}
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.dir / "state.json")

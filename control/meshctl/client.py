@@ -1,7 +1,8 @@
 """meshctl's connection to tulle-control: the config API over gRPC, documents as dicts.
 
 Where to connect, first match wins: `--server`, `$TULLE_SERVER`, the local control
-plane's unix socket when this user can use it, then 127.0.0.1:15014. Addresses are
+plane's unix socket when this user can use it, the control plane of the one lab that is
+up (`meshctl lab up`), then 127.0.0.1:15014. Addresses are
 `HOST:PORT` or `unix:/path`.
 """
 
@@ -11,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -49,7 +51,16 @@ def default_server() -> str:
         return server
     if DEFAULT_SOCKET.exists() and os.access(DEFAULT_SOCKET, os.R_OK | os.W_OK):
         return f"unix:{DEFAULT_SOCKET}"
+    if (lab := single_lab_socket("control.sock")) is not None:
+        return f"unix:{lab}"
     return DEFAULT_LISTEN
+
+
+def single_lab_socket(name: str) -> Path | None:
+    """`name` in the one lab that runs a control plane (`meshctl lab up`), if only one does."""
+    root = Path(os.environ.get("TULLE_LAB_ROOT", "/run/tulle/lab"))
+    found = sorted(root.glob(f"*/{name}")) if root.is_dir() else []
+    return found[0] if len(found) == 1 else None
 
 
 @dataclass(frozen=True)

@@ -51,16 +51,24 @@ def lab() -> None:
 
 @lab.command()
 @click.option("--nodes", default=2, show_default=True, type=int, help="How many nodes.")
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Run tulle-control in the lab; the agents join it (policies, pod addresses, node list).")
 @_lab_name
-def up(nodes: int, lab_name: str) -> None:
-    """Build the lab: an underlay, N nodes, a tulle-agent on each."""
+def up(nodes: int, control: bool, lab_name: str) -> None:
+    """Build the lab: an underlay, tulle-control, N nodes, a tulle-agent on each.
+
+    meshctl finds the lab's control plane by itself while it is the only lab up (and no
+    local tulle-control runs); otherwise set the two variables `lab up` prints."""
     try:
-        built = Lab.up(lab_name, nodes)
+        built = Lab.up(lab_name, nodes, control=control)
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
     for node in built.nodes():
         click.echo(f"{node.name}: underlay {node.underlay_ip}, pods {node.pod_cidr}, agent pid {node.agent_pid}")
     click.echo(f"lab {lab_name!r} is up ({len(built.nodes())} nodes); add pods with: meshctl lab pod add NS/NAME")
+    if built.has_control:
+        for key, value in built.control_addresses().items():
+            click.echo(f"export {key}={value}")
 
 
 @lab.command()

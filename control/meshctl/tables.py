@@ -130,7 +130,9 @@ COLUMNS: dict[str, list[Column]] = {
         Column("SELECTOR", lambda o: selector_text(_spec(o).get("selector")), wide_only=True),
     ],
     "Endpoints": [Column("ENDPOINTS", _endpoints)],
-    "NetworkPolicy": [Column("POD-SELECTOR", _pod_selector)],
+    # ENFORCED: agents enforcing this version / agents connected, filled in by `get` from
+    # the agents' ACKs (control.meshctl.enforcement); "?" when those cannot be read.
+    "NetworkPolicy": [Column("POD-SELECTOR", _pod_selector), Column("ENFORCED", _get("status", "enforced", default="?"))],
     "AdminNetworkPolicy": [Column("PRIORITY", _get("spec", "priority"))],
     "BaselineAdminNetworkPolicy": [],
     "VirtualService": [Column("GATEWAYS", _get("spec", "gateways", default="")), Column("HOSTS", _get("spec", "hosts"))],

@@ -1,24 +1,34 @@
 """Translation of the mesh model into tulle-agent's resources (Tulle's own type URLs).
 
-Every agent is sent every Node (`tulle.netpolicy.v1.Node`, named by node name): the
-overlay programs a route, neighbour and FDB entry per remote node from it. Each agent is
-also sent the Pods scheduled on its own node (`tulle.netpolicy.v1.Pod`, named
-`<namespace>/<name>`), which it enforces policy for.
+Every agent is sent:
+- every Node (`tulle.netpolicy.v1.Node`, named by node name): the overlay programs a
+  route, neighbour and FDB entry per remote node from it;
+- every Namespace (`tulle.netpolicy.v1.Namespace`) with its labels, every Pod that has an
+  address (`tulle.netpolicy.v1.Pod`, named `<namespace>/<name>`) and every NetworkPolicy
+  (`tulle.netpolicy.v1.NetworkPolicy`, named `<namespace>/<name>`): a policy on one node
+  selects peers on any node, by pod and namespace labels, so each agent needs them all.
+  The agent's own pods are sent even before they have an address (their labels are
+  what the CNI ADD path programs). Each message carries its object's resourceVersion,
+  so an agent's ACK says which version of an object that node enforces.
 """
 
 from __future__ import annotations
 
-from control.xds.mesh import MeshSnapshot, Node, Pod
+import json
+
+from control.xds.mesh import MeshSnapshot, Namespace, NetworkPolicy, Node, Pod
 from control.xds.resources import Resource
 from control.xds.sidecar import TranslationMemo
-from proto.tulle.netpolicy.v1 import node_pb2, pod_pb2
+from proto.tulle.netpolicy.v1 import namespace_pb2, network_policy_pb2, node_pb2, pod_pb2
 
 
 def agent_resources(mesh: MeshSnapshot, node_name: str, memo: TranslationMemo) -> list[Resource]:
     out = [memo.get(("agent-node", n), _node, n) for n in mesh.nodes.values()]
+    out += [memo.get(("agent-ns", ns), _namespace, ns) for ns in mesh.namespace_objects.values()]
     for pod in mesh.pods.values():
-        if pod.node_name == node_name:
+        if pod.ip or pod.node_name == node_name:
             out.append(memo.get(("agent-pod", pod), _pod, pod))
+    out += [memo.get(("agent-np", np), _network_policy, np) for np in mesh.network_policies]
     return out
 
 
@@ -27,6 +37,10 @@ def _node(node: Node) -> Resource:
         node.name,
         node_pb2.Node(name=node.name, underlay_ip=node.internal_ip, pod_cidr=node.pod_cidr, vtep_mac=node.vtep_mac),
     )
+
+
+def _namespace(ns: Namespace) -> Resource:
+    return Resource(ns.name, namespace_pb2.Namespace(name=ns.name, labels=dict(ns.labels), resource_version=ns.resource_version))
 
 
 def _pod(pod: Pod) -> Resource:
@@ -40,5 +54,16 @@ def _pod(pod: Pod) -> Resource:
             labels=dict(pod.labels),
             service_account=pod.service_account,
             ports=[pod_pb2.ContainerPort(name=p.name, port=p.port, protocol=p.protocol) for p in pod.ports],
+            resource_version=pod.resource_version,
+        ),
+    )
+
+
+def _network_policy(np: NetworkPolicy) -> Resource:
+    return Resource(
+        f"{np.namespace}/{np.name}",
+        network_policy_pb2.NetworkPolicy(
+            name=np.name, namespace=np.namespace, spec_json=json.dumps(np.spec, sort_keys=True),
+            resource_version=np.resource_version,
         ),
     )

@@ -81,7 +81,7 @@ def client_status(
                     type_url=status.type_url, name=name, version_info=state.acked.get(name, "")
                 )
                 if resource is not None:
-                    entry.xds_config.CopyFrom(any_pb2.Any(type_url=resource.type_url, value=resource.message.SerializeToString()))
+                    entry.xds_config.CopyFrom(any_pb2.Any(type_url=resource.type_url, value=resource.message.SerializeToString(deterministic=True)))
                 if name in state.resync:
                     entry.client_status = dump_pb2.NACKED
                 elif state.acked.get(name) == state.sent.get(name):

@@ -81,6 +81,7 @@ class Pod:
     ports: tuple[ContainerPort, ...]
     service_account: str = "default"
     sidecar: bool = False  # injected with a proxy: peers reach it over mTLS (auto mTLS)
+    resource_version: str = ""  # of the stored object; agents' ACKs report it back
 
     @property
     def key(self) -> str:
@@ -174,6 +175,14 @@ class NetworkPolicy:
     name: str
     namespace: str
     spec: Any  # frozen; interpreted by netpolicy, carried here for agents
+    resource_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    resource_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +238,7 @@ class MeshSnapshot:
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     trust_domain: str = TRUST_DOMAIN  # of the SPIFFE IDs that peers must present
+    namespace_objects: Mapping[str, Namespace] = field(default_factory=dict)  # name (labels for agents)
 
     @classmethod
     def from_documents(cls, docs: Iterable[Doc], trust_domain: str = TRUST_DOMAIN) -> MeshSnapshot:
@@ -236,7 +246,7 @@ class MeshSnapshot:
 
     @classmethod
     def from_objects(cls, objects: Iterable[object], trust_domain: str = TRUST_DOMAIN) -> MeshSnapshot:
-        namespaces: set[str] = set()
+        namespaces: dict[str, Namespace] = {}
         pods: dict[str, Pod] = {}
         services: dict[str, Service] = {}
         endpoints: dict[str, Endpoints] = {}
@@ -247,8 +257,8 @@ class MeshSnapshot:
         pas: list[PeerAuthentication] = []
         aps: list[AuthorizationPolicy] = []
         for obj in objects:
-            if isinstance(obj, str):
-                namespaces.add(obj)
+            if isinstance(obj, Namespace):
+                namespaces[obj.name] = obj
             elif isinstance(obj, Pod):
                 pods[obj.key] = obj
             elif isinstance(obj, Service):
@@ -281,6 +291,7 @@ class MeshSnapshot:
             peer_authentications=tuple(sorted(pas, key=lambda a: (a.namespace, a.name))),
             authorization_policies=tuple(sorted(aps, key=lambda a: (a.namespace, a.name))),
             trust_domain=trust_domain,
+            namespace_objects=dict(sorted(namespaces.items())),
         )
 
 
@@ -324,8 +335,13 @@ def _meta(doc: Doc) -> tuple[str, str]:
     return str(name), str(doc["metadata"].get("namespace") or "default")
 
 
-def _read_namespace(doc: Doc) -> str:
-    return str(_require(doc, "metadata", "name"))
+def _read_namespace(doc: Doc) -> Namespace:
+    name = str(_require(doc, "metadata", "name"))
+    return Namespace(name, _labels(doc["metadata"].get("labels")), _resource_version(doc))
+
+
+def _resource_version(doc: Doc) -> str:
+    return str((doc.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _read_pod(doc: Doc) -> Pod:
@@ -347,6 +363,7 @@ def _read_pod(doc: Doc) -> Pod:
         ports=ports,
         service_account=str(spec.get("serviceAccountName") or "default"),
         sidecar=_has_sidecar(doc),
+        resource_version=_resource_version(doc),
     )
 
 
@@ -447,7 +464,7 @@ def _read_destination_rule(doc: Doc) -> DestinationRule:
 
 def _read_network_policy(doc: Doc) -> NetworkPolicy:
     name, ns = _meta(doc)
-    return NetworkPolicy(name, ns, freeze(doc.get("spec") or {}))
+    return NetworkPolicy(name, ns, freeze(doc.get("spec") or {}), _resource_version(doc))
 
 
 def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:

@@ -25,13 +25,39 @@ from google.protobuf import json_format, symbol_database
 
 import control.xds.sidecar  # noqa: F401 - registers every message type a resource may hold
 from control.xds.proxy_secrets import DEFAULT_ADMIN, fetch_secrets, node_id, secret_rows
-from control.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TULLE_NODE, TULLE_POD
-from proto.tulle.netpolicy.v1 import node_pb2, pod_pb2  # noqa: F401 - Tulle's agent types, likewise
+from control.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    TULLE_NAMESPACE,
+    TULLE_NETWORK_POLICY,
+    TULLE_NODE,
+    TULLE_POD,
+)
+from proto.tulle.netpolicy.v1 import (  # noqa: F401 - Tulle's agent types, likewise
+    namespace_pb2,
+    network_policy_pb2,
+    node_pb2,
+    pod_pb2,
+)
 
-DEFAULT_XDS = os.environ.get("TULLE_XDS_ADDRESS", "127.0.0.1:15010")
+
+def _default_xds() -> str:
+    from control.meshctl.client import single_lab_socket
+
+    if address := os.environ.get("TULLE_XDS_ADDRESS"):
+        return address
+    lab = single_lab_socket("xds.sock")
+    return f"unix:{lab}" if lab is not None else "127.0.0.1:15010"
+
+
+DEFAULT_XDS = _default_xds()
 CSDS_METHOD = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"
-COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE), ("NODES", TULLE_NODE), ("PODS", TULLE_POD))
-KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints": ENDPOINT, "nodes": TULLE_NODE, "pods": TULLE_POD}
+COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE), ("NODES", TULLE_NODE), ("PODS", TULLE_POD),
+           ("NETPOL", TULLE_NETWORK_POLICY))
+KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints": ENDPOINT, "nodes": TULLE_NODE, "pods": TULLE_POD,
+         "namespaces": TULLE_NAMESPACE, "networkpolicies": TULLE_NETWORK_POLICY}
 _STATUS = {csds_pb2.SYNCED: "SYNCED", csds_pb2.STALE: "STALE", csds_pb2.ERROR: "NACKED", csds_pb2.NOT_SENT: "NOT SENT"}
 
 
@@ -178,4 +204,17 @@ def _pods(rs: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
-_SHORT = {"clusters": _clusters, "listeners": _listeners, "routes": _routes, "endpoints": _endpoints, "nodes": _nodes, "pods": _pods}
+def _namespaces(rs: list[dict[str, Any]]) -> list[list[str]]:
+    return [["NAME", "LABELS", "RESOURCE VERSION"]] + [
+        [n["name"], ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items())), n.get("resource_version", "")]
+        for n in rs
+    ]
+
+
+def _network_policies(rs: list[dict[str, Any]]) -> list[list[str]]:
+    return [["NAMESPACE", "NAME", "RESOURCE VERSION"]] + [
+        [p.get("namespace", ""), p["name"], p.get("resource_version", "")] for p in rs
+    ]
+
+
+_SHORT = {"namespaces": _namespaces, "networkpolicies": _network_policies, "clusters": _clusters, "listeners": _listeners, "routes": _routes, "endpoints": _endpoints, "nodes": _nodes, "pods": _pods}

@@ -34,10 +34,14 @@ ENDPOINT: Final = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET: Final = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 TULLE_NODE: Final = _PREFIX + "tulle.netpolicy.v1.Node"
 TULLE_POD: Final = _PREFIX + "tulle.netpolicy.v1.Pod"
+TULLE_NAMESPACE: Final = _PREFIX + "tulle.netpolicy.v1.Namespace"
+TULLE_NETWORK_POLICY: Final = _PREFIX + "tulle.netpolicy.v1.NetworkPolicy"
 
 # Push order across types (make-before-break, as Envoy's ADS guidance says): clusters
 # before the endpoints they name, listeners before the routes they name.
-PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TULLE_NODE, TULLE_POD)
+PUSH_ORDER: Final = (
+    CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TULLE_NODE, TULLE_NAMESPACE, TULLE_POD, TULLE_NETWORK_POLICY
+)
 
 # In state-of-the-world, a Listener or Cluster response is the full set: what it omits is
 # deleted. For other types, omission means nothing, so a push may carry only changes.
@@ -51,6 +55,8 @@ TYPE_ALIASES: Final = {
     "secrets": SECRET,
     "nodes": TULLE_NODE,
     "pods": TULLE_POD,
+    "namespaces": TULLE_NAMESPACE,
+    "networkpolicies": TULLE_NETWORK_POLICY,
 }
 
 

@@ -99,11 +99,13 @@ class AdsServer:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(
-        self, address: str = "127.0.0.1:0", tls_address: str = "", credentials: grpc.ServerCredentials | None = None
+        self, address: str = "127.0.0.1:0", tls_address: str = "",
+        credentials: grpc.ServerCredentials | None = None, also: tuple[str, ...] = (),
     ) -> int:
-        """Serve on `address` (plaintext; "" for none) and on `tls_address` with
-        `credentials` (mTLS, clients authorized per `client_authorization`); returns
-        the plaintext port bound (0 without one), `tls_port` the other."""
+        """Serve on `address` (plaintext; "" for none), on each of `also` (plaintext, e.g.
+        a unix:PATH for local tools) and on `tls_address` with `credentials` (mTLS, clients
+        authorized per `client_authorization`); returns the port bound for `address`
+        (0 without one), `tls_port` the mTLS one."""
         self._server = grpc.aio.server(
             options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.so_reuseport", 0)]
         )
@@ -131,7 +133,7 @@ class AdsServer:
         for register in self.services:
             register(self._server)
         port = 0
-        for where, creds in ((address, None), (tls_address, credentials)):
+        for where, creds in ((address, None), *((extra, None) for extra in also), (tls_address, credentials)):
             if not where:
                 continue
             try:
@@ -140,10 +142,10 @@ class AdsServer:
                 raise OSError(f"xDS: cannot listen on {where}: {e}") from None
             if bound == 0:
                 raise OSError(f"xDS: cannot listen on {where}")
-            if creds is None:
-                port = bound
-            else:
+            if creds is not None:
                 self.tls_port = bound
+            elif where == address:
+                port = bound
         await self._server.start()
         self._debounce_task = asyncio.create_task(self._debounce_loop())
         return port

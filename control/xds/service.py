@@ -50,12 +50,15 @@ class XdsService:
     def __init__(
         self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN,
         tls_listen: str = "", credentials: Callable[[], grpc.ServerCredentials] | None = None,
+        also: tuple[str, ...] = (),
     ) -> None:
-        """`listen`: the plaintext port ("" for none); `tls_listen`: the mTLS port, with
+        """`listen`: the plaintext port ("" for none); `also`: more plaintext addresses
+        (e.g. unix:PATH for meshctl next to a lab); `tls_listen`: the mTLS port, with
         `credentials` (called at start, once the CA is loaded)."""
         if tls_listen and credentials is None:
             raise ValueError("an mTLS xDS port needs server credentials")
         self.listen = listen
+        self.also = also
         self.tls_listen = tls_listen
         self._credentials = credentials
         self.ads = AdsServer(debounce, trust_domain)
@@ -69,7 +72,7 @@ class XdsService:
         self.ads.replace(obj for kind in KINDS for obj in objects.get(kind, ()))
         self.ads.push_now()
         credentials = self._credentials() if self._credentials is not None and self.tls_listen else None
-        port = await self.ads.start(self.listen, self.tls_listen, credentials)
+        port = await self.ads.start(self.listen, self.tls_listen, credentials, also=self.also)
         if self.listen:
             self.address = f"{self.listen.rpartition(':')[0]}:{port}"
         if self.tls_listen:

@@ -9,10 +9,17 @@ leave it.
 Operations (requests on the agent socket, framing in `cni.wire`):
 - `cni`        one CNI invocation from tulle-cni: {env, stdin} -> {exit, stdout}
 - `set-nodes`  the overlay's node list (tulle.netpolicy.v1.Node, JSON form);
-               reconciled into VXLAN routes/neighbours/FDB entries. Later the
-               same list arrives on the ADS stream. (SIGHUP re-reads --nodes-file.)
+               reconciled into VXLAN routes/neighbours/FDB entries (standalone
+               agents; SIGHUP re-reads --nodes-file). With a control plane the list
+               arrives on the ADS stream instead.
 - `status`     the node, its pod CIDR, overlay peers and attachment count
 - `attachments` every pod interface the node holds
+
+With a control plane (`ControlLink`), the node registered itself before the agent
+starts (its pod CIDR comes from there); `start` then recovers attachments, opens the
+ADS stream and returns once the first complete policy state is in force
+(`netpolicy.agent.node_policy`), so the socket only serves CNI calls on a node whose
+pods get their rules.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from cni.ipam_store import AllocationStore
 from cni.overlay import NodeListError, OverlayNode, parse_nodes
 from cni.request import decode_config, parse_request, reply_version
 from cni.vxlan import VxlanOverlay
+from netpolicy.agent.control_link import AdsClient, ConfigApi, PodStatusReporter
+from netpolicy.agent.node_policy import NodePolicy
+from netpolicy.applier import NftApplier
+from netpolicy.enforcer import NodeEnforcer
 
 log = logging.getLogger("tulle.agent")
 
@@ -45,6 +56,17 @@ class AgentConfig:
     state_dir: Path
     pod_cidr: ipaddress.IPv4Network | None = None
     nodes_file: Path | None = None
+    control: ControlLink | None = None
+
+
+@dataclass(frozen=True)
+class ControlLink:
+    """Where tulle-control is, and who this node is on the underlay."""
+
+    api: ConfigApi
+    xds: str
+    underlay_ip: ipaddress.IPv4Address
+    sync_timeout: float = 60.0
 
 
 class NodeAgent:
@@ -55,10 +77,27 @@ class NodeAgent:
         self._overlay: VxlanOverlay | None = None
         self._ipr: IPRoute | None = None
         self._nodes: list[OverlayNode] = []
+        self.policy: NodePolicy | None = None
+        self._ads: AdsClient | None = None
+        self._reporter: PodStatusReporter | None = None
 
     # Called from the event loop; each runs its body on the datapath thread.
     def start(self) -> list[str]:
-        return self._worker.submit(self._start).result()
+        done = self._worker.submit(self._start).result()
+        link = self.config.control
+        if link is not None:
+            assert self.policy is not None
+            self._ads = AdsClient(link.xds, self.config.node, link.underlay_ip, self._on_resources)
+            self._ads.start()
+            if not self.policy.started.wait(link.sync_timeout):
+                raise TimeoutError(f"no complete policy state from tulle-control at {link.xds} "
+                                   f"within {link.sync_timeout:.0f}s")
+        return done
+
+    def _on_resources(self, type_url: str, resources: Any, removed: list[str], replace_all: bool) -> str | None:
+        """ADS thread: runs the change on the datapath thread; the result is the ACK/NACK."""
+        assert self.policy is not None
+        return self._worker.submit(self.policy.on_resources, type_url, resources, removed, replace_all).result()
 
     def run(self, op: str, request: Mapping[str, Any]) -> Any:
         handlers = {
@@ -77,6 +116,11 @@ class NodeAgent:
         return self._worker
 
     def close(self) -> None:
+        if self._ads is not None:
+            self._ads.close()
+        if self._reporter is not None:
+            self._reporter.close()
+
         def _close() -> None:
             if self._backend is not None:
                 self._backend.store.close()
@@ -92,10 +136,16 @@ class NodeAgent:
         # groups=0: no multicast subscriptions, so no event backlog to wade through per call.
         self._ipr = IPRoute(groups=0)
         store = AllocationStore(self.config.state_dir / "allocations.db")
-        # Policy seam: the nftables applier (netpolicy) is passed here as `policy=`
-        # once it exists; until then no policy is enforced on this node.
-        self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=None, defer=self._worker.submit)
         self._overlay = VxlanOverlay(self._ipr)
+        link = self.config.control
+        if link is not None:
+            # Policy seam: the node's policy programs each pod's rules before ADD returns.
+            self._reporter = PodStatusReporter(link.api, self.config.node)
+            self.policy = NodePolicy(self.config.node, NodeEnforcer(self.config.node, NftApplier()), link.api,
+                                     self._reporter, self._apply_nodes)
+            self.policy.recover(store.all())
+        # Without a control plane there are no policies: pods are attached unfiltered.
+        self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=self.policy, defer=self._worker.submit)
         done = self._backend.recover()
         if self.config.nodes_file is not None:
             self._apply_nodes(self._read_nodes_file(self.config.nodes_file))

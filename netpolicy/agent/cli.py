@@ -2,6 +2,15 @@
 
 Run it inside the node's network namespace: every link, route and sysctl it
 touches belongs to the namespace it runs in.
+
+    tulle-agent --node node-1 --pod-cidr 10.244.1.0/24 --nodes-file nodes.json   # standalone
+    tulle-agent --node node-1 --control 172.30.0.254:15014                     # joined
+
+Joined (`--control`, the config API: HOST:PORT or unix:PATH), the agent registers its
+Node (InternalIP = `--underlay-ip`, by default the source address of its route to the
+control plane), takes the pod CIDR the control plane allocates, and follows the ADS
+stream at `--xds` (default: the control host, port 15010) for the node list, namespaces,
+pods and policies; it serves CNI calls once the first complete policy state is in force.
 """
 
 from __future__ import annotations
@@ -13,9 +22,12 @@ import sys
 from pathlib import Path
 
 import click
+from pyroute2 import IPRoute
 
+from cni.overlay import vtep_mac_for
 from cni.wire import DEFAULT_AGENT_SOCKET
-from netpolicy.agent.agent import AgentConfig, NodeAgent
+from netpolicy.agent.agent import AgentConfig, ControlLink, NodeAgent
+from netpolicy.agent.control_link import ConfigApi, ControlAddresses, ControlError, register_node
 from netpolicy.agent.identity import DEFAULT_CONTROL_SOCKET
 from netpolicy.agent.identity_service import IdentityConfig, serve_with_identity
 from netpolicy.agent.server import SocketInUse
@@ -27,32 +39,65 @@ from netpolicy.agent.server import SocketInUse
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Allocation store directory [default: /var/lib/tulle/agent/NODE].")
 @click.option("--pod-cidr", help="This node's pod CIDR, used when a network config has no ipam.subnet.")
 @click.option("--nodes-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JSON list of tulle.netpolicy.v1.Node: the VXLAN overlay's peers (re-read on SIGHUP).")
-@click.option("--ca-address", default=DEFAULT_CONTROL_SOCKET, show_default=True, help="tulle-control's CertificateService, for workload certificates ('' turns identity off).")
+@click.option("--control", metavar="ADDRESS", help="tulle-control's config API (HOST:PORT or unix:PATH): join the cluster.")
+@click.option("--xds", metavar="ADDRESS", help="tulle-control's ADS server [default: the --control host, port 15010].")
+@click.option("--underlay-ip", help="This node's address on the underlay [default: source of the route to --control].")
+@click.option("--ca-address", default=None, help=f"tulle-control's CertificateService, for workload certificates ('' turns identity off) [default: --control when it is a unix socket, else {DEFAULT_CONTROL_SOCKET}].")
 @click.option("--sds-dir", type=click.Path(path_type=Path), help="Per-pod SDS sockets: SDS_DIR/NAMESPACE/POD/socket [default: beside --socket].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
-def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None, ca_address: str, sds_dir: Path | None, log_level: str) -> None:
+def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None,
+            control: str | None, xds: str | None, underlay_ip: str | None, ca_address: str | None,
+            sds_dir: Path | None, log_level: str) -> None:
     """tulle-agent: pod networking (CNI backend, VXLAN overlay) for one node."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cidr = ipaddress.IPv4Network(pod_cidr) if pod_cidr else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--pod-cidr") from None
+    link = None
+    if control:
+        try:
+            addresses = ControlAddresses.parse(control, xds)
+            ip = ipaddress.IPv4Address(underlay_ip) if underlay_ip else _source_address(addresses.xds)
+            api = ConfigApi(addresses.api)
+            allocated = register_node(api, node, ip, vtep_mac_for(ip))
+        except (ControlError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if cidr is not None and cidr != allocated:
+            logging.getLogger("tulle.agent").warning("--pod-cidr %s ignored: tulle-control allocated %s", cidr, allocated)
+        cidr = allocated
+        link = ControlLink(api, addresses.xds, ip)
     config = AgentConfig(
         node=node,
         socket_path=socket_path,
         state_dir=state_dir or Path("/var/lib/tulle/agent") / node,
         pod_cidr=cidr,
         nodes_file=nodes_file,
+        control=link,
     )
     agent = NodeAgent(config)
     try:
         for line in agent.start():
             logging.getLogger("tulle.agent").warning("recovery: %s", line)
+        if ca_address is None:
+            # Only the root-only unix socket may name a node to the CA without an agent certificate.
+            ca_address = control if control and control.startswith("unix:") else DEFAULT_CONTROL_SOCKET
         asyncio.run(serve_with_identity(agent, IdentityConfig(ca_address, sds_dir=sds_dir)))
-    except SocketInUse as exc:
+    except (SocketInUse, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         agent.close()
+
+
+def _source_address(target: str) -> ipaddress.IPv4Address:
+    """The address this namespace sends from towards `target` (HOST:PORT)."""
+    host = target.rpartition(":")[0]
+    try:
+        with IPRoute() as ipr:
+            route = ipr.route("get", dst=host)[0]
+        return ipaddress.IPv4Address(route.get_attr("RTA_PREFSRC"))
+    except Exception as exc:
+        raise ControlError(f"--underlay-ip: cannot tell the source address towards {host}: {exc}") from None
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ in-process on a thread that lives in the node namespace, as the agent drives it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,12 @@ T = TypeVar("T")
 class RecordingPolicy:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
+        self.pod_netns = ""  # set by a test that checks when the interface appears
         self.events: list[tuple[str, str, bool]] = []
+
+    def pod_pending(self, address: ipaddress.IPv4Address) -> None:
+        exists = bool(self.pod_netns) and "eth0" in ip("link", netns=self.pod_netns)
+        self.events.append(("pending", str(address), exists))
 
     def pod_attached(self, pod: PodAttachment) -> None:
         # The pod's interface exists by the time policy is programmed.
@@ -83,9 +89,10 @@ def make_node(node_ns: str, tmp_path: Path) -> Iterator[Callable[[RecordingPolic
 def test_policy_is_programmed_before_add_returns(make_node: Callable[[RecordingPolicy], NodeThread], kernel: KernelResources) -> None:
     policy = RecordingPolicy()
     node = make_node(policy)
-    pod = kernel.netns("pod")
+    pod = policy.pod_netns = kernel.netns("pod")
     node.cni("ADD", pod)
-    assert policy.events == [("attached", "10.77.0.2", True)]
+    # The address is held before the interface exists, programmed once it is up.
+    assert policy.events == [("pending", "10.77.0.2", False), ("attached", "10.77.0.2", True)]
     node.cni("DEL", pod)
     assert policy.events[-1] == ("detached", "10.77.0.2", True)
 

@@ -96,13 +96,18 @@ def test_agent_receives_a_node_added_to_the_mesh_with_its_pod_cidr(control: Cont
     assert (node.underlay_ip, node.pod_cidr) == ("192.168.50.2", "10.244.2.0/24")
 
 
-def test_agent_receives_the_pods_of_its_own_node_only(control: ControlPlane, agent: DeltaAgentClient) -> None:
+def test_agent_receives_every_addressed_pod_and_its_own_unaddressed_ones(control: ControlPlane, agent: DeltaAgentClient) -> None:
     agent.next(TULLE_POD)
-    control.apply(pod("mine", "10.244.1.5", {"app": "a"}, node="node-1"), pod("theirs", "10.244.2.5", {"app": "a"}, node="node-2"))
+    control.apply(
+        pod("mine", "10.244.1.5", {"app": "a"}, node="node-1"),
+        pod("theirs", "10.244.2.5", {"app": "a"}, node="node-2"),
+        pod("starting", "", {"app": "a"}, node="node-1"),
+        pod("elsewhere", "", {"app": "a"}, node="node-2"),
+    )
     resp = agent.next(TULLE_POD)
-    assert [r.name for r in resp.resources] == ["default/mine"]
+    assert sorted(r.name for r in resp.resources) == ["default/mine", "default/starting", "default/theirs"]
     p = pod_pb2.Pod()
-    resp.resources[0].resource.Unpack(p)
+    next(r for r in resp.resources if r.name == "default/mine").resource.Unpack(p)
     assert (p.ip, dict(p.labels)) == ("10.244.1.5", {"app": "a"})
 
 

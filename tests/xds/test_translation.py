@@ -19,6 +19,7 @@ from control.xds.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    TULLE_NAMESPACE,
     TULLE_NODE,
     TULLE_POD,
     Resource,
@@ -250,10 +251,11 @@ def test_unchanged_services_reuse_their_serialized_resources() -> None:
 # -- agents and documents ----------------------------------------------------------------
 
 
-def test_agents_get_every_node_and_the_pods_of_their_own_node() -> None:
+def test_agents_get_every_node_namespace_and_addressed_pod() -> None:
     out = agent_resources(MeshSnapshot.from_documents(docs()), "n1", TranslationMemo())
     by = {(r.type_url, r.name): r.message for r in out}
-    assert set(by) == {(TULLE_NODE, "n1"), (TULLE_NODE, "n2"), (TULLE_POD, "shop/reviews-v1")}
+    assert set(by) == {(TULLE_NODE, "n1"), (TULLE_NODE, "n2"), (TULLE_NAMESPACE, "shop"),
+                       (TULLE_POD, "shop/reviews-v1"), (TULLE_POD, "shop/reviews-v2")}
     n1 = by[(TULLE_NODE, "n1")]
     assert (n1.underlay_ip, n1.pod_cidr, n1.vtep_mac) == ("192.168.0.1", "10.244.1.0/24", "02:00:00:00:00:01")
     pod = by[(TULLE_POD, "shop/reviews-v1")]

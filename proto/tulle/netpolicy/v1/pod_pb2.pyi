@@ -17,7 +17,7 @@ class ContainerPort(_message.Message):
     def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class Pod(_message.Message):
-    __slots__ = ("name", "namespace", "ip", "node_name", "labels", "service_account", "ports")
+    __slots__ = ("name", "namespace", "ip", "node_name", "labels", "service_account", "ports", "resource_version")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Pod(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     ip: str
@@ -39,4 +40,5 @@ class Pod(_message.Message):
     labels: _containers.ScalarMap[str, str]
     service_account: str
     ports: _containers.RepeatedCompositeFieldContainer[ContainerPort]
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., ip: _Optional[str] = ..., node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., service_account: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ContainerPort, _Mapping]]] = ...) -> None: ...
+    resource_version: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., ip: _Optional[str] = ..., node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., service_account: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ContainerPort, _Mapping]]] = ..., resource_version: _Optional[str] = ...) -> None: ...

@@ -57,8 +57,9 @@ bench: setup
 	$(PY) bench/cni_latency.py --pods 100
 	$(PY) bench/netpol_scale.py
 
+# The demo (issue 9) does not exist yet: say so rather than pretend.
 demo: setup
-	$(VENV)/bin/meshctl demo
+	@echo "make demo: the end-to-end demo is not built yet (issue 9); see README for the lab, policies and xDS" >&2; exit 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -52,7 +52,10 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 bench: setup
-	@echo "no benchmarks exist yet (bench/ fills in as the proxy, CNI and policy issues land)"; exit 1
+	$(PY) bench/control_watch_latency.py
+	$(PY) bench/xds_scale.py
+	$(PY) bench/cni_latency.py --pods 100
+	$(PY) bench/netpol_scale.py
 
 demo: setup
 	$(VENV)/bin/meshctl demo

@@ -1,0 +1,472 @@
+"""A running lab: building it, adding and removing pods, running commands in
+them, and tearing it all down (the I/O shell around `cni.lab.topology`).
+
+Theory of operation.
+- `up`: create the underlay namespace (a bridge), then per node a namespace, a
+  veth into the underlay, the node list and conflist files, and a tulle-agent
+  started inside the node namespace (nsenter) in its own session, so it outlives
+  the command that started it. A failure part-way runs `down`.
+- Pods: a namespace, then the node's conflist run through `cni.runtime` inside
+  the node namespace (where a kubelet would run it). A failed ADD is followed by
+  DEL, as a runtime does, and the namespace is removed.
+- `down`: DEL every pod (cached results, reverse order), stop the agents by the
+  PID recorded at start (checked against the process start time, so a recycled
+  PID is never signalled) and any agent serving a socket inside the lab's
+  directory that the state does not record, delete every namespace named
+  `tl-<lab>.*`, and remove the lab directory (and /run/tulle/lab, /run/tulle if
+  they end up empty).
+- Node namespaces get ip_forward from their agent and loose rp_filter from the
+  lab, whatever the host's settings; nothing is set in the host's namespace.
+- State (nodes, pods, agent PIDs) lives in `<root>/<lab>/state.json`, written
+  atomically; commands on one lab are serialised by an flock on `<root>/<lab>.lock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import ipaddress
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cni.errors import CniError
+from cni.lab.topology import (
+    NAMESPACE_NAME_LABEL,
+    UNDERLAY,
+    LabError,
+    LabNode,
+    LabPod,
+    LabTopology,
+    PortMapping,
+    check_lab_name,
+    conflist,
+    node_list,
+)
+from cni.runtime import CniRuntime, RuntimeConf, load_from_dir
+from cni.wire import call
+
+DEFAULT_ROOT = Path(os.environ.get("TULLE_LAB_ROOT", "/run/tulle/lab"))
+REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
+AGENT_START_TIMEOUT = 20.0
+
+
+def _run(argv: Sequence[str], what: str) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LabError(f"{what}: {' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def _ip(netns: str, *args: str, what: str) -> None:
+    _run(["ip", "-n", netns, *args], what)
+
+
+def _netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _bin(name: str) -> str:
+    """A Tulle executable: next to this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise LabError(f"{name} not found next to {sys.executable} or on PATH")
+    return found
+
+
+def _process_start(pid: int) -> str:
+    """The start time of a live process (field 22 of /proc/PID/stat), '' if it is gone."""
+    # When this process started the agent (a library user), reap it once it exits.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+class Lab:
+    def __init__(self, name: str, root: Path = DEFAULT_ROOT) -> None:
+        check_lab_name(name)
+        self.name = name
+        self.root = root
+        self.dir = root / name
+        self._nodes: list[LabNode] = []
+        self._pods: list[LabPod] = []
+        self._namespaces: dict[str, dict[str, str]] = {}
+        self._node_count = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @classmethod
+    def up(cls, name: str, nodes: int = 2, root: Path = DEFAULT_ROOT) -> Lab:
+        topology = LabTopology(name, nodes)
+        lab = cls(name, root)
+        with lab._locked():
+            if lab.dir.exists() or any(n.startswith(topology.prefix) for n in _netns_names()):
+                raise LabError(f"lab {name!r} is already up (meshctl lab down --name {name})")
+            lab._node_count = nodes
+            try:
+                lab._build(topology)
+            except BaseException:
+                lab._teardown()
+                raise
+        return lab
+
+    @classmethod
+    def open(cls, name: str, root: Path = DEFAULT_ROOT) -> Lab:
+        lab = cls(name, root)
+        if not lab._load():
+            raise LabError(f"lab {name!r} is not up (meshctl lab up --name {name})")
+        return lab
+
+    def down(self) -> list[str]:
+        """Removes everything; returns what could not be removed."""
+        with self._locked():
+            self._load()
+            return self._teardown()
+
+    # -- pods ---------------------------------------------------------------------
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node: str | None = None,
+        labels: dict[str, str] | None = None,
+        ports: Sequence[PortMapping] = (),
+    ) -> LabPod:
+        with self._locked():
+            self._require_loaded()
+            key = f"{namespace}/{name}"
+            if any(p.key == key for p in self._pods):
+                raise LabError(f"pod {key} already exists")
+            target = self._pick_node(node)
+            container_id = secrets.token_hex(16)
+            netns = LabTopology(self.name, self._node_count).pod_netns(container_id)
+            _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
+            runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
+            try:
+                _ip(netns, "link", "set", "lo", "up", what=f"bring up lo of pod {key}")
+                result = runtime.add(net, rt)
+            except (CniError, LabError) as exc:
+                with contextlib.suppress(CniError):
+                    runtime.delete(net, rt)
+                _run(["ip", "netns", "del", netns], f"delete namespace of pod {key}")
+                raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
+            address = result["ips"][0]["address"].split("/")[0]
+            pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
+                         dict(labels or {}), tuple(ports))
+            self._pods.append(pod)
+            self._namespaces.setdefault(namespace, {NAMESPACE_NAME_LABEL: namespace})
+            self._save()
+            return pod
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self._locked():
+            self._require_loaded()
+            pod = self.pod(namespace, name)
+            self._delete_pod(pod)
+            self._pods.remove(pod)
+            self._save()
+
+    def set_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> LabPod:
+        """Replaces a pod's labels (the complete new set)."""
+        with self._locked():
+            self._require_loaded()
+            old = self.pod(namespace, name)
+            new = dataclasses.replace(old, labels=dict(labels))
+            self._pods[self._pods.index(old)] = new
+            self._save()
+            return new
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        self._refresh()
+        if namespace not in self._namespaces:
+            raise LabError(f"namespace {namespace!r} has no pods in lab {self.name!r}")
+        return dict(self._namespaces[namespace])
+
+    def set_namespace_labels(self, namespace: str, labels: dict[str, str]) -> dict[str, str]:
+        """Replaces a namespace's labels; kubernetes.io/metadata.name stays, as in Kubernetes.
+        A namespace exists in the lab once it has been labelled or holds a pod."""
+        with self._locked():
+            self._require_loaded()
+            if labels.get(NAMESPACE_NAME_LABEL, namespace) != namespace:
+                raise LabError(f"--labels: {NAMESPACE_NAME_LABEL} is immutable (it is {namespace!r})")
+            self._namespaces[namespace] = {**labels, NAMESPACE_NAME_LABEL: namespace}
+            self._save()
+            return dict(self._namespaces[namespace])
+
+    def pod(self, namespace: str, name: str) -> LabPod:
+        self._refresh()
+        for pod in self._pods:
+            if (pod.namespace, pod.name) == (namespace, name):
+                return pod
+        raise LabError(f"pod {namespace}/{name} does not exist in lab {self.name!r}")
+
+    def pods(self) -> list[LabPod]:
+        self._refresh()
+        return list(self._pods)
+
+    def nodes(self) -> list[LabNode]:
+        self._refresh()
+        return list(self._nodes)
+
+    def exec(self, pod: LabPod, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
+        """Runs a command inside the pod's network namespace."""
+        return subprocess.run(["nsenter", f"--net={pod.netns_path}", "--", *argv], text=True, timeout=timeout, **run)
+
+    def exec_on_node(self, node: LabNode, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
+        """Runs a command inside a node's network namespace (e.g. nft, ip)."""
+        return subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", "--", *argv], text=True, timeout=timeout, **run)
+
+    def spawn(self, pod: LabPod, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+        """Starts a long-running process (a server) inside the pod's namespace."""
+        return subprocess.Popen(["nsenter", f"--net={pod.netns_path}", "--", *argv], **popen)
+
+    def status(self) -> dict[str, Any]:
+        self._refresh()
+        nodes = []
+        for node in self._nodes:
+            alive = bool(node.agent_pid) and _process_start(node.agent_pid) == node.agent_start
+            entry = {**node.to_json(), "agent": "running" if alive else "stopped",
+                     "pods": sum(1 for p in self._pods if p.node == node.name)}
+            if alive:
+                with contextlib.suppress(OSError, ValueError):
+                    entry["attachments"] = call(str(self._socket(node)), {"op": "status"}, timeout=5)["attachments"]
+            nodes.append(entry)
+        return {"name": self.name, "dir": str(self.dir), "underlay": self._underlay_netns(),
+                "nodes": nodes, "namespaces": dict(self._namespaces), "pods": [p.to_json() for p in self._pods]}
+
+    # -- building -----------------------------------------------------------------
+
+    def _build(self, topology: LabTopology) -> None:
+        self.dir.mkdir(parents=True, mode=0o700)
+        underlay = topology.underlay_netns
+        _run(["ip", "netns", "add", underlay], "create the underlay namespace")
+        _ip(underlay, "link", "add", "ul0", "type", "bridge", what="create the underlay bridge")
+        _ip(underlay, "link", "set", "ul0", "up", what="bring the underlay bridge up")
+        nodes = topology.nodes()
+        nodes_file = self.dir / "nodes.json"
+        nodes_file.write_text(json.dumps(node_list(nodes), indent=2))
+        for node in nodes:
+            self._build_node(node, underlay)
+        self._save()
+        for node in nodes:
+            started = self._start_agent(node, nodes_file)
+            self._nodes.append(started)
+            self._save()
+        for node in self._nodes:
+            self._wait_for_agent(node)
+
+    def _build_node(self, node: LabNode, underlay: str) -> None:
+        _run(["ip", "netns", "add", node.netns], f"create namespace of {node.name}")
+        _ip(node.netns, "link", "set", "lo", "up", what=f"bring up lo of {node.name}")
+        # A new namespace copies the host's rp_filter; strict mode would drop a
+        # remote pod's packets to a hostPort (they enter on the underlay, their
+        # source routes back through the overlay). Loose mode, as systemd sets it.
+        for conf in ("all", "default"):
+            _run(["nsenter", f"--net=/run/netns/{node.netns}", "--", "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=2"],
+                 f"set loose reverse-path filtering on {node.name}")
+        port = node.name  # the node's port on the underlay bridge
+        _ip(underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.netns,
+            what=f"wire {node.name} to the underlay")
+        _ip(underlay, "link", "set", port, "master", "ul0", "up", what=f"attach {node.name} to the underlay bridge")
+        _ip(node.netns, "addr", "add", f"{node.underlay_ip}/{UNDERLAY.prefixlen}", "dev", "eth0",
+            what=f"address {node.name} on the underlay")
+        _ip(node.netns, "link", "set", "eth0", "up", what=f"bring up {node.name}'s underlay link")
+        home = self.dir / node.name
+        (home / "net.d").mkdir(parents=True)
+        (home / "net.d" / "10-tulle.conflist").write_text(json.dumps(conflist(str(self._socket(node))), indent=2))
+
+    def _start_agent(self, node: LabNode, nodes_file: Path) -> LabNode:
+        home = self.dir / node.name
+        argv = ["nsenter", f"--net=/run/netns/{node.netns}", "--", _bin("tulle-agent"),
+                "--node", node.name, "--socket", str(self._socket(node)), "--state-dir", str(home / "state"),
+                "--pod-cidr", str(node.pod_cidr), "--nodes-file", str(nodes_file)]
+        with open(home / "agent.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        # nsenter execs the agent, so this PID is the agent's own.
+        return LabNode(node.name, node.netns, node.underlay_ip, node.pod_cidr, proc.pid, _process_start(proc.pid))
+
+    def _wait_for_agent(self, node: LabNode) -> None:
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if _process_start(node.agent_pid) != node.agent_start:
+                log = (self.dir / node.name / "agent.log").read_text(errors="replace")[-2000:]
+                raise LabError(f"tulle-agent of {node.name} exited during start-up:\n{log}")
+            try:
+                call(str(self._socket(node)), {"op": "status"}, timeout=2)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise LabError(f"tulle-agent of {node.name} did not answer within {AGENT_START_TIMEOUT}s")
+
+    # -- tearing down -------------------------------------------------------------
+
+    def _teardown(self) -> list[str]:
+        problems: list[str] = []
+        for pod in reversed(self._pods):
+            try:
+                self._delete_pod(pod)
+            except (LabError, CniError) as exc:
+                problems.append(str(exc))
+        self._pods.clear()
+        for node in self._nodes:
+            problems += self._stop_agent(node)
+        # Agents the state file does not know (it was lost or never written).
+        for pid, start in self._stray_agents():
+            problems += self._stop_agent(LabNode("(unrecorded)", "", UNDERLAY.network_address, UNDERLAY, pid, start))
+        prefix = f"tl-{self.name}."
+        for netns in sorted(n for n in _netns_names() if n.startswith(prefix)):
+            done = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
+            if done.returncode != 0:
+                problems.append(f"namespace {netns}: {done.stderr.strip()}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            problems.append(f"directory {self.dir} could not be removed")
+        self._nodes.clear()
+        return problems
+
+    def _stray_agents(self) -> list[tuple[int, str]]:
+        """tulle-agent processes serving a socket inside this lab's directory."""
+        marker = f"{self.dir}/".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"tulle-agent") for a in argv[:3]) and any(
+                flag == b"--socket" and value.startswith(marker) for flag, value in itertools.pairwise(argv)
+            ):
+                start = _process_start(int(entry.name))
+                if start:
+                    found.append((int(entry.name), start))
+        return found
+
+    def _stop_agent(self, node: LabNode) -> list[str]:
+        if not node.agent_pid or _process_start(node.agent_pid) != node.agent_start:
+            return []
+        os.kill(node.agent_pid, signal.SIGTERM)
+        for sig_after in (5.0, 5.0):
+            deadline = time.monotonic() + sig_after
+            while time.monotonic() < deadline:
+                if _process_start(node.agent_pid) != node.agent_start:
+                    return []
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.agent_pid, signal.SIGKILL)
+        return [f"tulle-agent of {node.name} (pid {node.agent_pid}) did not exit"]
+
+    def _delete_pod(self, pod: LabPod) -> None:
+        node = next((n for n in self._nodes if n.name == pod.node), None)
+        if node is not None and _process_start(node.agent_pid) == node.agent_start:
+            runtime, net, rt = self._cni(node, pod.netns, pod.container_id, pod.namespace, pod.name, pod.ports)
+            try:
+                runtime.delete(net, rt)
+            except CniError as exc:
+                raise LabError(f"pod {pod.key}: network teardown failed: {exc}") from None
+        if pod.netns in _netns_names():
+            _run(["ip", "netns", "del", pod.netns], f"delete namespace of pod {pod.key}")
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _cni(
+        self, node: LabNode, netns: str, container_id: str, namespace: str, name: str, ports: tuple[PortMapping, ...]
+    ) -> tuple[CniRuntime, Any, RuntimeConf]:
+        runtime = CniRuntime(
+            [str(Path(_bin("tulle-cni")).parent), REFERENCE_PLUGIN_DIR],
+            self.dir / "cni-cache",
+            netns=f"/run/netns/{node.netns}",
+        )
+        net = load_from_dir(self.dir / node.name / "net.d")
+        rt = RuntimeConf(
+            container_id=container_id,
+            netns=f"/run/netns/{netns}",
+            ifname="eth0",
+            args=(("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", namespace), ("K8S_POD_NAME", name),
+                  ("K8S_POD_INFRA_CONTAINER_ID", container_id)),
+            capability_args={"portMappings": [p.to_json() for p in ports]} if ports else {},
+        )
+        return runtime, net, rt
+
+    def _pick_node(self, name: str | None) -> LabNode:
+        if name is not None:
+            for node in self._nodes:
+                if node.name == name or node.name == f"node-{name}":
+                    return node
+            raise LabError(f"--node: {name!r} is not a node of lab {self.name!r} ({', '.join(n.name for n in self._nodes)})")
+        # The node with the fewest pods (the first on a tie), like a spreading scheduler.
+        return min(self._nodes, key=lambda n: sum(1 for p in self._pods if p.node == n.name))
+
+    def _socket(self, node: LabNode) -> Path:
+        return self.dir / node.name / "agent.sock"
+
+    def _underlay_netns(self) -> str:
+        return f"tl-{self.name}.ul"
+
+    def _require_loaded(self) -> None:
+        # Always from disk: another process (meshctl, a runner) may have changed the lab.
+        if not self._load():
+            raise LabError(f"lab {self.name!r} is not up (meshctl lab up --name {self.name})")
+
+    def _refresh(self) -> None:
+        if not self._load():
+            self._nodes, self._pods, self._namespaces = [], [], {}
+
+    def _load(self) -> bool:
+        try:
+            state = json.loads((self.dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        self._node_count = int(state["nodeCount"])
+        self._nodes = [LabNode.from_json(n) for n in state["nodes"]]
+        self._pods = [LabPod.from_json(p) for p in state["pods"]]
+        self._namespaces = {ns: dict(labels) for ns, labels in state.get("namespaces", {}).items()}
+        return True
+
+    def _save(self) -> None:
+        state = {"name": self.name, "nodeCount": self._node_count,
+                 "nodes": [n.to_json() for n in self._nodes], "pods": [p.to_json() for p in self._pods],
+                 "namespaces": self._namespaces}
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.dir / "state.json")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / f"{self.name}.lock"
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if not self.dir.exists():
+                    lock_path.unlink(missing_ok=True)
+                    # Only when empty: other labs, or an agent's socket, may live there.
+                    parents = [self.root, self.root.parent] if self.root == Path("/run/tulle/lab") else [self.root]
+                    for parent in parents:
+                        with contextlib.suppress(OSError):
+                            parent.rmdir()
+                fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,168 @@
+"""The CSR-signing gRPC API (`tulle.security.v1.CertificateService`), a thin shell over
+`attestation.identity_for` and `CertificateAuthority.issue`.
+
+The request names the node the calling agent acts for. Over the control plane's
+root-only unix socket that claim is trusted (only root on this machine can connect);
+over the network the channel's client certificate must prove the same node, which
+`node_of_channel` checks when given (`agent_node_of_channel`: the node of a
+`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>` client certificate).
+
+`sign` is the whole decision, free of I/O; `CertificateService` (threaded gRPC, a
+lookup function) and `AsyncCertificateService` (grpc.aio inside tulle-control, pods read
+from the registry) are the two shells around it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from control.ca.attestation import NotAuthorized, identity_for
+from control.ca.authority import DEFAULT_TTL, CertificateAuthority, CsrRejected
+from control.ca.spiffe import SYSTEM_NAMESPACE, InvalidSpiffeId, SpiffeId
+from proto.tulle.security.v1 import ca_pb2, ca_pb2_grpc
+
+PodLookup = Callable[[str, str], Mapping[str, Any] | None]
+AsyncPodLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
+Clock = Callable[[], dt.datetime]
+NodeOfChannel = Callable[[Any], str | None]
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Refused(Exception):
+    """A request the CA will not answer with a certificate: the gRPC status and why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def sign(
+    ca: CertificateAuthority,
+    request: ca_pb2.CertificateRequest,
+    pod: Mapping[str, Any] | None,
+    now: dt.datetime,
+    max_ttl: dt.timedelta,
+    proven_node: str | None = None,
+) -> ca_pb2.CertificateResponse:
+    """The answer to `request`, given the pod it names (None if none) and, over an
+    authenticated network channel, the node the client certificate proves."""
+    pod_ref = f"{request.pod_namespace}/{request.pod_name}"
+    if proven_node is not None and proven_node != request.node:
+        raise Refused(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"channel authenticates node {proven_node!r}, request claims {request.node!r}",
+        )
+    try:
+        identity = identity_for(pod, request.node, pod_ref, ca.trust_domain)
+    except NotAuthorized as error:
+        raise Refused(grpc.StatusCode.PERMISSION_DENIED, str(error)) from None
+    ttl = max_ttl
+    if request.validity_duration > 0:
+        ttl = min(ttl, dt.timedelta(seconds=request.validity_duration))
+    try:
+        issued = ca.issue(request.csr.encode(), identity, now, ttl)
+    except CsrRejected as error:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"CSR for {pod_ref} rejected: {error}") from None
+    return ca_pb2.CertificateResponse(
+        cert_chain=_split_pem(issued.chain_pem().decode()),
+        trust_bundle=ca.trust_bundle_pem().decode(),
+        identity=str(identity),
+    )
+
+
+class CertificateService(ca_pb2_grpc.CertificateServiceServicer):
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        pods: PodLookup,
+        max_ttl: dt.timedelta = DEFAULT_TTL,
+        clock: Clock = _utc_now,
+        node_of_channel: NodeOfChannel | None = None,
+    ) -> None:
+        self._ca = ca
+        self._pods = pods
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self._node_of_channel = node_of_channel
+
+    def CreateCertificate(
+        self, request: ca_pb2.CertificateRequest, context: grpc.ServicerContext
+    ) -> ca_pb2.CertificateResponse:
+        proven = self._node_of_channel(context) if self._node_of_channel is not None else None
+        try:
+            return sign(self._ca, request, self._pods(request.pod_namespace, request.pod_name),
+                        self._clock(), self._max_ttl, proven)
+        except Refused as refused:
+            context.abort(refused.code, str(refused))
+            raise  # abort raises; this line is for the type checker
+
+
+class AsyncCertificateService(ca_pb2_grpc.CertificateServiceServicer):
+    """The same API on a grpc.aio server: the pod is read from the store per request, so
+    a pod created a millisecond ago is already known."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        pods: AsyncPodLookup,
+        max_ttl: dt.timedelta = DEFAULT_TTL,
+        clock: Clock = _utc_now,
+        node_of_channel: NodeOfChannel | None = None,
+    ) -> None:
+        self._ca = ca
+        self._pods = pods
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self._node_of_channel = node_of_channel
+
+    async def CreateCertificate(
+        self, request: ca_pb2.CertificateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ca_pb2.CertificateResponse:
+        proven = self._node_of_channel(context) if self._node_of_channel is not None else None
+        try:
+            pod = await self._pods(request.pod_namespace, request.pod_name)
+            return sign(self._ca, request, pod, self._clock(), self._max_ttl, proven)
+        except Refused as refused:
+            await context.abort(refused.code, str(refused))
+            raise  # abort raises; this line is for the type checker
+
+
+def peer_spiffe_id(context: Any) -> str | None:
+    """The URI SAN of the client certificate on an mTLS connection ("" when it has
+    none); None on a connection without TLS."""
+    auth = context.auth_context()
+    if not auth.get("x509_pem_cert") and not auth.get("peer_spiffe_id"):
+        return None
+    uris = [v.decode() for v in auth.get("peer_spiffe_id", [])]
+    return uris[0] if uris else ""
+
+
+def agent_node_of_channel(trust_domain: str) -> NodeOfChannel:
+    """For the CA on a network port: the node whose agent certificate the client
+    presented; "" for anyone else (no certificate, a workload's, plaintext), which no
+    request can claim, so they are all refused."""
+
+    def node(context: Any) -> str:
+        peer = peer_spiffe_id(context)
+        try:
+            proven = SpiffeId.parse(peer or "")
+        except InvalidSpiffeId:
+            return ""
+        prefix = "tulle-agent."
+        if proven.trust_domain != trust_domain or proven.namespace != SYSTEM_NAMESPACE:
+            return ""
+        return proven.service_account[len(prefix):] if proven.service_account.startswith(prefix) else ""
+
+    return node
+
+
+def _split_pem(bundle: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    return [part.strip() + "\n" + end + "\n" for part in bundle.split(end) if part.strip()]

@@ -1,6 +1,7 @@
 """A listener's configuration: where it binds and which network filter serves it.
 
-Rules (envoy.config.listener.v3.Listener): one filter chain without a match, holding one
+Rules (envoy.config.listener.v3.Listener): one filter chain without a match (its
+transport_socket, a DownstreamTlsContext, makes it a TLS listener), holding one
 terminal network filter — `envoy.filters.network.http_connection_manager` or
 `envoy.filters.network.tcp_proxy` — identified by its typed_config type URL (or, without
 one, by its well-known name). TCP socket addresses only.
@@ -21,6 +22,7 @@ from proxy.config_error import ConfigError, reject_unsupported
 from proxy.http.hcm_config import HcmConfig
 from proxy.proto_config import join
 from proxy.tcp_proxy import TcpProxyConfig
+from proxy.tls.transport_socket import TlsConfig, transport_socket_from_proto
 
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
             "HttpConnectionManager")
@@ -53,6 +55,7 @@ class ListenerConfig:
     address: SocketAddress
     http: HcmConfig | None = None
     tcp: TcpProxyConfig | None = None
+    tls: TlsConfig | None = None      # the chain's DownstreamTlsContext; None: plaintext
 
     @classmethod
     def from_proto(cls, message: Listener, path: str) -> ListenerConfig:
@@ -64,7 +67,10 @@ class ListenerConfig:
             raise ConfigError(join(path, "filter_chains"), "exactly one filter chain is supported")
         chain = message.filter_chains[0]
         here = f"{path}.filter_chains[0]"
-        reject_unsupported(chain, here, ("filters", "name"))
+        reject_unsupported(chain, here, ("filters", "name", "transport_socket"))
+        tls = (transport_socket_from_proto(chain.transport_socket, join(here, "transport_socket"),
+                                           server_side=True)
+               if chain.HasField("transport_socket") else None)
         if len(chain.filters) != 1:
             raise ConfigError(join(here, "filters"),
                               "exactly one (terminal) network filter is supported")
@@ -77,13 +83,13 @@ class ListenerConfig:
             hcm = HttpConnectionManager()
             network_filter.typed_config.Unpack(hcm)
             return cls(message.name, address,
-                       http=HcmConfig.from_proto(hcm, join(at, "typed_config")))
+                       http=HcmConfig.from_proto(hcm, join(at, "typed_config")), tls=tls)
         if type_url == TCP_PROXY_TYPE or (not type_url and network_filter.name ==
                                           "envoy.filters.network.tcp_proxy"):
             tcp = TcpProxy()
             network_filter.typed_config.Unpack(tcp)
             return cls(message.name, address,
-                       tcp=TcpProxyConfig.from_proto(tcp, join(at, "typed_config")))
+                       tcp=TcpProxyConfig.from_proto(tcp, join(at, "typed_config")), tls=tls)
         raise ConfigError(at, f"network filter {network_filter.name!r} ({type_url or 'no type'}) "
                           "is not supported (http_connection_manager, tcp_proxy)")
 

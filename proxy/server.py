@@ -9,6 +9,11 @@ under `http.STAT_PREFIX`), each tcp_proxy listener its filter (`tcp.STAT_PREFIX`
 are shared through one dict, so a cluster added or replaced by CDS is what the next request
 sees, while requests in flight keep the Cluster object they started with.
 
+TLS secrets named by SDS (`tls_certificate_sds_secret_configs`, validation contexts) come
+over one SDS stream per SDS cluster (proxy/tls/sds_client.py) into one SecretStore; static
+clusters and every listener wait for their secrets before serving (Envoy's warming); a
+rotated secret is used by the next handshake.
+
 xDS updates (`apply`) validate the whole response first (nothing is half-applied), then:
 CDS adds, replaces (when the resource changed) and removes clusters; EDS sets the hosts of
 EDS clusters; LDS starts, replaces and stops listeners — a replaced listener stops
@@ -45,6 +50,9 @@ from proxy.local_address import first_non_loopback_ipv4
 from proxy.router.route_table import RouteTable
 from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
+from proxy.tls.sds_client import SdsClient
+from proxy.tls.secrets import SecretStore
+from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
 from proxy.xds.delta import DeltaState
@@ -72,6 +80,7 @@ class ProxyServer:
         self.serve_admin = admin
         self.rng = rng or random.Random()
         self.stats = StatsStore()
+        self.secrets = SecretStore()
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
         self.listeners: dict[str, RunningListener] = {}
@@ -83,6 +92,8 @@ class ProxyServer:
         self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
                                       dynamic=self._dynamic_resources)
         self.ads: AdsClient | None = None
+        self.sds: dict[str, SdsClient] = {}
+        self._sds_tasks: list[asyncio.Task[None]] = []
         self._ads_task: asyncio.Task[None] | None = None
         self._local_address = ""
 
@@ -92,6 +103,8 @@ class ProxyServer:
         for cluster_config in self.config.clusters:
             self._add_cluster(cluster_config)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
+        for client in list(self.sds.values()):   # static clusters warm until their secrets came
+            await client.ready(client.names)
         for listener in self.config.listeners:
             await self._start_listener(listener)
         admin = self.config.admin
@@ -104,7 +117,12 @@ class ProxyServer:
             self._start_ads()
 
     def _add_cluster(self, cluster_config: ClusterConfig) -> Cluster:
-        cluster = Cluster(cluster_config, self.rng)
+        tls = [match.tls for match in cluster_config.socket_matches if match.tls is not None]
+        if cluster_config.transport_socket is not None:
+            tls.append(cluster_config.transport_socket)
+        for config in tls:
+            self._subscribe_secrets(config.sds_sources())
+        cluster = Cluster(cluster_config, self.rng, self.secrets)
         self.clusters[cluster.name] = cluster
         self.stats.register("cluster", cluster_config.stat_name, cluster.stats, cluster.extra_stats)
         return cluster
@@ -125,13 +143,53 @@ class ProxyServer:
             tcp = TcpProxyFilter(listener.tcp, self.clusters, self.rng)
             self.stats.register("tcp", listener.tcp.stat_prefix, tcp.stats)
             factory = tcp.protocol
+        tls_context = None
+        if listener.tls is not None:
+            await self._secrets_ready(listener.tls.sds_sources())
+            tls_context = TlsTransport(listener.tls, self.secrets, TlsStats()).server_context()
         server = await loop.create_server(
             factory, listener.address.address, listener.address.port,
-            reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
+            reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024, ssl=tls_context)
         self.servers.append(server)
         self.listeners[listener.name] = RunningListener(listener, server, manager, proto)
         log.info("listener %s on %s:%s", listener.name, listener.address.address,
                  listener.address.port)
+
+    # SDS
+
+    def _subscribe_secrets(self, sources: Sequence[SecretSource]) -> list[tuple[SdsClient, str]]:
+        """Subscribe each secret on its SDS cluster's stream (started on first use)."""
+        subscribed = []
+        for source in sources:
+            client = self.sds.get(source.cluster)
+            if client is None:
+                client = self.sds[source.cluster] = SdsClient(
+                    self._sds_target(source.cluster),
+                    Node(id=self.config.node_id, cluster=self.config.node_cluster,
+                         user_agent_name="tulle-proxy"),
+                    self.secrets)
+                self._sds_tasks.append(asyncio.get_running_loop().create_task(client.run()))
+            client.subscribe((source.name,))
+            subscribed.append((client, source.name))
+        return subscribed
+
+    async def _secrets_ready(self, sources: Sequence[SecretSource]) -> None:
+        """Wait for the secrets a listener needs (Envoy warms a listener until they come)."""
+        for client, name in self._subscribe_secrets(sources):
+            await client.ready((name,))
+
+    def _sds_target(self, cluster_name: str) -> str:
+        configs = {config.name: config for config in self.config.clusters}
+        config = configs.get(cluster_name)
+        if config is None or not config.endpoints:
+            raise ConfigError("sds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name",
+                              f"{cluster_name!r} is not a static cluster with an endpoint")
+        endpoint = config.endpoints[0]
+        if endpoint.pipe:
+            return f"unix:{endpoint.address}"
+        if ":" in endpoint.address:
+            return f"[{endpoint.address}]:{endpoint.port}"
+        return f"{endpoint.address}:{endpoint.port}"
 
     def _start_ads(self) -> None:
         ads = self.config.ads
@@ -312,6 +370,8 @@ class ProxyServer:
     async def stop(self) -> None:
         if self._ads_task is not None:
             self._ads_task.cancel()
+        for task in self._sds_tasks:
+            task.cancel()
         for server in self.servers:
             server.close()
         for manager in self.managers:

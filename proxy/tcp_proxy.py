@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.stats import TcpProxyStats
+from proxy.tls.transport_socket import SecretNotReady
 
 if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
@@ -191,11 +193,26 @@ class DownstreamTcp(_Side):
             if not cluster.breaker.try_open_connection():
                 break
             cluster.stats.upstream_cx_total += 1
+            tls = cluster.transport_socket(host)
             try:
-                _, upstream = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
-                    cluster.config.connect_timeout)
-            except (OSError, TimeoutError):
+                if tls is None:
+                    _, upstream = await asyncio.wait_for(
+                        loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
+                        cluster.config.connect_timeout)
+                else:
+                    _, upstream = await asyncio.wait_for(
+                        loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port,
+                                               ssl=tls.context(), server_hostname=tls.config.sni),
+                        cluster.config.connect_timeout)
+                    assert upstream.transport is not None
+                    if not tls.san_verified(upstream.transport.get_extra_info("ssl_object")):
+                        upstream.peer = None
+                        upstream.transport.abort()
+                        raise ConnectionError("TLS error: certificate SAN verification failed")
+                    tls.stats.handshake += 1
+            except (OSError, TimeoutError, SecretNotReady) as error:
+                if tls is not None and isinstance(error, ssl.SSLError):
+                    tls.stats.connection_error += 1
                 cluster.breaker.close_connection()
                 cluster.stats.upstream_cx_connect_fail += 1
                 cluster.record_outcome(host, None)

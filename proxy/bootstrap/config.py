@@ -28,6 +28,7 @@ from google.protobuf import json_format
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.listener import ListenerConfig, SocketAddress
+from proxy.tls.transport_socket import TlsConfig
 from proxy.upstream.cluster_config import ClusterConfig
 from proxy.xds.config import AdsConfig
 
@@ -97,11 +98,16 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
                      for index, cluster in enumerate(resources.clusters))
     ads = (AdsConfig.from_proto(message.dynamic_resources, "dynamic_resources")
            if message.HasField("dynamic_resources") else None)
+    listeners = tuple(ListenerConfig.from_proto(listener, f"static_resources.listeners[{index}]")
+                      for index, listener in enumerate(resources.listeners))
     names: set[str] = set()
+    grpc_clusters = {ads.cluster} if ads is not None else set()
+    for tls in _tls_configs(listeners, clusters):
+        grpc_clusters.update(source.cluster for source in tls.sds_sources())
     for index, cluster in enumerate(clusters):
-        if cluster.http2 and (ads is None or cluster.name != ads.cluster):
+        if cluster.http2 and cluster.name not in grpc_clusters:
             raise ConfigError(f"static_resources.clusters[{index}]",
-                              "HTTP/2 upstreams are supported only for the ADS server's cluster")
+                              "HTTP/2 upstreams are supported only for the ADS and SDS servers' clusters")
         if cluster.name in names:
             raise ConfigError(f"static_resources.clusters[{index}].name",
                               f"duplicate cluster name {cluster.name!r}")
@@ -109,8 +115,6 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
             raise ConfigError(f"static_resources.clusters[{index}].type",
                               "EDS needs dynamic_resources.ads_config")
         names.add(cluster.name)
-    listeners = tuple(ListenerConfig.from_proto(listener, f"static_resources.listeners[{index}]")
-                      for index, listener in enumerate(resources.listeners))
     seen: set[str] = set()
     for index, listener in enumerate(listeners):
         path = f"static_resources.listeners[{index}]"
@@ -127,3 +131,13 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
                           f"unknown cluster {ads.cluster!r}")
     return BootstrapConfig(listeners=listeners, clusters=clusters, admin=admin,
                            node_id=node_id, node_cluster=node_cluster, ads=ads, proto=message)
+
+
+def _tls_configs(listeners: tuple[ListenerConfig, ...], clusters: tuple[ClusterConfig, ...]) -> list[TlsConfig]:
+    """Every TLS context of the static resources (their SDS clusters speak gRPC)."""
+    found = [listener.tls for listener in listeners if listener.tls is not None]
+    for cluster in clusters:
+        if cluster.transport_socket is not None:
+            found.append(cluster.transport_socket)
+        found.extend(match.tls for match in cluster.socket_matches if match.tls is not None)
+    return found

@@ -29,6 +29,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from envoy.config.core.v3.base_pb2 import TransportSocket
 from envoy.config.core.v3.config_source_pb2 import ApiConfigSource
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import TlsParameters
@@ -43,6 +44,7 @@ from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join
 from proxy.router.matchers import StringMatch
 from proxy.tls.context import load_certificate, peer_spiffe_ids
+from proxy.tls.peer_certificate import LOCAL_URIS_ATTRIBUTE
 from proxy.tls.secrets import (
     CertificateSecret,
     Secret,
@@ -254,6 +256,15 @@ class TlsStats:
                 ("handshake", "connection_error", "fail_verify_san", "fail_verify_error", "no_certificate")}
 
 
+def _uris(chain_pem: bytes) -> tuple[str, ...]:
+    leaf = x509.load_pem_x509_certificate(chain_pem)
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(names.get_values_for_type(x509.UniformResourceIdentifier))
+
+
 class SecretNotReady(Exception):
     """An SDS secret the context needs has not arrived yet."""
 
@@ -289,6 +300,8 @@ class TlsTransport:
             if not isinstance(secret, CertificateSecret):
                 raise SecretNotReady(config.certificate.name)
             load_certificate(context, secret.chain_pem, secret.key_pem)
+            # what x-forwarded-client-cert names as `By=` (Python cannot read it back)
+            setattr(context, LOCAL_URIS_ATTRIBUTE, _uris(secret.chain_pem))
         if config.trust is not None:
             bundle = config.trust.resolve(self.store)
             if not isinstance(bundle, TrustBundle):

@@ -26,7 +26,7 @@ from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierConfig
 
 _TYPES = {Cluster.STATIC: "STATIC", Cluster.STRICT_DNS: "STRICT_DNS", Cluster.EDS: "EDS",
-          Cluster.LOGICAL_DNS: "LOGICAL_DNS"}
+          Cluster.LOGICAL_DNS: "LOGICAL_DNS", Cluster.ORIGINAL_DST: "ORIGINAL_DST"}
 _LB_POLICIES = {Cluster.ROUND_ROBIN: "ROUND_ROBIN", Cluster.LEAST_REQUEST: "LEAST_REQUEST",
                 Cluster.RANDOM: "RANDOM", Cluster.RING_HASH: "RING_HASH", Cluster.MAGLEV: "MAGLEV"}
 
@@ -100,8 +100,16 @@ class ClusterConfig:
         kind = _TYPES.get(message.type)
         if kind is None or kind == "LOGICAL_DNS":
             raise ConfigError(join(path, "type"), f"{Cluster.DiscoveryType.Name(message.type)} "
-                              "is not supported (STATIC, STRICT_DNS, EDS)")
+                              "is not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)")
         policy = _LB_POLICIES.get(message.lb_policy)
+        if kind == "ORIGINAL_DST" or message.lb_policy == Cluster.CLUSTER_PROVIDED:
+            # The host is each connection's original destination: no balancer picks it.
+            if kind != "ORIGINAL_DST" or message.lb_policy not in (Cluster.CLUSTER_PROVIDED, Cluster.ROUND_ROBIN):
+                raise ConfigError(join(path, "lb_policy"), "ORIGINAL_DST clusters take CLUSTER_PROVIDED, "
+                                  "and only they do")
+            if message.HasField("load_assignment"):
+                raise ConfigError(join(path, "load_assignment"), "an ORIGINAL_DST cluster has no endpoints")
+            policy = "ROUND_ROBIN"
         if policy is None:
             raise ConfigError(join(path, "lb_policy"),
                               f"{Cluster.LbPolicy.Name(message.lb_policy)} is not supported")

@@ -23,6 +23,8 @@ from proxy.stats import ClusterStats
 from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import TlsStats, TlsTransport
 from proxy.upstream.balancer import Balancer, make_balancer
+from proxy.upstream.balancer.maglev import MaglevBalancer
+from proxy.upstream.balancer.ring_hash import RingHashBalancer
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
 from proxy.upstream.health.prober import HealthChecker
@@ -100,6 +102,7 @@ class Cluster:
         for host in list(self.pools):
             if host not in self.hostnames or self.pools[host].tls is not self.transport_socket(host):
                 self.pools.pop(host).close()
+                self.breaker.close_pool()
         self._health_changed()
 
     def _health_changed(self) -> None:
@@ -189,16 +192,24 @@ class Cluster:
             self._dns_task.cancel()
         for pool in self.pools.values():
             pool.close()
+            self.breaker.close_pool()
+        self.pools.clear()
 
     # per request
 
     def choose(self, hash_key: int | None, avoid: Sequence[Host] = (), attempts: int = 1) -> Host | None:
-        host = self.balancer.choose(hash_key)
+        """A host for a request; re-picked up to `attempts` times while it is in `avoid`
+        (previous_hosts). A hash balancer would return the same host for the same key, so
+        it is asked again with the attempt number, as Envoy's ring hash and Maglev do."""
+        balancer = self.balancer
+        host = balancer.choose(hash_key)
         if avoid and host is not None:
-            for _ in range(attempts):
+            rehash = hash_key is not None and isinstance(balancer, RingHashBalancer | MaglevBalancer)
+            for attempt in range(1, attempts + 1):
                 if host not in avoid:
                     break
-                host = self.balancer.choose(hash_key)
+                host = (balancer.choose(hash_key, attempt=attempt)  # type: ignore[call-arg]
+                        if rehash else balancer.choose(hash_key))
         return host
 
     def transport_socket(self, host: Host) -> TlsTransport | None:
@@ -215,6 +226,7 @@ class Cluster:
     def pool(self, host: Host) -> ConnectionPool:
         pool = self.pools.get(host)
         if pool is None:
+            self.breaker.open_pool()   # Envoy's remaining_cx_pools
             pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
                                                      self.breaker,
                                                      self.config.max_requests_per_connection,

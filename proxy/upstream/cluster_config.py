@@ -121,6 +121,9 @@ class ClusterConfig:
             reject_unsupported(common, here, ("healthy_panic_threshold", "locality_weighted_lb_config"))
             if common.HasField("healthy_panic_threshold"):
                 panic = common.healthy_panic_threshold.value
+                if not 0.0 <= panic <= 100.0:
+                    raise ConfigError(join(here, "healthy_panic_threshold.value"), f"must be within 0..100, got {panic}")
+                panic = float(round(panic))   # Envoy keeps whole percents
             if common.HasField("locality_weighted_lb_config"):
                 reject_unsupported(common.locality_weighted_lb_config,
                                    join(here, "locality_weighted_lb_config"), ())

@@ -1,16 +1,30 @@
-"""A listener's configuration: where it binds and which network filter serves it.
+"""A listener's configuration: where it binds, its listener filters, and the filter chains
+that serve its connections.
 
-Rules (envoy.config.listener.v3.Listener): one filter chain without a match, holding one
-terminal network filter — `envoy.filters.network.http_connection_manager` or
-`envoy.filters.network.tcp_proxy` — identified by its typed_config type URL (or, without
-one, by its well-known name). TCP socket addresses only.
+Rules (envoy.config.listener.v3.Listener):
+- Each filter chain holds one terminal network filter — `http_connection_manager` or
+  `tcp_proxy` — identified by its typed_config type URL (or, without one, by its
+  well-known name), optionally preceded by network RBAC filters; its transport_socket (a
+  DownstreamTlsContext) makes it TLS. `filter_chain_match` selects among the chains
+  (proxy/filter_chain_match.py); `default_filter_chain` serves connections no chain matches.
+- Listener filters: `original_dst` (the destination before capture, SO_ORIGINAL_DST) and
+  `tls_inspector` (transport protocol, SNI, ALPN from the ClientHello), waiting at most
+  `listener_filters_timeout` (15 s) for the first bytes; on timeout the connection is
+  closed unless `continue_on_listener_filters_timeout`.
+- `use_original_dst`: a connection whose original destination is another listener's
+  address (one with `bind_to_port: false`, matched by IP and port, else 0.0.0.0 and port)
+  is handed to that listener; otherwise this listener's chains serve it.
+- TCP socket addresses only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2 import OriginalDst
+from envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2 import TlsInspector
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
 )
@@ -18,13 +32,21 @@ from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from google.protobuf.message import Message
 
 from proxy.config_error import ConfigError, reject_unsupported
+from proxy.filter_chain_match import ChainMatch
 from proxy.http.hcm_config import HcmConfig
-from proxy.proto_config import join
+from proxy.proto_config import join, seconds
+from proxy.rbac import RBAC_NETWORK_TYPE, RbacConfig
 from proxy.tcp_proxy import TcpProxyConfig
+from proxy.tls.transport_socket import TlsConfig, transport_socket_from_proto
 
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
             "HttpConnectionManager")
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ORIGINAL_DST_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+_LISTENER_FILTERS = {"envoy.filters.listener.original_dst": ORIGINAL_DST_TYPE,
+                     "envoy.filters.listener.tls_inspector": TLS_INSPECTOR_TYPE}
+_LISTENER_FILTER_MESSAGES = {ORIGINAL_DST_TYPE: OriginalDst, TLS_INSPECTOR_TYPE: TlsInspector}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,42 +70,48 @@ class SocketAddress:
 
 
 @dataclass(frozen=True, slots=True)
-class ListenerConfig:
+class FilterChainConfig:
     name: str
-    address: SocketAddress
+    match: ChainMatch
     http: HcmConfig | None = None
     tcp: TcpProxyConfig | None = None
+    tls: TlsConfig | None = None      # the chain's DownstreamTlsContext; None: plaintext
+    rbac: tuple[RbacConfig, ...] = ()  # network RBAC filters, in order, before tcp_proxy/HCM
 
     @classmethod
-    def from_proto(cls, message: Listener, path: str) -> ListenerConfig:
-        reject_unsupported(message, path, ("name", "address", "filter_chains", "stat_prefix",
-                                           "traffic_direction",
-                                           "enable_reuse_port", "metadata"))
-        address = SocketAddress.from_proto(message.address, join(path, "address"))
-        if len(message.filter_chains) != 1:
-            raise ConfigError(join(path, "filter_chains"), "exactly one filter chain is supported")
-        chain = message.filter_chains[0]
-        here = f"{path}.filter_chains[0]"
-        reject_unsupported(chain, here, ("filters", "name"))
-        if len(chain.filters) != 1:
-            raise ConfigError(join(here, "filters"),
-                              "exactly one (terminal) network filter is supported")
-        network_filter = chain.filters[0]
-        at = f"{here}.filters[0]"
+    def from_proto(cls, chain: FilterChain, here: str) -> FilterChainConfig:
+        reject_unsupported(chain, here, ("filters", "name", "transport_socket", "filter_chain_match"))
+        match = (ChainMatch.from_proto(chain.filter_chain_match, join(here, "filter_chain_match"))
+                 if chain.HasField("filter_chain_match") else ChainMatch())
+        tls = (transport_socket_from_proto(chain.transport_socket, join(here, "transport_socket"),
+                                           server_side=True)
+               if chain.HasField("transport_socket") else None)
+        if not chain.filters:
+            raise ConfigError(join(here, "filters"), "a terminal network filter is required")
+        rbac = []
+        for index, network_filter in enumerate(chain.filters[:-1]):
+            at = f"{here}.filters[{index}]"
+            reject_unsupported(network_filter, at, ("name", "typed_config"))
+            if network_filter.typed_config.type_url != RBAC_NETWORK_TYPE:
+                raise ConfigError(at, f"network filter {network_filter.name!r} is not supported before "
+                                  "the terminal filter (network RBAC only)")
+            rbac.append(RbacConfig.network_from_any(network_filter.typed_config, join(at, "typed_config")))
+        network_filter = chain.filters[-1]
+        at = f"{here}.filters[{len(chain.filters) - 1}]"
         reject_unsupported(network_filter, at, ("name", "typed_config"))
         type_url = network_filter.typed_config.type_url
         if type_url == HCM_TYPE or (not type_url and network_filter.name ==
                                     "envoy.filters.network.http_connection_manager"):
             hcm = HttpConnectionManager()
             network_filter.typed_config.Unpack(hcm)
-            return cls(message.name, address,
-                       http=HcmConfig.from_proto(hcm, join(at, "typed_config")))
+            return cls(chain.name, match, http=HcmConfig.from_proto(hcm, join(at, "typed_config")), tls=tls,
+                       rbac=tuple(rbac))
         if type_url == TCP_PROXY_TYPE or (not type_url and network_filter.name ==
                                           "envoy.filters.network.tcp_proxy"):
             tcp = TcpProxy()
             network_filter.typed_config.Unpack(tcp)
-            return cls(message.name, address,
-                       tcp=TcpProxyConfig.from_proto(tcp, join(at, "typed_config")))
+            return cls(chain.name, match, tcp=TcpProxyConfig.from_proto(tcp, join(at, "typed_config")), tls=tls,
+                       rbac=tuple(rbac))
         raise ConfigError(at, f"network filter {network_filter.name!r} ({type_url or 'no type'}) "
                           "is not supported (http_connection_manager, tcp_proxy)")
 
@@ -93,3 +121,96 @@ class ListenerConfig:
             return table.clusters() if table is not None else set()
         assert self.tcp is not None
         return self.tcp.clusters()
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    address: SocketAddress
+    chains: tuple[FilterChainConfig, ...] = ()
+    default_chain: FilterChainConfig | None = None
+    original_dst: bool = False
+    tls_inspector: bool = False
+    use_original_dst: bool = False
+    bind_to_port: bool = True
+    filters_timeout: float = 15.0
+    continue_on_filters_timeout: bool = False
+
+    @classmethod
+    def from_proto(cls, message: Listener, path: str) -> ListenerConfig:
+        reject_unsupported(message, path, ("name", "address", "filter_chains", "stat_prefix",
+                                           "traffic_direction", "default_filter_chain", "listener_filters",
+                                           "listener_filters_timeout", "continue_on_listener_filters_timeout",
+                                           "use_original_dst", "bind_to_port",
+                                           "enable_reuse_port", "metadata"))
+        address = SocketAddress.from_proto(message.address, join(path, "address"))
+        chains = tuple(FilterChainConfig.from_proto(chain, f"{path}.filter_chains[{index}]")
+                       for index, chain in enumerate(message.filter_chains))
+        default = (FilterChainConfig.from_proto(message.default_filter_chain, join(path, "default_filter_chain"))
+                   if message.HasField("default_filter_chain") else None)
+        if not chains and default is None:
+            raise ConfigError(join(path, "filter_chains"), "at least one filter chain (or a "
+                              "default_filter_chain) is required")
+        seen: dict[ChainMatch, int] = {}
+        for index, chain in enumerate(chains):
+            if chain.match in seen:
+                raise ConfigError(f"{path}.filter_chains[{index}].filter_chain_match",
+                                  f"the same match as filter_chains[{seen[chain.match]}]")
+            seen[chain.match] = index
+        kinds = set()
+        for index, listener_filter in enumerate(message.listener_filters):
+            at = f"{path}.listener_filters[{index}]"
+            reject_unsupported(listener_filter, at, ("name", "typed_config"))
+            type_url = listener_filter.typed_config.type_url or _LISTENER_FILTERS.get(listener_filter.name, "")
+            if type_url not in _LISTENER_FILTERS.values():
+                raise ConfigError(at, f"listener filter {listener_filter.name!r} ({type_url or 'no type'}) is "
+                                  "not supported (original_dst, tls_inspector)")
+            if listener_filter.typed_config.type_url:
+                # tulle-proxy honours none of their options: any field set is refused
+                config = _LISTENER_FILTER_MESSAGES[type_url]()
+                listener_filter.typed_config.Unpack(config)
+                reject_unsupported(config, join(at, "typed_config"), ())
+            kinds.add(type_url)
+        timeout = (seconds(message.listener_filters_timeout) if message.HasField("listener_filters_timeout")
+                   else 15.0)
+        return cls(message.name, address, chains, default,
+                   original_dst=ORIGINAL_DST_TYPE in kinds, tls_inspector=TLS_INSPECTOR_TYPE in kinds,
+                   use_original_dst=message.use_original_dst.value,
+                   bind_to_port=message.bind_to_port.value if message.HasField("bind_to_port") else True,
+                   filters_timeout=timeout,
+                   continue_on_filters_timeout=message.continue_on_listener_filters_timeout)
+
+    def all_chains(self) -> tuple[FilterChainConfig, ...]:
+        return self.chains + ((self.default_chain,) if self.default_chain is not None else ())
+
+    @property
+    def simple(self) -> bool:
+        """One chain matching everything, no listener filters: bound as a plain server."""
+        return (len(self.all_chains()) == 1 and self.all_chains()[0].match == ChainMatch()
+                and not (self.original_dst or self.tls_inspector or self.use_original_dst)
+                and not self.all_chains()[0].rbac)
+
+    @property
+    def http(self) -> HcmConfig | None:
+        """The HTTP connection manager of a single-chain listener."""
+        chains = self.all_chains()
+        return chains[0].http if len(chains) == 1 else None
+
+    @property
+    def tcp(self) -> TcpProxyConfig | None:
+        chains = self.all_chains()
+        return chains[0].tcp if len(chains) == 1 else None
+
+    @property
+    def tls(self) -> TlsConfig | None:
+        chains = self.all_chains()
+        return chains[0].tls if len(chains) == 1 else None
+
+    def rds_names(self) -> set[str]:
+        return {chain.http.rds_name for chain in self.all_chains() if chain.http is not None and chain.http.rds_name}
+
+    def clusters(self) -> set[str]:
+        names: set[str] = set()
+        for chain in self.all_chains():
+            names |= chain.clusters()
+        return names

@@ -9,6 +9,11 @@ under `http.STAT_PREFIX`), each tcp_proxy listener its filter (`tcp.STAT_PREFIX`
 are shared through one dict, so a cluster added or replaced by CDS is what the next request
 sees, while requests in flight keep the Cluster object they started with.
 
+TLS secrets named by SDS (`tls_certificate_sds_secret_configs`, validation contexts) come
+over one SDS stream per SDS cluster (proxy/tls/sds_client.py) into one SecretStore; static
+clusters and every listener wait for their secrets before serving (Envoy's warming); a
+rotated secret is used by the next handshake.
+
 xDS updates (`apply`) validate the whole response first (nothing is half-applied), then:
 CDS adds, replaces (when the resource changed) and removes clusters; EDS sets the hosts of
 EDS clusters; LDS starts, replaces and stops listeners — a replaced listener stops
@@ -38,13 +43,17 @@ from proxy.admin.endpoints import AdminState
 from proxy.admin.server import AdminConnection
 from proxy.bootstrap import BootstrapConfig
 from proxy.config_error import ConfigError, reject_unsupported
+from proxy.connection_dispatch import ChainRuntime, Dispatcher, ListenerStats
 from proxy.http.connection_manager import HttpConnectionManager
 from proxy.http.downstream import DownstreamConnection
-from proxy.listener import ListenerConfig
+from proxy.listener import FilterChainConfig, ListenerConfig
 from proxy.local_address import first_non_loopback_ipv4
 from proxy.router.route_table import RouteTable
 from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
+from proxy.tls.sds_client import SdsClient
+from proxy.tls.secrets import SecretStore
+from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
 from proxy.xds.delta import DeltaState
@@ -59,8 +68,8 @@ log = logging.getLogger("tulle.proxy")
 @dataclass
 class RunningListener:
     config: ListenerConfig
-    server: asyncio.AbstractServer
-    manager: HttpConnectionManager | None
+    server: asyncio.AbstractServer | Dispatcher
+    managers: list[HttpConnectionManager]
     proto: ListenerProto | None = None
 
 
@@ -72,6 +81,7 @@ class ProxyServer:
         self.serve_admin = admin
         self.rng = rng or random.Random()
         self.stats = StatsStore()
+        self.secrets = SecretStore()
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
         self.listeners: dict[str, RunningListener] = {}
@@ -83,6 +93,9 @@ class ProxyServer:
         self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
                                       dynamic=self._dynamic_resources)
         self.ads: AdsClient | None = None
+        self.sds: dict[str, SdsClient] = {}
+        self._unbound: dict[tuple[str, int], Dispatcher] = {}
+        self._sds_tasks: list[asyncio.Task[None]] = []
         self._ads_task: asyncio.Task[None] | None = None
         self._local_address = ""
 
@@ -92,6 +105,8 @@ class ProxyServer:
         for cluster_config in self.config.clusters:
             self._add_cluster(cluster_config)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
+        for client in list(self.sds.values()):   # static clusters warm until their secrets came
+            await client.ready(client.names)
         for listener in self.config.listeners:
             await self._start_listener(listener)
         admin = self.config.admin
@@ -104,34 +119,117 @@ class ProxyServer:
             self._start_ads()
 
     def _add_cluster(self, cluster_config: ClusterConfig) -> Cluster:
-        cluster = Cluster(cluster_config, self.rng)
+        tls = [match.tls for match in cluster_config.socket_matches if match.tls is not None]
+        if cluster_config.transport_socket is not None:
+            tls.append(cluster_config.transport_socket)
+        for config in tls:
+            self._subscribe_secrets(config.sds_sources())
+        cluster = Cluster(cluster_config, self.rng, self.secrets)
         self.clusters[cluster.name] = cluster
         self.stats.register("cluster", cluster_config.stat_name, cluster.stats, cluster.extra_stats)
         return cluster
 
     async def _start_listener(self, listener: ListenerConfig, proto: ListenerProto | None = None) -> None:
         loop = asyncio.get_running_loop()
-        factory: object
-        manager = None
-        if listener.http is not None:
-            manager = HttpConnectionManager(listener.http, self.clusters, self.rng, self._local_address)
-            if listener.http.rds_name:
-                manager.route_table = self.route_tables.get(listener.http.rds_name)
-            self.managers.append(manager)
-            self.stats.register("http", listener.http.stat_prefix, manager.stats)
-            factory = lambda manager=manager: DownstreamConnection(manager)  # noqa: E731
+        managers: list[HttpConnectionManager] = []
+        chains = [await self._chain_runtime(chain, managers) for chain in listener.all_chains()]
+        default = chains.pop() if listener.default_chain is not None else None
+        address = listener.address
+        server: asyncio.AbstractServer | Dispatcher
+        if listener.simple and listener.bind_to_port:
+            runtime = default or chains[0]
+            context = runtime.tls.server_context() if runtime.tls is not None else None
+            server = await loop.create_server(
+                lambda: runtime.protocol(None), address.address, address.port,
+                reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024, ssl=context)
+            self.servers.append(server)
         else:
-            assert listener.tcp is not None
-            tcp = TcpProxyFilter(listener.tcp, self.clusters, self.rng)
-            self.stats.register("tcp", listener.tcp.stat_prefix, tcp.stats)
-            factory = tcp.protocol
-        server = await loop.create_server(
-            factory, listener.address.address, listener.address.port,
-            reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
-        self.servers.append(server)
-        self.listeners[listener.name] = RunningListener(listener, server, manager, proto)
-        log.info("listener %s on %s:%s", listener.name, listener.address.address,
-                 listener.address.port)
+            stats = ListenerStats()
+            self.stats.register("listener", f"{address.address}_{address.port}", stats)
+            server = Dispatcher(listener, chains, default, self._listener_at, stats)
+            if listener.bind_to_port:
+                server.bind(self.reuse_port)
+                self.servers.append(server)  # type: ignore[arg-type]
+            else:
+                self._unbound[(address.address, address.port)] = server
+        self.listeners[listener.name] = RunningListener(listener, server, managers, proto)
+        log.info("listener %s on %s:%s%s", listener.name, address.address, address.port,
+                 "" if listener.bind_to_port else " (not bound)")
+
+    async def _chain_runtime(self, chain: FilterChainConfig, managers: list[HttpConnectionManager]) -> ChainRuntime:
+        tls = None
+        if chain.tls is not None:
+            await self._secrets_ready(chain.tls.sds_sources())
+            tls = TlsTransport(chain.tls, self.secrets, TlsStats())
+        if chain.http is not None:
+            # chains of one listener with the same HCM (e.g. a port's TLS and plaintext
+            # chains) share a connection manager, hence its stats
+            manager = next((m for m in managers if m.config == chain.http), None)
+            if manager is None:
+                manager = HttpConnectionManager(chain.http, self.clusters, self.rng, self._local_address)
+                if chain.http.rds_name:
+                    manager.route_table = self.route_tables.get(chain.http.rds_name)
+                managers.append(manager)
+                self.managers.append(manager)
+                self.stats.register("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
+
+            def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
+                connection = DownstreamConnection(manager)
+                connection.destination = destination
+                return connection
+            return ChainRuntime(chain, http, tls)
+        assert chain.tcp is not None
+        tcp = TcpProxyFilter(chain.tcp, self.clusters, self.rng, chain.rbac)
+        self.stats.register("tcp", chain.tcp.stat_prefix, tcp.stats, tcp.extra_stats)
+        return ChainRuntime(chain, tcp.protocol, tls)
+
+    def _listener_at(self, destination: tuple[str, int]) -> Dispatcher | None:
+        """use_original_dst: the listener for a captured connection's original destination."""
+        return self._unbound.get(destination) or self._unbound.get(("0.0.0.0", destination[1]))
+
+    # SDS
+
+    def _subscribe_secrets(self, sources: Sequence[SecretSource]) -> list[tuple[SdsClient, str]]:
+        """Subscribe each secret on its SDS cluster's stream (started on first use)."""
+        subscribed = []
+        for source in sources:
+            client = self.sds.get(source.cluster)
+            if client is None:
+                client = self.sds[source.cluster] = SdsClient(
+                    self._sds_target(source.cluster),
+                    self._node(),
+                    self.secrets)
+                self._sds_tasks.append(asyncio.get_running_loop().create_task(client.run()))
+            client.subscribe((source.name,))
+            subscribed.append((client, source.name))
+        return subscribed
+
+    async def _secrets_ready(self, sources: Sequence[SecretSource]) -> None:
+        """Wait for the secrets a listener needs (Envoy warms a listener until they come)."""
+        for client, name in self._subscribe_secrets(sources):
+            await client.ready((name,))
+
+    def _node(self) -> Node:
+        """The bootstrap's node, as sent to xDS servers (its metadata tells tulle-control
+        the pod and the interception mode)."""
+        node = Node(id=self.config.node_id, cluster=self.config.node_cluster, user_agent_name="tulle-proxy")
+        if self.config.proto is not None and self.config.proto.HasField("node"):
+            node.metadata.CopyFrom(self.config.proto.node.metadata)
+            node.locality.CopyFrom(self.config.proto.node.locality)
+        return node
+
+    def _sds_target(self, cluster_name: str) -> str:
+        configs = {config.name: config for config in self.config.clusters}
+        config = configs.get(cluster_name)
+        if config is None or not config.endpoints:
+            raise ConfigError("sds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name",
+                              f"{cluster_name!r} is not a static cluster with an endpoint")
+        endpoint = config.endpoints[0]
+        if endpoint.pipe:
+            return f"unix:{endpoint.address}"
+        if ":" in endpoint.address:
+            return f"[{endpoint.address}]:{endpoint.port}"
+        return f"{endpoint.address}:{endpoint.port}"
 
     def _start_ads(self) -> None:
         ads = self.config.ads
@@ -142,8 +240,7 @@ class ProxyServer:
             raise ConfigError("dynamic_resources.ads_config", f"cluster {ads.cluster!r} has no host")
         host = hosts[0]
         target = f"[{host.address}]:{host.port}" if ":" in host.address else f"{host.address}:{host.port}"
-        node = Node(id=self.config.node_id, cluster=self.config.node_cluster,
-                    user_agent_name="tulle-proxy")
+        node = self._node()
         initial: dict[str, tuple[str, ...]] = {}
         if ads.cds:
             initial[CLUSTER] = ()
@@ -196,8 +293,7 @@ class ProxyServer:
         return tuple(names)
 
     def _rds_names(self) -> tuple[str, ...]:
-        return tuple(sorted({running.config.http.rds_name for running in self.listeners.values()
-                             if running.config.http is not None and running.config.http.rds_name}))
+        return tuple(sorted({name for running in self.listeners.values() for name in running.config.rds_names()}))
 
     @staticmethod
     def _decode(resources: Sequence[Any], message_type: type, kind: str) -> list:
@@ -282,10 +378,16 @@ class ProxyServer:
             await self._start_listener(config, proto)
 
     def _drain(self, running: RunningListener) -> None:
-        """Stop accepting; connections already open finish on their old configuration."""
+        """Stop accepting; connections already open finish their requests on the old
+        configuration, then close (HTTP) or run to their end (TCP)."""
         running.server.close()
+        for manager in running.managers:
+            manager.drain()
         if running.server in self.servers:
             self.servers.remove(running.server)
+        address = running.config.address
+        if self._unbound.get((address.address, address.port)) is running.server:
+            del self._unbound[(address.address, address.port)]
 
     def _apply_routes(self, resources: Sequence[Any]) -> None:
         protos: list[RouteConfiguration] = self._decode(resources, RouteConfiguration,
@@ -295,9 +397,9 @@ class ProxyServer:
         self.route_tables.update(tables)
         self.route_protos.update({proto.name: proto for proto in protos})
         for running in self.listeners.values():
-            manager = running.manager
-            if manager is not None and manager.config.rds_name in tables:
-                manager.route_table = tables[manager.config.rds_name]
+            for manager in running.managers:
+                if manager.config.rds_name in tables:
+                    manager.route_table = tables[manager.config.rds_name]
 
     # shutdown
 
@@ -312,6 +414,8 @@ class ProxyServer:
     async def stop(self) -> None:
         if self._ads_task is not None:
             self._ads_task.cancel()
+        for task in self._sds_tasks:
+            task.cancel()
         for server in self.servers:
             server.close()
         for manager in self.managers:

@@ -113,6 +113,9 @@ class ListenerStats:
     downstream_cx_total: int = 0
     downstream_cx_destroy: int = 0
     downstream_cx_active: int = 0
+    no_filter_chain_match: int = 0
+    downstream_listener_filter_error: int = 0
+    downstream_pre_cx_timeout: int = 0
 
 
 Scope = ClusterStats | HttpStats | TcpProxyStats | ListenerStats

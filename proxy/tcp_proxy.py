@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
+from proxy.rbac import RbacConfig, RbacStats, Subject, allowed
 from proxy.stats import TcpProxyStats
+from proxy.tls.peer_certificate import peer_certificate
+from proxy.tls.transport_socket import SecretNotReady
+from proxy.upstream.host import Host
 
 if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
@@ -83,14 +88,24 @@ class TcpProxyConfig:
 class TcpProxyFilter:
     """The per-listener part: config, clusters and stats; makes one protocol per connection."""
 
-    def __init__(self, config: TcpProxyConfig, clusters: dict[str, Cluster], rng: random.Random) -> None:
+    def __init__(self, config: TcpProxyConfig, clusters: dict[str, Cluster], rng: random.Random,
+                 rbac: tuple[RbacConfig, ...] = ()) -> None:
         self.config = config
         self.clusters = clusters
         self.rng = rng
         self.stats = TcpProxyStats()
+        self.rbac = rbac
+        self.rbac_stats = RbacStats()
 
-    def protocol(self) -> asyncio.Protocol:
-        return DownstreamTcp(self)
+    def protocol(self, destination: tuple[str, int] | None = None) -> asyncio.Protocol:
+        """A connection's protocol; `destination` is its original destination (what an
+        ORIGINAL_DST cluster connects to)."""
+        return DownstreamTcp(self, destination)
+
+    def extra_stats(self) -> dict[str, int]:
+        if not self.rbac:
+            return {}
+        return {"rbac.allowed": self.rbac_stats.allowed, "rbac.denied": self.rbac_stats.denied}
 
 
 class _Side(asyncio.Protocol):
@@ -156,9 +171,10 @@ class UpstreamTcp(_Side):
 
 
 class DownstreamTcp(_Side):
-    def __init__(self, owner: TcpProxyFilter) -> None:
+    def __init__(self, owner: TcpProxyFilter, destination: tuple[str, int] | None = None) -> None:
         super().__init__()
         self.owner = owner
+        self.destination = destination
         self._pending: list[bytes] = []
         self._idle: asyncio.TimerHandle | None = None
         self._active = False
@@ -173,7 +189,18 @@ class DownstreamTcp(_Side):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.owner.rbac and not self._rbac_allows(transport):
+            self.close()   # network RBAC: a denied connection is closed
+            return
         self._connect = asyncio.get_running_loop().create_task(self._open_upstream())
+
+    def _rbac_allows(self, transport: asyncio.BaseTransport) -> bool:
+        peer = peer_certificate(transport.get_extra_info("ssl_object"))
+        remote = transport.get_extra_info("peername") or ("", 0)
+        local = self.destination or transport.get_extra_info("sockname") or ("", 0)
+        subject = Subject(remote_ip=remote[0], destination_ip=local[0], destination_port=local[1],
+                          peer_uris=peer.uris if peer is not None else (), authenticated=peer is not None)
+        return allowed(self.owner.rbac, subject, self.owner.rbac_stats)
 
     async def _open_upstream(self) -> None:
         owner = self.owner
@@ -184,18 +211,36 @@ class DownstreamTcp(_Side):
             self.close()
             return
         for _ in range(owner.config.max_connect_attempts):
-            host = cluster.choose(None)
+            if cluster.config.type == "ORIGINAL_DST":
+                host = Host(*self.destination) if self.destination is not None else None
+            else:
+                host = cluster.choose(None)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy += 1
                 break
             if not cluster.breaker.try_open_connection():
                 break
             cluster.stats.upstream_cx_total += 1
+            tls = cluster.transport_socket(host)
             try:
-                _, upstream = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
-                    cluster.config.connect_timeout)
-            except (OSError, TimeoutError):
+                if tls is None:
+                    _, upstream = await asyncio.wait_for(
+                        loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
+                        cluster.config.connect_timeout)
+                else:
+                    _, upstream = await asyncio.wait_for(
+                        loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port,
+                                               ssl=tls.context(), server_hostname=tls.config.sni),
+                        cluster.config.connect_timeout)
+                    assert upstream.transport is not None
+                    if not tls.san_verified(upstream.transport.get_extra_info("ssl_object")):
+                        upstream.peer = None
+                        upstream.transport.abort()
+                        raise ConnectionError("TLS error: certificate SAN verification failed")
+                    tls.stats.handshake += 1
+            except (OSError, TimeoutError, SecretNotReady) as error:
+                if tls is not None and isinstance(error, ssl.SSLError):
+                    tls.stats.connection_error += 1
                 cluster.breaker.close_connection()
                 cluster.stats.upstream_cx_connect_fail += 1
                 cluster.record_outcome(host, None)

@@ -15,14 +15,20 @@ from typing import Any
 
 import yaml
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2  # noqa: F401
 
 # Importing the extension modules registers their types for Any unpacking in ParseDict.
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2  # noqa: F401
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
@@ -97,11 +103,16 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
                      for index, cluster in enumerate(resources.clusters))
     ads = (AdsConfig.from_proto(message.dynamic_resources, "dynamic_resources")
            if message.HasField("dynamic_resources") else None)
+    listeners = tuple(ListenerConfig.from_proto(listener, f"static_resources.listeners[{index}]")
+                      for index, listener in enumerate(resources.listeners))
     names: set[str] = set()
+    # HTTP/2 clusters serve gRPC (ADS, SDS: the agent's socket may be named only over CDS
+    # or LDS later); tulle-proxy does not route HTTP requests over HTTP/2.
+    routed = set().union(*(listener.clusters() for listener in listeners))
     for index, cluster in enumerate(clusters):
-        if cluster.http2 and (ads is None or cluster.name != ads.cluster):
+        if cluster.http2 and cluster.name in routed:
             raise ConfigError(f"static_resources.clusters[{index}]",
-                              "HTTP/2 upstreams are supported only for the ADS server's cluster")
+                              "HTTP/2 upstreams are supported only for gRPC services (ADS, SDS), not routes")
         if cluster.name in names:
             raise ConfigError(f"static_resources.clusters[{index}].name",
                               f"duplicate cluster name {cluster.name!r}")
@@ -109,8 +120,6 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
             raise ConfigError(f"static_resources.clusters[{index}].type",
                               "EDS needs dynamic_resources.ads_config")
         names.add(cluster.name)
-    listeners = tuple(ListenerConfig.from_proto(listener, f"static_resources.listeners[{index}]")
-                      for index, listener in enumerate(resources.listeners))
     seen: set[str] = set()
     for index, listener in enumerate(listeners):
         path = f"static_resources.listeners[{index}]"
@@ -120,10 +129,11 @@ def from_proto(message: Bootstrap) -> BootstrapConfig:
         if ads is None or not ads.cds:
             for cluster_name in sorted(listener.clusters() - names):
                 raise ConfigError(path, f"refers to unknown cluster {cluster_name!r}")
-        if listener.http is not None and listener.http.rds_name and ads is None:
+        if listener.rds_names() and ads is None:
             raise ConfigError(path, "rds needs dynamic_resources.ads_config")
     if ads is not None and ads.cluster not in names:
         raise ConfigError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                           f"unknown cluster {ads.cluster!r}")
     return BootstrapConfig(listeners=listeners, clusters=clusters, admin=admin,
                            node_id=node_id, node_cluster=node_cluster, ads=ads, proto=message)
+

@@ -53,10 +53,12 @@ from proxy.http.retry import (
     RetryState,
     parse_retry_on,
 )
+from proxy.rbac import DENIED_BODY, RbacStats, Subject, allowed
 from proxy.router.matchers import parse_query
 from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, RedirectAction
 from proxy.router.route_table import RouteSelection
 from proxy.stats import HttpStats
+from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.balancer import combine_hash_keys, hash_key_for
 from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectFailure, Overflow
@@ -126,6 +128,8 @@ class HttpConnectionManager:
         self.rng = rng
         self.local_address = local_address
         self.stats = HttpStats()
+        self.rbac_stats = RbacStats()
+        self.draining = False   # the listener was replaced: close connections after their response
         self.connections: set[DownstreamConnection] = set()
         self._loop = self.loop = asyncio.get_event_loop()
         self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
@@ -225,6 +229,16 @@ class HttpConnectionManager:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         upgrade = (headers.get("upgrade") or "").lower() if request.upgrade else ""
         self._mutate_request_headers(stream)
+        if "x-forwarded-client-cert" in headers:   # SANITIZE and SANITIZE_SET both drop it
+            headers.remove("x-forwarded-client-cert")
+        if config.forward_client_cert == "SANITIZE_SET":
+            peer = stream.conn.tls_peer()
+            if peer is not None:
+                headers.add("x-forwarded-client-cert", forwarded_client_cert(peer, config.client_cert_uri))
+        if config.rbac and not self._rbac_allows(stream, authority):
+            stream.flags = "RBAC"
+            self._reply(stream, 403, DENIED_BODY)
+            return
         table = self.route_table
         if table is None:   # RDS has not delivered this listener's routes yet
             self.stats.no_route += 1
@@ -257,6 +271,30 @@ class HttpConnectionManager:
             location = action.location(scheme, authority, selection.path, selection.query,
                                        selection.matched)
             self._reply(stream, action.status, b"", extra=(("location", location),))
+
+    def drain(self) -> None:
+        """The listener is being replaced (LDS): idle connections close now, busy ones
+        after their current response (`connection: close`), as Envoy drains them."""
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.active is None:
+                conn.close()
+
+    def rbac_stat_values(self) -> dict[str, int]:
+        if not self.config.rbac:
+            return {}
+        return {"rbac.allowed": self.rbac_stats.allowed, "rbac.denied": self.rbac_stats.denied}
+
+    def _rbac_allows(self, stream: Stream, authority: str) -> bool:
+        conn = stream.conn
+        request = stream.request
+        peer = conn.tls_peer()
+        subject = Subject(remote_ip=conn.peer[0], destination_ip=conn.local[0], destination_port=conn.local[1],
+                          peer_uris=peer.uris if peer is not None else (), authenticated=peer is not None,
+                          headers=request.headers,
+                          pseudo={":method": request.method, ":authority": authority, ":path": request.target},
+                          path=request.target.split("?", 1)[0])
+        return allowed(self.config.rbac, subject, self.rbac_stats)
 
     # connection-manager header rules
 
@@ -671,7 +709,7 @@ class HttpConnectionManager:
             mutation.apply(headers, stream)
         self._server_headers(headers, stream)
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
-        keep_alive = request.keep_alive and request.body.done and not conn._error
+        keep_alive = request.keep_alive and request.body.done and not conn._error and not self.draining
         chunked = False
         if no_body:
             if framed_length is not None:
@@ -774,7 +812,7 @@ class HttpConnectionManager:
     def _reply(self, stream: Stream, status: int, body: bytes, keep_alive: bool = True,
                extra: Sequence[tuple[str, str]] = ()) -> None:
         request = stream.request
-        keep_alive = keep_alive and request.keep_alive and request.body.done
+        keep_alive = keep_alive and request.keep_alive and request.body.done and not self.draining
         self.stats.count_status(status)
         stream.status = status
         stream.committed = True

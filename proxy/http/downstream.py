@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http.headers import Headers
+from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
 
 if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
@@ -100,6 +101,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
+        # set by the listener before connection_made: the original destination (SO_ORIGINAL_DST)
+        self.destination: tuple[str, int] | None = None
+        self._tls_peer: PeerCertificate | bool | None = False   # False: not read yet
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -121,6 +125,16 @@ class DownstreamConnection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
 
+    def tls_peer(self) -> PeerCertificate | None:
+        """The verified client certificate (read once per connection); None without TLS."""
+        peer = self._tls_peer
+        if peer is False:
+            transport = self.transport
+            peer = self._tls_peer = peer_certificate(
+                transport.get_extra_info("ssl_object") if transport is not None else None)
+        assert peer is not True
+        return peer
+
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +143,8 @@ class DownstreamConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
         self.local = (local[0], local[1]) if isinstance(local, tuple) else ("", 0)
+        if self.destination is not None:
+            self.local = self.destination
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

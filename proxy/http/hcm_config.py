@@ -1,6 +1,8 @@
 """The HTTP connection manager's configuration (Envoy's HttpConnectionManager message).
 
-Rules: only the router HTTP filter is supported (it must be the last filter, as in Envoy);
+Rules: the router HTTP filter, last (as in Envoy), after any RBAC filters (proxy/rbac.py);
+x-forwarded-client-cert is removed (SANITIZE, Envoy's default) or set from the verified
+client certificate (SANITIZE_SET, proxy/tls/peer_certificate.py);
 the route configuration is inline (`route_config`) — RDS comes with dynamic resources; the
 codec is HTTP/1.1 (`AUTO` and `HTTP1` accepted). Defaults are Envoy's: server name
 "envoy", request ids generated, 60 KiB of request headers, 100 headers, 1 h connection idle
@@ -24,6 +26,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from proxy.access_log import AccessLogConfig
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
+from proxy.rbac import RBAC_HTTP_TYPE, RbacConfig
 from proxy.router.route_table import RouteTable
 
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -52,6 +55,9 @@ class HcmConfig:
     default_host_for_http_10: str = ""
     suppress_envoy_headers: bool = False
     access_logs: tuple[AccessLogConfig, ...] = ()
+    rbac: tuple[RbacConfig, ...] = ()          # RBAC HTTP filters before the router, in order
+    forward_client_cert: str = "SANITIZE"      # | SANITIZE_SET
+    client_cert_uri: bool = False              # set_current_client_cert_details.uri
 
     @classmethod
     def from_proto(cls, message: HttpConnectionManager, path: str) -> HcmConfig:
@@ -61,7 +67,8 @@ class HcmConfig:
             "xff_num_trusted_hops", "generate_request_id", "preserve_external_request_id",
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
             "common_http_protocol_options", "http_protocol_options", "upgrade_configs",
-            "normalize_path", "merge_slashes", "access_log", "rds", "stream_idle_timeout"))
+            "normalize_path", "merge_slashes", "access_log", "rds", "stream_idle_timeout",
+            "forward_client_cert_details", "set_current_client_cert_details"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
@@ -81,7 +88,16 @@ class HcmConfig:
             raise ConfigError(path, "one of route_config or rds is required")
         if message.xff_num_trusted_hops:
             raise ConfigError(join(path, "xff_num_trusted_hops"), "only 0 is supported")
-        suppress = _check_filters(message, join(path, "http_filters"))
+        suppress, rbac = _check_filters(message, join(path, "http_filters"))
+        forward = HttpConnectionManager.ForwardClientCertDetails.Name(message.forward_client_cert_details)
+        if forward not in ("SANITIZE", "SANITIZE_SET"):
+            raise ConfigError(join(path, "forward_client_cert_details"),
+                              f"{forward} is not supported (SANITIZE, SANITIZE_SET)")
+        client_cert_uri = False
+        if message.HasField("set_current_client_cert_details"):
+            here = join(path, "set_current_client_cert_details")
+            reject_unsupported(message.set_current_client_cert_details, here, ("uri",))
+            client_cert_uri = message.set_current_client_cert_details.uri
         internal: list[IpNetwork] = []
         if message.HasField("internal_address_config"):
             here = join(path, "internal_address_config")
@@ -144,25 +160,33 @@ class HcmConfig:
             accept_http_10=accept_10,
             default_host_for_http_10=default_host,
             suppress_envoy_headers=suppress,
+            rbac=rbac,
+            forward_client_cert=forward,
+            client_cert_uri=client_cert_uri,
             access_logs=tuple(AccessLogConfig.from_proto(log, f"{path}.access_log[{index}]")
                               for index, log in enumerate(message.access_log)),
         )
 
 
-def _check_filters(message: HttpConnectionManager, path: str) -> bool:
-    """The filter chain must be exactly the router; returns its suppress_envoy_headers."""
+def _check_filters(message: HttpConnectionManager, path: str) -> tuple[bool, tuple[RbacConfig, ...]]:
+    """The filter chain: RBAC filters, then the router last; returns the router's
+    suppress_envoy_headers and the RBAC filters."""
     filters = message.http_filters
     if not filters:
         raise ConfigError(path, "the router filter (envoy.filters.http.router) is required")
+    rbac = []
     for index, http_filter in enumerate(filters):
         here = f"{path}[{index}]"
         reject_unsupported(http_filter, here, ("name", "typed_config"))
         type_url = http_filter.typed_config.type_url
+        if type_url == RBAC_HTTP_TYPE and index != len(filters) - 1:
+            rbac.append(RbacConfig.http_from_any(http_filter.typed_config, join(here, "typed_config")))
+            continue
         is_router = type_url == ROUTER_TYPE or (
             not type_url and http_filter.name == "envoy.filters.http.router")
         if not is_router:
             raise ConfigError(here, f"HTTP filter {http_filter.name!r} is not supported "
-                              "(only envoy.filters.http.router)")
+                              "(envoy.filters.http.rbac, envoy.filters.http.router)")
         if index != len(filters) - 1:
             raise ConfigError(here, "the router must be the last HTTP filter")
     router = Router()
@@ -171,4 +195,4 @@ def _check_filters(message: HttpConnectionManager, path: str) -> bool:
         last.typed_config.Unpack(router)
     here = f"{path}[{len(filters) - 1}].typed_config"
     reject_unsupported(router, here, ("suppress_envoy_headers", "start_child_span", "dynamic_stats"))
-    return router.suppress_envoy_headers
+    return router.suppress_envoy_headers, tuple(rbac)

@@ -37,6 +37,9 @@ PER_TRY_TIMEOUT = "per-try-timeout"
 KNOWN_RETRY_ON = frozenset({
     "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
     "retriable-status-codes", "reset-before-request", "envoy-ratelimited", "http3-post-connect-failure",
+    # gRPC status conditions (Istio's default policy names `unavailable` and `cancelled`): gRPC
+    # needs HTTP/2, so an HTTP/1.1 upstream never answers with a grpc-status to retry on
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
 })
 
 _GATEWAY_ERRORS = frozenset({502, 503, 504})

@@ -30,6 +30,12 @@ def _memory_file(name: str, data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
+def load_certificate(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Load a certificate chain and its key from memory (never from a file on disk)."""
+    with _memory_file("tulle-chain", chain_pem) as chain, _memory_file("tulle-key", key_pem) as key:
+        context.load_cert_chain(chain, key)
+
+
 def _context(
     purpose: ssl.Purpose, chain_pem: bytes | None, key_pem: bytes | None, trust_bundle_pem: bytes | None,
     alpn: Sequence[str],
@@ -38,8 +44,7 @@ def _context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
     if chain_pem is not None and key_pem is not None:
-        with _memory_file("tulle-chain", chain_pem) as chain, _memory_file("tulle-key", key_pem) as key:
-            context.load_cert_chain(chain, key)
+        load_certificate(context, chain_pem, key_pem)
     if trust_bundle_pem is not None:
         context.load_verify_locations(cadata=trust_bundle_pem.decode())
         context.verify_mode = ssl.CERT_REQUIRED

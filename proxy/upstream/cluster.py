@@ -20,7 +20,11 @@ import socket
 from collections.abc import Sequence
 
 from proxy.stats import ClusterStats
+from proxy.tls.secrets import SecretStore
+from proxy.tls.transport_socket import TlsStats, TlsTransport
 from proxy.upstream.balancer import Balancer, make_balancer
+from proxy.upstream.balancer.maglev import MaglevBalancer
+from proxy.upstream.balancer.ring_hash import RingHashBalancer
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
 from proxy.upstream.health.prober import HealthChecker
@@ -36,7 +40,8 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig, rng: random.Random) -> None:
+    def __init__(self, config: ClusterConfig, rng: random.Random,
+                 secrets: SecretStore | None = None) -> None:
         self.name = config.name
         self.config = config
         self.stats = ClusterStats()
@@ -58,6 +63,13 @@ class Cluster:
                           on_check_passed=self._health_check_passed if self.outlier else None)
             if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
+        self.tls_stats = TlsStats()
+        store = secrets if secrets is not None else SecretStore()
+        self._default_tls = (TlsTransport(config.transport_socket, store, self.tls_stats)
+                             if config.transport_socket is not None else None)
+        self._matched_tls = [(match, TlsTransport(match.tls, store, self.tls_stats) if match.tls else None)
+                             for match in config.socket_matches]
+        self._socket_match: dict[Host, tuple[tuple[str, str], ...]] = {}
         self.config_endpoints: tuple[EndpointConfig, ...] = config.endpoints
         self._dns_task: asyncio.Task[None] | None = None
         if config.type == "STATIC":
@@ -69,6 +81,7 @@ class Cluster:
                       resolved: dict[str, list[str]] | None = None) -> None:
         hosts: list[Host] = []
         names: dict[tuple[str, int], str] = {}
+        metadata: dict[tuple[str, int], tuple[tuple[str, str], ...]] = {}
         for endpoint in endpoints:
             addresses = resolved[endpoint.address] if resolved is not None else [endpoint.address]
             for address in addresses:
@@ -79,12 +92,17 @@ class Cluster:
                             locality=endpoint.locality, locality_weight=endpoint.locality_weight)
                 hosts.append(host)
                 names[(address, endpoint.port)] = endpoint.hostname
+                if endpoint.socket_match:
+                    metadata[(address, endpoint.port)] = endpoint.socket_match
         self.host_set.update(hosts)
         self.hostnames = {host: names.get((host.address, host.port), host.address)
                           for host in self.host_set.hosts}
+        self._socket_match = {host: metadata[(host.address, host.port)] for host in self.host_set.hosts
+                              if (host.address, host.port) in metadata}
         for host in list(self.pools):
-            if host not in self.hostnames:
+            if host not in self.hostnames or self.pools[host].tls is not self.transport_socket(host):
                 self.pools.pop(host).close()
+                self.breaker.close_pool()
         self._health_changed()
 
     def _health_changed(self) -> None:
@@ -98,6 +116,8 @@ class Cluster:
             stats.update(self.outlier.stats.as_dict())
         if self.health_checker is not None:
             stats.update(self.health_checker.stats.as_dict())
+        if self._default_tls is not None or self._matched_tls:
+            stats.update(self.tls_stats.as_dict())
         return stats
 
     async def start(self) -> None:
@@ -172,22 +192,43 @@ class Cluster:
             self._dns_task.cancel()
         for pool in self.pools.values():
             pool.close()
+            self.breaker.close_pool()
+        self.pools.clear()
 
     # per request
 
     def choose(self, hash_key: int | None, avoid: Sequence[Host] = (), attempts: int = 1) -> Host | None:
-        host = self.balancer.choose(hash_key)
+        """A host for a request; re-picked up to `attempts` times while it is in `avoid`
+        (previous_hosts). A hash balancer would return the same host for the same key, so
+        it is asked again with the attempt number, as Envoy's ring hash and Maglev do."""
+        balancer = self.balancer
+        host = balancer.choose(hash_key)
         if avoid and host is not None:
-            for _ in range(attempts):
+            rehash = hash_key is not None and isinstance(balancer, RingHashBalancer | MaglevBalancer)
+            for attempt in range(1, attempts + 1):
                 if host not in avoid:
                     break
-                host = self.balancer.choose(hash_key)
+                host = (balancer.choose(hash_key, attempt=attempt)  # type: ignore[call-arg]
+                        if rehash else balancer.choose(hash_key))
         return host
+
+    def transport_socket(self, host: Host) -> TlsTransport | None:
+        """The host's TLS (None: plaintext): the first transport_socket_matches entry whose
+        match is within the endpoint's `envoy.transport_socket_match` metadata, else the
+        cluster's transport_socket."""
+        if self._matched_tls:
+            metadata = set(self._socket_match.get(host, ()))
+            for match, tls in self._matched_tls:
+                if set(match.match) <= metadata:
+                    return tls
+        return self._default_tls
 
     def pool(self, host: Host) -> ConnectionPool:
         pool = self.pools.get(host)
         if pool is None:
+            self.breaker.open_pool()   # Envoy's remaining_cx_pools
             pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
                                                      self.breaker,
-                                                     self.config.max_requests_per_connection)
+                                                     self.config.max_requests_per_connection,
+                                                     self.transport_socket(host))
         return pool

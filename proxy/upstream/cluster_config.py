@@ -17,6 +17,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
+from proxy.tls.transport_socket import TlsConfig, transport_socket_from_proto
 from proxy.upstream.balancer import make_balancer
 from proxy.upstream.balancer.load_balancing_policy import from_load_balancing_policy
 from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
@@ -25,7 +26,7 @@ from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierConfig
 
 _TYPES = {Cluster.STATIC: "STATIC", Cluster.STRICT_DNS: "STRICT_DNS", Cluster.EDS: "EDS",
-          Cluster.LOGICAL_DNS: "LOGICAL_DNS"}
+          Cluster.LOGICAL_DNS: "LOGICAL_DNS", Cluster.ORIGINAL_DST: "ORIGINAL_DST"}
 _LB_POLICIES = {Cluster.ROUND_ROBIN: "ROUND_ROBIN", Cluster.LEAST_REQUEST: "LEAST_REQUEST",
                 Cluster.RANDOM: "RANDOM", Cluster.RING_HASH: "RING_HASH", Cluster.MAGLEV: "MAGLEV"}
 
@@ -45,6 +46,20 @@ class EndpointConfig:
     locality_weight: int = 0
     health_failed: bool = False       # EDS health_status UNHEALTHY, DRAINING or TIMEOUT
     health_check_port: int | None = None
+    socket_match: tuple[tuple[str, str], ...] = ()  # filter_metadata["envoy.transport_socket_match"]
+    pipe: bool = False                              # `address` is a unix socket path
+
+
+@dataclass(frozen=True, slots=True)
+class SocketMatch:
+    """One of a cluster's transport_socket_matches."""
+
+    name: str
+    match: tuple[tuple[str, str], ...]
+    tls: TlsConfig | None
+
+    def matches(self, metadata: tuple[tuple[str, str], ...]) -> bool:
+        return set(self.match) <= set(metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,8 @@ class ClusterConfig:
     lb_config: object | None = None  # the policy's sub-message, for make_balancer
     lb_config_path: str | None = None
     locality_weighted: bool = False
+    transport_socket: TlsConfig | None = None            # None: plaintext (raw_buffer)
+    socket_matches: tuple[SocketMatch, ...] = ()
     proto: Cluster | None = None
 
     @classmethod
@@ -76,14 +93,23 @@ class ClusterConfig:
             "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
             "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
             "max_requests_per_connection", "metadata", "alt_stat_name",
-            "http2_protocol_options", "typed_extension_protocol_options", "load_balancing_policy"))
+            "http2_protocol_options", "typed_extension_protocol_options", "load_balancing_policy",
+            "transport_socket", "transport_socket_matches"))
         if not message.name:
             raise ConfigError(join(path, "name"), "must not be empty")
         kind = _TYPES.get(message.type)
         if kind is None or kind == "LOGICAL_DNS":
             raise ConfigError(join(path, "type"), f"{Cluster.DiscoveryType.Name(message.type)} "
-                              "is not supported (STATIC, STRICT_DNS, EDS)")
+                              "is not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)")
         policy = _LB_POLICIES.get(message.lb_policy)
+        if kind == "ORIGINAL_DST" or message.lb_policy == Cluster.CLUSTER_PROVIDED:
+            # The host is each connection's original destination: no balancer picks it.
+            if kind != "ORIGINAL_DST" or message.lb_policy not in (Cluster.CLUSTER_PROVIDED, Cluster.ROUND_ROBIN):
+                raise ConfigError(join(path, "lb_policy"), "ORIGINAL_DST clusters take CLUSTER_PROVIDED, "
+                                  "and only they do")
+            if message.HasField("load_assignment"):
+                raise ConfigError(join(path, "load_assignment"), "an ORIGINAL_DST cluster has no endpoints")
+            policy = "ROUND_ROBIN"
         if policy is None:
             raise ConfigError(join(path, "lb_policy"),
                               f"{Cluster.LbPolicy.Name(message.lb_policy)} is not supported")
@@ -95,6 +121,9 @@ class ClusterConfig:
             reject_unsupported(common, here, ("healthy_panic_threshold", "locality_weighted_lb_config"))
             if common.HasField("healthy_panic_threshold"):
                 panic = common.healthy_panic_threshold.value
+                if not 0.0 <= panic <= 100.0:
+                    raise ConfigError(join(here, "healthy_panic_threshold.value"), f"must be within 0..100, got {panic}")
+                panic = float(round(panic))   # Envoy keeps whole percents
             if common.HasField("locality_weighted_lb_config"):
                 reject_unsupported(common.locality_weighted_lb_config,
                                    join(here, "locality_weighted_lb_config"), ())
@@ -146,8 +175,35 @@ class ClusterConfig:
             lb_config=lb_config,
             lb_config_path=lb_config_path,
             locality_weighted=locality_weighted,
+            transport_socket=(transport_socket_from_proto(message.transport_socket, join(path, "transport_socket"),
+                                                          server_side=False)
+                              if message.HasField("transport_socket") else None),
+            socket_matches=_socket_matches(message, path),
             proto=message,
         )
+
+
+def _socket_matches(message: Cluster, path: str) -> tuple[SocketMatch, ...]:
+    """transport_socket_matches: the first whose `match` is a subset of an endpoint's
+    `envoy.transport_socket_match` metadata gives that endpoint's transport socket."""
+    matches = []
+    for index, entry in enumerate(message.transport_socket_matches):
+        here = f"{path}.transport_socket_matches[{index}]"
+        reject_unsupported(entry, here, ("name", "match", "transport_socket"))
+        tls = (transport_socket_from_proto(entry.transport_socket, join(here, "transport_socket"),
+                                           server_side=False)
+               if entry.HasField("transport_socket") else None)
+        matches.append(SocketMatch(entry.name, _metadata_pairs(entry.match), tls))
+    return tuple(matches)
+
+
+def _metadata_pairs(struct: object) -> tuple[tuple[str, str], ...]:
+    """A protobuf Struct's top-level scalar values as sorted (key, text) pairs."""
+    from google.protobuf.json_format import MessageToDict
+    from google.protobuf.message import Message
+
+    assert isinstance(struct, Message)
+    return tuple(sorted((key, str(value)) for key, value in MessageToDict(struct).items()))
 
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -213,9 +269,16 @@ def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str,
         here = join(path, "endpoint.health_check_config")
         reject_unsupported(endpoint.health_check_config, here, ("port_value",))
         hc_port = endpoint.health_check_config.port_value or None
+    reject_unsupported(endpoint.address, join(path, "endpoint.address"), ("socket_address", "pipe"))
+    if endpoint.address.HasField("pipe"):
+        # A unix socket: the node agent's SDS server, reached over gRPC only.
+        here = join(path, "endpoint.address.pipe")
+        reject_unsupported(endpoint.address.pipe, here, ("path", "mode"))
+        if not endpoint.address.pipe.path:
+            raise ConfigError(join(here, "path"), "must not be empty")
+        return EndpointConfig(address=endpoint.address.pipe.path, port=0, priority=priority, pipe=True)
     socket_address = endpoint.address.socket_address
     here = join(path, "endpoint.address.socket_address")
-    reject_unsupported(endpoint.address, join(path, "endpoint.address"), ("socket_address",))
     reject_unsupported(socket_address, here, ("address", "port_value", "protocol"))
     if socket_address.protocol != 0:
         raise ConfigError(join(here, "protocol"), "only TCP is supported")
@@ -233,9 +296,16 @@ def endpoint_config(lb_endpoint: object, path: str, priority: int, kind: str,
     weight = lb_endpoint.load_balancing_weight.value if lb_endpoint.HasField("load_balancing_weight") else 1
     if weight < 1:
         raise ConfigError(join(path, "load_balancing_weight"), "must be >= 1")
+    socket_match: tuple[tuple[str, str], ...] = ()
+    if lb_endpoint.HasField("metadata"):
+        here = join(path, "metadata")
+        reject_unsupported(lb_endpoint.metadata, here, ("filter_metadata", "typed_filter_metadata"))
+        for key in lb_endpoint.metadata.filter_metadata:
+            if key == "envoy.transport_socket_match":
+                socket_match = _metadata_pairs(lb_endpoint.metadata.filter_metadata[key])
     return EndpointConfig(address=socket_address.address, port=socket_address.port_value,
                           weight=weight, priority=priority,
                           hostname=endpoint.hostname or socket_address.address,
                           locality=locality, locality_weight=locality_weight,
                           health_failed=lb_endpoint.health_status in _FAILED_HEALTH,
-                          health_check_port=hc_port)
+                          health_check_port=hc_port, socket_match=socket_match)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import deque
 
 from proxy.http.client import UpstreamConnection
 from proxy.stats import ClusterStats
+from proxy.tls.transport_socket import SecretNotReady, TlsTransport
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.host import Host
 
@@ -33,12 +35,24 @@ class Overflow(Exception):
     """The circuit breaker refused: too many connections and pending requests."""
 
 
+class _NeverPooled:
+    """The owner of a connection dropped before it joined the pool."""
+
+    def connection_closed(self, connection: UpstreamConnection) -> None:
+        pass
+
+
+_NEVER_POOLED = _NeverPooled()
+
+
 class ConnectionPool:
     __slots__ = ("_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host",
-                 "max_requests_per_connection", "open", "stats")
+                 "max_requests_per_connection", "open", "stats", "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
-                 breaker: CircuitBreaker, max_requests_per_connection: int = 0) -> None:
+                 breaker: CircuitBreaker, max_requests_per_connection: int = 0,
+                 tls: TlsTransport | None = None) -> None:
+        self.tls = tls
         self.max_requests_per_connection = max_requests_per_connection
         self.host = host
         self.stats = stats
@@ -89,20 +103,46 @@ class ConnectionPool:
     async def connect(self) -> UpstreamConnection:
         stats = self.stats
         stats.upstream_cx_total += 1
+        tls = self.tls
         try:
-            _, connection = await asyncio.wait_for(
-                self._loop.create_connection(lambda: UpstreamConnection(self),
-                                             self.host.address, self.host.port),
-                self.connect_timeout)
+            if tls is None:
+                _, connection = await asyncio.wait_for(
+                    self._loop.create_connection(lambda: UpstreamConnection(self),
+                                                 self.host.address, self.host.port),
+                    self.connect_timeout)
+            else:
+                _, connection = await asyncio.wait_for(
+                    self._loop.create_connection(lambda: UpstreamConnection(self),
+                                                 self.host.address, self.host.port,
+                                                 ssl=tls.context(), server_hostname=tls.config.sni,
+                                                 ssl_handshake_timeout=self.connect_timeout),
+                    self.connect_timeout)
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
             raise ConnectFailure("connection timeout") from None
+        except ssl.SSLError as error:
+            stats.upstream_cx_connect_fail += 1
+            assert tls is not None
+            tls.stats.connection_error += 1
+            if isinstance(error, ssl.SSLCertVerificationError):
+                tls.stats.fail_verify_error += 1
+            raise ConnectFailure(f"TLS error: {error.reason}") from None
         except OSError as error:
             stats.upstream_cx_connect_fail += 1
             raise ConnectFailure(f"delayed connect error: {error.errno}") from None
+        except SecretNotReady as missing:
+            stats.upstream_cx_connect_fail += 1
+            raise ConnectFailure(f"TLS secret {missing} not ready") from None
         transport = connection.transport
         assert transport is not None
+        if tls is not None:
+            if not tls.san_verified(transport.get_extra_info("ssl_object")):
+                stats.upstream_cx_connect_fail += 1
+                connection._owner = _NEVER_POOLED  # the caller releases the breaker slot
+                transport.abort()
+                raise ConnectFailure("TLS error: certificate SAN verification failed")
+            tls.stats.handshake += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

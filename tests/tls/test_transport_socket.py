@@ -1,0 +1,195 @@
+"""tulle-proxy's TLS transport sockets: Envoy's UpstreamTlsContext on clusters and
+DownstreamTlsContext on listener filter chains, between two in-process sidecars."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.ca.authority import CertificateAuthority
+from proxy.config_error import ConfigError
+from tests.tls.sidecars import (
+    CATALOG,
+    FRONTEND,
+    NOW,
+    App,
+    cluster,
+    downstream_tls,
+    endpoint,
+    free_port,
+    get,
+    http_listener,
+    mtls_client_context,
+    mtls_server_context,
+    proxy,
+    run,
+    svid,
+    trust,
+    upstream_tls,
+)
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local", NOW)
+
+
+async def sidecar_pair(ca: CertificateAuthority, client_context: dict[str, Any],
+                       server_context: dict[str, Any] | None = None) -> tuple[App, Any, Any, int, int]:
+    """(app, client sidecar, server sidecar, client port, server port), all started."""
+    app = App()
+    await app.start()
+    server_port, client_port = free_port(), free_port()
+    server = proxy([http_listener("inbound", server_port, "app",
+                                  downstream_tls(server_context or mtls_server_context(ca, CATALOG)))],
+                   [cluster("app", [endpoint(app.port)])])
+    client = proxy([http_listener("outbound", client_port, "server")],
+                   [cluster("server", [endpoint(server_port)], transport_socket=upstream_tls(client_context))])
+    await server.start()
+    await client.start()
+    return app, client, server, client_port, server_port
+
+
+async def stop(app: App, *proxies: Any) -> None:
+    for running in proxies:
+        await running.stop()
+    app.close()
+
+
+def test_requests_cross_two_sidecars_over_mutual_tls(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        app, client, server, client_port, _ = await sidecar_pair(
+            ca, mtls_client_context(ca, FRONTEND, str(CATALOG)))
+        try:
+            for _ in range(3):
+                status, body = await get(client_port, "/items")
+                assert status == 200
+                assert body.startswith(b"host: catalog")
+            assert len(app.requests) == 3
+            assert client.clusters["server"].tls_stats.handshake >= 1
+        finally:
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_server_sidecar_refuses_plaintext(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        app, client, server, _, server_port = await sidecar_pair(
+            ca, mtls_client_context(ca, FRONTEND, str(CATALOG)))
+        try:
+            with pytest.raises((ConnectionError, ValueError, IndexError, asyncio.IncompleteReadError)):
+                await get(server_port, "/")
+            assert app.requests == []
+        finally:
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_wrong_san_is_a_503_counted_as_fail_verify_san(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        app, client, server, client_port, _ = await sidecar_pair(
+            ca, mtls_client_context(ca, FRONTEND, "spiffe://cluster.local/ns/shop/sa/payments"))
+        try:
+            status, body = await get(client_port, "/")
+            assert status == 503
+            assert body.startswith(b"upstream connect error")
+            assert client.clusters["server"].tls_stats.fail_verify_san == 1
+            assert app.requests == []
+        finally:
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_client_without_certificate_is_refused_when_one_is_required(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        app, client, server, client_port, _ = await sidecar_pair(
+            ca, {"common_tls_context": {"validation_context": trust(ca)}})
+        try:
+            status, _ = await get(client_port, "/")
+            assert status == 503
+            assert app.requests == []
+        finally:
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_certificate_from_another_ca_is_refused(ca: CertificateAuthority, tmp_path: Path) -> None:
+    foreign = CertificateAuthority.load_or_create(tmp_path / "foreign", "cluster.local", NOW)
+
+    async def scenario() -> None:
+        client_context = mtls_client_context(ca, FRONTEND, str(CATALOG))
+        client_context["common_tls_context"]["tls_certificates"] = [svid(foreign, FRONTEND)]
+        app, client, server, client_port, _ = await sidecar_pair(ca, client_context)
+        try:
+            status, _ = await get(client_port, "/")
+            assert status == 503
+            assert app.requests == []
+        finally:
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_transport_socket_matches_choose_tls_by_endpoint_metadata(ca: CertificateAuthority) -> None:
+    """Istio's auto mTLS: endpoints labelled tlsMode=istio get TLS, the others plaintext."""
+    async def scenario() -> None:
+        app, client, server, _, server_port = await sidecar_pair(
+            ca, mtls_client_context(ca, FRONTEND, str(CATALOG)))
+        plain_app = App()
+        await plain_app.start()
+        port = free_port()
+        matches = [{"name": "tlsMode-istio", "match": {"tlsMode": "istio"},
+                    "transport_socket": upstream_tls(mtls_client_context(ca, FRONTEND, str(CATALOG)))},
+                   {"name": "tlsMode-disabled", "match": {},
+                    "transport_socket": {"name": "envoy.transport_sockets.raw_buffer"}}]
+        auto = proxy([http_listener("meshed", port, "meshed")],
+                     [cluster("meshed", [endpoint(server_port, "istio"), endpoint(plain_app.port)],
+                              transport_socket_matches=matches)])
+        await auto.start()
+        try:
+            statuses = [(await get(port, "/"))[0] for _ in range(4)]
+            assert statuses == [200] * 4
+            assert len(app.requests) == 2 and len(plain_app.requests) == 2
+            assert auto.clusters["meshed"].tls_stats.handshake == 1  # the TLS connection is pooled
+        finally:
+            await auto.stop()
+            plain_app.close()
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_alpn_and_tls13_are_negotiated(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        app, client, server, _, server_port = await sidecar_pair(
+            ca, mtls_client_context(ca, FRONTEND, str(CATALOG)))
+        try:
+            pool = client.clusters["server"]
+            context = pool.transport_socket(pool.host_set.hosts[0]).context()
+            _, writer = await asyncio.open_connection("127.0.0.1", server_port, ssl=context, server_hostname="")
+            ssl_object = writer.get_extra_info("ssl_object")
+            assert ssl_object.selected_alpn_protocol() == "http/1.1"
+            assert ssl_object.version() == "TLSv1.3"
+            writer.close()
+        finally:
+            await stop(app, client, server)
+    run(scenario)
+
+
+def test_tls_versions_below_12_are_refused_with_their_path(ca: CertificateAuthority) -> None:
+    context = mtls_client_context(ca, FRONTEND, str(CATALOG))
+    context["common_tls_context"]["tls_params"] = {"tls_minimum_protocol_version": "TLSv1_1"}
+    with pytest.raises(ConfigError) as error:
+        proxy([], [cluster("server", [endpoint(1)], transport_socket=upstream_tls(context))])
+    assert error.value.path == ("static_resources.clusters[0].transport_socket.typed_config."
+                                "common_tls_context.tls_params.tls_minimum_protocol_version")
+
+
+def test_unsupported_tls_fields_are_refused_with_their_path(ca: CertificateAuthority) -> None:
+    context = mtls_server_context(ca, CATALOG)
+    context["common_tls_context"]["tls_params"] = {"cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256"]}
+    with pytest.raises(ConfigError) as error:
+        proxy([http_listener("inbound", 1, "app", downstream_tls(context))], [cluster("app", [endpoint(1)])])
+    assert error.value.path.endswith("filter_chains[0].transport_socket.typed_config."
+                                     "common_tls_context.tls_params.cipher_suites")

@@ -53,6 +53,9 @@ class NodeIdentityService:
         self._ca = CertificateAuthorityClient(agent.config.node, config.ca_address)
         self._identity = IdentityServer(config.identity_socket or base / "identity.sock", self._ca, self.attached_pods)
         self._sds: dict[PodRef, PodSdsServer] = {}
+        # The periodic loop and an explicit reconcile may overlap; without this, both
+        # could start a server for one pod and the loser would unlink the winner's socket.
+        self._reconciling = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def attached_pods(self) -> list[tuple[str, str, str]]:
@@ -75,14 +78,15 @@ class NodeIdentityService:
         await self._ca.close()
 
     async def reconcile(self) -> None:
-        pods = {PodRef(ns, name) for _, ns, name in await self.attached_pods() if ns and name}
-        for pod in pods - self._sds.keys():
-            server = PodSdsServer(pod_socket(self._sds_dir, pod), WorkloadSecrets(pod, self._ca))
-            await server.start()
-            self._sds[pod] = server
-            log.info("SDS for pod %s on %s", pod, server.path)
-        for pod in self._sds.keys() - pods:
-            await self._sds.pop(pod).stop()
+        async with self._reconciling:
+            pods = {PodRef(ns, name) for _, ns, name in await self.attached_pods() if ns and name}
+            for pod in pods - self._sds.keys():
+                server = PodSdsServer(pod_socket(self._sds_dir, pod), WorkloadSecrets(pod, self._ca))
+                await server.start()
+                self._sds[pod] = server
+                log.info("SDS for pod %s on %s", pod, server.path)
+            for pod in self._sds.keys() - pods:
+                await self._sds.pop(pod).stop()
 
     async def _reconcile_forever(self) -> None:
         while True:

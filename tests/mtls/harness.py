@@ -36,7 +36,8 @@ from control.xds.resources import LISTENER, Resource
 from control.xds.service import XdsService
 from netpolicy.agent.identity import CertificateAuthorityClient, PodRef
 from netpolicy.agent.sds import PodSdsServer, WorkloadSecrets, pod_socket
-from tests.xds.harness import ENVOY, _base_ids, free_port
+from tests.ports import free_port
+from tests.xds.harness import ENVOY, _base_ids
 
 T = TypeVar("T")
 NODE = "node-1"

@@ -12,15 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TULLE = REPO / ".venv" / "bin" / "tulle-proxy"
 ENVOY = REPO / ".venv" / "bin" / "envoy"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RecordingUpstream:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,12 +28,6 @@ UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Up
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def svid(ca: CertificateAuthority, identity: SpiffeId, ttl: dt.timedelta = dt.timedelta(hours=1)) -> dict[str, Any]:

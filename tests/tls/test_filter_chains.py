@@ -16,6 +16,7 @@ from control.ca.authority import CertificateAuthority
 from proxy.config_error import ConfigError
 from proxy.filter_chain_match import ChainMatch, ConnectionFacts, select
 from proxy.tls.client_hello import Inspection, inspect
+from tests.ports import free_port
 from tests.tls.sidecars import (
     CATALOG,
     FRONTEND,
@@ -26,7 +27,6 @@ from tests.tls.sidecars import (
     cluster,
     downstream_tls,
     endpoint,
-    free_port,
     get,
     mtls_server_context,
     proxy,

@@ -13,7 +13,8 @@ from google.protobuf import json_format
 from proxy.config_error import ConfigError
 from proxy.http.headers import Headers
 from proxy.rbac import RbacConfig, RbacStats, Subject, allowed
-from tests.tls.sidecars import HCM, ROUTER, App, cluster, endpoint, free_port, get, proxy, run
+from tests.ports import free_port
+from tests.tls.sidecars import HCM, ROUTER, App, cluster, endpoint, get, proxy, run
 
 FRONTEND = "spiffe://cluster.local/ns/web/sa/frontend"
 HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"

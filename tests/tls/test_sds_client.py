@@ -21,12 +21,12 @@ from netpolicy.agent.sds import PodSdsServer, WorkloadSecrets, pod_socket
 from proxy.tls.context import peer_spiffe_ids
 from proxy.tls.secrets import CertificateSecret
 from proxy.tls.transport_socket import TlsConfig, TlsStats, TlsTransport
+from tests.ports import free_port
 from tests.tls.sidecars import (
     App,
     cluster,
     downstream_tls,
     endpoint,
-    free_port,
     get,
     http_listener,
     proxy,

@@ -11,6 +11,7 @@ import pytest
 
 from control.ca.authority import CertificateAuthority
 from proxy.config_error import ConfigError
+from tests.ports import free_port
 from tests.tls.sidecars import (
     CATALOG,
     FRONTEND,
@@ -19,7 +20,6 @@ from tests.tls.sidecars import (
     cluster,
     downstream_tls,
     endpoint,
-    free_port,
     get,
     http_listener,
     mtls_client_context,

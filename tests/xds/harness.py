@@ -12,7 +12,6 @@ import concurrent.futures
 import http.server
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import threading
@@ -106,12 +105,6 @@ class Upstream:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 _base_ids = iter(range(os.getpid() % 10000 * 100 + 7, 1 << 30))

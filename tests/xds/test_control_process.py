@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from tests.control.control_process import ControlProcess, start_control
-from tests.xds.harness import ROOT, Envoy, Upstream, eventually, free_port, http_get
+from tests.ports import free_port
+from tests.xds.harness import ROOT, Envoy, Upstream, eventually, http_get
 
 MESHCTL = ROOT / ".venv" / "bin" / "meshctl"
 NODE_ID = "sidecar~127.0.0.1~client-0.default~default.svc.cluster.local"

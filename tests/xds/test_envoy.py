@@ -17,13 +17,13 @@ from google.protobuf import duration_pb2
 from control.xds.node_identity import NodeIdentity
 from control.xds.proxy_commands import proxy_config, proxy_status
 from control.xds.resources import CLUSTER, Resource
+from tests.ports import free_port
 from tests.xds.harness import (
     ControlPlane,
     Envoy,
     Upstream,
     endpoints,
     eventually,
-    free_port,
     http_get,
     pod,
     service,

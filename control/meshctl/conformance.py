@@ -20,7 +20,6 @@ Theory of operation (the backends of `netpolicy.conformance.runner`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import socket
 import time
@@ -33,6 +32,7 @@ from control.meshctl import enforcement
 from netpolicy.cluster import ClusterState
 from netpolicy.conformance.corpus import PodRef, Probe, Step, Topology, resolve_placeholders
 from netpolicy.conformance.runner import Placement
+from netpolicy.conformance.servers import close_servers, serve_ports
 from netpolicy.model import Protocol as L4
 from netpolicy.netns import socket_in
 
@@ -42,18 +42,6 @@ Wanted = dict[tuple[str, str], str | None]  # (kind, "<ns>/<name>" or name) -> r
 
 class SyncTimeout(RuntimeError):
     pass
-
-
-class _UdpEcho(asyncio.DatagramProtocol):
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-        self.transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.transport.sendto(self.reply, addr)
 
 
 class LabBackend:
@@ -208,33 +196,10 @@ class LabBackend:
         return self.lab
 
     async def _serve(self, pod: LabPod, ports: Any) -> None:
-        loop = asyncio.get_running_loop()
-        reply = f"{pod.namespace}/{pod.name}\n".encode()
-
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                writer.write(reply)
-                await writer.drain()
-            writer.close()
-
-        for port in ports:
-            if port.protocol is L4.TCP:
-                sock = socket_in(pod.netns, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("0.0.0.0", port.port))
-                self._servers.append(await asyncio.start_server(answer, sock=sock, backlog=256))
-            elif port.protocol is L4.UDP:
-                sock = socket_in(pod.netns, socket.SOCK_DGRAM)
-                sock.bind(("0.0.0.0", port.port))
-                transport, _ = await loop.create_datagram_endpoint(lambda: _UdpEcho(reply), sock=sock)
-                self._servers.append(transport)
+        self._servers += await serve_ports(pod.netns, f"{pod.namespace}/{pod.name}\n".encode(), ports)
 
     async def _stop_servers(self) -> None:
-        for server in self._servers:
-            server.close()
-            if isinstance(server, asyncio.AbstractServer):
-                await server.wait_closed()
-        self._servers.clear()
+        await close_servers(self._servers)
 
 
 def _lagging(held: enforcement.Enforcement, wanted: Mapping[tuple[str, str], str | None]) -> str:

@@ -20,7 +20,6 @@ longer needs when the topology changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from netpolicy.cluster import ClusterState
 from netpolicy.compiler import compile_ruleset
 from netpolicy.conformance.corpus import PodRef, Probe, Step, Topology
 from netpolicy.conformance.runner import Placement
+from netpolicy.conformance.servers import close_servers, serve_ports
 from netpolicy.model import Protocol as L4
 from netpolicy.netns import socket_in
 from netpolicy.ruleset import Ruleset, diff_document, full_document
@@ -67,18 +67,6 @@ def address_plan(topology: Topology) -> dict[PodRef, ipaddress.IPv4Address]:
         seen[pod.namespace] = n + 1
         plan[(pod.namespace, pod.name)] = ipaddress.IPv4Address(f"10.244.{index[pod.namespace]}.{10 + n}")
     return plan
-
-
-class _UDPReply(asyncio.DatagramProtocol):
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-        self.transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.transport.sendto(self.name, addr)
 
 
 class DirectTopology:
@@ -155,34 +143,10 @@ class DirectTopology:
                 _ip(netns, "link", "set", "vx0", "up")
 
     async def _serve(self, netns: str, name: str, ports: Any) -> None:
-        loop = asyncio.get_running_loop()
-        reply = name.encode() + b"\n"
-
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                writer.write(reply)
-                await writer.drain()
-            writer.close()
-
-        for port in ports:
-            if port.protocol is L4.TCP:
-                sock = socket_in(netns, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("0.0.0.0", port.port))
-                self._servers.append(await asyncio.start_server(answer, sock=sock, backlog=256))
-            elif port.protocol is L4.UDP:
-                sock = socket_in(netns, socket.SOCK_DGRAM)
-                sock.bind(("0.0.0.0", port.port))
-                transport, _ = await loop.create_datagram_endpoint(lambda: _UDPReply(reply), sock=sock)
-                self._servers.append(transport)
-            # SCTP: no sockets on this kernel; the port exists in the model only.
+        self._servers += await serve_ports(netns, name.encode() + b"\n", ports)
 
     async def tear_down_pods(self) -> None:
-        for server in self._servers:
-            server.close()
-            if isinstance(server, asyncio.AbstractServer):
-                await server.wait_closed()
-        self._servers.clear()
+        await close_servers(self._servers)
         for netns in self._pod_netns.values():
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
         self._pod_netns.clear()

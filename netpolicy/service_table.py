@@ -9,7 +9,9 @@ Theory of operation (one table `inet tulle_services` per node, replaced atomical
   map of endpoint chains; each endpoint chain DNATs to `podIP:targetPort`. New
   connections are balanced; conntrack keeps established ones on their endpoint.
 - Hairpin: a pod that reaches itself through its Service is masqueraded (marked in its
-  endpoint chain, masqueraded in postrouting), or its reply would bypass the DNAT.
+  endpoint chain, masqueraded in postrouting), or its reply would bypass the DNAT. The
+  mark is a bit of the connection's conntrack mark, not the packet mark: NetworkPolicy's
+  forward chain (between the two nat hooks) uses the packet mark as scratch space.
 - A service port without endpoints is in map `no_endpoints`, checked by filter chains
   on prerouting and output just before the nat ones (a ClusterIP has no route, so the
   forward hook would never see it): the client gets a TCP reset / ICMP port
@@ -80,7 +82,8 @@ def service_table(services: Iterable[ServicePort]) -> dict[str, Any]:
     ]
     lookup = {"vmap": {"key": _packet_key(), "data": "@services"}}
     commands += [_rule("prerouting", lookup), _rule("output", lookup)]
-    commands.append(_rule("postrouting", _eq({"meta": {"key": "mark"}}, HAIRPIN_MARK), {"masquerade": None}))
+    hairpin = {"&": [{"ct": {"key": "mark"}}, HAIRPIN_MARK]}
+    commands.append(_rule("postrouting", _eq(hairpin, HAIRPIN_MARK), {"masquerade": None}))
     for chain in ("filter_prerouting", "filter_output"):
         commands.append(_rule(
             chain,
@@ -111,7 +114,8 @@ def _service_chains(service: ServicePort) -> list[dict[str, Any]]:
         endpoint_chains.append(name)
         commands.append(_chain(name))
         commands.append(_rule(name, _eq({"payload": {"protocol": "ip", "field": "saddr"}}, endpoint.ip),
-                              {"mangle": {"key": {"meta": {"key": "mark"}}, "value": HAIRPIN_MARK}}))
+                              {"mangle": {"key": {"ct": {"key": "mark"}},
+                                          "value": {"|": [{"ct": {"key": "mark"}}, HAIRPIN_MARK]}}}))
         commands.append(_rule(name, _eq({"meta": {"key": "l4proto"}}, _PROTOCOLS[service.protocol]),
                               {"dnat": {"family": "ip", "addr": endpoint.ip, "port": endpoint.port}}))
     choice = {"vmap": {

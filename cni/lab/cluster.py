@@ -9,6 +9,8 @@ Theory of operation.
 - Pods: a namespace, then the node's conflist run through `cni.runtime` inside
   the node namespace (where a kubelet would run it). A failed ADD is followed by
   DEL, as a runtime does, and the namespace is removed.
+- With a control plane, each pod gets /etc/netns/<its netns>/resolv.conf (cluster DNS on
+  its gateway, `cni.lab.pod_dns`), seen by `ip netns exec`; removed with the pod and on `down`.
 - `down`: DEL every pod (cached results, reverse order), stop the agents by the
   PID recorded at start (checked against the process start time, so a recycled
   PID is never signalled) and any agent serving a socket inside the lab's
@@ -47,6 +49,7 @@ from typing import Any
 
 from cni.errors import CniError
 from cni.lab.control import API_PORT, CONTROL_IP, LabApi, api_socket, control_argv, xds_socket
+from cni.lab.pod_dns import remove_lab_files, remove_pod_files, write_resolv_conf
 from cni.lab.topology import (
     NAMESPACE_NAME_LABEL,
     UNDERLAY,
@@ -161,9 +164,11 @@ class Lab:
         labels: dict[str, str] | None = None,
         ports: Sequence[PortMapping] = (),
         container_ports: Sequence[dict[str, Any]] = (),
+        annotations: dict[str, str] | None = None,
     ) -> LabPod:
         """`ports`: hostPorts (portmap); `container_ports`: the Pod object's container
-        ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80}."""
+        ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80};
+        `annotations`: the Pod object's (with a control plane)."""
         with self._locked():
             self._require_loaded()
             key = f"{namespace}/{name}"
@@ -175,7 +180,7 @@ class Lab:
             if self._control is not None:
                 with self.api() as api:
                     api.ensure_namespace(namespace, self._namespaces.get(namespace))
-                    api.create_pod(namespace, name, dict(labels or {}), container_ports)
+                    api.create_pod(namespace, name, dict(labels or {}), container_ports, annotations)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
             runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:
@@ -190,6 +195,9 @@ class Lab:
                         api.delete("Pod", namespace, name)
                 raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
             address = result["ips"][0]["address"].split("/")[0]
+            if self._control is not None and result["ips"][0].get("gateway"):
+                # The node's agent answers cluster DNS on the pod's gateway.
+                write_resolv_conf(netns, namespace, ipaddress.IPv4Address(result["ips"][0]["gateway"]))
             pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
                          dict(labels or {}), tuple(ports))
             self._pods.append(pod)
@@ -447,6 +455,7 @@ class Lab:
             done = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
             if done.returncode != 0:
                 problems.append(f"namespace {netns}: {done.stderr.strip()}")
+        problems += remove_lab_files(prefix)
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
             problems.append(f"directory {self.dir} could not be removed")
@@ -497,6 +506,7 @@ class Lab:
         if self._control is not None and _process_start(int(self._control["pid"])) == self._control["start"]:
             with self.api() as api:
                 api.delete("Pod", pod.namespace, pod.name)
+        remove_pod_files(pod.netns)
         if pod.netns in _netns_names():
             _run(["ip", "netns", "del", pod.netns], f"delete namespace of pod {pod.key}")
 

@@ -27,6 +27,10 @@ DOMAIN_SUFFIX = "svc.cluster.local"
 Doc = Mapping[str, Any]
 
 
+# Pod annotations the mesh reads (injection, capture); others are not carried.
+MESH_ANNOTATION_PREFIXES = ("sidecar.tulle.io/", "traffic.tulle.io/")
+
+
 class MeshDocumentError(ValueError):
     """A document lacks what translation needs; the message names the field path."""
 
@@ -79,6 +83,7 @@ class Pod:
     ports: tuple[ContainerPort, ...]
     service_account: str = "default"
     resource_version: str = ""  # of the stored object; agents' ACKs report it back
+    annotations: tuple[tuple[str, str], ...] = ()  # the mesh's own (MESH_ANNOTATION_PREFIXES)
 
     @property
     def key(self) -> str:
@@ -107,6 +112,7 @@ class Service:
     cluster_ip: str
     ports: tuple[ServicePort, ...]
     selector: tuple[tuple[str, str], ...]
+    resource_version: str = ""
 
     @property
     def hostname(self) -> str:
@@ -328,6 +334,10 @@ def _read_pod(doc: Doc) -> Pod:
         ports=ports,
         service_account=str(spec.get("serviceAccountName") or "default"),
         resource_version=_resource_version(doc),
+        annotations=tuple(sorted(
+            (k, str(v)) for k, v in (doc["metadata"].get("annotations") or {}).items()
+            if k.startswith(MESH_ANNOTATION_PREFIXES)
+        )),
     )
 
 
@@ -353,6 +363,7 @@ def _read_service(doc: Doc) -> Service:
         cluster_ip=str(spec.get("clusterIP") or ""),
         ports=tuple(ports),
         selector=_labels(spec.get("selector")),
+        resource_version=_resource_version(doc),
     )
 
 

@@ -40,9 +40,10 @@ from netpolicy.agent.server import SocketInUse, serve
 @click.option("--control", metavar="ADDRESS", help="tulle-control's config API (HOST:PORT or unix:PATH): join the cluster.")
 @click.option("--xds", metavar="ADDRESS", help="tulle-control's ADS server [default: the --control host, port 15010].")
 @click.option("--underlay-ip", help="This node's address on the underlay [default: source of the route to --control].")
+@click.option("--dns-port", default=53, show_default=True, type=click.IntRange(0, 65535), help="Cluster DNS port on the pods' gateway address, with --control (0: no DNS).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None,
-            control: str | None, xds: str | None, underlay_ip: str | None, log_level: str) -> None:
+            control: str | None, xds: str | None, underlay_ip: str | None, dns_port: int, log_level: str) -> None:
     """tulle-agent: pod networking (CNI backend, VXLAN overlay) for one node."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -69,6 +70,7 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
         pod_cidr=cidr,
         nodes_file=nodes_file,
         control=link,
+        dns_port=dns_port,
     )
     agent = NodeAgent(config)
     try:

@@ -23,7 +23,16 @@ from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format, symbol_database
 
 import control.xds.sidecar  # noqa: F401 - registers every message type a resource may hold
-from control.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TULLE_NODE, TULLE_POD
+from control.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    TULLE_NAMESPACE,
+    TULLE_NETWORK_POLICY,
+    TULLE_NODE,
+    TULLE_POD,
+)
 from proto.tulle.netpolicy.v1 import (  # noqa: F401 - Tulle's agent types, likewise
     namespace_pb2,
     network_policy_pb2,
@@ -44,8 +53,10 @@ def _default_xds() -> str:
 
 DEFAULT_XDS = _default_xds()
 CSDS_METHOD = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"
-COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE), ("NODES", TULLE_NODE), ("PODS", TULLE_POD))
-KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints": ENDPOINT, "nodes": TULLE_NODE, "pods": TULLE_POD}
+COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE), ("NODES", TULLE_NODE), ("PODS", TULLE_POD),
+           ("NETPOL", TULLE_NETWORK_POLICY))
+KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints": ENDPOINT, "nodes": TULLE_NODE, "pods": TULLE_POD,
+         "namespaces": TULLE_NAMESPACE, "networkpolicies": TULLE_NETWORK_POLICY}
 _STATUS = {csds_pb2.SYNCED: "SYNCED", csds_pb2.STALE: "STALE", csds_pb2.ERROR: "NACKED", csds_pb2.NOT_SENT: "NOT SENT"}
 
 
@@ -173,4 +184,17 @@ def _pods(rs: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
-_SHORT = {"clusters": _clusters, "listeners": _listeners, "routes": _routes, "endpoints": _endpoints, "nodes": _nodes, "pods": _pods}
+def _namespaces(rs: list[dict[str, Any]]) -> list[list[str]]:
+    return [["NAME", "LABELS", "RESOURCE VERSION"]] + [
+        [n["name"], ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items())), n.get("resource_version", "")]
+        for n in rs
+    ]
+
+
+def _network_policies(rs: list[dict[str, Any]]) -> list[list[str]]:
+    return [["NAMESPACE", "NAME", "RESOURCE VERSION"]] + [
+        [p.get("namespace", ""), p["name"], p.get("resource_version", "")] for p in rs
+    ]
+
+
+_SHORT = {"namespaces": _namespaces, "networkpolicies": _network_policies, "clusters": _clusters, "listeners": _listeners, "routes": _routes, "endpoints": _endpoints, "nodes": _nodes, "pods": _pods}

@@ -254,3 +254,32 @@ def test_explain_names_the_policy_and_side_that_drop_traffic(lab: Lab, ns: str) 
     assert f"{ns}/client -> {ns}/web TCP/80: DENY" in text
     assert f"selected by NetworkPolicy {ns}/deny-web" in text
     assert "decided by the ingress side" in text
+
+
+def test_lab_down_stops_the_control_plane_and_leaves_no_trace() -> None:
+    name = f"td{secrets.token_hex(3)}"
+    lab = Lab.up(name, nodes=1, control=True)
+    try:
+        lab.add_pod("x", "a", labels={"app": "a"})
+        control_pid = int(lab.status()["control"]["pid"])
+        assert Path(f"/proc/{control_pid}").exists()
+    finally:
+        assert Lab(name).down() == []
+    assert not Path(f"/proc/{control_pid}/cmdline").exists() or b"tulle-control" not in Path(
+        f"/proc/{control_pid}/cmdline").read_bytes()
+    assert not lab.dir.exists()
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if n.startswith(f"tl-{name}.")]
+
+
+def test_proxy_status_and_proxy_config_show_what_each_agent_holds(lab: Lab, ns: str) -> None:
+    with lab.api() as api:
+        api.ensure_namespace(ns)
+        api.apply(policy(ns))
+    eventually(lambda: enforced_everywhere(lab, ns, "deny-web"))
+    status = meshctl(lab, "proxy-status").splitlines()
+    assert status[0].split()[-1] == "NETPOL"
+    agents = [line for line in status[1:] if line.startswith("agent~")]
+    assert len(agents) == 2 and all(line.split()[-2] == "SYNCED" for line in agents)  # the NETPOL cell
+    config = meshctl(lab, "proxy-config", "node-1", "networkpolicies")
+    assert any(line.split()[:2] == [ns, "deny-web"] for line in config.splitlines())

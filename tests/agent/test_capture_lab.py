@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,17 +21,17 @@ from cni.wire import call
 
 pytestmark = pytest.mark.privileged
 
-# Listens where the sidecar would (15001) and reports the original destination of what it accepts.
-ORIGINAL_DST = textwrap.dedent("""
-    import socket, struct
+SERVER = textwrap.dedent("""
+    import socket, sys
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 15001)); s.listen(8)
+    s.bind(("0.0.0.0", 8080)); s.listen(8)
     print("ready", flush=True)
-    c, _ = s.accept()
-    raw = c.getsockopt(socket.SOL_IP, 80, 16)  # SO_ORIGINAL_DST
-    port, addr = struct.unpack("!2xH4s8x", raw)
-    print(f"{socket.inet_ntoa(addr)}:{port}", flush=True)
+    while True:
+        c, _ = s.accept(); c.sendall(sys.argv[1].encode()); c.close()
 """)
+ASK = "import socket, sys; print(socket.create_connection((sys.argv[1], 8080), timeout=3).recv(100).decode())"
+# The sidecar: Envoy, the real peer (this tree's tulle-proxy has no ADS client yet).
+ENVOY = [str(Path(sys.executable).parent / "envoy")]
 INJECT = {"sidecar.tulle.io/inject": "true"}
 
 
@@ -48,29 +49,44 @@ def ns() -> str:
     return f"n{secrets.token_hex(3)}"
 
 
+@pytest.fixture
+def servers() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
 def capture_table(lab: Lab, pod: LabPod) -> str | None:
     done = lab.exec(pod, ["nft", "list", "table", "inet", TABLE], capture_output=True)
     return done.stdout if done.returncode == 0 else None
 
 
-def test_an_annotated_pod_has_its_outbound_tcp_redirected_to_the_sidecar_port(lab: Lab, ns: str) -> None:
-    pod = lab.add_pod(ns, "app", annotations=INJECT)
-    other = lab.add_pod(ns, "other")
-    listener = lab.spawn(pod, [sys.executable, "-c", ORIGINAL_DST], stdout=subprocess.PIPE, text=True)
-    try:
-        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
-        connect = f"import socket; socket.create_connection(({str(other.ip)!r}, 8080), timeout=3)"
-        assert lab.exec(pod, [sys.executable, "-c", connect], capture_output=True).returncode == 0
-        assert listener.stdout.readline().strip() == f"{other.ip}:8080"
-    finally:
-        listener.kill()
-        listener.wait()
-    assert capture_table(lab, other) is None  # not meshed: not captured
+def sidecar_stat(lab: Lab, pod: LabPod, name: str) -> int:
+    done = lab.exec(pod, ["curl", "-s", "127.0.0.1:15000/stats"], capture_output=True)
+    return int(next(line.split(": ")[1] for line in done.stdout.splitlines() if line.startswith(name + ": ")))
+
+
+def test_an_annotated_pods_tcp_goes_through_its_sidecar_both_ways(lab: Lab, ns: str,
+                                                                   servers: list[subprocess.Popen[str]]) -> None:
+    meshed = lab.add_pod(ns, "meshed", annotations=INJECT, proxy=ENVOY)
+    plain = lab.add_pod(ns, "plain")
+    for pod in (meshed, plain):
+        servers.append(proc := lab.spawn(pod, [sys.executable, "-c", SERVER, pod.name], stdout=subprocess.PIPE, text=True))
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    outbound = lab.exec(meshed, [sys.executable, "-c", ASK, str(plain.ip)], capture_output=True)
+    assert outbound.stdout.strip() == "plain", outbound.stderr
+    assert sidecar_stat(lab, meshed, "listener.0.0.0.0_15001.downstream_cx_total") == 1  # redirected to 15001
+    inbound = lab.exec(plain, [sys.executable, "-c", ASK, str(meshed.ip)], capture_output=True)
+    assert inbound.stdout.strip() == "meshed", inbound.stderr
+    assert sidecar_stat(lab, meshed, "listener.0.0.0.0_15006.downstream_cx_total") == 1  # redirected to 15006
+    assert capture_table(lab, plain) is None  # not meshed: not captured
 
 
 def test_a_namespace_label_meshes_its_pods_unless_a_pod_opts_out(lab: Lab, ns: str) -> None:
     lab.set_namespace_labels(ns, {"tulle-injection": "enabled"})
-    meshed = lab.add_pod(ns, "meshed")
+    meshed = lab.add_pod(ns, "meshed", proxy=ENVOY)
     opted_out = lab.add_pod(ns, "opted-out", annotations={"sidecar.tulle.io/inject": "false"})
     assert capture_table(lab, meshed) is not None
     assert capture_table(lab, opted_out) is None
@@ -78,7 +94,8 @@ def test_a_namespace_label_meshes_its_pods_unless_a_pod_opts_out(lab: Lab, ns: s
 
 def test_traffic_annotations_shape_the_capture(lab: Lab, ns: str) -> None:
     pod = lab.add_pod(ns, "app", annotations={**INJECT, "traffic.tulle.io/excludeOutboundPorts": "5432",
-                                              "traffic.tulle.io/excludeOutboundIPRanges": "10.99.0.0/16"})
+                                              "traffic.tulle.io/excludeOutboundIPRanges": "10.99.0.0/16"},
+                      proxy=ENVOY)
     table = capture_table(lab, pod)
     assert table is not None and "5432" in table and "10.99.0.0/16" in table
 

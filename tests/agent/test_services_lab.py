@@ -164,7 +164,8 @@ def in_pod(pod: LabPod, *argv: str) -> str:
 def test_pods_resolve_service_names_in_three_forms_meshed_or_not(lab: Lab, ns: str) -> None:
     vip = service(lab, ns, "catalog", {"app": "catalog"})
     plain = lab.add_pod(ns, "plain", node="node-1")
-    meshed = lab.add_pod(ns, "meshed", node="node-2", annotations={"sidecar.tulle.io/inject": "true"})
+    meshed = lab.add_pod(ns, "meshed", node="node-2", annotations={"sidecar.tulle.io/inject": "true"},
+                         proxy=[str(Path(sys.executable).parent / "envoy")])
     deadline = time.monotonic() + 20
     while in_pod(plain, sys.executable, "-c", RESOLVE, f"catalog.{ns}.svc.cluster.local") != vip:
         assert time.monotonic() < deadline, "the Service never resolved"

@@ -18,6 +18,8 @@ Theory of operation (one table `inet tulle_services` per node, replaced atomical
   unreachable at once, as with kube-proxy, instead of a timeout.
 - Hairpin traffic needs the pods' bridge ports in hairpin mode (tulle-cni's
   `hairpinMode`), as with every bridge CNI.
+- Changes after the first table are diffs (`service_table_diff`): only the changed
+  service ports' map elements and chains are replaced, in one transaction.
 - DNAT happens before the forward hook, so NetworkPolicy (in its own table) sees the
   real destination pod, as Kubernetes requires.
 """
@@ -103,6 +105,36 @@ def service_table(services: Iterable[ServicePort]) -> dict[str, Any]:
     for name, elements in (("services", services_elements), ("no_endpoints", no_endpoint_elements)):
         if elements:
             commands.append({"add": {"element": {"family": "inet", "table": TABLE, "name": name, "elem": elements}}})
+    return {"nftables": commands}
+
+
+def service_table_diff(old: Iterable[ServicePort], new: Iterable[ServicePort]) -> dict[str, Any]:
+    """The changes that turn the table `service_table(old)` built into `service_table(new)`,
+    as one transaction: only the service ports that differ (endpoints, ClusterIP, added,
+    removed) have their map element and chains replaced. Empty when nothing differs."""
+    before = {s.chain: s for s in old}
+    after = {s.chain: s for s in new}
+    gone = sorted((s for chain, s in before.items() if after.get(chain) != s), key=lambda s: s.chain)
+    came = sorted((s for chain, s in after.items() if before.get(chain) != s), key=lambda s: s.chain)
+    commands: list[dict[str, Any]] = []
+    for service in gone:  # unhook first: a chain a map element points to cannot be deleted
+        commands.append({"delete": {"element": {"family": "inet", "table": TABLE, "elem": [service.key],
+                                                "name": "services" if service.endpoints else "no_endpoints"}}})
+    for service in gone:
+        if service.endpoints:
+            ref = {"family": "inet", "table": TABLE, "name": service.chain}
+            commands.append({"flush": {"chain": ref}})  # its rule is what refers to the endpoint chains
+            commands += [{"delete": {"chain": {**ref, "name": f"{service.chain}-ep{i}"}}}
+                         for i in range(len(service.endpoints))]
+            commands.append({"delete": {"chain": ref}})
+    for service in came:
+        if service.endpoints:
+            commands += _service_chains(service)
+            target = {"goto": {"target": service.chain}}
+        else:
+            target = {"goto": {"target": "reject_no_endpoints"}}
+        commands.append({"add": {"element": {"family": "inet", "table": TABLE, "elem": [[service.key, target]],
+                                             "name": "services" if service.endpoints else "no_endpoints"}}})
     return {"nftables": commands}
 
 

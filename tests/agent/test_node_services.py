@@ -60,6 +60,7 @@ def test_the_agent_programs_the_table_and_resolves_the_service_name() -> None:
     assert applier.documents[-1]["nftables"][0] == {"add": {"table": {"family": "inet", "name": TABLE}}}
     assert services.resolve("Catalog.shop.svc.cluster.local.") == ipaddress.IPv4Address("10.96.0.20")
     assert services.on_resources({}, ["shop/catalog"], False) is None
+    assert "delete" in applier.documents[-1]["nftables"][0]  # later changes are diffs, not replaces
     assert services.resolve("catalog.shop.svc.cluster.local") is None
 
 

@@ -9,13 +9,17 @@ Theory of operation (one table `inet tulle_services` per node, replaced atomical
   map of endpoint chains; each endpoint chain DNATs to `podIP:targetPort`. New
   connections are balanced; conntrack keeps established ones on their endpoint.
 - Hairpin: a pod that reaches itself through its Service is masqueraded (marked in its
-  endpoint chain, masqueraded in postrouting), or its reply would bypass the DNAT.
+  endpoint chain, masqueraded in postrouting), or its reply would bypass the DNAT. The
+  mark is a bit of the connection's conntrack mark, not the packet mark: NetworkPolicy's
+  forward chain (between the two nat hooks) uses the packet mark as scratch space.
 - A service port without endpoints is in map `no_endpoints`, checked by filter chains
   on prerouting and output just before the nat ones (a ClusterIP has no route, so the
   forward hook would never see it): the client gets a TCP reset / ICMP port
   unreachable at once, as with kube-proxy, instead of a timeout.
 - Hairpin traffic needs the pods' bridge ports in hairpin mode (tulle-cni's
   `hairpinMode`), as with every bridge CNI.
+- Changes after the first table are diffs (`service_table_diff`): only the changed
+  service ports' map elements and chains are replaced, in one transaction.
 - DNAT happens before the forward hook, so NetworkPolicy (in its own table) sees the
   real destination pod, as Kubernetes requires.
 """
@@ -80,7 +84,8 @@ def service_table(services: Iterable[ServicePort]) -> dict[str, Any]:
     ]
     lookup = {"vmap": {"key": _packet_key(), "data": "@services"}}
     commands += [_rule("prerouting", lookup), _rule("output", lookup)]
-    commands.append(_rule("postrouting", _eq({"meta": {"key": "mark"}}, HAIRPIN_MARK), {"masquerade": None}))
+    hairpin = {"&": [{"ct": {"key": "mark"}}, HAIRPIN_MARK]}
+    commands.append(_rule("postrouting", _eq(hairpin, HAIRPIN_MARK), {"masquerade": None}))
     for chain in ("filter_prerouting", "filter_output"):
         commands.append(_rule(
             chain,
@@ -103,6 +108,36 @@ def service_table(services: Iterable[ServicePort]) -> dict[str, Any]:
     return {"nftables": commands}
 
 
+def service_table_diff(old: Iterable[ServicePort], new: Iterable[ServicePort]) -> dict[str, Any]:
+    """The changes that turn the table `service_table(old)` built into `service_table(new)`,
+    as one transaction: only the service ports that differ (endpoints, ClusterIP, added,
+    removed) have their map element and chains replaced. Empty when nothing differs."""
+    before = {s.chain: s for s in old}
+    after = {s.chain: s for s in new}
+    gone = sorted((s for chain, s in before.items() if after.get(chain) != s), key=lambda s: s.chain)
+    came = sorted((s for chain, s in after.items() if before.get(chain) != s), key=lambda s: s.chain)
+    commands: list[dict[str, Any]] = []
+    for service in gone:  # unhook first: a chain a map element points to cannot be deleted
+        commands.append({"delete": {"element": {"family": "inet", "table": TABLE, "elem": [service.key],
+                                                "name": "services" if service.endpoints else "no_endpoints"}}})
+    for service in gone:
+        if service.endpoints:
+            ref = {"family": "inet", "table": TABLE, "name": service.chain}
+            commands.append({"flush": {"chain": ref}})  # its rule is what refers to the endpoint chains
+            commands += [{"delete": {"chain": {**ref, "name": f"{service.chain}-ep{i}"}}}
+                         for i in range(len(service.endpoints))]
+            commands.append({"delete": {"chain": ref}})
+    for service in came:
+        if service.endpoints:
+            commands += _service_chains(service)
+            target = {"goto": {"target": service.chain}}
+        else:
+            target = {"goto": {"target": "reject_no_endpoints"}}
+        commands.append({"add": {"element": {"family": "inet", "table": TABLE, "elem": [[service.key, target]],
+                                             "name": "services" if service.endpoints else "no_endpoints"}}})
+    return {"nftables": commands}
+
+
 def _service_chains(service: ServicePort) -> list[dict[str, Any]]:
     commands = [_chain(service.chain)]
     endpoint_chains = []
@@ -111,7 +146,8 @@ def _service_chains(service: ServicePort) -> list[dict[str, Any]]:
         endpoint_chains.append(name)
         commands.append(_chain(name))
         commands.append(_rule(name, _eq({"payload": {"protocol": "ip", "field": "saddr"}}, endpoint.ip),
-                              {"mangle": {"key": {"meta": {"key": "mark"}}, "value": HAIRPIN_MARK}}))
+                              {"mangle": {"key": {"ct": {"key": "mark"}},
+                                          "value": {"|": [{"ct": {"key": "mark"}}, HAIRPIN_MARK]}}}))
         commands.append(_rule(name, _eq({"meta": {"key": "l4proto"}}, _PROTOCOLS[service.protocol]),
                               {"dnat": {"family": "ip", "addr": endpoint.ip, "port": endpoint.port}}))
     choice = {"vmap": {

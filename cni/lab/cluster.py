@@ -9,6 +9,8 @@ Theory of operation.
 - Pods: a namespace, then the node's conflist run through `cni.runtime` inside
   the node namespace (where a kubelet would run it). A failed ADD is followed by
   DEL, as a runtime does, and the namespace is removed.
+- With a control plane, each pod gets /etc/netns/<its netns>/resolv.conf (cluster DNS on
+  its gateway, `cni.lab.pod_dns`), seen by `ip netns exec`; removed with the pod and on `down`.
 - `down`: DEL every pod (cached results, reverse order), stop the agents by the
   PID recorded at start (checked against the process start time, so a recycled
   PID is never signalled) and any agent serving a socket inside the lab's
@@ -46,7 +48,23 @@ from pathlib import Path
 from typing import Any
 
 from cni.errors import CniError
-from cni.lab.control import API_PORT, CONTROL_IP, LabApi, api_socket, control_argv, xds_socket
+from cni.lab.control import (
+    API_PORT,
+    CONTROL_IP,
+    XDS_PORT,
+    LabApi,
+    api_socket,
+    control_argv,
+    xds_socket,
+)
+from cni.lab.pod_dns import remove_lab_files, remove_pod_files, write_resolv_conf
+from cni.lab.sidecar import (
+    INJECT_ANNOTATION,
+    INJECTION_LABEL,
+    PodProcesses,
+    read_events,
+    sidecar_bootstrap,
+)
 from cni.lab.topology import (
     NAMESPACE_NAME_LABEL,
     UNDERLAY,
@@ -161,9 +179,26 @@ class Lab:
         labels: dict[str, str] | None = None,
         ports: Sequence[PortMapping] = (),
         container_ports: Sequence[dict[str, Any]] = (),
+        annotations: dict[str, str] | None = None,
+        inject: bool = False,
+        app: Sequence[str] = (),
+        proxy: Sequence[str] | None = None,
     ) -> LabPod:
         """`ports`: hostPorts (portmap); `container_ports`: the Pod object's container
-        ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80}."""
+        ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80};
+        `annotations`: the Pod object's (with a control plane). `inject` (or the annotation
+        `sidecar.tulle.io/inject: "true"`): the pod gets transparent capture and a sidecar
+        (`proxy`: its argv, tulle-proxy by default), started and ready before `app` (argv)
+        starts (`cni.lab.sidecar`); returns once the app runs."""
+        annotations = dict(annotations or {})
+        if inject:
+            annotations[INJECT_ANNOTATION] = "true"
+        # As the agent decides capture: the pod's annotation, else its namespace's label.
+        marked = annotations.get(INJECT_ANNOTATION, "").lower()
+        sidecar = marked == "true" or (
+            marked != "false" and self._namespaces.get(namespace, {}).get(INJECTION_LABEL) == "enabled")
+        if sidecar and self._control is None:
+            raise LabError(f"pod {namespace}/{name}: a sidecar needs the lab's control plane (meshctl lab up --control)")
         with self._locked():
             self._require_loaded()
             key = f"{namespace}/{name}"
@@ -175,7 +210,7 @@ class Lab:
             if self._control is not None:
                 with self.api() as api:
                     api.ensure_namespace(namespace, self._namespaces.get(namespace))
-                    api.create_pod(namespace, name, dict(labels or {}), container_ports)
+                    api.create_pod(namespace, name, dict(labels or {}), container_ports, annotations)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
             runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:
@@ -190,8 +225,17 @@ class Lab:
                         api.delete("Pod", namespace, name)
                 raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
             address = result["ips"][0]["address"].split("/")[0]
+            if self._control is not None and result["ips"][0].get("gateway"):
+                # The node's agent answers cluster DNS on the pod's gateway.
+                write_resolv_conf(netns, namespace, ipaddress.IPv4Address(result["ips"][0]["gateway"]))
             pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
                          dict(labels or {}), tuple(ports))
+            if sidecar or app:
+                try:
+                    pod = self._start_processes(pod, target, sidecar, app, proxy)
+                except LabError:
+                    self._delete_pod(pod)
+                    raise
             self._pods.append(pod)
             self._namespaces.setdefault(namespace, {NAMESPACE_NAME_LABEL: namespace})
             self._save()
@@ -447,6 +491,7 @@ class Lab:
             done = subprocess.run(["ip", "netns", "del", netns], capture_output=True, text=True)
             if done.returncode != 0:
                 problems.append(f"namespace {netns}: {done.stderr.strip()}")
+        problems += remove_lab_files(prefix)
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
             problems.append(f"directory {self.dir} could not be removed")
@@ -486,7 +531,66 @@ class Lab:
                 os.kill(node.agent_pid, signal.SIGKILL)
         return [f"tulle-agent of {node.name} (pid {node.agent_pid}) did not exit"]
 
+    def _start_processes(self, pod: LabPod, node: LabNode, sidecar: bool, app: Sequence[str],
+                         proxy: Sequence[str] | None) -> LabPod:
+        """Starts the pod's supervisor (sidecar, then app) and waits until the app runs."""
+        directory = self._pod_dir(pod)
+        directory.mkdir(parents=True, exist_ok=True)
+        # The sidecar runs as uid 1337: it must reach its bootstrap (the lab dir is root's).
+        os.chmod(self.dir, 0o711)
+        for d in (directory.parent, directory):
+            os.chmod(d, 0o755)
+        with self.api() as api:
+            node_doc = api.get("Node", "", node.name) or {}
+        cidr = (node_doc.get("spec") or {}).get("podCIDR")
+        if cidr:  # the underlay routes pod addresses to their node (the sidecar's xDS replies)
+            _ip(self._underlay_netns(), "route", "replace", cidr, "via", str(node.underlay_ip),
+                what=f"route {cidr} to {node.name} on the underlay")
+        proxy_argv = [*(proxy or [_bin("tulle-proxy")]), "--disable-hot-restart"] if sidecar else []
+        spec = PodProcesses(str(directory), proxy_argv, list(app))
+        if sidecar:
+            spec.bootstrap.write_text(json.dumps(sidecar_bootstrap(str(pod.ip), pod.name, pod.namespace,
+                                                                   str(CONTROL_IP), XDS_PORT), indent=1))
+            os.chmod(spec.bootstrap, 0o644)
+        argv = ["nsenter", f"--net={pod.netns_path}", "--", sys.executable, "-c",
+                "import sys; from cni.lab.sidecar import main; sys.exit(main())", str(spec.write())]
+        with (directory / "supervisor.log").open("ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        pod = dataclasses.replace(pod, supervisor_pid=proc.pid, supervisor_start=_process_start(proc.pid))
+        deadline = time.monotonic() + spec.ready_timeout + 5
+        while True:
+            events = {e["event"]: e for e in read_events(directory)}
+            if "app-started" in events:
+                return pod
+            if "failed" in events or proc.poll() is not None:
+                reason = events.get("failed", {}).get("reason", f"supervisor exited with status {proc.poll()}")
+                logs = "".join(f"\n{f.name}: {f.read_text(errors='replace')[-600:]}" for f in sorted(directory.glob("*.log")))
+                raise LabError(f"pod {pod.key}: {reason}{logs}")
+            if time.monotonic() > deadline:
+                raise LabError(f"pod {pod.key}: the sidecar did not become ready (logs in {directory})")
+            time.sleep(0.05)
+
+    def _stop_processes(self, pod: LabPod) -> None:
+        """Stops the pod's supervisor by PID (it stops the app, then the sidecar)."""
+        if not pod.supervisor_pid or _process_start(pod.supervisor_pid) != pod.supervisor_start:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pod.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _process_start(pod.supervisor_pid) == pod.supervisor_start:
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pod.supervisor_pid, signal.SIGKILL)  # its session: the app too
+                break
+            time.sleep(0.02)
+
+    def _pod_dir(self, pod: LabPod) -> Path:
+        return self.dir / "pods" / f"{pod.namespace}.{pod.name}"
+
     def _delete_pod(self, pod: LabPod) -> None:
+        self._stop_processes(pod)
+        shutil.rmtree(self._pod_dir(pod), ignore_errors=True)
         node = next((n for n in self._nodes if n.name == pod.node), None)
         if node is not None and _process_start(node.agent_pid) == node.agent_start:
             runtime, net, rt = self._cni(node, pod.netns, pod.container_id, pod.namespace, pod.name, pod.ports)
@@ -497,6 +601,7 @@ class Lab:
         if self._control is not None and _process_start(int(self._control["pid"])) == self._control["start"]:
             with self.api() as api:
                 api.delete("Pod", pod.namespace, pod.name)
+        remove_pod_files(pod.netns)
         if pod.netns in _netns_names():
             _run(["ip", "netns", "del", pod.netns], f"delete namespace of pod {pod.key}")
 

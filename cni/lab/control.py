@@ -122,15 +122,18 @@ class LabApi:
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
 
     def create_pod(self, namespace: str, name: str, labels: Mapping[str, str],
-                   container_ports: Sequence[Mapping[str, Any]] = ()) -> None:
+                   container_ports: Sequence[Mapping[str, Any]] = (),
+                   annotations: Mapping[str, str] | None = None) -> None:
         """`container_ports`: the Pod spec's ports ({name, containerPort, protocol}),
-        which named ports in policies resolve against."""
+        which named ports in policies resolve against; `annotations`, e.g. the mesh's
+        `sidecar.tulle.io/inject` and `traffic.tulle.io/*`."""
         self.ensure_namespace(namespace)
         container: dict[str, Any] = {"name": "main", "image": "lab"}
         if container_ports:
             container["ports"] = [dict(p) for p in container_ports]
         self.apply({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+                    "metadata": {"name": name, "namespace": namespace, "labels": dict(labels),
+                                 **({"annotations": dict(annotations)} if annotations else {})},
                     "spec": {"containers": [container]}})
 
     def set_pod_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:

@@ -88,6 +88,8 @@ class LabPod:
     ip: ipaddress.IPv4Address
     labels: dict[str, str] = field(default_factory=dict)
     ports: tuple[PortMapping, ...] = ()
+    supervisor_pid: int = 0  # the pod's sidecar/app supervisor (cni.lab.sidecar), 0: none
+    supervisor_start: str = ""
 
     @property
     def key(self) -> str:
@@ -100,13 +102,15 @@ class LabPod:
     def to_json(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "name": self.name, "node": self.node, "netns": self.netns,
                 "containerID": self.container_id, "ip": str(self.ip), "labels": dict(self.labels),
-                "ports": [p.to_json() for p in self.ports]}
+                "ports": [p.to_json() for p in self.ports],
+                "supervisorPid": self.supervisor_pid, "supervisorStart": self.supervisor_start}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LabPod:
         return cls(d["namespace"], d["name"], d["node"], d["netns"], d["containerID"],
                    ipaddress.IPv4Address(d["ip"]), dict(d.get("labels", {})),
-                   tuple(PortMapping.from_json(p) for p in d.get("ports", [])))
+                   tuple(PortMapping.from_json(p) for p in d.get("ports", [])),
+                   int(d.get("supervisorPid", 0)), str(d.get("supervisorStart", "")))
 
 
 @dataclass(frozen=True)

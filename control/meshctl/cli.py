@@ -31,6 +31,7 @@ from control.api import version as tulle_version
 from control.meshctl import enforcement
 from control.meshctl.client import ConfigClient, RequestError, UnreachableError, default_server
 from control.meshctl.describe import describe as describe_text
+from control.meshctl.inject import inject_command
 from control.meshctl.lab import lab
 from control.meshctl.manifests import ManifestError, read_manifests
 from control.meshctl.netpol import netpol
@@ -376,6 +377,7 @@ cli.add_command(lab)
 cli.add_command(netpol)
 cli.add_command(proxy_status)
 cli.add_command(proxy_config)
+cli.add_command(inject_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

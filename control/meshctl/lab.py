@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -116,13 +117,29 @@ def pod() -> None:
 @click.option("--labels", default="", help="Pod labels, k=v,k2=v2.")
 @click.option("--port", "ports", multiple=True, metavar="HOST:CONTAINER[/PROTO]",
               help="Publish a pod port on its node (hostPort, through portmap); repeatable.")
+@click.option("--inject", is_flag=True,
+              help="Mesh the pod: transparent capture and a tulle-proxy sidecar, ready before the app starts.")
+@click.option("--annotation", "annotations", multiple=True, metavar="KEY=VALUE",
+              help="A Pod annotation (e.g. traffic.tulle.io/excludeOutboundPorts=5432); repeatable.")
+@click.option("--app", default="", metavar="'CMD ARGS'",
+              help="The pod's app, run in its network namespace (after its sidecar is ready); "
+                   "when it exits, the sidecar is told to quit.")
+@click.option("--proxy", default="", metavar="PATH", help="The sidecar's binary [default: tulle-proxy beside meshctl].")
 @_lab_name
-def pod_add(ref: str, node: str | None, labels: str, ports: tuple[str, ...], lab_name: str) -> None:
+def pod_add(ref: str, node: str | None, labels: str, ports: tuple[str, ...], inject: bool, annotations: tuple[str, ...],
+            app: str, proxy: str, lab_name: str) -> None:
     """Create a pod and attach it through tulle-cni."""
+    notes = {}
+    for item in annotations:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--annotation")
+        notes[key] = value
     try:
         namespace, name = parse_pod_ref(ref)
         created = _open(lab_name).add_pod(
-            namespace, name, node=node, labels=parse_labels(labels), ports=[parse_port(p) for p in ports]
+            namespace, name, node=node, labels=parse_labels(labels), ports=[parse_port(p) for p in ports],
+            annotations=notes, inject=inject, app=shlex.split(app), proxy=[proxy] if proxy else None,
         )
     except LabError as exc:
         raise click.ClickException(str(exc)) from None

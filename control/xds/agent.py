@@ -10,16 +10,26 @@ Every agent is sent:
   The agent's own pods are sent even before they have an address (their labels are
   what the CNI ADD path programs). Each message carries its object's resourceVersion,
   so an agent's ACK says which version of an object that node enforces.
+- every Service with a ClusterIP (`tulle.netpolicy.v1.Service`, named `<namespace>/<name>`)
+  joined with its Endpoints: per service port, the ready addresses of the subsets that
+  carry a port of the same name and protocol (kube-proxy's rule), at that port. The agent
+  DNATs ClusterIP traffic of non-meshed pods and answers DNS from it.
 """
 
 from __future__ import annotations
 
 import json
 
-from control.xds.mesh import MeshSnapshot, Namespace, NetworkPolicy, Node, Pod
+from control.xds.mesh import Endpoints, MeshSnapshot, Namespace, NetworkPolicy, Node, Pod, Service
 from control.xds.resources import Resource
 from control.xds.sidecar import TranslationMemo
-from proto.tulle.netpolicy.v1 import namespace_pb2, network_policy_pb2, node_pb2, pod_pb2
+from proto.tulle.netpolicy.v1 import (
+    namespace_pb2,
+    network_policy_pb2,
+    node_pb2,
+    pod_pb2,
+    service_pb2,
+)
 
 
 def agent_resources(mesh: MeshSnapshot, node_name: str, memo: TranslationMemo) -> list[Resource]:
@@ -29,6 +39,10 @@ def agent_resources(mesh: MeshSnapshot, node_name: str, memo: TranslationMemo) -
         if pod.ip or pod.node_name == node_name:
             out.append(memo.get(("agent-pod", pod), _pod, pod))
     out += [memo.get(("agent-np", np), _network_policy, np) for np in mesh.network_policies]
+    for hostname, service in mesh.services.items():
+        if service.cluster_ip and service.cluster_ip != "None":
+            key = (service, mesh.endpoints.get(hostname))
+            out.append(memo.get(("agent-svc", key), _service, key))
     return out
 
 
@@ -55,6 +69,7 @@ def _pod(pod: Pod) -> Resource:
             service_account=pod.service_account,
             ports=[pod_pb2.ContainerPort(name=p.name, port=p.port, protocol=p.protocol) for p in pod.ports],
             resource_version=pod.resource_version,
+            annotations=dict(pod.annotations),
         ),
     )
 
@@ -67,3 +82,19 @@ def _network_policy(np: NetworkPolicy) -> Resource:
             resource_version=np.resource_version,
         ),
     )
+
+
+def _service(pair: tuple[Service, Endpoints | None]) -> Resource:
+    service, endpoints = pair
+    msg = service_pb2.Service(name=service.name, namespace=service.namespace, cluster_ip=service.cluster_ip,
+                              resource_version=service.resource_version)
+    for port in service.ports:
+        out = msg.ports.add(name=port.name, port=port.port, protocol=port.protocol)
+        for subset in endpoints.subsets if endpoints else ():
+            number = next((p.port for p in subset.ports if p.name == port.name and p.protocol == port.protocol), None)
+            if number is None:
+                continue
+            for address in subset.addresses:
+                if address.ready:
+                    out.endpoints.add(ip=address.ip, port=number, node_name=address.node_name)
+    return Resource(f"{service.namespace}/{service.name}", msg)

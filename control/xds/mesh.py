@@ -29,6 +29,10 @@ TRUST_DOMAIN = "cluster.local"
 Doc = Mapping[str, Any]
 
 
+# Pod annotations the mesh reads (injection, capture); others are not carried.
+MESH_ANNOTATION_PREFIXES = ("sidecar.tulle.io/", "traffic.tulle.io/")
+
+
 class MeshDocumentError(ValueError):
     """A document lacks what translation needs; the message names the field path."""
 
@@ -82,6 +86,7 @@ class Pod:
     service_account: str = "default"
     sidecar: bool = False  # injected with a proxy: peers reach it over mTLS (auto mTLS)
     resource_version: str = ""  # of the stored object; agents' ACKs report it back
+    annotations: tuple[tuple[str, str], ...] = ()  # the mesh's own (MESH_ANNOTATION_PREFIXES)
 
     @property
     def key(self) -> str:
@@ -110,6 +115,7 @@ class Service:
     cluster_ip: str
     ports: tuple[ServicePort, ...]
     selector: tuple[tuple[str, str], ...]
+    resource_version: str = ""
 
     @property
     def hostname(self) -> str:
@@ -364,6 +370,10 @@ def _read_pod(doc: Doc) -> Pod:
         service_account=str(spec.get("serviceAccountName") or "default"),
         sidecar=_has_sidecar(doc),
         resource_version=_resource_version(doc),
+        annotations=tuple(sorted(
+            (k, str(v)) for k, v in (doc["metadata"].get("annotations") or {}).items()
+            if k.startswith(MESH_ANNOTATION_PREFIXES)
+        )),
     )
 
 
@@ -402,6 +412,7 @@ def _read_service(doc: Doc) -> Service:
         cluster_ip=str(spec.get("clusterIP") or ""),
         ports=tuple(ports),
         selector=_labels(spec.get("selector")),
+        resource_version=_resource_version(doc),
     )
 
 

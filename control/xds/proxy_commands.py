@@ -40,6 +40,7 @@ from proto.tulle.netpolicy.v1 import (  # noqa: F401 - Tulle's agent types, like
     network_policy_pb2,
     node_pb2,
     pod_pb2,
+    service_pb2,
 )
 
 

@@ -19,7 +19,8 @@ With a control plane (`ControlLink`), the node registered itself before the agen
 starts (its pod CIDR comes from there); `start` then recovers attachments, opens the
 ADS stream and returns once the first complete policy state is in force
 (`netpolicy.agent.node_policy`), so the socket only serves CNI calls on a node whose
-pods get their rules.
+pods get their rules. Services on the same stream program the node's ClusterIP table
+(`netpolicy.agent.node_services`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from cni.request import decode_config, parse_request, reply_version
 from cni.vxlan import VxlanOverlay
 from netpolicy.agent.control_link import AdsClient, ConfigApi, PodStatusReporter
 from netpolicy.agent.node_policy import NodePolicy
+from netpolicy.agent.node_services import SERVICE, NodeServices
 from netpolicy.applier import NftApplier
 from netpolicy.enforcer import NodeEnforcer
 
@@ -57,6 +59,14 @@ class AgentConfig:
     pod_cidr: ipaddress.IPv4Network | None = None
     nodes_file: Path | None = None
     control: ControlLink | None = None
+    dns_port: int = 53  # cluster DNS on the pods' gateway (with a control plane); 0: none
+
+    @property
+    def dns_address(self) -> ipaddress.IPv4Address | None:
+        """The pods' gateway (the first address of the pod CIDR), where cluster DNS answers."""
+        if self.control is None or self.pod_cidr is None or not self.dns_port:
+            return None
+        return next(self.pod_cidr.hosts())
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class NodeAgent:
         self._ipr: IPRoute | None = None
         self._nodes: list[OverlayNode] = []
         self.policy: NodePolicy | None = None
+        self.services: NodeServices | None = None
         self._ads: AdsClient | None = None
         self._reporter: PodStatusReporter | None = None
 
@@ -96,7 +107,9 @@ class NodeAgent:
 
     def _on_resources(self, type_url: str, resources: Any, removed: list[str], replace_all: bool) -> str | None:
         """ADS thread: runs the change on the datapath thread; the result is the ACK/NACK."""
-        assert self.policy is not None
+        assert self.policy is not None and self.services is not None
+        if type_url == SERVICE:
+            return self._worker.submit(self.services.on_resources, resources, removed, replace_all).result()
         return self._worker.submit(self.policy.on_resources, type_url, resources, removed, replace_all).result()
 
     def run(self, op: str, request: Mapping[str, Any]) -> Any:
@@ -144,6 +157,7 @@ class NodeAgent:
             self.policy = NodePolicy(self.config.node, NodeEnforcer(self.config.node, NftApplier()), link.api,
                                      self._reporter, self._apply_nodes)
             self.policy.recover(store.all())
+            self.services = NodeServices(NftApplier())
         # Without a control plane there are no policies: pods are attached unfiltered.
         self._backend = CniBackend(store, self._ipr, self.config.pod_cidr, policy=self.policy, defer=self._worker.submit)
         done = self._backend.recover()

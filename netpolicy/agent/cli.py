@@ -44,10 +44,11 @@ from netpolicy.agent.server import SocketInUse
 @click.option("--underlay-ip", help="This node's address on the underlay [default: source of the route to --control].")
 @click.option("--ca-address", default=None, help=f"tulle-control's CertificateService, for workload certificates ('' turns identity off) [default: --control when it is a unix socket, else {DEFAULT_CONTROL_SOCKET}].")
 @click.option("--sds-dir", type=click.Path(path_type=Path), help="Per-pod SDS sockets: SDS_DIR/NAMESPACE/POD/socket [default: beside --socket].")
+@click.option("--dns-port", default=53, show_default=True, type=click.IntRange(0, 65535), help="Cluster DNS port on the pods' gateway address, with --control (0: no DNS).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str | None, nodes_file: Path | None,
             control: str | None, xds: str | None, underlay_ip: str | None, ca_address: str | None,
-            sds_dir: Path | None, log_level: str) -> None:
+            sds_dir: Path | None, dns_port: int, log_level: str) -> None:
     """tulle-agent: pod networking (CNI backend, VXLAN overlay) for one node."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -74,6 +75,7 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
         pod_cidr=cidr,
         nodes_file=nodes_file,
         control=link,
+        dns_port=dns_port,
     )
     agent = NodeAgent(config)
     try:

@@ -1,5 +1,5 @@
 """tulle-agent's link to tulle-control: registering the node, reporting pod addresses,
-and the ADS stream that brings the node list, namespaces, pods and policies.
+and the ADS stream that brings the node list, namespaces, pods, policies and services.
 
 Theory of operation (Kubernetes' split between kubelet and the API server):
 - Registration: the agent applies its Node with `status.addresses` (InternalIP = its
@@ -35,19 +35,27 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
+from netpolicy.agent.node_services import SERVICE
 from netpolicy.agent.policy_view import NAMESPACE, NETWORK_POLICY, NODE, POD
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
-from proto.tulle.netpolicy.v1 import namespace_pb2, network_policy_pb2, node_pb2, pod_pb2
+from proto.tulle.netpolicy.v1 import (
+    namespace_pb2,
+    network_policy_pb2,
+    node_pb2,
+    pod_pb2,
+    service_pb2,
+)
 
 log = logging.getLogger("tulle.agent.control")
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
-SUBSCRIBED = (NODE, NAMESPACE, POD, NETWORK_POLICY)
+SUBSCRIBED = (NODE, NAMESPACE, POD, NETWORK_POLICY, SERVICE)
 _MESSAGES: dict[str, Any] = {
     NODE: node_pb2.Node,
     NAMESPACE: namespace_pb2.Namespace,
     POD: pod_pb2.Pod,
     NETWORK_POLICY: network_policy_pb2.NetworkPolicy,
+    SERVICE: service_pb2.Service,
 }
 VTEP_MAC_ANNOTATION = "tulle.io/vtep-mac"
 

@@ -16,6 +16,9 @@ Rules (every method runs on the agent's datapath thread, so none needs a lock):
   config API; a pod the control plane does not know, an unreachable control plane or a
   refused transaction fails the ADD (which the backend rolls back): a pod is never
   started without its rules.
+- A meshed pod (`netpolicy.agent.pod_capture`) gets its transparent capture installed in
+  its namespace in `pod_attached`, before its policy rules; a malformed capture
+  annotation fails the ADD before anything is installed.
 - `pod_detached` (DEL, GC) removes the pod's elements and clears its reported address.
 """
 
@@ -29,10 +32,12 @@ from dataclasses import replace
 from typing import Any
 
 from cni.backend import PodAttachment
+from cni.capture import CaptureConfigError
 from cni.errors import CniError, ErrorCode
 from cni.ipam_store import Allocation
 from cni.overlay import OverlayNode, nodes_from_messages
 from netpolicy.agent.control_link import ConfigApi, ControlError, PodStatusReporter
+from netpolicy.agent.pod_capture import MESH_ANNOTATION_PREFIXES, capture_config, install_capture
 from netpolicy.agent.policy_view import (
     NAMESPACE,
     NETWORK_POLICY,
@@ -133,6 +138,15 @@ class NodePolicy:
             view = replace(view, pods={**view.pods, key: self._read_pod(pod)})
         view = view.with_local(LocalPod(pod.pod_namespace, pod.pod_name, pod.address))
         try:
+            capture = capture_config(view.pods[key].annotations, self._namespace_labels(view, pod.pod_namespace))
+        except CaptureConfigError as e:
+            raise CniError(ErrorCode.INVALID_ENVIRONMENT, f"pod {key}: {e}") from None
+        if capture is not None:
+            try:
+                install_capture(pod.netns, capture)
+            except Exception as e:
+                raise CniError(ErrorCode.DATAPATH_FAILURE, f"pod {key}: installing transparent capture failed: {e}") from None
+        try:
             programmed = view.pod(key)
             assert programmed is not None
             self.enforcer.add_pod(view.state(), programmed)
@@ -155,6 +169,19 @@ class NodePolicy:
         self.view = view
         self.reporter.report(pod.pod_namespace, pod.pod_name, "")
 
+    def _namespace_labels(self, view: PolicyView, namespace: str) -> Mapping[str, str]:
+        """The namespace's labels (injection may be enabled there), read from the config API
+        when its ADS update is not here yet."""
+        known = view.namespaces.get(namespace)
+        if known is not None:
+            return known.labels
+        try:
+            doc = self.api.get("Namespace", "", namespace)
+        except Exception as e:
+            raise CniError(ErrorCode.TRY_AGAIN_LATER, f"namespace {namespace}: tulle-control unreachable: {e}") from None
+        labels: Mapping[str, str] = ((doc or {}).get("metadata") or {}).get("labels") or {}
+        return labels
+
     def _read_pod(self, pod: PodAttachment) -> PodInfo:
         """The pod's labels and ports from the config API (its ADS update is not here yet)."""
         try:
@@ -168,7 +195,9 @@ class NodePolicy:
             raise CniError(ErrorCode.DATAPATH_FAILURE,
                            f"pod {pod.pod_namespace}/{pod.pod_name} does not exist in tulle-control; create it first")
         msg = pod_pb2.Pod(name=pod.pod_name, namespace=pod.pod_namespace, node_name=self.node,
-                          labels=(doc.get("metadata") or {}).get("labels") or {})
+                          labels=(doc.get("metadata") or {}).get("labels") or {},
+                          annotations={k: str(v) for k, v in ((doc.get("metadata") or {}).get("annotations") or {}).items()
+                                       if k.startswith(MESH_ANNOTATION_PREFIXES)})
         for c in (doc.get("spec") or {}).get("containers") or ():
             for p in c.get("ports") or ():
                 if "containerPort" in p:

@@ -50,6 +50,7 @@ class PodInfo:
     node: str
     labels: Mapping[str, str]
     ports: tuple[ContainerPort, ...]
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the mesh's own only
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,7 @@ def pod_info(name: str, msg: Any) -> PodInfo:
         )
     except ValueError as e:
         raise ViewError(f"Pod {name}: {e}") from None
-    return PodInfo(msg.namespace, msg.name, msg.ip, msg.node_name, dict(msg.labels), ports)
+    return PodInfo(msg.namespace, msg.name, msg.ip, msg.node_name, dict(msg.labels), ports, dict(msg.annotations))
 
 
 def _policy(name: str, msg: Any) -> NetworkPolicy:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cni.wire import MAX_MESSAGE
 from netpolicy.agent.agent import NodeAgent
+from netpolicy.agent.dns import DnsServer
 
 log = logging.getLogger("tulle.agent")
 
@@ -82,6 +83,10 @@ async def serve(agent: NodeAgent, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: agent.worker.submit(agent.reload_nodes_file))
+    dns = None
+    if agent.config.dns_address is not None and agent.services is not None:
+        dns = DnsServer(agent.config.dns_address, agent.config.dns_port, agent.services.resolve)
+        await dns.start()
     log.info("tulle-agent for node %s serving %s", agent.config.node, path)
     if ready is not None:
         ready.set()
@@ -89,5 +94,7 @@ async def serve(agent: NodeAgent, ready: asyncio.Event | None = None) -> None:
         async with server:
             await stop.wait()
     finally:
+        if dns is not None:
+            dns.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from netpolicy.service_table import TABLE, Endpoint, ServicePort, service_table
+from netpolicy.service_table import TABLE, Endpoint, ServicePort, service_table, service_table_diff
 from tests.kernel import KernelResources, ip
 
 pytestmark = pytest.mark.privileged
@@ -97,3 +97,24 @@ def test_an_endpoint_reaching_its_own_service_gets_answers_from_itself_too(node)
 def test_a_service_with_a_bad_cluster_ip_is_rejected() -> None:
     with pytest.raises(ValueError):
         ServicePort("shop", "bad", "10.96.0.300", 80, "TCP", ())
+
+
+def test_a_diff_moves_endpoints_adds_and_removes_services_in_place(node) -> None:
+    kernel, namespaces = node
+    gone = ServicePort("shop", "gone", "10.96.0.12", 80, "TCP", (Endpoint(PODS["ep-a"], 8080),))
+    old = [ServicePort("shop", "catalog", VIP, 80, "TCP", (Endpoint(PODS["ep-a"], 8080), Endpoint(PODS["ep-b"], 8080))),
+           ServicePort("shop", "nobody", EMPTY_VIP, 80, "TCP", ())]
+    setup = subprocess.run(["ip", "netns", "exec", namespaces["node"], "nft", "-j", "-f", "-"],
+                           input=json.dumps(service_table_diff(old, [*old, gone])), capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stderr
+    old.append(gone)
+    new = [ServicePort("shop", "catalog", VIP, 80, "TCP", (Endpoint(PODS["ep-b"], 8080),)),
+           ServicePort("shop", "nobody", EMPTY_VIP, 80, "TCP", (Endpoint(PODS["ep-a"], 8080),))]
+    done = subprocess.run(["ip", "netns", "exec", namespaces["node"], "nft", "-j", "-f", "-"],
+                          input=json.dumps(service_table_diff(old, new)), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert answers(kernel, namespaces["client"], VIP, 10) == {"ep-b": 10}
+    assert answers(kernel, namespaces["client"], EMPTY_VIP, 3) == {"ep-a": 3}
+    chains = kernel.exec(namespaces["node"], ["nft", "list", "chains", "inet", TABLE]).stdout
+    assert gone.chain not in chains
+    assert service_table_diff(new, new) == {"nftables": []}

@@ -22,6 +22,7 @@ from control.xds.resources import (
     TULLE_NAMESPACE,
     TULLE_NODE,
     TULLE_POD,
+    TULLE_SERVICE,
     Resource,
 )
 from control.xds.sidecar import ProxyProfile, TranslationMemo, proxy_resources
@@ -251,11 +252,11 @@ def test_unchanged_services_reuse_their_serialized_resources() -> None:
 # -- agents and documents ----------------------------------------------------------------
 
 
-def test_agents_get_every_node_namespace_and_addressed_pod() -> None:
+def test_agents_get_every_node_namespace_addressed_pod_and_service() -> None:
     out = agent_resources(MeshSnapshot.from_documents(docs()), "n1", TranslationMemo())
     by = {(r.type_url, r.name): r.message for r in out}
     assert set(by) == {(TULLE_NODE, "n1"), (TULLE_NODE, "n2"), (TULLE_NAMESPACE, "shop"),
-                       (TULLE_POD, "shop/reviews-v1"), (TULLE_POD, "shop/reviews-v2")}
+                       (TULLE_POD, "shop/reviews-v1"), (TULLE_POD, "shop/reviews-v2"), (TULLE_SERVICE, "shop/reviews")}
     n1 = by[(TULLE_NODE, "n1")]
     assert (n1.underlay_ip, n1.pod_cidr, n1.vtep_mac) == ("192.168.0.1", "10.244.1.0/24", "02:00:00:00:00:01")
     pod = by[(TULLE_POD, "shop/reviews-v1")]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/tulle/netpolicy/v1/pod.proto\x12\x12tulle.netpolicy.v1\"=\n\rContainerPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\x8e\x02\n\x03Pod\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x33\n\x06labels\x18\x05 \x03(\x0b\x32#.tulle.netpolicy.v1.Pod.LabelsEntry\x12\x17\n\x0fservice_account\x18\x06 \x01(\t\x12\x30\n\x05ports\x18\x07 \x03(\x0b\x32!.tulle.netpolicy.v1.ContainerPort\x12\x18\n\x10resource_version\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"proto/tulle/netpolicy/v1/pod.proto\x12\x12tulle.netpolicy.v1\"=\n\rContainerPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"\x81\x03\n\x03Pod\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x33\n\x06labels\x18\x05 \x03(\x0b\x32#.tulle.netpolicy.v1.Pod.LabelsEntry\x12\x17\n\x0fservice_account\x18\x06 \x01(\t\x12\x30\n\x05ports\x18\x07 \x03(\x0b\x32!.tulle.netpolicy.v1.ContainerPort\x12\x18\n\x10resource_version\x18\x08 \x01(\t\x12=\n\x0b\x61nnotations\x18\t \x03(\x0b\x32(.tulle.netpolicy.v1.Pod.AnnotationsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POD_LABELSENTRY']._loaded_options = None
   _globals['_POD_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_POD_ANNOTATIONSENTRY']._loaded_options = None
+  _globals['_POD_ANNOTATIONSENTRY']._serialized_options = b'8\001'
   _globals['_CONTAINERPORT']._serialized_start=58
   _globals['_CONTAINERPORT']._serialized_end=119
   _globals['_POD']._serialized_start=122
-  _globals['_POD']._serialized_end=392
-  _globals['_POD_LABELSENTRY']._serialized_start=347
-  _globals['_POD_LABELSENTRY']._serialized_end=392
+  _globals['_POD']._serialized_end=507
+  _globals['_POD_LABELSENTRY']._serialized_start=410
+  _globals['_POD_LABELSENTRY']._serialized_end=455
+  _globals['_POD_ANNOTATIONSENTRY']._serialized_start=457
+  _globals['_POD_ANNOTATIONSENTRY']._serialized_end=507
 # @@protoc_insertion_point(module_scope)

@@ -91,13 +91,14 @@ class ProxyServer:
         self.stopped = asyncio.Event()
         self.route_protos: dict[str, RouteConfiguration] = {}
         self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
-                                      dynamic=self._dynamic_resources)
+                                      dynamic=self._dynamic_resources, secrets=self.secrets)
         self.ads: AdsClient | None = None
         self.sds: dict[str, SdsClient] = {}
         self._unbound: dict[tuple[str, int], Dispatcher] = {}
         self._sds_tasks: list[asyncio.Task[None]] = []
         self._ads_task: asyncio.Task[None] | None = None
         self._local_address = ""
+        self._listeners_applied = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,6 +117,7 @@ class ProxyServer:
                                               reuse_port=self.reuse_port or None)
             self.servers.append(server)
         if self.config.ads is not None:
+            self.admin_state.initializing = self.config.ads.lds
             self._start_ads()
 
     def _add_cluster(self, cluster_config: ClusterConfig) -> Cluster:
@@ -277,11 +279,21 @@ class ProxyServer:
             return {}
         if type_url == LISTENER:
             await self._apply_listeners(resources)
+            self._listeners_applied = True
+            self._check_initialized()
             return {ROUTE: self._rds_names()}
         if type_url == ROUTE:
             self._apply_routes(resources)
+            self._check_initialized()
             return {}
         raise ConfigError(type_url, "resource type not supported by tulle-proxy")
+
+    def _check_initialized(self) -> None:
+        """Envoy's init manager, as far as /ready tells: initialized once the first LDS
+        response is applied (its listeners warmed with their secrets, after CDS/EDS, which
+        ADS orders first) and every route configuration they name has arrived."""
+        if self._listeners_applied and all(name in self.route_tables for name in self._rds_names()):
+            self.admin_state.initializing = False
 
     def _eds_names(self) -> tuple[str, ...]:
         names = []

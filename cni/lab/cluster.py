@@ -43,7 +43,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from cni.lab.topology import (
     conflist,
     node_list,
 )
+from cni.lab.underlay_capture import RunningCapture
 from cni.runtime import CniRuntime, RuntimeConf, load_from_dir
 from cni.wire import call
 
@@ -99,6 +100,12 @@ def _ip(netns: str, *args: str, what: str) -> None:
 def _netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _in_pod(pod: LabPod, argv: Sequence[str]) -> list[str]:
+    """`argv` in the pod's network namespace, seeing the pod's /etc/netns files (resolv.conf)
+    as `ip netns exec` binds them; it execs, so a Popen's PID is the command's own."""
+    return ["ip", "netns", "exec", pod.netns, *argv]
 
 
 def _bin(name: str) -> str:
@@ -183,21 +190,20 @@ class Lab:
         inject: bool = False,
         app: Sequence[str] = (),
         proxy: Sequence[str] | None = None,
+        service_account: str = "",
     ) -> LabPod:
         """`ports`: hostPorts (portmap); `container_ports`: the Pod object's container
         ports (with a control plane), e.g. {"name": "serve-80-tcp", "containerPort": 80};
         `annotations`: the Pod object's (with a control plane). `inject` (or the annotation
         `sidecar.tulle.io/inject: "true"`): the pod gets transparent capture and a sidecar
         (`proxy`: its argv, tulle-proxy by default), started and ready before `app` (argv)
-        starts (`cni.lab.sidecar`); returns once the app runs."""
+        starts (`cni.lab.sidecar`); returns once the app runs. `service_account`: the Pod's
+        serviceAccountName (its mesh identity; `default` if empty)."""
         annotations = dict(annotations or {})
         if inject:
             annotations[INJECT_ANNOTATION] = "true"
-        # As the agent decides capture: the pod's annotation, else its namespace's label.
         marked = annotations.get(INJECT_ANNOTATION, "").lower()
-        sidecar = marked == "true" or (
-            marked != "false" and self._namespaces.get(namespace, {}).get(INJECTION_LABEL) == "enabled")
-        if sidecar and self._control is None:
+        if marked == "true" and self._control is None:
             raise LabError(f"pod {namespace}/{name}: a sidecar needs the lab's control plane (meshctl lab up --control)")
         with self._locked():
             self._require_loaded()
@@ -207,10 +213,19 @@ class Lab:
             target = self._pick_node(node)
             container_id = secrets.token_hex(16)
             netns = LabTopology(self.name, self._node_count).pod_netns(container_id)
+            namespace_labels: Mapping[str, str] = self._namespaces.get(namespace, {})
             if self._control is not None:
                 with self.api() as api:
-                    api.ensure_namespace(namespace, self._namespaces.get(namespace))
-                    api.create_pod(namespace, name, dict(labels or {}), container_ports, annotations)
+                    # Created if missing, never relabelled: a user may have applied it with labels.
+                    api.ensure_namespace(namespace)
+                    namespace_labels = ((api.get("Namespace", "", namespace) or {}).get("metadata") or {}).get("labels") or {}
+            # As the agent decides capture: the pod's annotation, else its namespace's label.
+            sidecar = marked == "true" or (marked != "false" and namespace_labels.get(INJECTION_LABEL) == "enabled")
+            if sidecar:  # as an injection webhook marks the pod: tulle-control then knows it speaks mTLS
+                annotations[INJECT_ANNOTATION] = "true"
+            if self._control is not None:
+                with self.api() as api:
+                    api.create_pod(namespace, name, dict(labels or {}), container_ports, annotations, service_account)
             _run(["ip", "netns", "add", netns], f"create namespace for pod {key}")
             runtime, net, rt = self._cni(target, netns, container_id, namespace, name, tuple(ports))
             try:
@@ -237,7 +252,7 @@ class Lab:
                     self._delete_pod(pod)
                     raise
             self._pods.append(pod)
-            self._namespaces.setdefault(namespace, {NAMESPACE_NAME_LABEL: namespace})
+            self._namespaces[namespace] = {**namespace_labels, NAMESPACE_NAME_LABEL: namespace}
             self._save()
             return pod
 
@@ -334,16 +349,24 @@ class Lab:
         return list(self._nodes)
 
     def exec(self, pod: LabPod, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
-        """Runs a command inside the pod's network namespace."""
-        return subprocess.run(["nsenter", f"--net={pod.netns_path}", "--", *argv], text=True, timeout=timeout, **run)
+        """Runs a command inside the pod's network namespace (with the pod's resolv.conf)."""
+        return subprocess.run(_in_pod(pod, argv), text=True, timeout=timeout, **run)
 
     def exec_on_node(self, node: LabNode, argv: Sequence[str], timeout: float | None = 60, **run: Any) -> subprocess.CompletedProcess[str]:
         """Runs a command inside a node's network namespace (e.g. nft, ip)."""
         return subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", "--", *argv], text=True, timeout=timeout, **run)
 
+    def capture_underlay(self, node: str = "node-1", seconds: float = 300.0) -> RunningCapture:
+        """Starts counting what `node` sends and receives on the underlay (VXLAN, and any
+        plaintext HTTP inside it); `.stop()` returns the counts. Bounded by `seconds`."""
+        self._refresh()
+        if all(n.name != node for n in self._nodes):
+            raise LabError(f"lab {self.name!r} has no node {node!r}")
+        return RunningCapture(self._underlay_netns(), node, seconds)
+
     def spawn(self, pod: LabPod, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
         """Starts a long-running process (a server) inside the pod's namespace."""
-        return subprocess.Popen(["nsenter", f"--net={pod.netns_path}", "--", *argv], **popen)
+        return subprocess.Popen(_in_pod(pod, argv), **popen)
 
     def status(self) -> dict[str, Any]:
         self._refresh()
@@ -445,7 +468,9 @@ class Lab:
         argv = ["nsenter", f"--net=/run/netns/{node.netns}", "--", _bin("tulle-agent"),
                 "--node", node.name, "--socket", str(self._socket(node)), "--state-dir", str(home / "state")]
         if self._control is not None:
-            argv += ["--control", f"{CONTROL_IP}:{API_PORT}"]
+            # The CA is reached over the lab's root-only unix socket: it attests this node's pods.
+            argv += ["--control", f"{CONTROL_IP}:{API_PORT}", "--ca-address", f"unix:{api_socket(self.dir)}",
+                     "--sds-dir", str(self._sds_dir(node))]
         else:
             argv += ["--pod-cidr", str(node.pod_cidr), "--nodes-file", str(nodes_file)]
         with open(home / "agent.log", "ab") as log:
@@ -549,11 +574,12 @@ class Lab:
         proxy_argv = [*(proxy or [_bin("tulle-proxy")]), "--disable-hot-restart"] if sidecar else []
         spec = PodProcesses(str(directory), proxy_argv, list(app))
         if sidecar:
-            spec.bootstrap.write_text(json.dumps(sidecar_bootstrap(str(pod.ip), pod.name, pod.namespace,
-                                                                   str(CONTROL_IP), XDS_PORT), indent=1))
+            spec.bootstrap.write_text(json.dumps(sidecar_bootstrap(
+                str(pod.ip), pod.name, pod.namespace, str(CONTROL_IP), XDS_PORT,
+                self._sds_dir(node) / pod.namespace / pod.name / "socket"), indent=1))
             os.chmod(spec.bootstrap, 0o644)
-        argv = ["nsenter", f"--net={pod.netns_path}", "--", sys.executable, "-c",
-                "import sys; from cni.lab.sidecar import main; sys.exit(main())", str(spec.write())]
+        argv = _in_pod(pod, [sys.executable, "-c", "import sys; from cni.lab.sidecar import main; sys.exit(main())",
+                             str(spec.write())])
         with (directory / "supervisor.log").open("ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -637,6 +663,9 @@ class Lab:
 
     def _socket(self, node: LabNode) -> Path:
         return self.dir / node.name / "agent.sock"
+
+    def _sds_dir(self, node: LabNode) -> Path:
+        return self.dir / node.name / "sds"
 
     def _underlay_netns(self) -> str:
         return f"tl-{self.name}.ul"

@@ -123,10 +123,11 @@ class LabApi:
 
     def create_pod(self, namespace: str, name: str, labels: Mapping[str, str],
                    container_ports: Sequence[Mapping[str, Any]] = (),
-                   annotations: Mapping[str, str] | None = None) -> None:
+                   annotations: Mapping[str, str] | None = None, service_account: str = "") -> None:
         """`container_ports`: the Pod spec's ports ({name, containerPort, protocol}),
         which named ports in policies resolve against; `annotations`, e.g. the mesh's
-        `sidecar.tulle.io/inject` and `traffic.tulle.io/*`."""
+        `sidecar.tulle.io/inject` and `traffic.tulle.io/*`; `service_account`: the pod's
+        identity (spiffe://…/ns/NS/sa/SA), `default` if empty."""
         self.ensure_namespace(namespace)
         container: dict[str, Any] = {"name": "main", "image": "lab"}
         if container_ports:
@@ -134,7 +135,8 @@ class LabApi:
         self.apply({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": namespace, "labels": dict(labels),
                                  **({"annotations": dict(annotations)} if annotations else {})},
-                    "spec": {"containers": [container]}})
+                    "spec": {"containers": [container],
+                             **({"serviceAccountName": service_account} if service_account else {})}})
 
     def set_pod_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
         for _ in range(10):  # the agent may be writing the pod's status meanwhile

@@ -32,11 +32,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cni.capture import PROXY_UID
+
 INJECT_ANNOTATION: Final = "sidecar.tulle.io/inject"
 INJECTION_LABEL: Final = "tulle-injection"  # a namespace label: "enabled" meshes its pods
-PROXY_UID: Final = 1337
 ADMIN_PORT: Final = 15000
 XDS_CLUSTER: Final = "xds-grpc"
+SDS_CLUSTER: Final = "sds-grpc"  # the name tulle-control's SDS references use
 READY_TIMEOUT: Final = 30.0
 QUIT_GRACE: Final = 10.0
 
@@ -45,8 +47,10 @@ def sidecar_node_id(ip: str, name: str, namespace: str) -> str:
     return f"sidecar~{ip}~{name}.{namespace}~{namespace}.svc.cluster.local"
 
 
-def sidecar_bootstrap(ip: str, name: str, namespace: str, xds_host: str, xds_port: int) -> dict[str, Any]:
-    """The pod's Envoy v3 bootstrap: everything but the xDS cluster comes over ADS (SotW)."""
+def sidecar_bootstrap(ip: str, name: str, namespace: str, xds_host: str, xds_port: int,
+                      sds_socket: Path) -> dict[str, Any]:
+    """The pod's Envoy v3 bootstrap: everything but the xDS and SDS clusters comes over ADS
+    (SotW); certificates come from the node agent's SDS socket for this pod (`sds-grpc`)."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {
@@ -61,17 +65,23 @@ def sidecar_bootstrap(ip: str, name: str, namespace: str, xds_host: str, xds_por
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {"clusters": [{
-            "name": XDS_CLUSTER,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }},
-            "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": xds_host, "port_value": xds_port}}}}]}]},
-        }]},
+        "static_resources": {"clusters": [
+            _grpc_cluster(XDS_CLUSTER, {"socket_address": {"address": xds_host, "port_value": xds_port}}),
+            _grpc_cluster(SDS_CLUSTER, {"pipe": {"path": str(sds_socket)}}),
+        ]},
+    }
+
+
+def _grpc_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
     }
 
 
@@ -119,6 +129,8 @@ class _Supervisor:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
+        if not self.spec.proxy:  # an app without a sidecar
+            return self._run_app()
         # setpriv: uid/gid 1337 without supplementary groups, SIGKILL when the supervisor dies.
         as_proxy = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--pdeathsig=KILL"]
         self.proxy = subprocess.Popen([*as_proxy, *self.spec.proxy, "-c", str(self.spec.bootstrap)],
@@ -130,16 +142,20 @@ class _Supervisor:
         self.event("proxy-ready")
         status = 0
         if self.spec.app and not self.stopping:
-            self.app = subprocess.Popen(self.spec.app, stdin=subprocess.DEVNULL, stdout=self._log("app"),
-                                        stderr=subprocess.STDOUT)
-            self.event("app-started", pid=self.app.pid)
-            status = self.app.wait()
-            self.event("app-exited", status=status)
+            status = self._run_app()
         else:
             self.event("app-started", pid=0)
             while not self.stopping and self.proxy.poll() is None:
                 time.sleep(0.1)
         self._stop_proxy()
+        return status
+
+    def _run_app(self) -> int:
+        self.app = subprocess.Popen(self.spec.app, stdin=subprocess.DEVNULL, stdout=self._log("app"),
+                                    stderr=subprocess.STDOUT)
+        self.event("app-started", pid=self.app.pid)
+        status = self.app.wait()
+        self.event("app-exited", status=status)
         return status
 
     def _log(self, name: str) -> Any:

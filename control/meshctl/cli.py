@@ -30,6 +30,7 @@ from control import resources
 from control.api import version as tulle_version
 from control.meshctl import enforcement
 from control.meshctl.client import ConfigClient, RequestError, UnreachableError, default_server
+from control.meshctl.demo import demo_command
 from control.meshctl.describe import describe as describe_text
 from control.meshctl.inject import inject_command
 from control.meshctl.lab import lab
@@ -378,6 +379,7 @@ cli.add_command(netpol)
 cli.add_command(proxy_status)
 cli.add_command(proxy_config)
 cli.add_command(inject_command)
+cli.add_command(demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

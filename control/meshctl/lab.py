@@ -2,6 +2,7 @@
 
     meshctl lab up [--nodes N] [--name NAME]
     meshctl lab down [--name NAME]
+    meshctl lab env [--name NAME]          # eval $(meshctl lab env): meshctl talks to the lab
     meshctl lab status [--name NAME] [-o json]
     meshctl lab pod add NS/NAME [--node N] [--labels k=v,...] [--port H:C[/P]] [--name NAME]
     meshctl lab pod del NS/NAME [--name NAME]
@@ -74,6 +75,17 @@ def up(nodes: int, control: bool, lab_name: str) -> None:
 
 @lab.command()
 @_lab_name
+def env(lab_name: str) -> None:
+    """Print the exports that point meshctl at the lab's control plane: eval $(meshctl lab env)."""
+    built = _open(lab_name)
+    if not built.has_control:
+        raise click.ClickException(f"lab {lab_name!r} runs no control plane")
+    for key, value in built.control_addresses().items():
+        click.echo(f"export {key}={value}")
+
+
+@lab.command()
+@_lab_name
 def down(lab_name: str) -> None:
     """Remove the lab: pods, agents, namespaces and files."""
     problems = Lab(lab_name).down()
@@ -125,9 +137,10 @@ def pod() -> None:
               help="The pod's app, run in its network namespace (after its sidecar is ready); "
                    "when it exits, the sidecar is told to quit.")
 @click.option("--proxy", default="", metavar="PATH", help="The sidecar's binary [default: tulle-proxy beside meshctl].")
+@click.option("--service-account", default="", metavar="NAME", help="The pod's service account: its mesh identity [default: default].")
 @_lab_name
 def pod_add(ref: str, node: str | None, labels: str, ports: tuple[str, ...], inject: bool, annotations: tuple[str, ...],
-            app: str, proxy: str, lab_name: str) -> None:
+            app: str, proxy: str, service_account: str, lab_name: str) -> None:
     """Create a pod and attach it through tulle-cni."""
     notes = {}
     for item in annotations:
@@ -140,6 +153,7 @@ def pod_add(ref: str, node: str | None, labels: str, ports: tuple[str, ...], inj
         created = _open(lab_name).add_pod(
             namespace, name, node=node, labels=parse_labels(labels), ports=[parse_port(p) for p in ports],
             annotations=notes, inject=inject, app=shlex.split(app), proxy=[proxy] if proxy else None,
+            service_account=service_account,
         )
     except LabError as exc:
         raise click.ClickException(str(exc)) from None

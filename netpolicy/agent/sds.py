@@ -3,7 +3,7 @@ istio-agent serves it.
 
 Rules:
 - One unix socket per attested pod (`<sds dir>/<namespace>/<pod>/socket`, the directory
-  mounted into that pod only), served by a server that knows which pod it is for: the
+  mounted into that pod only; owned by the sidecar's uid 1337, mode 0600), served by a server that knows which pod it is for: the
   socket a sidecar can reach decides the identity it gets, never the request.
 - Secret `default` is the pod's `tls_certificate`: its private key is generated here, on
   the node (never sent anywhere; only the CSR goes to tulle-control), the chain comes
@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +36,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
+from cni.capture import PROXY_UID
 from netpolicy.agent.identity import CertificateAuthorityClient, PodRef
 from proxy.tls.workload_identity import new_key_and_csr, retry_delay
 
@@ -211,6 +213,9 @@ class PodSdsServer:
         server = grpc.aio.server()
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscovery(self.secrets), server)
         server.add_insecure_port(f"unix:{self.path}")
+        # Only root and the sidecar's uid may connect (grpc binds it with the umask's mode).
+        os.chown(self.path, PROXY_UID, PROXY_UID)
+        os.chmod(self.path, 0o600)
         await server.start()
         self._server = server
 

@@ -1,16 +1,18 @@
 """The admin endpoints, as functions of the running proxy's state (no I/O here).
 
-Rules (Envoy's admin API): `/ready` is 200 "LIVE" while serving, 503 "DRAINING" after
+Rules (Envoy's admin API): `/ready` is 503 "INITIALIZING" until the first xDS listeners and
+their routes are in place, then 200 "LIVE" while serving, 503 "DRAINING" after
 `/healthcheck/fail` (until `/healthcheck/ok`); `/stats` is Envoy's text format (with
 `?filter=REGEX`), `/stats/prometheus` the Prometheus one; `/clusters` lists each cluster's
 thresholds and each host's counters and health in Envoy's `name::host::stat::value` lines;
-`/config_dump` the bootstrap and what xDS delivered (active clusters, listeners, routes) as
-JSON; `/server_info` version, state, uptime and node;
+`/config_dump` the bootstrap and what xDS delivered (active clusters, listeners, routes,
+secrets with private keys redacted) as JSON; `/server_info` version, state, uptime and node;
 `/quitquitquit`, `/healthcheck/fail` and `/healthcheck/ok` need POST (405 otherwise).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -23,6 +25,7 @@ from google.protobuf.message import Message
 
 from proxy.bootstrap import BootstrapConfig
 from proxy.stats import StatsStore
+from proxy.tls.secrets import CertificateSecret, SecretStore, TrustBundle
 from proxy.upstream.cluster import Cluster
 
 VERSION = "tulle-proxy/0.1.0/HTTP1"
@@ -35,6 +38,8 @@ class AdminState:
     clusters: dict[str, Cluster]
     started: float = field(default_factory=time.time)
     health_check_failed: bool = False
+    initializing: bool = False  # until the first xDS listeners (and their routes) are in place
+    secrets: SecretStore | None = None
     quit: Callable[[], None] = lambda: None
     options: dict[str, object] = field(default_factory=dict)
     # what xDS delivered: {"clusters"|"listeners"|"routes": {name: proto message}}
@@ -63,6 +68,8 @@ def handle(state: AdminState, method: str, target: str) -> Reply:
 def _ready(state: AdminState, params: dict[str, str]) -> Reply:
     if state.health_check_failed:
         return 503, TEXT, b"DRAINING\n"
+    if state.initializing:
+        return 503, TEXT, b"INITIALIZING\n"
     return 200, TEXT, b"LIVE\n"
 
 
@@ -127,15 +134,37 @@ def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
                                for entry in entries("listeners", "listener")]},
         {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
          "dynamic_route_configs": entries("routes", "route_config")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+         "dynamic_active_secrets": _secret_entries(state.secrets)},
     ]}
     return 200, JSON, json.dumps(dump, indent=1).encode()
+
+
+def _secret_entries(store: SecretStore | None) -> list[dict[str, object]]:
+    """SDS secrets as Envoy dumps them: PEM as base64 inline_bytes, private keys redacted."""
+    if store is None:
+        return []
+    out: list[dict[str, object]] = []
+    for name in store.names():
+        secret = store.get(name)
+        if isinstance(secret, CertificateSecret):
+            body: dict[str, object] = {"tls_certificate": {
+                "certificate_chain": {"inline_bytes": base64.b64encode(secret.chain_pem).decode()},
+                "private_key": {"inline_bytes": base64.b64encode(b"[redacted]").decode()}}}
+        elif isinstance(secret, TrustBundle):
+            body = {"validation_context": {
+                "trusted_ca": {"inline_bytes": base64.b64encode(secret.trusted_ca_pem).decode()}}}
+        else:
+            continue
+        out.append({"name": name, "version_info": str(store.version), "secret": {"name": name, **body}})
+    return out
 
 
 def _server_info(state: AdminState, params: dict[str, str]) -> Reply:
     uptime = int(time.time() - state.started)
     info = {
         "version": VERSION,
-        "state": "DRAINING" if state.health_check_failed else "LIVE",
+        "state": "DRAINING" if state.health_check_failed else "INITIALIZING" if state.initializing else "LIVE",
         "hot_restart_version": "disabled",
         "command_line_options": state.options,
         "node": {"id": state.config.node_id, "cluster": state.config.node_cluster},

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -27,11 +26,12 @@ SERVER = textwrap.dedent("""
     s.bind(("0.0.0.0", 8080)); s.listen(8)
     print("ready", flush=True)
     while True:
-        c, _ = s.accept(); c.sendall(sys.argv[1].encode()); c.close()
+        c, _ = s.accept(); c.recv(100); c.sendall(sys.argv[1].encode()); c.close()
 """)
-ASK = "import socket, sys; print(socket.create_connection((sys.argv[1], 8080), timeout=3).recv(100).decode())"
-# The sidecar: Envoy, the real peer (this tree's tulle-proxy has no ADS client yet).
-ENVOY = [str(Path(sys.executable).parent / "envoy")]
+# The client speaks first: a PERMISSIVE inbound port tells mTLS from plaintext by the
+# first bytes (tls_inspector), so server-first protocols need STRICT or DISABLE, as in Istio.
+ASK = ("import socket, sys; c = socket.create_connection((sys.argv[1], 8080), timeout=3); c.sendall(b'who?');"
+       " print(c.recv(100).decode())")
 INJECT = {"sidecar.tulle.io/inject": "true"}
 
 
@@ -70,7 +70,7 @@ def sidecar_stat(lab: Lab, pod: LabPod, name: str) -> int:
 
 def test_an_annotated_pods_tcp_goes_through_its_sidecar_both_ways(lab: Lab, ns: str,
                                                                    servers: list[subprocess.Popen[str]]) -> None:
-    meshed = lab.add_pod(ns, "meshed", annotations=INJECT, proxy=ENVOY)
+    meshed = lab.add_pod(ns, "meshed", annotations=INJECT)
     plain = lab.add_pod(ns, "plain")
     for pod in (meshed, plain):
         servers.append(proc := lab.spawn(pod, [sys.executable, "-c", SERVER, pod.name], stdout=subprocess.PIPE, text=True))
@@ -86,7 +86,7 @@ def test_an_annotated_pods_tcp_goes_through_its_sidecar_both_ways(lab: Lab, ns: 
 
 def test_a_namespace_label_meshes_its_pods_unless_a_pod_opts_out(lab: Lab, ns: str) -> None:
     lab.set_namespace_labels(ns, {"tulle-injection": "enabled"})
-    meshed = lab.add_pod(ns, "meshed", proxy=ENVOY)
+    meshed = lab.add_pod(ns, "meshed")
     opted_out = lab.add_pod(ns, "opted-out", annotations={"sidecar.tulle.io/inject": "false"})
     assert capture_table(lab, meshed) is not None
     assert capture_table(lab, opted_out) is None
@@ -94,8 +94,7 @@ def test_a_namespace_label_meshes_its_pods_unless_a_pod_opts_out(lab: Lab, ns: s
 
 def test_traffic_annotations_shape_the_capture(lab: Lab, ns: str) -> None:
     pod = lab.add_pod(ns, "app", annotations={**INJECT, "traffic.tulle.io/excludeOutboundPorts": "5432",
-                                              "traffic.tulle.io/excludeOutboundIPRanges": "10.99.0.0/16"},
-                      proxy=ENVOY)
+                                              "traffic.tulle.io/excludeOutboundIPRanges": "10.99.0.0/16"})
     table = capture_table(lab, pod)
     assert table is not None and "5432" in table and "10.99.0.0/16" in table
 

@@ -101,7 +101,7 @@ def test_a_sidecar_that_never_gets_ready_fails_the_pod_and_leaves_nothing(lab: L
 
 
 def test_the_generated_bootstrap_names_the_pod_and_passes_envoys_validation(tmp_path: Path) -> None:
-    bootstrap = sidecar_bootstrap("10.244.1.7", "web", "shop", "172.30.0.254", 15010)
+    bootstrap = sidecar_bootstrap("10.244.1.7", "web", "shop", "172.30.0.254", 15010, tmp_path / "sds.sock")
     assert bootstrap["node"]["id"] == "sidecar~10.244.1.7~web.shop~shop.svc.cluster.local"
     assert bootstrap["node"]["metadata"] == {"NAME": "web", "NAMESPACE": "shop", "INTERCEPTION_MODE": "REDIRECT"}
     path = tmp_path / "bootstrap.json"

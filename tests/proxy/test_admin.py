@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
@@ -10,6 +11,7 @@ import pytest
 from proxy.admin.endpoints import AdminState, handle
 from proxy.bootstrap import parse_bootstrap
 from proxy.stats import StatsStore
+from proxy.tls.secrets import CertificateSecret, SecretStore, TrustBundle
 from proxy.upstream.cluster import Cluster
 from tests.proxy.running import bootstrap
 
@@ -79,3 +81,23 @@ def test_config_dump_and_server_info_are_json(state: AdminState) -> None:
 
 def test_unknown_path_is_404(state: AdminState) -> None:
     assert handle(state, "GET", "/nope")[0] == 404
+
+
+def test_ready_is_initializing_until_the_first_xds_listeners(state: AdminState) -> None:
+    state.initializing = True
+    assert handle(state, "GET", "/ready") == (503, "text/plain; charset=UTF-8", b"INITIALIZING\n")
+    assert json.loads(handle(state, "GET", "/server_info")[2])["state"] == "INITIALIZING"
+    state.initializing = False
+    assert handle(state, "GET", "/ready")[0] == 200
+
+
+def test_config_dump_shows_secrets_with_the_private_key_redacted(state: AdminState) -> None:
+    state.secrets = SecretStore()
+    state.secrets.update({"default": CertificateSecret(b"CHAIN PEM", b"KEY PEM"), "ROOTCA": TrustBundle(b"ROOT PEM")})
+    dump = json.loads(handle(state, "GET", "/config_dump")[2])
+    secrets = next(c for c in dump["configs"] if c["@type"].endswith("SecretsConfigDump"))["dynamic_active_secrets"]
+    by_name = {entry["name"]: entry["secret"] for entry in secrets}
+    certificate = by_name["default"]["tls_certificate"]
+    assert base64.b64decode(certificate["certificate_chain"]["inline_bytes"]) == b"CHAIN PEM"
+    assert b"KEY PEM" not in base64.b64decode(certificate["private_key"]["inline_bytes"])
+    assert base64.b64decode(by_name["ROOTCA"]["validation_context"]["trusted_ca"]["inline_bytes"]) == b"ROOT PEM"

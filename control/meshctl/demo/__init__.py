@@ -26,7 +26,7 @@ LAB_NAME = "demo"
 
 @click.command("demo")
 @click.option("--rm", "remove", is_flag=True, help="Tear the lab down after the report.")
-@click.option("--requests", default=200, show_default=True, type=click.IntRange(20, 2000),
+@click.option("--requests", default=1000, show_default=True, type=click.IntRange(20, 10_000),
               help="Requests per traffic run (three runs).")
 def demo_command(remove: bool, requests: int) -> None:
     """Build a lab, deploy a meshed shop, show routing, mTLS, policy and outlier ejection."""
@@ -41,7 +41,7 @@ def demo_command(remove: bool, requests: int) -> None:
         if demo.lab is not None:
             console.print(f"[dim]the lab is left up for a look; remove it with: meshctl lab down --name {LAB_NAME}[/dim]")
         raise click.exceptions.Exit(1) from None
-    print_report(console, findings, time.monotonic() - started)
+    print_report(console, findings, time.monotonic() - started, lab_stays=not remove)
     if remove and demo.lab is not None:
         leftovers = demo.lab.down()
         if leftovers:

@@ -3,7 +3,10 @@ commands that show the same thing on the live lab."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -27,7 +30,7 @@ def _by_pod(run: Mapping[str, Any], version: str) -> str:
     return ", ".join(f"{pod} {n}" for pod, n in pods.items())
 
 
-def print_report(console: Console, f: Findings, seconds: float) -> None:
+def print_report(console: Console, f: Findings, seconds: float, lab_stays: bool = True) -> None:
     console.print()
     console.rule(f"[bold]Tulle demo: a meshed shop on a two-node lab[/bold] ({seconds:.0f} s)")
 
@@ -84,7 +87,13 @@ def print_report(console: Console, f: Findings, seconds: float) -> None:
                   f"v1 {_share(later.get('versions', {}).get('v1', 0), later_total)} "
                   f"[dim]{_by_pod(later, 'v1')}[/dim]\n")
 
-    console.print("[bold]Look closer[/bold] (the lab is named 'demo'):")
+    if not lab_stays:
+        console.print("[bold]Look closer[/bold]: run the demo without --rm; its lab stays up for these:")
+    else:
+        console.print("[bold]Look closer[/bold] (the lab is named 'demo'):")
+    venv_bin = Path(sys.executable).parent
+    if shutil.which("meshctl") != str(venv_bin / "meshctl"):
+        console.print(f"   [bold]export PATH={venv_bin}:$PATH[/bold]\n      [dim]meshctl is in the venv[/dim]")
     for command, why in (
         (f"eval $(meshctl lab env --name {f.lab})", "point meshctl at the lab's tulle-control"),
         ("meshctl proxy-status", "every sidecar and agent, and whether it has the latest config"),

@@ -58,7 +58,7 @@ from proxy.http.response import (
     http_date,
     status_line,
 )
-from proxy.http.response_plan import ResponsePlan, compile_response_plan
+from proxy.http.response_plan import compile_response_plan
 from proxy.http.retry import (
     CONNECT_FAILURE,
     PER_TRY_TIMEOUT,
@@ -75,9 +75,8 @@ from proxy.router.route import (
     ForwardAction,
     HashPolicy,
     RedirectAction,
-    Route,
 )
-from proxy.router.route_table import RouteSelection
+from proxy.router.route_table import RouteSelection, RouteTable
 from proxy.stats import HttpStats
 from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.balancer import combine_hash_keys, hash_key_for
@@ -120,7 +119,7 @@ class Stream:
 
     __slots__ = ("action", "authority", "bytes_sent", "cluster", "committed", "conn", "deadline",
                  "downstream_local", "downstream_remote", "flags", "hash_key", "idle", "internal",
-                 "number", "original_path", "per_try", "policy", "request", "request_headers",
+                 "number", "original_path", "per_try", "plan", "policy", "request", "request_headers",
                  "response_mutations", "retry", "selection", "service_time", "start", "status",
                  "target", "timeout", "tried", "upstream")
 
@@ -133,6 +132,7 @@ class Stream:
     idle: float
     number: int               # the attempt being made, from 1
     per_try: float
+    plan: RoutePlan           # set by routing
     policy: RetryPolicy | None
     retry: RetryState | None
     selection: RouteSelection
@@ -159,6 +159,35 @@ class Stream:
         self.original_path = request.target
 
 
+class RoutePlan:
+    """What a connection manager works out once per route rather than per request: the
+    header mutation levels in application order, the compiled response plan, the retry
+    policy (the route's, else the virtual host's) and the timeouts."""
+
+    __slots__ = ("idle", "per_try", "policy", "request_mutations", "response_mutations",
+                 "response_plan", "route", "table", "timeout")
+
+    def __init__(self, manager: HttpConnectionManager, table: RouteTable,
+                 selection: RouteSelection) -> None:
+        route = selection.route
+        vhost = selection.virtual_host
+        self.table = table
+        self.route = route
+        self.request_mutations = table.request_mutations(selection)
+        self.response_mutations = table.response_mutations(selection)
+        self.response_plan = compile_response_plan(manager.config, self.response_mutations,
+                                                   vhost.include_attempt_count_in_response)
+        action = route.action
+        if isinstance(action, ForwardAction):
+            self.policy = action.retry_policy or vhost.retry_policy
+            self.timeout = action.timeout
+            self.idle = (action.idle_timeout if action.idle_timeout is not None
+                         else manager.config.stream_idle_timeout)
+        else:
+            self.policy, self.timeout, self.idle = None, 0.0, 0.0
+        self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+
+
 class HttpConnectionManager:
     def __init__(self, config: HcmConfig, clusters: dict[str, Cluster], rng: random.Random,
                  local_address: str) -> None:
@@ -171,8 +200,8 @@ class HttpConnectionManager:
         self.rbac_stats = RbacStats()
         self.draining = False   # the listener was replaced: close connections after their response
         self.connections: set[DownstreamConnection] = set()
-        # compiled response plans by route (the route is kept, so its id is not reused)
-        self._plans: dict[int, tuple[Route, ResponsePlan | None]] = {}
+        # route plans by route (a plan keeps its route, so the id is not reused)
+        self._plans: dict[int, RoutePlan] = {}
         self._loop = self.loop = asyncio.get_event_loop()
         self.deadlines = Deadlines(self._loop)
         self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
@@ -317,7 +346,11 @@ class HttpConnectionManager:
             stream.flags = "NR"
             self._reply(stream, 404, b"")
             return False
-        stream.response_mutations = table.response_mutations(selection)
+        plan = self._plans.get(id(selection.route))
+        if plan is None or plan.route is not selection.route or plan.table is not table:
+            plan = self._route_plan(table, selection)
+        stream.plan = plan
+        stream.response_mutations = plan.response_mutations
         action = selection.route.action
         if upgrade:
             if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
@@ -441,15 +474,15 @@ class HttpConnectionManager:
             stream.flags = "NC"
             self._reply(stream, 503, b"")
             return False
-        vhost = selection.virtual_host
-        policy = action.retry_policy or vhost.retry_policy
-        timeout = action.timeout
+        plan = stream.plan
+        policy = plan.policy
+        timeout = plan.timeout
+        per_try = plan.per_try
         if stream.internal:
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
+            per_try = policy.per_try_timeout if policy is not None else 0.0
         stream.hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
-        table = self.route_table
-        assert table is not None
-        for mutation in table.request_mutations(selection):
+        for mutation in plan.request_mutations:
             mutation.apply(headers, stream)
         if action.host_rewrite_literal:
             headers.set("x-envoy-original-host", authority)
@@ -478,8 +511,8 @@ class HttpConnectionManager:
         stream.policy = policy
         stream.retry = retry
         stream.timeout = timeout
-        stream.per_try = policy.per_try_timeout if policy is not None else 0.0
-        stream.idle = action.idle_timeout if action.idle_timeout is not None else self.config.stream_idle_timeout
+        stream.per_try = per_try
+        stream.idle = plan.idle
         stream.deadline = stream.start + timeout if timeout > 0 else 0.0
         stream.tried = []
         stream.number = 0
@@ -871,7 +904,7 @@ class HttpConnectionManager:
                         host: Host) -> tuple[bytes, bool, bool, bool]:
         """commit_head for a first attempt's raw header lines: one pass with the route's
         compiled plan (proxy/http/response_plan.py) when it has one."""
-        plan = self._response_plan(stream)
+        plan = stream.plan.response_plan
         if plan is None:
             return self.commit_head(stream, status, decode_headers(raw), host, 1)
         parts, framed, dated = plan.head_parts(status_line(status), raw)
@@ -898,16 +931,10 @@ class HttpConnectionManager:
         stream.committed = True
         return b"".join(parts), keep_alive, chunked, no_body
 
-    def _response_plan(self, stream: Stream) -> ResponsePlan | None:
-        route = stream.selection.route
-        cached = self._plans.get(id(route))
-        if cached is not None and cached[0] is route:
-            return cached[1]
+    def _route_plan(self, table: RouteTable, selection: RouteSelection) -> RoutePlan:
         if len(self._plans) > 4096:   # routes of replaced route tables
             self._plans.clear()
-        plan = compile_response_plan(self.config, stream.response_mutations,
-                                     stream.selection.virtual_host.include_attempt_count_in_response)
-        self._plans[id(route)] = (route, plan)
+        plan = self._plans[id(selection.route)] = RoutePlan(self, table, selection)
         return plan
 
     async def _respond(self, stream: Stream, attempt: Attempt, attempts: int,

@@ -164,8 +164,8 @@ class RoutePlan:
     header mutation levels in application order, the compiled response plan, the retry
     policy (the route's, else the virtual host's) and the timeouts."""
 
-    __slots__ = ("idle", "per_try", "policy", "request_mutations", "response_mutations",
-                 "response_plan", "route", "table", "timeout")
+    __slots__ = ("expected_timeout", "idle", "per_try", "policy", "request_mutations",
+                 "response_mutations", "response_plan", "route", "table", "timeout")
 
     def __init__(self, manager: HttpConnectionManager, table: RouteTable,
                  selection: RouteSelection) -> None:
@@ -186,6 +186,8 @@ class RoutePlan:
         else:
             self.policy, self.timeout, self.idle = None, 0.0, 0.0
         self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+        # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
+        self.expected_timeout = _expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
 
 
 class HttpConnectionManager:
@@ -524,7 +526,7 @@ class HttpConnectionManager:
         if connection is None:
             self._run_async(stream, self._forward_attempts(stream, (host, None)))
             return True
-        when, kind = self._attempt_deadline(stream, self._loop.time())
+        when, kind = self._attempt_deadline(stream, stream.start)   # (no time passed since)
         Exchange(self, stream, host, pool, connection).start(
             _request_head(request.method, target, headers), when, kind)
         return True
@@ -551,13 +553,19 @@ class HttpConnectionManager:
         if stream.selection.virtual_host.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", str(number))
         if not self.config.suppress_envoy_headers:
-            expected = _expected_timeout(stream.timeout, stream.per_try, stream.deadline,
-                                         self._loop.time() if number > 1 else 0.0, number)
+            plan = stream.plan
+            if number == 1 and stream.timeout == plan.timeout and stream.per_try == plan.per_try:
+                expected = plan.expected_timeout
+            else:
+                expected = _expected_timeout(stream.timeout, stream.per_try, stream.deadline,
+                                             self._loop.time(), number)
             if expected is not None:
                 headers.set("x-envoy-expected-rq-timeout-ms", expected)
         tried = stream.tried
-        host = cluster.choose(stream.hash_key, tried if policy is not None and policy.previous_hosts else (),
-                              policy.host_selection_retry_max_attempts if policy is not None else 1)
+        if tried and policy is not None and policy.previous_hosts:
+            host = cluster.choose(stream.hash_key, tried, policy.host_selection_retry_max_attempts)
+        else:
+            host = cluster.balancer.choose(stream.hash_key)
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             stream.flags = "UH"

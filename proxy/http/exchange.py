@@ -6,12 +6,12 @@ read. For them, waiting in a coroutine costs more than the rest of the router (a
 wake-up, a loop iteration per resume), so an `Exchange` is the connection's `ResponseSink`
 and drives the attempt from the connection's own callbacks:
 
-- `start` files one deadline (proxy/http/deadlines.py; the nearest of the route, per-try and stream idle deadlines) and
-  writes the request;
-- `on_response_headers`: a status the retry policy retries is handed, as an `Attempt` that
-  keeps receiving the response, to the connection manager's coroutine, which decides on the
-  retry (breaker, back-off) exactly as for any later attempt; otherwise the head is built
-  (commit) and held;
+- `start` files one deadline (the nearest of the route, per-try and stream idle deadlines,
+  on the manager's timing wheel, proxy/http/deadlines.py) and writes the request;
+- `on_response_headers` (the upstream's raw header lines): a status the retry policy
+  retries is handed, as an `Attempt` that keeps receiving the response, to the connection
+  manager's coroutine, which decides on the retry (breaker, back-off) exactly as for any
+  later attempt; otherwise the head is built (commit) and held;
 - the body is buffered until the response completes or the read ends (`on_read_end`):
   complete, head and body go out in one write; still open, the head and what came so far
   go out and the rest is relayed as it arrives, under the route deadline only, with the
@@ -60,7 +60,7 @@ class Exchange:
         self.started = 0.0
 
     def start(self, head: bytes, when: float, kind: str) -> None:
-        """Send the request (its body is complete) with a timer for `when` (0.0: none)."""
+        """Send the request (its body is complete) with a deadline at `when` (0.0: none)."""
         manager = self.manager
         self.started = manager.loop.time()
         if when:
@@ -88,7 +88,7 @@ class Exchange:
             self._hand_over(attempt)
             return
         if stream.conn.closed:   # the client left while the upstream worked
-            self._cancel_timer()
+            self._cancel_deadline()
             self.connection.abort()
             self._finish(False)
             return
@@ -105,7 +105,7 @@ class Exchange:
             self.body.append(chunk)
 
     def on_response_complete(self) -> None:
-        self._cancel_timer()
+        self._cancel_deadline()
         conn = self.stream.conn
         if self.streaming:
             conn.on_drain = None
@@ -131,7 +131,7 @@ class Exchange:
         conn = self.stream.conn
         conn.write(head)
         if self.no_body:   # the upstream's framing promised a body the request forbids
-            self._cancel_timer()
+            self._cancel_deadline()
             self.connection.abort()
             self._finish(self.keep_alive)
             return
@@ -139,7 +139,7 @@ class Exchange:
         for chunk in self.body:
             self._relay(chunk)
         self.body.clear()
-        self._cancel_timer()
+        self._cancel_deadline()
         deadline = self.stream.deadline
         if deadline:
             self.tick = self.manager.deadlines.add(deadline, self, GLOBAL_TIMEOUT)
@@ -171,12 +171,12 @@ class Exchange:
             conn.on_drain = self.connection.resume_reading
 
     def _hand_over(self, outcome: Attempt | str) -> None:
-        self._cancel_timer()
+        self._cancel_deadline()
         self.manager.continue_attempts(self.stream, self.host, outcome)
 
     def _fail_downstream(self) -> None:
         """Reset or timeout after the head went out: all HTTP/1.1 can do is close."""
-        self._cancel_timer()
+        self._cancel_deadline()
         conn = self.stream.conn
         conn.on_drain = None
         self.connection.abort()
@@ -190,7 +190,7 @@ class Exchange:
         stream.conn.response_done(keep_alive)
         manager.end_stream(stream)
 
-    def _cancel_timer(self) -> None:
+    def _cancel_deadline(self) -> None:
         if self.tick:
             self.manager.deadlines.cancel(self.tick, self)
             self.tick = 0

@@ -9,9 +9,10 @@ SIGTERM and SIGINT stop the proxy; so does POST /quitquitquit on the admin liste
 
 `--concurrency N` (N > 1): the configuration is validated once, then N worker processes are
 forked; each runs its own event loop and binds every listener with SO_REUSEPORT, so the
-kernel spreads connections over them. Worker 0 also serves the admin listener (its
-/stats are worker 0's). If a worker exits, the others are stopped and the proxy exits with
-its status; SIGTERM to the parent stops every worker.
+kernel spreads connections over them. Worker 0, the leader, serves the admin listener and
+holds the only ADS stream; it passes every xDS update it applied to the other workers, and
+its /stats add up every worker's (proxy/worker_link.py). If a worker exits, the others are
+stopped and the proxy exits with its status; SIGTERM to the parent stops every worker.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 
 from proxy.bootstrap import BootstrapConfig, load_bootstrap
@@ -65,16 +67,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_worker(config: BootstrapConfig, options: dict[str, object], reuse_port: bool,
-                admin: bool) -> int:
+                admin: bool, followers: list[socket.socket] | None = None,
+                leader: socket.socket | None = None) -> int:
     import uvloop
 
     uvloop.install()
-    return asyncio.run(_serve(config, options, reuse_port, admin))
+    return asyncio.run(_serve(config, options, reuse_port, admin, followers or [], leader))
 
 
 def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int) -> int:
     import os
 
+    # one link per follower: [leader's end, follower's end]
+    links = [socket.socketpair() for _ in range(count - 1)]
     children: list[int] = []
     for index in range(count):
         pid = os.fork()
@@ -82,10 +87,23 @@ def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             code = 1
             try:
-                code = _run_worker(config, options, reuse_port=True, admin=index == 0)
+                for position, (leader_end, follower_end) in enumerate(links):   # not ours
+                    if index != 0:
+                        leader_end.close()
+                    if index != position + 1:
+                        follower_end.close()
+                if index == 0:
+                    ends = [leader_end for leader_end, _ in links]
+                    code = _run_worker(config, options, reuse_port=True, admin=True, followers=ends)
+                else:
+                    code = _run_worker(config, options, reuse_port=True, admin=False,
+                                       leader=links[index - 1][1])
             finally:
                 os._exit(code)
         children.append(pid)
+    for pair in links:
+        for end in pair:
+            end.close()
 
     def forward(signum: int, frame: object) -> None:
         for child in children:
@@ -110,10 +128,12 @@ def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int
 
 
 async def _serve(config: BootstrapConfig, options: dict[str, object], reuse_port: bool = False,
-                 admin: bool = True) -> int:
+                 admin: bool = True, followers: list[socket.socket] | None = None,
+                 leader: socket.socket | None = None) -> int:
     from proxy.server import ProxyServer
 
-    server = ProxyServer(config, reuse_port=reuse_port, admin=admin)
+    server = ProxyServer(config, reuse_port=reuse_port, admin=admin, followers=followers or (),
+                         leader=leader)
     server.admin_state.options = options
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -29,6 +29,7 @@ import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
@@ -56,6 +57,17 @@ from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
+from proxy.worker_link import (
+    SNAPSHOT_INTERVAL,
+    STATS,
+    XDS,
+    LinkProtocol,
+    decode_stats,
+    decode_update,
+    encode_stats,
+    encode_update,
+    open_link,
+)
 from proxy.xds.delta import DeltaState
 from proxy.xds.sotw import CLUSTER, ENDPOINTS, LISTENER, ROUTE, SotwState
 
@@ -75,8 +87,16 @@ class RunningListener:
 
 class ProxyServer:
     def __init__(self, config: BootstrapConfig, reuse_port: bool = False,
-                 rng: random.Random | None = None, admin: bool = True) -> None:
+                 rng: random.Random | None = None, admin: bool = True,
+                 followers: Sequence[socket.socket] = (), leader: socket.socket | None = None) -> None:
+        """`followers` (the leader worker) / `leader` (a follower): the worker links of
+        --concurrency (proxy/worker_link.py)."""
         self.config = config
+        self._follower_sockets = list(followers)
+        self._leader_socket = leader
+        self._links: list[LinkProtocol] = []
+        self._updates: asyncio.Queue[bytes] = asyncio.Queue()
+        self._link_tasks: list[asyncio.Task[None]] = []
         self.reuse_port = reuse_port
         self.serve_admin = admin
         self.rng = rng or random.Random()
@@ -116,7 +136,13 @@ class ProxyServer:
                                               admin.address, admin.port, reuse_address=True,
                                               reuse_port=self.reuse_port or None)
             self.servers.append(server)
-        if self.config.ads is not None:
+        for index, sock in enumerate(self._follower_sockets):
+            self._links.append(await open_link(sock, partial(self._from_follower, index)))
+        if self._leader_socket is not None:
+            self._links.append(await open_link(self._leader_socket, self._from_leader))
+            self._link_tasks.append(loop.create_task(self._apply_forwarded()))
+            self._link_tasks.append(loop.create_task(self._report_stats()))
+        elif self.config.ads is not None:
             self.admin_state.initializing = self.config.ads.lds
             self._start_ads()
 
@@ -271,6 +297,40 @@ class ProxyServer:
         }
 
     async def apply(self, type_url: str, resources: Sequence[Any]) -> dict[str, tuple[str, ...]]:
+        subscriptions = await self._apply(type_url, resources)
+        if self._follower_sockets:   # applied here, so valid: the followers take it too
+            update = encode_update(type_url, resources)
+            for link in self._links:
+                link.send(update)
+        return subscriptions
+
+    # --concurrency: the leader's updates and the followers' stats
+
+    def _from_leader(self, kind: bytes, payload: bytes) -> None:
+        if kind == XDS:
+            self._updates.put_nowait(payload)
+
+    async def _apply_forwarded(self) -> None:
+        """The leader's updates, applied one at a time in the order it applied them."""
+        while True:
+            payload = await self._updates.get()
+            type_url, resources = decode_update(payload)
+            try:
+                await self._apply(type_url, resources)
+            except ConfigError as error:   # the leader accepted it: only a bug gets here
+                log.error("update %s the leader accepted was rejected: %s", type_url, error)
+
+    async def _report_stats(self) -> None:
+        while True:
+            for link in self._links:
+                link.send(encode_stats(list(self.stats.own_values())))
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+
+    def _from_follower(self, index: int, kind: bytes, payload: bytes) -> None:
+        if kind == STATS:
+            self.stats.followers[index] = decode_stats(payload)
+
+    async def _apply(self, type_url: str, resources: Sequence[Any]) -> dict[str, tuple[str, ...]]:
         if type_url == CLUSTER:
             await self._apply_clusters(resources)
             return {ENDPOINTS: self._eds_names()}
@@ -426,6 +486,8 @@ class ProxyServer:
     async def stop(self) -> None:
         if self._ads_task is not None:
             self._ads_task.cancel()
+        for task in self._link_tasks:
+            task.cancel()
         for task in self._sds_tasks:
             task.cancel()
         for server in self.servers:

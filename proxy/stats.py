@@ -119,6 +119,7 @@ class ListenerStats:
 
 
 Scope = ClusterStats | HttpStats | TcpProxyStats | ListenerStats
+StatRow = tuple[str, str, str, str, str, int, bool]
 
 
 class StatsStore:
@@ -128,6 +129,8 @@ class StatsStore:
         self.scopes: dict[str, tuple[str, str, str, Scope]] = {}
         self.server_gauges: dict[str, int] = {}
         self.extras: dict[str, Callable[[], dict[str, int]]] = {}
+        # --concurrency: the other workers' latest stats, by worker (proxy/worker_link.py)
+        self.followers: dict[int, list[StatRow]] = {}
 
     def register(self, kind: str, name: str, scope: Scope,
                  extra: Callable[[], dict[str, int]] | None = None) -> None:
@@ -138,8 +141,21 @@ class StatsStore:
         if extra is not None:
             self.extras[f"{kind}.{name}"] = extra
 
-    def values(self) -> Iterator[tuple[str, str, str, str, str, int, bool]]:
-        """(full name, kind, scope name, tag, stat, value, is_gauge) for every stat."""
+    def values(self) -> Iterator[StatRow]:
+        """(full name, kind, scope name, tag, stat, value, is_gauge) for every stat, summed
+        over the workers of the process (Envoy's view: counters and gauges are totals)."""
+        if not self.followers:
+            yield from self.own_values()
+            return
+        totals: dict[str, StatRow] = {row[0]: row for row in self.own_values()}
+        for rows in self.followers.values():
+            for row in rows:
+                mine = totals.get(row[0])
+                totals[row[0]] = row if mine is None else (*mine[:5], mine[5] + row[5], mine[6])
+        yield from totals.values()
+
+    def own_values(self) -> Iterator[StatRow]:
+        """values() of this worker alone."""
         for prefix, (kind, name, tag, scope) in self.scopes.items():
             gauges = scope.GAUGES
             for field in fields(scope):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.http.client import UpstreamConnection
+from proxy.http.client import RawHeaders, UpstreamConnection, decode_headers
 from proxy.http.headers import Headers
 from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectionPool
@@ -43,9 +43,9 @@ class Attempt:
 
     # ResponseSink
 
-    def on_response_headers(self, status: int, headers: Headers, keep_alive: bool) -> None:
+    def on_response_headers(self, status: int, headers: RawHeaders, keep_alive: bool) -> None:
         self.status = status
-        self.headers = headers
+        self.headers = decode_headers(headers)
         self.keep_alive = keep_alive
         self._wake()
 
@@ -63,6 +63,9 @@ class Attempt:
     def on_upstream_reset(self) -> None:
         self.reset = True
         self._wake()
+
+    def on_read_end(self) -> None:
+        pass   # the router coroutine runs after the read anyway
 
     # timers
 

@@ -19,15 +19,24 @@ import httptools
 
 from proxy.http.headers import Headers
 
+RawHeaders = list[tuple[bytes, bytes]]   # (lower-case name, value) as received
+
+
+def decode_headers(raw: RawHeaders) -> Headers:
+    return Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw])
+
 
 class ResponseSink(Protocol):
-    def on_response_headers(self, status: int, headers: Headers, keep_alive: bool) -> None: ...
+    def on_response_headers(self, status: int, headers: RawHeaders, keep_alive: bool) -> None: ...
 
     def on_response_body(self, chunk: bytes) -> None: ...
 
     def on_response_complete(self) -> None: ...
 
     def on_upstream_reset(self) -> None: ...
+
+    def on_read_end(self) -> None:
+        """Everything read so far is parsed (a sink may batch its writes until then)."""
 
 
 class ConnectionOwner(Protocol):
@@ -45,7 +54,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._headers: RawHeaders = []
         self._status = 0
         self._in_response = False
         self._interim = False
@@ -78,6 +87,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self.early_tunnel_data.append(data[offset:])
         except httptools.HttpParserError:
             self._fail()
+        sink = self.sink
+        if sink is not None:
+            sink.on_read_end()
 
     def eof_received(self) -> bool | None:
         return False
@@ -132,26 +144,31 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._in_response = True
+    # (No on_message_begin: the head's state is reset when a head completes, one callback
+    # less per response; `_in_response` only matters once a head is complete.)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
         self._status = status
+        headers = self._headers
+        self._headers = []
         if 100 <= status < 200 and status != 101:
             self._interim = True
             return
         self._interim = False
-        headers = Headers(self._headers)
-        self._close_delimited = (
-            "content-length" not in headers and "transfer-encoding" not in headers
-            and status not in (101, 204, 304))
-        self.keep_alive = parser.should_keep_alive() and not self._close_delimited
+        self._in_response = True
+        framed = status in (101, 204, 304)
+        if not framed:
+            for name, _ in headers:
+                if name == b"content-length" or name == b"transfer-encoding":
+                    framed = True
+                    break
+        self._close_delimited = not framed
+        self.keep_alive = framed and parser.should_keep_alive()
         sink = self.sink
         if sink is not None:
             sink.on_response_headers(status, headers, self.keep_alive)

@@ -1,6 +1,6 @@
 """The HTTP connection manager and its router: from a parsed request to a response.
 
-Theory of operation, per request (one coroutine, `_serve`):
+Theory of operation, per request (`serve`, synchronous up to the first attempt):
 1. connection-manager rules on the request headers (Envoy's mutateRequestHeaders):
    hop-by-hop headers go; with `use_remote_address` the peer (or, for a loopback peer, the
    host's first non-loopback address) is appended to x-forwarded-for, x-forwarded-proto is
@@ -13,7 +13,12 @@ Theory of operation, per request (one coroutine, `_serve`):
 3. the router: header mutations and rewrites, then attempts — pick a host (balancer,
    previous_hosts), hold a circuit-breaker request slot, take or open a pooled connection,
    send, wait for the response head under the per-try and route deadlines — and the retry
-   policy decides whether an outcome is returned or retried after a jittered back-off;
+   policy decides whether an outcome is returned or retried after a jittered back-off.
+   The first attempt of a request whose body is in, on an idle pooled connection (the
+   common case), is an `Exchange` driven by the connection's callbacks
+   (proxy/http/exchange.py); the coroutine `_forward_attempts` takes over for everything
+   that waits (connecting, streaming a request body) or decides (a retry, a failure's
+   reply), from the outcome the exchange got;
 4. the response head gets Envoy's headers (x-envoy-upstream-service-time, server, date,
    the route's response mutations) and the body streams through.
 
@@ -32,18 +37,28 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.access_log import AccessLogWriter, AccessRecord
 from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
-from proxy.http.client import UpstreamConnection
+from proxy.http.client import RawHeaders, UpstreamConnection, decode_headers
+from proxy.http.deadlines import Deadlines
 from proxy.http.downstream import DownstreamConnection, Request
+from proxy.http.exchange import Exchange
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.inline import run_inline
-from proxy.http.response import LAST_CHUNK, encode_chunk, encode_head, http_date
+from proxy.http.response import (
+    LAST_CHUNK,
+    date_line,
+    encode_chunk,
+    encode_head,
+    http_date,
+    status_line,
+)
+from proxy.http.response_plan import compile_response_plan
 from proxy.http.retry import (
     CONNECT_FAILURE,
     PER_TRY_TIMEOUT,
@@ -55,8 +70,13 @@ from proxy.http.retry import (
 )
 from proxy.rbac import DENIED_BODY, RbacStats, Subject, allowed
 from proxy.router.matchers import parse_query
-from proxy.router.route import DirectResponseAction, ForwardAction, HashPolicy, RedirectAction
-from proxy.router.route_table import RouteSelection
+from proxy.router.route import (
+    DirectResponseAction,
+    ForwardAction,
+    HashPolicy,
+    RedirectAction,
+)
+from proxy.router.route_table import RouteSelection, RouteTable
 from proxy.stats import HttpStats
 from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.balancer import combine_hash_keys, hash_key_for
@@ -94,11 +114,31 @@ _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connecti
 
 
 class Stream:
-    """One request's context; also what header `%COMMAND%` substitutions read."""
+    """One request's context and the router's state for it; also what header `%COMMAND%`
+    substitutions read."""
 
-    __slots__ = ("bytes_sent", "committed", "conn", "downstream_local", "downstream_remote",
-                 "flags", "internal", "original_path", "request", "request_headers",
-                 "response_mutations", "service_time", "start", "status", "upstream")
+    __slots__ = ("action", "authority", "bytes_sent", "cluster", "committed", "conn", "deadline",
+                 "downstream_local", "downstream_remote", "flags", "hash_key", "idle", "internal",
+                 "number", "original_path", "per_try", "plan", "policy", "request", "request_headers",
+                 "response_mutations", "retry", "selection", "service_time", "start", "status",
+                 "target", "timeout", "tried", "upstream")
+
+    # The router's state (set by the connection manager's _forward, read by its attempts).
+    action: ForwardAction
+    authority: str
+    cluster: Cluster
+    deadline: float           # the route timeout's end on the loop clock, 0.0 without one
+    hash_key: int | None
+    idle: float
+    number: int               # the attempt being made, from 1
+    per_try: float
+    plan: RoutePlan           # set by routing
+    policy: RetryPolicy | None
+    retry: RetryState | None
+    selection: RouteSelection
+    target: str               # the request target as sent upstream (after rewrites)
+    timeout: float
+    tried: list[Host]
 
     def __init__(self, conn: DownstreamConnection, request: Request, start: float) -> None:
         self.conn = conn
@@ -119,6 +159,37 @@ class Stream:
         self.original_path = request.target
 
 
+class RoutePlan:
+    """What a connection manager works out once per route rather than per request: the
+    header mutation levels in application order, the compiled response plan, the retry
+    policy (the route's, else the virtual host's) and the timeouts."""
+
+    __slots__ = ("expected_timeout", "idle", "per_try", "policy", "request_mutations",
+                 "response_mutations", "response_plan", "route", "table", "timeout")
+
+    def __init__(self, manager: HttpConnectionManager, table: RouteTable,
+                 selection: RouteSelection) -> None:
+        route = selection.route
+        vhost = selection.virtual_host
+        self.table = table
+        self.route = route
+        self.request_mutations = table.request_mutations(selection)
+        self.response_mutations = table.response_mutations(selection)
+        self.response_plan = compile_response_plan(manager.config, self.response_mutations,
+                                                   vhost.include_attempt_count_in_response)
+        action = route.action
+        if isinstance(action, ForwardAction):
+            self.policy = action.retry_policy or vhost.retry_policy
+            self.timeout = action.timeout
+            self.idle = (action.idle_timeout if action.idle_timeout is not None
+                         else manager.config.stream_idle_timeout)
+        else:
+            self.policy, self.timeout, self.idle = None, 0.0, 0.0
+        self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+        # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
+        self.expected_timeout = _expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
+
+
 class HttpConnectionManager:
     def __init__(self, config: HcmConfig, clusters: dict[str, Cluster], rng: random.Random,
                  local_address: str) -> None:
@@ -131,7 +202,10 @@ class HttpConnectionManager:
         self.rbac_stats = RbacStats()
         self.draining = False   # the listener was replaced: close connections after their response
         self.connections: set[DownstreamConnection] = set()
+        # route plans by route (a plan keeps its route, so the id is not reused)
+        self._plans: dict[int, RoutePlan] = {}
         self._loop = self.loop = asyncio.get_event_loop()
+        self.deadlines = Deadlines(self._loop)
         self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
         if self.access_log is not None:
             self._loop.call_later(1.0, self._flush_access_log)
@@ -177,19 +251,43 @@ class HttpConnectionManager:
         conn.write(self._local_head(status, body, None, close=True) + body)
         conn.close()
 
-    def serve(self, conn: DownstreamConnection, request: Request) -> None:
-        run_inline(self._serve(conn, request))
-
     # one request
 
-    async def _serve(self, conn: DownstreamConnection, request: Request) -> None:
+    def serve(self, conn: DownstreamConnection, request: Request) -> None:
         stats = self.stats
         stats.downstream_rq_total += 1
         stats.downstream_rq_http1_total += 1
         stats.downstream_rq_active += 1
         stream = Stream(conn, request, self._loop.time())
         try:
-            await self._handle(stream)
+            if self._handle(stream):
+                return   # an exchange or a coroutine finishes the stream
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.target)
+            if not stream.committed:
+                self._reply(stream, 500, b"", keep_alive=False)
+            else:
+                conn.abort()
+                conn.response_done(False)
+        self.end_stream(stream)
+
+    def end_stream(self, stream: Stream) -> None:
+        """The request is over (answered, or its client gone): gauges and the access log."""
+        stats = self.stats
+        stats.downstream_rq_active -= 1
+        stats.downstream_rq_completed += 1
+        if self.access_log is not None:
+            self._log(stream)
+
+    def _run_async(self, stream: Stream, work: Coroutine[Any, Any, None]) -> None:
+        """Finish the stream in a coroutine (retries, streamed bodies, upgrades)."""
+        run_inline(self._guarded(stream, work))
+
+    async def _guarded(self, stream: Stream, work: Coroutine[Any, Any, None]) -> None:
+        request = stream.request
+        conn = stream.conn
+        try:
+            await work
         except _DownstreamGone:
             if request.body.failed and not stream.committed:
                 self._reply(stream, 400, b"Bad Request", keep_alive=False)
@@ -203,18 +301,17 @@ class HttpConnectionManager:
                 conn.abort()
                 conn.response_done(False)
         finally:
-            stats.downstream_rq_active -= 1
-            stats.downstream_rq_completed += 1
-            if self.access_log is not None:
-                self._log(stream)
+            self.end_stream(stream)
 
-    async def _handle(self, stream: Stream) -> None:
+    def _handle(self, stream: Stream) -> bool:
+        """Serve the request; True when it goes on asynchronously (whatever finishes it
+        calls end_stream), False when it was answered here."""
         request = stream.request
         config = self.config
         headers = request.headers
         if request.version == "1.0" and not config.accept_http_10:
             self._reply(stream, 426, b"Upgrade Required", keep_alive=False)
-            return
+            return False
         authority = headers.get("host")
         if authority is None:
             if request.version == "1.0" and config.default_host_for_http_10:
@@ -222,7 +319,7 @@ class HttpConnectionManager:
                 headers.add("host", authority)
             else:
                 self._reply(stream, 400, b"", keep_alive=False)
-                return
+                return False
         if request.expect_continue:
             headers.remove("expect")
             if not request.body.done:
@@ -238,31 +335,37 @@ class HttpConnectionManager:
         if config.rbac and not self._rbac_allows(stream, authority):
             stream.flags = "RBAC"
             self._reply(stream, 403, DENIED_BODY)
-            return
+            return False
         table = self.route_table
         if table is None:   # RDS has not delivered this listener's routes yet
             self.stats.no_route += 1
             stream.flags = "NR"
             self._reply(stream, 404, b"")
-            return
+            return False
         selection = table.select(request.method, authority, request.target, headers)
         if selection is None:
             self.stats.no_route += 1
             stream.flags = "NR"
             self._reply(stream, 404, b"")
-            return
-        stream.response_mutations = table.response_mutations(selection)
+            return False
+        plan = self._plans.get(id(selection.route))
+        if plan is None or plan.route is not selection.route or plan.table is not table:
+            plan = self._route_plan(table, selection)
+        stream.plan = plan
+        stream.response_mutations = plan.response_mutations
         action = selection.route.action
         if upgrade:
             if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
                 self._reply(stream, 403, b"", keep_alive=False)
-                return
-            await self._tunnel(stream, selection, action, upgrade)
+                return False
+            self._run_async(stream, self._tunnel(stream, selection, action, upgrade))
+            return True
         elif isinstance(action, ForwardAction):
-            await self._forward(stream, selection, action, authority)
+            return self._forward(stream, selection, action, authority)
         elif isinstance(action, DirectResponseAction):
             self.stats.rq_direct_response += 1
             self._reply(stream, action.status, action.body)
+            return False
         else:
             assert isinstance(action, RedirectAction)
             self.stats.rq_redirect += 1
@@ -271,6 +374,7 @@ class HttpConnectionManager:
             location = action.location(scheme, authority, selection.path, selection.query,
                                        selection.matched)
             self._reply(stream, action.status, b"", extra=(("location", location),))
+        return False
 
     def drain(self) -> None:
         """The listener is being replaced (LDS): idle connections close now, busy ones
@@ -301,43 +405,49 @@ class HttpConnectionManager:
     def _mutate_request_headers(self, stream: Stream) -> None:
         config = self.config
         headers = stream.request.headers
-        te = headers.get("te")
-        if te is not None and te.lower() != "trailers":
-            headers.remove("te")
+        # One pass for the names present: the rules below then test a set, not the list.
+        names = {name for name, _ in headers.items}
+        if "te" in names:
+            te = headers.get("te")
+            if te is not None and te.lower() != "trailers":
+                headers.remove("te")
         peer = stream.downstream_remote[0]
+        existing = headers.get_joined("x-forwarded-for") if "x-forwarded-for" in names else None
         if config.use_remote_address:
             remote = peer
             if not config.skip_xff_append:
                 appended = self.local_address if _is_loopback(peer) else peer
-                existing = headers.get_joined("x-forwarded-for")
                 headers.set("x-forwarded-for", f"{existing},{appended}" if existing else appended)
             headers.set("x-forwarded-proto", "http")
             internal = self._is_internal(remote)
             edge = not internal
         else:
-            existing = headers.get_joined("x-forwarded-for")
             entries = [entry.strip() for entry in existing.split(",")] if existing else []
             remote = entries[-1] if entries else ""
             internal = len(entries) == 1 and self._is_internal(remote)
             edge = False
-            if "x-forwarded-proto" not in headers:
+            if "x-forwarded-proto" not in names:
                 headers.add("x-forwarded-proto", "http")
         if internal:
-            headers.remove_all(_HOP_BY_HOP)
+            if not names.isdisjoint(_HOP_BY_HOP):
+                headers.remove_all(_HOP_BY_HOP)
             headers.set("x-envoy-internal", "true")
         elif edge:
-            headers.remove_all(_EDGE_REMOVALS)
+            if not names.isdisjoint(_EDGE_REMOVALS):
+                headers.remove_all(_EDGE_REMOVALS)
             headers.set("x-envoy-external-address", remote)
-        else:
+        elif not names.isdisjoint(_EXTERNAL_REMOVALS):
             headers.remove_all(_EXTERNAL_REMOVALS)
         stream.internal = internal
-        if config.generate_request_id and (
-                "x-request-id" not in headers or (edge and not config.preserve_external_request_id)):
-            headers.set("x-request-id", self._request_id())
+        if config.generate_request_id:
+            if "x-request-id" not in names:
+                headers.add("x-request-id", self._request_id())
+            elif edge and not config.preserve_external_request_id:
+                headers.set("x-request-id", self._request_id())
 
     def _request_id(self) -> str:
         """A random version-4 UUID; Envoy's are random too, not cryptographic."""
-        h = self.rng.randbytes(16).hex()
+        h = f"{self.rng.getrandbits(128):032x}"
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
     def _is_internal(self, address: str) -> bool:
@@ -352,28 +462,29 @@ class HttpConnectionManager:
 
     # the router
 
-    async def _forward(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
-                       authority: str) -> None:
+    def _forward(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
+                 authority: str) -> bool:
+        """The router's per-request state, then the first attempt: an `Exchange` of
+        callbacks when an idle connection is at hand and the request body is in (the
+        common case), else the coroutine that can wait, stream bodies and retry."""
         request = stream.request
         headers = request.headers
-        cluster_name = action.pick_cluster(self.rng.random())
+        cluster_name = action.pick_cluster(self.rng.random()) if action.weighted_clusters else action.cluster
         cluster = self.clusters.get(cluster_name)
         if cluster is None:
             self.stats.no_cluster += 1
             stream.flags = "NC"
             self._reply(stream, 503, b"")
-            return
-        vhost = selection.virtual_host
-        policy = action.retry_policy or vhost.retry_policy
-        timeout = action.timeout
+            return False
+        plan = stream.plan
+        policy = plan.policy
+        timeout = plan.timeout
+        per_try = plan.per_try
         if stream.internal:
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
-        per_try = policy.per_try_timeout if policy is not None else 0.0
-        idle = action.idle_timeout if action.idle_timeout is not None else self.config.stream_idle_timeout
-        hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
-        table = self.route_table
-        assert table is not None
-        for mutation in table.request_mutations(selection):
+            per_try = policy.per_try_timeout if policy is not None else 0.0
+        stream.hash_key = self._hash_key(action.hash_policy, stream) if action.hash_policy else None
+        for mutation in plan.request_mutations:
             mutation.apply(headers, stream)
         if action.host_rewrite_literal:
             headers.set("x-envoy-original-host", authority)
@@ -381,110 +492,184 @@ class HttpConnectionManager:
             if action.append_x_forwarded_host:
                 _append_forwarded_host(headers, authority)
         target = request.target
-        rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
-        if rewritten is not None:
-            headers.set("x-envoy-original-path", target)
-            target = rewritten
+        if action.prefix_rewrite is not None or action.regex_rewrite is not None:
+            rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
+            if rewritten is not None:
+                headers.set("x-envoy-original-path", target)
+                target = rewritten
         if request.chunked:
             headers.set("transfer-encoding", "chunked")
-        envoy_headers = not self.config.suppress_envoy_headers
-        loop = self._loop
-        start = loop.time()
-        deadline = start + timeout if timeout > 0 else 0.0
         retry = RetryState(policy) if policy is not None and policy.num_retries > 0 else None
-        if retry is not None and "retriable-status-codes" in retry.policy.retry_on:
+        if retry is not None and stream.internal and "retriable-status-codes" in retry.policy.retry_on:
             extra = headers.get("x-envoy-retriable-status-codes")
-            if extra and stream.internal:
+            if extra:
                 retry.extra_status_codes = frozenset(
                     int(code) for code in extra.split(",") if code.strip().isdigit())
-        breaker = cluster.breaker
+        stream.selection = selection
+        stream.action = action
+        stream.authority = authority
+        stream.target = target
+        stream.cluster = cluster
+        stream.policy = policy
+        stream.retry = retry
+        stream.timeout = timeout
+        stream.per_try = per_try
+        stream.idle = plan.idle
+        stream.deadline = stream.start + timeout if timeout > 0 else 0.0
+        stream.tried = []
+        stream.number = 0
+        host = self._begin_attempt(stream)
+        if host is None:
+            return False
+        pool = cluster.pool(host)
+        connection = pool.take_idle() if request.body.done else None
+        if connection is None:
+            self._run_async(stream, self._forward_attempts(stream, (host, None)))
+            return True
+        when, kind = self._attempt_deadline(stream, stream.start)   # (no time passed since)
+        Exchange(self, stream, host, pool, connection).start(
+            _request_head(request.method, target, headers), when, kind)
+        return True
+
+    def continue_attempts(self, stream: Stream, host: Host, outcome: Attempt | str) -> None:
+        """An exchange's first attempt needs what only the coroutine does (a retry, a reply
+        after a failure): it goes on from that attempt's outcome."""
+        self._run_async(stream, self._forward_attempts(stream, (host, outcome)))
+
+    def _counted(self, stream: Stream, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        """The router's local replies carry the attempt count too, when asked for."""
+        if stream.selection.virtual_host.include_attempt_count_in_response:
+            return (*extra, ("x-envoy-attempt-count", str(stream.number)))
+        return extra
+
+    def _begin_attempt(self, stream: Stream) -> Host | None:
+        """Number the attempt, pick its host and take a request slot from the breaker;
+        None when it cannot start (the reply is sent)."""
+        headers = stream.request.headers
+        action = stream.action
+        cluster = stream.cluster
+        policy = stream.policy
+        stream.number = number = stream.number + 1
+        if stream.selection.virtual_host.include_request_attempt_count:
+            headers.set("x-envoy-attempt-count", str(number))
+        if not self.config.suppress_envoy_headers:
+            plan = stream.plan
+            if number == 1 and stream.timeout == plan.timeout and stream.per_try == plan.per_try:
+                expected = plan.expected_timeout
+            else:
+                expected = _expected_timeout(stream.timeout, stream.per_try, stream.deadline,
+                                             self._loop.time(), number)
+            if expected is not None:
+                headers.set("x-envoy-expected-rq-timeout-ms", expected)
+        tried = stream.tried
+        if tried and policy is not None and policy.previous_hosts:
+            host = cluster.choose(stream.hash_key, tried, policy.host_selection_retry_max_attempts)
+        else:
+            host = cluster.balancer.choose(stream.hash_key)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy += 1
+            stream.flags = "UH"
+            self._reply(stream, 503, b"no healthy upstream", extra=self._counted(stream))
+            return None
+        if action.auto_host_rewrite:
+            if number == 1:
+                headers.set("x-envoy-original-host", stream.authority)
+                if action.append_x_forwarded_host:
+                    _append_forwarded_host(headers, stream.authority)
+            headers.set("host", cluster.hostnames.get(host, host.address))
+        tried.append(host)
+        if not cluster.breaker.try_start_request():
+            stream.flags = "UO"
+            self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
+                        extra=self._counted(stream, ("x-envoy-overloaded", "true")))
+            return None
         cstats = cluster.stats
+        cstats.upstream_rq_total += 1
+        cstats.upstream_rq_active += 1
+        host.active_requests += 1
+        return host
 
-        def counted(*extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-            """The router's local replies carry the attempt count too, when asked for."""
-            if vhost.include_attempt_count_in_response:
-                return (*extra, ("x-envoy-attempt-count", str(number)))
-            return extra
+    def end_attempt(self, stream: Stream, host: Host) -> None:
+        """The attempt's request slot and gauges are given back."""
+        cluster = stream.cluster
+        cluster.breaker.finish_request()
+        cluster.stats.upstream_rq_active -= 1
+        host.active_requests -= 1
 
-        tried: list[Host] = []
-        number = 0
+    def _attempt_deadline(self, stream: Stream, now: float) -> tuple[float, str]:
+        """One timer per attempt: the nearest of the route, per-try and stream idle deadlines
+        (0.0: none)."""
+        when, kind = stream.deadline, GLOBAL_TIMEOUT
+        per_try = stream.per_try
+        if per_try > 0 and (not when or now + per_try < when):
+            when, kind = now + per_try, PER_TRY_TIMEOUT
+        idle = stream.idle
+        if idle > 0 and (not when or now + idle < when):
+            when, kind = now + idle, IDLE_TIMEOUT
+        return when, kind
+
+    async def _forward_attempts(self, stream: Stream, first: tuple[Host, Attempt | str | None]) -> None:
+        """Attempts until one outcome is returned: `first` is the attempt already begun
+        (its outcome, when an exchange got one)."""
+        request = stream.request
+        cluster = stream.cluster
+        retry = stream.retry
+        cstats = cluster.stats
+        next_attempt: tuple[Host, Attempt | str | None] | None = first
         last_failure = ""
         while True:
-            number += 1
-            if vhost.include_request_attempt_count:
-                headers.set("x-envoy-attempt-count", str(number))
-            if envoy_headers:
-                expected = _expected_timeout(timeout, per_try, deadline, loop.time(), number)
-                if expected is not None:
-                    headers.set("x-envoy-expected-rq-timeout-ms", expected)
-            if action.auto_host_rewrite:
-                pass   # set per attempt below, once the host is known
-            host = cluster.choose(hash_key, tried if policy is not None and policy.previous_hosts else (),
-                                  policy.host_selection_retry_max_attempts if policy is not None else 1)
-            if host is None:
-                cstats.upstream_cx_none_healthy += 1
-                stream.flags = "UH"
-                self._reply(stream, 503, b"no healthy upstream", extra=counted())
-                return
-            if action.auto_host_rewrite:
-                if number == 1:
-                    headers.set("x-envoy-original-host", authority)
-                    if action.append_x_forwarded_host:
-                        _append_forwarded_host(headers, authority)
-                headers.set("host", cluster.hostnames.get(host, host.address))
-            tried.append(host)
-            if not breaker.try_start_request():
-                stream.flags = "UO"
-                self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
-                            extra=counted(("x-envoy-overloaded", "true")))
-                return
-            cstats.upstream_rq_total += 1
-            cstats.upstream_rq_active += 1
-            host.active_requests += 1
+            if next_attempt is None:
+                begun = self._begin_attempt(stream)
+                if begun is None:
+                    return
+                host, outcome = begun, None
+            else:
+                host, outcome = next_attempt
+                next_attempt = None
+            number = stream.number
             try:
-                head = _request_head(request.method, target, headers)
-                outcome = await self._attempt(stream, cluster, host, head, per_try, deadline, idle)
+                if outcome is None:
+                    head = _request_head(request.method, stream.target, request.headers)
+                    outcome = await self._attempt(stream, cluster, host, head)
                 if isinstance(outcome, Attempt):
                     status = outcome.status
                     cstats.count_status(status)
                     cluster.record_outcome(host, status)
                     if (retry is not None and retry.decide(status) and not request.body.overflowed
-                            and await self._retry_allowed(stream, cluster, retry, deadline)):
+                            and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                         outcome.abandon()
                         continue
                     if number > 1:
                         cstats.upstream_rq_retry_success += 1 if status < 500 else 0
-                    await self._respond(stream, outcome, selection, number, deadline)
+                    await self._respond(stream, outcome, number, stream.deadline)
                     return
             finally:
-                breaker.finish_request()
-                cstats.upstream_rq_active -= 1
-                host.active_requests -= 1
+                self.end_attempt(stream, host)
             if outcome == OVERFLOW:
                 stream.flags = "UO"
                 self._reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
-                            extra=counted(("x-envoy-overloaded", "true")))
+                            extra=self._counted(stream, ("x-envoy-overloaded", "true")))
                 return
             cluster.record_outcome(host, None)
             stream.upstream = host.key
             if outcome == IDLE_TIMEOUT:
                 stream.flags = "SI"
-                self._reply(stream, 504, b"stream timeout", extra=counted())
+                self._reply(stream, 504, b"stream timeout", extra=self._counted(stream))
                 return
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
-                self._reply(stream, 504, b"upstream request timeout", extra=counted())
+                self._reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             if outcome == PER_TRY_TIMEOUT:
                 cstats.upstream_rq_per_try_timeout += 1
             last_failure = outcome
             if (retry is not None and retry.decide(outcome) and not request.body.overflowed
-                    and await self._retry_allowed(stream, cluster, retry, deadline)):
+                    and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                 continue
             if outcome == PER_TRY_TIMEOUT:
                 stream.flags = "UT,URX" if number > 1 else "UT"
-                self._reply(stream, 504, b"upstream request timeout", extra=counted())
+                self._reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
@@ -492,7 +677,7 @@ class HttpConnectionManager:
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
             self._reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode(),
-                        extra=counted())
+                        extra=self._counted(stream))
             return
 
     def _upgrade_allowed(self, upgrade: str, action: ForwardAction) -> bool:
@@ -510,6 +695,7 @@ class HttpConnectionManager:
         request = stream.request
         headers = request.headers
         conn = stream.conn
+        stream.selection = selection
         cluster = self.clusters.get(action.pick_cluster(self.rng.random()))
         if cluster is None:
             self._reply(stream, 503, b"", keep_alive=False)
@@ -561,7 +747,7 @@ class HttpConnectionManager:
             return
         if attempt.status != 101:
             connection.keep_alive = False
-            await self._respond(stream, attempt, selection, 1, 0.0)
+            await self._respond(stream, attempt, 1, 0.0)
             return
         response = attempt.headers
         response.remove("transfer-encoding")
@@ -612,9 +798,9 @@ class HttpConnectionManager:
         finally:
             cluster.breaker.finish_retry()
 
-    async def _attempt(self, stream: Stream, cluster: Cluster, host: Host, head: bytes,
-                       per_try: float, deadline: float, idle: float = 0.0) -> Attempt | str:
+    async def _attempt(self, stream: Stream, cluster: Cluster, host: Host, head: bytes) -> Attempt | str:
         loop = self._loop
+        deadline = stream.deadline
         pool = cluster.pool(host)
         connection = pool.take_idle()
         if connection is None:
@@ -642,12 +828,7 @@ class HttpConnectionManager:
                 _write_body(connection, body.chunks, stream.request.chunked, True)
             else:
                 pump = loop.create_task(self._pump_body(stream, connection))
-        # One timer for the nearest of the route, per-try and stream idle deadlines.
-        when, kind = deadline, GLOBAL_TIMEOUT
-        if per_try > 0 and (not when or now + per_try < when):
-            when, kind = now + per_try, PER_TRY_TIMEOUT
-        if idle > 0 and (not when or now + idle < when):
-            when, kind = now + idle, IDLE_TIMEOUT
+        when, kind = self._attempt_deadline(stream, now)
         timer = loop.call_at(when, attempt.expire, kind) if when else None
         try:
             while attempt.headers is None and not attempt.reset and attempt.expired is None:
@@ -688,34 +869,34 @@ class HttpConnectionManager:
                 return
             await body.wait()
 
-    async def _respond(self, stream: Stream, attempt: Attempt, selection: RouteSelection,
-                       attempts: int, deadline: float) -> None:
+    def commit_head(self, stream: Stream, status: int, headers: Headers, host: Host,
+                    attempts: int) -> tuple[bytes, bool, bool, bool]:
+        """The response head as it goes downstream (Envoy's response headers, the route's
+        mutations, framing), and (head, keep_alive, chunked, no_body)."""
         request = stream.request
-        conn = stream.conn
-        headers = attempt.headers
-        assert headers is not None
-        status = attempt.status
         framed_length = headers.get("content-length")
         headers.remove_all(_RESPONSE_HOP_BY_HOP)
-        loop = self._loop
-        if not self.config.suppress_envoy_headers:
-            headers.set("x-envoy-upstream-service-time", str(int((loop.time() - stream.start) * 1000)))
-        if selection.virtual_host.include_attempt_count_in_response:
+        config = self.config
+        if not config.suppress_envoy_headers:
+            stream.service_time = service_time = str(int((self._loop.time() - stream.start) * 1000))
+            headers.set("x-envoy-upstream-service-time", service_time)
+        else:
+            stream.service_time = headers.get("x-envoy-upstream-service-time")
+        if stream.selection.virtual_host.include_attempt_count_in_response:
             headers.set("x-envoy-attempt-count", str(attempts))
         stream.status = status
-        stream.upstream = attempt.host.key
-        stream.service_time = headers.get("x-envoy-upstream-service-time")
+        stream.upstream = host.key
         for mutation in stream.response_mutations:
             mutation.apply(headers, stream)
         self._server_headers(headers, stream)
         no_body = request.method == "HEAD" or status in (204, 304) or status < 200
-        keep_alive = request.keep_alive and request.body.done and not conn._error and not self.draining
+        keep_alive = (request.keep_alive and request.body.done and not stream.conn._error
+                      and not self.draining)
         chunked = False
-        if no_body:
-            if framed_length is not None:
-                headers.set("content-length", framed_length)
-        elif framed_length is not None:
+        if framed_length is not None:
             headers.set("content-length", framed_length)
+        elif no_body:
+            pass
         elif request.version == "1.1":
             chunked = True
             headers.set("transfer-encoding", "chunked")
@@ -725,7 +906,52 @@ class HttpConnectionManager:
             headers.set("connection", "close")
         self.stats.count_status(status)
         stream.committed = True
-        head = encode_head(status, headers)
+        return encode_head(status, headers), keep_alive, chunked, no_body
+
+    def commit_raw_head(self, stream: Stream, status: int, raw: RawHeaders,
+                        host: Host) -> tuple[bytes, bool, bool, bool]:
+        """commit_head for a first attempt's raw header lines: one pass with the route's
+        compiled plan (proxy/http/response_plan.py) when it has one."""
+        plan = stream.plan.response_plan
+        if plan is None:
+            return self.commit_head(stream, status, decode_headers(raw), host, 1)
+        parts, framed, dated = plan.head_parts(status_line(status), raw)
+        if not self.config.suppress_envoy_headers:
+            stream.service_time = service_time = str(int((self._loop.time() - stream.start) * 1000))
+            parts += (b"x-envoy-upstream-service-time: ", service_time.encode(), b"\r\n")
+        if not dated:
+            parts.append(date_line())
+        request = stream.request
+        no_body = request.method == "HEAD" or status in (204, 304) or status < 200
+        keep_alive = (request.keep_alive and request.body.done and not stream.conn._error
+                      and not self.draining)
+        chunked = False
+        if not framed and not no_body:
+            if request.version == "1.1":
+                chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                keep_alive = False
+        parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        stream.status = status
+        stream.upstream = host.key
+        self.stats.count_status(status)
+        stream.committed = True
+        return b"".join(parts), keep_alive, chunked, no_body
+
+    def _route_plan(self, table: RouteTable, selection: RouteSelection) -> RoutePlan:
+        if len(self._plans) > 4096:   # routes of replaced route tables
+            self._plans.clear()
+        plan = self._plans[id(selection.route)] = RoutePlan(self, table, selection)
+        return plan
+
+    async def _respond(self, stream: Stream, attempt: Attempt, attempts: int,
+                       deadline: float) -> None:
+        conn = stream.conn
+        assert attempt.headers is not None
+        head, keep_alive, chunked, no_body = self.commit_head(
+            stream, attempt.status, attempt.headers, attempt.host, attempts)
+        loop = self._loop
         upstream = attempt.connection
         if attempt.complete and not chunked:
             # The whole response is here (the common small case): one write, one syscall.

@@ -107,6 +107,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
+        self._header_size = 0   # the head's URL and header bytes, for max_request_headers_kb
         self._head_bytes = 0
         self._in_head = True
         self._current: Request | None = None
@@ -201,32 +202,39 @@ class DownstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url = b""
-        self._headers = []
+    # (No on_message_begin: the head's state is reset when a head completes, one callback
+    # less per request.)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._header_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_size += len(name) + len(value)
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         config = self.manager.config
-        size = len(self._url) + sum(len(name) + len(value) for name, value in self._headers)
-        if size > config.max_request_headers_bytes or len(self._headers) > config.max_headers_count:
+        lines = self._headers
+        if self._header_size > config.max_request_headers_bytes or len(lines) > config.max_headers_count:
             self._error = 431
             raise httptools.HttpParserError("request headers too large")
-        headers = Headers(self._headers)
-        version = parser.get_http_version()
         request = Request(parser.get_method().decode("latin-1"), self._url.decode("latin-1"),
-                          version, headers, parser.should_keep_alive(), parser.should_upgrade())
-        transfer_encoding = headers.get("transfer-encoding")
-        request.chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
-        request.has_body = request.chunked or (headers.get("content-length") or "0") != "0"
-        request.expect_continue = (headers.get("expect") or "").lower() == "100-continue"
+                          parser.get_http_version(), Headers(lines), parser.should_keep_alive(),
+                          parser.should_upgrade())
+        self._url = b""
+        self._headers = []
+        self._header_size = 0
+        content_length = "0"
+        for name, value in lines:   # the framing headers, in one pass
+            if name == "content-length":
+                content_length = value
+            elif name == "transfer-encoding":
+                request.chunked = request.chunked or "chunked" in value.lower()
+            elif name == "expect":
+                request.expect_continue = value.lower() == "100-continue"
+        request.has_body = request.chunked or content_length != "0"
         self._in_head = False
         self._head_bytes = 0
         self._current = request

@@ -20,15 +20,23 @@ _STATUS_LINES: dict[int, bytes] = {}
 
 _date_second = 0
 _date_value = ""
+_date_line = b""
 
 
 def http_date() -> str:
-    global _date_second, _date_value
+    global _date_second, _date_value, _date_line
     now = int(time.time())
     if now != _date_second:
         _date_second = now
         _date_value = formatdate(now, usegmt=True)
+        _date_line = f"date: {_date_value}\r\n".encode()
     return _date_value
+
+
+def date_line() -> bytes:
+    """`date: ...\r\n`, as a header line."""
+    http_date()
+    return _date_line
 
 
 def status_line(status: int) -> bytes:

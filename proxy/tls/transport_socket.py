@@ -21,6 +21,7 @@ version changes, so a rotated certificate is used by the next connection while
 connections in flight keep the context (and certificate) they handshook with. A listener
 is bound once with a `server_context()` whose SNI callback (run for every ClientHello,
 with or without a server name) swaps in the current context before the handshake goes on.
+Client contexts resume the last session they made (proxy/tls/session_resumption.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from google.protobuf.message import Message
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join
 from proxy.router.matchers import StringMatch
+from proxy.tls import session_resumption
 from proxy.tls.context import load_certificate, peer_spiffe_ids
 from proxy.tls.peer_certificate import LOCAL_URIS_ATTRIBUTE
 from proxy.tls.secrets import (
@@ -250,10 +252,12 @@ class TlsStats:
     fail_verify_san: int = 0
     fail_verify_error: int = 0
     no_certificate: int = 0
+    session_reused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f"ssl.{name}": getattr(self, name) for name in
-                ("handshake", "connection_error", "fail_verify_san", "fail_verify_error", "no_certificate")}
+                ("handshake", "connection_error", "fail_verify_san", "fail_verify_error", "no_certificate",
+                 "session_reused")}
 
 
 def _uris(chain_pem: bytes) -> tuple[str, ...]:
@@ -315,6 +319,10 @@ class TlsTransport:
             context.verify_mode = ssl.CERT_NONE
         if config.alpn:
             context.set_alpn_protocols(list(config.alpn))
+        if config.server_side:
+            context.num_tickets = 1   # one resumption ticket per handshake is all a client keeps
+        else:
+            session_resumption.enable(context)
         return context
 
     def server_context(self) -> ssl.SSLContext:

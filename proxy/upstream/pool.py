@@ -18,6 +18,7 @@ from collections import deque
 
 from proxy.http.client import UpstreamConnection
 from proxy.stats import ClusterStats
+from proxy.tls import session_resumption
 from proxy.tls.transport_socket import SecretNotReady, TlsTransport
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.host import Host
@@ -137,12 +138,15 @@ class ConnectionPool:
         transport = connection.transport
         assert transport is not None
         if tls is not None:
-            if not tls.san_verified(transport.get_extra_info("ssl_object")):
+            ssl_object = transport.get_extra_info("ssl_object")
+            if not tls.san_verified(ssl_object):
                 stats.upstream_cx_connect_fail += 1
                 connection._owner = _NEVER_POOLED  # the caller releases the breaker slot
                 transport.abort()
                 raise ConnectFailure("TLS error: certificate SAN verification failed")
             tls.stats.handshake += 1
+            if ssl_object is not None and ssl_object.session_reused:
+                tls.stats.session_reused += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -154,6 +158,8 @@ class ConnectionPool:
         """Back to the pool after a completed exchange, or closed when not reusable (or when
         it has carried max_requests_per_connection requests)."""
         connection.requests += 1
+        if self.tls is not None and connection.requests == 1 and connection.transport is not None:
+            session_resumption.remember(connection.transport.get_extra_info("ssl_object"))
         limit = self.max_requests_per_connection
         if limit and connection.requests >= limit:
             connection.keep_alive = False

@@ -18,7 +18,9 @@ ANSWERS = {
     "/bad-status": b"HTTP/1.1 abc OK\r\ncontent-length: 0\r\n\r\n",
     "/short-body": b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
     "/bad-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-    "/ok": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    # It closes after answering, so it says so (RFC 9112 9.6): without `connection: close`
+    # a proxy may reuse the connection before the close reaches it, and get a reset.
+    "/ok": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
 }
 
 

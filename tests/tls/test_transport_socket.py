@@ -193,3 +193,31 @@ def test_unsupported_tls_fields_are_refused_with_their_path(ca: CertificateAutho
         proxy([http_listener("inbound", 1, "app", downstream_tls(context))], [cluster("app", [endpoint(1)])])
     assert error.value.path.endswith("filter_chains[0].transport_socket.typed_config."
                                      "common_tls_context.tls_params.cipher_suites")
+
+
+def test_new_upstream_connections_resume_the_last_tls_session(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        app = App()
+        await app.start()
+        server_port, client_port = free_port(), free_port()
+        xfcc = {"forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"uri": True}}
+        server = proxy([http_listener("inbound", server_port, "app",
+                                      downstream_tls(mtls_server_context(ca, CATALOG)), xfcc)],
+                       [cluster("app", [endpoint(app.port)])])
+        client = proxy([http_listener("outbound", client_port, "server")],
+                       [cluster("server", [endpoint(server_port)], max_requests_per_connection=1,
+                                transport_socket=upstream_tls(mtls_client_context(ca, FRONTEND, str(CATALOG))))])
+        await server.start()
+        await client.start()
+        try:
+            for _ in range(3):   # one connection each; the SAN check holds on resumed ones
+                status, _ = await get(client_port, "/items")
+                assert status == 200
+            stats = client.clusters["server"].tls_stats
+            assert stats.handshake == 3
+            assert stats.session_reused == 2
+            # the server still knows who the client is on a resumed session
+            assert all(f"URI={FRONTEND}".encode() in head for head in app.requests)
+        finally:
+            await stop(app, client, server)
+    run(scenario)

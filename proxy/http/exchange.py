@@ -1,0 +1,196 @@
+"""The router's first attempt as callbacks: one request, one pooled connection, one response.
+
+Theory of operation: most requests are a head (and perhaps a small body already received)
+sent on an idle keep-alive connection, answered by a small response that arrives in one
+read. For them, waiting in a coroutine costs more than the rest of the router (a future per
+wake-up, a loop iteration per resume), so an `Exchange` is the connection's `ResponseSink`
+and drives the attempt from the connection's own callbacks:
+
+- `start` files one deadline (the nearest of the route, per-try and stream idle deadlines,
+  on the manager's timing wheel, proxy/http/deadlines.py) and writes the request;
+- `on_response_headers` (the upstream's raw header lines): a status the retry policy
+  retries is handed, as an `Attempt` that keeps receiving the response, to the connection
+  manager's coroutine, which decides on the retry (breaker, back-off) exactly as for any
+  later attempt; otherwise the head is built (commit) and held;
+- the body is buffered until the response completes or the read ends (`on_read_end`):
+  complete, head and body go out in one write; still open, the head and what came so far
+  go out and the rest is relayed as it arrives, under the route deadline only, with the
+  downstream's back-pressure pausing the upstream read;
+- a reset or a timeout before the head is committed goes to the coroutine as the attempt's
+  outcome (it replies or retries); after it, the client connection is closed, as Envoy
+  must on HTTP/1.1.
+
+Rules: whoever finishes the request calls the connection manager's `end_attempt` once
+(unless the coroutine took the attempt over) and `end_stream` once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
+from proxy.http.client import RawHeaders, UpstreamConnection
+from proxy.http.response import LAST_CHUNK, encode_chunk
+from proxy.http.retry import PROTOCOL_ERROR, RESET
+from proxy.upstream.host import Host
+from proxy.upstream.pool import ConnectionPool
+
+if TYPE_CHECKING:
+    from proxy.http.connection_manager import HttpConnectionManager, Stream
+
+
+class Exchange:
+    __slots__ = ("body", "chunked", "connection", "head", "host", "keep_alive", "manager",
+                 "no_body", "pool", "started", "stream", "streaming", "tick")
+
+    def __init__(self, manager: HttpConnectionManager, stream: Stream, host: Host,
+                 pool: ConnectionPool, connection: UpstreamConnection) -> None:
+        self.manager = manager
+        self.stream = stream
+        self.host = host
+        self.pool = pool
+        self.connection = connection
+        self.head: bytes | None = None   # the committed response head, until written
+        self.body: list[bytes] = []
+        self.keep_alive = False
+        self.chunked = False
+        self.no_body = False
+        self.streaming = False
+        self.tick = 0   # the deadline's key in the manager's Deadlines (0: none)
+        self.started = 0.0
+
+    def start(self, head: bytes, when: float, kind: str) -> None:
+        """Send the request (its body is complete) with a deadline at `when` (0.0: none)."""
+        manager = self.manager
+        self.started = manager.loop.time()
+        if when:
+            self.tick = manager.deadlines.add(when, self, kind)
+        request = self.stream.request
+        connection = self.connection
+        connection.start(self, head)
+        if request.has_body:
+            chunks = request.body.chunks
+            if request.chunked:
+                connection.write(b"".join([encode_chunk(chunk) for chunk in chunks if chunk])
+                                 + LAST_CHUNK)
+            else:
+                connection.write(b"".join(chunks))
+
+    # ResponseSink
+
+    def on_response_headers(self, status: int, headers: RawHeaders, keep_alive: bool) -> None:
+        stream = self.stream
+        retry = stream.retry
+        if retry is not None and retry.decide(status) and not stream.request.body.overflowed:
+            attempt = Attempt(self.connection, self.pool, self.host, self.started)
+            attempt.on_response_headers(status, headers, keep_alive)
+            self.connection.sink = attempt   # the rest of this response goes to the attempt
+            self._hand_over(attempt)
+            return
+        if stream.conn.closed:   # the client left while the upstream worked
+            self._cancel_deadline()
+            self.connection.abort()
+            self._finish(False)
+            return
+        cluster = stream.cluster
+        cluster.stats.count_status(status)
+        cluster.record_outcome(self.host, status)
+        self.head, self.keep_alive, self.chunked, self.no_body = self.manager.commit_raw_head(
+            stream, status, headers, self.host)
+
+    def on_response_body(self, chunk: bytes) -> None:
+        if self.streaming:
+            self._relay(chunk)
+        else:
+            self.body.append(chunk)
+
+    def on_response_complete(self) -> None:
+        self._cancel_deadline()
+        conn = self.stream.conn
+        if self.streaming:
+            conn.on_drain = None
+            if self.chunked:
+                conn.write(LAST_CHUNK)
+        else:
+            head = self.head
+            assert head is not None
+            body = b"".join(self.body) if self.body and not self.no_body else b""
+            self.stream.bytes_sent = len(body)
+            if self.chunked:
+                conn.write(head + (encode_chunk(body) if body else b"") + LAST_CHUNK)
+            else:
+                conn.write(head + body)
+        self.pool.release(self.connection)
+        self._finish(self.keep_alive)
+
+    def on_read_end(self) -> None:
+        """The connection parsed all it read: a committed head still held goes out now."""
+        head = self.head
+        if head is None or self.streaming:
+            return
+        conn = self.stream.conn
+        conn.write(head)
+        if self.no_body:   # the upstream's framing promised a body the request forbids
+            self._cancel_deadline()
+            self.connection.abort()
+            self._finish(self.keep_alive)
+            return
+        self.streaming = True
+        for chunk in self.body:
+            self._relay(chunk)
+        self.body.clear()
+        self._cancel_deadline()
+        deadline = self.stream.deadline
+        if deadline:
+            self.tick = self.manager.deadlines.add(deadline, self, GLOBAL_TIMEOUT)
+
+    def on_upstream_reset(self) -> None:
+        if self.head is None:
+            self._hand_over(PROTOCOL_ERROR if self.connection.protocol_error else RESET)
+        else:
+            self.stream.flags = "UC"
+            self._fail_downstream()
+
+    def expire(self, kind: str) -> None:
+        self.tick = 0
+        if self.head is None:
+            self.connection.abort()
+            self._hand_over(kind)
+        else:
+            self.stream.flags = "UT"
+            self._fail_downstream()
+
+    # the end of the exchange
+
+    def _relay(self, chunk: bytes) -> None:
+        conn = self.stream.conn
+        self.stream.bytes_sent += len(chunk)
+        conn.write(encode_chunk(chunk) if self.chunked else chunk)
+        if conn.write_paused:
+            self.connection.pause_reading()
+            conn.on_drain = self.connection.resume_reading
+
+    def _hand_over(self, outcome: Attempt | str) -> None:
+        self._cancel_deadline()
+        self.manager.continue_attempts(self.stream, self.host, outcome)
+
+    def _fail_downstream(self) -> None:
+        """Reset or timeout after the head went out: all HTTP/1.1 can do is close."""
+        self._cancel_deadline()
+        conn = self.stream.conn
+        conn.on_drain = None
+        self.connection.abort()
+        conn.abort()
+        self._finish(False)
+
+    def _finish(self, keep_alive: bool) -> None:
+        manager = self.manager
+        stream = self.stream
+        manager.end_attempt(stream, self.host)
+        stream.conn.response_done(keep_alive)
+        manager.end_stream(stream)
+
+    def _cancel_deadline(self) -> None:
+        if self.tick:
+            self.manager.deadlines.cancel(self.tick, self)
+            self.tick = 0

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -59,6 +60,34 @@ class ControlError(RuntimeError):
     pass
 
 
+# A DNS name in tulle-control's serving certificate (control.ca.serving; the agent does
+# not import control): what the agent checks the server it dialled is.
+CONTROL_SERVER_NAME = "tulle-control"
+
+
+@dataclass(frozen=True)
+class ControlTls:
+    """The agent's credentials for tulle-control's mTLS port: its certificate (and chain),
+    key, and Tulle's trust bundle, as PEM files; read when a channel opens."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
+        except OSError as e:
+            raise ControlError(f"cannot read the agent's credentials: {e}") from None
+
+
+def open_channel(address: str, tls: ControlTls | None) -> grpc.Channel:
+    if tls is None or address.startswith("unix:"):
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.credentials(),
+                               options=[("grpc.ssl_target_name_override", CONTROL_SERVER_NAME)])
+
+
 @dataclass(frozen=True)
 class ControlAddresses:
     """`api`: the config API (HOST:PORT or unix:PATH); `xds`: the ADS server."""
@@ -67,11 +96,13 @@ class ControlAddresses:
     xds: str
 
     @classmethod
-    def parse(cls, control: str, xds: str | None) -> ControlAddresses:
+    def parse(cls, control: str, xds: str | None, tls: ControlTls | None = None) -> ControlAddresses:
+        """Without `--xds`: the same address over the unix socket or mTLS (which serve
+        xDS too), else the plaintext xDS port of the control host (15010, a lab's)."""
         if xds:
             return cls(control, xds)
-        if control.startswith("unix:"):
-            raise ControlError("--xds is required when --control is a unix socket")
+        if control.startswith("unix:") or tls is not None:
+            return cls(control, control)
         host, _, _ = control.rpartition(":")
         return cls(control, f"{host}:15010")
 
@@ -79,11 +110,12 @@ class ControlAddresses:
 class ConfigApi:
     """The few config-API calls an agent makes (proto stubs; the agent does not import control)."""
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, timeout: float = 10.0, tls: ControlTls | None = None) -> None:
+        self.channel = open_channel(address, tls)
         self.stub = config_pb2_grpc.ConfigStub(self.channel)
         self.timeout = timeout
         self.address = address
+        self.tls = tls  # the ADS stream and the CA client use the same credentials
 
     def close(self) -> None:
         self.channel.close()
@@ -190,8 +222,10 @@ class PodStatusReporter:
 class AdsClient:
     """The agent's delta ADS stream, on its own thread; see the module docstring."""
 
-    def __init__(self, address: str, node: str, underlay_ip: ipaddress.IPv4Address, handle: Handler) -> None:
+    def __init__(self, address: str, node: str, underlay_ip: ipaddress.IPv4Address, handle: Handler,
+                 tls: ControlTls | None = None) -> None:
         self.address = address
+        self.tls = tls
         self.identity = base_pb2.Node(id=f"agent~{underlay_ip}~{node}~cluster.local", user_agent_name="tulle-agent")
         self.handle = handle
         self._stop = threading.Event()
@@ -234,7 +268,7 @@ class AdsClient:
             while (req := requests.get()) is not None:
                 yield req
 
-        with grpc.insecure_channel(self.address) as channel:
+        with open_channel(self.address, self.tls) as channel:
             method = channel.stream_stream(
                 ADS_METHOD,
                 request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,

@@ -117,7 +117,10 @@ def _ca_options(f: click.decorators.FC) -> click.decorators.FC:
 def command(store: str, listen_tls: tuple[str, ...], listen: tuple[str, ...], socket_path: str, service_cidr: str,
             cluster_cidr: str, node_cidr_prefix: int, xds_listen: tuple[str, ...], svid_ttl: str, state_dir: Path,
             trust_domain: str, ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None, log_level: str) -> None:
-    """The Tulle control plane: config API, stores, derived state, xDS and CA."""
+    """The Tulle control plane: config API, stores, derived state, xDS and CA.
+
+    `tulle-control issue-cert --help`: operator and agent credentials for the mTLS ports.
+    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cluster = ClusterConfig(service_cidr, cluster_cidr, node_cidr_prefix)
@@ -158,12 +161,18 @@ def _ca_config(trust_domain: str, ca_cert: Path | None, ca_key: Path | None, ca_
 @_ca_options
 def issue_cert(kind: str, name: str, out: Path, ttl: str, state_dir: Path, trust_domain: str,
                ca_cert: Path | None, ca_key: Path | None, ca_chain: Path | None) -> None:
-    """Mint an operator's or a remote agent's credentials with this control plane's CA."""
+    """Mint an operator's or a remote agent's credentials with this control plane's CA
+    (give the same --state-dir, or --ca-cert/--ca-key, and --trust-domain as tulle-control)."""
     ca_config = _ca_config(trust_domain, ca_cert, ca_key, ca_chain)
+    try:
+        CredentialKind(kind).identity(trust_domain, name)
+    except InvalidSpiffeId:
+        raise click.BadParameter(f"{name!r} is not a DNS subdomain name (lowercase letters, digits, '-', '.')",
+                                 param_hint="--name") from None
     try:
         lifetime = parse_duration(ttl, "--ttl")
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="--ttl") from None
     now = dt.datetime.now(dt.UTC)
     try:
         if ca_config.cert is not None and ca_config.key is not None:
@@ -174,8 +183,6 @@ def issue_cert(kind: str, name: str, out: Path, ttl: str, state_dir: Path, trust
             raise click.ClickException(f"no CA under {state_dir / 'ca'}: start tulle-control with this "
                                        "--state-dir once, or give --ca-cert and --ca-key")
         written = issue_credentials(ca, CredentialKind(kind), name, out, now, lifetime)
-    except InvalidSpiffeId as e:
-        raise click.BadParameter(str(e), param_hint="--name") from None
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{written.identity} until {written.not_after:%Y-%m-%d %H:%M:%S}Z: "

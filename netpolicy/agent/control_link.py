@@ -51,6 +51,8 @@ _MESSAGES: dict[str, Any] = {
     NETWORK_POLICY: network_policy_pb2.NetworkPolicy,
 }
 VTEP_MAC_ANNOTATION = "tulle.io/vtep-mac"
+# Answers no retry changes: registration fails at once with the control plane's reason.
+REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
 
 # (type_url, name -> message, removed names, replace) -> error message or None (ACK)
 Handler = Callable[[str, Mapping[str, Any], list[str], bool], "str | None"]
@@ -58,6 +60,11 @@ Handler = Callable[[str, Mapping[str, Any], list[str], bool], "str | None"]
 
 class ControlError(RuntimeError):
     pass
+
+
+class ControlRefused(ControlError):
+    """tulle-control refused the request itself (not a transient failure): retrying
+    changes nothing."""
 
 
 # A DNS name in tulle-control's serving certificate (control.ca.serving; the agent does
@@ -127,7 +134,7 @@ class ConfigApi:
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise ControlError(f"get {kind} {namespace}/{name} from {self.address}: {e.details()}") from None
+            raise (ControlRefused if e.code() in REFUSALS else ControlError)(f"get {kind} {namespace}/{name} from {self.address}: {e.details()}") from None
         doc: dict[str, Any] = json.loads(reply.document)
         return doc
 
@@ -155,7 +162,8 @@ def register_node(api: ConfigApi, node: str, underlay_ip: ipaddress.IPv4Address,
             stored = api.apply(doc)
             break
         except (grpc.RpcError, ControlError) as e:
-            if time.monotonic() > deadline:
+            refused = isinstance(e, ControlRefused) or (isinstance(e, grpc.RpcError) and e.code() in REFUSALS)
+            if refused or time.monotonic() > deadline:
                 detail = e.details() if isinstance(e, grpc.RpcError) else str(e)
                 raise ControlError(f"cannot register node {node} with {api.address}: {detail}") from None
             metadata.pop("resourceVersion", None)

@@ -363,6 +363,7 @@ def test_an_agent_gets_certificates_for_its_own_nodes_pods_only(cluster: Cluster
 # -- the local socket and plaintext ------------------------------------------------------
 
 
+@pytest.mark.privileged  # runs the probe as nobody
 def test_the_local_socket_is_root_only(cluster: Cluster) -> None:
     sock = cluster.socket
     assert stat.S_ISSOCK(sock.stat().st_mode) and (sock.stat().st_mode & 0o777) == 0o600

@@ -76,6 +76,7 @@ class ConfigClient:
     def __init__(self, server: str, timeout: float = 30.0, credentials: ClientCredentials | None = None) -> None:
         self.server = server
         self.timeout = timeout
+        self._credentials = credentials
         try:
             self._channel = open_channel(server, credentials, MESSAGE_LIMITS)
         except CredentialsError as e:
@@ -91,7 +92,10 @@ class ConfigClient:
         except grpc.RpcError as e:
             code = e.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not self._connected():
-                raise UnreachableError(f"cannot reach tulle-control at {self.server}: {e.details()}") from None
+                hint = ""
+                if self._credentials is None and not self.server.startswith("unix:"):
+                    hint = " (its TCP ports speak mTLS unless opened with --listen: give --cert or $TULLE_CERT)"
+                raise UnreachableError(f"cannot reach tulle-control at {self.server}: {e.details()}{hint}") from None
             raise RequestError(code, e.details()) from None
 
     def _connected(self) -> bool:

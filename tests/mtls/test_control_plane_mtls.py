@@ -226,7 +226,7 @@ def test_an_expired_certificate_gets_nothing(cluster: Cluster) -> None:
 
 def test_meshctl_without_credentials_cannot_reach_the_mtls_port(cluster: Cluster) -> None:
     result = meshctl(cluster, "get", "pods", "-A")
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == 3 and "give --cert" in result.stderr, result.stderr
 
 
 def test_a_workload_certificate_may_not_use_the_config_api(cluster: Cluster) -> None:
@@ -245,6 +245,12 @@ def test_an_operator_certificate_uses_the_config_api_through_meshctl(cluster: Cl
     result = meshctl(cluster, "get", "pods", "-A", "-o", "json", env={"TULLE_CERT": str(alice.cert)})
     assert result.returncode == 0, result.stderr
     assert {p["metadata"]["name"] for p in json.loads(result.stdout)["items"]} >= {"web-1", "db-1"}
+
+
+def test_meshctl_reads_proxy_status_over_mtls_with_an_operator_certificate(cluster: Cluster) -> None:
+    alice = cluster.issue_cert("operator", "carol")
+    result = meshctl(cluster, "--cert", str(alice.cert), "proxy-status", "--xds", cluster.address)
+    assert result.returncode == 0, result.stderr
 
 
 def test_only_an_operator_reads_every_proxys_status(cluster: Cluster) -> None:
@@ -385,10 +391,13 @@ def test_without_plaintext_flags_nothing_listens_in_plaintext(cluster: Cluster) 
 
 def test_plaintext_xds_only_when_enabled_explicitly_and_with_a_warning(tmp_path: Path) -> None:
     port = free_port()
-    control = start_control(tmp_path / "control", "--xds-listen", f"127.0.0.1:{port}", listen=("--listen-tls", ""))
+    xds_socket = tmp_path / "xds.sock"
+    control = start_control(tmp_path / "control", "--xds-listen", f"127.0.0.1:{port}",
+                            "--xds-listen", f"unix:{xds_socket}", listen=("--listen-tls", ""))
     try:
         assert ads(None, f"127.0.0.1:{port}", SIDECAR_WEB, plaintext=True).type_url == CLUSTER
         assert "plaintext (--xds-listen)" in control.log()
         assert control.tls_address == "" and control.address == ""
+        assert (xds_socket.stat().st_mode & 0o777) == 0o600  # a unix-socket caller is trusted like root
     finally:
         control.stop()

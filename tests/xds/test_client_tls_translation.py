@@ -3,16 +3,24 @@ clusters: DISABLE, ISTIO_MUTUAL, SIMPLE and MUTUAL, per port and per subset."""
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from control.ca.authority import CertificateAuthority
+from control.ca.spiffe import SpiffeId
 from control.validation import InvalidObjectError, validate
 from control.xds.resources import CLUSTER
 from control.xds.tls import SYSTEM_CA_BUNDLE
-from tests.xds.test_security_translation import sidecar_config
+from tests.proxy.running import TULLE
+from tests.xds.harness import ENVOY
+from tests.xds.test_security_translation import sidecar_config, validate_with_envoy
 
 WEB = "outbound|9080||reviews.shop.svc.cluster.local"
 DB = "outbound|5432||reviews.shop.svc.cluster.local"
@@ -115,3 +123,20 @@ def test_a_subsets_tls_overrides_the_services() -> None:
 def test_tls_settings_tulle_cannot_honour_are_refused_naming_the_field(tls: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidObjectError, match=field.replace(".", r"\.")):
         validate(rule(tls))
+
+
+@pytest.mark.parametrize("proxy", [ENVOY, TULLE], ids=["envoy", "tulle-proxy"])
+def test_both_proxies_accept_tls_origination_clusters(proxy: Path, tmp_path: Path) -> None:
+    """(SPIFFE SANs: tulle-proxy checks URI SANs only, and NACKs DNS ones.)"""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "example.org", dt.datetime.now(dt.UTC))
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ca.issue_for_key(key.public_key(), SpiffeId("example.org", "default", "client"),
+                              dt.datetime.now(dt.UTC), dt.timedelta(hours=1))
+    (tmp_path / "ca.pem").write_bytes(ca.trust_bundle_pem())
+    (tmp_path / "c.pem").write_bytes(issued.chain_pem())
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    mutual = {"mode": "MUTUAL", "caCertificates": str(tmp_path / "ca.pem"), "subjectAltNames": ["spiffe://example.org/ns/ext/sa/api"],
+              "clientCertificate": str(tmp_path / "c.pem"), "privateKey": str(tmp_path / "k.pem")}
+    config = sidecar_config(rule(mutual, port_tls={"mode": "SIMPLE", "caCertificates": str(tmp_path / "ca.pem")}))
+    assert validate_with_envoy(tmp_path, config.values(), proxy) == ""

@@ -103,9 +103,11 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
         for line in agent.start():
             logging.getLogger("tulle.agent").warning("recovery: %s", line)
         if ca_address is None:
-            # Only the root-only unix socket may name a node to the CA without an agent certificate.
-            own = control and (control.startswith("unix:") or tls is not None)
-            ca_address = control if own and control else DEFAULT_CONTROL_SOCKET
+            # Only the root-only unix socket or an agent certificate proves a node to the CA.
+            if control and (control.startswith("unix:") or tls is not None):
+                ca_address = control
+            else:
+                ca_address = DEFAULT_CONTROL_SOCKET
         asyncio.run(serve_with_identity(agent, IdentityConfig(ca_address, ca_tls=tls, sds_dir=sds_dir)))
     except (SocketInUse, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -2,6 +2,8 @@
 
 A thin shell: it decodes JSON documents, calls the registry, and maps the registry's
 errors to gRPC status codes with kubectl-style messages (see the .proto for the table).
+Each call is first authorized by its caller (`control.caller`, rules in
+`control.api_authorization`); a refusal is PERMISSION_DENIED with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from control.api_authorization import may_apply, may_call, may_get
+from control.caller import Caller, Role, caller_of
 from control.registry import (
     AlreadyExistsError,
     InvalidDocumentsError,
@@ -74,10 +78,34 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> NoR
 
 
 class ConfigService(config_pb2_grpc.ConfigServicer):
-    def __init__(self, registry: Registry, started: float | None = None) -> None:
+    def __init__(self, registry: Registry, started: float | None = None, trust_domain: str = "cluster.local") -> None:
         self.registry = registry
         self.started = started if started is not None else time.monotonic()
         self.replica = f"{socket.gethostname()}/{os.getpid()}"
+        self.trust_domain = trust_domain
+
+    async def _caller(self, context: grpc.aio.ServicerContext, method: str) -> Caller:
+        caller = caller_of(context, self.trust_domain)
+        if (refused := may_call(caller, method)) is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        return caller
+
+    async def _authorize_apply(self, caller: Caller, documents: list[Any], context: grpc.aio.ServicerContext) -> None:
+        """`may_call` let only unrestricted callers and agents this far; an agent's
+        documents are checked against what they would replace."""
+        if caller.role is not Role.AGENT:
+            return
+        for doc in documents:
+            if not isinstance(doc, dict):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent of node {caller.name!r}: not an object")
+            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            try:
+                stored = await self.registry.get(str(doc.get("kind") or ""), str(meta.get("namespace") or ""),
+                                                 str(meta.get("name") or ""))
+            except (NotFoundError, UnknownKindError, StoreError):
+                stored = None
+            if (refused := may_apply(caller, doc, stored)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
 
     async def _call(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -86,12 +114,14 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
             await _abort(context, e)
 
     async def Apply(self, request: config_pb2.ApplyRequest, context: grpc.aio.ServicerContext) -> config_pb2.ApplyResponse:
+        caller = await self._caller(context, "Apply")
         documents = []
         for i, text in enumerate(request.documents):
             try:
                 documents.append(json.loads(text))
             except ValueError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"document {i + 1} is not JSON: {e}")
+        await self._authorize_apply(caller, documents, context)
         results, revision = await self._call(context, lambda: self.registry.apply(documents, dry_run=request.dry_run))
         return config_pb2.ApplyResponse(
             results=[config_pb2.ApplyResult(outcome=_OUTCOMES[r.outcome], document=_dump(r.object)) for r in results],
@@ -99,11 +129,15 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
         )
 
     async def Get(self, request: config_pb2.GetRequest, context: grpc.aio.ServicerContext) -> config_pb2.GetResponse:
+        caller = await self._caller(context, "Get")
         ref = request.ref
         obj = await self._call(context, lambda: self.registry.get(ref.kind, ref.namespace, ref.name))
+        if (refused := may_get(caller, str(obj.get("kind") or ref.kind), obj)) is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         return config_pb2.GetResponse(document=_dump(obj))
 
     async def List(self, request: config_pb2.ListRequest, context: grpc.aio.ServicerContext) -> config_pb2.ListResponse:
+        await self._caller(context, "List")
         async def work() -> tuple[list[dict[str, Any]], int]:
             selector = LabelSelector.parse(request.label_selector) if request.label_selector else None
             return await self.registry.list(request.kind, request.namespace, selector)
@@ -112,6 +146,7 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
         return config_pb2.ListResponse(documents=[_dump(o) for o in objects], revision=revision)
 
     async def Delete(self, request: config_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> config_pb2.DeleteResponse:
+        await self._caller(context, "Delete")
         ref = request.ref
         obj, revision = await self._call(
             context, lambda: self.registry.delete(ref.kind, ref.namespace, ref.name, request.resource_version)
@@ -121,6 +156,7 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
     async def Watch(
         self, request: config_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[config_pb2.WatchEvent]:
+        await self._caller(context, "Watch")
         try:
             selector = LabelSelector.parse(request.label_selector) if request.label_selector else None
             events = self.registry.watch(list(request.kinds), request.namespace, selector, request.revision)
@@ -132,6 +168,7 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
             await _abort(context, e)
 
     async def Status(self, request: config_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> config_pb2.StatusResponse:
+        await self._caller(context, "Status")
         counts, revision = await self._call(context, self.registry.counts)
         return config_pb2.StatusResponse(
             version=version(),

@@ -15,8 +15,12 @@ without Kubernetes):
    the SPIFFE ID of its namespace and service account; nothing else. The CA then
    refuses a CSR asking for any other name (see `authority`).
 
+4. No pod obtains an identity in `tulle-system`: that namespace holds the identities of
+   Tulle itself (agents, operators, the control plane; see `control.caller`), which
+   `tulle-control issue-cert` alone mints.
+
 So a compromised sidecar can obtain only the identity it already has, and a
-compromised agent only identities of pods scheduled on its own node.
+compromised agent only workload identities of pods scheduled on its own node.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from control.ca.spiffe import InvalidSpiffeId, SpiffeId
+from control.ca.spiffe import SYSTEM_NAMESPACE, InvalidSpiffeId, SpiffeId
 
 
 class NotAuthorized(PermissionError):
@@ -42,7 +46,11 @@ def identity_for(pod: Mapping[str, Any] | None, node: str, pod_ref: str, trust_d
         )
     metadata = pod.get("metadata") or {}
     service_account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    namespace = metadata.get("namespace") or "default"
+    if namespace == SYSTEM_NAMESPACE:
+        raise NotAuthorized(f"pod {pod_ref}: namespace {SYSTEM_NAMESPACE} holds Tulle's own identities, "
+                            "which no pod may obtain")
     try:
-        return SpiffeId(trust_domain, metadata.get("namespace") or "default", service_account)
+        return SpiffeId(trust_domain, namespace, service_account)
     except InvalidSpiffeId as error:
         raise NotAuthorized(f"pod {pod_ref} has no valid identity: {error}") from None

@@ -10,10 +10,9 @@ Where the CA comes from:
 
 Where it is served: on the control plane's own gRPC server. Whoever can open its
 root-only unix socket is root on this machine, so the node an agent names is trusted
-there (see `attestation`); on that server's TCP listeners, and on the mTLS xDS port
-(`serve_for_remote_agents`), only an agent certificate proves a node, so a plaintext
-client can obtain nothing. The pod named in a request is read from the
-registry per request.
+there (see `attestation`); on that server's TCP listeners only an agent certificate
+(mTLS, `--listen-tls`) proves a node, so a plaintext client obtains nothing. The pod
+named in a request is read from the registry per request.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import grpc
 
 from control.ca.authority import DEFAULT_TTL, CertificateAuthority
 from control.ca.service import AsyncCertificateService, agent_node_of_channel
+from control.ca.serving import ServingIdentity
 from control.registry import NotFoundError
 from proto.tulle.security.v1 import ca_pb2_grpc
 
@@ -60,6 +60,7 @@ class CaService:
     def __init__(self, config: CaConfig | None = None) -> None:
         self.config = config or CaConfig()
         self.ca: CertificateAuthority | None = None
+        self._serving: ServingIdentity | None = None
 
     def load(self, state_dir: Path, now: dt.datetime) -> CertificateAuthority:
         c = self.config
@@ -77,34 +78,19 @@ class CaService:
             except NotFoundError:
                 return None
 
-        remote = agent_node_of_channel(self.ca.trust_domain)
-
-        def node_of_channel(context: Any) -> str | None:
-            # The config API's server also listens on TCP: only the root-only unix socket
-            # is trusted to name a node; elsewhere the client certificate must prove it.
-            return None if str(context.peer()).startswith("unix:") else remote(context)
-
-        ca_pb2_grpc.add_CertificateServiceServicer_to_server(
-            AsyncCertificateService(self.ca, pod, self.config.svid_ttl, node_of_channel=node_of_channel), server
-        )
-        log.info("CA for trust domain %s serving (signer %s)", self.ca.trust_domain, self.ca.signer.subject.rfc4514_string())
-
-    def serve_for_remote_agents(self, server: grpc.aio.Server, plane: ControlPlane) -> None:
-        """The same API on a network server (tulle-control's mTLS xDS port): there, the
-        node a request names must be the one the agent's client certificate proves."""
-        assert self.ca is not None, "register() first"
-        registry = plane.registry
-
-        async def pod(namespace: str, name: str) -> dict[str, Any] | None:
-            try:
-                return await registry.get("Pod", namespace, name)
-            except NotFoundError:
-                return None
-
         ca_pb2_grpc.add_CertificateServiceServicer_to_server(
             AsyncCertificateService(self.ca, pod, self.config.svid_ttl,
                                     node_of_channel=agent_node_of_channel(self.ca.trust_domain)), server
         )
+        log.info("CA for trust domain %s serving (signer %s)", self.ca.trust_domain, self.ca.signer.subject.rfc4514_string())
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """The credentials of tulle-control's mTLS listeners: its own serving certificate,
+        and client certificates required from this CA."""
+        assert self.ca is not None, "register() first"
+        if self._serving is None:
+            self._serving = ServingIdentity(self.ca)
+        return self._serving.server_credentials()
 
     async def start(self, plane: ControlPlane) -> None:
         pass

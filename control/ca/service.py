@@ -5,7 +5,8 @@ The request names the node the calling agent acts for. Over the control plane's
 root-only unix socket that claim is trusted (only root on this machine can connect);
 over the network the channel's client certificate must prove the same node, which
 `node_of_channel` checks when given (`agent_node_of_channel`: the node of a
-`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>` client certificate).
+`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>` client certificate; a plaintext
+TCP client proves no node, so it obtains nothing).
 
 `sign` is the whole decision, free of I/O; `CertificateService` (threaded gRPC, a
 lookup function) and `AsyncCertificateService` (grpc.aio inside tulle-control, pods read
@@ -22,7 +23,7 @@ import grpc
 
 from control.ca.attestation import NotAuthorized, identity_for
 from control.ca.authority import DEFAULT_TTL, CertificateAuthority, CsrRejected
-from control.ca.spiffe import SYSTEM_NAMESPACE, InvalidSpiffeId, SpiffeId
+from control.caller import Role, caller_of
 from proto.tulle.security.v1 import ca_pb2, ca_pb2_grpc
 
 PodLookup = Callable[[str, str], Mapping[str, Any] | None]
@@ -134,31 +135,17 @@ class AsyncCertificateService(ca_pb2_grpc.CertificateServiceServicer):
             raise  # abort raises; this line is for the type checker
 
 
-def peer_spiffe_id(context: Any) -> str | None:
-    """The URI SAN of the client certificate on an mTLS connection ("" when it has
-    none); None on a connection without TLS."""
-    auth = context.auth_context()
-    if not auth.get("x509_pem_cert") and not auth.get("peer_spiffe_id"):
-        return None
-    uris = [v.decode() for v in auth.get("peer_spiffe_id", [])]
-    return uris[0] if uris else ""
-
-
 def agent_node_of_channel(trust_domain: str) -> NodeOfChannel:
-    """For the CA on a network port: the node whose agent certificate the client
-    presented; "" for anyone else (no certificate, a workload's, plaintext), which no
-    request can claim, so they are all refused."""
+    """The node a request may act for, read from its channel (`control.caller`): None —
+    whichever node it names — over the root-only unix socket; the node of the agent
+    certificate on an mTLS connection; "" for anyone else (plaintext TCP, a workload's or
+    an operator's certificate), which no request can claim, so they are all refused."""
 
-    def node(context: Any) -> str:
-        peer = peer_spiffe_id(context)
-        try:
-            proven = SpiffeId.parse(peer or "")
-        except InvalidSpiffeId:
-            return ""
-        prefix = "tulle-agent."
-        if proven.trust_domain != trust_domain or proven.namespace != SYSTEM_NAMESPACE:
-            return ""
-        return proven.service_account[len(prefix):] if proven.service_account.startswith(prefix) else ""
+    def node(context: Any) -> str | None:
+        caller = caller_of(context, trust_domain)
+        if caller.role is Role.LOCAL:
+            return None
+        return caller.name if caller.role is Role.AGENT else ""
 
     return node
 

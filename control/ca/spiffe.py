@@ -47,14 +47,23 @@ class SpiffeId:
         return cls(match["td"], match["ns"], match["sa"])
 
 
-# Identities of Tulle's own components, in the namespace no workload may use.
+# Identities of Tulle's own components and operators, in the namespace no workload may
+# use (attestation refuses it): the service account says which component, and for whom.
 SYSTEM_NAMESPACE = "tulle-system"
+CONTROL_PLANE_ACCOUNT = "tulle-control"
+AGENT_PREFIX = "tulle-agent."
+OPERATOR_PREFIX = "tulle-operator."
 
 
 def control_plane_identity(trust_domain: str) -> SpiffeId:
-    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, "tulle-control")
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, CONTROL_PLANE_ACCOUNT)
 
 
 def agent_identity(trust_domain: str, node: str) -> SpiffeId:
     """The identity of the tulle-agent of `node`: what its client certificate proves."""
-    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, f"tulle-agent.{node}")
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, f"{AGENT_PREFIX}{node}")
+
+
+def operator_identity(trust_domain: str, name: str) -> SpiffeId:
+    """The identity of an operator (a person or a CI job using meshctl) called `name`."""
+    return SpiffeId(trust_domain, SYSTEM_NAMESPACE, f"{OPERATOR_PREFIX}{name}")

@@ -30,6 +30,7 @@ from control import resources
 from control.api import version as tulle_version
 from control.meshctl import enforcement
 from control.meshctl.client import ConfigClient, RequestError, UnreachableError, default_server
+from control.meshctl.credentials import ClientCredentials, CredentialsError
 from control.meshctl.demo import demo_command
 from control.meshctl.describe import describe as describe_text
 from control.meshctl.inject import inject_command
@@ -53,18 +54,20 @@ _REASONS = {
     grpc.StatusCode.INVALID_ARGUMENT: "BadRequest",
     grpc.StatusCode.OUT_OF_RANGE: "Expired",
     grpc.StatusCode.UNAVAILABLE: "ServiceUnavailable",
+    grpc.StatusCode.PERMISSION_DENIED: "Forbidden",
 }
 
 
 @dataclass
 class Session:
     server: str
+    credentials: ClientCredentials | None = None
     _client: ConfigClient | None = None
 
     @property
     def client(self) -> ConfigClient:
         if self._client is None:
-            self._client = ConfigClient(self.server)
+            self._client = ConfigClient(self.server, credentials=self.credentials)
         return self._client
 
 
@@ -137,10 +140,20 @@ def _print_objects(objects: Sequence[Object], output: str, single: bool) -> None
 @click.option("--server", "-s", default=None, metavar="ADDRESS",
               help="tulle-control's config API: HOST:PORT or unix:/path (default: $TULLE_SERVER, "
                    "the local control plane's socket, then 127.0.0.1:15014)")
+@click.option("--cert", envvar="TULLE_CERT", default=None, metavar="PEM",
+              help="operator certificate for a HOST:PORT server over mTLS (tulle-control issue-cert) [$TULLE_CERT]")
+@click.option("--key", envvar="TULLE_KEY", default=None, metavar="PEM",
+              help="its key [$TULLE_KEY; default: key.pem beside --cert]")
+@click.option("--ca", envvar="TULLE_CA", default=None, metavar="PEM",
+              help="Tulle's trust bundle, to verify tulle-control [$TULLE_CA; default: ca.pem beside --cert]")
 @click.pass_context
-def cli(ctx: click.Context, server: str | None) -> None:
+def cli(ctx: click.Context, server: str | None, cert: str | None, key: str | None, ca: str | None) -> None:
     """meshctl controls the Tulle service mesh."""
-    ctx.obj = Session(server or default_server())
+    try:
+        credentials = ClientCredentials.find(cert, key, ca)
+    except CredentialsError as e:
+        _fail(f"error: {e}")
+    ctx.obj = Session(server or default_server(), credentials)
 
 
 @cli.command()

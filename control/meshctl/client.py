@@ -3,7 +3,9 @@
 Where to connect, first match wins: `--server`, `$TULLE_SERVER`, the local control
 plane's unix socket when this user can use it, the control plane of the one lab that is
 up (`meshctl lab up`), then 127.0.0.1:15014. Addresses are
-`HOST:PORT` or `unix:/path`.
+`HOST:PORT` or `unix:/path`. A HOST:PORT is spoken to over mTLS with an operator's
+credentials (`control.meshctl.credentials`) when given, else in plaintext (a lab's
+`--listen` port).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from control.meshctl.credentials import ClientCredentials, CredentialsError, open_channel
 from control.plane import DEFAULT_LISTEN, DEFAULT_SOCKET, MESSAGE_LIMITS
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
 
@@ -70,10 +73,14 @@ class ApplyOutcome:
 
 
 class ConfigClient:
-    def __init__(self, server: str, timeout: float = 30.0) -> None:
+    def __init__(self, server: str, timeout: float = 30.0, credentials: ClientCredentials | None = None) -> None:
         self.server = server
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(server, options=MESSAGE_LIMITS)
+        self._credentials = credentials
+        try:
+            self._channel = open_channel(server, credentials, MESSAGE_LIMITS)
+        except CredentialsError as e:
+            raise UnreachableError(str(e)) from None
         self._stub = config_pb2_grpc.ConfigStub(self._channel)
 
     def close(self) -> None:
@@ -85,7 +92,10 @@ class ConfigClient:
         except grpc.RpcError as e:
             code = e.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not self._connected():
-                raise UnreachableError(f"cannot reach tulle-control at {self.server}: {e.details()}") from None
+                hint = ""
+                if self._credentials is None and not self.server.startswith("unix:"):
+                    hint = " (its TCP ports speak mTLS unless opened with --listen: give --cert or $TULLE_CERT)"
+                raise UnreachableError(f"cannot reach tulle-control at {self.server}: {e.details()}{hint}") from None
             raise RequestError(code, e.details()) from None
 
     def _connected(self) -> bool:

@@ -187,11 +187,24 @@ OUTLIER_DETECTION = obj(
     minHealthPercent=Int(0, 100),
     outlierDetectionHttpErrorCodes=ListOf(Int(100, 599)),
 )
+def _client_tls(tls: Mapping[str, Any], path: str, errors: Errors) -> None:
+    """What Tulle's proxies can do: certificates are files on the proxy's host (Tulle has
+    no Kubernetes Secrets for `credentialName` to name); MUTUAL needs both of the client's."""
+    if tls.get("credentialName"):
+        errors.append(forbidden(f"{path}.credentialName", "not supported: Tulle reads certificates from files "
+                                "(clientCertificate, privateKey, caCertificates)"))
+    if tls.get("mode") == "MUTUAL":
+        for field in ("clientCertificate", "privateKey"):
+            if not tls.get(field):
+                errors.append(required(f"{path}.{field}", "required when mode is MUTUAL"))
+
+
 CLIENT_TLS = obj(
     mode=one_of("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"),
     **dict.fromkeys(("clientCertificate", "privateKey", "caCertificates", "credentialName", "sni", "caCrl"), Str()),
     subjectAltNames=ListOf(Str()),
     insecureSkipVerify=Bool(),
+    checks=[_client_tls],
 )
 _POLICY_PARTS: dict[str, Node] = {
     "loadBalancer": LOAD_BALANCER,

@@ -1,51 +1,49 @@
-"""Who may read which node's config over xDS: the rule the mTLS port enforces.
+"""Who may read which node's config over xDS: the rule tulle-control's ADS and CSDS
+enforce on every channel, by its caller (`control.caller`).
 
-On the mTLS port every client presents a certificate from Tulle's CA, whose SPIFFE ID
-(grpc's `peer_spiffe_id`) must match the node it asks config for:
-- a sidecar (or proxyless client) — Node id `sidecar~<ip>~<pod>.<ns>~…` — only with
-  its workload certificate: the pod must exist, and the certificate's namespace and
-  service account must be that pod's. So a proxy reads only the config of a pod it
-  holds the identity of (the key it got from its node agent).
-- a tulle-agent — `agent~<ip>~<node>~…` — only with the agent certificate of that node
-  (`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>`).
-- CSDS (what meshctl proxy-status reads: every proxy's config) only with an identity of
-  the `tulle-system` namespace.
-The plaintext port (`--xds-listen`, off by default, for a lab's private underlay) and
-the root-only unix socket carry no certificate and are trusted as they are.
+- LOCAL (the root-only unix socket) and INSECURE (a plaintext `--xds-listen` or
+  `--listen` port, opened on purpose) callers are trusted as they are.
+- On an mTLS port the client certificate must match the node it asks config for:
+  - a sidecar (or proxyless client) — Node id `sidecar~<ip>~<pod>.<ns>~…` — only with
+    its workload certificate: the pod must exist, and the certificate's namespace and
+    service account must be that pod's. So a proxy reads only the config of a pod it
+    holds the identity of (the key it got from its node agent).
+  - a tulle-agent — `agent~<ip>~<node>~…` — only with the agent certificate of that node
+    (`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>`).
+  - nobody else opens an ADS stream: operators read config over CSDS.
+- CSDS (what meshctl proxy-status / proxy-config read: every node's config) only with an
+  operator's certificate (or another replica's).
+A refused stream or call ends with PERMISSION_DENIED and says why.
 """
 
 from __future__ import annotations
 
-from control.ca.spiffe import SYSTEM_NAMESPACE, InvalidSpiffeId, SpiffeId, agent_identity
+from control.ca.spiffe import agent_identity
+from control.caller import Caller, Role
 from control.xds.mesh import MeshSnapshot
 from control.xds.node_identity import NodeIdentity, NodeKind
 
 
-def may_read(node: NodeIdentity, peer: str, mesh: MeshSnapshot) -> str | None:
-    """None when the client whose certificate says `peer` may read `node`'s config,
-    else the reason it may not."""
-    try:
-        proven = SpiffeId.parse(peer)
-    except InvalidSpiffeId:
-        return f"client certificate {peer!r} carries no Tulle SPIFFE ID"
-    if proven.trust_domain != mesh.trust_domain:
-        return f"client {peer} is outside trust domain {mesh.trust_domain!r}"
+def may_read(node: NodeIdentity, caller: Caller, mesh: MeshSnapshot) -> str | None:
+    """None when `caller` may read `node`'s config, else the reason it may not."""
+    if caller.trusted:
+        return None
     if node.kind is NodeKind.AGENT:
-        expected = agent_identity(mesh.trust_domain, node.name)
-        return None if proven == expected else f"client {peer} may not act for node {node.name!r} (needs {expected})"
+        if caller.role is Role.AGENT and caller.name == node.name:
+            return None
+        return f"client {caller} may not act for node {node.name!r} (needs {agent_identity(mesh.trust_domain, node.name)})"
+    if caller.role is not Role.WORKLOAD or caller.identity is None:
+        return f"client {caller} may not read a proxy's config (needs that pod's workload certificate)"
     pod = mesh.pods.get(f"{node.namespace}/{node.name}")
     if pod is None:
-        return f"client {peer} asks for pod {node.namespace}/{node.name}, which does not exist"
-    if (pod.namespace, pod.service_account) != (proven.namespace, proven.service_account):
-        return (f"client {peer} may not read the config of pod {pod.key} "
+        return f"client {caller} asks for pod {node.namespace}/{node.name}, which does not exist"
+    if (pod.namespace, pod.service_account) != (caller.identity.namespace, caller.identity.service_account):
+        return (f"client {caller} may not read the config of pod {pod.key} "
                 f"(service account {pod.namespace}/{pod.service_account})")
     return None
 
 
-def may_read_status(peer: str) -> str | None:
-    try:
-        if SpiffeId.parse(peer).namespace == SYSTEM_NAMESPACE:
-            return None
-    except InvalidSpiffeId:
-        pass
-    return f"client {peer!r} may not read every proxy's config (needs an identity in {SYSTEM_NAMESPACE})"
+def may_read_status(caller: Caller) -> str | None:
+    if caller.trusted or caller.role in (Role.OPERATOR, Role.CONTROL_PLANE):
+        return None
+    return f"client {caller} may not read every proxy's config (needs an operator certificate)"

@@ -24,6 +24,7 @@ from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format, symbol_database
 
 import control.xds.sidecar  # noqa: F401 - registers every message type a resource may hold
+from control.meshctl.credentials import ClientCredentials, CredentialsError, open_channel
 from control.xds.proxy_secrets import DEFAULT_ADMIN, fetch_secrets, node_id, secret_rows
 from control.xds.resources import (
     CLUSTER,
@@ -45,12 +46,14 @@ from proto.tulle.netpolicy.v1 import (  # noqa: F401 - Tulle's agent types, like
 
 
 def _default_xds() -> str:
-    from control.meshctl.client import single_lab_socket
+    """$TULLE_XDS_ADDRESS, the one lab's xDS socket, else where the config API is: every
+    tulle-control port (its socket, its mTLS ports) serves CSDS too."""
+    from control.meshctl.client import default_server, single_lab_socket
 
     if address := os.environ.get("TULLE_XDS_ADDRESS"):
         return address
     lab = single_lab_socket("xds.sock")
-    return f"unix:{lab}" if lab is not None else "127.0.0.1:15010"
+    return f"unix:{lab}" if lab is not None else default_server()
 
 
 DEFAULT_XDS = _default_xds()
@@ -62,9 +65,18 @@ KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints
 _STATUS = {csds_pb2.SYNCED: "SYNCED", csds_pb2.STALE: "STALE", csds_pb2.ERROR: "NACKED", csds_pb2.NOT_SENT: "NOT SENT"}
 
 
-def fetch(address: str, request: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:
+def _session_credentials() -> ClientCredentials | None:
+    """The operator credentials meshctl was given (`--cert`, $TULLE_CERT), if any."""
+    ctx = click.get_current_context(silent=True)
+    credentials = getattr(ctx.find_root().obj, "credentials", None) if ctx is not None else None
+    return credentials if isinstance(credentials, ClientCredentials) else None
+
+
+def fetch(address: str, request: csds_pb2.ClientStatusRequest,
+          credentials: ClientCredentials | None = None) -> csds_pb2.ClientStatusResponse:
+    """CSDS from `address`, over mTLS with `credentials` (default: meshctl's own)."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, credentials or _session_credentials()) as channel:
             call = channel.unary_unary(
                 CSDS_METHOD,
                 request_serializer=csds_pb2.ClientStatusRequest.SerializeToString,
@@ -74,6 +86,8 @@ def fetch(address: str, request: csds_pb2.ClientStatusRequest) -> csds_pb2.Clien
             return response
     except grpc.RpcError as e:
         raise click.ClickException(f"cannot read proxy status from tulle-control at {address}: {e.details()}") from None
+    except CredentialsError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

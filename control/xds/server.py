@@ -23,9 +23,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
 
-from control.ca.service import peer_spiffe_id
+from control.caller import caller_of
 from control.xds.client_authorization import may_read, may_read_status
 from control.xds.client_status import client_status
 from control.xds.config import MeshConfig, ResourceOverride
@@ -91,25 +92,14 @@ class AdsServer:
         self._connections: set[_Connection] = set()
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
-        self.tls_port = 0
-        # Other services of the same ports (tulle-control's CA for remote agents), added
-        # before the server starts.
-        self.services: list[Callable[[grpc.aio.Server], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(
-        self, address: str = "127.0.0.1:0", tls_address: str = "",
-        credentials: grpc.ServerCredentials | None = None, also: tuple[str, ...] = (),
-    ) -> int:
-        """Serve on `address` (plaintext; "" for none), on each of `also` (plaintext, e.g.
-        a unix:PATH for local tools) and on `tls_address` with `credentials` (mTLS, clients
-        authorized per `client_authorization`); returns the port bound for `address`
-        (0 without one), `tls_port` the mTLS one."""
-        self._server = grpc.aio.server(
-            options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.so_reuseport", 0)]
-        )
-        handlers = {
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        """ADS and CSDS, for any gRPC server: this one's own listeners, and tulle-control's
+        API server (its root-only socket and mTLS ports). Each stream is authorized by its
+        caller (`client_authorization`)."""
+        ads = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 functools.partial(self._serve, Variant.SOTW),
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString, response_serializer=bytes
@@ -127,27 +117,36 @@ class AdsServer:
                 response_serializer=csds_pb2.ClientStatusResponse.SerializeToString,
             )
         }
-        self._server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(SERVICE, handlers), grpc.method_handlers_generic_handler(CSDS, csds)]
+        return [grpc.method_handlers_generic_handler(SERVICE, ads), grpc.method_handlers_generic_handler(CSDS, csds)]
+
+    async def start(self, address: str = "127.0.0.1:0", also: tuple[str, ...] = ()) -> int:
+        """Serve on `address` and each of `also` (plaintext; "" for none, e.g. a unix:PATH
+        for local tools, made 0600) and start pushing; returns the port bound for
+        `address` (0 without one). With no address at all, only the servers the
+        `handlers` were added to serve."""
+        self._debounce_task = asyncio.create_task(self._debounce_loop())
+        addresses = [a for a in (address, *also) if a]
+        if not addresses:
+            return 0
+        self._server = grpc.aio.server(
+            options=[("grpc.max_concurrent_streams", 1 << 20), ("grpc.so_reuseport", 0)]
         )
-        for register in self.services:
-            register(self._server)
+        self._server.add_generic_rpc_handlers(self.handlers())
         port = 0
-        for where, creds in ((address, None), *((extra, None) for extra in also), (tls_address, credentials)):
-            if not where:
-                continue
+        for where in addresses:
             try:
-                bound = self._server.add_insecure_port(where) if creds is None else self._server.add_secure_port(where, creds)
+                bound = self._server.add_insecure_port(where)
             except RuntimeError as e:
                 raise OSError(f"xDS: cannot listen on {where}: {e}") from None
             if bound == 0:
                 raise OSError(f"xDS: cannot listen on {where}")
-            if creds is not None:
-                self.tls_port = bound
-            elif where == address:
+            if where == address:
                 port = bound
         await self._server.start()
-        self._debounce_task = asyncio.create_task(self._debounce_loop())
+        for where in addresses:
+            if where.startswith("unix:") and not where.startswith("unix:@"):
+                # A unix-socket caller is trusted like root (control.caller): only root may connect.
+                os.chmod(where[len("unix:"):], 0o600)
         return port
 
     async def stop(self, grace: float = 0.5) -> None:
@@ -212,7 +211,7 @@ class AdsServer:
         self, variant: Variant, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         conn = _Connection(variant, context.peer())
-        peer = peer_spiffe_id(context)
+        caller = caller_of(context, self.trust_domain)
         encode = encode_sotw if variant is Variant.SOTW else encode_delta
         reader = asyncio.create_task(self._read(requests, conn.queue))
         self._connections.add(conn)
@@ -227,8 +226,8 @@ class AdsServer:
                     assert conn.identity is not None
                     pushes = conn.stream.on_resources(self._config.resources_for(conn.identity), now)
                 else:
-                    if conn.identity is None and peer is not None and item.HasField("node"):
-                        refused = may_read(NodeIdentity.from_node(item.node), peer, self._config.mesh)
+                    if conn.identity is None and item.HasField("node"):
+                        refused = may_read(NodeIdentity.from_node(item.node), caller, self._config.mesh)
                         if refused is not None:
                             log.warning("ADS stream from %s refused: %s", conn.peer, refused)
                             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
@@ -274,8 +273,7 @@ class AdsServer:
     async def _fetch_client_status(
         self, request: csds_pb2.ClientStatusRequest, context: grpc.aio.ServicerContext
     ) -> csds_pb2.ClientStatusResponse:
-        peer = peer_spiffe_id(context)
-        refused = may_read_status(peer) if peer is not None else None
+        refused = may_read_status(caller_of(context, self.trust_domain))
         if refused is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         return self.client_status(request)

@@ -1,11 +1,14 @@
 """The xDS part of the tulle-control process: the ADS server fed by the registry.
 
-A `Component` of `control.plane.ControlPlane`: on start it reads every object of the
-kinds translation needs at one revision (`registry.snapshot`), builds and pushes that
-config before the first proxy can connect (so no proxy is ever sent a half-listed,
-empty mesh), starts serving on the xDS address (Istio's plaintext 15010 by default),
-then follows the registry's watch from that revision, feeding each change to the
-server's debouncer. A watch that fails is resumed from the last revision seen.
+A `Component` of `control.plane.ControlPlane`: it adds ADS and CSDS to the control
+plane's own server (its root-only unix socket and `--listen-tls` mTLS ports). On start
+it reads every object of the kinds translation needs at one revision
+(`registry.snapshot`), builds and pushes that config before the first proxy can connect
+(the plane opens its ports only after its components started, so no proxy is ever sent
+a half-listed, empty mesh), opens the plaintext xDS addresses given (`--xds-listen`,
+off by default: Istio's 15010 is for a private network such as a lab's underlay), then
+follows the registry's watch from that revision, feeding each change to the server's
+debouncer. A watch that fails is resumed from the last revision seen.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -24,7 +27,6 @@ from control.xds.server import AdsServer
 
 log = logging.getLogger("tulle.control.xds")
 
-DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
 KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy",
          "PeerAuthentication", "AuthorizationPolicy")
 
@@ -48,38 +50,35 @@ class _Plane(Protocol):
 
 class XdsService:
     def __init__(
-        self, listen: str = DEFAULT_XDS_LISTEN, debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN,
-        tls_listen: str = "", credentials: Callable[[], grpc.ServerCredentials] | None = None,
-        also: tuple[str, ...] = (),
+        self, listen: Sequence[str] = (), debounce: DebounceConfig | None = None, trust_domain: str = TRUST_DOMAIN,
     ) -> None:
-        """`listen`: the plaintext port ("" for none); `also`: more plaintext addresses
-        (e.g. unix:PATH for meshctl next to a lab); `tls_listen`: the mTLS port, with
-        `credentials` (called at start, once the CA is loaded)."""
-        if tls_listen and credentials is None:
-            raise ValueError("an mTLS xDS port needs server credentials")
-        self.listen = listen
-        self.also = also
-        self.tls_listen = tls_listen
-        self._credentials = credentials
+        """`listen`: plaintext xDS addresses (`--xds-listen`: HOST:PORT, port 0 picks one,
+        or unix:PATH), beside the control plane's own socket and mTLS ports, which
+        `register` adds ADS and CSDS to."""
+        self.listen = tuple(listen)
         self.ads = AdsServer(debounce, trust_domain)
-        self.address = ""  # host:port actually bound, after start()
-        self.tls_address = ""
+        self.address = ""  # the first of `listen`, with the port actually bound, after start()
         self._task: asyncio.Task[None] | None = None
+
+    def register(self, server: grpc.aio.Server, plane: _Plane) -> None:
+        server.add_generic_rpc_handlers(self.ads.handlers())
 
     async def start(self, plane: _Plane) -> None:
         registry: _Registry = plane.registry
         objects, revision = await registry.snapshot(KINDS)
         self.ads.replace(obj for kind in KINDS for obj in objects.get(kind, ()))
         self.ads.push_now()
-        credentials = self._credentials() if self._credentials is not None and self.tls_listen else None
-        port = await self.ads.start(self.listen, self.tls_listen, credentials, also=self.also)
-        if self.listen:
-            self.address = f"{self.listen.rpartition(':')[0]}:{port}"
-        if self.tls_listen:
-            self.tls_address = f"{self.tls_listen.rpartition(':')[0]}:{self.ads.tls_port}"
+        first, *more = self.listen or ("",)
+        port = await self.ads.start(first, also=tuple(more))
+        if first:
+            self.address = first if first.startswith("unix:") else f"{first.rpartition(':')[0]}:{port}"
+            for address in self.listen:
+                if not address.startswith("unix:"):
+                    log.warning("xDS on %s is plaintext (--xds-listen): whoever reaches it reads any node's "
+                                "config; use it on a private network only", address)
         self._task = asyncio.create_task(self._follow(registry, revision), name="xds-watch")
-        log.info("xDS (ADS, CSDS) serving on %s", " and ".join(
-            a for a in (self.address, self.tls_address and f"{self.tls_address} (mTLS)") if a))
+        log.info("xDS (ADS, CSDS) serving on the control plane's socket and mTLS ports%s",
+                 f", and plaintext on {', '.join(self.listen)}" if self.listen else "")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -27,6 +27,12 @@ What a proxy gets (outbound only; Istio operators will recognise every name):
   service accounts' SPIFFE IDs as `match_typed_subject_alt_names`, see `tls`) for
   endpoints whose metadata `envoy.transport_socket_match` says `tlsMode: istio`, and
   `tlsMode-disabled` (plaintext) for the others, and for ports under DISABLE.
+- A DestinationRule's `trafficPolicy.tls` (per port and subset, as Istio merges them)
+  replaces auto mTLS on its clusters: DISABLE is plaintext to every endpoint,
+  ISTIO_MUTUAL is mTLS with the mesh's certificates to every endpoint (verified against
+  `subjectAltNames`, else the SPIFFE IDs of the service's meshed pods), SIMPLE and
+  MUTUAL originate TLS with files on the proxy's host (`tls.origination_socket`).
+  Proxyless gRPC clusters carry no TLS.
 - Without interception (`INTERCEPTION_MODE: NONE`), outbound listeners bind
   `127.0.0.1_<port>` for real, as Istio does, and there is no capture listener.
 - A VirtualService for the host replaces the default route: each http rule becomes one
@@ -90,7 +96,7 @@ from control.xds.mesh import (
 )
 from control.xds.peer_authentication import mtls_mode
 from control.xds.resources import Resource
-from control.xds.tls import upstream_socket
+from control.xds.tls import origination_socket, upstream_socket
 
 PASSTHROUGH: Final = "PassthroughCluster"
 BLACKHOLE: Final = "BlackHoleCluster"
@@ -306,7 +312,8 @@ def _service_clusters(
         policy = _merged_policy(dr.traffic_policy if dr else None, port.port)
         endpoints = _lb_endpoints(svc, port, eps, tls)
         name = cluster_name(port.port, "", svc.hostname)
-        out.append(Resource(name, _with_auto_mtls(_cluster(name, port, policy, proxyless), port, endpoints, tls)))
+        out.append(Resource(name, _with_client_tls(_cluster(name, port, policy, proxyless), port, endpoints, tls,
+                                                   policy.get("tls"), svc.hostname, proxyless)))
         out.append(Resource(name, _assignment(name, [e for e, _ in endpoints])))
         for subset in dr.subsets if dr else ():
             subset_name = str(subset.get("name", ""))
@@ -316,12 +323,49 @@ def _service_clusters(
             chosen = [
                 e for e, pod in endpoints if all(dict(labels_of.get(pod, ())).get(k) == v for k, v in want.items())
             ]
-            out.append(Resource(sname, _with_auto_mtls(_cluster(sname, port, sub_policy, proxyless), port, endpoints, tls)))
+            out.append(Resource(sname, _with_client_tls(_cluster(sname, port, sub_policy, proxyless), port, endpoints, tls,
+                                                         sub_policy.get("tls"), svc.hostname, proxyless)))
             out.append(Resource(sname, _assignment(sname, chosen)))
     return out
 
 
 TRANSPORT_SOCKET_MATCH: Final = "envoy.transport_socket_match"
+
+
+def _with_client_tls(
+    cluster: cluster_pb2.Cluster, port: ServicePort, endpoints: list[tuple[endpoint_components_pb2.LbEndpoint, str]],
+    tls: MtlsPeers, settings: Mapping[str, Any] | None, host: str, proxyless: bool,
+) -> cluster_pb2.Cluster:
+    """The cluster's upstream TLS: auto mTLS, unless its DestinationRule says otherwise."""
+    mode = str((settings or {}).get("mode") or "")
+    if proxyless or mode == "DISABLE":
+        return cluster
+    if not mode:
+        return _with_auto_mtls(cluster, port, endpoints, tls)
+    http2 = _is_http2(port)
+    if mode == "ISTIO_MUTUAL":
+        reached = _reached(endpoints)
+        sans = list((settings or {}).get("subjectAltNames") or ()) or sorted(
+            {identity for ip, p, identity in tls if (ip, p) in reached})
+        sni = str((settings or {}).get("sni") or _istio_sni(cluster.name, port))
+        cluster.transport_socket.CopyFrom(upstream_socket(sans, sni, http2))
+    else:
+        cluster.transport_socket.CopyFrom(origination_socket(settings or {}, host, http2))
+    return cluster
+
+
+def _reached(endpoints: list[tuple[endpoint_components_pb2.LbEndpoint, str]]) -> set[tuple[str, int]]:
+    return {(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+            for e, _ in endpoints}
+
+
+def _istio_sni(cluster_name: str, port: ServicePort) -> str:
+    _, _, subset, host = cluster_name.split("|")
+    return f"outbound_.{port.port}_.{subset}_.{host}"
+
+
+def _is_http2(port: ServicePort) -> bool:
+    return (port.app_protocol or port.name.split("-", 1)[0]).lower() in ("http2", "grpc", "h2c")
 
 
 def _with_auto_mtls(
@@ -331,15 +375,12 @@ def _with_auto_mtls(
     """Istio's auto mTLS on a cluster: endpoints labelled `tlsMode: istio` (pods with a
     sidecar) are reached over mTLS, verified against the SPIFFE IDs of the service's
     meshed pods; the others in plaintext (`tlsMode-disabled`)."""
-    reached = {(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
-               for e, _ in endpoints}
+    reached = _reached(endpoints)
     sans = sorted({identity for ip, p, identity in tls if (ip, p) in reached})
     if not sans:
         return cluster
-    _, _, subset, host = cluster.name.split("|")
-    sni = f"outbound_.{port.port}_.{subset}_.{host}"
-    http2 = (port.app_protocol or port.name.split("-", 1)[0]).lower() in ("http2", "grpc", "h2c")
-    istio = cluster.transport_socket_matches.add(name="tlsMode-istio", transport_socket=upstream_socket(sans, sni, http2))
+    istio = cluster.transport_socket_matches.add(
+        name="tlsMode-istio", transport_socket=upstream_socket(sans, _istio_sni(cluster.name, port), _is_http2(port)))
     istio.match.update({"tlsMode": "istio"})
     plain = cluster.transport_socket_matches.add(name="tlsMode-disabled")
     plain.transport_socket.name = "envoy.transport_sockets.raw_buffer"

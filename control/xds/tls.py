@@ -16,12 +16,18 @@ Contract with the proxies (Envoy or tulle-proxy), Istio's exactly:
   (URI) with the SPIFFE IDs of the destination's service accounts, so a sidecar talks
   only to the workloads behind the service it meant; SNI
   `outbound_.<port>_.<subset>_.<host>` (Istio's).
+- TLS origination (a DestinationRule's `trafficPolicy.tls` SIMPLE or MUTUAL, Istio's
+  ClientTLSSettings): files on the proxy's host, not SDS — `caCertificates` (default: the
+  system bundle) verifies the server, `subjectAltNames` restrict it (`spiffe://…` as URI
+  SANs, anything else as DNS), `insecureSkipVerify` turns verification off, `caCrl` adds
+  a CRL; MUTUAL also presents `clientCertificate`/`privateKey`. SNI: `sni`, else the
+  service's host name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
@@ -33,6 +39,7 @@ SDS_SOCKET: Final = "/var/run/tulle/sds/socket"
 CERTIFICATE_SECRET: Final = "default"
 ROOT_SECRET: Final = "ROOTCA"
 ALPN: Final = ("h2", "http/1.1")
+SYSTEM_CA_BUNDLE: Final = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, what Istio's proxies use
 TLS_TRANSPORT: Final = "envoy.transport_sockets.tls"
 
 
@@ -89,4 +96,33 @@ def upstream_socket(sans: Iterable[str], sni: str, http2: bool) -> base_pb2.Tran
     )
     socket = base_pb2.TransportSocket(name=TLS_TRANSPORT)
     socket.typed_config.Pack(context)
+    return socket
+
+
+def origination_socket(settings: Mapping[str, Any], default_sni: str, http2: bool) -> base_pb2.TransportSocket:
+    """TLS to a server outside the mesh (`settings`: a validated ClientTLSSettings with
+    mode SIMPLE or MUTUAL); see the module rules."""
+    validation = common_pb2.CertificateValidationContext()
+    if not settings.get("insecureSkipVerify"):
+        validation.trusted_ca.filename = str(settings.get("caCertificates") or SYSTEM_CA_BUNDLE)
+        for san in settings.get("subjectAltNames") or ():
+            kind = common_pb2.SubjectAltNameMatcher.URI if san.startswith("spiffe://") else common_pb2.SubjectAltNameMatcher.DNS
+            validation.match_typed_subject_alt_names.add(san_type=kind, matcher=string_pb2.StringMatcher(exact=san))
+        if settings.get("caCrl"):
+            validation.crl.filename = str(settings["caCrl"])
+    common = tls_pb2.CommonTlsContext(
+        tls_params=common_pb2.TlsParameters(
+            tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2,
+            tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+        ),
+        alpn_protocols=["h2"] if http2 else [],
+        validation_context=validation,
+    )
+    if settings.get("mode") == "MUTUAL":
+        certificate = common.tls_certificates.add()
+        certificate.certificate_chain.filename = str(settings["clientCertificate"])
+        certificate.private_key.filename = str(settings["privateKey"])
+    socket = base_pb2.TransportSocket(name=TLS_TRANSPORT)
+    socket.typed_config.Pack(tls_pb2.UpstreamTlsContext(common_tls_context=common,
+                                                        sni=str(settings.get("sni") or default_sni)))
     return socket

@@ -98,7 +98,7 @@ class NodeAgent:
         link = self.config.control
         if link is not None:
             assert self.policy is not None
-            self._ads = AdsClient(link.xds, self.config.node, link.underlay_ip, self._on_resources)
+            self._ads = AdsClient(link.xds, self.config.node, link.underlay_ip, self._on_resources, link.api.tls)
             self._ads.start()
             if not self.policy.started.wait(link.sync_timeout):
                 raise TimeoutError(f"no complete policy state from tulle-control at {link.xds} "

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,6 +59,8 @@ _MESSAGES: dict[str, Any] = {
     SERVICE: service_pb2.Service,
 }
 VTEP_MAC_ANNOTATION = "tulle.io/vtep-mac"
+# Answers no retry changes: registration fails at once with the control plane's reason.
+REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
 
 # (type_url, name -> message, removed names, replace) -> error message or None (ACK)
 Handler = Callable[[str, Mapping[str, Any], list[str], bool], "str | None"]
@@ -65,6 +68,39 @@ Handler = Callable[[str, Mapping[str, Any], list[str], bool], "str | None"]
 
 class ControlError(RuntimeError):
     pass
+
+
+class ControlRefused(ControlError):
+    """tulle-control refused the request itself (not a transient failure): retrying
+    changes nothing."""
+
+
+# A DNS name in tulle-control's serving certificate (control.ca.serving; the agent does
+# not import control): what the agent checks the server it dialled is.
+CONTROL_SERVER_NAME = "tulle-control"
+
+
+@dataclass(frozen=True)
+class ControlTls:
+    """The agent's credentials for tulle-control's mTLS port: its certificate (and chain),
+    key, and Tulle's trust bundle, as PEM files; read when a channel opens."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
+        except OSError as e:
+            raise ControlError(f"cannot read the agent's credentials: {e}") from None
+
+
+def open_channel(address: str, tls: ControlTls | None) -> grpc.Channel:
+    if tls is None or address.startswith("unix:"):
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.credentials(),
+                               options=[("grpc.ssl_target_name_override", CONTROL_SERVER_NAME)])
 
 
 @dataclass(frozen=True)
@@ -75,11 +111,13 @@ class ControlAddresses:
     xds: str
 
     @classmethod
-    def parse(cls, control: str, xds: str | None) -> ControlAddresses:
+    def parse(cls, control: str, xds: str | None, tls: ControlTls | None = None) -> ControlAddresses:
+        """Without `--xds`: the same address over the unix socket or mTLS (which serve
+        xDS too), else the plaintext xDS port of the control host (15010, a lab's)."""
         if xds:
             return cls(control, xds)
-        if control.startswith("unix:"):
-            raise ControlError("--xds is required when --control is a unix socket")
+        if control.startswith("unix:") or tls is not None:
+            return cls(control, control)
         host, _, _ = control.rpartition(":")
         return cls(control, f"{host}:15010")
 
@@ -87,11 +125,12 @@ class ControlAddresses:
 class ConfigApi:
     """The few config-API calls an agent makes (proto stubs; the agent does not import control)."""
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, timeout: float = 10.0, tls: ControlTls | None = None) -> None:
+        self.channel = open_channel(address, tls)
         self.stub = config_pb2_grpc.ConfigStub(self.channel)
         self.timeout = timeout
         self.address = address
+        self.tls = tls  # the ADS stream and the CA client use the same credentials
 
     def close(self) -> None:
         self.channel.close()
@@ -103,7 +142,7 @@ class ConfigApi:
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise ControlError(f"get {kind} {namespace}/{name} from {self.address}: {e.details()}") from None
+            raise (ControlRefused if e.code() in REFUSALS else ControlError)(f"get {kind} {namespace}/{name} from {self.address}: {e.details()}") from None
         doc: dict[str, Any] = json.loads(reply.document)
         return doc
 
@@ -131,7 +170,8 @@ def register_node(api: ConfigApi, node: str, underlay_ip: ipaddress.IPv4Address,
             stored = api.apply(doc)
             break
         except (grpc.RpcError, ControlError) as e:
-            if time.monotonic() > deadline:
+            refused = isinstance(e, ControlRefused) or (isinstance(e, grpc.RpcError) and e.code() in REFUSALS)
+            if refused or time.monotonic() > deadline:
                 detail = e.details() if isinstance(e, grpc.RpcError) else str(e)
                 raise ControlError(f"cannot register node {node} with {api.address}: {detail}") from None
             metadata.pop("resourceVersion", None)
@@ -198,8 +238,10 @@ class PodStatusReporter:
 class AdsClient:
     """The agent's delta ADS stream, on its own thread; see the module docstring."""
 
-    def __init__(self, address: str, node: str, underlay_ip: ipaddress.IPv4Address, handle: Handler) -> None:
+    def __init__(self, address: str, node: str, underlay_ip: ipaddress.IPv4Address, handle: Handler,
+                 tls: ControlTls | None = None) -> None:
         self.address = address
+        self.tls = tls
         self.identity = base_pb2.Node(id=f"agent~{underlay_ip}~{node}~cluster.local", user_agent_name="tulle-agent")
         self.handle = handle
         self._stop = threading.Event()
@@ -242,7 +284,7 @@ class AdsClient:
             while (req := requests.get()) is not None:
                 yield req
 
-        with grpc.insecure_channel(self.address) as channel:
+        with open_channel(self.address, self.tls) as channel:
             method = channel.stream_stream(
                 ADS_METHOD,
                 request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,

@@ -107,8 +107,10 @@ class CertificateAuthorityClient:
     def __init__(self, node: str, target: str = DEFAULT_CONTROL_SOCKET,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self.node = node
-        self._channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
-                         else grpc.aio.insecure_channel(target))
+        # Over mTLS the server must be tulle-control (a DNS name of its serving certificate).
+        self._channel = (grpc.aio.secure_channel(target, credentials,
+                                                 options=[("grpc.ssl_target_name_override", "tulle-control")])
+                         if credentials is not None else grpc.aio.insecure_channel(target))
         self._stub = ca_pb2_grpc.CertificateServiceStub(self._channel)
 
     async def sign(self, pod: PodRef, csr_pem: str, ttl_seconds: int = 0) -> Issued:

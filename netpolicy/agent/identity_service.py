@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netpolicy.agent.agent import NodeAgent
+from netpolicy.agent.control_link import ControlTls
 from netpolicy.agent.identity import (
     DEFAULT_CONTROL_SOCKET,
     CertificateAuthorityClient,
@@ -40,6 +41,7 @@ class IdentityConfig:
     (`identity.sock`, `sds/`), so that agents of several lab nodes never share one."""
 
     ca_address: str = DEFAULT_CONTROL_SOCKET  # "" turns workload identity off
+    ca_tls: ControlTls | None = None  # the agent certificate, for a HOST:PORT ca_address
     identity_socket: Path | None = None
     sds_dir: Path | None = None
 
@@ -50,7 +52,9 @@ class NodeIdentityService:
         self._config = config
         base = agent.config.socket_path.parent
         self._sds_dir = config.sds_dir or base / "sds"
-        self._ca = CertificateAuthorityClient(agent.config.node, config.ca_address)
+        tls = config.ca_tls if not config.ca_address.startswith("unix:") else None
+        self._ca = CertificateAuthorityClient(agent.config.node, config.ca_address,
+                                              tls.credentials() if tls is not None else None)
         self._identity = IdentityServer(config.identity_socket or base / "identity.sock", self._ca, self.attached_pods)
         self._sds: dict[PodRef, PodSdsServer] = {}
         # The periodic loop and an explicit reconcile may overlap; without this, both

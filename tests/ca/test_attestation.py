@@ -30,3 +30,10 @@ def test_an_agent_cannot_act_for_a_pod_on_another_node() -> None:
 def test_an_unknown_pod_gets_nothing() -> None:
     with pytest.raises(NotAuthorized, match="does not exist"):
         identity_for(None, "node-1", "shop/ghost", "cluster.local")
+
+
+def test_no_pod_obtains_an_identity_of_tulle_itself() -> None:
+    """A pod in tulle-system named for an agent account would otherwise become that agent."""
+    with pytest.raises(NotAuthorized, match="tulle-system"):
+        identity_for(pod("node-1", sa="tulle-agent.node-2", ns="tulle-system"), "node-1", "tulle-system/web-1",
+                     "cluster.local")

@@ -86,7 +86,7 @@ class Mesh:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="mesh-loop", daemon=True)
         self._thread.start()
-        self.xds = XdsService("127.0.0.1:0")
+        self.xds = XdsService(["127.0.0.1:0"])
         self.xds.ads.override = self._bind_inbound_on_loopback
         self.plane = ControlPlane(
             ControlPlaneConfig(state_dir=state_dir, socket=self.socket, listen=()),

@@ -289,9 +289,10 @@ def test_real_envoy_accepts_the_secure_sidecar_config(tmp_path: Path) -> None:
     assert validate_with_envoy(tmp_path, config.values()) == ""
 
 
-def validate_with_envoy(tmp_path: Path, resources: Iterable[Resource]) -> str:
-    """"" when `envoy --mode validate` accepts the resources as static config of a
-    sidecar whose bootstrap has Istio's `sds-grpc` and `xds-grpc` clusters, else its output."""
+def validate_with_envoy(tmp_path: Path, resources: Iterable[Resource], binary: Path = ENVOY) -> str:
+    """"" when `envoy --mode validate` (or `binary`'s, e.g. tulle-proxy's) accepts the
+    resources as static config of a sidecar whose bootstrap has Istio's `sds-grpc` and
+    `xds-grpc` clusters, else its output."""
     def as_json(message: Any) -> dict[str, Any]:
         return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
@@ -317,6 +318,6 @@ def validate_with_envoy(tmp_path: Path, resources: Iterable[Resource]) -> str:
     }
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(bootstrap))
-    done = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+    done = subprocess.run([str(binary), "--mode", "validate", "-c", str(path), "--log-level", "error"],
                           capture_output=True, text=True, timeout=60)
     return "" if done.returncode == 0 else done.stdout[-3000:] + done.stderr[-3000:]

@@ -128,6 +128,17 @@ def test_meshed_to_meshed_tcp_goes_through_both_sidecars_over_tls(lab: Lab, shop
     assert _app_connections(lab, shop.web_v1, 9000) + _app_connections(lab, shop.web_v2, 9000) == delivered + 1
 
 
+def test_a_meshed_tcp_connection_the_server_closes_ends_on_both_sidecars(lab: Lab, shop: Shop) -> None:
+    # The server app closes first; over mTLS its FIN becomes a close_notify (asyncio's TLS
+    # cannot half-close), which the client's sidecar passes on as a FIN.
+    assert tcp(lab, shop.client, f"web.{shop.ns}") in ("web-v1", "web-v2")
+    eventually(lambda: client_stat(lab, shop, f"tcp.outbound|9000||{shop.host('web')}.downstream_cx_active") == 0,
+               "the client's sidecar closed its side", timeout=10)
+    open_to_apps = re.escape("cluster.inbound|9000||.upstream_cx_active") + "$"
+    eventually(lambda: stat_sum(lab, shop.web_v1, open_to_apps) + stat_sum(lab, shop.web_v2, open_to_apps) == 0,
+               "the server's sidecar closed its connection to the app", timeout=10)
+
+
 def test_a_meshed_pod_reaches_a_plain_pod_over_http_and_tcp_in_plaintext(lab: Lab, shop: Shop) -> None:
     captured = client_stat(lab, shop, "http.outbound_0.0.0.0_8080.downstream_rq_total")
     result = get(lab, shop.client, shop.url("plain"), 10)

@@ -6,8 +6,9 @@ Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
 - the host comes from the cluster's balancer; a failed connect is retried on a new host up
   to `max_connect_attempts` (default 1), after which the downstream connection is closed;
 - bytes read before the upstream connection is up are held (and reading paused), then sent;
-- a half-close (FIN) on one side is passed to the other; the pair closes when both sides
-  are done or either side resets; `idle_timeout` (default 1 h, 0 disables) closes a pair
+- a half-close (FIN) on one side is passed to the other (to a TLS side, which asyncio
+  cannot half-close, as a full close after its writes are flushed); the pair closes when
+  both sides are done or either side resets; `idle_timeout` (default 1 h, 0 disables) closes a pair
   with no traffic either way;
 - flow control: when one side's write buffer is full the other side stops reading.
 """
@@ -131,8 +132,15 @@ class _Side(asyncio.Protocol):
             self.transport.write(data)
 
     def half_close(self) -> None:
-        if self.transport is not None and not self.closed and self.transport.can_write_eof():
+        """Pass the other side's FIN on. asyncio's TLS transports cannot half-close: such a
+        side is closed once its writes are flushed (close_notify), else neither peer would
+        ever learn that the connection ended."""
+        if self.transport is None or self.closed:
+            return
+        if self.transport.can_write_eof():
             self.transport.write_eof()
+        else:
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

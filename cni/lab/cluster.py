@@ -11,6 +11,11 @@ Theory of operation.
   DEL, as a runtime does, and the namespace is removed.
 - With a control plane, each pod gets /etc/netns/<its netns>/resolv.conf (cluster DNS on
   its gateway, `cni.lab.pod_dns`), seen by `ip netns exec`; removed with the pod and on `down`.
+- Deleting a pod drains it first, as Kubernetes and Istio do: with a control plane, the Pod
+  is marked terminating (deletionTimestamp: it leaves every Service's endpoints), the lab
+  waits (bounded) until tulle-control's CSDS shows every sidecar and agent has ACKed
+  config without the pod's address (`cni.lab.endpoint_drain`), then stops the app and the
+  sidecar, which finish what is in flight (`cni.lab.sidecar`), then DEL, then deletes the Pod.
 - `down`: DEL every pod (cached results, reverse order), stop the agents by the
   PID recorded at start (checked against the process start time, so a recycled
   PID is never signalled) and any agent serving a socket inside the lab's
@@ -43,7 +48,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +62,10 @@ from cni.lab.control import (
     control_argv,
     xds_socket,
 )
+from cni.lab.endpoint_drain import DRAIN_TIMEOUT, wait_until_unrouted
 from cni.lab.pod_dns import remove_lab_files, remove_pod_files, write_resolv_conf
 from cni.lab.sidecar import (
+    GRACEFUL_STOP,
     INJECT_ANNOTATION,
     INJECTION_LABEL,
     PodProcesses,
@@ -130,6 +137,21 @@ def _process_start(pid: int) -> str:
         return ""
     fields = stat.rsplit(")", 1)[1].split()
     return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _processes(wanted: Callable[[list[bytes]], bool]) -> list[tuple[int, str]]:
+    """(pid, start time) of the live processes whose argv is `wanted`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted(argv) and (start := _process_start(int(entry.name))):
+            found.append((int(entry.name), start))
+    return found
 
 
 class Lab:
@@ -231,26 +253,28 @@ class Lab:
             try:
                 _ip(netns, "link", "set", "lo", "up", what=f"bring up lo of pod {key}")
                 result = runtime.add(net, rt)
-            except (CniError, LabError) as exc:
+            except BaseException as exc:  # also an interrupted `pod add`: nothing may stay behind
                 with contextlib.suppress(CniError):
                     runtime.delete(net, rt)
                 _run(["ip", "netns", "del", netns], f"delete namespace of pod {key}")
                 if self._control is not None:
                     with self.api() as api:
                         api.delete("Pod", namespace, name)
-                raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
+                if isinstance(exc, CniError | LabError):
+                    raise LabError(f"pod {key}: network setup on {target.name} failed: {exc}") from None
+                raise
             address = result["ips"][0]["address"].split("/")[0]
-            if self._control is not None and result["ips"][0].get("gateway"):
-                # The node's agent answers cluster DNS on the pod's gateway.
-                write_resolv_conf(netns, namespace, ipaddress.IPv4Address(result["ips"][0]["gateway"]))
             pod = LabPod(namespace, name, target.name, netns, container_id, ipaddress.IPv4Address(address),
                          dict(labels or {}), tuple(ports))
-            if sidecar or app:
-                try:
+            try:
+                if self._control is not None and result["ips"][0].get("gateway"):
+                    # The node's agent answers cluster DNS on the pod's gateway.
+                    write_resolv_conf(netns, namespace, ipaddress.IPv4Address(result["ips"][0]["gateway"]))
+                if sidecar or app:
                     pod = self._start_processes(pod, target, sidecar, app, proxy)
-                except LabError:
-                    self._delete_pod(pod)
-                    raise
+            except BaseException:  # the supervisor, if started, is stopped by _start_processes
+                self._delete_pod(pod, drain=False)
+                raise
             self._pods.append(pod)
             self._namespaces[namespace] = {**namespace_labels, NAMESPACE_NAME_LABEL: namespace}
             self._save()
@@ -498,12 +522,16 @@ class Lab:
         problems: list[str] = []
         for pod in reversed(self._pods):
             try:
-                self._delete_pod(pod)
+                self._delete_pod(pod, drain=False)  # everything goes: nobody is left to drain for
             except (LabError, CniError) as exc:
                 problems.append(str(exc))
         self._pods.clear()
         for node in self._nodes:
             problems += self._stop_agent(node)
+        # Pod supervisors the state file does not know (a `pod add` killed mid-way).
+        for pid, start in self._stray_supervisors():
+            self._stop_processes(LabPod("", "(unrecorded)", "", "", "", UNDERLAY.network_address,
+                                        supervisor_pid=pid, supervisor_start=start))
         # Agents the state file does not know (it was lost or never written).
         for pid, start in self._stray_agents():
             problems += self._stop_agent(LabNode("(unrecorded)", "", UNDERLAY.network_address, UNDERLAY, pid, start))
@@ -526,21 +554,13 @@ class Lab:
     def _stray_agents(self) -> list[tuple[int, str]]:
         """tulle-agent processes serving a socket inside this lab's directory."""
         marker = f"{self.dir}/".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(a.endswith((b"tulle-agent", b"tulle-control")) for a in argv[:3]) and any(
-                flag == b"--socket" and value.startswith(marker) for flag, value in itertools.pairwise(argv)
-            ):
-                start = _process_start(int(entry.name))
-                if start:
-                    found.append((int(entry.name), start))
-        return found
+        return _processes(lambda argv: any(a.endswith((b"tulle-agent", b"tulle-control")) for a in argv[:3]) and any(
+            flag == b"--socket" and value.startswith(marker) for flag, value in itertools.pairwise(argv)))
+
+    def _stray_supervisors(self) -> list[tuple[int, str]]:
+        """Pod supervisors (`cni.lab.sidecar`) running a spec inside this lab's directory."""
+        marker = f"{self._pods_dir()}/".encode()
+        return _processes(lambda argv: any(a.startswith(marker) and a.endswith(b"/spec.json") for a in argv))
 
     def _stop_agent(self, node: LabNode) -> list[str]:
         if not node.agent_pid or _process_start(node.agent_pid) != node.agent_start:
@@ -584,11 +604,20 @@ class Lab:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         pod = dataclasses.replace(pod, supervisor_pid=proc.pid, supervisor_start=_process_start(proc.pid))
+        try:
+            self._wait_until_app_started(pod, proc, spec, directory)
+        except BaseException:  # not ready, or interrupted: the supervisor must not outlive the pod
+            self._stop_processes(pod)
+            raise
+        return pod
+
+    def _wait_until_app_started(self, pod: LabPod, proc: subprocess.Popen[bytes], spec: PodProcesses,
+                                directory: Path) -> None:
         deadline = time.monotonic() + spec.ready_timeout + 5
         while True:
             events = {e["event"]: e for e in read_events(directory)}
             if "app-started" in events:
-                return pod
+                return
             if "failed" in events or proc.poll() is not None:
                 reason = events.get("failed", {}).get("reason", f"supervisor exited with status {proc.poll()}")
                 logs = "".join(f"\n{f.name}: {f.read_text(errors='replace')[-600:]}" for f in sorted(directory.glob("*.log")))
@@ -603,7 +632,7 @@ class Lab:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pod.supervisor_pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + GRACEFUL_STOP
         while _process_start(pod.supervisor_pid) == pod.supervisor_start:
             if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
@@ -611,10 +640,21 @@ class Lab:
                 break
             time.sleep(0.02)
 
-    def _pod_dir(self, pod: LabPod) -> Path:
-        return self.dir / "pods" / f"{pod.namespace}.{pod.name}"
+    def _pods_dir(self) -> Path:
+        return self.dir / "pods"
 
-    def _delete_pod(self, pod: LabPod) -> None:
+    def _pod_dir(self, pod: LabPod) -> Path:
+        return self._pods_dir() / f"{pod.namespace}.{pod.name}"
+
+    def _delete_pod(self, pod: LabPod, drain: bool = True) -> None:
+        """Removes a pod; with `drain` (and a control plane), gracefully: see `cni.lab.endpoint_drain`."""
+        control_alive = self._control is not None and _process_start(int(self._control["pid"])) == self._control["start"]
+        if drain and control_alive:
+            # A pod already gone from the API is routed to by nobody.
+            with self.api() as api, contextlib.suppress(LabError):
+                api.mark_pod_terminating(pod.namespace, pod.name, int(DRAIN_TIMEOUT + GRACEFUL_STOP))
+            # Bounded: a node that never takes the change must not keep the pod alive.
+            wait_until_unrouted(xds_socket(self.dir), str(pod.ip))
         self._stop_processes(pod)
         shutil.rmtree(self._pod_dir(pod), ignore_errors=True)
         node = next((n for n in self._nodes if n.name == pod.node), None)
@@ -624,7 +664,7 @@ class Lab:
                 runtime.delete(net, rt)
             except CniError as exc:
                 raise LabError(f"pod {pod.key}: network teardown failed: {exc}") from None
-        if self._control is not None and _process_start(int(self._control["pid"])) == self._control["start"]:
+        if control_alive:
             with self.api() as api:
                 api.delete("Pod", pod.namespace, pod.name)
         remove_pod_files(pod.netns)

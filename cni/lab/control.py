@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +139,26 @@ class LabApi:
                              **({"serviceAccountName": service_account} if service_account else {})}})
 
     def set_pod_labels(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+        self._update_pod(namespace, name, "label", lambda meta: meta.update(labels=dict(labels)))
+
+    def mark_pod_terminating(self, namespace: str, name: str, grace_seconds: int) -> None:
+        """Sets the pod's deletionTimestamp, as Kubernetes does on a graceful delete: the
+        endpoints controller drops the pod from every Service (the object stays, so its
+        sidecar keeps its own config while it drains)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._update_pod(namespace, name, "mark terminating",
+                         lambda meta: meta.update(deletionTimestamp=now, deletionGracePeriodSeconds=grace_seconds))
+
+    def _update_pod(self, namespace: str, name: str, what: str, change: Callable[[dict[str, Any]], object]) -> None:
         for _ in range(10):  # the agent may be writing the pod's status meanwhile
             doc = self.get("Pod", namespace, name)
             if doc is None:
                 raise LabError(f"tulle-control has no pod {namespace}/{name}")
-            doc["metadata"]["labels"] = dict(labels)
+            change(doc["metadata"])
             try:
                 self.stub.Apply(config_pb2.ApplyRequest(documents=[json.dumps(doc)]), timeout=self.timeout)
                 return
             except grpc.RpcError as e:
                 if e.code() not in (grpc.StatusCode.ABORTED, grpc.StatusCode.FAILED_PRECONDITION):
-                    raise LabError(f"tulle-control: label pod {namespace}/{name}: {e.details()}") from None
-        raise LabError(f"tulle-control: label pod {namespace}/{name}: kept conflicting")
+                    raise LabError(f"tulle-control: {what} pod {namespace}/{name}: {e.details()}") from None
+        raise LabError(f"tulle-control: {what} pod {namespace}/{name}: kept conflicting")

@@ -10,9 +10,13 @@ network namespace, in its own session so it outlives `meshctl lab pod add`):
   NAME / NAMESPACE / INTERCEPTION_MODE=REDIRECT, admin on 127.0.0.1:15000 in the pod.
 - The app starts only once the sidecar's admin `/ready` answers 200 (config received,
   listeners up); a sidecar that exits or is not ready within the timeout fails the pod.
-- When the app exits, the supervisor POSTs `/quitquitquit` to the sidecar and waits for
-  it to exit (SIGKILL after a grace period), then exits with the app's status. SIGTERM
-  (`lab pod del`) stops the app first, then the sidecar, the same way.
+- When the app exits, the supervisor lets the sidecar finish the requests it is still
+  relaying (until its admin /stats show no `*_rq_active`, at most `DRAIN_TIME`:
+  Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS), then POSTs `/quitquitquit` and waits for it to
+  exit (SIGKILL after a grace period), then exits with the app's status. SIGTERM (`lab pod
+  del`, once no node routes to the pod any more) stops the app first — SIGTERM, SIGKILL
+  after `APP_GRACE`, so an app finishes its requests in flight — then the sidecar, the same
+  way. `GRACEFUL_STOP` bounds the whole sequence; the lab waits that long before SIGKILL.
 - The sidecar is started with PR_SET_PDEATHSIG=SIGKILL: if the supervisor is killed, the
   sidecar dies with it; the lab stops the supervisor by its recorded PID and start time.
 - Each step is appended to `events` (JSON lines: event, time, pid/status) in the pod's
@@ -25,6 +29,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +45,10 @@ ADMIN_PORT: Final = 15000
 XDS_CLUSTER: Final = "xds-grpc"
 SDS_CLUSTER: Final = "sds-grpc"  # the name tulle-control's SDS references use
 READY_TIMEOUT: Final = 30.0
-QUIT_GRACE: Final = 10.0
+APP_GRACE: Final = 10.0  # SIGTERM to SIGKILL for the app (Kubernetes' grace period is 30 s)
+DRAIN_TIME: Final = 5.0  # at most this long for the sidecar's requests in flight (Istio's drain duration)
+QUIT_GRACE: Final = 5.0
+GRACEFUL_STOP: Final = APP_GRACE + DRAIN_TIME + QUIT_GRACE + 5.0
 
 
 def sidecar_node_id(ip: str, name: str, namespace: str) -> str:
@@ -178,8 +186,23 @@ class _Supervisor:
         self.event("failed", reason=f"sidecar not ready within {self.spec.ready_timeout:.0f}s")
         return False
 
+    def _requests_in_flight(self) -> int:
+        """The sidecar's HTTP requests in flight, taken in or sent on (connection managers
+        and clusters: either alone can miss some); 0 when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats?filter=_rq_active$",
+                                        timeout=1) as reply:
+                lines = reply.read().decode().splitlines()
+        except (urllib.error.URLError, OSError):
+            return 0
+        return sum(int(value) for _, sep, value in (line.rpartition(": ") for line in lines)
+                   if sep and value.strip().isdigit())
+
     def _stop_proxy(self) -> None:
         assert self.proxy is not None
+        deadline = time.monotonic() + DRAIN_TIME
+        while self.proxy.poll() is None and time.monotonic() < deadline and self._requests_in_flight():
+            time.sleep(0.05)
         if self.proxy.poll() is None:
             try:
                 request = urllib.request.Request(f"http://127.0.0.1:{ADMIN_PORT}/quitquitquit", method="POST")
@@ -197,8 +220,12 @@ class _Supervisor:
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.stopping = True
-        if self.app is not None and self.app.poll() is None:
-            self.app.terminate()
+        app = self.app
+        if app is not None and app.poll() is None:
+            app.terminate()
+            killer = threading.Timer(APP_GRACE, app.kill)  # a no-op once the app has exited
+            killer.daemon = True
+            killer.start()
 
 
 def main() -> int:

@@ -88,7 +88,10 @@ def env(lab_name: str) -> None:
 @_lab_name
 def down(lab_name: str) -> None:
     """Remove the lab: pods, agents, namespaces and files."""
-    problems = Lab(lab_name).down()
+    try:
+        problems = Lab(lab_name).down()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
     if problems:
         raise click.ClickException("lab down left:\n  " + "\n  ".join(problems))
     click.echo(f"lab {lab_name!r} is down")

@@ -3,6 +3,9 @@ at a time).
 
 Rules: an idle connection is reused last-in first-out (the warmest one, and idle ones at the
 bottom age out); a connection the upstream closed leaves the pool when asyncio reports it;
+a closed pool (its host left the cluster, or the cluster was removed) closes its idle
+connections at once and each busy one when its exchange completes, so requests in flight
+finish and nothing lingers on a host no longer routed to;
 connecting is bounded by the cluster's connect_timeout; `upstream_cx_*` stats and the circuit
 breaker's connection count follow every open and close. At the breaker's max_connections a
 request waits as a pending request (max_pending_requests, else overflow) for a connection
@@ -47,7 +50,7 @@ _NEVER_POOLED = _NeverPooled()
 
 
 class ConnectionPool:
-    __slots__ = ("_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host",
+    __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host",
                  "max_requests_per_connection", "open", "stats", "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
@@ -62,6 +65,7 @@ class ConnectionPool:
         self._idle: list[UpstreamConnection] = []
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self._loop = asyncio.get_event_loop()
+        self._closed = False
         self.open = 0
 
     def take_idle(self) -> UpstreamConnection | None:
@@ -163,7 +167,7 @@ class ConnectionPool:
         limit = self.max_requests_per_connection
         if limit and connection.requests >= limit:
             connection.keep_alive = False
-        if connection.keep_alive and not connection.closed:
+        if connection.keep_alive and not connection.closed and not self._closed:
             waiters = self._waiters
             while waiters:
                 waiter = waiters.popleft()
@@ -189,6 +193,7 @@ class ConnectionPool:
             self._idle.remove(connection)
 
     def close(self) -> None:
+        self._closed = True
         for connection in self._idle:
             connection.abort()
         self._idle.clear()

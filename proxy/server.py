@@ -199,7 +199,7 @@ class ProxyServer:
                     manager.route_table = self.route_tables.get(chain.http.rds_name)
                 managers.append(manager)
                 self.managers.append(manager)
-                self.stats.register("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
+                manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
 
             def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
                 connection = DownstreamConnection(manager)
@@ -208,7 +208,7 @@ class ProxyServer:
             return ChainRuntime(chain, http, tls)
         assert chain.tcp is not None
         tcp = TcpProxyFilter(chain.tcp, self.clusters, self.rng, chain.rbac)
-        self.stats.register("tcp", chain.tcp.stat_prefix, tcp.stats, tcp.extra_stats)
+        tcp.stats = self.stats.share("tcp", chain.tcp.stat_prefix, tcp.stats, tcp.extra_stats)
         return ChainRuntime(chain, tcp.protocol, tls)
 
     def _listener_at(self, destination: tuple[str, int]) -> Dispatcher | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 
 @dataclass(slots=True)
@@ -119,6 +120,7 @@ class ListenerStats:
 
 
 Scope = ClusterStats | HttpStats | TcpProxyStats | ListenerStats
+S = TypeVar("S", ClusterStats, HttpStats, TcpProxyStats, ListenerStats)
 StatRow = tuple[str, str, str, str, str, int, bool]
 
 
@@ -128,7 +130,7 @@ class StatsStore:
     def __init__(self) -> None:
         self.scopes: dict[str, tuple[str, str, str, Scope]] = {}
         self.server_gauges: dict[str, int] = {}
-        self.extras: dict[str, Callable[[], dict[str, int]]] = {}
+        self.extras: dict[str, list[Callable[[], dict[str, int]]]] = {}
         # --concurrency: the other workers' latest stats, by worker (proxy/worker_link.py)
         self.followers: dict[int, list[StatRow]] = {}
 
@@ -138,8 +140,22 @@ class StatsStore:
         address; `extra` yields more stats of the scope kept elsewhere (circuit breaker,
         outlier detection)."""
         self.scopes[f"{kind}.{name}"] = (kind, name, _TAG[kind], scope)
+        self.extras[f"{kind}.{name}"] = [extra] if extra is not None else []
+
+    def share(self, kind: str, name: str, scope: S, extra: Callable[[], dict[str, int]] | None = None) -> S:
+        """Like register, for filters: one whose name is already registered counts into
+        the scope registered first, which is returned (Envoy's stats are by name, so two
+        filter chains with one stat_prefix, e.g. a port's mTLS and plaintext chains, add
+        up); their `extra` values add up too."""
+        key = f"{kind}.{name}"
+        current = self.scopes.get(key)
+        if current is None or type(current[3]) is not type(scope):
+            self.register(kind, name, scope, extra)
+            return scope
         if extra is not None:
-            self.extras[f"{kind}.{name}"] = extra
+            self.extras[key].append(extra)
+        existing: S = current[3]
+        return existing
 
     def values(self) -> Iterator[StatRow]:
         """(full name, kind, scope name, tag, stat, value, is_gauge) for every stat, summed
@@ -161,10 +177,12 @@ class StatsStore:
             for field in fields(scope):
                 stat = field.name
                 yield (f"{prefix}.{stat}", kind, name, tag, stat, getattr(scope, stat), stat in gauges)
-            extra = self.extras.get(prefix)
-            if extra is not None:
+            extras: dict[str, int] = {}
+            for extra in self.extras.get(prefix, ()):
                 for stat, value in extra().items():
-                    yield (f"{prefix}.{stat}", kind, name, tag, stat, value, _is_gauge(stat))
+                    extras[stat] = extras.get(stat, 0) + value
+            for stat, value in extras.items():
+                yield (f"{prefix}.{stat}", kind, name, tag, stat, value, _is_gauge(stat))
         for stat, value in self.server_gauges.items():
             yield (f"server.{stat}", "server", "", "", stat, value, True)
 

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.admin.endpoints import AdminState, handle
 from proxy.bootstrap import parse_bootstrap
-from proxy.stats import StatsStore
+from proxy.stats import HttpStats, StatsStore
 from proxy.tls.secrets import CertificateSecret, SecretStore, TrustBundle
 from proxy.upstream.cluster import Cluster
 from tests.proxy.running import bootstrap
@@ -101,3 +101,16 @@ def test_config_dump_shows_secrets_with_the_private_key_redacted(state: AdminSta
     assert base64.b64decode(certificate["certificate_chain"]["inline_bytes"]) == b"CHAIN PEM"
     assert b"KEY PEM" not in base64.b64decode(certificate["private_key"]["inline_bytes"])
     assert base64.b64decode(by_name["ROOTCA"]["validation_context"]["trusted_ca"]["inline_bytes"]) == b"ROOT PEM"
+
+
+def test_filters_with_one_stat_prefix_count_together_as_in_envoy() -> None:
+    store = StatsStore()
+    tls_chain, plain_chain = HttpStats(), HttpStats()
+    first = store.share("http", "inbound_0.0.0.0_8080", tls_chain, lambda: {"rbac.denied": 1})
+    second = store.share("http", "inbound_0.0.0.0_8080", plain_chain, lambda: {"rbac.denied": 2})
+    assert first is second is tls_chain
+    first.downstream_rq_total += 3
+    second.downstream_rq_total += 4
+    text = store.render_text()
+    assert "http.inbound_0.0.0.0_8080.downstream_rq_total: 7" in text
+    assert "http.inbound_0.0.0.0_8080.rbac.denied: 3" in text

@@ -6,7 +6,9 @@ connected node and resource, the version the node ACKed (`version_info`, the has
 resource's bytes) next to the resource the control plane currently holds for it
 (`xds_config`, serialized deterministically, so hashing it gives the same version). A node
 holds the current resource when the two agree; the resource names the stored object's
-resourceVersion, so "enforced" is exact: node N enforces version V of object O.
+resourceVersion, so "enforced" is exact: node N enforces version V of object O. A deleted
+object stays listed for a node, with its ACKed version and no `xds_config`, until the node
+ACKs the deletion: until then it counts as still held (`DELETION_PENDING`).
 """
 
 from __future__ import annotations
@@ -45,8 +47,15 @@ class Enforcement:
         return True
 
 
+# What a node holds of an object the control plane has deleted, until it ACKs the deletion.
+DELETION_PENDING = "(deletion not yet acknowledged)"
+
+
 def read(xds_address: str) -> Enforcement:
-    reply = fetch(xds_address, csds_pb2.ClientStatusRequest())
+    return from_client_status(fetch(xds_address, csds_pb2.ClientStatusRequest()))
+
+
+def from_client_status(reply: csds_pb2.ClientStatusResponse) -> Enforcement:
     out = Enforcement()
     db = symbol_database.Default()
     for config in reply.config:
@@ -56,7 +65,13 @@ def read(xds_address: str) -> Enforcement:
         node = parts[2]
         out.agents.append(node)
         for entry in config.generic_xds_configs:
-            if not entry.HasField("xds_config") or entry.client_status != dump_pb2.ACKED:
+            if not entry.HasField("xds_config"):
+                # Listed with an ACKed version but no longer held by the control plane: the
+                # node has not ACKed the deletion yet, so it may still enforce the object.
+                if entry.version_info:
+                    out.held.setdefault((entry.type_url.rsplit(".", 1)[-1], entry.name), {})[node] = DELETION_PENDING
+                continue
+            if entry.client_status != dump_pb2.ACKED:
                 continue
             if hashlib.blake2b(entry.xds_config.value, digest_size=8).hexdigest() != entry.version_info:
                 continue  # the node ACKed an older version of it

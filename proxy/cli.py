@@ -1,11 +1,13 @@
 """Entry point of `tulle-proxy`: Envoy's command line, Envoy's bootstrap.
 
     tulle-proxy -c BOOTSTRAP.yaml [--concurrency N] [--log-level LEVEL] [--base-id N]
-                [--mode serve|validate]
+                [--mode serve|validate] [--identity-socket PATH]
 
 A bootstrap that cannot be honoured fails start-up with exit status 1 and one line naming
 the field ("static_resources.clusters[0].lb_policy: ..."). `--mode validate` only checks.
 SIGTERM and SIGINT stop the proxy; so does POST /quitquitquit on the admin listener.
+`--identity-socket PATH` (not Envoy's): the proxy is its own identity agent, its key made
+here and its certificate got from a CSR to the node agent (proxy/tls/identity_client.py).
 
 `--concurrency N` (N > 1): the configuration is validated once, then N worker processes are
 forked; each runs its own event loop and binds every listener with SO_REUSEPORT, so the
@@ -43,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--service-cluster", default="")
     parser.add_argument("--service-node", default="")
     parser.add_argument("--disable-hot-restart", action="store_true")
+    parser.add_argument("--identity-socket", default="", metavar="PATH",
+                        help="the node agent's identity socket: generate the workload's key here and get the "
+                             "secrets 'default' and 'ROOTCA' from a CSR, instead of over SDS")
     return parser.parse_args(argv)
 
 
@@ -133,7 +138,7 @@ async def _serve(config: BootstrapConfig, options: dict[str, object], reuse_port
     from proxy.server import ProxyServer
 
     server = ProxyServer(config, reuse_port=reuse_port, admin=admin, followers=followers or (),
-                         leader=leader)
+                         leader=leader, identity_socket=str(options.get("identity_socket") or ""))
     server.admin_state.options = options
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -52,6 +52,8 @@ from proxy.local_address import first_non_loopback_ipv4
 from proxy.router.route_table import RouteTable
 from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
+from proxy.tls.identity_client import NAMES as IDENTITY_NAMES
+from proxy.tls.identity_client import IdentityClient
 from proxy.tls.sds_client import SdsClient
 from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
@@ -88,9 +90,11 @@ class RunningListener:
 class ProxyServer:
     def __init__(self, config: BootstrapConfig, reuse_port: bool = False,
                  rng: random.Random | None = None, admin: bool = True,
-                 followers: Sequence[socket.socket] = (), leader: socket.socket | None = None) -> None:
+                 followers: Sequence[socket.socket] = (), leader: socket.socket | None = None,
+                 identity_socket: str = "") -> None:
         """`followers` (the leader worker) / `leader` (a follower): the worker links of
-        --concurrency (proxy/worker_link.py)."""
+        --concurrency (proxy/worker_link.py). `identity_socket`: the node agent's identity
+        socket, for the workload's own key and certificate (proxy/tls/identity_client.py)."""
         self.config = config
         self._follower_sockets = list(followers)
         self._leader_socket = leader
@@ -114,6 +118,8 @@ class ProxyServer:
                                       dynamic=self._dynamic_resources, secrets=self.secrets)
         self.ads: AdsClient | None = None
         self.sds: dict[str, SdsClient] = {}
+        self.identity = IdentityClient(identity_socket, self.secrets) if identity_socket else None
+        self._identity_task: asyncio.Task[None] | None = None
         self._unbound: dict[tuple[str, int], Dispatcher] = {}
         self._sds_tasks: list[asyncio.Task[None]] = []
         self._ads_task: asyncio.Task[None] | None = None
@@ -128,6 +134,8 @@ class ProxyServer:
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
         for client in list(self.sds.values()):   # static clusters warm until their secrets came
             await client.ready(client.names)
+        if self.identity is not None and self._identity_task is not None:
+            await self.identity.ready(self.identity.names)
         for listener in self.config.listeners:
             await self._start_listener(listener)
         admin = self.config.admin
@@ -217,10 +225,16 @@ class ProxyServer:
 
     # SDS
 
-    def _subscribe_secrets(self, sources: Sequence[SecretSource]) -> list[tuple[SdsClient, str]]:
-        """Subscribe each secret on its SDS cluster's stream (started on first use)."""
-        subscribed = []
+    def _subscribe_secrets(self, sources: Sequence[SecretSource]) -> list[tuple[SdsClient | IdentityClient, str]]:
+        """Subscribe each secret on its SDS cluster's stream (started on first use); with
+        --identity-socket, the workload's own secrets come from the identity client."""
+        subscribed: list[tuple[SdsClient | IdentityClient, str]] = []
         for source in sources:
+            if self.identity is not None and source.name in IDENTITY_NAMES:
+                if self._identity_task is None:
+                    self._identity_task = asyncio.get_running_loop().create_task(self.identity.run())
+                subscribed.append((self.identity, source.name))
+                continue
             client = self.sds.get(source.cluster)
             if client is None:
                 client = self.sds[source.cluster] = SdsClient(
@@ -488,7 +502,7 @@ class ProxyServer:
             self._ads_task.cancel()
         for task in self._link_tasks:
             task.cancel()
-        for task in self._sds_tasks:
+        for task in [*self._sds_tasks, *filter(None, [self._identity_task])]:
             task.cancel()
         for server in self.servers:
             server.close()

@@ -591,7 +591,11 @@ class Lab:
         if cidr:  # the underlay routes pod addresses to their node (the sidecar's xDS replies)
             _ip(self._underlay_netns(), "route", "replace", cidr, "via", str(node.underlay_ip),
                 what=f"route {cidr} to {node.name} on the underlay")
-        proxy_argv = [*(proxy or [_bin("tulle-proxy")]), "--disable-hot-restart"] if sidecar else []
+        proxy_argv: list[str] = []
+        if sidecar and proxy:  # e.g. Envoy: certificates over SDS from the agent's per-pod socket
+            proxy_argv = [*proxy, "--disable-hot-restart"]
+        elif sidecar:  # tulle-proxy makes its own key; the agent attests it by netns and gets it signed
+            proxy_argv = [_bin("tulle-proxy"), "--identity-socket", str(self.dir / node.name / "identity.sock")]
         spec = PodProcesses(str(directory), proxy_argv, list(app))
         if sidecar:
             spec.bootstrap.write_text(json.dumps(sidecar_bootstrap(

@@ -8,6 +8,10 @@ network namespace, in its own session so it outlives `meshctl lab pod add`):
   for the pod (`sidecar_bootstrap`): ADS to tulle-control's plaintext xDS on the
   underlay, node id `sidecar~<pod-ip>~<pod>.<ns>~<ns>.svc.cluster.local`, metadata
   NAME / NAMESPACE / INTERCEPTION_MODE=REDIRECT, admin on 127.0.0.1:15000 in the pod.
+- Certificates: tulle-proxy runs with `--identity-socket` (its node agent's): it makes its
+  own key and gets the pod's SPIFFE certificate from a CSR, the agent attesting the pod by
+  the caller's network namespace. Another proxy (Envoy) gets the secrets over SDS from the
+  agent's per-pod socket, the `sds-grpc` cluster of the bootstrap.
 - The app starts only once the sidecar's admin `/ready` answers 200 (config received,
   listeners up); a sidecar that exits or is not ready within the timeout fails the pod.
 - When the app exits, the supervisor lets the sidecar finish the requests it is still

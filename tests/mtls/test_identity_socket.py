@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,3 +117,68 @@ def test_a_pod_cannot_get_another_pods_identity(node: Node) -> None:
 def test_a_process_in_no_attached_pod_gets_nothing(node: Node) -> None:
     assert "not in the network namespace of any pod" in node.ask(node.netns["unattached"])["error"]
     assert "not in the network namespace of any pod" in node.ask(None)["error"]
+
+
+# A sidecar whose TLS listener takes its certificate and trust bundle from SDS names
+# `default` and `ROOTCA`: with --identity-socket, tulle-proxy makes them itself.
+SIDECAR_BOOTSTRAP = {
+    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+    "static_resources": {
+        "listeners": [{
+            "name": "mtls",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15443}},
+            "filter_chains": [{
+                "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "mtls", "cluster": "app"}}],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": True,
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": {
+                            "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                                                  "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]},
+                            "resource_api_version": "V3"}}],
+                        "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": {
+                            "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                                                  "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]},
+                            "resource_api_version": "V3"}}}}},
+            }],
+        }],
+        "clusters": [
+            {"name": "app", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "app",
+             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                 "address": "127.0.0.1", "port_value": 8080}}}}]}]}},
+            {"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+             "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                 "explicit_http_config": {"http2_protocol_options": {}}}},
+             "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                 "address": {"pipe": {"path": "/nonexistent/sds.sock"}}}}]}]}},
+        ],
+    },
+}
+ADMIN_SECRETS = ("import json, urllib.request; print(urllib.request.urlopen("
+                 "'http://127.0.0.1:15000/config_dump', timeout=2).read().decode())")
+
+
+def test_tulle_proxy_with_the_identity_socket_makes_its_own_key_and_serves_its_pods_identity(
+        node: Node, tmp_path: Path) -> None:
+    from control.xds.proxy_secrets import secret_rows
+
+    bootstrap = tmp_path / "bootstrap.json"
+    bootstrap.write_text(json.dumps(SIDECAR_BOOTSTRAP))
+    proxy = node.kernel.spawn(node.netns["web-1"], [str(Path(sys.executable).parent / "tulle-proxy"), "-c", str(bootstrap),
+                                                    "--identity-socket", str(node.socket)])
+    deadline = time.monotonic() + 30
+    while True:
+        done = node.kernel.exec(node.netns["web-1"], [sys.executable, "-c", ADMIN_SECRETS])
+        if done.returncode == 0:
+            break
+        assert proxy.poll() is None and time.monotonic() < deadline, done.stderr
+        time.sleep(0.2)
+    rows = {row[0]: row for row in secret_rows(json.loads(done.stdout))[1:]}
+    assert rows["default"][1:3] == ["Cert Chain", "spiffe://cluster.local/ns/shop/sa/frontend"]
+    assert rows["ROOTCA"][1] == "Trust Bundle"
+    listening = node.kernel.exec(node.netns["web-1"], ["ss", "-ltnH", "sport = :15443"])
+    assert "15443" in listening.stdout  # the TLS listener warmed with the proxy-made secrets

@@ -58,6 +58,10 @@ def print_report(console: Console, f: Findings, seconds: float, lab_stays: bool 
         console.print(f"   the catalog's sidecars verified the caller as [cyan]{caller}[/cyan] ({n} requests)")
     for server, n in split.get("servers", {}).items():
         console.print(f"   and presented themselves as            [cyan]{server}[/cyan] ({n} requests)")
+    meshed = [pod["pod"] for pod in f.pods if pod["sidecar"] != "none"]
+    signed = [pod for pod in meshed if pod in f.issued]
+    console.print(f"   {len(signed)} of {len(meshed)} sidecars made their own private key and sent only a CSR; their "
+                  "nodes' agents vouched for each pod by its network namespace and had tulle-control's CA sign it.")
     u = f.underlay
     verdict = "[green]no plaintext HTTP[/green]" if u.get("plaintext_http_segments") == 0 else \
         f"[red]{u.get('plaintext_http_segments')} plaintext HTTP segments[/red] {u.get('samples')}"

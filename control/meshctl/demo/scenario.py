@@ -63,6 +63,7 @@ PODS: Final = (
     DemoPod("visitor", "node-2", {}, "", (), meshed=False),
 )
 FAILING: Final = "catalog-v1-b"
+ISSUED: Final = re.compile(r"issued (spiffe://\S+) to pod (\S+)")  # netpolicy/agent/identity.py's log line
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Findings:
     outlier: dict[str, Any] = field(default_factory=dict)
     after_ejection: dict[str, Any] = field(default_factory=dict)
     failing_pod_requests: int = -1
+    issued: dict[str, str] = field(default_factory=dict)  # pod -> identity its node's agent had signed
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -141,6 +143,7 @@ class Demo:
             if spec.app:
                 self._until(f"{spec.name}'s app answers", functools.partial(self._answers, spec.name))
         self._until("the frontend's sidecar has all three catalog endpoints", self._catalog_endpoints_known)
+        self.findings.issued = self._issued()
 
     def observe_split(self) -> None:
         lab = self._lab()
@@ -211,6 +214,14 @@ class Demo:
 
     def _inbound_requests(self, pod: str) -> int:
         return sum(v for k, v in self._stats(pod, "inbound_0.0.0.0_8080").items() if k.endswith(".downstream_rq_total"))
+
+    def _issued(self) -> dict[str, str]:
+        """What the agents' logs say they had signed for which pod (from the pods' CSRs)."""
+        issued = {}
+        for log in sorted(self._lab().dir.glob("node-*/agent.log")):
+            for identity, pod in ISSUED.findall(log.read_text(errors="replace")):
+                issued[pod] = identity
+        return issued
 
     def _answers(self, pod: str) -> bool:
         return self._curl(pod, "http://127.0.0.1:8080/")[0] > 0

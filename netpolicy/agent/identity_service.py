@@ -26,6 +26,7 @@ from netpolicy.agent.identity import (
     CertificateAuthorityClient,
     IdentityServer,
     PodRef,
+    attest_pid,
 )
 from netpolicy.agent.sds import PodSdsServer, WorkloadSecrets, pod_socket
 from netpolicy.agent.server import serve
@@ -67,6 +68,9 @@ class NodeIdentityService:
         reply = await loop.run_in_executor(self._agent.worker, self._agent.run, "attachments", {})
         return [(a["netns"], a.get("podNamespace") or "", a.get("podName") or "") for a in reply.get("attachments", ())]
 
+    async def _attest(self, pid: int) -> PodRef:
+        return await attest_pid(pid, self.attached_pods)
+
     async def start(self) -> None:
         await self._identity.start()
         self._task = asyncio.create_task(self._reconcile_forever(), name="identity-reconcile")
@@ -85,7 +89,7 @@ class NodeIdentityService:
         async with self._reconciling:
             pods = {PodRef(ns, name) for _, ns, name in await self.attached_pods() if ns and name}
             for pod in pods - self._sds.keys():
-                server = PodSdsServer(pod_socket(self._sds_dir, pod), WorkloadSecrets(pod, self._ca))
+                server = PodSdsServer(pod_socket(self._sds_dir, pod), WorkloadSecrets(pod, self._ca), self._attest)
                 await server.start()
                 self._sds[pod] = server
                 log.info("SDS for pod %s on %s", pod, server.path)

@@ -25,7 +25,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from cni.capture import PROXY_UID
-from netpolicy.agent.identity import CertificateAuthorityClient, PodRef
+from netpolicy.agent.identity import CertificateAuthorityClient, NotAttested, PodRef, peer_pid
 from proxy.tls.workload_identity import new_key_and_csr, retry_delay
 
 log = logging.getLogger("tulle.agent.sds")
@@ -199,32 +199,81 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):
 
 
 class PodSdsServer:
-    """The SDS socket of one pod."""
+    """The SDS socket of one pod.
 
-    def __init__(self, path: Path, secrets: WorkloadSecrets) -> None:
+    With `attest` (the agent passes the identity socket's check, netns by SO_PEERCRED),
+    the socket the sidecar reaches is a small front that lets a connection through to the
+    gRPC server (on a root-only socket beside it) only if the caller runs in this pod's
+    network namespace: on one host every sidecar has uid 1337 and can open any pod's
+    socket file, so the file's mode alone does not say who calls. Without `attest`
+    (tests), the gRPC server listens on the socket itself."""
+
+    def __init__(self, path: Path, secrets: WorkloadSecrets,
+                 attest: Callable[[int], Awaitable[PodRef]] | None = None) -> None:
         self.path = path
         self.secrets = secrets
+        self._attest = attest
         self._server: grpc.aio.Server | None = None
+        self._front: asyncio.AbstractServer | None = None
+        self._grpc_path = path.with_name(path.name + ".grpc")
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        for stale in (self.path, self._grpc_path):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         server = grpc.aio.server()
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(SecretDiscovery(self.secrets), server)
-        server.add_insecure_port(f"unix:{self.path}")
+        grpc_path = self._grpc_path if self._attest is not None else self.path
+        server.add_insecure_port(f"unix:{grpc_path}")
+        os.chmod(grpc_path, 0o600)
+        await server.start()
+        self._server = server
+        if self._attest is not None:
+            self._front = await asyncio.start_unix_server(self._on_connection, path=str(self.path))
         # Only root and the sidecar's uid may connect (grpc binds it with the umask's mode).
         os.chown(self.path, PROXY_UID, PROXY_UID)
         os.chmod(self.path, 0o600)
-        await server.start()
-        self._server = server
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._attest is not None
+        try:
+            caller = await self._attest(peer_pid(writer.get_extra_info("socket")))
+        except (NotAttested, OSError) as error:
+            caller = None
+            log.warning("SDS socket of %s: refused a caller: %s", self.secrets.pod, error)
+        if caller != self.secrets.pod:
+            if caller is not None:
+                log.warning("SDS socket of %s: refused pod %s", self.secrets.pod, caller)
+            writer.close()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_unix_connection(str(self._grpc_path))
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
 
     async def stop(self) -> None:
+        if self._front is not None:
+            self._front.close()
         if self._server is not None:
             await self._server.stop(grace=0.5)
         await self.secrets.stop()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        for path in (self.path, self._grpc_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
 
 def pod_socket(root: Path, pod: PodRef) -> Path:

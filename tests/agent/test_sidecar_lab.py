@@ -2,8 +2,9 @@
 generated for the pod, ADS to the lab's tulle-control) ready before the app starts,
 /quitquitquit when the app exits, `pod del` and `lab down` stopping both by PID.
 
-The sidecar binary here is Envoy, the real peer: this tree's tulle-proxy has no ADS client
-yet (main's has); the lifecycle and the bootstrap are the same for both."""
+The sidecar binary here is Envoy, the real peer, which takes its certificate over the node
+agent's per-pod SDS socket (tulle-proxy sidecars make their own key: tests/e2e); the
+lifecycle and the bootstrap are the same for both."""
 
 from __future__ import annotations
 
@@ -136,3 +137,36 @@ def test_meshctl_lab_pod_add_inject_starts_the_app_after_its_sidecar(lab: Lab, n
     done = subprocess.run([meshctl, "lab", "pod", "del", f"{ns}/cli", "--lab", lab.name], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# Asks a pod's SDS socket for the workload certificate; prints its SPIFFE ID or the failure.
+FETCH_SECRET = """
+import sys, grpc
+from cryptography import x509
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+try:
+    with grpc.insecure_channel("unix:" + sys.argv[1]) as channel:
+        stream = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets(
+            iter([discovery_pb2.DiscoveryRequest(resource_names=["default"])]), timeout=5)
+        reply = next(stream)
+    secret = secret_pb2.Secret()
+    reply.resources[0].Unpack(secret)
+    leaf = x509.load_pem_x509_certificate(secret.tls_certificate.certificate_chain.inline_bytes)
+    print(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+          .get_values_for_type(x509.UniformResourceIdentifier)[0])
+except grpc.RpcError as error:
+    print("refused:", error.code().name)
+"""
+
+
+def test_a_pods_sds_socket_serves_only_processes_in_that_pod(lab: Lab, ns: str) -> None:
+    own = lab.add_pod(ns, "own", service_account="owner")
+    other = lab.add_pod(ns, "other", service_account="intruder")
+    socket = lab.dir / own.node / "sds" / ns / "own" / "socket"
+    eventually(socket.exists)
+    from_own = lab.exec(own, [sys.executable, "-c", FETCH_SECRET, str(socket)], capture_output=True)
+    assert from_own.stdout.strip() == f"spiffe://cluster.local/ns/{ns}/sa/owner", from_own.stderr
+    from_other = lab.exec(other, [sys.executable, "-c", FETCH_SECRET, str(socket)], capture_output=True)
+    assert from_other.stdout.startswith("refused:"), from_other.stdout + from_other.stderr

@@ -26,7 +26,7 @@ log = logging.getLogger("tulle.control.xds")
 
 DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
 KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy",
-         "PeerAuthentication", "AuthorizationPolicy")
+         "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "PeerAuthentication", "AuthorizationPolicy")
 
 
 class _Event(Protocol):

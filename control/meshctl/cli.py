@@ -218,7 +218,7 @@ def get(session: Session, kind_arg: str, names: tuple[str, ...], namespace: str 
             where = "" if all_namespaces or not kind.namespaced else f" in {namespace} namespace"
             click.echo(f"No resources found{where}.", err=True)
             return
-    if kind.name == "NetworkPolicy" and output in (None, "wide"):
+    if kind.name in ENFORCED_KINDS and output in (None, "wide"):
         objects = _with_enforcement(objects)
     _print_listing(kind, objects, output, single=len(names) == 1 and not watch, all_namespaces=all_namespaces)
     if not watch:
@@ -236,8 +236,11 @@ def get(session: Session, kind_arg: str, names: tuple[str, ...], namespace: str 
         _fail(_error_text(e))
 
 
+ENFORCED_KINDS = ("NetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
+
+
 def _with_enforcement(objects: list[Object]) -> list[Object]:
-    """NetworkPolicies with `status.enforced` = "<agents enforcing this version>/<agents>",
+    """Policies (of ENFORCED_KINDS) with `status.enforced` = "<agents enforcing this version>/<agents>",
     from the agents' ACKs read over CSDS at tulle-control's xDS address."""
     try:
         held = enforcement.read(DEFAULT_XDS)
@@ -246,8 +249,8 @@ def _with_enforcement(objects: list[Object]) -> list[Object]:
     out = []
     for obj in objects:
         meta = obj["metadata"]
-        nodes = held.nodes_enforcing("NetworkPolicy", f"{meta.get('namespace', '')}/{meta['name']}",
-                                     str(meta.get("resourceVersion", "")))
+        name = f"{meta.get('namespace', '')}/{meta['name']}" if obj["kind"] == "NetworkPolicy" else meta["name"]
+        nodes = held.nodes_enforcing(obj["kind"], name, str(meta.get("resourceVersion", "")))
         out.append({**obj, "status": {**(obj.get("status") or {}), "enforced": f"{len(nodes)}/{len(held.agents)}"}})
     return out
 

@@ -8,11 +8,13 @@ Theory of operation (the backends of `netpolicy.conformance.runner`):
   lab (objects in tulle-control first, then CNI ADD on a node, round-robin over the
   nodes), each pod's TCP and UDP ports served from this process inside the pod's
   namespace. The topology is kept while consecutive cases share it.
-- `reset`/`apply`: every change goes through the config API; then the backend waits until
-  every agent has ACKed the exact resourceVersion of every object involved (and has
-  dropped the deleted ones), read over CSDS (`control.meshctl.enforcement`). An agent
-  ACKs only what it compiled and committed to the kernel, so once that holds, the rules
-  are in force on every node — no sleeps, no guessing.
+- `reset`/`apply`: every change goes through the config API (NetworkPolicies and the
+  cluster-scoped AdminNetworkPolicies and BaselineAdminNetworkPolicy alike); then the
+  backend waits until every agent has ACKed the exact resourceVersion of every object
+  involved (and has dropped the deleted ones), read over CSDS
+  (`control.meshctl.enforcement`). An agent ACKs only what it compiled and committed to
+  the kernel, so once that holds, the rules are in force on every node — no sleeps, no
+  guessing.
 - Probes are made from this process with sockets opened inside the source pod's namespace
   (TCP: a completed handshake; UDP: a reply); SCTP is not probed (no SCTP sockets here).
 """
@@ -38,6 +40,7 @@ from netpolicy.netns import socket_in
 
 SYNC_TIMEOUT = 60.0
 Wanted = dict[tuple[str, str], str | None]  # (kind, "<ns>/<name>" or name) -> resourceVersion | None (gone)
+ADMIN_KINDS = ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy")  # cluster-scoped
 
 
 class SyncTimeout(RuntimeError):
@@ -122,6 +125,10 @@ class LabBackend:
         lab, topology = self._lab(), self._topology
         assert topology is not None
         with lab.api() as api:
+            for kind in ADMIN_KINDS:
+                for doc in await asyncio.to_thread(api.list, kind, ""):
+                    await asyncio.to_thread(api.delete, kind, "", doc["metadata"]["name"])
+                    self._gone[(kind, doc["metadata"]["name"])] = None
             for ns in topology.namespaces:
                 for doc in await asyncio.to_thread(api.list, "NetworkPolicy", ns.name):
                     await asyncio.to_thread(api.delete, "NetworkPolicy", ns.name, doc["metadata"]["name"])
@@ -147,7 +154,8 @@ class LabBackend:
                     await asyncio.to_thread(lab.set_pod_labels, meta["namespace"], meta["name"], dict(meta.get("labels") or {}))
                 else:
                     await asyncio.to_thread(api.apply, resolve_placeholders(doc, ip_of))
-                    self._gone.pop((str(kind), f"{meta.get('namespace', 'default')}/{meta['name']}"), None)
+                    name = meta["name"] if kind in ADMIN_KINDS else f"{meta.get('namespace', 'default')}/{meta['name']}"
+                    self._gone.pop((str(kind), name), None)
             for kind, namespace, name in step.delete:
                 await asyncio.to_thread(api.delete, kind, namespace or "", name)
                 self._gone[(kind, f"{namespace}/{name}" if namespace else name)] = None
@@ -179,6 +187,9 @@ class LabBackend:
         assert topology is not None
         wanted: Wanted = dict(self._gone)
         with lab.api() as api:
+            for kind in ADMIN_KINDS:
+                for d in api.list(kind, ""):
+                    wanted[(kind, d["metadata"]["name"])] = d["metadata"]["resourceVersion"]
             for ns in topology.namespaces:
                 doc = api.get("Namespace", "", ns.name)
                 assert doc is not None

@@ -57,7 +57,7 @@ def netpol() -> None:
 @netpol.command()
 @click.argument("corpus")
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 8), help="Lab nodes (pods spread over them).")
-@click.option("--only", metavar="GLOB", help="Only cases whose name matches, e.g. 'np-*'.")
+@click.option("--only", metavar="GLOB", help="Only cases whose name matches, e.g. 'np-*' or 'anp-*,banp-*'.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 512), help="Probes in flight.")
 @click.option("--timeout", default=2.0, show_default=True, help="Per probe, seconds.")

@@ -133,8 +133,8 @@ COLUMNS: dict[str, list[Column]] = {
     # ENFORCED: agents enforcing this version / agents connected, filled in by `get` from
     # the agents' ACKs (control.meshctl.enforcement); "?" when those cannot be read.
     "NetworkPolicy": [Column("POD-SELECTOR", _pod_selector), Column("ENFORCED", _get("status", "enforced", default="?"))],
-    "AdminNetworkPolicy": [Column("PRIORITY", _get("spec", "priority"))],
-    "BaselineAdminNetworkPolicy": [],
+    "AdminNetworkPolicy": [Column("PRIORITY", _get("spec", "priority")), Column("ENFORCED", _get("status", "enforced", default="?"))],
+    "BaselineAdminNetworkPolicy": [Column("ENFORCED", _get("status", "enforced", default="?"))],
     "VirtualService": [Column("GATEWAYS", _get("spec", "gateways", default="")), Column("HOSTS", _get("spec", "hosts"))],
     "DestinationRule": [Column("HOST", _get("spec", "host"))],
     "PeerAuthentication": [Column("MODE", _get("spec", "mtls", "mode", default="UNSET"))],

@@ -7,6 +7,9 @@ Every agent is sent:
   address (`tulle.netpolicy.v1.Pod`, named `<namespace>/<name>`) and every NetworkPolicy
   (`tulle.netpolicy.v1.NetworkPolicy`, named `<namespace>/<name>`): a policy on one node
   selects peers on any node, by pod and namespace labels, so each agent needs them all.
+  Likewise every AdminNetworkPolicy and the BaselineAdminNetworkPolicy, as one type
+  (`tulle.netpolicy.v1.AdminNetworkPolicy`, `baseline` set for the latter), named
+  `<name>` and `baseline/<name>` (a Kubernetes name has no "/": the two cannot collide).
   The agent's own pods are sent even before they have an address (their labels are
   what the CNI ADD path programs). Each message carries its object's resourceVersion,
   so an agent's ACK says which version of an object that node enforces.
@@ -20,10 +23,20 @@ from __future__ import annotations
 
 import json
 
-from control.xds.mesh import Endpoints, MeshSnapshot, Namespace, NetworkPolicy, Node, Pod, Service
+from control.xds.mesh import (
+    AdminNetworkPolicy,
+    Endpoints,
+    MeshSnapshot,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    Service,
+)
 from control.xds.resources import Resource
 from control.xds.sidecar import TranslationMemo
 from proto.tulle.netpolicy.v1 import (
+    admin_network_policy_pb2,
     namespace_pb2,
     network_policy_pb2,
     node_pb2,
@@ -39,6 +52,7 @@ def agent_resources(mesh: MeshSnapshot, node_name: str, memo: TranslationMemo) -
         if pod.ip or pod.node_name == node_name:
             out.append(memo.get(("agent-pod", pod), _pod, pod))
     out += [memo.get(("agent-np", np), _network_policy, np) for np in mesh.network_policies]
+    out += [memo.get(("agent-anp", anp), _admin_network_policy, anp) for anp in mesh.admin_network_policies]
     for hostname, service in mesh.services.items():
         if service.cluster_ip and service.cluster_ip != "None":
             key = (service, mesh.endpoints.get(hostname))
@@ -80,6 +94,22 @@ def _network_policy(np: NetworkPolicy) -> Resource:
         network_policy_pb2.NetworkPolicy(
             name=np.name, namespace=np.namespace, spec_json=json.dumps(np.spec, sort_keys=True),
             resource_version=np.resource_version,
+        ),
+    )
+
+
+def admin_resource_name(name: str, baseline: bool) -> str:
+    """The resource name of an AdminNetworkPolicy (`<name>`) or BaselineAdminNetworkPolicy
+    (`baseline/<name>`) on the agents' stream."""
+    return f"baseline/{name}" if baseline else name
+
+
+def _admin_network_policy(anp: AdminNetworkPolicy) -> Resource:
+    return Resource(
+        admin_resource_name(anp.name, anp.baseline),
+        admin_network_policy_pb2.AdminNetworkPolicy(
+            name=anp.name, spec_json=json.dumps(anp.spec, sort_keys=True), resource_version=anp.resource_version,
+            baseline=anp.baseline,
         ),
     )
 

@@ -3,9 +3,9 @@
 Theory of operation: the store hands the control plane Kubernetes-shaped documents
 (plain dicts with apiVersion, kind, metadata, spec, status). `MeshSnapshot.from_documents`
 reads the kinds the xDS translation needs — Namespace, Pod, Service, Endpoints, Node,
-VirtualService, DestinationRule, NetworkPolicy, PeerAuthentication,
-AuthorizationPolicy — into frozen dataclasses and ignores
-every other kind. Documents are assumed already validated by the API edge; a document
+VirtualService, DestinationRule, NetworkPolicy, AdminNetworkPolicy,
+BaselineAdminNetworkPolicy, PeerAuthentication, AuthorizationPolicy — into frozen
+dataclasses and ignores every other kind. Documents are assumed already validated by the API edge; a document
 that still lacks what translation needs raises `MeshDocumentError` naming the field.
 
 Rules:
@@ -185,6 +185,17 @@ class NetworkPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminNetworkPolicy:
+    """An AdminNetworkPolicy, or the BaselineAdminNetworkPolicy when `baseline`
+    (both cluster-scoped)."""
+
+    name: str
+    spec: Any  # frozen; interpreted by netpolicy, carried here for agents
+    resource_version: str = ""
+    baseline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
     labels: tuple[tuple[str, str], ...] = ()
@@ -241,6 +252,7 @@ class MeshSnapshot:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: Mapping[str, DestinationRule] = field(default_factory=dict)  # host
     network_policies: tuple[NetworkPolicy, ...] = ()
+    admin_network_policies: tuple[AdminNetworkPolicy, ...] = ()  # baseline last
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     trust_domain: str = TRUST_DOMAIN  # of the SPIFFE IDs that peers must present
@@ -260,6 +272,7 @@ class MeshSnapshot:
         vss: list[VirtualService] = []
         drs: dict[str, DestinationRule] = {}
         nps: list[NetworkPolicy] = []
+        anps: list[AdminNetworkPolicy] = []
         pas: list[PeerAuthentication] = []
         aps: list[AuthorizationPolicy] = []
         for obj in objects:
@@ -280,6 +293,8 @@ class MeshSnapshot:
                 drs.setdefault(obj.host, obj)
             elif isinstance(obj, NetworkPolicy):
                 nps.append(obj)
+            elif isinstance(obj, AdminNetworkPolicy):
+                anps.append(obj)
             elif isinstance(obj, PeerAuthentication):
                 pas.append(obj)
             elif isinstance(obj, AuthorizationPolicy):
@@ -294,6 +309,7 @@ class MeshSnapshot:
             virtual_services=tuple(sorted(vss, key=lambda v: (v.namespace, v.name))),
             destination_rules=drs,
             network_policies=tuple(sorted(nps, key=lambda n: (n.namespace, n.name))),
+            admin_network_policies=tuple(sorted(anps, key=lambda a: (a.baseline, a.name))),
             peer_authentications=tuple(sorted(pas, key=lambda a: (a.namespace, a.name))),
             authorization_policies=tuple(sorted(aps, key=lambda a: (a.namespace, a.name))),
             trust_domain=trust_domain,
@@ -317,7 +333,7 @@ class MeshDocuments:
 
     @staticmethod
     def key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
-        cluster_scoped = kind in ("Namespace", "Node")
+        cluster_scoped = kind in ("Namespace", "Node", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
         return (kind, "" if cluster_scoped else namespace or "default", name)
 
     def upsert(self, doc: Doc) -> bool:
@@ -478,6 +494,12 @@ def _read_network_policy(doc: Doc) -> NetworkPolicy:
     return NetworkPolicy(name, ns, freeze(doc.get("spec") or {}), _resource_version(doc))
 
 
+def _read_admin_network_policy(doc: Doc) -> AdminNetworkPolicy:
+    name = str(_require(doc, "metadata", "name"))
+    return AdminNetworkPolicy(name, freeze(doc.get("spec") or {}), _resource_version(doc),
+                              baseline=doc.get("kind") == "BaselineAdminNetworkPolicy")
+
+
 def _selector(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
     selector = spec.get("selector")
     if selector is None:
@@ -522,6 +544,8 @@ _READERS: dict[str, Any] = {
     "VirtualService": _read_virtual_service,
     "DestinationRule": _read_destination_rule,
     "NetworkPolicy": _read_network_policy,
+    "AdminNetworkPolicy": _read_admin_network_policy,
+    "BaselineAdminNetworkPolicy": _read_admin_network_policy,
     "PeerAuthentication": _read_peer_authentication,
     "AuthorizationPolicy": _read_authorization_policy,
 }

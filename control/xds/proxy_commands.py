@@ -31,12 +31,14 @@ from control.xds.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    TULLE_ADMIN_NETWORK_POLICY,
     TULLE_NAMESPACE,
     TULLE_NETWORK_POLICY,
     TULLE_NODE,
     TULLE_POD,
 )
 from proto.tulle.netpolicy.v1 import (  # noqa: F401 - Tulle's agent types, likewise
+    admin_network_policy_pb2,
     namespace_pb2,
     network_policy_pb2,
     node_pb2,
@@ -61,7 +63,8 @@ CSDS_METHOD = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClient
 COLUMNS = (("CDS", CLUSTER), ("LDS", LISTENER), ("EDS", ENDPOINT), ("RDS", ROUTE), ("NODES", TULLE_NODE), ("PODS", TULLE_POD),
            ("NETPOL", TULLE_NETWORK_POLICY))
 KINDS = {"clusters": CLUSTER, "listeners": LISTENER, "routes": ROUTE, "endpoints": ENDPOINT, "nodes": TULLE_NODE, "pods": TULLE_POD,
-         "namespaces": TULLE_NAMESPACE, "networkpolicies": TULLE_NETWORK_POLICY}
+         "namespaces": TULLE_NAMESPACE, "networkpolicies": TULLE_NETWORK_POLICY,
+         "adminnetworkpolicies": TULLE_ADMIN_NETWORK_POLICY}
 _STATUS = {csds_pb2.SYNCED: "SYNCED", csds_pb2.STALE: "STALE", csds_pb2.ERROR: "NACKED", csds_pb2.NOT_SENT: "NOT SENT"}
 
 
@@ -232,4 +235,11 @@ def _network_policies(rs: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
-_SHORT = {"namespaces": _namespaces, "networkpolicies": _network_policies, "clusters": _clusters, "listeners": _listeners, "routes": _routes, "endpoints": _endpoints, "nodes": _nodes, "pods": _pods}
+def _admin_network_policies(rs: list[dict[str, Any]]) -> list[list[str]]:
+    return [["KIND", "NAME", "RESOURCE VERSION"]] + [
+        ["BaselineAdminNetworkPolicy" if p.get("baseline") else "AdminNetworkPolicy", p["name"], p.get("resource_version", "")]
+        for p in rs
+    ]
+
+
+_SHORT = {"namespaces": _namespaces, "networkpolicies": _network_policies, "adminnetworkpolicies": _admin_network_policies, "clusters": _clusters, "listeners": _listeners, "routes": _routes, "endpoints": _endpoints, "nodes": _nodes, "pods": _pods}

@@ -37,12 +37,13 @@ TULLE_POD: Final = _PREFIX + "tulle.netpolicy.v1.Pod"
 TULLE_NAMESPACE: Final = _PREFIX + "tulle.netpolicy.v1.Namespace"
 TULLE_NETWORK_POLICY: Final = _PREFIX + "tulle.netpolicy.v1.NetworkPolicy"
 TULLE_SERVICE: Final = _PREFIX + "tulle.netpolicy.v1.Service"
+TULLE_ADMIN_NETWORK_POLICY: Final = _PREFIX + "tulle.netpolicy.v1.AdminNetworkPolicy"
 
 # Push order across types (make-before-break, as Envoy's ADS guidance says): clusters
 # before the endpoints they name, listeners before the routes they name.
 PUSH_ORDER: Final = (
     CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TULLE_NODE, TULLE_NAMESPACE, TULLE_POD, TULLE_NETWORK_POLICY,
-    TULLE_SERVICE,
+    TULLE_ADMIN_NETWORK_POLICY, TULLE_SERVICE,
 )
 
 # In state-of-the-world, a Listener or Cluster response is the full set: what it omits is
@@ -59,6 +60,7 @@ TYPE_ALIASES: Final = {
     "pods": TULLE_POD,
     "namespaces": TULLE_NAMESPACE,
     "networkpolicies": TULLE_NETWORK_POLICY,
+    "adminnetworkpolicies": TULLE_ADMIN_NETWORK_POLICY,
     "services": TULLE_SERVICE,
 }
 

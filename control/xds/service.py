@@ -28,7 +28,7 @@ from control.xds.server import AdsServer
 log = logging.getLogger("tulle.control.xds")
 
 KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "VirtualService", "DestinationRule", "NetworkPolicy",
-         "PeerAuthentication", "AuthorizationPolicy")
+         "AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "PeerAuthentication", "AuthorizationPolicy")
 
 
 class _Event(Protocol):

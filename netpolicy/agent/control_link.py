@@ -37,9 +37,10 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from netpolicy.agent.node_services import SERVICE
-from netpolicy.agent.policy_view import NAMESPACE, NETWORK_POLICY, NODE, POD
+from netpolicy.agent.policy_view import ADMIN_NETWORK_POLICY, NAMESPACE, NETWORK_POLICY, NODE, POD
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
 from proto.tulle.netpolicy.v1 import (
+    admin_network_policy_pb2,
     namespace_pb2,
     network_policy_pb2,
     node_pb2,
@@ -50,12 +51,13 @@ from proto.tulle.netpolicy.v1 import (
 log = logging.getLogger("tulle.agent.control")
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
-SUBSCRIBED = (NODE, NAMESPACE, POD, NETWORK_POLICY, SERVICE)
+SUBSCRIBED = (NODE, NAMESPACE, POD, NETWORK_POLICY, ADMIN_NETWORK_POLICY, SERVICE)
 _MESSAGES: dict[str, Any] = {
     NODE: node_pb2.Node,
     NAMESPACE: namespace_pb2.Namespace,
     POD: pod_pb2.Pod,
     NETWORK_POLICY: network_policy_pb2.NetworkPolicy,
+    ADMIN_NETWORK_POLICY: admin_network_policy_pb2.AdminNetworkPolicy,
     SERVICE: service_pb2.Service,
 }
 VTEP_MAC_ANNOTATION = "tulle.io/vtep-mac"

@@ -39,6 +39,7 @@ from cni.overlay import OverlayNode, nodes_from_messages
 from netpolicy.agent.control_link import ConfigApi, ControlError, PodStatusReporter
 from netpolicy.agent.pod_capture import MESH_ANNOTATION_PREFIXES, capture_config, install_capture
 from netpolicy.agent.policy_view import (
+    ADMIN_NETWORK_POLICY,
     NAMESPACE,
     NETWORK_POLICY,
     NODE,
@@ -213,4 +214,6 @@ def _cleared(view: PolicyView, type_url: str) -> PolicyView:
         return replace(view, pods={})
     if type_url == NETWORK_POLICY:
         return replace(view, policies={})
+    if type_url == ADMIN_NETWORK_POLICY:
+        return replace(view, admin_policies={})
     return view

@@ -7,6 +7,10 @@ Rules:
   `ViewError` naming the bad resource — then the view is unchanged and the agent NACKs
   with that message. A policy is parsed by `netpolicy.model` (the API's own rules), so a
   policy the control plane should have refused never half-applies here either.
+- AdminNetworkPolicies and the BaselineAdminNetworkPolicy arrive as one type
+  (`AdminNetworkPolicy`, `baseline` set for the latter), named `<name>` and
+  `baseline/<name>`; they are kept apart from NetworkPolicies (whose names are
+  `<namespace>/<name>`, so "baseline/default" could be one of them).
 - The node's own pods are known by their attachments (the CNI backend's store is the
   authority for which local address belongs to which pod); their labels and ports come
   from the pod objects the control plane sends. A local pod without an attachment is not
@@ -15,7 +19,8 @@ Rules:
   fail the whole state: local attachments win, then the first remote pod in name order.
 - A pod's namespace that has not arrived yet is taken as existing with only its
   `kubernetes.io/metadata.name` label, as the API server would give it.
-- `ready` once every type the state needs has had its first response: until then the
+- `ready` once every type the state needs (namespaces, pods, both policy types) has had
+  its first response: until then the
   agent must not replace the kernel's rules (an empty view would mean "no policy").
 """
 
@@ -28,14 +33,22 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from netpolicy.cluster import ClusterState, ContainerPort, Namespace, Pod
-from netpolicy.model import NetworkPolicy, PolicyError, Protocol, parse_policy
+from netpolicy.model import (
+    POLICY_V1ALPHA1,
+    AdminNetworkPolicy,
+    NetworkPolicy,
+    PolicyError,
+    Protocol,
+    parse_policy,
+)
 
 _PREFIX: Final = "type.googleapis.com/tulle.netpolicy.v1."
 NODE: Final = _PREFIX + "Node"
 NAMESPACE: Final = _PREFIX + "Namespace"
 POD: Final = _PREFIX + "Pod"
 NETWORK_POLICY: Final = _PREFIX + "NetworkPolicy"
-POLICY_TYPES: Final = (NAMESPACE, POD, NETWORK_POLICY)
+ADMIN_NETWORK_POLICY: Final = _PREFIX + "AdminNetworkPolicy"
+POLICY_TYPES: Final = (NAMESPACE, POD, NETWORK_POLICY, ADMIN_NETWORK_POLICY)
 
 
 class ViewError(ValueError):
@@ -66,6 +79,7 @@ class PolicyView:
     namespaces: Mapping[str, Namespace] = field(default_factory=dict)
     pods: Mapping[str, PodInfo] = field(default_factory=dict)  # "<ns>/<name>"
     policies: Mapping[str, NetworkPolicy] = field(default_factory=dict)  # "<ns>/<name>"
+    admin_policies: Mapping[str, AdminNetworkPolicy] = field(default_factory=dict)  # "<name>", "baseline/<name>"
     local: Mapping[str, LocalPod] = field(default_factory=dict)  # "<ns>/<name>"
     received: frozenset[str] = frozenset()  # type URLs that had a first response
 
@@ -75,7 +89,8 @@ class PolicyView:
 
     # ------------------------------------------------------------------ changes
     def apply_response(self, type_url: str, resources: Mapping[str, Any], removed: Iterable[str]) -> PolicyView:
-        """`resources`: name → decoded message of `type_url` (Namespace, Pod, NetworkPolicy)."""
+        """`resources`: name → decoded message of `type_url` (Namespace, Pod, NetworkPolicy,
+        AdminNetworkPolicy)."""
         if type_url == NAMESPACE:
             namespaces = dict(self.namespaces)
             for name, msg in resources.items():
@@ -100,6 +115,13 @@ class PolicyView:
             for name in removed:
                 policies.pop(name, None)
             return replace(self, policies=policies, received=self.received | {type_url})
+        if type_url == ADMIN_NETWORK_POLICY:
+            admin = dict(self.admin_policies)
+            for name, msg in resources.items():
+                admin[name] = _admin_policy(name, msg)
+            for name in removed:
+                admin.pop(name, None)
+            return replace(self, admin_policies=admin, received=self.received | {type_url})
         raise ViewError(f"type {type_url} is not a policy input")
 
     def with_local(self, pod: LocalPod) -> PolicyView:
@@ -139,7 +161,7 @@ class PolicyView:
         for pod in pods:
             if pod.namespace not in namespaces:
                 namespaces[pod.namespace] = Namespace.create(pod.namespace)
-        return ClusterState.build(namespaces.values(), pods, self.policies.values())
+        return ClusterState.build(namespaces.values(), pods, [*self.policies.values(), *self.admin_policies.values()])
 
 
 def pod_info(name: str, msg: Any) -> PodInfo:
@@ -166,4 +188,19 @@ def _policy(name: str, msg: Any) -> NetworkPolicy:
     except PolicyError as e:
         raise ViewError(str(e)) from None
     assert isinstance(policy, NetworkPolicy)
+    return policy
+
+
+def _admin_policy(name: str, msg: Any) -> AdminNetworkPolicy:
+    kind = "BaselineAdminNetworkPolicy" if msg.baseline else "AdminNetworkPolicy"
+    try:
+        spec = json.loads(msg.spec_json or "{}")
+    except ValueError as e:
+        raise ViewError(f"{kind} {name}: spec_json is not JSON: {e}") from None
+    doc = {"apiVersion": POLICY_V1ALPHA1, "kind": kind, "metadata": {"name": msg.name}, "spec": spec}
+    try:
+        policy = parse_policy(doc, f"{kind} {msg.name}")
+    except PolicyError as e:
+        raise ViewError(str(e)) from None
+    assert isinstance(policy, AdminNetworkPolicy)
     return policy

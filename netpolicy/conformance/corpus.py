@@ -105,13 +105,15 @@ class Case:
 
 
 def load_corpus(root: Path, only: str | None = None) -> list[Case]:
-    """Every case of `root/cases` (name order), optionally only names matching a glob."""
+    """Every case of `root/cases` (name order), optionally only names matching `only`: a
+    glob, or several separated by commas (`'anp-*,banp-*'`), any of which may match."""
+    globs = [g.strip() for g in only.split(",") if g.strip()] if only is not None else None
     topologies: dict[str, Topology] = {}
     for path in sorted((root / "topologies").glob("*.yaml")):
         topologies[path.stem] = parse_topology(yaml.safe_load(path.read_text()), str(path))
     cases = []
     for path in sorted((root / "cases").glob("*.yaml")):
-        if only is not None and not fnmatch.fnmatchcase(path.stem, only):
+        if globs is not None and not any(fnmatch.fnmatchcase(path.stem, g) for g in globs):
             continue
         cases.append(parse_case(yaml.safe_load(path.read_text()), topologies, str(path)))
     return cases

@@ -245,6 +245,57 @@ def test_get_networkpolicy_shows_on_how_many_nodes_each_policy_is_enforced(lab: 
     assert table[1].split()[:3] == ["deny-web", "app=web", "2/2"]
 
 
+def admin_policy(ns: str, name: str, baseline: bool = False) -> dict[str, object]:
+    """Denies ingress to the test namespace's `app=web` pods from that namespace."""
+    spec: dict[str, object] = {
+        "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                             "podSelector": {"matchLabels": {"app": "web"}}}},
+        "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}]}],
+    }
+    if not baseline:
+        spec["priority"] = 20
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha1",
+            "kind": "BaselineAdminNetworkPolicy" if baseline else "AdminNetworkPolicy",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def admin_enforced_everywhere(lab: Lab, kind: str, name: str) -> bool:
+    with lab.api() as api:
+        doc = api.get(kind, "", name)
+    assert doc is not None
+    held = enforcement.read(lab.control_addresses()["TULLE_XDS_ADDRESS"])
+    return held.nodes_enforcing(kind, name, doc["metadata"]["resourceVersion"]) == held.agents
+
+
+@pytest.mark.parametrize("kind", ["AdminNetworkPolicy", "BaselineAdminNetworkPolicy"])
+def test_admin_policies_applied_through_the_api_are_enforced_across_nodes_and_shown_enforced(
+        lab: Lab, ns: str, kind: str) -> None:
+    baseline = kind == "BaselineAdminNetworkPolicy"
+    name = "default" if baseline else f"deny-web-{ns}"
+    web = lab.add_pod(ns, "web", node="node-1", labels={"app": "web"})
+    client = lab.add_pod(ns, "client", node="node-2", labels={"app": "client"})
+    server = listen(web)
+    try:
+        assert connects(client, web)
+        with lab.api() as api:
+            api.apply(admin_policy(ns, name, baseline))
+        eventually(lambda: admin_enforced_everywhere(lab, kind, name))
+        assert not connects(client, web)
+        table = [line.split() for line in meshctl(lab, "get", kind.lower()).splitlines()]
+        assert "ENFORCED" in table[0]
+        [row] = [r for r in table[1:] if r[0] == name]
+        assert row[table[0].index("ENFORCED")] == "2/2"
+        held = meshctl(lab, "proxy-config", "node-2", "adminnetworkpolicies").splitlines()
+        assert any(line.split()[:2] == [kind, name] for line in held)
+        with lab.api() as api:
+            api.delete(kind, "", name)
+        eventually(lambda: connects(client, web, timeout=0.5))
+    finally:
+        server.close()
+        with lab.api() as api:
+            api.delete(kind, "", name)  # cluster-scoped: never left to the module's other tests
+
+
 def test_explain_names_the_policy_and_side_that_drop_traffic(lab: Lab, ns: str) -> None:
     lab.add_pod(ns, "web", node="node-1", labels={"app": "web"})
     lab.add_pod(ns, "client", node="node-2", labels={"app": "client"})

@@ -91,6 +91,22 @@ def test_errors_travel_as_the_documented_status_codes(tmp_path: Path) -> None:
     run_plane(tmp_path, scenario)
 
 
+def test_a_bad_admin_network_policy_is_refused_with_its_field_path_and_nothing_is_stored(tmp_path: Path) -> None:
+    async def scenario(stub: Stub, plane: ControlPlane) -> None:
+        good = json.dumps({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                           "metadata": {"name": "good"}, "spec": {"priority": 1, "subject": {"namespaces": {}}}})
+        bad = json.dumps({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                          "metadata": {"name": "bad"}, "spec": {"priority": 1, "subject": {"namespaces": {}}, "egress": [
+                              {"action": "Deny", "to": [{"networks": ["10.0.0.0/33"]}]}]}})
+        code, message = await status_of(stub.Apply(config_pb2.ApplyRequest(documents=[good, bad])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message.startswith('The AdminNetworkPolicy "bad" is invalid: spec.egress[0].to[0].networks[0]: Invalid value')
+        listed = await stub.List(config_pb2.ListRequest(kind="anp"))
+        assert list(listed.documents) == []  # the good one of the batch is not stored either
+
+    run_plane(tmp_path, scenario)
+
+
 def test_watch_streams_changes_after_a_revision_in_order(tmp_path: Path) -> None:
     async def scenario(stub: Stub, plane: ControlPlane) -> None:
         listed = await stub.List(config_pb2.ListRequest(kind="NetworkPolicy"))

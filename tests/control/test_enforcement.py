@@ -9,7 +9,7 @@ from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import any_pb2
 
-from control.meshctl.enforcement import DELETION_PENDING, from_client_status
+from control.meshctl.enforcement import REMOVING, from_client_status
 from proto.tulle.netpolicy.v1 import network_policy_pb2
 
 TYPE_URL = "type.googleapis.com/tulle.netpolicy.v1.NetworkPolicy"
@@ -41,7 +41,7 @@ def test_an_acked_current_policy_is_enforced_at_its_resource_version() -> None:
 def test_a_deleted_policy_still_counts_as_held_until_the_node_acks_the_deletion() -> None:
     _, version = _policy("7")
     pending = from_client_status(_status(("a/allow", None, version, dump_pb2.REQUESTED)))
-    assert pending.held[("NetworkPolicy", "a/allow")] == {"node-1": DELETION_PENDING}
+    assert pending.held[("NetworkPolicy", "a/allow")] == {"node-1": REMOVING}
     assert not pending.all_hold({("NetworkPolicy", "a/allow"): None})
     done = from_client_status(_status())
     assert done.all_hold({("NetworkPolicy", "a/allow"): None})

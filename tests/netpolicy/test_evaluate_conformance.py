@@ -30,6 +30,11 @@ def test_corpus_has_every_family() -> None:
         assert any(n.startswith(family) for n in names), family
 
 
+def test_only_takes_a_comma_separated_list_of_globs() -> None:
+    names = [c.name for c in load_corpus(CORPUS, only="anp-*, banp-*")]
+    assert names == sorted(n for n in CASES if n.startswith(("anp-", "banp-"))) and len(names) >= 13
+
+
 @pytest.mark.parametrize("path", CASE_FILES, ids=[p.stem for p in CASE_FILES])
 def test_probe_expansion_matches_the_corpus_validator(path: Path) -> None:
     case = CASES[path.stem]

@@ -3,6 +3,7 @@ agent resources."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from control.xds.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    TULLE_ADMIN_NETWORK_POLICY,
     TULLE_NAMESPACE,
     TULLE_NODE,
     TULLE_POD,
@@ -261,6 +263,22 @@ def test_agents_get_every_node_namespace_addressed_pod_and_service() -> None:
     assert (n1.underlay_ip, n1.pod_cidr, n1.vtep_mac) == ("192.168.0.1", "10.244.1.0/24", "02:00:00:00:00:01")
     pod = by[(TULLE_POD, "shop/reviews-v1")]
     assert (pod.ip, dict(pod.labels), pod.ports[0].port) == ("10.244.1.4", {"app": "reviews", "version": "v1"}, 8080)
+
+
+def test_agents_get_every_admin_and_baseline_admin_policy_as_one_type_named_apart() -> None:
+    spec = {"subject": {"namespaces": {}}, "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+    anp = {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+           "metadata": {"name": "default", "resourceVersion": "7"}, "spec": {"priority": 3, **spec}}
+    banp = {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+            "metadata": {"name": "default", "resourceVersion": "8"}, "spec": spec}
+    out = agent_resources(MeshSnapshot.from_documents(docs(anp, banp)), "n1", TranslationMemo())
+    by = {r.name: r.message for r in out if r.type_url == TULLE_ADMIN_NETWORK_POLICY}
+    assert set(by) == {"default", "baseline/default"}
+    assert (by["default"].name, by["default"].baseline, by["default"].resource_version) == ("default", False, "7")
+    assert json.loads(by["default"].spec_json)["priority"] == 3
+    assert (by["baseline/default"].name, by["baseline/default"].baseline, by["baseline/default"].resource_version) == (
+        "default", True, "8")
+    assert json.loads(by["baseline/default"].spec_json) == spec
 
 
 def test_documents_are_kept_current_by_upserts_and_deletes() -> None:

@@ -562,7 +562,9 @@ class HttpConnectionManager:
             if expected is not None:
                 headers.set("x-envoy-expected-rq-timeout-ms", expected)
         tried = stream.tried
-        if tried and policy is not None and policy.previous_hosts:
+        if cluster.original_dst:  # PassthroughCluster: where the client was going
+            host: Host | None = cluster.original_destination(stream.conn.local)
+        elif tried and policy is not None and policy.previous_hosts:
             host = cluster.choose(stream.hash_key, tried, policy.host_selection_retry_max_attempts)
         else:
             host = cluster.balancer.choose(stream.hash_key)
@@ -707,7 +709,7 @@ class HttpConnectionManager:
         headers.set("connection", "upgrade")
         headers.set("upgrade", upgrade)
         target = action.rewrite_path(selection.path, selection.query, selection.matched) or request.target
-        host = cluster.choose(None)
+        host = cluster.original_destination(stream.conn.local) if cluster.original_dst else cluster.choose(None)
         if host is None:
             self._reply(stream, 503, b"no healthy upstream", keep_alive=False)
             return

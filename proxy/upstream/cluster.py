@@ -35,6 +35,7 @@ from proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("tulle.proxy.cluster")
 
+MAX_ORIGINAL_HOSTS = 1024  # ORIGINAL_DST hosts kept with their pools (Envoy cleans up unused ones)
 _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": socket.AF_UNSPEC,
              "V4_PREFERRED": socket.AF_UNSPEC, "ALL": socket.AF_UNSPEC}
 
@@ -63,6 +64,8 @@ class Cluster:
                           on_check_passed=self._health_check_passed if self.outlier else None)
             if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
+        self._original_hosts: dict[tuple[str, int], Host] = {}  # ORIGINAL_DST, by address
+        self.original_dst = config.type == "ORIGINAL_DST"
         self.tls_stats = TlsStats()
         store = secrets if secrets is not None else SecretStore()
         self._default_tls = (TlsTransport(config.transport_socket, store, self.tls_stats)
@@ -196,6 +199,21 @@ class Cluster:
         self.pools.clear()
 
     # per request
+
+    def original_destination(self, address: tuple[str, int]) -> Host:
+        """ORIGINAL_DST: the host a request's downstream connection was originally sent to
+        (one Host per address, so its connection pool is reused). The oldest is dropped past
+        MAX_ORIGINAL_HOSTS, its pool closing once its requests in flight are done."""
+        host = self._original_hosts.get(address)
+        if host is None:
+            if len(self._original_hosts) >= MAX_ORIGINAL_HOSTS:
+                old = self._original_hosts.pop(next(iter(self._original_hosts)))
+                pool = self.pools.pop(old, None)
+                if pool is not None:
+                    pool.close()
+                    self.breaker.close_pool()
+            host = self._original_hosts[address] = Host(*address)
+        return host
 
     def choose(self, hash_key: int | None, avoid: Sequence[Host] = (), attempts: int = 1) -> Host | None:
         """A host for a request; re-picked up to `attempts` times while it is in `avoid`

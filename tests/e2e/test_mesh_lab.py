@@ -149,6 +149,16 @@ def test_a_meshed_pod_reaches_a_plain_pod_over_http_and_tcp_in_plaintext(lab: La
     assert client_stat(lab, shop, f"cluster.outbound|9000||{shop.host('plain')}.ssl.handshake") == 0
 
 
+def test_http_to_an_address_no_service_names_passes_through_to_where_the_client_was_going(lab: Lab, shop: Shop) -> None:
+    # Port 8080 is a mesh HTTP port, so the sidecar's HTTP listener takes the request; the
+    # Host (a pod IP) matches no service, so Istio's route sends it to PassthroughCluster,
+    # an ORIGINAL_DST cluster: the connection's original destination is the upstream.
+    before = client_stat(lab, shop, "cluster.PassthroughCluster.upstream_rq_total")
+    result = get(lab, shop.client, f"http://{shop.plain.ip}:8080/", 5)
+    assert result["statuses"] == {"200": 5} and result["pods"] == {"plain": 5}, result
+    assert client_stat(lab, shop, "cluster.PassthroughCluster.upstream_rq_total") - before == 5
+
+
 def test_a_plain_pod_reaches_meshed_pods_through_their_cluster_ip_under_permissive(lab: Lab, shop: Shop) -> None:
     captured_in = web_inbound(lab, shop)
     result = get(lab, shop.plain_client, shop.url("web"), 10)

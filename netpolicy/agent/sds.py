@@ -2,9 +2,11 @@
 istio-agent serves it.
 
 Rules:
-- One unix socket per attested pod (`<sds dir>/<namespace>/<pod>/socket`, the directory
-  mounted into that pod only; owned by the sidecar's uid 1337, mode 0600), served by a server that knows which pod it is for: the
-  socket a sidecar can reach decides the identity it gets, never the request.
+- One unix socket per attested pod (`<sds dir>/<namespace>/<pod>/socket`, owned by the
+  sidecar's uid 1337, mode 0600), served by a server that knows which pod it is for: the
+  socket decides the identity a sidecar gets, never the request. Since every sidecar on a
+  node has uid 1337, the agent also checks that the caller runs in that pod's network
+  namespace (`PodSdsServer` with `attest`) before a byte reaches the gRPC server.
 - Secret `default` is the pod's `tls_certificate`: its private key is generated here, on
   the node (never sent anywhere; only the CSR goes to tulle-control), the chain comes
   from tulle-control's CA. Secret `ROOTCA` is the `validation_context` (trust bundle).

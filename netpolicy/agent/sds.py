@@ -40,7 +40,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 
 from cni.capture import PROXY_UID
 from netpolicy.agent.identity import CertificateAuthorityClient, NotAttested, PodRef, peer_pid
-from proxy.tls.workload_identity import new_key_and_csr, retry_delay
+from proxy.tls.workload_identity import new_key_and_csr, renewal_time, retry_delay
 
 log = logging.getLogger("tulle.agent.sds")
 
@@ -110,12 +110,8 @@ class WorkloadSecrets:
             self.version += 1
             self._changed.notify_all()
         log.info("pod %s: certificate %d for %s", self.pod, self.version, issued.identity)
-        # Half of what is left from now: the CA backdates not-before for clock skew, so
-        # the certificate's own midpoint would come at once for a lifetime of seconds.
-        now = self._clock()
-        not_after = x509.load_pem_x509_certificate(issued.cert_chain[0].encode()).not_valid_after_utc
-        self.not_after = not_after
-        return now + (not_after - now) / 2
+        self.not_after = x509.load_pem_x509_certificate(issued.cert_chain[0].encode()).not_valid_after_utc
+        return renewal_time(chain, self._clock())
 
     async def _renew_forever(self, renew_at: dt.datetime) -> None:
         failures = 0

@@ -27,10 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-
 from proxy.tls.secrets import CertificateSecret, SecretStore, TrustBundle
-from proxy.tls.workload_identity import new_key_and_csr, retry_delay
+from proxy.tls.workload_identity import new_key_and_csr, renewal_time, retry_delay
 
 log = logging.getLogger("tulle.proxy.identity")
 
@@ -45,8 +43,7 @@ class IdentityError(RuntimeError):
 
 def renewal_delay(chain_pem: bytes, now: dt.datetime) -> dt.timedelta:
     """How long until renewal: half of what is left of the leaf's validity."""
-    leaf = x509.load_pem_x509_certificate(chain_pem)
-    return max((leaf.not_valid_after_utc - now) / 2, dt.timedelta(0))
+    return renewal_time(chain_pem, now) - now
 
 
 class IdentityClient:

@@ -4,8 +4,8 @@ when to renew the certificate that comes back.
 Rules:
 - The private key is generated in this process and never leaves it (only the CSR,
   which holds the public key, is sent).
-- A certificate is renewed at half its lifetime, as Istio's agent does: late enough to
-  keep CA load low, early enough to survive a CA outage of half a lifetime.
+- A certificate is renewed at half its remaining lifetime, as Istio's agent does: late
+  enough to keep CA load low, early enough to survive a CA outage of half a lifetime.
 - A renewal that fails is retried with capped exponential back-off; the old
   certificate keeps serving until it expires.
 """
@@ -40,11 +40,14 @@ def new_key_and_csr() -> KeyAndCsr:
     )
 
 
-def renewal_time(certificate_pem: bytes) -> dt.datetime:
-    """When to renew: the middle of the leaf's validity."""
+def renewal_time(certificate_pem: bytes, now: dt.datetime | None = None) -> dt.datetime:
+    """When to renew: half of what is left of the leaf's validity from `now` (by default
+    from its not-before, i.e. the middle of its lifetime). Callers pass the time they got
+    it: the CA backdates not-before for clock skew, so for a lifetime of seconds the
+    midpoint would come at once."""
     leaf = x509.load_pem_x509_certificate(certificate_pem)
-    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    return start + (end - start) / 2
+    start = leaf.not_valid_before_utc if now is None else now
+    return start + max(leaf.not_valid_after_utc - start, dt.timedelta(0)) / 2
 
 
 def retry_delay(failures: int) -> dt.timedelta:

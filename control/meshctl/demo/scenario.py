@@ -126,7 +126,7 @@ class Demo:
                       "PeerAuthentication, NetworkPolicies")
         with LabApi(lab.dir) as api:
             applied = api.apply(*docs)
-        self.findings.applied = [f"{d['kind']} {d['metadata'].get('namespace', '')}/{d['metadata']['name']}".replace(" /", " ")
+        self.findings.applied = [f"{d['kind']} {'/'.join(filter(None, (d['metadata'].get('namespace'), d['metadata']['name'])))}"
                                  for d in applied]
         for spec in PODS:
             self.progress(f"starting pod {NAMESPACE}/{spec.name} on {spec.node}"

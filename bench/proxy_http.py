@@ -1,6 +1,7 @@
 """HTTP/1.1 through Envoy and through tulle-proxy: same bootstrap, same nginx, same wrk.
 
     .venv/bin/python bench/proxy_http.py [--rounds 3] [--duration 5] [--connections 50]
+    .venv/bin/python bench/proxy_http.py --calls 20000
 
 The proxy is pinned to one core (--proxy-cpu), wrk and nginx (`return 200`, one worker) to
 the other (--load-cpu); runs alternate Envoy, tulle, Envoy, tulle... in one sitting. For each
@@ -10,14 +11,37 @@ h2load --rps with per-request logs), RSS idle and after load. The route carries 
 issue's features cost: a retry policy, a route timeout, request/response header mutations,
 x-request-id generation, and all stats. Printed: the medians per proxy and Tulle/Envoy
 ratios (the machine is shared, so only ratios mean much).
+
+`--calls N` measures instead what the interpreter does per request, which a shared machine
+does not blur: tulle-proxy runs under cProfile (switched on by SIGUSR1 after a warm-up, off
+by SIGUSR2), h2load sends exactly N requests, and the profiled calls (Python functions and
+built-ins, as cProfile counts them) are divided by N; the functions called most follow.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pstats
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from proxy_lab import fixed_rate_latency, free_port, median, nginx, proxy, workdir, wrk
+from proxy_lab import (
+    REPO,
+    fixed_rate_latency,
+    free_port,
+    median,
+    nginx,
+    proxy,
+    stop,
+    wait_port,
+    workdir,
+    wrk,
+)
 
 BOOTSTRAP = """
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -65,7 +89,12 @@ def main() -> None:
     parser.add_argument("--proxy-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--rate", type=int, default=10_000, help="fixed rate for the latency run")
+    parser.add_argument("--calls", type=int, default=0, metavar="N",
+                        help="count tulle-proxy's function calls over N requests instead")
     args = parser.parse_args()
+    if args.calls:
+        count_calls(args)
+        return
     directory = workdir()
     results: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
     try:
@@ -106,6 +135,68 @@ def main() -> None:
         envoy = median([row[metric] for row in results["envoy"]])
         tulle = median([row[metric] for row in results["tulle"]])
         print(f"{metric:22} {envoy:10.1f} {tulle:10.1f} {tulle / envoy if envoy else float('nan'):12.2f}")
+
+
+# tulle-proxy's entry point with a profiler that SIGUSR1 switches on and SIGUSR2 off (dumping
+# its stats to argv[1]); signals, so that start-up and warm-up stay out of the count.
+PROFILED = """
+import cProfile, signal, sys
+from proxy.cli import main
+profile = cProfile.Profile()
+out = sys.argv.pop(1)
+def on(signum, frame): profile.enable()
+def off(signum, frame):
+    profile.disable()
+    profile.dump_stats(out)
+signal.signal(signal.SIGUSR1, on)
+signal.signal(signal.SIGUSR2, off)
+sys.exit(main())
+"""
+
+
+def count_calls(args: argparse.Namespace) -> None:
+    directory = workdir()
+    try:
+        with nginx(args.load_cpu, directory) as upstream:
+            listener = free_port()
+            config = directory / "tulle.yaml"
+            config.write_text(BOOTSTRAP.format(admin=free_port(), listener=listener, upstream=upstream))
+            out = directory / "calls.prof"
+            process = subprocess.Popen(
+                ["taskset", "-c", str(args.proxy_cpu), sys.executable, "-c", PROFILED, str(out),
+                 "-c", str(config), "--concurrency", "1", "--log-level", "error"],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            try:
+                wait_port(listener, process)
+                url = f"http://127.0.0.1:{listener}/bench"
+                load = ["taskset", "-c", str(args.load_cpu), "h2load", "--h1", "-c", str(args.connections)]
+                subprocess.run([*load, "-n", "5000", url], capture_output=True, check=True, timeout=60)
+                os.kill(process.pid, signal.SIGUSR1)
+                time.sleep(0.2)
+                result = subprocess.run([*load, "-n", str(args.calls), url], capture_output=True,
+                                        text=True, check=True, timeout=120)
+                os.kill(process.pid, signal.SIGUSR2)
+                deadline = time.monotonic() + 10
+                while not out.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            finally:
+                stop(process)
+            report_calls(out, args.calls, result.stdout)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def report_calls(profile: Path, requests: int, load_output: str) -> None:
+    stats = pstats.Stats(str(profile))
+    summary = [line for line in load_output.splitlines() if line.startswith("status codes:")]
+    print(f"{requests} requests ({summary[0] if summary else 'h2load status unknown'})")
+    print(f"calls per request: {stats.total_calls / requests:.1f} "   # type: ignore[attr-defined]
+          f"(primitive {stats.prim_calls / requests:.1f})")            # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][1])    # type: ignore[attr-defined]
+    print(f"{'calls/req':>9}  function")
+    for (filename, line, name), (_, calls, *_rest) in rows[:80]:
+        where = f"{Path(filename).name}:{line}" if line else filename
+        print(f"{calls / requests:9.2f}  {name} ({where})")
 
 
 if __name__ == "__main__":

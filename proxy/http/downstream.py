@@ -1,11 +1,11 @@
 """The HTTP/1.1 server side of one downstream connection (httptools request parser).
 
-Theory of operation: bytes are parsed as they arrive; each request becomes a `Request`
-(head plus a streaming `RequestBody`) and requests are served one at a time in arrival
-order (pipelined requests wait their turn; reading pauses while one is queued, so a client
-cannot make the proxy buffer without bound). The connection manager's `handle` coroutine
-serves a request and calls `response_done`, which closes the connection or starts the next
-request. Requests are dispatched after the bytes that completed their head are fully
+Theory of operation: bytes are parsed as they arrive; each request becomes a `Stream`
+(head plus a streaming `RequestBody`, proxy/http/stream.py) and requests are served one at
+a time in arrival order (pipelined requests wait their turn; reading pauses while one is
+queued, so a client cannot make the proxy buffer without bound). The connection manager
+serves a request and whoever finishes it calls `response_done`, which closes the connection
+or starts the next request. Requests are dispatched after the bytes that completed their head are fully
 parsed, so a malformed request whose error sits in the same read never reaches an
 upstream.
 
@@ -26,74 +26,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http.headers import Headers
+from proxy.http.stream import RequestBody, Stream
 from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
 
 if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
-
-RETAIN_LIMIT = 1024 * 1024   # request bytes kept for retries (Envoy's per-request buffer limit)
-
-
-class RequestBody:
-    """Request body chunks as they arrive; retained for retries up to RETAIN_LIMIT."""
-
-    __slots__ = ("_waiter", "chunks", "done", "failed", "on_done", "overflowed", "size")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.done = False
-        self.size = 0
-        self.overflowed = False
-        self.failed = False
-        self._waiter: asyncio.Future[None] | None = None
-        self.on_done: Callable[[], None] | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        if self.size > RETAIN_LIMIT:
-            self.overflowed = True
-        self._wake()
-
-    def finish(self) -> None:
-        self.done = True
-        self._wake()
-        if self.on_done is not None:
-            self.on_done()
-
-    def fail(self) -> None:
-        """The client sent a malformed body: whoever streams it must give up."""
-        self.failed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
-        self._waiter = None
-
-
-class Request:
-    __slots__ = ("body", "chunked", "expect_continue", "has_body", "headers", "keep_alive",
-                 "method", "target", "upgrade", "version")
-
-    def __init__(self, method: str, target: str, version: str, headers: Headers,
-                 keep_alive: bool, upgrade: bool) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.body = RequestBody()
-        self.chunked = False
-        self.has_body = False
-        self.expect_continue = False
-
 
 class DownstreamConnection(asyncio.Protocol):
     def __init__(self, manager: HttpConnectionManager) -> None:
@@ -110,9 +47,9 @@ class DownstreamConnection(asyncio.Protocol):
         self._header_size = 0   # the head's URL and header bytes, for max_request_headers_kb
         self._head_bytes = 0
         self._in_head = True
-        self._current: Request | None = None
-        self._ready: deque[Request] = deque()
-        self.active: Request | None = None
+        self._current: Stream | None = None
+        self._ready: deque[Stream] = deque()
+        self.active: Stream | None = None
         self.closed = False
         self._reading = True
         self._dispatching = False
@@ -220,9 +157,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self._header_size > config.max_request_headers_bytes or len(lines) > config.max_headers_count:
             self._error = 431
             raise httptools.HttpParserError("request headers too large")
-        request = Request(parser.get_method().decode("latin-1"), self._url.decode("latin-1"),
-                          parser.get_http_version(), Headers(lines), parser.should_keep_alive(),
-                          parser.should_upgrade())
+        stream = Stream(self, parser.get_method().decode("latin-1"), self._url.decode("latin-1"),
+                         parser.get_http_version(), Headers(lines), parser.should_keep_alive(),
+                         parser.should_upgrade())
         self._url = b""
         self._headers = []
         self._header_size = 0
@@ -231,22 +168,26 @@ class DownstreamConnection(asyncio.Protocol):
             if name == "content-length":
                 content_length = value
             elif name == "transfer-encoding":
-                request.chunked = request.chunked or "chunked" in value.lower()
+                stream.chunked = stream.chunked or "chunked" in value.lower()
             elif name == "expect":
-                request.expect_continue = value.lower() == "100-continue"
-        request.has_body = request.chunked or content_length != "0"
+                stream.expect_continue = value.lower() == "100-continue"
+        if stream.chunked or content_length != "0":
+            stream.has_body = True
+            stream.body = RequestBody()
         self._in_head = False
         self._head_bytes = 0
-        self._current = request
-        self._ready.append(request)
+        self._current = stream
+        self._ready.append(stream)
 
     def on_body(self, body: bytes) -> None:
         if self._current is not None:
             self._current.body.feed(body)
 
     def on_message_complete(self) -> None:
-        if self._current is not None:
-            self._current.body.finish()
+        current = self._current
+        if current is not None:
+            if not current.body.done:   # (a request without a body shares NO_BODY, done)
+                current.body.finish()
             self._current = None
         self._in_head = True
 
@@ -260,9 +201,9 @@ class DownstreamConnection(asyncio.Protocol):
         self._dispatching = True
         try:
             while self.active is None and self._ready and not self.closed:
-                request = self._ready.popleft()
-                self.active = request
-                self.manager.serve(self, request)
+                stream = self._ready.popleft()
+                self.active = stream
+                self.manager.serve(self, stream)
         finally:
             self._dispatching = False
         if self._ready and self._reading and self.transport is not None:
@@ -333,7 +274,7 @@ class DownstreamConnection(asyncio.Protocol):
         if current is not None:
             if current in self._ready:
                 self._ready.remove(current)
-            else:
+            elif not current.body.done:
                 current.body.fail()
         self._current = None
         if self.active is None and not self._ready:

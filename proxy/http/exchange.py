@@ -7,10 +7,10 @@ wake-up, a loop iteration per resume), so an `Exchange` is the connection's `Res
 and drives the attempt from the connection's own callbacks:
 
 - `start` files one deadline (the nearest of the route, per-try and stream idle deadlines,
-  on the manager's timing wheel, proxy/http/deadlines.py) and writes the request;
+  on the connection manager's timing wheel, proxy/http/deadlines.py) and writes the request;
 - `on_response_headers` (the upstream's raw header lines): a status the retry policy
-  retries is handed, as an `Attempt` that keeps receiving the response, to the connection
-  manager's coroutine, which decides on the retry (breaker, back-off) exactly as for any
+  retries is handed, as an `Attempt` that keeps receiving the response, to the router's
+  coroutine (proxy/http/router.py), which decides on the retry (breaker, back-off) exactly as for any
   later attempt; otherwise the head is built (commit) and held;
 - the body is buffered until the response completes or the read ends (`on_read_end`):
   complete, head and body go out in one write; still open, the head and what came so far
@@ -20,8 +20,8 @@ and drives the attempt from the connection's own callbacks:
   outcome (it replies or retries); after it, the client connection is closed, as Envoy
   must on HTTP/1.1.
 
-Rules: whoever finishes the request calls the connection manager's `end_attempt` once
-(unless the coroutine took the attempt over) and `end_stream` once.
+Rules: whoever finishes the request calls the router's `end_attempt` once (unless the
+coroutine took the attempt over) and the connection manager's `end_stream` once.
 """
 
 from __future__ import annotations
@@ -36,16 +36,17 @@ from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectionPool
 
 if TYPE_CHECKING:
-    from proxy.http.connection_manager import HttpConnectionManager, Stream
+    from proxy.http.router import Router
+    from proxy.http.stream import Stream
 
 
 class Exchange:
-    __slots__ = ("body", "chunked", "connection", "head", "host", "keep_alive", "manager",
-                 "no_body", "pool", "started", "stream", "streaming", "tick")
+    __slots__ = ("body", "chunked", "connection", "head", "host", "keep_alive", "no_body", "pool",
+                 "router", "started", "stream", "streaming", "tick")
 
-    def __init__(self, manager: HttpConnectionManager, stream: Stream, host: Host,
+    def __init__(self, router: Router, stream: Stream, host: Host,
                  pool: ConnectionPool, connection: UpstreamConnection) -> None:
-        self.manager = manager
+        self.router = router
         self.stream = stream
         self.host = host
         self.pool = pool
@@ -56,21 +57,21 @@ class Exchange:
         self.chunked = False
         self.no_body = False
         self.streaming = False
-        self.tick = 0   # the deadline's key in the manager's Deadlines (0: none)
+        self.tick = 0   # the deadline's key in the router's Deadlines (0: none)
         self.started = 0.0
 
     def start(self, head: bytes, when: float, kind: str) -> None:
         """Send the request (its body is complete) with a deadline at `when` (0.0: none)."""
-        manager = self.manager
-        self.started = manager.loop.time()
+        router = self.router
+        self.started = router.loop.time()
         if when:
-            self.tick = manager.deadlines.add(when, self, kind)
-        request = self.stream.request
+            self.tick = router.deadlines.add(when, self, kind)
+        stream = self.stream
         connection = self.connection
         connection.start(self, head)
-        if request.has_body:
-            chunks = request.body.chunks
-            if request.chunked:
+        if stream.has_body:
+            chunks = stream.body.chunks
+            if stream.chunked:
                 connection.write(b"".join([encode_chunk(chunk) for chunk in chunks if chunk])
                                  + LAST_CHUNK)
             else:
@@ -81,7 +82,7 @@ class Exchange:
     def on_response_headers(self, status: int, headers: RawHeaders, keep_alive: bool) -> None:
         stream = self.stream
         retry = stream.retry
-        if retry is not None and retry.decide(status) and not stream.request.body.overflowed:
+        if retry is not None and retry.decide(status) and not stream.body.overflowed:
             attempt = Attempt(self.connection, self.pool, self.host, self.started)
             attempt.on_response_headers(status, headers, keep_alive)
             self.connection.sink = attempt   # the rest of this response goes to the attempt
@@ -95,7 +96,7 @@ class Exchange:
         cluster = stream.cluster
         cluster.stats.count_status(status)
         cluster.record_outcome(self.host, status)
-        self.head, self.keep_alive, self.chunked, self.no_body = self.manager.commit_raw_head(
+        self.head, self.keep_alive, self.chunked, self.no_body = self.router.manager.commit_raw_head(
             stream, status, headers, self.host)
 
     def on_response_body(self, chunk: bytes) -> None:
@@ -142,7 +143,7 @@ class Exchange:
         self._cancel_deadline()
         deadline = self.stream.deadline
         if deadline:
-            self.tick = self.manager.deadlines.add(deadline, self, GLOBAL_TIMEOUT)
+            self.tick = self.router.deadlines.add(deadline, self, GLOBAL_TIMEOUT)
 
     def on_upstream_reset(self) -> None:
         if self.head is None:
@@ -172,7 +173,7 @@ class Exchange:
 
     def _hand_over(self, outcome: Attempt | str) -> None:
         self._cancel_deadline()
-        self.manager.continue_attempts(self.stream, self.host, outcome)
+        self.router.continue_attempts(self.stream, self.host, outcome)
 
     def _fail_downstream(self) -> None:
         """Reset or timeout after the head went out: all HTTP/1.1 can do is close."""
@@ -184,13 +185,13 @@ class Exchange:
         self._finish(False)
 
     def _finish(self, keep_alive: bool) -> None:
-        manager = self.manager
+        router = self.router
         stream = self.stream
-        manager.end_attempt(stream, self.host)
+        router.end_attempt(stream, self.host)
         stream.conn.response_done(keep_alive)
-        manager.end_stream(stream)
+        router.manager.end_stream(stream)
 
     def _cancel_deadline(self) -> None:
         if self.tick:
-            self.manager.deadlines.cancel(self.tick, self)
+            self.router.deadlines.cancel(self.tick, self)
             self.tick = 0

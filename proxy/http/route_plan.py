@@ -1,0 +1,56 @@
+"""What the connection manager works out once per route rather than once per request.
+
+Theory of operation: a route's header mutation levels (route, virtual host, route
+configuration, in application order), its compiled response plan
+(proxy/http/response_plan.py), its retry policy (the route's, else the virtual host's) and
+timeouts do not change between requests, so the first request of a route computes them
+into a `RoutePlan` and the others reuse it. A plan keeps its route table and route; a plan
+whose table was replaced (RDS) is not used again.
+"""
+
+from __future__ import annotations
+
+from proxy.http.hcm_config import HcmConfig
+from proxy.http.response_plan import compile_response_plan
+from proxy.router.route import ForwardAction
+from proxy.router.route_table import RouteSelection, RouteTable
+
+
+class RoutePlan:
+    __slots__ = ("expected_timeout", "idle", "per_try", "policy", "request_mutations",
+                 "response_mutations", "response_plan", "route", "table", "timeout")
+
+    def __init__(self, config: HcmConfig, table: RouteTable, selection: RouteSelection) -> None:
+        route = selection.route
+        vhost = selection.virtual_host
+        self.table = table
+        self.route = route
+        self.request_mutations = table.request_mutations(selection)
+        self.response_mutations = table.response_mutations(selection)
+        self.response_plan = compile_response_plan(config, self.response_mutations,
+                                                   vhost.include_attempt_count_in_response)
+        action = route.action
+        if isinstance(action, ForwardAction):
+            self.policy = action.retry_policy or vhost.retry_policy
+            self.timeout = action.timeout
+            self.idle = (action.idle_timeout if action.idle_timeout is not None
+                         else config.stream_idle_timeout)
+        else:
+            self.policy, self.timeout, self.idle = None, 0.0, 0.0
+        self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+        # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
+        self.expected_timeout = expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
+
+
+def expected_timeout(timeout: float, per_try: float, deadline: float, now: float,
+                     number: int) -> str | None:
+    """x-envoy-expected-rq-timeout-ms: the per-try timeout if it is the tighter bound, else
+    the route timeout (what remains of it on a retry); None without either."""
+    if timeout > 0:
+        remaining = timeout if number == 1 else max(deadline - now, 0.0)
+        if per_try > 0 and per_try < remaining:
+            return str(int(per_try * 1000))
+        return str(int(remaining * 1000))
+    if per_try > 0:
+        return str(int(per_try * 1000))
+    return None

@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from proxy.access_log import AccessLogWriter, AccessRecord
@@ -52,7 +53,7 @@ from proxy.router.route import (
     ForwardAction,
     RedirectAction,
 )
-from proxy.router.route_table import RouteSelection
+from proxy.router.route_table import RouteSelection, RouteTable
 from proxy.stats import HttpStats
 from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.host import Host
@@ -78,6 +79,10 @@ _EDGE_ONLY = frozenset(("x-envoy-decorator-operation", "x-envoy-downstream-servi
 _EXTERNAL_REMOVALS = _HOP_BY_HOP | _INTERNAL_ONLY
 _EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
 
+_NAME = itemgetter(0)
+_FORWARDED_PROTO_HTTP = ("x-forwarded-proto", "http")
+_ROUTE_CACHE_LIMIT = 4096   # (authority, target) pairs whose route and plan are kept
+
 # The UUID variant nibble (10xx) for each random hex digit.
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
@@ -96,6 +101,11 @@ class HttpConnectionManager:
         self.connections: set[DownstreamConnection] = set()
         # route plans by route (a plan keeps its route, so the id is not reused)
         self._plans: dict[int, RoutePlan] = {}
+        # the route selection and plan of an authority and target, while the route table
+        # they came from is the current one (only outcomes no header matcher decided)
+        self._routes: dict[str, dict[str, tuple[RouteSelection, RoutePlan]]] = {}
+        self._routes_table: RouteTable | None = None
+        self._routes_count = 0
         self._loop = self.loop = asyncio.get_event_loop()
         self.deadlines = Deadlines(self._loop)
         self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
@@ -215,8 +225,8 @@ class HttpConnectionManager:
             if not stream.body.done:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         upgrade = (headers.get("upgrade") or "").lower() if stream.upgrade else ""
-        self._mutate_request_headers(stream)
-        if "x-forwarded-client-cert" in headers:   # SANITIZE and SANITIZE_SET both drop it
+        names = self._mutate_request_headers(stream)
+        if "x-forwarded-client-cert" in names:   # SANITIZE and SANITIZE_SET both drop it
             headers.remove("x-forwarded-client-cert")
         if config.forward_client_cert == "SANITIZE_SET":
             peer = stream.conn.tls_peer()
@@ -232,17 +242,24 @@ class HttpConnectionManager:
             stream.flags = "NR"
             self.reply(stream, 404, b"")
             return False
-        selection = table.select(stream.method, authority, stream.target, headers)
-        if selection is None:
-            self.stats.no_route += 1
-            stream.flags = "NR"
-            self.reply(stream, 404, b"")
-            return False
-        plan = self._plans.get(id(selection.route))
-        if plan is None or plan.route is not selection.route or plan.table is not table:
-            if len(self._plans) > 4096:   # routes of replaced route tables
-                self._plans.clear()
-            plan = self._plans[id(selection.route)] = RoutePlan(config, table, selection)
+        if table is not self._routes_table:
+            self._routes_table = table
+            self._routes = {}
+            self._routes_count = 0
+        by_target = self._routes.get(authority)
+        routed = by_target.get(stream.target) if by_target is not None else None
+        if routed is None:
+            selection = table.select(stream.method, authority, stream.target, headers)
+            if selection is None:
+                self.stats.no_route += 1
+                stream.flags = "NR"
+                self.reply(stream, 404, b"")
+                return False
+            plan = self._route_plan(table, selection)
+            if selection.deterministic:
+                self._remember_route(authority, stream.target, (selection, plan))
+        else:
+            selection, plan = routed
         stream.plan = plan
         stream.selection = selection
         stream.response_mutations = plan.response_mutations
@@ -254,7 +271,7 @@ class HttpConnectionManager:
             self.run_async(stream, self._tunnel(stream, selection, action, upgrade))
             return True
         elif isinstance(action, ForwardAction):
-            return self.router.forward(stream, action, authority)
+            return self.router.forward(stream, action, authority, names)
         elif isinstance(action, DirectResponseAction):
             self.stats.rq_direct_response += 1
             self.reply(stream, action.status, action.body)
@@ -268,6 +285,22 @@ class HttpConnectionManager:
                                        selection.matched)
             self.reply(stream, action.status, b"", extra=(("location", location),))
         return False
+
+    def _route_plan(self, table: RouteTable, selection: RouteSelection) -> RoutePlan:
+        plan = self._plans.get(id(selection.route))
+        if plan is None or plan.route is not selection.route or plan.table is not table:
+            if len(self._plans) > 4096:   # routes of replaced route tables
+                self._plans.clear()
+            plan = self._plans[id(selection.route)] = RoutePlan(self.config, table, selection)
+        return plan
+
+    def _remember_route(self, authority: str, target: str,
+                        routed: tuple[RouteSelection, RoutePlan]) -> None:
+        if self._routes_count >= _ROUTE_CACHE_LIMIT:   # many distinct targets: start afresh
+            self._routes = {}
+            self._routes_count = 0
+        self._routes.setdefault(authority, {})[target] = routed
+        self._routes_count += 1
 
     def drain(self) -> None:
         """The listener is being replaced (LDS): idle connections close now, busy ones
@@ -294,11 +327,12 @@ class HttpConnectionManager:
 
     # connection-manager header rules
 
-    def _mutate_request_headers(self, stream: Stream) -> None:
+    def _mutate_request_headers(self, stream: Stream) -> set[str]:
+        """Apply the rules; returns the names of the client's headers."""
         config = self.config
         headers = stream.headers
         # One pass for the names present: the rules below then test a set, not the list.
-        names = {name for name, _ in headers.items}
+        names = set(map(_NAME, headers.items))
         if "te" in names:
             te = headers.get("te")
             if te is not None and te.lower() != "trailers":
@@ -319,7 +353,7 @@ class HttpConnectionManager:
             internal = len(entries) == 1 and self._is_internal(remote)
             edge = False
             if "x-forwarded-proto" not in names:
-                headers.add("x-forwarded-proto", "http")
+                headers.items.append(_FORWARDED_PROTO_HTTP)
         if internal:
             if not names.isdisjoint(_HOP_BY_HOP):
                 headers.remove_all(_HOP_BY_HOP)
@@ -336,6 +370,7 @@ class HttpConnectionManager:
                 headers.add("x-request-id", self._request_id())
             elif edge and not config.preserve_external_request_id:
                 headers.set("x-request-id", self._request_id())
+        return names
 
     def _request_id(self) -> str:
         """A random version-4 UUID; Envoy's are random too, not cryptographic."""
@@ -516,7 +551,10 @@ class HttpConnectionManager:
         parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         stream.status = status
         stream.upstream = host.key
-        self.stats.count_status(status)
+        if 200 <= status < 300:   # (the common case without a call)
+            self.stats.downstream_rq_2xx += 1
+        else:
+            self.stats.count_status(status)
         stream.committed = True
         return b"".join(parts), keep_alive, chunked, no_body
 

@@ -63,7 +63,7 @@ class Exchange:
     def start(self, head: bytes, when: float, kind: str) -> None:
         """Send the request (its body is complete) with a deadline at `when` (0.0: none)."""
         router = self.router
-        self.started = router.loop.time()
+        self.started = self.stream.start   # (a first attempt starts as the stream does)
         if when:
             self.tick = router.deadlines.add(when, self, kind)
         stream = self.stream
@@ -82,7 +82,8 @@ class Exchange:
     def on_response_headers(self, status: int, headers: RawHeaders, keep_alive: bool) -> None:
         stream = self.stream
         retry = stream.retry
-        if retry is not None and retry.decide(status) and not stream.body.overflowed:
+        if ((status in stream.retry_statuses if retry is None else retry.decide(status))
+                and not stream.body.overflowed):
             attempt = Attempt(self.connection, self.pool, self.host, self.started)
             attempt.on_response_headers(status, headers, keep_alive)
             self.connection.sink = attempt   # the rest of this response goes to the attempt
@@ -94,8 +95,13 @@ class Exchange:
             self._finish(False)
             return
         cluster = stream.cluster
-        cluster.stats.count_status(status)
-        cluster.record_outcome(self.host, status)
+        cstats = cluster.stats
+        if 200 <= status < 300:   # (the common case without a call)
+            cstats.upstream_rq_2xx += 1
+        else:
+            cstats.count_status(status)
+        if cluster.outlier is not None:
+            cluster.record_outcome(self.host, status)
         self.head, self.keep_alive, self.chunked, self.no_body = self.router.manager.commit_raw_head(
             stream, status, headers, self.host)
 

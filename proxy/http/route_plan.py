@@ -1,24 +1,28 @@
 """What the connection manager works out once per route rather than once per request.
 
 Theory of operation: a route's header mutation levels (route, virtual host, route
-configuration, in application order), its compiled response plan
-(proxy/http/response_plan.py), its retry policy (the route's, else the virtual host's) and
-timeouts do not change between requests, so the first request of a route computes them
-into a `RoutePlan` and the others reuse it. A plan keeps its route table and route; a plan
-whose table was replaced (RDS) is not used again.
+configuration, in application order), their compiled forms for requests and responses
+(proxy/http/request_plan.py, proxy/http/response_plan.py), its retry policy (the route's,
+else the virtual host's), the response statuses that policy retries on a first attempt,
+and its timeouts do not change between requests, so the first request of a route computes
+them into a `RoutePlan` and the others reuse it. A plan keeps its route table and route; a
+plan whose table was replaced (RDS) is not used again.
 """
 
 from __future__ import annotations
 
 from proxy.http.hcm_config import HcmConfig
+from proxy.http.request_plan import compile_request_plan
 from proxy.http.response_plan import compile_response_plan
+from proxy.http.retry import is_retriable
 from proxy.router.route import ForwardAction
 from proxy.router.route_table import RouteSelection, RouteTable
 
 
 class RoutePlan:
     __slots__ = ("expected_timeout", "idle", "per_try", "policy", "request_mutations",
-                 "response_mutations", "response_plan", "route", "table", "timeout")
+                 "request_plan", "response_mutations", "response_plan", "retry_statuses", "route",
+                 "table", "timeout")
 
     def __init__(self, config: HcmConfig, table: RouteTable, selection: RouteSelection) -> None:
         route = selection.route
@@ -40,6 +44,15 @@ class RoutePlan:
         self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
         # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
         self.expected_timeout = expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
+        self.request_plan = compile_request_plan(
+            self.request_mutations,
+            None if config.suppress_envoy_headers else self.expected_timeout,
+            vhost.include_request_attempt_count)
+        # the response statuses a first attempt is retried on (a set: one test per response)
+        policy = self.policy
+        self.retry_statuses = (frozenset(status for status in range(100, 1000)
+                                         if is_retriable(policy, status))
+                               if policy is not None and policy.num_retries > 0 else frozenset())
 
 
 def expected_timeout(timeout: float, per_try: float, deadline: float, now: float,

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
 
 OVERFLOW = "overflow"
+_NO_STATUSES: frozenset[int] = frozenset()
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
 _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination",
                   PROTOCOL_ERROR: "protocol error"}
@@ -76,11 +77,13 @@ class Router:
         self.loop = manager.loop
         self.deadlines = manager.deadlines
 
-    def forward(self, stream: Stream, action: ForwardAction, authority: str) -> bool:
+    def forward(self, stream: Stream, action: ForwardAction, authority: str,
+                names: set[str]) -> bool:
         """The router's per-request state, then the first attempt: an `Exchange` of
         callbacks when an idle connection is at hand and the request body is in (the
-        common case), else the coroutine that can wait, stream bodies and retry. True when
-        the request goes on asynchronously, False when it was answered here."""
+        common case), else the coroutine that can wait, stream bodies and retry. `names`:
+        the names of the client's headers. True when the request goes on asynchronously,
+        False when it was answered here."""
         manager = self.manager
         headers = stream.headers
         selection = stream.selection
@@ -95,12 +98,29 @@ class Router:
         policy = plan.policy
         timeout = plan.timeout
         per_try = plan.per_try
-        if stream.internal:
+        retry = None
+        retry_statuses = plan.retry_statuses
+        request_plan = plan.request_plan
+        if stream.internal:   # x-envoy-* request headers override the route's settings
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
             per_try = policy.per_try_timeout if policy is not None else 0.0
+            retry_statuses = _NO_STATUSES   # (decided by `retry`)
+            request_plan = None
+            if policy is not None and policy.num_retries > 0:
+                retry = RetryState(policy)
+                if "retriable-status-codes" in policy.retry_on:
+                    extra = headers.get("x-envoy-retriable-status-codes")
+                    if extra:
+                        retry.extra_status_codes = frozenset(
+                            int(code) for code in extra.split(",") if code.strip().isdigit())
         stream.hash_key = _hash_key(action.hash_policy, stream) if action.hash_policy else None
-        for mutation in plan.request_mutations:
-            mutation.apply(headers, stream)
+        if request_plan is not None:   # the common case: the route's lines in one step
+            if not names.isdisjoint(request_plan.drop):
+                headers.remove_all(request_plan.drop)
+            headers.items += request_plan.lines
+        else:
+            for mutation in plan.request_mutations:
+                mutation.apply(headers, stream)
         if action.host_rewrite_literal:
             headers.set("x-envoy-original-host", authority)
             headers.set("host", action.host_rewrite_literal)
@@ -114,25 +134,20 @@ class Router:
                 target = rewritten
         if stream.chunked:
             headers.set("transfer-encoding", "chunked")
-        retry = RetryState(policy) if policy is not None and policy.num_retries > 0 else None
-        if retry is not None and stream.internal and "retriable-status-codes" in retry.policy.retry_on:
-            extra = headers.get("x-envoy-retriable-status-codes")
-            if extra:
-                retry.extra_status_codes = frozenset(
-                    int(code) for code in extra.split(",") if code.strip().isdigit())
         stream.action = action
         stream.authority = authority
         stream.upstream_target = target
         stream.cluster = cluster
         stream.policy = policy
         stream.retry = retry
+        stream.retry_statuses = retry_statuses
         stream.timeout = timeout
         stream.per_try = per_try
         stream.idle = plan.idle
         stream.deadline = stream.start + timeout if timeout > 0 else 0.0
         stream.tried = []
         stream.number = 0
-        host = self._begin_attempt(stream)
+        host = self._begin_attempt(stream, request_plan is None)
         if host is None:
             return False
         pool = cluster.pool(host)
@@ -156,17 +171,19 @@ class Router:
             return (*extra, ("x-envoy-attempt-count", str(stream.number)))
         return extra
 
-    def _begin_attempt(self, stream: Stream) -> Host | None:
+    def _begin_attempt(self, stream: Stream, attempt_headers: bool = True) -> Host | None:
         """Number the attempt, pick its host and take a request slot from the breaker;
-        None when it cannot start (the reply is sent)."""
+        None when it cannot start (the reply is sent). `attempt_headers`: set the
+        attempt's x-envoy-attempt-count and x-envoy-expected-rq-timeout-ms (a first
+        attempt under a request plan has them already)."""
         headers = stream.headers
         action = stream.action
         cluster = stream.cluster
         policy = stream.policy
         stream.number = number = stream.number + 1
-        if stream.selection.virtual_host.include_request_attempt_count:
+        if attempt_headers and stream.selection.virtual_host.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", str(number))
-        if not self.config.suppress_envoy_headers:
+        if attempt_headers and not self.config.suppress_envoy_headers:
             plan = stream.plan
             if number == 1 and stream.timeout == plan.timeout and stream.per_try == plan.per_try:
                 expected = plan.expected_timeout
@@ -230,6 +247,9 @@ class Router:
         manager = self.manager
         cluster = stream.cluster
         retry = stream.retry
+        policy = stream.policy
+        if retry is None and policy is not None and policy.num_retries > 0:
+            retry = stream.retry = RetryState(policy)
         cstats = cluster.stats
         next_attempt: tuple[Host, Attempt | str | None] | None = first
         last_failure = ""

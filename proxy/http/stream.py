@@ -87,7 +87,8 @@ class Stream:
                  "conn", "deadline", "downstream_local", "downstream_remote", "expect_continue",
                  "flags", "has_body", "hash_key", "headers", "idle", "internal", "keep_alive",
                  "method", "number", "per_try", "plan", "policy", "request_headers",
-                 "response_mutations", "retry", "selection", "service_time", "start", "status",
+                 "response_mutations", "retry", "retry_statuses", "selection", "service_time",
+                 "start", "status",
                  "target", "timeout", "tried", "upgrade", "upstream", "upstream_target", "version")
 
     # The router's state (set when the request is forwarded, read by its attempts).
@@ -101,7 +102,8 @@ class Stream:
     per_try: float
     plan: RoutePlan           # set by routing
     policy: RetryPolicy | None
-    retry: RetryState | None
+    retry: RetryState | None  # made when a retry is considered, unless made up front
+    retry_statuses: frozenset[int]   # without `retry`: the statuses a first attempt retries
     selection: RouteSelection
     start: float              # loop time when the connection manager took the request
     timeout: float

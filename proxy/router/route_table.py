@@ -74,6 +74,9 @@ class RouteSelection:
     path: str          # the request path without query
     query: str         # "" or "?..." as received
     matched: int       # length of the matched path prefix (for prefix_rewrite)
+    # the outcome depends only on the authority and the target (no header matcher was
+    # consulted), so it holds for every request with those two
+    deterministic: bool = True
 
 
 class RouteTable:
@@ -177,12 +180,14 @@ class RouteTable:
         query_string = mark + query
         params: dict[str, str] | None = None
         pseudo: dict[str, str] | None = None
+        deterministic = True
         for route in vhost.routes:
             match = route.match
             matched = match.path_matches(path)
             if matched < 0:
                 continue
             if match.headers:
+                deterministic = False
                 if pseudo is None:
                     pseudo = {":method": method, ":path": target, ":authority": authority,
                               ":scheme": "http"}
@@ -193,7 +198,7 @@ class RouteTable:
                     params = parse_query(query)
                 if not all(param.matches(params) for param in match.query_parameters):
                     continue
-            return RouteSelection(route, vhost, path, query_string, matched)
+            return RouteSelection(route, vhost, path, query_string, matched, deterministic)
         return None
 
     def request_mutations(self, selection: RouteSelection) -> tuple[HeaderMutation, ...]:

@@ -238,3 +238,26 @@ virtual_hosts:
 - {name: all, domains: ['*'], routes: [
     {match: {prefix: /}, route: {cluster: a, hedge_policy: {hedge_on_per_try_timeout: true}}}]}
 """)
+
+
+DECIDED_BY_HEADER = table("""
+virtual_hosts:
+- name: all
+  domains: ['*']
+  routes:
+  - {match: {prefix: /canary, headers: [{name: x-canary, string_match: {exact: '1'}}]}, route: {cluster: canary}}
+  - {match: {prefix: /, query_parameters: [{name: v, string_match: {exact: '2'}}]}, route: {cluster: v2}}
+  - {match: {prefix: /}, route: {cluster: stable}}
+""")
+
+
+@pytest.mark.parametrize(("target", "deterministic"), [
+    ("/canary/a", False),   # a header matcher was consulted: another request may differ
+    ("/other", True),       # only the authority and the target (with its query) decided
+    ("/other?v=2", True),
+])
+def test_a_selection_says_whether_only_authority_and_target_decided_it(target: str,
+                                                                        deterministic: bool) -> None:
+    selection = DECIDED_BY_HEADER.select("GET", "h", target, Headers())
+    assert selection is not None
+    assert selection.deterministic is deterministic

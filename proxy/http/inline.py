@@ -8,9 +8,11 @@ in the caller's stack; each future it yields gets a done-callback that steps it 
 the future's outcome, exactly as a Task would.
 
 Rules: the coroutine may await futures, tasks and coroutines built on them (asyncio.sleep,
-wait_for in 3.11); it must not need `asyncio.current_task()` (no `asyncio.timeout`) and is
-never cancelled from outside; an exception escaping it is logged, as an unhandled Task
-exception would be.
+wait_for in 3.11); it must not need `asyncio.current_task()` (no `asyncio.timeout`). When
+what it awaits is cancelled — the proxy stopping with requests in flight: asyncio.run
+cancels the tasks left, such as a connect under wait_for — CancelledError is thrown into
+it, its cleanup runs, and it ends quietly, as a cancelled Task would: a stop is not an
+error. Any other exception escaping it is logged, as an unhandled Task exception would be.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def _step(coro: Coroutine[Any, Any, None], error: BaseException | None) -> None:
     try:
         waited = coro.send(None) if error is None else coro.throw(error)
     except StopIteration:
+        return
+    except asyncio.CancelledError:
+        log.debug("request coroutine cancelled")
         return
     except Exception:
         log.exception("request coroutine failed")

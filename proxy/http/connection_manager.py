@@ -27,7 +27,6 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Sequence
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from proxy.access_log import AccessLogWriter, AccessRecord
@@ -39,6 +38,7 @@ from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.inline import run_inline
 from proxy.http.response import (
+    STATUS_LINES,
     date_line,
     encode_head,
     http_date,
@@ -79,7 +79,6 @@ _EDGE_ONLY = frozenset(("x-envoy-decorator-operation", "x-envoy-downstream-servi
 _EXTERNAL_REMOVALS = _HOP_BY_HOP | _INTERNAL_ONLY
 _EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
 
-_NAME = itemgetter(0)
 _FORWARDED_PROTO_HTTP = ("x-forwarded-proto", "http")
 _ROUTE_CACHE_LIMIT = 4096   # (authority, target) pairs whose route and plan are kept
 
@@ -331,8 +330,7 @@ class HttpConnectionManager:
         """Apply the rules; returns the names of the client's headers."""
         config = self.config
         headers = stream.headers
-        # One pass for the names present: the rules below then test a set, not the list.
-        names = set(map(_NAME, headers.items))
+        names = stream.header_names   # the rules below test this set, not the list
         if "te" in names:
             te = headers.get("te")
             if te is not None and te.lower() != "trailers":
@@ -532,7 +530,7 @@ class HttpConnectionManager:
         plan = stream.plan.response_plan
         if plan is None:
             return self.commit_head(stream, status, decode_headers(raw), host, 1)
-        parts, framed, dated = plan.head_parts(status_line(status), raw)
+        parts, framed, dated = plan.head_parts(STATUS_LINES.get(status) or status_line(status), raw)
         if not self.config.suppress_envoy_headers:
             stream.service_time = service_time = str(int((self._loop.time() - stream.start) * 1000))
             parts += (b"x-envoy-upstream-service-time: ", service_time.encode(), b"\r\n")

@@ -21,6 +21,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -31,6 +32,8 @@ from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
 
 if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
+
+_NAME = itemgetter(0)
 
 class DownstreamConnection(asyncio.Protocol):
     def __init__(self, manager: HttpConnectionManager) -> None:
@@ -163,17 +166,20 @@ class DownstreamConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_size = 0
-        content_length = "0"
-        for name, value in lines:   # the framing headers, in one pass
-            if name == "content-length":
-                content_length = value
-            elif name == "transfer-encoding":
-                stream.chunked = stream.chunked or "chunked" in value.lower()
-            elif name == "expect":
-                stream.expect_continue = value.lower() == "100-continue"
-        if stream.chunked or content_length != "0":
-            stream.has_body = True
-            stream.body = RequestBody()
+        # The names, once (the connection manager's rules test this set, not the list).
+        stream.header_names = names = set(map(_NAME, lines))
+        if "content-length" in names or "transfer-encoding" in names or "expect" in names:
+            content_length = "0"
+            for name, value in lines:   # the framing headers, in one pass
+                if name == "content-length":
+                    content_length = value
+                elif name == "transfer-encoding":
+                    stream.chunked = stream.chunked or "chunked" in value.lower()
+                elif name == "expect":
+                    stream.expect_continue = value.lower() == "100-continue"
+            if stream.chunked or content_length != "0":
+                stream.has_body = True
+                stream.body = RequestBody()
         self._in_head = False
         self._head_bytes = 0
         self._current = stream

@@ -6,7 +6,7 @@ read. For them, waiting in a coroutine costs more than the rest of the router (a
 wake-up, a loop iteration per resume), so an `Exchange` is the connection's `ResponseSink`
 and drives the attempt from the connection's own callbacks:
 
-- `start` files one deadline (the nearest of the route, per-try and stream idle deadlines,
+- made, it files one deadline (the nearest of the route, per-try and stream idle deadlines,
   on the connection manager's timing wheel, proxy/http/deadlines.py) and writes the request;
 - `on_response_headers` (the upstream's raw header lines): a status the retry policy
   retries is handed, as an `Attempt` that keeps receiving the response, to the router's
@@ -44,8 +44,10 @@ class Exchange:
     __slots__ = ("body", "chunked", "connection", "head", "host", "keep_alive", "no_body", "pool",
                  "router", "started", "stream", "streaming", "tick")
 
-    def __init__(self, router: Router, stream: Stream, host: Host,
-                 pool: ConnectionPool, connection: UpstreamConnection) -> None:
+    def __init__(self, router: Router, stream: Stream, host: Host, pool: ConnectionPool,
+                 connection: UpstreamConnection, head: bytes, when: float, kind: str) -> None:
+        """Send the request `head` (its body is complete) with a deadline of `kind` at `when`
+        (0.0: none)."""
         self.router = router
         self.stream = stream
         self.host = host
@@ -57,17 +59,9 @@ class Exchange:
         self.chunked = False
         self.no_body = False
         self.streaming = False
-        self.tick = 0   # the deadline's key in the router's Deadlines (0: none)
-        self.started = 0.0
-
-    def start(self, head: bytes, when: float, kind: str) -> None:
-        """Send the request (its body is complete) with a deadline at `when` (0.0: none)."""
-        router = self.router
-        self.started = self.stream.start   # (a first attempt starts as the stream does)
-        if when:
-            self.tick = router.deadlines.add(when, self, kind)
-        stream = self.stream
-        connection = self.connection
+        # the deadline's key in the router's Deadlines (0: none)
+        self.tick = router.deadlines.add(when, self, kind) if when else 0
+        self.started = stream.start   # (a first attempt starts as the stream does)
         connection.start(self, head)
         if stream.has_body:
             chunks = stream.body.chunks
@@ -112,8 +106,11 @@ class Exchange:
             self.body.append(chunk)
 
     def on_response_complete(self) -> None:
-        self._cancel_deadline()
-        conn = self.stream.conn
+        if self.tick:
+            self.router.deadlines.cancel(self.tick, self)
+            self.tick = 0
+        stream = self.stream
+        conn = stream.conn
         if self.streaming:
             conn.on_drain = None
             if self.chunked:
@@ -122,7 +119,7 @@ class Exchange:
             head = self.head
             assert head is not None
             body = b"".join(self.body) if self.body and not self.no_body else b""
-            self.stream.bytes_sent = len(body)
+            stream.bytes_sent = len(body)
             if self.chunked:
                 conn.write(head + (encode_chunk(body) if body else b"") + LAST_CHUNK)
             else:

@@ -16,7 +16,7 @@ from proxy.http.headers import Headers
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _REASONS[425] = "Too Early"
-_STATUS_LINES: dict[int, bytes] = {}
+STATUS_LINES: dict[int, bytes] = {}   # status -> status line, as used
 
 _date_second = 0
 _date_value = ""
@@ -40,10 +40,10 @@ def date_line() -> bytes:
 
 
 def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
+    line = STATUS_LINES.get(status)
     if line is None:
         reason = _REASONS.get(status, "Unknown")
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
+        line = STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
     return line
 
 

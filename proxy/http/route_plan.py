@@ -11,16 +11,17 @@ plan whose table was replaced (RDS) is not used again.
 
 from __future__ import annotations
 
+from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.request_plan import compile_request_plan
 from proxy.http.response_plan import compile_response_plan
-from proxy.http.retry import is_retriable
+from proxy.http.retry import PER_TRY_TIMEOUT, is_retriable
 from proxy.router.route import ForwardAction
 from proxy.router.route_table import RouteSelection, RouteTable
 
 
 class RoutePlan:
-    __slots__ = ("expected_timeout", "idle", "per_try", "policy", "request_mutations",
+    __slots__ = ("expected_timeout", "first_deadline", "idle", "per_try", "policy", "request_mutations",
                  "request_plan", "response_mutations", "response_plan", "retry_statuses", "route",
                  "table", "timeout")
 
@@ -42,6 +43,9 @@ class RoutePlan:
         else:
             self.policy, self.timeout, self.idle = None, 0.0, 0.0
         self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+        # a first attempt's deadline, from the request's start: the nearest of the route,
+        # per-try and stream idle timeouts, and its kind (0.0: none)
+        self.first_deadline = first_deadline(self.timeout, self.per_try, self.idle)
         # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
         self.expected_timeout = expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
         self.request_plan = compile_request_plan(
@@ -67,3 +71,13 @@ def expected_timeout(timeout: float, per_try: float, deadline: float, now: float
     if per_try > 0:
         return str(int(per_try * 1000))
     return None
+
+
+def first_deadline(timeout: float, per_try: float, idle: float) -> tuple[float, str]:
+    """The delay from a request's start to its first attempt's deadline, and its kind."""
+    delay, kind = (timeout, GLOBAL_TIMEOUT) if timeout > 0 else (0.0, GLOBAL_TIMEOUT)
+    if per_try > 0 and (not delay or per_try < delay):
+        delay, kind = per_try, PER_TRY_TIMEOUT
+    if idle > 0 and (not delay or idle < delay):
+        delay, kind = idle, IDLE_TIMEOUT
+    return delay, kind

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
 
 OVERFLOW = "overflow"
+_CRLF = "\r\n"
+_HEADER_LINE = ": ".join   # (name, value) -> "name: value"
 _NO_STATUSES: frozenset[int] = frozenset()
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
 _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination",
@@ -155,9 +157,13 @@ class Router:
         if connection is None:
             manager.run_async(stream, self._forward_attempts(stream, (host, None)))
             return True
-        when, kind = self._attempt_deadline(stream, stream.start)   # (no time passed since)
-        Exchange(self, stream, host, pool, connection).start(
-            request_head(stream.method, target, headers), when, kind)
+        if request_plan is not None:   # the route's own timeouts: the plan has the nearest
+            delay, kind = plan.first_deadline
+            when = stream.start + delay if delay else 0.0
+        else:
+            when, kind = self._attempt_deadline(stream, stream.start)   # (no time passed since)
+        Exchange(self, stream, host, pool, connection, request_head(stream.method, target, headers),
+                 when, kind)
         return True
 
     def continue_attempts(self, stream: Stream, host: Host, outcome: Attempt | str) -> None:
@@ -463,8 +469,12 @@ class Router:
 
 
 def request_head(method: str, target: str, headers: Headers) -> bytes:
-    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + "".join(
-        [f"{name}: {value}\r\n" for name, value in headers.items]).encode("latin-1") + b"\r\n"
+    """The request line and header lines, in one format and one encode (a map over the
+    header tuples, not a loop in Python)."""
+    items = headers.items
+    if not items:
+        return f"{method} {target} HTTP/1.1\r\n\r\n".encode("latin-1")
+    return f"{method} {target} HTTP/1.1\r\n{_CRLF.join(map(_HEADER_LINE, items))}\r\n\r\n".encode("latin-1")
 
 
 def _write_body(connection: UpstreamConnection, chunks: list[bytes], chunked: bool, last: bool) -> None:

@@ -85,11 +85,13 @@ class Stream:
 
     __slots__ = ("action", "authority", "body", "bytes_sent", "chunked", "cluster", "committed",
                  "conn", "deadline", "downstream_local", "downstream_remote", "expect_continue",
-                 "flags", "has_body", "hash_key", "headers", "idle", "internal", "keep_alive",
+                 "flags", "has_body", "hash_key", "header_names", "headers", "idle", "internal", "keep_alive",
                  "method", "number", "per_try", "plan", "policy", "request_headers",
                  "response_mutations", "retry", "retry_statuses", "selection", "service_time",
                  "start", "status",
                  "target", "timeout", "tried", "upgrade", "upstream", "upstream_target", "version")
+
+    header_names: set[str]    # the names of the client's headers, set by the parser
 
     # The router's state (set when the request is forwarded, read by its attempts).
     action: ForwardAction

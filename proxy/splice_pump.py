@@ -16,7 +16,8 @@ Rules:
   add_writer), as the transports keep theirs; `stop()` unregisters and closes them, and must
   come before the transports close their sockets, else a duplicate would hold a socket open.
 
-Only Linux has splice (`AVAILABLE`); elsewhere the relay stays on its transports.
+A pump that cannot be made (no descriptors left) raises OSError having opened nothing. Only
+Linux has splice (`AVAILABLE`); elsewhere the relay stays on its transports.
 """
 
 from __future__ import annotations
@@ -41,11 +42,18 @@ class SplicePump:
                  moved: Callable[[int], None], ended: Callable[[], None],
                  failed: Callable[[OSError], None]) -> None:
         self._loop = loop
-        self._pipe_out, self._pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        opened: list[int] = []
+        try:   # out of descriptors (EMFILE): nothing is left open, the caller keeps its transports
+            opened.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+            opened.append(os.dup(source))
+            opened.append(os.dup(destination))
+        except OSError:
+            for descriptor in opened:
+                os.close(descriptor)
+            raise
+        self._pipe_out, self._pipe_in, self._source, self._destination = opened
         with contextlib.suppress(OSError):   # a smaller pipe only means more wakeups
             fcntl.fcntl(self._pipe_in, _F_SETPIPE_SZ, PIPE_SIZE)
-        self._source = os.dup(source)
-        self._destination = os.dup(destination)
         self._in_pipe = 0
         self._waiting = False   # for the destination to drain (the source is not read meanwhile)
         self._running = True

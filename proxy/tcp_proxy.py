@@ -366,11 +366,15 @@ class DownstreamTcp(_Side):
             return
         source_socket = source.transport.get_extra_info("socket")
         destination_socket = destination.transport.get_extra_info("socket")
-        source.transport.pause_reading()
         moved = self._moved_upstream if source is self else self._moved_downstream
-        source.pump = SplicePump(asyncio.get_running_loop(), source_socket.fileno(),
-                                 destination_socket.fileno(), moved, partial(self._pump_ended, source),
-                                 partial(self._pump_failed, source))
+        source.transport.pause_reading()
+        try:
+            source.pump = SplicePump(asyncio.get_running_loop(), source_socket.fileno(),
+                                     destination_socket.fileno(), moved, partial(self._pump_ended, source),
+                                     partial(self._pump_failed, source))
+        except OSError:   # out of descriptors: this pair stays on its transports
+            self.spliceable = False
+            source.transport.resume_reading()
 
     def _moved_upstream(self, size: int) -> None:
         self.stats.downstream_cx_rx_bytes_total += size

@@ -6,6 +6,7 @@ clusters, and Envoy's counters for every byte and connection."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import ssl
@@ -322,6 +323,29 @@ def test_over_a_tls_upstream_a_bulk_transfer_stays_on_the_transports_and_a_fin_c
             assert payload.startswith(received)
             assert pumps == []
             await until(lambda: stat(server, "tcp.tcp.downstream_cx_active") == 0)
+        finally:
+            await server.stop()
+            upstream.close()
+    run(scenario)
+
+
+def test_without_descriptors_for_a_pump_a_bulk_transfer_goes_on_over_the_transports(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class OutOfDescriptors(SplicePump):
+        __slots__ = ()
+
+        def __init__(self, *args: Any) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(tcp_proxy, "SplicePump", OutOfDescriptors)
+
+    async def scenario() -> None:
+        upstream = await Upstream().start()
+        port = free_port()
+        server = await proxied(tcp_listener(port, cluster="echo"), [cluster("echo", [endpoint(upstream.port)])])
+        try:
+            payload = os.urandom(BULK)
+            assert await exchange(port, payload) == payload
         finally:
             await server.stop()
             upstream.close()

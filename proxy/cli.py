@@ -81,8 +81,10 @@ def _run_worker(config: BootstrapConfig, options: dict[str, object], reuse_port:
 
 
 def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int) -> int:
+    import gc
     import os
 
+    gc.freeze()   # what is loaded so far stays shared with the workers (no collector writes to it)
     # one link per follower: [leader's end, follower's end]
     links = [socket.socketpair() for _ in range(count - 1)]
     children: list[int] = []

@@ -5,8 +5,11 @@ request/response rate, same bootstrap, alternating runs.
 
 Bulk: iperf3 (one stream) through the proxy to an iperf3 server; small exchanges: wrk (50
 keep-alive connections) through the proxy to nginx `return 200`. The proxy is pinned to
---proxy-cpu, load and servers to --load-cpu. Printed: medians and Tulle/Envoy ratios of
-Gbit/s, requests/s, the proxy's CPU per GB and per request.
+--proxy-cpu, load and servers to --load-cpu; runs alternate Envoy, tulle, Envoy, tulle... in
+one sitting. Printed: medians and Tulle/Envoy ratios of Gbit/s, the proxy's CPU seconds per
+GB (bulk), requests/s, requests per second of proxy CPU (`small_rps_per_core`) and CPU µs
+per request (small), and the proxy's RSS idle (just started) and after the small load. The
+machine may be shared: ratios from the same sitting mean more than absolute figures.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main() -> None:
                     text = BOOTSTRAP.format(admin=free_port(), listener=listener, upstream=web)
                     with proxy(kind, text, args.proxy_cpu, listener, directory) as running:
                         url = f"http://127.0.0.1:{listener}/"
+                        row["rss_idle"] = running.rss_mib()
                         wrk(url, args.load_cpu, 1, 50)
                         before = running.cpu_seconds()
                         result = wrk(url, args.load_cpu, args.duration, 50)
@@ -84,16 +88,19 @@ def main() -> None:
                         row["small_rps"] = result.rps
                         row["small_cpu_us"] = cpu * 1e6 / max(result.requests, 1)
                         row["small_rps_per_core"] = result.requests / max(cpu, 1e-9)
+                        row["rss_load"] = running.rss_mib()
                     rows[kind].append(row)
                     print(f"round {round_number + 1} {kind:5}: {row['gbit_s']:6.2f} Gbit/s "
                           f"({row['cpu_s_per_gb']:.2f} CPU s/GB)  small: {row['small_rps']:8.0f} rps "
-                          f"{row['small_cpu_us']:5.1f} us CPU/req", flush=True)
+                          f"{row['small_cpu_us']:5.1f} us CPU/req  RSS {row['rss_idle']:.1f}/{row['rss_load']:.1f} MiB",
+                          flush=True)
     finally:
         stop(server)
         shutil.rmtree(directory, ignore_errors=True)
     print()
     print(f"{'metric':22} {'envoy':>10} {'tulle':>10} {'tulle/envoy':>12}")
-    for metric in ("gbit_s", "cpu_s_per_gb", "small_rps", "small_rps_per_core", "small_cpu_us"):
+    for metric in ("gbit_s", "cpu_s_per_gb", "small_rps", "small_rps_per_core", "small_cpu_us",
+                   "rss_idle", "rss_load"):
         envoy = median([row[metric] for row in rows["envoy"]])
         tulle = median([row[metric] for row in rows["tulle"]])
         print(f"{metric:22} {envoy:10.2f} {tulle:10.2f} {tulle / envoy if envoy else float('nan'):12.2f}")

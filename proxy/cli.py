@@ -81,8 +81,10 @@ def _run_worker(config: BootstrapConfig, options: dict[str, object], reuse_port:
 
 
 def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int) -> int:
+    import gc
     import os
 
+    gc.freeze()   # what is loaded so far stays shared with the workers (no collector writes to it)
     # one link per follower: [leader's end, follower's end]
     links = [socket.socketpair() for _ in range(count - 1)]
     children: list[int] = []
@@ -151,9 +153,23 @@ async def _serve(config: BootstrapConfig, options: dict[str, object], reuse_port
     except OSError as error:
         print(f"tulle-proxy: cannot start: {error}", file=sys.stderr)
         return 1
+    _settle_memory()
     await server.stopped.wait()
     await server.stop()
     return 0
+
+
+def _settle_memory() -> None:
+    """After start-up: what start-up built lives as long as the proxy, so the collector
+    stops scanning it (gc.freeze: fewer objects per full collection on the request path),
+    and the heap that parsing the bootstrap left free goes back to the kernel (~2 MiB RSS)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):   # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 if __name__ == "__main__":

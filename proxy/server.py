@@ -52,9 +52,6 @@ from proxy.local_address import first_non_loopback_ipv4
 from proxy.router.route_table import RouteTable
 from proxy.stats import StatsStore
 from proxy.tcp_proxy import TcpProxyFilter
-from proxy.tls.identity_client import NAMES as IDENTITY_NAMES
-from proxy.tls.identity_client import IdentityClient
-from proxy.tls.sds_client import SdsClient
 from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
@@ -73,7 +70,9 @@ from proxy.worker_link import (
 from proxy.xds.delta import DeltaState
 from proxy.xds.sotw import CLUSTER, ENDPOINTS, LISTENER, ROUTE, SotwState
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # loaded only when used: grpc and cryptography cost ~20 MiB of RSS
+    from proxy.tls.identity_client import IdentityClient
+    from proxy.tls.sds_client import SdsClient
     from proxy.xds.client import AdsClient
 
 log = logging.getLogger("tulle.proxy")
@@ -118,7 +117,11 @@ class ProxyServer:
                                       dynamic=self._dynamic_resources, secrets=self.secrets)
         self.ads: AdsClient | None = None
         self.sds: dict[str, SdsClient] = {}
-        self.identity = IdentityClient(identity_socket, self.secrets) if identity_socket else None
+        self.identity: IdentityClient | None = None
+        if identity_socket:
+            from proxy.tls.identity_client import IdentityClient
+
+            self.identity = IdentityClient(identity_socket, self.secrets)
         self._identity_task: asyncio.Task[None] | None = None
         self._unbound: dict[tuple[str, int], Dispatcher] = {}
         self._sds_tasks: list[asyncio.Task[None]] = []
@@ -230,13 +233,16 @@ class ProxyServer:
         --identity-socket, the workload's own secrets come from the identity client."""
         subscribed: list[tuple[SdsClient | IdentityClient, str]] = []
         for source in sources:
-            if self.identity is not None and source.name in IDENTITY_NAMES:
+            if self.identity is not None and source.name in self.identity.names:
                 if self._identity_task is None:
                     self._identity_task = asyncio.get_running_loop().create_task(self.identity.run())
                 subscribed.append((self.identity, source.name))
                 continue
             client = self.sds.get(source.cluster)
             if client is None:
+                # grpc is loaded only when a secret comes over SDS
+                from proxy.tls.sds_client import SdsClient
+
                 client = self.sds[source.cluster] = SdsClient(
                     self._sds_target(source.cluster),
                     self._node(),

@@ -10,7 +10,16 @@ Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
   cannot half-close, as a full close after its writes are flushed); the pair closes when
   both sides are done or either side resets; `idle_timeout` (default 1 h, 0 disables) closes a pair
   with no traffic either way;
-- flow control: when one side's write buffer is full the other side stops reading.
+- flow control: when one side holds 1 MiB unsent (Envoy's per_connection_buffer_limit_bytes
+  default) the other side stops reading until it drains.
+- stats: tcp.PREFIX.downstream_cx_rx_bytes_total / tx counts every byte relayed each way.
+
+Theory of operation: each side is an asyncio protocol; what one side reads is written to the
+other's transport, with as few Python calls per chunk as possible (small request/response
+traffic lives there). Between two plain TCP sockets (no TLS on either side), a read of 64 KiB
+or more says the direction carries bulk data: from then on splice(2) moves it through a pipe
+without copying it into Python (proxy/splice_pump.py), still counted and still keeping the
+idle timer; a TLS side always stays on its transport, which encrypts and decrypts.
 """
 
 from __future__ import annotations
@@ -19,14 +28,18 @@ import asyncio
 import random
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 
+from proxy import splice_pump
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.rbac import RbacConfig, RbacStats, Subject, allowed
+from proxy.splice_pump import SplicePump
 from proxy.stats import TcpProxyStats
 from proxy.tls.peer_certificate import peer_certificate
 from proxy.tls.transport_socket import SecretNotReady
@@ -34,6 +47,9 @@ from proxy.upstream.host import Host
 
 if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
+
+SPLICE_THRESHOLD = 65536   # a read this large is a bulk transfer: the kernel moves the rest
+BUFFER_LIMIT = 1 << 20     # a side's unsent bytes before its peer stops reading (Envoy's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,27 +125,32 @@ class TcpProxyFilter:
         return {"rbac.allowed": self.rbac_stats.allowed, "rbac.denied": self.rbac_stats.denied}
 
 
+def _drop(data: bytes) -> None:
+    """Where a side's bytes go once its peer is closing: nowhere."""
+
+
 class _Side(asyncio.Protocol):
-    """One end of the relay; `peer` is the other end's transport once both exist."""
+    """One end of the relay. `forward` passes what this side reads on (the peer transport's
+    write once both are up); `pump`, once set, reads this side instead of its transport."""
+
+    __slots__ = ("closed", "eof", "forward", "peer", "pump", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
         self.eof = False
         self.closed = False
-        self.last_activity = 0.0
+        self.forward: Callable[[bytes], None] = _drop
+        self.pump: SplicePump | None = None
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
-            self.peer.transport.resume_reading()
-
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed and peer.pump is None:
+            peer.transport.resume_reading()
 
     def half_close(self) -> None:
         """Pass the other side's FIN on. asyncio's TLS transports cannot half-close: such a
@@ -142,55 +163,93 @@ class _Side(asyncio.Protocol):
         else:
             self.close()
 
+    def end_of_stream(self) -> bool:
+        """This side sent its FIN: pass it on; False when both sides have (the pair is done)."""
+        self.eof = True
+        peer = self.peer
+        if peer is not None:
+            peer.half_close()
+            if peer.eof:
+                peer.close()
+                return False
+        return True
+
+    def eof_received(self) -> bool | None:
+        return self.end_of_stream()
+
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
+            self._stop_pumps()
             self.transport.close()
+
+    def _stop_pumps(self) -> None:
+        """Before this side's socket closes: the pumps hold duplicates of it."""
+        if self.peer is not None:
+            self.peer.forward = _drop
+            if self.peer.pump is not None:
+                self.peer.pump.stop()
+        if self.pump is not None:
+            self.pump.stop()
 
 
 class UpstreamTcp(_Side):
+    __slots__ = ("down",)
+
     def __init__(self, downstream: DownstreamTcp) -> None:
         super().__init__()
-        self.peer = downstream
+        self.peer = self.down = downstream
+        self.forward = self._forward_while_attaching
+
+    def _forward_while_attaching(self, data: bytes) -> None:
+        """The upstream may speak first, before the pair is attached (it then forwards
+        straight to the downstream transport)."""
+        if not self.down.closed and self.down.transport is not None:
+            self.down.transport.write(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        downstream = self.peer
-        assert isinstance(downstream, DownstreamTcp)
-        downstream.owner.stats.downstream_cx_tx_bytes_total += len(data)
-        downstream.touch()
-        downstream.send(data)
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        assert self.peer is not None
-        self.peer.half_close()
-        if self.peer.eof:
-            self.peer.close()
-            return False
-        return True
+        size = len(data)
+        down = self.down
+        down.stats.downstream_cx_tx_bytes_total += size
+        down.last_activity = down.clock()
+        self.forward(data)
+        if size >= SPLICE_THRESHOLD:
+            down.splice(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_pumps()
         if self.peer is not None:
             self.peer.close()
 
 
 class DownstreamTcp(_Side):
+    __slots__ = ("_active", "_cluster", "_connect", "_idle", "_pending", "clock", "destination",
+                 "last_activity", "owner", "spliceable", "stats")
+
     def __init__(self, owner: TcpProxyFilter, destination: tuple[str, int] | None = None) -> None:
         super().__init__()
         self.owner = owner
         self.destination = destination
+        self.stats = owner.stats
+        self.clock: Callable[[], float] = _no_clock
+        self.last_activity = 0.0
+        self.spliceable = False    # both sides plain TCP: a bulk direction may go to a SplicePump
         self._pending: list[bytes] = []
+        self.forward = self._pending.append   # until the upstream is up
         self._idle: asyncio.TimerHandle | None = None
         self._active = False
         self._connect: asyncio.Task[None] | None = None
+        self._cluster: Cluster | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        stats = self.owner.stats
+        loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        stats = self.stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         transport.pause_reading()  # type: ignore[attr-defined]
@@ -200,7 +259,7 @@ class DownstreamTcp(_Side):
         if self.owner.rbac and not self._rbac_allows(transport):
             self.close()   # network RBAC: a denied connection is closed
             return
-        self._connect = asyncio.get_running_loop().create_task(self._open_upstream())
+        self._connect = loop.create_task(self._open_upstream())
 
     def _rbac_allows(self, transport: asyncio.BaseTransport) -> bool:
         peer = peer_certificate(transport.get_extra_info("ssl_object"))
@@ -262,62 +321,108 @@ class DownstreamTcp(_Side):
         self.close()
 
     def _attach(self, upstream: UpstreamTcp, cluster: Cluster, host: object) -> None:
+        assert upstream.transport is not None and self.transport is not None
         self.peer = upstream
         self._active = True
         cluster.stats.upstream_cx_active += 1
         self._cluster = cluster
-        sock = upstream.transport.get_extra_info("socket") if upstream.transport else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        up_socket = upstream.transport.get_extra_info("socket")
+        if up_socket is not None:
+            up_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for side in (self, upstream):   # Envoy's per_connection_buffer_limit_bytes default
+            side.transport.set_write_buffer_limits(high=BUFFER_LIMIT)  # type: ignore[union-attr]
+        self.spliceable = (splice_pump.AVAILABLE and up_socket is not None
+                           and self.transport.get_extra_info("socket") is not None
+                           and self.transport.get_extra_info("ssl_object") is None
+                           and upstream.transport.get_extra_info("ssl_object") is None)
+        write = upstream.transport.write
         for data in self._pending:
-            upstream.send(data)
+            write(data)
         self._pending.clear()
+        self.forward = write
+        upstream.forward = self.transport.write
         if self.eof:
             upstream.half_close()
-        elif self.transport is not None:
+        else:
             self.transport.resume_reading()
         self.touch()
 
     def data_received(self, data: bytes) -> None:
-        self.owner.stats.downstream_cx_rx_bytes_total += len(data)
-        if self.peer is None:
-            self._pending.append(data)
+        size = len(data)
+        self.stats.downstream_cx_rx_bytes_total += size
+        self.last_activity = self.clock()
+        self.forward(data)
+        if size >= SPLICE_THRESHOLD:
+            self.splice(self)
+
+    def splice(self, source: _Side) -> None:
+        """A bulk read came from `source`: from now on the kernel moves that direction
+        (proxy/splice_pump.py), if both sides are plain TCP and the destination holds no
+        unsent bytes (else the spliced ones would overtake them; the next bulk read retries)."""
+        destination = source.peer
+        if (not self.spliceable or source.pump is not None or source.closed or source.eof
+                or destination is None or destination.closed or destination.transport is None
+                or source.transport is None or destination.transport.get_write_buffer_size()):
             return
-        self.touch()
-        self.peer.send(data)
+        source_socket = source.transport.get_extra_info("socket")
+        destination_socket = destination.transport.get_extra_info("socket")
+        moved = self._moved_upstream if source is self else self._moved_downstream
+        source.transport.pause_reading()
+        try:
+            source.pump = SplicePump(asyncio.get_running_loop(), source_socket.fileno(),
+                                     destination_socket.fileno(), moved, partial(self._pump_ended, source),
+                                     partial(self._pump_failed, source))
+        except OSError:   # out of descriptors: this pair stays on its transports
+            self.spliceable = False
+            source.transport.resume_reading()
+
+    def _moved_upstream(self, size: int) -> None:
+        self.stats.downstream_cx_rx_bytes_total += size
+        self.last_activity = self.clock()
+
+    def _moved_downstream(self, size: int) -> None:
+        self.stats.downstream_cx_tx_bytes_total += size
+        self.last_activity = self.clock()
+
+    def _pump_ended(self, source: _Side) -> None:
+        if not source.end_of_stream():
+            source.close()
+
+    def _pump_failed(self, source: _Side, error: OSError) -> None:
+        source.close()
+        if source.peer is not None:
+            source.peer.close()
 
     def eof_received(self) -> bool | None:
-        self.eof = True
-        if self.peer is not None:
-            self.peer.half_close()
-            if self.peer.eof:
-                self.peer.close()
-                return False
-        return True
+        if self.peer is None:   # the upstream is not up yet: its FIN is passed on once it is
+            self.eof = True
+            return True
+        return self.end_of_stream()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.owner.stats.downstream_cx_active -= 1
+        self._stop_pumps()
+        self.stats.downstream_cx_active -= 1
         if self._idle is not None:
             self._idle.cancel()
         if self._connect is not None and not self._connect.done():
             self._connect.cancel()
         if self.peer is not None:
             self.peer.close()
-        if self._active:
+        if self._active and self._cluster is not None:
             self._active = False
             self._cluster.breaker.close_connection()
             self._cluster.stats.upstream_cx_active -= 1
             self._cluster.stats.upstream_cx_destroy += 1
 
     def touch(self) -> None:
+        """Start the idle timer (data_received and the pumps keep `last_activity` current)."""
         timeout = self.owner.config.idle_timeout
         if timeout <= 0:
             return
-        loop = asyncio.get_running_loop()
-        self.last_activity = loop.time()
+        self.last_activity = self.clock()
         if self._idle is None:
-            self._idle = loop.call_later(timeout, self._check_idle)
+            self._idle = asyncio.get_running_loop().call_later(timeout, self._check_idle)
 
     def _check_idle(self) -> None:
         loop = asyncio.get_running_loop()
@@ -328,3 +433,7 @@ class DownstreamTcp(_Side):
         self._idle = None
         self.owner.stats.idle_timeout += 1
         self.close()
+
+
+def _no_clock() -> float:
+    return 0.0

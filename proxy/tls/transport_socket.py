@@ -30,7 +30,6 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from envoy.config.core.v3.base_pb2 import TransportSocket
 from envoy.config.core.v3.config_source_pb2 import ApiConfigSource
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import TlsParameters
@@ -261,6 +260,9 @@ class TlsStats:
 
 
 def _uris(chain_pem: bytes) -> tuple[str, ...]:
+    # cryptography costs ~10 MiB of RSS: loaded only by a proxy that makes TLS contexts
+    from cryptography import x509
+
     leaf = x509.load_pem_x509_certificate(chain_pem)
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -183,16 +183,3 @@ class IdentityServer:
             return {"error": f"tulle-control refused {pod}: {error.details()}"}
         log.info("issued %s to pod %s", issued.identity, pod)
         return {"identity": issued.identity, "certChain": list(issued.cert_chain), "trustBundle": issued.trust_bundle}
-
-
-async def request_certificate(path: Path, csr_pem: str, ttl_seconds: int = 0) -> dict[str, object]:
-    """The workload's side of the identity socket (what a sidecar calls)."""
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
-        writer.write(json.dumps({"csr": csr_pem, "ttlSeconds": ttl_seconds}).encode())
-        await writer.drain()
-        writer.write_eof()
-        answer: dict[str, object] = json.loads(await reader.read())
-        return answer
-    finally:
-        writer.close()

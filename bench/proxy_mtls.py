@@ -5,7 +5,8 @@
 Path: wrk -> client sidecar (plaintext listener; cluster with an UpstreamTlsContext: the
 sidecar's certificate, the trust bundle, the server's SPIFFE ID as
 match_typed_subject_alt_names) -> server sidecar (DownstreamTlsContext, client
-certificate required) -> nginx (`return 200`). Certificates come from a tulle-control CA
+certificate required) -> nginx (`return 200`), TLS 1.3 both ways as tulle-control configures
+the mesh (--tls-max TLSv1_2 for Envoy's client default). Certificates come from a tulle-control CA
 made for the run. Both sidecars share one core (--proxy-cpu), as the client and the
 server side share a core each in a mesh; wrk and nginx the other. Measured per pair:
 requests/s and p50/p99 at saturation over kept-alive mTLS connections, the sidecars' CPU
@@ -55,8 +56,12 @@ HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_man
        "HttpConnectionManager")
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 
+def tls_params(maximum: str) -> str:
+    """tulle-control's mesh asks for TLSv1_3 (Envoy's client default is TLSv1_2)."""
+    return f"{{tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: {maximum}}}"
 
-def certificates(directory: Path, ca: CertificateAuthority, identity: SpiffeId) -> str:
+
+def certificates(directory: Path, ca: CertificateAuthority, identity: SpiffeId, maximum: str) -> str:
     """A TlsCertificate + trust bundle block (files in `directory`), as YAML flow text."""
     pair = new_key_and_csr()
     now = dt.datetime.now(dt.UTC)
@@ -65,7 +70,7 @@ def certificates(directory: Path, ca: CertificateAuthority, identity: SpiffeId) 
     chain.write_bytes(ca.issue(pair.csr_pem, identity, now, dt.timedelta(hours=2)).chain_pem())
     key.write_bytes(pair.key_pem)
     return (f"tls_certificates: [{{certificate_chain: {{filename: {chain}}}, private_key: {{filename: {key}}}}}], "
-            f"alpn_protocols: [http/1.1]")
+            f"alpn_protocols: [http/1.1], tls_params: {tls_params(maximum)}")
 
 
 def client_bootstrap(admin: int, listener: int, server: int, tls_block: str, bundle: Path,
@@ -194,6 +199,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--proxy-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--tls-max", choices=("TLSv1_3", "TLSv1_2"), default="TLSv1_3",
+                        help="the highest TLS version both pairs may negotiate (the mesh's: TLSv1_3)")
     args = parser.parse_args()
     directory = workdir()
     keep_alive: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
@@ -202,7 +209,8 @@ def main() -> None:
         ca = CertificateAuthority.load_or_create(directory / "ca", "cluster.local", dt.datetime.now(dt.UTC))
         bundle = directory / "bundle.pem"
         bundle.write_bytes(ca.trust_bundle_pem())
-        client_tls, server_tls = certificates(directory, ca, CLIENT_ID), certificates(directory, ca, SERVER_ID)
+        client_tls = certificates(directory, ca, CLIENT_ID, args.tls_max)
+        server_tls = certificates(directory, ca, SERVER_ID, args.tls_max)
         with nginx(args.load_cpu, directory) as upstream:
             for round_number in range(args.rounds):
                 for kind in ("envoy", "tulle"):

@@ -9,8 +9,10 @@ The key is made here and written beside the certificate; the directory then hold
 `cert.pem` (the certificate, then any intermediates), `key.pem` (mode 0600) and `ca.pem`
 (the trust bundle, to verify tulle-control with). Identities (see `control.caller`):
 `spiffe://<td>/ns/tulle-system/sa/tulle-operator.<name>` and
-`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>`. Their lifetime is fixed at
-issue (`--ttl`, default 30 days): issue a new one before it ends and restart the client.
+`spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>`. Their lifetime is set at issue
+(`--ttl`, default 30 days). An agent renews its own before it ends, for the same lifetime
+(`control.ca.service.sign_agent`, netpolicy/agent/control_credentials.py); an operator
+issues a new one and points meshctl at it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,12 @@ over the network the channel's client certificate must prove the same node, whic
 `spiffe://<td>/ns/tulle-system/sa/tulle-agent.<node>` client certificate; a plaintext
 TCP client proves no node, so it obtains nothing).
 
-`sign` is the whole decision, free of I/O; `CertificateService` (threaded gRPC, a
+An agent also renews its own control-plane client certificate here (`node_agent`): only
+over mTLS with its current agent certificate, for the node that certificate names, and
+for no longer than that certificate lived (`sign_agent`), so renewal never lengthens what
+the operator issued with `tulle-control issue-cert --kind agent --ttl`.
+
+`sign` and `sign_agent` are the whole decision, free of I/O; `CertificateService` (threaded gRPC, a
 lookup function) and `AsyncCertificateService` (grpc.aio inside tulle-control, pods read
 from the registry) are the two shells around it.
 """
@@ -20,9 +25,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from control.ca.attestation import NotAuthorized, identity_for
-from control.ca.authority import DEFAULT_TTL, CertificateAuthority, CsrRejected
+from control.ca.authority import CLOCK_SKEW, DEFAULT_TTL, CertificateAuthority, CsrRejected
+from control.ca.spiffe import agent_identity
 from control.caller import Role, caller_of
 from proto.tulle.security.v1 import ca_pb2, ca_pb2_grpc
 
@@ -78,6 +85,41 @@ def sign(
     )
 
 
+def sign_agent(
+    ca: CertificateAuthority,
+    request: ca_pb2.CertificateRequest,
+    now: dt.datetime,
+    proven_node: str | None,
+    presented: x509.Certificate | None,
+) -> ca_pb2.CertificateResponse:
+    """The answer to an agent asking for its own certificate anew, given the node its
+    channel's certificate proves and that certificate."""
+    if request.pod_namespace or request.pod_name:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "a node_agent request names no pod")
+    if not proven_node or proven_node != request.node or presented is None:
+        raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                      f"only the agent of node {request.node!r}, presenting its current agent certificate "
+                      "over mTLS, may renew it")
+    ttl = presented.not_valid_after_utc - presented.not_valid_before_utc - CLOCK_SKEW
+    if request.validity_duration > 0:
+        ttl = min(ttl, dt.timedelta(seconds=request.validity_duration))
+    if ttl <= dt.timedelta(0):
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the requested lifetime is not positive")
+    identity = agent_identity(ca.trust_domain, request.node)
+    try:
+        issued = ca.issue(request.csr.encode(), identity, now, ttl)
+    except CsrRejected as error:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"CSR of the agent of {request.node!r} rejected: {error}") from None
+    return ca_pb2.CertificateResponse(cert_chain=_split_pem(issued.chain_pem().decode()),
+                                      trust_bundle=ca.trust_bundle_pem().decode(), identity=str(identity))
+
+
+def presented_certificate(context: Any) -> x509.Certificate | None:
+    """The client certificate of the request's mTLS channel (None without one)."""
+    pem = context.auth_context().get("x509_pem_cert")
+    return x509.load_pem_x509_certificate(pem[0]) if pem else None
+
+
 class CertificateService(ca_pb2_grpc.CertificateServiceServicer):
     def __init__(
         self,
@@ -98,6 +140,8 @@ class CertificateService(ca_pb2_grpc.CertificateServiceServicer):
     ) -> ca_pb2.CertificateResponse:
         proven = self._node_of_channel(context) if self._node_of_channel is not None else None
         try:
+            if request.node_agent:
+                return sign_agent(self._ca, request, self._clock(), proven, presented_certificate(context))
             return sign(self._ca, request, self._pods(request.pod_namespace, request.pod_name),
                         self._clock(), self._max_ttl, proven)
         except Refused as refused:
@@ -128,6 +172,8 @@ class AsyncCertificateService(ca_pb2_grpc.CertificateServiceServicer):
     ) -> ca_pb2.CertificateResponse:
         proven = self._node_of_channel(context) if self._node_of_channel is not None else None
         try:
+            if request.node_agent:
+                return sign_agent(self._ca, request, self._clock(), proven, presented_certificate(context))
             pod = await self._pods(request.pod_namespace, request.pod_name)
             return sign(self._ca, request, pod, self._clock(), self._max_ttl, proven)
         except Refused as refused:

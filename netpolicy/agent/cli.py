@@ -20,7 +20,9 @@ and ca.pem beside it), the agent certificate `tulle-control issue-cert --kind ag
 --name NODE` wrote: it lets this agent act for NODE only. Over the socket or mTLS,
 `--xds` and `--ca-address` default to `--control` (one port serves all three); with a
 plaintext HOST:PORT (a lab's underlay) `--xds` defaults to that host's port 15010 and
-the CA to the local socket (plaintext TCP obtains no certificates).
+the CA to the local socket (plaintext TCP obtains no certificates). The agent renews its
+certificate itself at half its remaining lifetime, rewriting `--cert` and `--key`
+(netpolicy/agent/control_credentials.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pyroute2 import IPRoute
 from cni.overlay import vtep_mac_for
 from cni.wire import DEFAULT_AGENT_SOCKET
 from netpolicy.agent.agent import AgentConfig, ControlLink, NodeAgent
+from netpolicy.agent.control_credentials import CertificateRenewer, CredentialsError
 from netpolicy.agent.control_link import (
     ConfigApi,
     ControlAddresses,
@@ -86,7 +89,7 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
             ip = ipaddress.IPv4Address(underlay_ip) if underlay_ip else _source_address(addresses.xds)
             api = ConfigApi(addresses.api, tls=tls)
             allocated = register_node(api, node, ip, vtep_mac_for(ip))
-        except (ControlError, ValueError) as exc:
+        except (ControlError, CredentialsError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         if cidr is not None and cidr != allocated:
             logging.getLogger("tulle.agent").warning("--pod-cidr %s ignored: tulle-control allocated %s", cidr, allocated)
@@ -102,6 +105,10 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
         dns_port=dns_port,
     )
     agent = NodeAgent(config)
+    renewer = None
+    if control and tls is not None and not control.startswith("unix:"):
+        renewer = CertificateRenewer(control, node, tls)   # the CA listens where the API does
+        renewer.start()
     try:
         for line in agent.start():
             logging.getLogger("tulle.agent").warning("recovery: %s", line)
@@ -115,6 +122,8 @@ def command(node: str, socket_path: Path, state_dir: Path | None, pod_cidr: str 
     except (SocketInUse, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        if renewer is not None:
+            renewer.close()
         agent.close()
 
 

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,6 +35,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
+from netpolicy.agent.control_credentials import ControlTls, open_channel
 from netpolicy.agent.node_services import SERVICE
 from netpolicy.agent.policy_view import ADMIN_NETWORK_POLICY, NAMESPACE, NETWORK_POLICY, NODE, POD
 from proto.tulle.config.v1 import config_pb2, config_pb2_grpc
@@ -77,34 +77,6 @@ class ControlRefused(ControlError):
     changes nothing."""
 
 
-# A DNS name in tulle-control's serving certificate (control.ca.serving; the agent does
-# not import control): what the agent checks the server it dialled is.
-CONTROL_SERVER_NAME = "tulle-control"
-
-
-@dataclass(frozen=True)
-class ControlTls:
-    """The agent's credentials for tulle-control's mTLS port: its certificate (and chain),
-    key, and Tulle's trust bundle, as PEM files; read when a channel opens."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        try:
-            return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
-        except OSError as e:
-            raise ControlError(f"cannot read the agent's credentials: {e}") from None
-
-
-def open_channel(address: str, tls: ControlTls | None) -> grpc.Channel:
-    if tls is None or address.startswith("unix:"):
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, tls.credentials(),
-                               options=[("grpc.ssl_target_name_override", CONTROL_SERVER_NAME)])
-
-
 @dataclass(frozen=True)
 class ControlAddresses:
     """`api`: the config API (HOST:PORT or unix:PATH); `xds`: the ADS server."""
@@ -128,11 +100,27 @@ class ConfigApi:
     """The few config-API calls an agent makes (proto stubs; the agent does not import control)."""
 
     def __init__(self, address: str, timeout: float = 10.0, tls: ControlTls | None = None) -> None:
-        self.channel = open_channel(address, tls)
-        self.stub = config_pb2_grpc.ConfigStub(self.channel)
         self.timeout = timeout
         self.address = address
         self.tls = tls  # the ADS stream and the CA client use the same credentials
+        self._lock = threading.Lock()
+        self._generation = tls.generation if tls is not None else 0
+        self.channel = open_channel(address, tls)
+        self._stub = config_pb2_grpc.ConfigStub(self.channel)
+
+    @property
+    def stub(self) -> config_pb2_grpc.ConfigStub:
+        """The stub of a channel presenting the current certificate (reopened after a
+        renewal; calls in flight on the old one finish first)."""
+        tls = self.tls
+        if tls is not None and tls.generation != self._generation:
+            with self._lock:
+                if tls.generation != self._generation:
+                    old, self._generation = self.channel, tls.generation
+                    self.channel = open_channel(self.address, tls)
+                    self._stub = config_pb2_grpc.ConfigStub(self.channel)
+                    threading.Timer(self.timeout, old.close).start()
+        return self._stub
 
     def close(self) -> None:
         self.channel.close()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 
+from netpolicy.agent.control_credentials import CONTROL_SERVER_NAME, ControlTls
 from proto.tulle.security.v1 import ca_pb2, ca_pb2_grpc
 
 log = logging.getLogger("tulle.agent.identity")
@@ -102,25 +103,43 @@ async def attest_pid(pid: int, attached: AttachedPods) -> PodRef:
 
 class CertificateAuthorityClient:
     """tulle-control's CertificateService, acting for one node: over the control plane's
-    root-only unix socket by default."""
+    root-only unix socket by default, else over mTLS with the agent certificate in `tls`
+    (the channel is reopened after that certificate is renewed)."""
 
-    def __init__(self, node: str, target: str = DEFAULT_CONTROL_SOCKET,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, node: str, target: str = DEFAULT_CONTROL_SOCKET, tls: ControlTls | None = None) -> None:
         self.node = node
-        # Over mTLS the server must be tulle-control (a DNS name of its serving certificate).
-        self._channel = (grpc.aio.secure_channel(target, credentials,
-                                                 options=[("grpc.ssl_target_name_override", "tulle-control")])
-                         if credentials is not None else grpc.aio.insecure_channel(target))
+        self._target = target
+        self._tls = tls if not target.startswith("unix:") else None
+        self._generation = -1
+        self._channel: grpc.aio.Channel | None = None
+        self._stub = self._current_stub()
+
+    def _current_stub(self) -> ca_pb2_grpc.CertificateServiceStub:
+        tls = self._tls
+        if self._channel is not None and (tls is None or tls.generation == self._generation):
+            return self._stub
+        old = self._channel
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+        else:
+            # Over mTLS the server must be tulle-control (a DNS name of its serving certificate).
+            self._generation = tls.generation
+            self._channel = grpc.aio.secure_channel(self._target, tls.credentials(),
+                                                    options=[("grpc.ssl_target_name_override", CONTROL_SERVER_NAME)])
         self._stub = ca_pb2_grpc.CertificateServiceStub(self._channel)
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close(grace=10))
+        return self._stub
 
     async def sign(self, pod: PodRef, csr_pem: str, ttl_seconds: int = 0) -> Issued:
-        response = await self._stub.CreateCertificate(ca_pb2.CertificateRequest(
+        response = await self._current_stub().CreateCertificate(ca_pb2.CertificateRequest(
             csr=csr_pem, validity_duration=ttl_seconds, node=self.node,
             pod_namespace=pod.namespace, pod_name=pod.name), timeout=10)
         return Issued(response.identity, tuple(response.cert_chain), response.trust_bundle)
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class IdentityServer:
@@ -183,16 +202,3 @@ class IdentityServer:
             return {"error": f"tulle-control refused {pod}: {error.details()}"}
         log.info("issued %s to pod %s", issued.identity, pod)
         return {"identity": issued.identity, "certChain": list(issued.cert_chain), "trustBundle": issued.trust_bundle}
-
-
-async def request_certificate(path: Path, csr_pem: str, ttl_seconds: int = 0) -> dict[str, object]:
-    """The workload's side of the identity socket (what a sidecar calls)."""
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
-        writer.write(json.dumps({"csr": csr_pem, "ttlSeconds": ttl_seconds}).encode())
-        await writer.drain()
-        writer.write_eof()
-        answer: dict[str, object] = json.loads(await reader.read())
-        return answer
-    finally:
-        writer.close()

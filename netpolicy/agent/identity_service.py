@@ -53,9 +53,7 @@ class NodeIdentityService:
         self._config = config
         base = agent.config.socket_path.parent
         self._sds_dir = config.sds_dir or base / "sds"
-        tls = config.ca_tls if not config.ca_address.startswith("unix:") else None
-        self._ca = CertificateAuthorityClient(agent.config.node, config.ca_address,
-                                              tls.credentials() if tls is not None else None)
+        self._ca = CertificateAuthorityClient(agent.config.node, config.ca_address, config.ca_tls)
         self._identity = IdentityServer(config.identity_socket or base / "identity.sock", self._ca, self.attached_pods)
         self._sds: dict[PodRef, PodSdsServer] = {}
         # The periodic loop and an explicit reconcile may overlap; without this, both

@@ -19,6 +19,8 @@ import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from proxy.tls.peer_certificate import peer_uris
+
 
 @contextmanager
 def _memory_file(name: str, data: bytes) -> Iterator[str]:
@@ -71,8 +73,4 @@ def client_context(
 
 def peer_spiffe_ids(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str, ...]:
     """The URI SANs of the verified peer certificate (empty when there is none)."""
-    certificate = ssl_object.getpeercert()
-    if not certificate:
-        return ()
-    names: tuple[tuple[str, str], ...] = certificate.get("subjectAltName", ())  # type: ignore[assignment]
-    return tuple(value for kind, value in names if kind == "URI")
+    return peer_uris(ssl_object)

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -39,6 +40,30 @@ NAMES: Final = frozenset({CERTIFICATE, TRUST_BUNDLE})
 
 class IdentityError(RuntimeError):
     """The identity socket answered with an error or something unreadable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    identity: str
+    chain_pem: bytes          # the leaf first
+    trust_bundle_pem: bytes
+
+
+async def request_identity(socket_path: str, csr_pem: bytes, ttl_seconds: int = 0) -> Issued:
+    """One request on the identity socket: the CSR in, the certificate chain out (raises
+    IdentityError with the agent's refusal, OSError when it cannot be reached)."""
+    reader, writer = await asyncio.open_unix_connection(socket_path)
+    try:
+        writer.write(json.dumps({"csr": csr_pem.decode(), "ttlSeconds": ttl_seconds}).encode())
+        await writer.drain()
+        writer.write_eof()
+        answer = json.loads(await reader.read())
+    finally:
+        writer.close()
+    if not isinstance(answer, dict) or "error" in answer or not answer.get("certChain"):
+        raise IdentityError(str(answer.get("error") if isinstance(answer, dict) else answer))
+    return Issued(str(answer.get("identity", "")), "".join(answer["certChain"]).encode(),
+                  str(answer["trustBundle"]).encode())
 
 
 def renewal_delay(chain_pem: bytes, now: dt.datetime) -> dt.timedelta:
@@ -85,20 +110,10 @@ class IdentityClient:
 
     async def _renew(self) -> bytes:
         key = new_key_and_csr()
-        reader, writer = await asyncio.open_unix_connection(self.socket_path)
-        try:
-            writer.write(json.dumps({"csr": key.csr_pem.decode(), "ttlSeconds": 0}).encode())
-            await writer.drain()
-            writer.write_eof()
-            answer = json.loads(await reader.read())
-        finally:
-            writer.close()
-        if not isinstance(answer, dict) or "error" in answer or not answer.get("certChain"):
-            raise IdentityError(str(answer.get("error") if isinstance(answer, dict) else answer))
-        chain = "".join(answer["certChain"]).encode()
-        self.store.update({CERTIFICATE: CertificateSecret(chain, key.key_pem),
-                           TRUST_BUNDLE: TrustBundle(str(answer["trustBundle"]).encode())})
-        self.identity = str(answer.get("identity", ""))
+        issued = await request_identity(self.socket_path, key.csr_pem)
+        self.store.update({CERTIFICATE: CertificateSecret(issued.chain_pem, key.key_pem),
+                           TRUST_BUNDLE: TrustBundle(issued.trust_bundle_pem)})
+        self.identity = issued.identity
         self._received.set()
         log.info("identity %s from %s", self.identity, Path(self.socket_path).name)
-        return chain
+        return issued.chain_pem

@@ -1,54 +1,93 @@
-"""Client-side TLS session resumption: a new upstream connection offers the session of the
-last one made with the same SSLContext.
+"""TLS session resumption between sidecars: clients offer a fresh session from the tickets
+they were given, servers keep the sessions they issued in a bounded cache.
 
 Theory of operation: a full mTLS handshake costs both sides a certificate signature and a
 chain verification; a resumed one (a TLS 1.3 PSK from a session ticket, or a TLS 1.2
-session) costs neither, which is what Envoy's upstream connections do by default. asyncio
-(and uvloop) build the SSLObject themselves, with no way to pass `session=`; but they build
-it through `context.wrap_bio`, which asks `context.sslobject_class` — so a client context
-gets `ResumingSSLObject`, whose constructor offers the context's remembered session. The
-pool calls `remember` once a connection has carried its first exchange (a TLS 1.3 ticket
-arrives after the handshake, so it is read by then). One session serves every connection
-until the server stops accepting it (TLS 1.3 tickets are not single-use for OpenSSL's and
-BoringSSL's servers); a connection that could not resume leaves its own.
+session) costs neither, which is what Envoy's upstream connections do by default. What a
+resumption costs then depends on the ticket: a stateless ticket carries the whole session,
+the client's certificate included, and OpenSSL 3.0 decodes that certificate (its public
+key through the provider decoders) on every resumption: the biggest part of a server's
+resumed handshake. So servers issue stateful tickets (OP_NO_TICKET: the ticket names a
+session in the server context's cache), found by a hash lookup. OpenSSL makes such a
+ticket single-use, as RFC 8446 (C.4) asks of clients anyway, and issues a new one on every
+handshake; so a client keeps a small pool of fresh sessions per SSLContext, takes one for
+each new connection and gives back the one that connection was issued.
 
-Rules: a session is offered only to the SSLContext that made it (a rotated certificate or
-trust bundle builds a new context, so an old session is never offered with new secrets);
-the server may always refuse it, and then the handshake is a full one; the peer's
-certificate (SAN checks, x-forwarded-client-cert) is the one the session recorded.
+asyncio (and uvloop) build the SSLObject themselves, with no way to pass `session=`; but
+they build it through `context.wrap_bio`, which asks `context.sslobject_class`, so a client
+context gets `ResumingSSLObject`, whose constructor takes a session from the pool. The
+upstream pool calls `remember` once a connection has carried its first exchange (a TLS 1.3
+ticket arrives after the handshake, so it is read by then).
+
+Rules:
+- A session is offered only to the SSLContext that made it (a rotated certificate or trust
+  bundle builds a new context, so an old session is never offered with new secrets); the
+  server may always refuse it, and then the handshake is a full one; the peer's
+  certificate (SAN checks, x-forwarded-client-cert) is the one the session recorded.
+- TLS 1.3: a session is offered once; a connection gives back its newest ticket, never the
+  one it was offered. TLS 1.2: a session id may be offered again, so a connection gives
+  back the session it used.
+- Bounded memory: a client context pools at most CLIENT_POOL sessions (newest kept); a
+  server context's cache is replaced by an empty one (a new listening context, built by
+  the transport socket) once it holds SERVER_CACHE sessions, since Python cannot size
+  OpenSSL's cache (20,480 sessions of ~11 KiB each by default) or flush it.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from collections import deque
+from typing import Any, Final
 
-_SESSION = "_tulle_resumable_session"
+CLIENT_POOL: Final = 64      # a busy cluster's concurrent new connections each take one
+SERVER_CACHE: Final = 512    # ~6 MiB of cached sessions (each holds the client's certificate)
+_POOL = "_tulle_session_pool"
 
 
 class ResumingSSLObject(ssl.SSLObject):
+    """A client SSLObject that offers a session from its context's pool."""
+
+    _offered: ssl.SSLSession | None = None
+
     @classmethod
     def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
                 server_hostname: str | None = None, session: ssl.SSLSession | None = None,
                 context: ssl.SSLContext | None = None) -> Any:
         if session is None and not server_side and context is not None:
-            session = getattr(context, _SESSION, None)
-        return super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
+            pool: deque[ssl.SSLSession] | None = getattr(context, _POOL, None)
+            if pool:
+                session = pool.pop()
+        made = super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
                                session=session, context=context)
+        made._offered = session
+        return made
 
 
 def enable(context: ssl.SSLContext) -> None:
-    """Make a client context offer the last session it remembered."""
+    """Make a client context offer the sessions its connections were issued."""
     context.sslobject_class = ResumingSSLObject
-    setattr(context, _SESSION, None)
+    setattr(context, _POOL, deque(maxlen=CLIENT_POOL))
+
+
+def serve_stateful(context: ssl.SSLContext) -> None:
+    """Make a server context issue stateful tickets, one per handshake."""
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 1
 
 
 def remember(ssl_object: ssl.SSLObject | None) -> None:
-    """Keep the connection's session (with its ticket) for the next connections, unless it
-    resumed the one kept (then that one still works: reading a session costs CPython a
-    copy of it, certificates included)."""
-    if ssl_object is None or ssl_object.session_reused:
+    """Give the connection's newest session back to its context's pool (see the rules)."""
+    if ssl_object is None:
         return
+    pool: deque[ssl.SSLSession] | None = getattr(ssl_object.context, _POOL, None)
     session = ssl_object.session
-    if session is not None and (session.has_ticket or ssl_object.version() == "TLSv1.2"):
-        setattr(ssl_object.context, _SESSION, session)
+    if pool is None or session is None:
+        return
+    reusable = ssl_object.version() == "TLSv1.2"
+    if reusable or (session.has_ticket and session != getattr(ssl_object, "_offered", None)):
+        pool.append(session)
+
+
+def cache_full(context: ssl.SSLContext) -> bool:
+    """Whether a server context's session cache has reached its bound."""
+    return bool(context.session_stats()["number"] >= SERVER_CACHE)

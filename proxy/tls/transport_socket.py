@@ -6,8 +6,9 @@ Rules (envoy.extensions.transport_sockets.tls.v3):
   (`tls_certificate_sds_secret_configs`, one); the trust bundle inline (`validation_context`)
   or by SDS name (`validation_context_sds_secret_config`, or `combined_validation_context`
   whose `default_validation_context` adds the SAN matchers to the SDS trust bundle).
-- `tls_params`: TLS 1.2 is the floor and 1.3 the ceiling by default (Envoy's client and
-  server defaults); TLS 1.0/1.1 and cipher or curve lists are refused.
+- `tls_params`: TLS 1.2 is the floor; the ceiling is 1.3 for servers and 1.2 for clients
+  by default, as Envoy's (tulle-control asks for 1.3 both ways, as Istio does); TLS
+  1.0/1.1 and cipher or curve lists are refused.
 - `match_typed_subject_alt_names` (URI SANs, StringMatcher) is checked on the upstream's
   certificate after the handshake: no matcher matching any URI SAN fails the connection
   (`ssl.fail_verify_san`), which the router reports as a connect failure (503).
@@ -19,13 +20,16 @@ Theory of operation: a `TlsTransport` pairs a config with the SecretStore. `cont
 builds an SSLContext from the secrets' current PEM and caches it until the store's
 version changes, so a rotated certificate is used by the next connection while
 connections in flight keep the context (and certificate) they handshook with. A listener
-is bound once with a `server_context()` whose SNI callback (run for every ClientHello,
-with or without a server name) swaps in the current context before the handshake goes on.
-Client contexts resume the last session they made (proxy/tls/session_resumption.py).
+makes every connection's SSLObject with `server_context()`, the current context, whatever
+context it was bound with (`_ListeningSSLObject`); that context also holds the sessions
+the listener issued, and is replaced by an empty one once its cache is full. Client
+contexts offer sessions their earlier connections were issued
+(proxy/tls/session_resumption.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +172,8 @@ def _common(message: CommonTlsContext, path: str, server_side: bool, sni: str = 
     reject_unsupported(message, path, ("tls_params", "tls_certificates", "tls_certificate_sds_secret_configs",
                                        "validation_context", "validation_context_sds_secret_config",
                                        "combined_validation_context", "alpn_protocols"))
-    minimum, maximum = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+    minimum = ssl.TLSVersion.TLSv1_2
+    maximum = ssl.TLSVersion.TLSv1_3 if server_side else ssl.TLSVersion.TLSv1_2
     if message.HasField("tls_params"):
         here = join(path, "tls_params")
         reject_unsupported(message.tls_params, here, ("tls_minimum_protocol_version",
@@ -275,6 +280,26 @@ class SecretNotReady(Exception):
     """An SDS secret the context needs has not arrived yet."""
 
 
+_TRANSPORT = "_tulle_tls_transport"
+
+
+class _ListeningSSLObject(ssl.SSLObject):
+    """A server SSLObject made with its transport's current context rather than the one
+    the listener was bound with: asyncio and uvloop make every connection's SSLObject
+    through `context.wrap_bio`, which asks `context.sslobject_class`."""
+
+    @classmethod
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                server_hostname: str | None = None, session: ssl.SSLSession | None = None,
+                context: ssl.SSLContext | None = None) -> Any:
+        transport: TlsTransport | None = getattr(context, _TRANSPORT, None)
+        if transport is not None:
+            with contextlib.suppress(SecretNotReady):   # then the bound context serves
+                context = transport.server_context()
+        return super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
+                               session=session, context=context)
+
+
 class TlsTransport:
     """A TLS config bound to the secret store: the current SSLContext, and SAN checks."""
 
@@ -284,7 +309,6 @@ class TlsTransport:
         self.stats = stats
         self._context: ssl.SSLContext | None = None
         self._version = -1
-        self._listening: ssl.SSLContext | None = None
 
     def context(self) -> ssl.SSLContext:
         """The SSLContext of the current secrets (rebuilt only when they changed)."""
@@ -322,27 +346,24 @@ class TlsTransport:
         if config.alpn:
             context.set_alpn_protocols(list(config.alpn))
         if config.server_side:
-            context.num_tickets = 1   # one resumption ticket per handshake is all a client keeps
+            session_resumption.serve_stateful(context)
+            context.sslobject_class = _ListeningSSLObject
+            setattr(context, _TRANSPORT, self)
         else:
             session_resumption.enable(context)
         return context
 
     def server_context(self) -> ssl.SSLContext:
-        """The context a listener binds with: it hands every new handshake the current one."""
-        if self._listening is None:
-            listening = self.context()
-            listening.sni_callback = self._select
-            self._listening = listening
-        return self._listening
-
-    def _select(self, ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
-        try:
-            current = self.context()
-        except SecretNotReady:
-            return None
-        if current is not self._listening:
-            ssl_object.context = current
-        return None
+        """The context a listener's new connection handshakes with: the current one, which
+        also keeps the sessions it issued (so it is replaced, cache and all, once that cache
+        is full). A listener bound once to a context gets this one per connection anyway
+        (`_ListeningSSLObject`)."""
+        context = self.context()
+        if session_resumption.cache_full(context):
+            version = self.store.version
+            context = self._context = self._build()
+            self._version = version
+        return context
 
     def san_verified(self, ssl_object: ssl.SSLObject | None) -> bool:
         """Whether the peer's URI SANs satisfy match_typed_subject_alt_names (counted if not)."""

@@ -1,10 +1,13 @@
 """A tulle-agent on another host joins tulle-control over mTLS with the certificate
 `tulle-control issue-cert --kind agent` wrote (`--control HOST:PORT --cert`): config
-API, xDS and CA on one port; the certificate of one node starts no agent of another."""
+API, xDS and CA on one port; the certificate of one node starts no agent of another; the
+agent renews its certificate before it expires and stays in step."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -13,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from control.meshctl import enforcement
 from control.meshctl.client import ConfigClient
 from tests.cni.conftest import TULLE_AGENT, wait_for_agent
 from tests.control.control_process import TULLE_CONTROL
@@ -31,10 +36,11 @@ class Host:
     dir: Path
     tls_address: str
 
-    def issue_agent_cert(self, node: str) -> Path:
+    def issue_agent_cert(self, node: str, ttl: str = "720h") -> Path:
         out = self.dir / f"agent-{node}"
         subprocess.run([str(TULLE_CONTROL), "issue-cert", "--kind", "agent", "--name", node, "--out", str(out),
-                        "--state-dir", str(self.dir / "control")], check=True, capture_output=True, timeout=30)
+                        "--ttl", ttl, "--state-dir", str(self.dir / "control")],
+                       check=True, capture_output=True, timeout=30)
         return out / "cert.pem"
 
     def agent(self, node: str, cert: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
@@ -86,3 +92,35 @@ def test_the_certificate_of_one_node_starts_no_agent_of_another(host: Host) -> N
     proc, _, log = host.agent("node-b", host.issue_agent_cert("node-a"))
     assert proc.wait(timeout=30) != 0
     assert "may not apply Node 'node-b'" in log.read_text()
+
+
+def serial(cert: Path) -> int:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def test_an_agent_renews_its_short_lived_certificate_and_stays_in_step_after_the_first_expires(host: Host) -> None:
+    cert = host.issue_agent_cert("node-r", ttl="20s")
+    first = x509.load_pem_x509_certificate(cert.read_bytes())
+    proc, socket, log = host.agent("node-r", cert)
+    wait_for_agent(socket, proc, timeout=60)
+    serials = [first.serial_number]
+    deadline = time.monotonic() + 60   # renewals come at ~10 s intervals: half of 20 s
+    while len(serials) < 3 or dt.datetime.now(dt.UTC) <= first.not_valid_after_utc:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        if (now := serial(cert)) != serials[-1]:
+            serials.append(now)
+        time.sleep(0.2)
+    assert stat.S_IMODE((cert.parent / "key.pem").stat().st_mode) == 0o600
+    renewed = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/tulle-system/sa/tulle-agent.node-r"]
+    # the first certificate has expired: the agent still takes and ACKs what the control plane pushes
+    client = ConfigClient(f"unix:{host.dir / 'control.sock'}")
+    try:
+        [outcome], _ = client.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "renewed"}}])
+    finally:
+        client.close()
+    version = outcome.object["metadata"]["resourceVersion"]
+    while enforcement.read(f"unix:{host.dir / 'control.sock'}").nodes_enforcing("Namespace", "renewed", version) != ["node-r"]:
+        assert proc.poll() is None and time.monotonic() < deadline + 20, log.read_text()
+        time.sleep(0.2)

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.config.core.v3 import base_pb2
@@ -33,6 +35,7 @@ from control.ca.authority import CertificateAuthority
 from control.ca.spiffe import SpiffeId
 from control.meshctl.client import ConfigClient
 from control.xds.resources import CLUSTER, SECRET
+from netpolicy.agent.control_credentials import CertificateRenewer
 from netpolicy.agent.control_link import (
     AdsClient,
     ConfigApi,
@@ -83,10 +86,11 @@ class Cluster:
     def roots(self) -> Path:
         return self.control.state_dir / "ca" / "ca-cert.pem"
 
-    def issue_cert(self, kind: str, name: str) -> Credentials:
+    def issue_cert(self, kind: str, name: str, ttl: str = "720h") -> Credentials:
         out = self.dir / f"{kind}-{name}"
         subprocess.run([str(TULLE_CONTROL), "issue-cert", "--kind", kind, "--name", name, "--out", str(out),
-                        "--state-dir", str(self.control.state_dir)], check=True, capture_output=True, timeout=30)
+                        "--ttl", ttl, "--state-dir", str(self.control.state_dir)],
+                       check=True, capture_output=True, timeout=30)
         return Credentials(out / "ca.pem", out / "cert.pem", out / "key.pem")
 
     def workload_cert(self, namespace: str, sa: str, ca: CertificateAuthority | None = None,
@@ -296,6 +300,57 @@ def test_an_agent_registers_its_own_node_and_gets_its_pod_cidr(cluster: Cluster)
     finally:
         api.close()
     assert cidr.prefixlen == 24
+
+
+def leaf_of(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def test_an_agent_renews_its_certificate_for_the_same_lifetime_and_its_channels_present_the_new_one(
+        cluster: Cluster) -> None:
+    credentials = cluster.issue_cert("agent", "node-a", ttl="4s")
+    assert credentials.cert is not None and credentials.key is not None
+    first_pem, first_key = credentials.cert.read_bytes(), credentials.key.read_bytes()
+    first = leaf_of(first_pem)
+    tls = agent_tls(credentials)
+    api = ConfigApi(cluster.address, tls=tls)
+    try:
+        register_node(api, "node-a", ipaddress.IPv4Address("192.0.2.1"), "02:00:00:00:00:01", timeout=10)
+        time.sleep(max((first.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() - 2, 0))
+        CertificateRenewer(cluster.address, "node-a", tls).renew()   # 2 s before the first expires
+        renewed = leaf_of(credentials.cert.read_bytes())
+        assert renewed.serial_number != first.serial_number and tls.generation == 1
+        assert (renewed.not_valid_after_utc - renewed.not_valid_before_utc
+                == first.not_valid_after_utc - first.not_valid_before_utc)   # never longer than issued
+        assert renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier) == [f"spiffe://{TD}/ns/tulle-system/sa/tulle-agent.node-a"]
+        assert stat.S_IMODE(credentials.key.stat().st_mode) == 0o600
+        while dt.datetime.now(dt.UTC) <= first.not_valid_after_utc:
+            time.sleep(0.1)
+        assert api.get("Node", "", "node-a") is not None   # a new channel, with the new certificate ...
+    finally:
+        api.close()
+    stale = Credentials(credentials.ca, credentials.cert.with_name("first.pem"), credentials.key.with_name("first.key"))
+    assert stale.cert is not None and stale.key is not None
+    stale.cert.write_bytes(first_pem)
+    stale.key.write_bytes(first_key)
+    # ... which it needed: the first one is refused by now
+    assert code_of(lambda: sign(stale, cluster.address, "node-a", "", "")) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_only_the_agent_of_a_node_renews_that_nodes_agent_certificate(cluster: Cluster) -> None:
+    def renew(client: Credentials | None, node: str) -> ca_pb2.CertificateResponse:
+        request = ca_pb2.CertificateRequest(csr=csr_for().decode(), node=node, node_agent=True)
+        channel = client.channel(cluster.address) if client else grpc.insecure_channel(f"unix:{cluster.socket}")
+        with channel:
+            response: ca_pb2.CertificateResponse = ca_pb2_grpc.CertificateServiceStub(channel).CreateCertificate(
+                request, timeout=5)
+            return response
+
+    agent = cluster.issue_cert("agent", "node-a")
+    assert renew(agent, "node-a").identity == f"spiffe://{TD}/ns/tulle-system/sa/tulle-agent.node-a"
+    for client in (agent, cluster.issue_cert("operator", "alice"), cluster.workload_cert("shop", "frontend"), None):
+        assert code_of(lambda c=client: renew(c, "node-b")) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_an_agent_cannot_register_another_node(cluster: Cluster) -> None:

@@ -28,11 +28,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # What a sidecar runs: a key and CSR of its own, sent to the node agent's identity socket.
 CLIENT = """
 import asyncio, json, sys
-from netpolicy.agent.identity import request_certificate
+from proxy.tls.identity_client import IdentityError, request_identity
 from proxy.tls.workload_identity import new_key_and_csr
 from tests.ca.test_authority import csr_for
-csr = csr_for(sys.argv[2]).decode() if len(sys.argv) > 2 else new_key_and_csr().csr_pem.decode()
-print(json.dumps(asyncio.run(request_certificate(__import__("pathlib").Path(sys.argv[1]), csr))))
+csr = csr_for(sys.argv[2]) if len(sys.argv) > 2 else new_key_and_csr().csr_pem
+try:
+    issued = asyncio.run(request_identity(sys.argv[1], csr))
+    print(json.dumps({"identity": issued.identity, "certChain": [issued.chain_pem.decode()],
+                      "trustBundle": issued.trust_bundle_pem.decode()}))
+except IdentityError as error:
+    print(json.dumps({"error": str(error)}))
 """
 
 

@@ -4,13 +4,23 @@ DownstreamTlsContext on listener filter chains, between two in-process sidecars.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
+    DownstreamTlsContext,
+    UpstreamTlsContext,
+)
+from google.protobuf import json_format
 
 from control.ca.authority import CertificateAuthority
 from proxy.config_error import ConfigError
+from proxy.tls import session_resumption
+from proxy.tls.secrets import SecretStore
+from proxy.tls.transport_socket import TlsConfig, TlsStats, TlsTransport
 from tests.ports import free_port
 from tests.tls.sidecars import (
     CATALOG,
@@ -161,9 +171,11 @@ def test_transport_socket_matches_choose_tls_by_endpoint_metadata(ca: Certificat
 
 
 def test_alpn_and_tls13_are_negotiated(ca: CertificateAuthority) -> None:
+    upstream = mtls_client_context(ca, FRONTEND, str(CATALOG))
+    upstream["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": "TLSv1_3"}
+
     async def scenario() -> None:
-        app, client, server, _, server_port = await sidecar_pair(
-            ca, mtls_client_context(ca, FRONTEND, str(CATALOG)))
+        app, client, server, _, server_port = await sidecar_pair(ca, upstream)
         try:
             pool = client.clusters["server"]
             context = pool.transport_socket(pool.host_set.hosts[0]).context()
@@ -175,6 +187,14 @@ def test_alpn_and_tls13_are_negotiated(ca: CertificateAuthority) -> None:
         finally:
             await stop(app, client, server)
     run(scenario)
+
+
+def test_without_tls_params_clients_stop_at_tls12_and_servers_at_tls13_as_envoys_do() -> None:
+    assert TlsConfig.upstream_from_proto(UpstreamTlsContext(), "u").maximum == ssl.TLSVersion.TLSv1_2
+    server = DownstreamTlsContext()
+    server.common_tls_context.tls_certificates.add().certificate_chain.inline_string = "chain"
+    server.common_tls_context.tls_certificates[0].private_key.inline_string = "key"
+    assert TlsConfig.downstream_from_proto(server, "d").maximum == ssl.TLSVersion.TLSv1_3
 
 
 def test_tls_versions_below_12_are_refused_with_their_path(ca: CertificateAuthority) -> None:
@@ -195,7 +215,13 @@ def test_unsupported_tls_fields_are_refused_with_their_path(ca: CertificateAutho
                                      "common_tls_context.tls_params.cipher_suites")
 
 
-def test_new_upstream_connections_resume_the_last_tls_session(ca: CertificateAuthority) -> None:
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_new_upstream_connections_resume_a_tls_session(ca: CertificateAuthority, version: str) -> None:
+    """TLS 1.2 offers the session id again; TLS 1.3 offers each (single-use) ticket once,
+    the newest one a connection was issued."""
+    upstream = mtls_client_context(ca, FRONTEND, str(CATALOG))
+    upstream["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": version}
+
     async def scenario() -> None:
         app = App()
         await app.start()
@@ -206,7 +232,7 @@ def test_new_upstream_connections_resume_the_last_tls_session(ca: CertificateAut
                        [cluster("app", [endpoint(app.port)])])
         client = proxy([http_listener("outbound", client_port, "server")],
                        [cluster("server", [endpoint(server_port)], max_requests_per_connection=1,
-                                transport_socket=upstream_tls(mtls_client_context(ca, FRONTEND, str(CATALOG))))])
+                                transport_socket=upstream_tls(upstream))])
         await server.start()
         await client.start()
         try:
@@ -221,3 +247,33 @@ def test_new_upstream_connections_resume_the_last_tls_session(ca: CertificateAut
         finally:
             await stop(app, client, server)
     run(scenario)
+
+
+def handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
+    """A full handshake and a clean close (close_notify both ways) over memory BIOs."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_end = server.wrap_bio(to_server, to_client, server_side=True)
+    client_end = client.wrap_bio(to_client, to_server)
+    for step in (client_end.do_handshake, server_end.do_handshake) * 3 + (client_end.unwrap, server_end.unwrap):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            step()
+
+
+def test_a_listeners_session_cache_is_replaced_by_an_empty_one_once_full(
+        ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_resumption, "SERVER_CACHE", 2)
+    transport = TlsTransport(TlsConfig.downstream_from_proto(
+        json_format.ParseDict(mtls_server_context(ca, CATALOG), DownstreamTlsContext()), "d"),
+        SecretStore(), TlsStats())
+    client = TlsTransport(TlsConfig.upstream_from_proto(
+        json_format.ParseDict(mtls_client_context(ca, FRONTEND, str(CATALOG)), UpstreamTlsContext()), "u"),
+        SecretStore(), TlsStats()).context()
+    bound = transport.server_context()   # what a listener was bound with
+    handshake_in_memory(bound, client)
+    assert transport.server_context() is bound
+    handshake_in_memory(bound, client)
+    assert bound.session_stats()["number"] == 2
+    fresh = transport.server_context()
+    assert fresh is not bound and fresh.session_stats()["number"] == 0
+    handshake_in_memory(bound, client)   # the bound context hands new connections the fresh one
+    assert (bound.session_stats()["number"], fresh.session_stats()["number"]) == (2, 1)

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/tulle/security/v1/ca.proto\x12\x11tulle.security.v1\"s\n\x12\x43\x65rtificateRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\t\x12\x19\n\x11validity_duration\x18\x02 \x01(\x03\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x15\n\rpod_namespace\x18\x04 \x01(\t\x12\x10\n\x08pod_name\x18\x05 \x01(\t\"Q\n\x13\x43\x65rtificateResponse\x12\x12\n\ncert_chain\x18\x01 \x03(\t\x12\x14\n\x0ctrust_bundle\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t2x\n\x12\x43\x65rtificateService\x12\x62\n\x11\x43reateCertificate\x12%.tulle.security.v1.CertificateRequest\x1a&.tulle.security.v1.CertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/tulle/security/v1/ca.proto\x12\x11tulle.security.v1\"\x87\x01\n\x12\x43\x65rtificateRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\t\x12\x19\n\x11validity_duration\x18\x02 \x01(\x03\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x15\n\rpod_namespace\x18\x04 \x01(\t\x12\x10\n\x08pod_name\x18\x05 \x01(\t\x12\x12\n\nnode_agent\x18\x06 \x01(\x08\"Q\n\x13\x43\x65rtificateResponse\x12\x12\n\ncert_chain\x18\x01 \x03(\t\x12\x14\n\x0ctrust_bundle\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t2x\n\x12\x43\x65rtificateService\x12\x62\n\x11\x43reateCertificate\x12%.tulle.security.v1.CertificateRequest\x1a&.tulle.security.v1.CertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.tulle.security.v1.ca_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CERTIFICATEREQUEST']._serialized_start=55
-  _globals['_CERTIFICATEREQUEST']._serialized_end=170
-  _globals['_CERTIFICATERESPONSE']._serialized_start=172
-  _globals['_CERTIFICATERESPONSE']._serialized_end=253
-  _globals['_CERTIFICATESERVICE']._serialized_start=255
-  _globals['_CERTIFICATESERVICE']._serialized_end=375
+  _globals['_CERTIFICATEREQUEST']._serialized_start=56
+  _globals['_CERTIFICATEREQUEST']._serialized_end=191
+  _globals['_CERTIFICATERESPONSE']._serialized_start=193
+  _globals['_CERTIFICATERESPONSE']._serialized_end=274
+  _globals['_CERTIFICATESERVICE']._serialized_start=276
+  _globals['_CERTIFICATESERVICE']._serialized_end=396
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CertificateRequest(_message.Message):
-    __slots__ = ("csr", "validity_duration", "node", "pod_namespace", "pod_name")
+    __slots__ = ("csr", "validity_duration", "node", "pod_namespace", "pod_name", "node_agent")
     CSR_FIELD_NUMBER: _ClassVar[int]
     VALIDITY_DURATION_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     POD_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     POD_NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_AGENT_FIELD_NUMBER: _ClassVar[int]
     csr: str
     validity_duration: int
     node: str
     pod_namespace: str
     pod_name: str
-    def __init__(self, csr: _Optional[str] = ..., validity_duration: _Optional[int] = ..., node: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ...) -> None: ...
+    node_agent: bool
+    def __init__(self, csr: _Optional[str] = ..., validity_duration: _Optional[int] = ..., node: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., node_agent: _Optional[bool] = ...) -> None: ...
 
 class CertificateResponse(_message.Message):
     __slots__ = ("cert_chain", "trust_bundle", "identity")

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,16 @@ from control.ca.spiffe import SpiffeId
 from control.xds.proxy_commands import proxy_config
 from netpolicy.agent.identity import PodRef
 from tests.ca.test_authority import csr_for
-from tests.mtls.harness import NODE, App, Mesh, Sidecar, eventually, free_port, loopback_ip
+from tests.mtls.harness import (
+    NODE,
+    App,
+    Mesh,
+    PodSidecar,
+    Sidecar,
+    eventually,
+    free_port,
+    loopback_ip,
+)
 
 SERVER = PodRef("shop", "reviews-v1")
 CLIENT = PodRef("web", "frontend-1")
@@ -60,8 +69,8 @@ STRICT = policy("PeerAuthentication", "default", "istio-system", {"mtls": {"mode
 class Lab:
     mesh: Mesh
     app: App
-    client: Sidecar
-    server: Sidecar
+    client: PodSidecar
+    server: PodSidecar
     server_ip: str
     app_port: int
     service_port: int
@@ -91,8 +100,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
+SidecarKind = Callable[[Mesh, PodRef, str, Path, bool], PodSidecar]
+
+
 @contextlib.contextmanager
-def make_lab(tmp_path: Path, svid_ttl: dt.timedelta = dt.timedelta(hours=1)) -> Iterator[Lab]:
+def make_lab(tmp_path: Path, svid_ttl: dt.timedelta = dt.timedelta(hours=1),
+             client_kind: SidecarKind = Sidecar, server_kind: SidecarKind = Sidecar) -> Iterator[Lab]:
+    """The two-sidecar lab; each sidecar of the given kind (real Envoy unless told)."""
     mesh = Mesh(tmp_path / "control", svid_ttl)
     closers: list[Any] = [mesh]
     try:
@@ -110,12 +124,15 @@ def make_lab(tmp_path: Path, svid_ttl: dt.timedelta = dt.timedelta(hours=1)) -> 
         closers.append(app)
         server_sds = mesh.start_sds(SERVER, sds_root)
         client_sds = mesh.start_sds(CLIENT, sds_root)
-        server = Sidecar(mesh, SERVER, server_ip, server_sds.path, intercept=True)
+        server = server_kind(mesh, SERVER, server_ip, server_sds.path, True)
         closers.append(server)
-        client = Sidecar(mesh, CLIENT, client_ip, client_sds.path, intercept=False)
+        client = client_kind(mesh, CLIENT, client_ip, client_sds.path, False)
         closers.append(client)
         lab = Lab(mesh, app, client, server, server_ip, app_port, service_port, sds_root)
-        eventually(lambda: server.listening("virtualInbound") and client.listening(f"127.0.0.1_{service_port}"))
+        try:
+            eventually(lambda: server.listening("virtualInbound") and client.listening(f"127.0.0.1_{service_port}"))
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nserver log:\n{server.log()}\nclient log:\n{client.log()}") from None
         yield lab
     finally:
         for c in reversed(closers):

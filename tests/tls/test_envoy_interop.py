@@ -4,27 +4,22 @@ seeing the other's SPIFFE ID; tulle-proxy's STRICT inbound port probed with open
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
 
 from control.ca.authority import CertificateAuthority
 from control.ca.spiffe import SpiffeId
-from tests.mtls.harness import App, Mesh, Sidecar, eventually, free_port, loopback_ip
+from tests.mtls.harness import Sidecar, eventually
 from tests.mtls.test_envoy_mtls import (
-    CLIENT,
     FRONTEND_ID,
-    SERVER,
     STRICT,
     Lab,
     issue,
-    namespace,
-    pod,
+    make_lab,
     policy,
     raw_request,
     s_client,
@@ -34,47 +29,12 @@ from tests.tls.tulle_sidecar import TulleSidecar
 REVIEWS_ID = "spiffe://cluster.local/ns/shop/sa/reviews"
 
 
-@contextlib.contextmanager
-def mixed_lab(tmp_path: Path, client_kind: type, server_kind: type) -> Iterator[Lab]:
-    """The lab of tests/mtls with the client and server sidecars of the given kinds."""
-    mesh = Mesh(tmp_path / "control")
-    closers: list[Any] = [mesh]
-    try:
-        app_port, service_port = free_port(), free_port()
-        server_ip, client_ip = loopback_ip(), loopback_ip()
-        mesh.inbound_address[server_ip] = (server_ip, app_port)
-        mesh.apply(namespace("shop"), namespace("web"), namespace("istio-system"),
-                   pod(SERVER, server_ip, "reviews", {"app": "reviews"}, app_port),
-                   pod(CLIENT, client_ip, "frontend", {"app": "frontend"}),
-                   {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "shop"},
-                    "spec": {"selector": {"app": "reviews"},
-                             "ports": [{"name": "http", "port": service_port, "targetPort": app_port}]}})
-        sds_root = tmp_path / "sds"
-        app = App(app_port)
-        closers.append(app)
-        server_sds = mesh.start_sds(SERVER, sds_root)
-        client_sds = mesh.start_sds(CLIENT, sds_root)
-        server = server_kind(mesh, SERVER, server_ip, server_sds.path, intercept=True)
-        closers.append(server)
-        client = client_kind(mesh, CLIENT, client_ip, client_sds.path, intercept=False)
-        closers.append(client)
-        lab = Lab(mesh, app, client, server, server_ip, app_port, service_port, sds_root)
-        try:
-            eventually(lambda: server.listening("virtualInbound") and client.listening(f"127.0.0.1_{service_port}"))
-        except AssertionError as error:
-            raise AssertionError(f"{error}\nserver log:\n{server.log()}\nclient log:\n{client.log()}") from None
-        yield lab
-    finally:
-        for closer in reversed(closers):
-            closer.close()
-
-
 def client_handshakes(lab: Lab) -> int:
     return sum(v for k, v in lab.client.stats("ssl.handshake").items() if "outbound|" in k)
 
 
 def test_envoy_client_and_tulle_server_talk_mtls_and_see_each_others_identity(tmp_path: Path) -> None:
-    with mixed_lab(tmp_path, Sidecar, TulleSidecar) as lab:
+    with make_lab(tmp_path, client_kind=Sidecar, server_kind=TulleSidecar) as lab:
         body = lab.until("/hello", 200)
         assert body["path"] == "/hello"
         # tulle-proxy (server side) saw Envoy's client certificate, and says who it is
@@ -85,7 +45,7 @@ def test_envoy_client_and_tulle_server_talk_mtls_and_see_each_others_identity(tm
 
 
 def test_tulle_client_and_envoy_server_talk_mtls_and_see_each_others_identity(tmp_path: Path) -> None:
-    with mixed_lab(tmp_path, TulleSidecar, Sidecar) as lab:
+    with make_lab(tmp_path, client_kind=TulleSidecar, server_kind=Sidecar) as lab:
         body = lab.until("/hello", 200)
         assert f"URI={FRONTEND_ID}" in body["xfcc"]     # Envoy saw tulle-proxy's certificate
         assert client_handshakes(lab) > 0                # tulle-proxy checked Envoy's SAN
@@ -93,14 +53,14 @@ def test_tulle_client_and_envoy_server_talk_mtls_and_see_each_others_identity(tm
 
 
 def test_two_tulle_sidecars_talk_mtls(tmp_path: Path) -> None:
-    with mixed_lab(tmp_path, TulleSidecar, TulleSidecar) as lab:
+    with make_lab(tmp_path, client_kind=TulleSidecar, server_kind=TulleSidecar) as lab:
         body = lab.until("/pair", 200)
         assert f"URI={FRONTEND_ID}" in body["xfcc"] and f"By={REVIEWS_ID}" in body["xfcc"]
 
 
 @pytest.fixture
 def strict_tulle(tmp_path: Path) -> Iterator[Lab]:
-    with mixed_lab(tmp_path, Sidecar, TulleSidecar) as lab:
+    with make_lab(tmp_path, client_kind=Sidecar, server_kind=TulleSidecar) as lab:
         assert raw_request(lab) is not None   # PERMISSIVE by default: plaintext is served
         lab.mesh.apply(STRICT)
         eventually(lambda: raw_request(lab) is None)
@@ -147,7 +107,7 @@ def test_tulle_strict_inbound_refuses_a_client_without_certificate(strict_tulle:
 
 
 def test_tulle_enforces_authorization_policy_deny_over_allow(tmp_path: Path) -> None:
-    with mixed_lab(tmp_path, Sidecar, TulleSidecar) as lab:
+    with make_lab(tmp_path, client_kind=Sidecar, server_kind=TulleSidecar) as lab:
         lab.until("/admin", 200)
         allow = policy("AuthorizationPolicy", "frontend", "shop", {
             "selector": {"matchLabels": {"app": "reviews"}}, "action": "ALLOW",

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from control import resources
 from control.api_authorization import may_apply, may_call, may_get
 from control.caller import Caller, Role, caller_of
 from control.registry import (
@@ -131,9 +132,24 @@ class ConfigService(config_pb2_grpc.ConfigServicer):
     async def Get(self, request: config_pb2.GetRequest, context: grpc.aio.ServicerContext) -> config_pb2.GetResponse:
         caller = await self._caller(context, "Get")
         ref = request.ref
-        obj = await self._call(context, lambda: self.registry.get(ref.kind, ref.namespace, ref.name))
-        if (refused := may_get(caller, str(obj.get("kind") or ref.kind), obj)) is not None:
+        missing: NotFoundError | None = None
+
+        async def lookup() -> dict[str, Any] | None:
+            nonlocal missing
+            try:
+                return await self.registry.get(ref.kind, ref.namespace, ref.name)
+            except NotFoundError as error:
+                missing = error
+                return None
+
+        obj = await self._call(context, lookup)
+        # Authorized before NOT_FOUND is told: a caller that may not read an object must not
+        # learn whether it exists (control.api_authorization.may_get).
+        kind = resources.lookup(ref.kind).name
+        if (refused := may_get(caller, kind, ref.namespace, ref.name, obj)) is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        if obj is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(missing))
         return config_pb2.GetResponse(document=_dump(obj))
 
     async def List(self, request: config_pb2.ListRequest, context: grpc.aio.ServicerContext) -> config_pb2.ListResponse:

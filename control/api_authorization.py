@@ -5,16 +5,19 @@
 |------------------------------|----------------------------------------------------------|
 | LOCAL, INSECURE, OPERATOR,   | everything                                               |
 | CONTROL_PLANE                |                                                          |
-| AGENT of node N              | Status; Get its own Node, and Pods not bound to another  |
-|                              | node; Apply its own Node (status, labels, annotations —  |
-|                              | never the spec the control plane owns) and Pods: bind an |
-|                              | unbound or own pod to N (spec.nodeName) and set its      |
-|                              | status, nothing else (Kubernetes' NodeRestriction)       |
+| AGENT of node N              | Status; Get its own Node, and existing Pods not bound to |
+|                              | another node; Apply its own Node (status, labels,        |
+|                              | annotations — never the spec the control plane owns) and |
+|                              | Pods: bind an unbound or own pod to N (spec.nodeName)    |
+|                              | and set its status, nothing else (NodeRestriction)       |
 | WORKLOAD, STRANGER           | nothing                                                  |
 
 An agent's Pod apply must carry the resourceVersion it read: the comparison with the
 stored object is then exactly what the store commits against (no window between check
-and write). Refusals travel as PERMISSION_DENIED with the reason.
+and write). Refusals travel as PERMISSION_DENIED with the reason. An agent's Get of an
+object it may not read and of one that does not exist are refused alike (`may_get`), as
+Kubernetes' node authorizer does: NOT_FOUND would tell it which of another node's objects
+exist.
 """
 
 from __future__ import annotations
@@ -40,15 +43,24 @@ def may_call(caller: Caller, method: str) -> str | None:
     return f"client {caller} may not use the config API (needs an operator certificate)"
 
 
-def may_get(caller: Caller, kind: str, obj: Mapping[str, Any]) -> str | None:
+def may_get(caller: Caller, kind: str, namespace: str, name: str, stored: Mapping[str, Any] | None) -> str | None:
+    """Get of `kind` `namespace`/`name`; `stored`: the object, None when there is none.
+
+    An agent gets the same refusal for an object it may not read and for one that does not
+    exist, so it cannot learn which of another node's objects exist (Kubernetes' node
+    authorizer: "no relationship found between node and this object" for both). Only its
+    own Node is decided by name alone, so it may read it before registering (NOT_FOUND)."""
     if caller.role in UNRESTRICTED:
         return None
-    if caller.role is Role.AGENT:
-        if kind == "Node" and _name(obj) == caller.name:
-            return None
-        if kind == "Pod" and _node_of(obj) in ("", caller.name):
-            return None
-    return f"client {caller} may not read {kind} {_ref(obj)}"
+    ref = f"{namespace}/{name}" if namespace else name
+    if caller.role is not Role.AGENT:
+        return f"client {caller} may not read {kind} {ref}"
+    if kind == "Node" and name == caller.name:
+        return None
+    if kind == "Pod" and stored is not None and _node_of(stored) in ("", caller.name):
+        return None
+    return (f"agent of node {caller.name!r} may not read {kind} {ref}: "
+            f"no relationship found between node {caller.name!r} and this object")
 
 
 def may_apply(caller: Caller, doc: Mapping[str, Any], stored: Mapping[str, Any] | None) -> str | None:

@@ -148,7 +148,14 @@ def _print_objects(objects: Sequence[Object], output: str, single: bool) -> None
               help="Tulle's trust bundle, to verify tulle-control [$TULLE_CA; default: ca.pem beside --cert]")
 @click.pass_context
 def cli(ctx: click.Context, server: str | None, cert: str | None, key: str | None, ca: str | None) -> None:
-    """meshctl controls the Tulle service mesh."""
+    """meshctl controls the Tulle service mesh.
+
+    \b
+    New here?  meshctl demo             builds a two-node lab, deploys a meshed shop and
+                                        shows routing, mTLS, policy and outlier ejection
+               meshctl lab up           builds a lab of your own (nodes, agents, control)
+               eval $(meshctl lab env)  points meshctl at that lab's control plane
+    """
     try:
         credentials = ClientCredentials.find(cert, key, ca)
     except CredentialsError as e:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,9 +33,8 @@ from control.meshctl import enforcement
 from netpolicy.cluster import ClusterState
 from netpolicy.conformance.corpus import PodRef, Probe, Step, Topology, resolve_placeholders
 from netpolicy.conformance.runner import Placement
-from netpolicy.conformance.servers import close_servers, serve_ports
+from netpolicy.conformance.servers import close_servers, probe_answers, serve_ports
 from netpolicy.model import Protocol as L4
-from netpolicy.netns import socket_in
 
 SYNC_TIMEOUT = 60.0
 Wanted = dict[tuple[str, str], str | None]  # (kind, "<ns>/<name>" or name) -> resourceVersion | None (gone)
@@ -103,21 +101,8 @@ class LabBackend:
         return protocol in (L4.TCP, L4.UDP)
 
     async def probe(self, probe: Probe, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
         address = (str(self._pods[probe.dst].ip), probe.port)
-        kind = socket.SOCK_STREAM if probe.protocol is L4.TCP else socket.SOCK_DGRAM
-        sock = socket_in(self._pods[probe.src].netns, kind)
-        try:
-            if probe.protocol is L4.TCP:
-                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
-                return True
-            sock.connect(address)
-            await loop.sock_sendall(sock, b"hello\n")
-            return bool(await asyncio.wait_for(loop.sock_recv(sock, 512), timeout))
-        except (TimeoutError, OSError):
-            return False
-        finally:
-            sock.close()
+        return await probe_answers(self._pods[probe.src].netns, address, probe.protocol, timeout)
 
     # ------------------------------------------------------------------ policy
     async def reset(self, state: ClusterState) -> None:

@@ -73,7 +73,7 @@ def up(nodes: int, control: bool, lab_name: str) -> None:
             click.echo(f"export {key}={value}")
 
 
-@lab.command()
+@lab.command(short_help="Print the exports that point meshctl at the lab's control plane.")
 @_lab_name
 def env(lab_name: str) -> None:
     """Print the exports that point meshctl at the lab's control plane: eval $(meshctl lab env)."""

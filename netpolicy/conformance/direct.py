@@ -19,9 +19,7 @@ longer needs when the topology changes.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 import subprocess
 from typing import Any, Protocol
 
@@ -30,9 +28,8 @@ from netpolicy.cluster import ClusterState
 from netpolicy.compiler import compile_ruleset
 from netpolicy.conformance.corpus import PodRef, Probe, Step, Topology
 from netpolicy.conformance.runner import Placement
-from netpolicy.conformance.servers import close_servers, serve_ports
+from netpolicy.conformance.servers import close_servers, probe_answers, serve_ports
 from netpolicy.model import Protocol as L4
-from netpolicy.netns import socket_in
 from netpolicy.ruleset import Ruleset, diff_document, full_document
 
 POD_PREFIX = 16
@@ -157,21 +154,8 @@ class DirectTopology:
 
     async def probe(self, probe: Probe, timeout: float) -> bool:
         assert self._placement is not None
-        loop = asyncio.get_running_loop()
         address = (str(self._placement.ips[probe.dst]), probe.port)
-        kind = socket.SOCK_STREAM if probe.protocol is L4.TCP else socket.SOCK_DGRAM
-        sock = socket_in(self._pod_netns[probe.src], kind)
-        try:
-            if probe.protocol is L4.TCP:
-                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
-                return True
-            sock.connect(address)
-            await loop.sock_sendall(sock, b"hostname\n")
-            return bool(await asyncio.wait_for(loop.sock_recv(sock, 512), timeout))
-        except (TimeoutError, OSError):
-            return False
-        finally:
-            sock.close()
+        return await probe_answers(self._pod_netns[probe.src], address, probe.protocol, timeout)
 
 
 class DirectPolicy:

@@ -1,6 +1,7 @@
-"""The servers a conformance pod runs: on each of its ports, answer every TCP connection
-and UDP datagram with the pod's name, so a probe learns who answered. Shared by every
-topology backend (direct namespaces, the lab)."""
+"""The servers a conformance pod runs, and the probe that asks them: on each of its ports a
+pod answers every TCP connection and UDP datagram with its name; a probe from another pod's
+namespace gets through when a TCP connection is accepted, or a UDP datagram is answered,
+within its timeout. Shared by every topology backend (direct namespaces, the lab)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,22 @@ async def close_servers(servers: list[Server]) -> None:
         if isinstance(server, asyncio.AbstractServer):
             await server.wait_closed()
     servers.clear()
+
+
+async def probe_answers(src_netns: str, address: tuple[str, int], protocol: L4, timeout: float) -> bool:
+    """Whether the server at `address` answers a probe from `src_netns` within `timeout`
+    (TCP: the connection is accepted; UDP: a datagram comes back). Only TCP and UDP."""
+    loop = asyncio.get_running_loop()
+    kind = socket.SOCK_STREAM if protocol is L4.TCP else socket.SOCK_DGRAM
+    sock = socket_in(src_netns, kind)
+    try:
+        if protocol is L4.TCP:
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            return True
+        sock.connect(address)
+        await loop.sock_sendall(sock, b"who?\n")
+        return bool(await asyncio.wait_for(loop.sock_recv(sock, 512), timeout))
+    except (TimeoutError, OSError):
+        return False
+    finally:
+        sock.close()

@@ -17,6 +17,7 @@ from cni.capture import TABLE
 from cni.lab import Lab, LabError
 from cni.lab.topology import LabPod
 from cni.wire import call
+from proxy.stats_text import parse_stats
 
 pytestmark = pytest.mark.privileged
 
@@ -65,7 +66,7 @@ def capture_table(lab: Lab, pod: LabPod) -> str | None:
 
 def sidecar_stat(lab: Lab, pod: LabPod, name: str) -> int:
     done = lab.exec(pod, ["curl", "-s", "127.0.0.1:15000/stats"], capture_output=True)
-    return int(next(line.split(": ")[1] for line in done.stdout.splitlines() if line.startswith(name + ": ")))
+    return parse_stats(done.stdout).values[name]
 
 
 def test_an_annotated_pods_tcp_goes_through_its_sidecar_both_ways(lab: Lab, ns: str,

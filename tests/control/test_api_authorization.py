@@ -34,7 +34,8 @@ def test_local_insecure_operator_and_replica_callers_may_do_everything(caller: C
     for method in ("Apply", "Get", "List", "Delete", "Watch", "Status"):
         assert may_call(caller, method) is None
     assert may_apply(caller, pod("node-b"), pod("node-c")) is None
-    assert may_get(caller, "Pod", pod("node-b")) is None
+    assert may_get(caller, "Pod", "shop", "web-1", pod("node-b")) is None
+    assert may_get(caller, "Pod", "shop", "web-1", None) is None  # the service then says NOT_FOUND
 
 
 def test_workloads_may_not_use_the_config_api() -> None:
@@ -48,12 +49,28 @@ def test_an_agent_may_only_get_apply_and_ask_status() -> None:
 
 
 def test_an_agent_reads_its_own_node_and_pods_not_bound_elsewhere() -> None:
-    assert may_get(AGENT, "Node", node("node-a")) is None
-    assert may_get(AGENT, "Node", node("node-b")) is not None
-    assert may_get(AGENT, "Pod", pod()) is None
-    assert may_get(AGENT, "Pod", pod("node-a")) is None
-    assert may_get(AGENT, "Pod", pod("node-b")) is not None
-    assert may_get(AGENT, "NetworkPolicy", {"metadata": {"name": "x"}}) is not None
+    assert may_get(AGENT, "Node", "", "node-a", node("node-a")) is None
+    assert may_get(AGENT, "Node", "", "node-b", node("node-b")) is not None
+    assert may_get(AGENT, "Pod", "shop", "web-1", pod()) is None
+    assert may_get(AGENT, "Pod", "shop", "web-1", pod("node-a")) is None
+    assert may_get(AGENT, "Pod", "shop", "web-1", pod("node-b")) is not None
+    assert may_get(AGENT, "NetworkPolicy", "shop", "x", {"metadata": {"name": "x"}}) is not None
+
+
+def test_an_agent_may_look_for_its_own_node_before_registering_it() -> None:
+    assert may_get(AGENT, "Node", "", "node-a", None) is None  # the service then says NOT_FOUND
+
+
+@pytest.mark.parametrize(("kind", "namespace", "name", "stored"), [
+    ("Pod", "shop", "web-1", pod("node-b")),
+    ("Node", "", "node-b", node("node-b")),
+    ("NetworkPolicy", "shop", "x", {"kind": "NetworkPolicy", "metadata": {"name": "x", "namespace": "shop"}}),
+])
+def test_an_agent_is_refused_alike_for_an_object_it_may_not_read_and_a_missing_one(
+        kind: str, namespace: str, name: str, stored: dict[str, Any]) -> None:
+    refused = may_get(AGENT, kind, namespace, name, stored)
+    assert refused is not None and "no relationship found between node 'node-a'" in refused
+    assert may_get(AGENT, kind, namespace, name, None) == refused
 
 
 def test_an_agent_registers_its_own_node_but_not_another() -> None:

@@ -19,6 +19,7 @@ import pytest
 from cni.lab import Lab
 from cni.lab.cluster import DEFAULT_ROOT
 from cni.lab.topology import LabPod
+from proxy.stats_text import parse_stats
 
 APP = str(Path(__file__).with_name("mesh_app.py"))
 HTTP_PORT = 8080
@@ -130,12 +131,7 @@ def stats(lab: Lab, pod: LabPod, pattern: str = "") -> dict[str, int]:
     """The counters of `pod`'s sidecar whose names match `pattern` (a regex)."""
     done = lab.exec(pod, ["curl", "-s", "-G", "--data-urlencode", f"filter={pattern}", f"{ADMIN}/stats"],
                     capture_output=True)
-    out = {}
-    for line in done.stdout.splitlines():
-        name, sep, value = line.rpartition(": ")
-        if sep and value.strip().isdigit():
-            out[name] = int(value)
-    return out
+    return dict(parse_stats(done.stdout).values)
 
 
 def stat_sum(lab: Lab, pod: LabPod, pattern: str) -> int:

@@ -33,19 +33,11 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from control.meshctl.demo.apps import client_cert_fields
+
 HTTP_PORT = 8080
 TCP_PORT = 9000
 TIMEOUT = 5.0
-
-
-def client_cert_fields(header: str) -> dict[str, str]:
-    """The first element of an x-forwarded-client-cert value (`By=…;Hash=…;URI=…`)."""
-    fields = {}
-    for part in header.split(",", 1)[0].split(";"):
-        key, sep, value = part.partition("=")
-        if sep:
-            fields[key.strip()] = value.strip().strip('"')
-    return fields
 
 
 class _Server(http.server.ThreadingHTTPServer):

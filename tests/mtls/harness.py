@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import http.server
 import json
 import random
-import subprocess
-import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import yaml
 from envoy.config.listener.v3 import listener_pb2
 
 from control.ca.component import CaConfig, CaService
@@ -36,41 +31,21 @@ from control.xds.resources import LISTENER, Resource
 from control.xds.service import XdsService
 from netpolicy.agent.identity import CertificateAuthorityClient, PodRef
 from netpolicy.agent.sds import PodSdsServer, WorkloadSecrets, pod_socket
+from tests.answering_server import AnsweringServer
 from tests.ports import free_port
-from tests.xds.harness import ENVOY, _base_ids
+from tests.proxy_process import ProxyProcess
 
 T = TypeVar("T")
 NODE = "node-1"
 
 
-class App:
+class App(AnsweringServer):
     """The server pod's application: answers with the path and the x-forwarded-client-cert
-    header it received, and counts the requests that reached it."""
+    header it received, and counts the requests that reached it (`hits`)."""
 
     def __init__(self, port: int) -> None:
-        self.hits = 0
-        app = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                app.hits += 1
-                body = json.dumps({"path": self.path, "xfcc": self.headers.get("x-forwarded-client-cert", "")}).encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(lambda request: json.dumps({"path": request.path, "xfcc": request.headers.get(
+            "x-forwarded-client-cert", "")}).encode(), port=port)
 
 
 def loopback_ip() -> str:
@@ -141,84 +116,58 @@ class Mesh:
             self.loop.close()
 
 
-class Sidecar:
+def sidecar_bootstrap(mesh: Mesh, pod: PodRef, ip: str, sds_socket: Path, intercept: bool) -> dict[str, Any]:
+    """The bootstrap of a pod's sidecar here, Envoy or tulle-proxy alike: ADS from
+    tulle-control, SDS from the node agent's socket for `pod` (the admin is the process's)."""
+
+    def grpc_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": address}}]}]}}
+
+    metadata = {"NAME": pod.name, "NAMESPACE": pod.namespace}
+    if not intercept:
+        metadata["INTERCEPTION_MODE"] = "NONE"
+    return {
+        "node": {"id": f"sidecar~{ip}~{pod.name}.{pod.namespace}~{pod.namespace}.svc.cluster.local",
+                 "cluster": pod.name, "metadata": metadata},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [
+            grpc_cluster("xds-grpc", {"socket_address": {"address": "127.0.0.1", "port_value": mesh.xds_port}}),
+            grpc_cluster("sds-grpc", {"pipe": {"path": str(sds_socket)}}),
+        ]},
+    }
+
+
+class PodSidecar(Protocol):
+    """What the lab asks of a pod's sidecar, a real Envoy (Sidecar) or tulle-proxy
+    (tests/tls/tulle_sidecar.py); both are a ProxyProcess."""
+
+    admin: str
+
+    def listening(self, name: str) -> bool: ...
+    def stats(self, pattern: str = "") -> dict[str, int]: ...
+    def log(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class Sidecar(ProxyProcess):
     """A real Envoy as a pod's sidecar: ADS from tulle-control, SDS from the agent's socket."""
 
     def __init__(self, mesh: Mesh, pod: PodRef, ip: str, sds_socket: Path, intercept: bool) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="tulle-mtls-envoy-")
-        d = Path(self._dir.name)
-
-        def grpc_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
-            return {"name": name, "type": "STATIC", "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}}}},
-                    "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                        {"endpoint": {"address": address}}]}]}}
-
-        metadata = {"NAME": pod.name, "NAMESPACE": pod.namespace}
-        if not intercept:
-            metadata["INTERCEPTION_MODE"] = "NONE"
-        bootstrap = {
-            "node": {"id": f"sidecar~{ip}~{pod.name}.{pod.namespace}~{pod.namespace}.svc.cluster.local",
-                     "cluster": pod.name, "metadata": metadata},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "dynamic_resources": {
-                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-                "lds_config": {"ads": {}, "resource_api_version": "V3"},
-                "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            },
-            "static_resources": {"clusters": [
-                grpc_cluster("xds-grpc", {"socket_address": {"address": "127.0.0.1", "port_value": mesh.xds_port}}),
-                grpc_cluster("sds-grpc", {"pipe": {"path": str(sds_socket)}}),
-            ]},
-        }
-        (d / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
-        self._log = open(d / "envoy.log", "wb")  # noqa: SIM115 (closed in close())
-        admin_file = d / "admin"
-        self.proc = subprocess.Popen(
-            [str(ENVOY), "-c", str(d / "bootstrap.yaml"), "--base-id", str(next(_base_ids)),
-             "--admin-address-path", str(admin_file), "--log-level", "warn", "--concurrency", "1",
-             "--disable-hot-restart"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        self.admin = ""
-        deadline = time.monotonic() + 20
-        while not self.admin:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"envoy did not start:\n{self.log()}")
-            if admin_file.exists() and admin_file.read_text().strip():
-                self.admin = admin_file.read_text().strip()
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return (Path(self._dir.name) / "envoy.log").read_text(errors="replace")[-4000:]
-
-    def stats(self, contains: str) -> dict[str, int]:
-        with urllib.request.urlopen(f"http://{self.admin}/stats?filter={contains}", timeout=5) as r:
-            lines = r.read().decode().splitlines()
-        out = {}
-        for line in lines:
-            name, _, value = line.partition(": ")
-            if value.strip().isdigit():
-                out[name] = int(value)
-        return out
+        super().__init__("envoy", sidecar_bootstrap(mesh, pod, ip, sds_socket, intercept), "tulle-mtls-envoy-")
 
     def listening(self, name: str) -> bool:
-        with urllib.request.urlopen(f"http://{self.admin}/listeners?format=json", timeout=5) as r:
-            return any(s.get("name") == name for s in json.loads(r.read()).get("listener_statuses", []))
-
-    def close(self) -> None:
-        try:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        finally:
-            self._log.close()
-            self._dir.cleanup()
+        listeners = json.loads(self.get("/listeners?format=json")).get("listener_statuses", [])
+        return any(s.get("name") == name for s in listeners)
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.1) -> T:
@@ -235,4 +184,4 @@ def eventually(check: Callable[[], T | None], timeout: float = 20.0, interval: f
     raise AssertionError(f"condition not met within {timeout}s" + (f": {last}" if last else ""))
 
 
-__all__ = ["App", "Mesh", "Sidecar", "eventually", "free_port", "loopback_ip"]
+__all__ = ["App", "Mesh", "PodSidecar", "Sidecar", "eventually", "free_port", "loopback_ip", "sidecar_bootstrap"]

@@ -356,7 +356,8 @@ def test_only_the_agent_of_a_node_renews_that_nodes_agent_certificate(cluster: C
 def test_an_agent_cannot_register_another_node(cluster: Cluster) -> None:
     api = ConfigApi(cluster.address, tls=agent_tls(cluster.issue_cert("agent", "node-a")))
     try:
-        with pytest.raises(ControlError, match="may not apply Node 'node-b'"):
+        # refused at its first step, reading Node node-b (which it may not, existing or not)
+        with pytest.raises(ControlError, match="may not read Node node-b"):
             register_node(api, "node-b", ipaddress.IPv4Address("192.0.2.2"), "02:00:00:00:00:02", timeout=1)
     finally:
         api.close()
@@ -393,6 +394,38 @@ def test_an_agent_may_not_touch_another_nodes_pods_or_change_a_pod_beyond_bindin
             with pytest.raises((grpc.RpcError, ControlError)) as error:
                 refused()
             assert "PERMISSION_DENIED" in str(error.value) or "may not" in str(error.value)
+    finally:
+        api.close()
+
+
+def test_an_agent_cannot_tell_another_nodes_pod_from_a_missing_one(cluster: Cluster) -> None:
+    api = ConfigApi(cluster.address, tls=agent_tls(cluster.issue_cert("agent", "node-a")))
+
+    def get() -> tuple[grpc.StatusCode, str]:
+        try:
+            api.stub.Get(config_pb2.GetRequest(ref=config_pb2.ObjectRef(kind="Pod", namespace="data", name="probe-1")),
+                         timeout=5)
+        except grpc.RpcError as error:
+            return error.code(), error.details() or ""
+        raise AssertionError("the agent read another node's pod")
+
+    try:
+        with cluster.local() as local:
+            local.apply([pod("data", "probe-1", "db", "node-b")])
+        elsewhere = get()
+        with cluster.local() as local:
+            local.delete("Pod", "data", "probe-1")
+        missing = get()
+    finally:
+        api.close()
+    assert elsewhere == missing
+    assert elsewhere[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_agent_is_told_its_own_node_is_not_registered_yet(cluster: Cluster) -> None:
+    api = ConfigApi(cluster.address, tls=agent_tls(cluster.issue_cert("agent", "node-unregistered")))
+    try:
+        assert api.get("Node", "", "node-unregistered") is None  # NOT_FOUND, as before registering
     finally:
         api.close()
 

@@ -1,5 +1,7 @@
 """Mutual TLS between two real Envoy sidecars with certificates from tulle-control's CA,
-delivered by the node agent's SDS code; the STRICT inbound port probed with openssl."""
+delivered by the node agent's SDS code; the STRICT inbound port probed with openssl.
+The STRICT and AuthorizationPolicy tests run with tulle-proxy as the server sidecar too
+(`[tulle-proxy]`): both must hold the same line."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,17 @@ from control.ca.spiffe import SpiffeId
 from control.xds.proxy_commands import proxy_config
 from netpolicy.agent.identity import PodRef
 from tests.ca.test_authority import csr_for
-from tests.mtls.harness import NODE, App, Mesh, Sidecar, eventually, free_port, loopback_ip
+from tests.mtls.harness import (
+    NODE,
+    App,
+    Mesh,
+    PodSidecar,
+    Sidecar,
+    eventually,
+    free_port,
+    loopback_ip,
+)
+from tests.tls.tulle_sidecar import TulleSidecar
 
 SERVER = PodRef("shop", "reviews-v1")
 CLIENT = PodRef("web", "frontend-1")
@@ -60,8 +72,8 @@ STRICT = policy("PeerAuthentication", "default", "istio-system", {"mtls": {"mode
 class Lab:
     mesh: Mesh
     app: App
-    client: Sidecar
-    server: Sidecar
+    client: PodSidecar
+    server: PodSidecar
     server_ip: str
     app_port: int
     service_port: int
@@ -91,8 +103,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
+SidecarKind = Callable[[Mesh, PodRef, str, Path, bool], PodSidecar]
+
+
 @contextlib.contextmanager
-def make_lab(tmp_path: Path, svid_ttl: dt.timedelta = dt.timedelta(hours=1)) -> Iterator[Lab]:
+def make_lab(tmp_path: Path, svid_ttl: dt.timedelta = dt.timedelta(hours=1),
+             client_kind: SidecarKind = Sidecar, server_kind: SidecarKind = Sidecar) -> Iterator[Lab]:
+    """The two-sidecar lab; each sidecar of the given kind (real Envoy unless told)."""
     mesh = Mesh(tmp_path / "control", svid_ttl)
     closers: list[Any] = [mesh]
     try:
@@ -110,12 +127,15 @@ def make_lab(tmp_path: Path, svid_ttl: dt.timedelta = dt.timedelta(hours=1)) -> 
         closers.append(app)
         server_sds = mesh.start_sds(SERVER, sds_root)
         client_sds = mesh.start_sds(CLIENT, sds_root)
-        server = Sidecar(mesh, SERVER, server_ip, server_sds.path, intercept=True)
+        server = server_kind(mesh, SERVER, server_ip, server_sds.path, True)
         closers.append(server)
-        client = Sidecar(mesh, CLIENT, client_ip, client_sds.path, intercept=False)
+        client = client_kind(mesh, CLIENT, client_ip, client_sds.path, False)
         closers.append(client)
         lab = Lab(mesh, app, client, server, server_ip, app_port, service_port, sds_root)
-        eventually(lambda: server.listening("virtualInbound") and client.listening(f"127.0.0.1_{service_port}"))
+        try:
+            eventually(lambda: server.listening("virtualInbound") and client.listening(f"127.0.0.1_{service_port}"))
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nserver log:\n{server.log()}\nclient log:\n{client.log()}") from None
         yield lab
     finally:
         for c in reversed(closers):
@@ -146,13 +166,7 @@ def test_the_client_side_accepts_only_the_destinations_spiffe_id(lab: Lab) -> No
     assert sum(v for k, v in lab.client.stats("ssl.fail_verify_san").items()) > 0
 
 
-def test_under_strict_mtls_between_sidecars_still_works(lab: Lab) -> None:
-    lab.mesh.apply(STRICT)
-    eventually(lambda: raw_request(lab) is None)
-    assert "URI=" + FRONTEND_ID in lab.until("/", 200)["xfcc"]
-
-
-# -- the STRICT inbound port, probed directly -----------------------------------------
+# -- the STRICT inbound port (Envoy's and tulle-proxy's), probed directly ---------------
 
 
 def raw_request(lab: Lab) -> bytes | None:
@@ -165,16 +179,6 @@ def raw_request(lab: Lab) -> bytes | None:
             return data or None
     except OSError:
         return None
-
-
-def test_under_strict_plaintext_never_reaches_the_app(lab: Lab) -> None:
-    assert raw_request(lab) is not None  # PERMISSIVE by default: plaintext is served
-    lab.mesh.apply(STRICT)
-    eventually(lambda: raw_request(lab) is None)
-    before = lab.app.hits
-    answers = [raw_request(lab) for _ in range(100)]
-    assert answers == [None] * 100
-    assert lab.app.hits == before
 
 
 def issue(ca: CertificateAuthority, tmp: Path, identity: SpiffeId, now: dt.datetime, ttl: dt.timedelta) -> tuple[Path, Path]:
@@ -199,11 +203,21 @@ def s_client(lab: Lab, cert: Path | None, key: Path | None) -> str:
     return done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
 
 
-@pytest.fixture
-def strict_lab(lab: Lab) -> Lab:
-    lab.mesh.apply(STRICT)
-    eventually(lambda: raw_request(lab) is None)
-    return lab
+@pytest.fixture(params=[Sidecar, TulleSidecar], ids=["envoy", "tulle-proxy"])
+def strict_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    """The lab under STRICT mTLS; its server sidecar a real Envoy or tulle-proxy."""
+    with make_lab(tmp_path, server_kind=request.param) as lab:
+        assert raw_request(lab) is not None  # PERMISSIVE by default: plaintext is served
+        lab.mesh.apply(STRICT)
+        eventually(lambda: raw_request(lab) is None)
+        yield lab
+
+
+def test_under_strict_plaintext_never_reaches_the_app_and_mtls_still_does(strict_lab: Lab) -> None:
+    before = strict_lab.app.hits
+    assert [raw_request(strict_lab) for _ in range(100)] == [None] * 100
+    assert strict_lab.app.hits == before
+    assert "URI=" + FRONTEND_ID in strict_lab.until("/", 200)["xfcc"]
 
 
 def test_openssl_with_a_certificate_from_tulle_reaches_the_app(strict_lab: Lab, tmp_path: Path) -> None:
@@ -243,7 +257,15 @@ def test_an_expired_client_certificate_is_refused(strict_lab: Lab, tmp_path: Pat
 # -- AuthorizationPolicy -----------------------------------------------------------------
 
 
-def test_authorization_policy_deny_wins_over_allow(lab: Lab) -> None:
+@pytest.fixture(params=[Sidecar, TulleSidecar], ids=["envoy", "tulle-proxy"])
+def any_server_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    """The lab with its server sidecar a real Envoy or tulle-proxy."""
+    with make_lab(tmp_path, server_kind=request.param) as lab:
+        yield lab
+
+
+def test_authorization_policy_deny_wins_over_allow(any_server_lab: Lab) -> None:
+    lab = any_server_lab
     lab.until("/admin", 200)
     allow = policy("AuthorizationPolicy", "frontend", "shop", {
         "selector": {"matchLabels": {"app": "reviews"}}, "action": "ALLOW",
@@ -255,7 +277,8 @@ def test_authorization_policy_deny_wins_over_allow(lab: Lab) -> None:
     assert lab.get("/api")[0] == 200
 
 
-def test_an_allow_policy_for_another_principal_denies_the_client(lab: Lab) -> None:
+def test_an_allow_policy_for_another_principal_denies_the_client(any_server_lab: Lab) -> None:
+    lab = any_server_lab
     lab.until("/", 200)
     lab.mesh.apply(policy("AuthorizationPolicy", "only-ops", "shop", {
         "action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["ops"]}}]}]}))

@@ -3,7 +3,6 @@ admin /stats adding up the workers."""
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import time
@@ -13,6 +12,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
+from proxy.stats_text import parse_stats
 from tests.proxy.running import TULLE, RecordingUpstream, exchange, free_port
 from tests.proxy.test_xds import (
     CLUSTER,
@@ -41,9 +41,8 @@ class CountingUpstream(RecordingUpstream):
 
 
 def stat(admin: int, name: str) -> int | None:
-    text = exchange(admin, b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").decode()
-    found = re.search(rf"^{re.escape(name)}: (\d+)$", text, re.MULTILINE)
-    return int(found.group(1)) if found else None
+    response = exchange(admin, b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").decode()
+    return parse_stats(response.partition("\r\n\r\n")[2]).values.get(name)
 
 
 def test_workers_share_one_ads_stream_and_all_serve_its_config(ads: AdsServer, tmp_path: Path) -> None:  # noqa: F811

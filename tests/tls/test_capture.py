@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.stats_text import parse_stats
 from tests.kernel import KernelResources
 from tests.tls.sidecars import HCM, ROUTER
 from tests.tls.tulle_sidecar import TULLE
@@ -102,11 +103,9 @@ table ip {table} {{
 
 
 def stat(kernel: KernelResources, ns: str, name: str) -> int:
-    for line in run(kernel, ns, "curl", "-s", f"http://127.0.0.1:{ADMIN}/stats").splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"no stat {name}")
+    values = parse_stats(run(kernel, ns, "curl", "-s", f"http://127.0.0.1:{ADMIN}/stats")).values
+    assert name in values, f"no stat {name}"
+    return values[name]
 
 
 @pytest.mark.privileged

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import http.server
 import json
-import os
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -22,13 +18,14 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from control.xds.debounce import DebounceConfig
 from control.xds.server import AdsServer
+from tests.answering_server import AnsweringServer
+from tests.proxy_process import ENVOY, ProxyProcess
+
+__all__ = ["ENVOY", "ControlPlane", "Envoy", "Upstream"]
 
 ROOT = Path(__file__).resolve().parents[2]
-ENVOY = ROOT / ".venv" / "bin" / "envoy"
 T = TypeVar("T")
 
 
@@ -76,49 +73,20 @@ class ControlPlane:
             self.loop.close()
 
 
-class Upstream:
+class Upstream(AnsweringServer):
     """An HTTP server playing a pod: answers every request with its name."""
 
     def __init__(self, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
-        self.hits = 0
-        upstream = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                upstream.hits += 1
-                body = upstream.name.encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self._httpd.daemon_threads = True
-        self.host, self.port = host, self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(lambda request: name.encode(), host)
 
 
-_base_ids = iter(range(os.getpid() % 10000 * 100 + 7, 1 << 30))
-
-
-class Envoy:
+class Envoy(ProxyProcess):
     """A real Envoy whose only static config is the ADS cluster pointing at `ads_port`."""
 
     def __init__(self, ads_port: int, api_type: str, node_id: str, metadata: Mapping[str, str]) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="tulle-xds-envoy-")
-        d = Path(self._dir.name)
         bootstrap = {
             "node": {"id": node_id, "cluster": "tulle-test", "metadata": dict(metadata)},
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "dynamic_resources": {
                 "ads_config": {
                     "api_type": api_type,
@@ -150,45 +118,11 @@ class Envoy:
                 ]
             },
         }
-        (d / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
-        self._log = open(d / "envoy.log", "wb")  # noqa: SIM115 (closed in close())
-        self._admin_file = d / "admin"
-        self.proc = subprocess.Popen(
-            [
-                str(ENVOY), "-c", str(d / "bootstrap.yaml"), "--base-id", str(next(_base_ids)),
-                "--admin-address-path", str(self._admin_file), "--log-level", "warn",
-                "--concurrency", "1", "--disable-hot-restart",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.admin = ""
-        deadline = time.monotonic() + 20
-        while not self.admin:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"envoy did not start:\n{self.log()}")
-            if self._admin_file.exists() and self._admin_file.read_text().strip():
-                self.admin = self._admin_file.read_text().strip()
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return (Path(self._dir.name) / "envoy.log").read_text(errors="replace")[-4000:]
+        super().__init__("envoy", bootstrap, "tulle-xds-envoy-")
 
     def config_dump(self, resource: str = "") -> dict[str, Any]:
-        url = f"http://{self.admin}/config_dump" + (f"?resource={resource}" if resource else "")
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-
-    def close(self) -> None:
-        try:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        finally:
-            self._log.close()
-            self._dir.cleanup()
+        dump: dict[str, Any] = json.loads(self.get("/config_dump" + (f"?resource={resource}" if resource else "")))
+        return dump
 
 
 def http_get(port: int, path: str = "/", host: str = "", headers: Mapping[str, str] | None = None) -> tuple[int, str]:

@@ -66,15 +66,6 @@ class DeltaAgentClient:
 
 
 @pytest.fixture
-def control() -> Iterator[ControlPlane]:
-    cp = ControlPlane()
-    try:
-        yield cp
-    finally:
-        cp.close()
-
-
-@pytest.fixture
 def agent(control: ControlPlane) -> Iterator[DeltaAgentClient]:
     control.apply(node_doc("node-1", "192.168.50.1", "10.244.1.0/24"))
     control.call(control.server.push_now)

@@ -7,8 +7,6 @@ import datetime as dt
 import http.server
 import itertools
 import ssl
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from control.ca.authority import CertificateAuthority
 from control.ca.spiffe import SpiffeId
+from tests.answering_server import AnsweringServer
 from tests.ports import free_port
 from tests.xds.harness import ControlPlane, Envoy, endpoints, eventually, http_get, pod, service
 
@@ -51,51 +50,24 @@ def pki(tmp_path: Path) -> Pki:
                _write_pair(ca, tmp_path, "client", SpiffeId("example.org", "default", "client"), ()))
 
 
-class TlsServer:
+class TlsServer(AnsweringServer):
     """An HTTPS server outside the mesh; answers with the URI SAN of the client's
     certificate ("-" without one)."""
 
     def __init__(self, pki: Pki, require_client_certificate: bool) -> None:
-        self.name, self.host = "api-0", next(_loopback)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                peer: Any = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-                uris = [str(v) for k, v in (peer or {}).get("subjectAltName", ()) if k == "URI"]
-                body = (uris[0] if uris else "-").encode()
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        self.name = "api-0"
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*pki.server)
         if require_client_certificate:
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(pki.ca)
-        self._httpd = http.server.ThreadingHTTPServer((self.host, 0), Handler, bind_and_activate=False)
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-        self._httpd.server_bind()
-        self._httpd.server_activate()
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(_peer_uri, next(_loopback), tls=context)
 
 
-@pytest.fixture
-def control() -> Iterator[ControlPlane]:
-    cp = ControlPlane()
-    try:
-        yield cp
-    finally:
-        cp.close()
+def _peer_uri(request: http.server.BaseHTTPRequestHandler) -> bytes:
+    peer: Any = request.connection.getpeercert() if isinstance(request.connection, ssl.SSLSocket) else None
+    uris = [str(v) for k, v in (peer or {}).get("subjectAltName", ()) if k == "URI"]
+    return (uris[0] if uris else "-").encode()
 
 
 def serve(control: ControlPlane, server: TlsServer, tls: dict[str, Any]) -> int:

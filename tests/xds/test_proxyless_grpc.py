@@ -35,15 +35,6 @@ class WhoamiServer:
 
 
 @pytest.fixture
-def control() -> Iterator[ControlPlane]:
-    cp = ControlPlane()
-    try:
-        yield cp
-    finally:
-        cp.close()
-
-
-@pytest.fixture
 def servers() -> Iterator[list[WhoamiServer]]:
     made = [WhoamiServer("greeter-a", "127.0.0.21"), WhoamiServer("greeter-b", "127.0.0.22")]
     try:

@@ -24,7 +24,7 @@ from control.meshctl.demo.scenario import Demo, DemoError
 LAB_NAME = "demo"
 
 
-@click.command("demo")
+@click.command("demo", short_help="Build a lab, deploy a meshed shop, show routing, mTLS, policy, ejection.")
 @click.option("--rm", "remove", is_flag=True, help="Tear the lab down after the report.")
 @click.option("--requests", default=1000, show_default=True, type=click.IntRange(20, 10_000),
               help="Requests per traffic run (three runs).")

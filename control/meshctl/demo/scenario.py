@@ -29,6 +29,8 @@ import yaml
 from cni.lab import Lab, LabError
 from cni.lab.control import LabApi
 from cni.lab.topology import LabPod
+from proxy.admin.clusters_text import ClustersTextError, parse_clusters
+from proxy.stats_text import StatsTextError, parse_stats
 
 NAMESPACE: Final = "shop"
 CATALOG_CLUSTER: Final = "outbound|8080|{subset}|catalog.shop.svc.cluster.local"
@@ -205,12 +207,10 @@ class Demo:
         status, body = self._curl(pod, f"{ADMIN}/stats?filter={re.escape(contains)}")
         if status != 200:
             raise DemoError(f"{pod}'s sidecar admin did not answer /stats (status {status})")
-        stats = {}
-        for line in body.splitlines():
-            name, sep, value = line.rpartition(": ")
-            if sep and value.strip().isdigit():
-                stats[name] = int(value)
-        return stats
+        try:
+            return dict(parse_stats(body).values)
+        except StatsTextError as error:
+            raise DemoError(f"{pod}'s sidecar admin /stats: {error}") from None
 
     def _inbound_requests(self, pod: str) -> int:
         return sum(v for k, v in self._stats(pod, "inbound_0.0.0.0_8080").items() if k.endswith(".downstream_rq_total"))
@@ -230,8 +230,12 @@ class Demo:
         status, body = self._curl("frontend", f"{ADMIN}/clusters")
         if status != 200:
             return False
-        hosts = {(line.split("::")[0], line.split("::")[1]) for line in body.splitlines()
-                 if line.startswith("outbound|8080|v") and "::health_flags::healthy" in line}
+        try:
+            clusters = parse_clusters(body)
+        except ClustersTextError as error:
+            raise DemoError(f"the frontend's sidecar admin /clusters: {error}") from None
+        hosts = {(name, host) for name, cluster in clusters.items() if name.startswith("outbound|8080|v")
+                 for host in cluster.healthy_hosts()}
         return len(hosts) == 3
 
     def _meshctl(self, args: list[str]) -> str:

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import yaml
 
+from proxy.stats_text import parse_stats
 from proxy.upstream.balancer import make_balancer
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
@@ -84,7 +85,7 @@ def envoy_run(priorities: list[int], unhealthy: set[int], panic: float) -> tuple
         admin_conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
         admin_conn.request("GET", "/stats?filter=cluster.prio.lb_healthy_panic")
         text = admin_conn.getresponse().read().decode()
-    panic_count = int(text.strip().rpartition(": ")[2])
+    panic_count = parse_stats(text).values["cluster.prio.lb_healthy_panic"]
     return picks, panic_count
 
 

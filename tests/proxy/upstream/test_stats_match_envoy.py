@@ -12,6 +12,7 @@ import yaml
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from google.protobuf import json_format
 
+from proxy.stats_text import parse_stats
 from proxy.upstream.balancer.round_robin import RoundRobinBalancer
 from proxy.upstream.circuit_breaker import CircuitBreaker, CircuitBreakerThresholds
 from proxy.upstream.health.prober import HealthCheckStats
@@ -110,12 +111,7 @@ def envoy_stats(enforce_gateway: int, split: bool = False) -> dict[str, int]:
             admin_conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
             admin_conn.request("GET", "/stats")
             text = admin_conn.getresponse().read().decode()
-    stats = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().lstrip("-").isdigit():
-            stats[name] = int(value)
-    return stats
+    return dict(parse_stats(text).values)
 
 
 def our_outlier_stats(enforce_gateway: int, split: bool = False) -> dict[str, int]:

@@ -42,6 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proxy.access_log import AccessLogWriter, AccessRecord
+from proxy.http import tunnel
 from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
 from proxy.http.client import RawHeaders, UpstreamConnection, decode_headers
 from proxy.http.deadlines import Deadlines
@@ -312,6 +313,9 @@ class HttpConnectionManager:
         if request.version == "1.0" and not config.accept_http_10:
             self._reply(stream, 426, b"Upgrade Required", keep_alive=False)
             return False
+        if request.method == "CONNECT" and not tunnel.accept_request(request):
+            self._reply(stream, 400, b"Bad Request", keep_alive=False)
+            return False
         authority = headers.get("host")
         if authority is None:
             if request.version == "1.0" and config.default_host_for_http_10:
@@ -324,7 +328,9 @@ class HttpConnectionManager:
             headers.remove("expect")
             if not request.body.done:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upgrade = (headers.get("upgrade") or "").lower() if request.upgrade else ""
+        upgrade = (("connect" if request.method == "CONNECT" else (headers.get("upgrade") or "").lower())
+                   if request.upgrade else "")
+        sent_upgrade_headers = tunnel.upgrade_headers(headers) if upgrade else ()
         self._mutate_request_headers(stream)
         if "x-forwarded-client-cert" in headers:   # SANITIZE and SANITIZE_SET both drop it
             headers.remove("x-forwarded-client-cert")
@@ -358,7 +364,8 @@ class HttpConnectionManager:
             if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
                 self._reply(stream, 403, b"", keep_alive=False)
                 return False
-            self._run_async(stream, self._tunnel(stream, selection, action, upgrade))
+            self._run_async(stream, tunnel.serve_connect(self, stream, selection, action) if upgrade == "connect"
+                            else self._tunnel(stream, selection, action, sent_upgrade_headers))
             return True
         elif isinstance(action, ForwardAction):
             return self._forward(stream, selection, action, authority)
@@ -690,7 +697,7 @@ class HttpConnectionManager:
         return upgrade in self.config.upgrades or upgrade in action.upgrades
 
     async def _tunnel(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
-                      upgrade: str) -> None:
+                      upgrade_headers: tuple[tuple[str, str], ...]) -> None:
         """An upgrade (WebSocket): forward the request on a fresh connection; on 101 the two
         connections become a byte pipe until either side closes; any other answer is an
         ordinary response."""
@@ -706,8 +713,8 @@ class HttpConnectionManager:
         assert table is not None
         for mutation in table.request_mutations(selection):
             mutation.apply(headers, stream)
-        headers.set("connection", "upgrade")
-        headers.set("upgrade", upgrade)
+        for name, value in upgrade_headers:
+            headers.add(name, value)
         target = action.rewrite_path(selection.path, selection.query, selection.matched) or request.target
         host = cluster.original_destination(stream.conn.local) if cluster.original_dst else cluster.choose(None)
         if host is None:
@@ -748,8 +755,7 @@ class HttpConnectionManager:
                             keep_alive=False)
             return
         if attempt.status != 101:
-            connection.keep_alive = False
-            await self._respond(stream, attempt, 1, 0.0)
+            tunnel.decline_upgrade(self, stream, attempt)
             return
         response = attempt.headers
         response.remove("transfer-encoding")

@@ -127,8 +127,6 @@ class HcmConfig:
         for index, upgrade in enumerate(message.upgrade_configs):
             here = f"{path}.upgrade_configs[{index}]"
             reject_unsupported(upgrade, here, ("upgrade_type", "enabled"))
-            if upgrade.upgrade_type.lower() == "connect":
-                raise ConfigError(join(here, "upgrade_type"), "CONNECT is not supported")
             if not upgrade.HasField("enabled") or upgrade.enabled.value:
                 upgrades.add(upgrade.upgrade_type.lower())
         if message.normalize_path.value or message.merge_slashes:

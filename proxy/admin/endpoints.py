@@ -165,21 +165,29 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
     return 200, TEXT, ("\n".join(lines) + "\n").encode()
 
 
+def _typed(message: Message) -> dict[str, object]:
+    return {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name, **json_format.MessageToDict(message)}
+
+
 def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
+    """Envoy's sections: static resources from the bootstrap, dynamic ones as xDS delivered
+    them (under --concurrency the leader's, which every worker applied in the same order);
+    `?resource=NAME` lists the entries of that section only, as Envoy does."""
     bootstrap = state.config.proto
     dynamic = state.dynamic()
+    static = bootstrap.static_resources if bootstrap is not None else None
 
     def entries(kind: str, key: str) -> list[dict[str, object]]:
-        return [{key: {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name,
-                       **json_format.MessageToDict(message)}}
-                for _, message in sorted(dynamic.get(kind, {}).items())]
+        return [{key: _typed(message)} for _, message in sorted(dynamic.get(kind, {}).items())]
 
     dump = {"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
          "bootstrap": json_format.MessageToDict(bootstrap) if bootstrap is not None else {}},
         {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+         "static_clusters": [{"cluster": _typed(cluster)} for cluster in (static.clusters if static else ())],
          "dynamic_active_clusters": entries("clusters", "cluster")},
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+         "static_listeners": [{"listener": _typed(listener)} for listener in (static.listeners if static else ())],
          "dynamic_listeners": [{"name": entry["listener"]["name"], "active_state": entry}  # type: ignore[index]
                                for entry in entries("listeners", "listener")]},
         {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
@@ -187,6 +195,10 @@ def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
         {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
          "dynamic_active_secrets": _secret_entries(state.secrets)},
     ]}
+    resource = params.get("resource")
+    if resource:
+        picked = [entry for config in dump["configs"] for entry in config.get(resource, [])]
+        return 200, JSON, json.dumps({"configs": picked}, indent=1).encode()
     return 200, JSON, json.dumps(dump, indent=1).encode()
 
 

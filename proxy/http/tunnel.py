@@ -164,9 +164,12 @@ _DRAIN_CHECK = 0.005
 
 class _PassthroughAnswer:
     """The upstream's answer to a passed-through CONNECT (a ResponseSink): its head, and the
-    bytes after it — tunnel payload after a 2xx, the body of any other answer."""
+    bytes after it — tunnel payload after a 2xx, the body of any other answer. From a 2xx
+    head on, the connection's bytes are kept raw (never parsed as a next response) until
+    the tunnel takes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self.connection = connection
         self.status = 0
         self.headers: RawHeaders = []
         self.after_head: list[bytes] = []
@@ -180,6 +183,8 @@ class _PassthroughAnswer:
 
     def on_response_headers(self, status: int, headers: RawHeaders, keep_alive: bool) -> None:
         self.status, self.headers = status, headers
+        if 200 <= status < 300:
+            self.connection.tunnel = self.after_head.append
         self._wake()
 
     def on_response_body(self, chunk: bytes) -> None:
@@ -261,7 +266,7 @@ async def _pass_through(manager: HttpConnectionManager, stream: Stream, host: Ho
     assert table is not None
     for mutation in table.request_mutations(stream.selection):
         mutation.apply(request.headers, stream)
-    answer = _PassthroughAnswer()
+    answer = _PassthroughAnswer(upstream)
     head = f"CONNECT {request.target} HTTP/1.1\r\n".encode("latin-1") + b"".join(
         f"{name}: {value}\r\n".encode("latin-1") for name, value in request.headers.items) + b"\r\n"
     upstream.start(answer, head)

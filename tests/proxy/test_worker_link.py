@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -92,3 +94,19 @@ def test_clusters_adds_every_workers_host_counters() -> None:
     assert merged["web"]["10.0.0.1:80"]["rq_total"] == 7
     assert merged["web"]["10.0.0.1:80"]["cx_active"] == 2
     assert merged["web"]["10.0.0.2:80"]["rq_total"] == 2   # a host only the follower has
+
+
+def test_a_follower_takes_its_secrets_from_the_leader_even_under_identity_socket() -> None:
+    """One key and one CSR per proxy: only the leader runs the identity client."""
+    from proxy.bootstrap import parse_bootstrap
+    from proxy.server import ProxyServer
+    from tests.proxy.running import bootstrap
+
+    leader_end, follower_end = socket.socketpair()
+    with leader_end, follower_end:
+        follower = ProxyServer(parse_bootstrap(bootstrap(10000, 8080)), leader=follower_end,
+                               identity_socket="/run/agent/identity.sock")
+        leader = ProxyServer(parse_bootstrap(bootstrap(10000, 8080)), followers=[leader_end],
+                             identity_socket="/run/agent/identity.sock")
+    assert follower.identity is None and follower.forwarded_secrets is not None
+    assert leader.identity is not None and isinstance(leader.secrets, ForwardingSecretStore)

@@ -20,6 +20,8 @@ Rules of CONNECT:
   connections into a tunnel, any other answer is relayed and the connection closes.
 - Bytes the client sent before the tunnel was up are sent first; a side that cannot keep up
   pauses reading on the other (the tunnel never buffers without bound).
+- A tunnel with no bytes either way for the stream idle timeout (the route's `idle_timeout`,
+  else the connection manager's `stream_idle_timeout`) is closed, as Envoy closes it.
 
 Rules of upgrades (WebSocket): the request reaches the upstream with the Connection and
 Upgrade headers the client sent (`upgrade_headers`); an upstream that declines (anything but
@@ -93,12 +95,16 @@ def accept_request(request: Request) -> bool:
 
 class Tunnel:
     """Raw bytes between a client connection and an upstream one, with flow control both
-    ways, until either closes."""
+    ways, until either closes or (`idle` > 0) no byte has passed for `idle` seconds."""
 
-    def __init__(self, client: DownstreamConnection, upstream: UpstreamConnection) -> None:
+    def __init__(self, client: DownstreamConnection, upstream: UpstreamConnection, idle: float = 0.0) -> None:
         self.client = client
         self.upstream = upstream
-        self.closed = asyncio.get_running_loop().create_future()
+        self.idle = idle
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self._active_at = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def start(self, upstream_early: list[bytes]) -> None:
         client, upstream = self.client, self.upstream
@@ -114,25 +120,39 @@ class Tunnel:
         client.early_tunnel_data.clear()
         if client.closed or upstream.closed:
             self._finish()
+        elif self.idle > 0:
+            self._idle_timer = self._loop.call_later(self.idle, self._check_idle)
 
     async def run(self) -> None:
         """Until either side closes; then the other closes too, after what it was sent."""
         try:
             await self.closed
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             self.client.on_drain = None
             transport = self.upstream.transport
             if transport is not None and not transport.is_closing():
                 transport.close()
             self.client.response_done(False)   # closes, after what it was sent
 
+    def _check_idle(self) -> None:
+        """One timer per tunnel, moved on lazily: bytes only note the time they passed."""
+        quiet = self._loop.time() - self._active_at
+        if quiet >= self.idle:
+            self._finish()
+        else:
+            self._idle_timer = self._loop.call_later(self.idle - quiet, self._check_idle)
+
     def _to_client(self, data: bytes) -> None:
+        self._active_at = self._loop.time()
         client = self.client
         client.write(data)
         if client.write_paused:   # resumed by the client's on_drain
             self.upstream.pause_reading()
 
     def _to_upstream(self, data: bytes) -> None:
+        self._active_at = self._loop.time()
         upstream = self.upstream
         upstream.write(data)
         transport = upstream.transport
@@ -250,7 +270,7 @@ async def serve_connect(manager: HttpConnectionManager, stream: Stream, selectio
             mutation.apply(headers, stream)
         manager._server_headers(headers, stream)
         _start_tunnel(manager, stream, 200, headers)
-        tunnel = Tunnel(conn, upstream)
+        tunnel = Tunnel(conn, upstream, stream.plan.idle)
         tunnel.start([])
         await tunnel.run()
         return
@@ -289,7 +309,7 @@ async def _pass_through(manager: HttpConnectionManager, stream: Stream, host: Ho
     manager._server_headers(headers, stream)
     if 200 <= answer.status < 300:   # its head goes to the client as it came (Envoy keeps its framing)
         _start_tunnel(manager, stream, answer.status, headers)
-        tunnel = Tunnel(conn, upstream)
+        tunnel = Tunnel(conn, upstream, stream.plan.idle)
         tunnel.start(answer.after_head)
         await tunnel.run()
         return

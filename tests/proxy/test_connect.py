@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,8 +76,9 @@ class TunnelUpstream:
         self._thread.join(1)
 
 
-def bootstrap(port: int, upstream: int, terminate: bool) -> str:
+def bootstrap(port: int, upstream: int, terminate: bool, idle: str = "") -> str:
     connect_config = ", connect_config: {}" if terminate else ""
+    idle_timeout = f", idle_timeout: {idle}" if idle else ""
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
 static_resources:
@@ -96,7 +98,7 @@ static_resources:
               domains: ['*']
               routes:
               - match: {{connect_matcher: {{}}}}
-                route: {{cluster: tunnel, upgrade_configs: [{{upgrade_type: CONNECT{connect_config}}}]}}
+                route: {{cluster: tunnel{idle_timeout}, upgrade_configs: [{{upgrade_type: CONNECT{connect_config}}}]}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
@@ -179,6 +181,27 @@ def test_a_passed_through_connect_reaches_the_upstream_and_tunnels_after_its_2xx
                 assert read_exactly(sock, 4, rest) == b"ping"
             assert upstream.heads[0].startswith(b"CONNECT db.internal:5432 HTTP/1.1\r\n")
             assert b"host: db.internal:5432" in upstream.heads[0].lower()
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tunnel_idle_for_the_routes_idle_timeout_is_closed(kind: str, tmp_path: Path) -> None:
+    upstream = TunnelUpstream()
+    port = free_port()
+    try:
+        with running_proxy(kind, bootstrap(port, upstream.port, terminate=True, idle="0.4s"), port, tmp_path):
+            sock, _ = open_tunnel(port)
+            with sock:
+                for _ in range(3):   # traffic keeps it open past the timeout
+                    time.sleep(0.2)
+                    sock.sendall(b"x")
+                    assert read_exactly(sock, 1) == b"x"
+                quiet_since = time.monotonic()
+                sock.settimeout(5)
+                assert sock.recv(1) == b""
+                # Envoy closes after its 1 s delayed-close on top of the timeout
+                assert 0.35 < time.monotonic() - quiet_since < 2.5
     finally:
         upstream.close()
 

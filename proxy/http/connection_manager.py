@@ -699,8 +699,8 @@ class HttpConnectionManager:
     async def _tunnel(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
                       upgrade_headers: tuple[tuple[str, str], ...]) -> None:
         """An upgrade (WebSocket): forward the request on a fresh connection; on 101 the two
-        connections become a byte pipe until either side closes; any other answer is an
-        ordinary response."""
+        connections become a byte pipe until either side closes; any other answer is
+        relayed without its body and the connection closes (tunnel.decline_upgrade)."""
         request = stream.request
         headers = request.headers
         conn = stream.conn

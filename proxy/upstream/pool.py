@@ -68,6 +68,11 @@ class ConnectionPool:
         self._closed = False
         self.open = 0
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a connection of this host (admin /clusters rq_pending_active)."""
+        return len(self._waiters)
+
     def take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
         while idle:

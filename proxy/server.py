@@ -40,7 +40,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
-from proxy.admin.endpoints import AdminState
+from proxy.admin.endpoints import AdminState, host_rows
 from proxy.admin.server import AdminConnection
 from proxy.bootstrap import BootstrapConfig
 from proxy.config_error import ConfigError, reject_unsupported
@@ -57,12 +57,18 @@ from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
 from proxy.worker_link import (
+    HOSTS,
+    SECRETS,
     SNAPSHOT_INTERVAL,
     STATS,
     XDS,
+    ForwardedSecrets,
+    ForwardingSecretStore,
     LinkProtocol,
+    decode_hosts,
     decode_stats,
     decode_update,
+    encode_hosts,
     encode_stats,
     encode_update,
     open_link,
@@ -104,7 +110,9 @@ class ProxyServer:
         self.serve_admin = admin
         self.rng = rng or random.Random()
         self.stats = StatsStore()
-        self.secrets = SecretStore()
+        # --concurrency: secrets come once, to the leader, which forwards them (worker_link)
+        self.secrets = ForwardingSecretStore() if followers else SecretStore()
+        self.forwarded_secrets = ForwardedSecrets(self.secrets) if leader is not None else None
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
         self.listeners: dict[str, RunningListener] = {}
@@ -118,7 +126,7 @@ class ProxyServer:
         self.ads: AdsClient | None = None
         self.sds: dict[str, SdsClient] = {}
         self.identity: IdentityClient | None = None
-        if identity_socket:
+        if identity_socket and leader is None:   # a follower's secrets come from the leader
             from proxy.tls.identity_client import IdentityClient
 
             self.identity = IdentityClient(identity_socket, self.secrets)
@@ -132,11 +140,15 @@ class ProxyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._local_address = first_non_loopback_ipv4()
+        if self._leader_socket is not None:   # first: the secrets the listeners wait for come this way
+            self._links.append(await open_link(self._leader_socket, self._from_leader))
         for cluster_config in self.config.clusters:
             self._add_cluster(cluster_config)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
         for client in list(self.sds.values()):   # static clusters warm until their secrets came
             await client.ready(client.names)
+        if self.forwarded_secrets is not None:
+            await self.forwarded_secrets.ready(self.forwarded_secrets.names)
         if self.identity is not None and self._identity_task is not None:
             await self.identity.ready(self.identity.names)
         for listener in self.config.listeners:
@@ -148,9 +160,11 @@ class ProxyServer:
                                               reuse_port=self.reuse_port or None)
             self.servers.append(server)
         for index, sock in enumerate(self._follower_sockets):
-            self._links.append(await open_link(sock, partial(self._from_follower, index)))
+            link = await open_link(sock, partial(self._from_follower, index))
+            self._links.append(link)
+            assert isinstance(self.secrets, ForwardingSecretStore)
+            self.secrets.link(link)
         if self._leader_socket is not None:
-            self._links.append(await open_link(self._leader_socket, self._from_leader))
             self._link_tasks.append(loop.create_task(self._apply_forwarded()))
             self._link_tasks.append(loop.create_task(self._report_stats()))
         elif self.config.ads is not None:
@@ -228,11 +242,17 @@ class ProxyServer:
 
     # SDS
 
-    def _subscribe_secrets(self, sources: Sequence[SecretSource]) -> list[tuple[SdsClient | IdentityClient, str]]:
+    def _subscribe_secrets(self, sources: Sequence[SecretSource]
+                           ) -> list[tuple[SdsClient | IdentityClient | ForwardedSecrets, str]]:
         """Subscribe each secret on its SDS cluster's stream (started on first use); with
-        --identity-socket, the workload's own secrets come from the identity client."""
-        subscribed: list[tuple[SdsClient | IdentityClient, str]] = []
+        --identity-socket, the workload's own secrets come from the identity client; in a
+        follower worker, every secret comes from the leader."""
+        subscribed: list[tuple[SdsClient | IdentityClient | ForwardedSecrets, str]] = []
         for source in sources:
+            if self.forwarded_secrets is not None:
+                self.forwarded_secrets.subscribe((source.name,))
+                subscribed.append((self.forwarded_secrets, source.name))
+                continue
             if self.identity is not None and source.name in self.identity.names:
                 if self._identity_task is None:
                     self._identity_task = asyncio.get_running_loop().create_task(self.identity.run())
@@ -329,6 +349,8 @@ class ProxyServer:
     def _from_leader(self, kind: bytes, payload: bytes) -> None:
         if kind == XDS:
             self._updates.put_nowait(payload)
+        elif kind == SECRETS and self.forwarded_secrets is not None:
+            self.forwarded_secrets.apply(payload)
 
     async def _apply_forwarded(self) -> None:
         """The leader's updates, applied one at a time in the order it applied them."""
@@ -344,11 +366,14 @@ class ProxyServer:
         while True:
             for link in self._links:
                 link.send(encode_stats(list(self.stats.own_values())))
+                link.send(encode_hosts(host_rows(self.clusters)))
             await asyncio.sleep(SNAPSHOT_INTERVAL)
 
     def _from_follower(self, index: int, kind: bytes, payload: bytes) -> None:
         if kind == STATS:
             self.stats.followers[index] = decode_stats(payload)
+        elif kind == HOSTS:
+            self.admin_state.follower_hosts[index] = decode_hosts(payload)
 
     async def _apply(self, type_url: str, resources: Sequence[Any]) -> dict[str, tuple[str, ...]]:
         if type_url == CLUSTER:

@@ -5,14 +5,26 @@ forks the workers. Worker 0, the leader, holds the only ADS stream: every xDS re
 has applied (validated whole, then swapped in) goes to every follower as the same
 `(type_url, resources)`, and each follower applies it in arrival order on its own event
 loop — so each worker's swap is atomic, and all workers converge on the leader's accepted
-config (a response the leader NACKs never reaches them). The other way, each follower sends
-a snapshot of its stats every SNAPSHOT_INTERVAL seconds; the leader's admin /stats adds the
-latest snapshot of every follower to its own values (proxy/stats.py).
+config (a response the leader NACKs never reaches them).
+
+Secrets arrive once too: only the leader runs SDS streams (or the identity client under
+`--identity-socket`, so there is one key and one CSR per proxy, not per worker). Its
+SecretStore is a ForwardingSecretStore: every update — one whole SDS response, or one
+renewal — goes to every follower as one frame, which the follower applies in one
+`SecretStore.update`, so a rotation swaps atomically in every worker; a follower that links
+up gets the whole store first. A follower's listeners and clusters wait for their secrets
+on ForwardedSecrets, the follower's stand-in for an SDS client.
+
+The other way, each follower sends a snapshot of its stats and of its per-host counters
+every SNAPSHOT_INTERVAL seconds; the leader's admin /stats and /clusters add the latest
+snapshot of every follower to its own values (proxy/stats.py, proxy/admin/endpoints.py).
 
 Wire format (the sans-IO part, `encode_frame` and `FrameReader`): a frame is a kind byte,
 a 4-byte big-endian length and the payload. Kinds: `x` an xDS update (a serialized
-DiscoveryResponse carrying type_url and resources), `s` a stats snapshot (JSON list of
-[name, kind, scope, tag, stat, value, is_gauge]).
+DiscoveryResponse carrying type_url and resources), `k` secrets (a serialized
+DiscoveryResponse of Secret resources, PEM inline), `s` a stats snapshot (JSON list of
+[name, kind, scope, tag, stat, value, is_gauge]), `h` a per-host snapshot (JSON list of
+[cluster, host, {field: value}], admin/endpoints.py's HostRow).
 """
 
 from __future__ import annotations
@@ -22,20 +34,24 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret as SecretProto
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf.any_pb2 import Any
 
+from proxy.admin.endpoints import HostRow
 from proxy.stats import StatRow
+from proxy.tls.secrets import SECRET, CertificateSecret, Secret, SecretStore, decode_secrets
 
 log = logging.getLogger("tulle.proxy.workers")
 
 XDS = b"x"
 STATS = b"s"
+SECRETS = b"k"
+HOSTS = b"h"
 SNAPSHOT_INTERVAL = 0.25
 _HEADER = struct.Struct(">cI")
-
 
 
 def encode_frame(kind: bytes, payload: bytes) -> bytes:
@@ -79,6 +95,33 @@ def decode_stats(payload: bytes) -> list[StatRow]:
     return [tuple(row) for row in json.loads(payload)]
 
 
+def encode_secrets(secrets: Mapping[str, Secret]) -> bytes:
+    resources = []
+    for name, secret in secrets.items():
+        message = SecretProto(name=name)
+        if isinstance(secret, CertificateSecret):
+            message.tls_certificate.certificate_chain.inline_bytes = secret.chain_pem
+            message.tls_certificate.private_key.inline_bytes = secret.key_pem
+        else:
+            message.validation_context.trusted_ca.inline_bytes = secret.trusted_ca_pem
+        packed = Any()
+        packed.Pack(message)
+        resources.append(packed)
+    return encode_frame(SECRETS, DiscoveryResponse(type_url=SECRET, resources=resources).SerializeToString())
+
+
+def decode_secrets_frame(payload: bytes) -> dict[str, Secret]:
+    return decode_secrets(DiscoveryResponse.FromString(payload))
+
+
+def encode_hosts(rows: Sequence[HostRow]) -> bytes:
+    return encode_frame(HOSTS, json.dumps(rows).encode())
+
+
+def decode_hosts(payload: bytes) -> list[HostRow]:
+    return [(cluster, host, values) for cluster, host, values in json.loads(payload)]
+
+
 class LinkProtocol(asyncio.Protocol):
     """One end of a socketpair: frames in go to `on_frame`, `send` writes one."""
 
@@ -107,3 +150,49 @@ async def open_link(sock: socket.socket, on_frame: Callable[[bytes, bytes], None
     loop = asyncio.get_running_loop()
     _, protocol = await loop.connect_accepted_socket(lambda: LinkProtocol(on_frame), sock=sock)
     return protocol
+
+
+class ForwardingSecretStore(SecretStore):
+    """The leader's secrets: each update also goes, whole, to every linked follower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._links: list[LinkProtocol] = []
+
+    def link(self, link: LinkProtocol) -> None:
+        """A follower joins: it gets every secret so far, then each update."""
+        self._links.append(link)
+        secrets = {name: secret for name in self.names() if (secret := self.get(name)) is not None}
+        if secrets:
+            link.send(encode_secrets(secrets))
+
+    def update(self, secrets: Mapping[str, Secret]) -> None:
+        super().update(secrets)
+        if secrets and self._links:
+            frame = encode_secrets(secrets)
+            for link in self._links:
+                link.send(frame)
+
+
+class ForwardedSecrets:
+    """A follower's source of secrets (what the leader's SDS delivered), with the surface
+    the proxy uses of an SDS client: `subscribe` and `ready`."""
+
+    def __init__(self, store: SecretStore) -> None:
+        self.store = store
+        self.names: tuple[str, ...] = ()
+        self._received = asyncio.Event()
+
+    def subscribe(self, names: Iterable[str]) -> None:
+        self.names = tuple(sorted(set(self.names) | set(names)))
+
+    def apply(self, payload: bytes) -> None:
+        """One forwarded update, in one store update (the leader validated it)."""
+        self.store.update(decode_secrets_frame(payload))
+        self._received.set()
+
+    async def ready(self, names: Iterable[str]) -> None:
+        wanted = set(names)
+        while any(self.store.get(name) is None for name in wanted):
+            self._received.clear()
+            await self._received.wait()

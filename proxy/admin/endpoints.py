@@ -4,7 +4,9 @@ Rules (Envoy's admin API): `/ready` is 503 "INITIALIZING" until the first xDS li
 their routes are in place, then 200 "LIVE" while serving, 503 "DRAINING" after
 `/healthcheck/fail` (until `/healthcheck/ok`); `/stats` is Envoy's text format (with
 `?filter=REGEX`), `/stats/prometheus` the Prometheus one; `/clusters` lists each cluster's
-thresholds and each host's counters and health in Envoy's `name::host::stat::value` lines;
+thresholds and each host's counters and health in Envoy's `name::host::stat::value` lines
+(under `--concurrency N` the counters and gauges of every worker added up: each follower
+sends its HostRows, the leader adds them to its own);
 `/config_dump` the bootstrap and what xDS delivered (active clusters, listeners, routes,
 secrets with private keys redacted) as JSON; `/server_info` version, state, uptime and node;
 `/quitquitquit`, `/healthcheck/fail` and `/healthcheck/ok` need POST (405 otherwise).
@@ -26,6 +28,7 @@ from google.protobuf.message import Message
 from proxy.bootstrap import BootstrapConfig
 from proxy.stats import StatsStore
 from proxy.tls.secrets import CertificateSecret, SecretStore, TrustBundle
+from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
 from proxy.upstream.cluster import Cluster
 
 VERSION = "tulle-proxy/0.1.0/HTTP1"
@@ -44,6 +47,35 @@ class AdminState:
     options: dict[str, object] = field(default_factory=dict)
     # what xDS delivered: {"clusters"|"listeners"|"routes": {name: proto message}}
     dynamic: Callable[[], dict[str, dict[str, Message]]] = lambda: {}
+    # --concurrency: each follower's latest per-host snapshot, by worker (proxy/worker_link.py)
+    follower_hosts: dict[int, list[HostRow]] = field(default_factory=dict)
+
+
+# One host of one cluster in one worker: (cluster, host key, {field: value}); the numeric
+# fields in SUMMED add up across workers, the others are the host's description.
+HostRow = tuple[str, str, dict[str, object]]
+SUMMED = ("cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_pending_active",
+          "rq_success", "rq_timeout", "rq_total")
+_DESCRIBED = ("hostname", "health_flags", "weight", "region", "zone", "sub_zone", "canary", "priority",
+              "success_rate", "local_origin_success_rate")
+
+
+def host_rows(clusters: dict[str, Cluster]) -> list[HostRow]:
+    """Every host's /clusters fields in this worker, in Envoy's order."""
+    rows: list[HostRow] = []
+    for name, cluster in clusters.items():
+        for host in cluster.host_set.hosts:
+            pool = cluster.pools.get(host)
+            rows.append((name, host.key, {
+                "cx_active": pool.open if pool else 0, "cx_connect_fail": host.cx_connect_fail,
+                "cx_total": host.cx_total, "rq_active": host.active_requests, "rq_error": host.rq_error,
+                "rq_pending_active": pool.pending if pool else 0, "rq_success": host.rq_success,
+                "rq_timeout": 0,   # not told apart from other errors yet
+                "rq_total": host.rq_total,
+                "hostname": cluster.hostnames.get(host, ""), "health_flags": host.health_flags(),
+                "weight": host.weight, "region": "", "zone": "", "sub_zone": "", "canary": "false",
+                "priority": host.locality_priority, "success_rate": -1, "local_origin_success_rate": -1}))
+    return rows
 
 
 Reply = tuple[int, str, bytes]
@@ -96,40 +128,66 @@ def _prometheus(state: AdminState, params: dict[str, str]) -> Reply:
     return 200, "text/plain; charset=UTF-8", state.stats.render_prometheus().encode()
 
 
+def merge_hosts(own: list[HostRow], others: list[list[HostRow]]) -> dict[str, dict[str, dict[str, object]]]:
+    """Per cluster, per host: this worker's fields with the other workers' counters and
+    gauges added (a host only another worker has, e.g. an ORIGINAL_DST one, is listed too)."""
+    merged: dict[str, dict[str, dict[str, object]]] = {}
+    for cluster, host, values in own:
+        merged.setdefault(cluster, {})[host] = dict(values)
+    for rows in others:
+        for cluster, host, values in rows:
+            hosts = merged.setdefault(cluster, {})
+            mine = hosts.get(host)
+            if mine is None:
+                hosts[host] = dict(values)
+                continue
+            for key in SUMMED:
+                mine[key] = int(mine.get(key, 0)) + int(values.get(key, 0))  # type: ignore[call-overload]
+    return merged
+
+
 def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
+    hosts = merge_hosts(host_rows(state.clusters), list(state.follower_hosts.values()))
+    dynamic = state.dynamic().get("clusters", {})
     lines = []
     for name, cluster in state.clusters.items():
-        breaker = cluster.breaker
-        for threshold in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
-            lines.append(f"{name}::default_priority::{threshold}::{getattr(breaker.thresholds, threshold)}")
-        lines.append(f"{name}::added_via_api::false")
-        for host in cluster.host_set.hosts:
-            prefix = f"{name}::{host.key}"
-            pool = cluster.pools.get(host)
-            lines.append(f"{prefix}::cx_active::{pool.open if pool else 0}")
-            lines.append(f"{prefix}::rq_active::{host.active_requests}")
-            lines.append(f"{prefix}::health_flags::{host.health_flags()}")
-            lines.append(f"{prefix}::weight::{host.weight}")
-            lines.append(f"{prefix}::priority::{host.locality_priority}")
-            lines.append(f"{prefix}::hostname::{cluster.hostnames.get(host, '')}")
+        lines.append(f"{name}::observability_name::{name}")
+        proto = cluster.config.proto
+        high = CircuitBreakerThresholds.from_proto(
+            proto.circuit_breakers if proto is not None and proto.HasField("circuit_breakers") else None, 1)
+        for priority, thresholds in (("default_priority", cluster.breaker.thresholds), ("high_priority", high)):
+            for threshold in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+                lines.append(f"{name}::{priority}::{threshold}::{getattr(thresholds, threshold)}")
+        lines.append(f"{name}::added_via_api::{'true' if name in dynamic else 'false'}")
+        for key, values in hosts.get(name, {}).items():
+            for field_name in (*SUMMED, *_DESCRIBED):
+                lines.append(f"{name}::{key}::{field_name}::{values.get(field_name, '')}")
     return 200, TEXT, ("\n".join(lines) + "\n").encode()
 
 
+def _typed(message: Message) -> dict[str, object]:
+    return {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name, **json_format.MessageToDict(message)}
+
+
 def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
+    """Envoy's sections: static resources from the bootstrap, dynamic ones as xDS delivered
+    them (under --concurrency the leader's, which every worker applied in the same order);
+    `?resource=NAME` lists the entries of that section only, as Envoy does."""
     bootstrap = state.config.proto
     dynamic = state.dynamic()
+    static = bootstrap.static_resources if bootstrap is not None else None
 
     def entries(kind: str, key: str) -> list[dict[str, object]]:
-        return [{key: {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name,
-                       **json_format.MessageToDict(message)}}
-                for _, message in sorted(dynamic.get(kind, {}).items())]
+        return [{key: _typed(message)} for _, message in sorted(dynamic.get(kind, {}).items())]
 
     dump = {"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
          "bootstrap": json_format.MessageToDict(bootstrap) if bootstrap is not None else {}},
         {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+         "static_clusters": [{"cluster": _typed(cluster)} for cluster in (static.clusters if static else ())],
          "dynamic_active_clusters": entries("clusters", "cluster")},
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+         "static_listeners": [{"listener": _typed(listener)} for listener in (static.listeners if static else ())],
          "dynamic_listeners": [{"name": entry["listener"]["name"], "active_state": entry}  # type: ignore[index]
                                for entry in entries("listeners", "listener")]},
         {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
@@ -137,6 +195,10 @@ def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
         {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
          "dynamic_active_secrets": _secret_entries(state.secrets)},
     ]}
+    resource = params.get("resource")
+    if resource:
+        picked = [entry for config in dump["configs"] for entry in config.get(resource, [])]
+        return 200, JSON, json.dumps({"configs": picked}, indent=1).encode()
     return 200, JSON, json.dumps(dump, indent=1).encode()
 
 

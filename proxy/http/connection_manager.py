@@ -30,6 +30,7 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxy.access_log import AccessLogWriter, AccessRecord
+from proxy.http import tunnel
 from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.client import RawHeaders, decode_headers
 from proxy.http.deadlines import Deadlines
@@ -211,6 +212,9 @@ class HttpConnectionManager:
         if stream.version == "1.0" and not config.accept_http_10:
             self.reply(stream, 426, b"Upgrade Required", keep_alive=False)
             return False
+        if stream.method == "CONNECT" and not tunnel.accept_request(stream):
+            self.reply(stream, 400, b"Bad Request", keep_alive=False)
+            return False
         authority = headers.get("host")
         if authority is None:
             if stream.version == "1.0" and config.default_host_for_http_10:
@@ -223,7 +227,9 @@ class HttpConnectionManager:
             headers.remove("expect")
             if not stream.body.done:
                 stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upgrade = (headers.get("upgrade") or "").lower() if stream.upgrade else ""
+        upgrade = (("connect" if stream.method == "CONNECT" else (headers.get("upgrade") or "").lower())
+                   if stream.upgrade else "")
+        sent_upgrade_headers = tunnel.upgrade_headers(headers) if upgrade else ()
         names = self._mutate_request_headers(stream)
         if "x-forwarded-client-cert" in names:   # SANITIZE and SANITIZE_SET both drop it
             headers.remove("x-forwarded-client-cert")
@@ -246,7 +252,8 @@ class HttpConnectionManager:
             self._routes = {}
             self._routes_count = 0
         by_target = self._routes.get(authority)
-        routed = by_target.get(stream.target) if by_target is not None else None
+        # a CONNECT's target is an authority, never remembered (RouteTable._select_connect)
+        routed = by_target.get(stream.target) if by_target is not None and upgrade != "connect" else None
         if routed is None:
             selection = table.select(stream.method, authority, stream.target, headers)
             if selection is None:
@@ -267,7 +274,8 @@ class HttpConnectionManager:
             if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
                 self.reply(stream, 403, b"", keep_alive=False)
                 return False
-            self.run_async(stream, self._tunnel(stream, selection, action, upgrade))
+            self.run_async(stream, tunnel.serve_connect(self, stream, selection, action) if upgrade == "connect"
+                           else self._tunnel(stream, selection, action, sent_upgrade_headers))
             return True
         elif isinstance(action, ForwardAction):
             return self.router.forward(stream, action, authority, names)
@@ -393,10 +401,10 @@ class HttpConnectionManager:
         return upgrade in self.config.upgrades or upgrade in action.upgrades
 
     async def _tunnel(self, stream: Stream, selection: RouteSelection, action: ForwardAction,
-                      upgrade: str) -> None:
+                      upgrade_headers: tuple[tuple[str, str], ...]) -> None:
         """An upgrade (WebSocket): forward the request on a fresh connection; on 101 the two
-        connections become a byte pipe until either side closes; any other answer is an
-        ordinary response."""
+        connections become a byte pipe until either side closes; any other answer is
+        relayed without its body and the connection closes (tunnel.decline_upgrade)."""
         headers = stream.headers
         conn = stream.conn
         stream.selection = selection
@@ -408,8 +416,8 @@ class HttpConnectionManager:
         assert table is not None
         for mutation in table.request_mutations(selection):
             mutation.apply(headers, stream)
-        headers.set("connection", "upgrade")
-        headers.set("upgrade", upgrade)
+        for name, value in upgrade_headers:
+            headers.add(name, value)
         target = action.rewrite_path(selection.path, selection.query, selection.matched) or stream.target
         host = cluster.original_destination(stream.conn.local) if cluster.original_dst else cluster.choose(None)
         if host is None:
@@ -450,8 +458,7 @@ class HttpConnectionManager:
                             keep_alive=False)
             return
         if attempt.status != 101:
-            connection.keep_alive = False
-            await self.router.respond(stream, attempt, 1, 0.0)
+            tunnel.decline_upgrade(self, stream, attempt)
             return
         response = attempt.headers
         response.remove("transfer-encoding")

@@ -96,6 +96,13 @@ class Exchange:
             cstats.count_status(status)
         if cluster.outlier is not None:
             cluster.record_outcome(self.host, status)
+        else:   # record_outcome's host counters (admin /clusters), without its call
+            host = self.host
+            host.rq_total += 1
+            if status < 500:
+                host.rq_success += 1
+            else:
+                host.rq_error += 1
         self.head, self.keep_alive, self.chunked, self.no_body = self.router.manager.commit_raw_head(
             stream, status, headers, self.host)
 

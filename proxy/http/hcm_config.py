@@ -10,7 +10,8 @@ timeout, 5 min stream idle timeout, nothing internal unless `internal_address_co
 answered by the proxy itself (Envoy's default). Request and request-header timeouts are not
 implemented yet and are rejected when set. The stream idle timeout (route `idle_timeout`,
 else `stream_idle_timeout`, 5 min by default) bounds the wait for the upstream's response
-head: 504 "stream timeout".
+head: 504 "stream timeout". `upgrade_configs` enable upgrades by type (websocket, CONNECT, any
+name; custom upgrade filter chains are rejected); the tunnels are proxy/http/tunnel.py's.
 """
 
 from __future__ import annotations
@@ -127,8 +128,6 @@ class HcmConfig:
         for index, upgrade in enumerate(message.upgrade_configs):
             here = f"{path}.upgrade_configs[{index}]"
             reject_unsupported(upgrade, here, ("upgrade_type", "enabled"))
-            if upgrade.upgrade_type.lower() == "connect":
-                raise ConfigError(join(here, "upgrade_type"), "CONNECT is not supported")
             if not upgrade.HasField("enabled") or upgrade.enabled.value:
                 upgrades.add(upgrade.upgrade_type.lower())
         if message.normalize_path.value or message.merge_slashes:

@@ -37,7 +37,7 @@ DEFAULT_ROUTE_TIMEOUT = 15.0
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
-    kind: Literal["prefix", "path", "separated_prefix", "regex"]
+    kind: Literal["prefix", "path", "separated_prefix", "regex", "connect"]   # connect: connect_matcher
     value: str
     case_sensitive: bool = True
     pattern: re.Pattern[str] | None = None
@@ -58,13 +58,15 @@ class RouteMatch:
             if path == value or (path.startswith(value) and path[len(value)] in "/"):
                 return len(value)
             return -1
+        if kind == "connect":   # matches CONNECT requests only (RouteTable.select)
+            return -1
         assert self.pattern is not None
         return len(path) if self.pattern.fullmatch(path) else -1
 
     @classmethod
     def from_proto(cls, message: Message, path: str) -> RouteMatch:
         reject_unsupported(message, path, ("prefix", "path", "safe_regex", "path_separated_prefix",
-                                    "case_sensitive", "headers", "query_parameters"))
+                                    "connect_matcher", "case_sensitive", "headers", "query_parameters"))
         kind = message.WhichOneof("path_specifier")
         case_sensitive = message.case_sensitive.value if message.HasField("case_sensitive") else True
         headers = header_matches(message.headers, join(path, "headers"))
@@ -72,7 +74,11 @@ class RouteMatch:
             QueryParameterMatch.from_proto(query, f"{join(path, 'query_parameters')}[{index}]")
             for index, query in enumerate(message.query_parameters))
         if kind is None:
-            raise ConfigError(path, "one of prefix, path, safe_regex, path_separated_prefix is required")
+            raise ConfigError(path, "one of prefix, path, safe_regex, path_separated_prefix, connect_matcher "
+                                    "is required")
+        if kind == "connect_matcher":
+            reject_unsupported(message.connect_matcher, join(path, "connect_matcher"), ())
+            return cls("connect", "", True, None, headers, query_parameters)
         if kind == "safe_regex":
             pattern = regex_matcher(message.safe_regex, join(path, "safe_regex"))
             if not case_sensitive:
@@ -129,6 +135,7 @@ class ForwardAction:
     hash_policy: tuple[HashPolicy, ...] = ()
     upgrades: frozenset[str] = frozenset()            # enabled on this route
     upgrades_disabled: frozenset[str] = frozenset()   # disabled on this route
+    connect_terminate: bool = False   # CONNECT's connect_config: answer it here, tunnel raw bytes
 
     def pick_cluster(self, random_value: float) -> str:
         if not self.weighted_clusters:
@@ -172,11 +179,15 @@ class ForwardAction:
                 raise ConfigError(join(path, "regex_rewrite"), "cannot be combined with prefix_rewrite")
             regex_rewrite = _regex_rewrite(message.regex_rewrite, join(path, "regex_rewrite"))
         upgrades, disabled = set(), set()
+        connect_terminate = False
         for index, upgrade in enumerate(message.upgrade_configs):
             here = f"{path}.upgrade_configs[{index}]"
-            reject_unsupported(upgrade, here, ("upgrade_type", "enabled"))
-            if upgrade.upgrade_type.lower() == "connect":
-                raise ConfigError(join(here, "upgrade_type"), "CONNECT is not supported")
+            reject_unsupported(upgrade, here, ("upgrade_type", "enabled", "connect_config"))
+            if upgrade.HasField("connect_config"):
+                if upgrade.upgrade_type.lower() != "connect":
+                    raise ConfigError(join(here, "connect_config"), "is only for upgrade_type CONNECT")
+                reject_unsupported(upgrade.connect_config, join(here, "connect_config"), ())
+                connect_terminate = True
             if not upgrade.HasField("enabled") or upgrade.enabled.value:
                 upgrades.add(upgrade.upgrade_type.lower())
             else:
@@ -198,6 +209,7 @@ class ForwardAction:
                               for index, policy in enumerate(message.hash_policy)),
             upgrades=frozenset(upgrades),
             upgrades_disabled=frozenset(disabled),
+            connect_terminate=connect_terminate,
         )
 
     def rewrite_path(self, path: str, query: str, matched: int) -> str | None:

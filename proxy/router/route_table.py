@@ -176,6 +176,8 @@ class RouteTable:
         vhost = self.virtual_host(authority)
         if vhost is None:
             return None
+        if method == "CONNECT":
+            return self._select_connect(vhost, authority, target, headers)
         path, mark, query = target.partition("?")
         query_string = mark + query
         params: dict[str, str] | None = None
@@ -199,6 +201,20 @@ class RouteTable:
                 if not all(param.matches(params) for param in match.query_parameters):
                     continue
             return RouteSelection(route, vhost, path, query_string, matched, deterministic)
+        return None
+
+    @staticmethod
+    def _select_connect(vhost: VirtualHost, authority: str, target: str, headers: Headers) -> RouteSelection | None:
+        """A CONNECT has no path: only connect_matcher routes match it (with their header
+        matchers; its query parameters are none). Not deterministic: the connection manager
+        remembers routes by authority and target, and a CONNECT's target is only an authority."""
+        pseudo = {":method": "CONNECT", ":path": "", ":authority": authority, ":scheme": "http"}
+        for route in vhost.routes:
+            match = route.match
+            if match.kind != "connect" or match.query_parameters:
+                continue
+            if all(header.matches(headers, pseudo) for header in match.headers):
+                return RouteSelection(route, vhost, "", "", 0, deterministic=False)
         return None
 
     def request_mutations(self, selection: RouteSelection) -> tuple[HeaderMutation, ...]:

@@ -21,30 +21,14 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
-from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret as SecretProto
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 from envoy.service.secret.v3.sds_pb2_grpc import SecretDiscoveryServiceStub
 
 from proxy.config_error import ConfigError
-from proxy.tls.secrets import Secret, SecretStore, secret_from_proto
+from proxy.tls.secrets import SECRET, SecretStore, decode_secrets
 from proxy.xds.sotw import SotwState
 
-SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-
 log = logging.getLogger("tulle.proxy.sds")
-
-
-def decode_secrets(response: DiscoveryResponse) -> dict[str, Secret]:
-    """Every secret of a response, or ConfigError naming the first bad one."""
-    secrets: dict[str, Secret] = {}
-    for index, resource in enumerate(response.resources):
-        message = SecretProto()
-        if not resource.Unpack(message):
-            raise ConfigError(f"resources[{index}]", f"is {resource.type_url}, expected Secret")
-        if not message.name:
-            raise ConfigError(f"resources[{index}].name", "must not be empty")
-        secrets[message.name] = secret_from_proto(message, f"Secret {message.name}")
-    return secrets
 
 
 class SdsClient:

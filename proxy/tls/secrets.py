@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret as SecretProto
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf.message import Message
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join
+
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +98,16 @@ class SecretStore:
         if changed:
             self._secrets.update(changed)
             self.version += 1
+
+
+def decode_secrets(response: DiscoveryResponse) -> dict[str, Secret]:
+    """Every secret of a response, or ConfigError naming the first bad one."""
+    secrets: dict[str, Secret] = {}
+    for index, resource in enumerate(response.resources):
+        message = SecretProto()
+        if not resource.Unpack(message):
+            raise ConfigError(f"resources[{index}]", f"is {resource.type_url}, expected Secret")
+        if not message.name:
+            raise ConfigError(f"resources[{index}].name", "must not be empty")
+        secrets[message.name] = secret_from_proto(message, f"Secret {message.name}")
+    return secrets

@@ -25,6 +25,13 @@ class Host:
     weight: int = 1
     locality_priority: int = 0
     active_requests: int = 0
+    # Envoy's per-host counters (admin /clusters): requests with an outcome, split by it
+    # (5xx, resets, timeouts and connect failures are errors), and connections opened
+    rq_total: int = 0
+    rq_success: int = 0
+    rq_error: int = 0
+    cx_total: int = 0
+    cx_connect_fail: int = 0
     health_check_failed: bool = False
     outlier_ejected: bool = False
     eds_health_failed: bool = False  # set from the endpoint's health_status

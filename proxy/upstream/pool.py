@@ -68,6 +68,11 @@ class ConnectionPool:
         self._closed = False
         self.open = 0
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a connection of this host (admin /clusters rq_pending_active)."""
+        return len(self._waiters)
+
     def take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
         while idle:
@@ -108,6 +113,7 @@ class ConnectionPool:
     async def connect(self) -> UpstreamConnection:
         stats = self.stats
         stats.upstream_cx_total += 1
+        self.host.cx_total += 1
         tls = self.tls
         try:
             if tls is None:
@@ -124,10 +130,12 @@ class ConnectionPool:
                     self.connect_timeout)
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
+            self.host.cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
             raise ConnectFailure("connection timeout") from None
         except ssl.SSLError as error:
             stats.upstream_cx_connect_fail += 1
+            self.host.cx_connect_fail += 1
             assert tls is not None
             tls.stats.connection_error += 1
             if isinstance(error, ssl.SSLCertVerificationError):
@@ -135,9 +143,11 @@ class ConnectionPool:
             raise ConnectFailure(f"TLS error: {error.reason}") from None
         except OSError as error:
             stats.upstream_cx_connect_fail += 1
+            self.host.cx_connect_fail += 1
             raise ConnectFailure(f"delayed connect error: {error.errno}") from None
         except SecretNotReady as missing:
             stats.upstream_cx_connect_fail += 1
+            self.host.cx_connect_fail += 1
             raise ConnectFailure(f"TLS secret {missing} not ready") from None
         transport = connection.transport
         assert transport is not None
@@ -145,6 +155,7 @@ class ConnectionPool:
             ssl_object = transport.get_extra_info("ssl_object")
             if not tls.san_verified(ssl_object):
                 stats.upstream_cx_connect_fail += 1
+                self.host.cx_connect_fail += 1
                 connection._owner = _NEVER_POOLED  # the caller releases the breaker slot
                 transport.abort()
                 raise ConnectFailure("TLS error: certificate SAN verification failed")

@@ -114,3 +114,24 @@ def test_filters_with_one_stat_prefix_count_together_as_in_envoy() -> None:
     text = store.render_text()
     assert "http.inbound_0.0.0.0_8080.downstream_rq_total: 7" in text
     assert "http.inbound_0.0.0.0_8080.rbac.denied: 3" in text
+
+
+def test_config_dump_lists_static_clusters_and_listeners_as_envoy_does(state: AdminState) -> None:
+    dump = json.loads(handle(state, "GET", "/config_dump")[2])
+    clusters = next(config for config in dump["configs"] if config["@type"].endswith("ClustersConfigDump"))
+    assert [entry["cluster"]["name"] for entry in clusters["static_clusters"]] == ["a"]
+    assert clusters["static_clusters"][0]["cluster"]["@type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+def test_config_dump_resource_picks_one_section(state: AdminState) -> None:
+    dump = json.loads(handle(state, "GET", "/config_dump?resource=static_clusters")[2])
+    assert [entry["cluster"]["name"] for entry in dump["configs"]] == ["a"]
+
+
+def test_clusters_prints_every_host_field_envoy_prints(state: AdminState) -> None:
+    lines = handle(state, "GET", "/clusters")[2].decode().splitlines()
+    fields = [line.split("::")[2] for line in lines if line.startswith("a::127.0.0.1:8080::")]
+    assert fields == ["cx_active", "cx_connect_fail", "cx_total", "rq_active", "rq_error", "rq_pending_active",
+                      "rq_success", "rq_timeout", "rq_total", "hostname", "health_flags", "weight", "region",
+                      "zone", "sub_zone", "canary", "priority", "success_rate", "local_origin_success_rate"]
+    assert "a::high_priority::max_retries::3" in lines

@@ -1,0 +1,271 @@
+"""HTTP/1.1 CONNECT through tulle-proxy and, as the oracle, the real Envoy with the same
+bootstrap: a terminated CONNECT tunnels raw bytes both ways (the bytes sent with the head
+first, a large transfer whole); a passed-through CONNECT reaches the upstream as it came and
+tunnels after the upstream's 2xx. The statuses of the other cases are envoy-diff scenarios
+(tests/proxy/scenarios/own-connect-*)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from proxy.config_error import ConfigError
+from proxy.http.downstream import DownstreamConnection
+from proxy.http.headers import Headers
+from proxy.http.stream import Stream
+from proxy.http.tunnel import accept_request
+from proxy.router.route_table import RouteTable
+from tests.proxy.running import free_port, running_proxy
+from tests.proxy.test_xds import message
+
+KINDS = ["tulle", "envoy"]
+
+
+class TunnelUpstream:
+    """A TCP server that echoes every byte; with `answer_connect`, it first reads a request
+    head and answers 200 (an HTTP proxy accepting a passed-through CONNECT)."""
+
+    def __init__(self, answer_connect: bool = False) -> None:
+        self.answer_connect = answer_connect
+        self.heads: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with conn:
+            try:
+                pending = b""
+                if self.answer_connect:
+                    while b"\r\n\r\n" not in pending:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        pending += data
+                    head, _, pending = pending.partition(b"\r\n\r\n")
+                    self.heads.append(head)
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if pending:
+                    conn.sendall(pending)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        self._thread.join(1)
+
+
+def bootstrap(port: int, upstream: int, terminate: bool, idle: str = "") -> str:
+    connect_config = ", connect_config: {}" if terminate else ""
+    idle_timeout = f", idle_timeout: {idle}" if idle else ""
+    return f"""
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          upgrade_configs: [{{upgrade_type: CONNECT}}]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ['*']
+              routes:
+              - match: {{connect_matcher: {{}}}}
+                route: {{cluster: tunnel{idle_timeout}, upgrade_configs: [{{upgrade_type: CONNECT{connect_config}}}]}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: tunnel
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: tunnel
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"""
+
+
+@pytest.fixture
+def terminating(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int]:
+    upstream = TunnelUpstream()
+    port = free_port()
+    try:
+        with running_proxy(request.param, bootstrap(port, upstream.port, terminate=True), port, tmp_path):
+            yield port
+    finally:
+        upstream.close()
+
+
+def open_tunnel(port: int, early: bytes = b"") -> tuple[socket.socket, bytes]:
+    """CONNECT (with `early` right after the head); the response head and what followed it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"CONNECT db.internal:5432 HTTP/1.1\r\nhost: db.internal:5432\r\n\r\n" + early)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return sock, head + b"\r\n\r\n" + rest
+
+
+def read_exactly(sock: socket.socket, size: int, already: bytes = b"") -> bytes:
+    data = already
+    while len(data) < size:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("terminating", KINDS, indirect=True)
+def test_a_terminated_connect_tunnels_bytes_both_ways(terminating: int) -> None:
+    sock, response = open_tunnel(terminating, early=b"early;")
+    with sock:
+        head, _, rest = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"content-length" not in head.lower() and b"transfer-encoding" not in head.lower()
+        sock.sendall(b"later")
+        assert read_exactly(sock, len(b"early;later"), rest) == b"early;later"
+
+
+@pytest.mark.parametrize("terminating", KINDS, indirect=True)
+def test_a_large_transfer_crosses_the_tunnel_whole(terminating: int) -> None:
+    payload = bytes(range(256)) * 8192   # 2 MiB, more than any socket buffer
+    sock, response = open_tunnel(terminating)
+    with sock:
+        rest = response.partition(b"\r\n\r\n")[2]
+        sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
+        sender.start()
+        assert read_exactly(sock, len(payload), rest) == payload
+        sender.join(5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_passed_through_connect_reaches_the_upstream_and_tunnels_after_its_2xx(kind: str, tmp_path: Path) -> None:
+    upstream = TunnelUpstream(answer_connect=True)
+    port = free_port()
+    try:
+        with running_proxy(kind, bootstrap(port, upstream.port, terminate=False), port, tmp_path):
+            sock, response = open_tunnel(port)
+            with sock:
+                head, _, rest = response.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")   # the proxy's own reason phrase
+                sock.sendall(b"ping")
+                assert read_exactly(sock, 4, rest) == b"ping"
+            assert upstream.heads[0].startswith(b"CONNECT db.internal:5432 HTTP/1.1\r\n")
+            assert b"host: db.internal:5432" in upstream.heads[0].lower()
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tunnel_idle_for_the_routes_idle_timeout_is_closed(kind: str, tmp_path: Path) -> None:
+    upstream = TunnelUpstream()
+    port = free_port()
+    try:
+        with running_proxy(kind, bootstrap(port, upstream.port, terminate=True, idle="0.4s"), port, tmp_path):
+            sock, _ = open_tunnel(port)
+            with sock:
+                for _ in range(3):   # traffic keeps it open past the timeout
+                    time.sleep(0.2)
+                    sock.sendall(b"x")
+                    assert read_exactly(sock, 1) == b"x"
+                quiet_since = time.monotonic()
+                sock.settimeout(5)
+                assert sock.recv(1) == b""
+                # Envoy closes after its 1 s delayed-close on top of the timeout
+                assert 0.35 < time.monotonic() - quiet_since < 2.5
+    finally:
+        upstream.close()
+
+
+class _Addresses:
+    """What a Stream reads of its connection when it is made (its two addresses)."""
+
+    peer = ("203.0.113.7", 40000)
+    local = ("10.0.0.2", 15001)
+
+
+def connect_stream(method: str, target: str, version: str, headers: Headers, keep_alive: bool,
+            upgrade: bool) -> Stream:
+    return Stream(cast(DownstreamConnection, _Addresses()), method, target, version, headers, keep_alive, upgrade)
+
+
+@pytest.mark.parametrize("target", ["db.internal:5432", "10.0.0.1:443", "[fd00::1]:443"])
+def test_a_connect_target_is_an_authority_with_a_port(target: str) -> None:
+    request = connect_stream("CONNECT", target, "1.1", Headers([("host", "other")]), True, True)
+    assert accept_request(request)
+    assert request.headers.get("host") == target
+    assert not request.keep_alive
+
+
+@pytest.mark.parametrize("target", ["db.internal", "/", "http://db.internal:5432/", "db.internal:port"])
+def test_a_connect_target_without_host_and_port_is_refused(target: str) -> None:
+    assert not accept_request(connect_stream("CONNECT", target, "1.1", Headers([]), True, True))
+
+
+def test_a_connect_with_a_body_is_refused() -> None:
+    request = connect_stream("CONNECT", "db.internal:5432", "1.1", Headers([("content-length", "3")]), True, True)
+    request.has_body = True
+    assert not accept_request(request)
+
+
+def route_table(route: str) -> RouteTable:
+    from envoy.config.route.v3.route_pb2 import RouteConfiguration
+
+    return RouteTable.from_proto(message(RouteConfiguration, f"""
+name: local
+virtual_hosts: [{{name: all, domains: ['*'], routes: [{route}]}}]
+"""), "route_config")
+
+
+def test_connect_matcher_matches_only_connect_requests() -> None:
+    table = route_table("{match: {connect_matcher: {}}, route: {cluster: tunnel}}")
+    assert table.select("CONNECT", "db.internal:5432", "db.internal:5432", Headers([])) is not None
+    assert table.select("GET", "db.internal:5432", "/", Headers([])) is None
+
+
+def test_path_routes_never_match_a_connect() -> None:
+    table = route_table("{match: {prefix: ''}, route: {cluster: web}}")
+    assert table.select("CONNECT", "db.internal:5432", "db.internal:5432", Headers([])) is None
+
+
+def test_connect_config_belongs_to_connect_upgrades_only() -> None:
+    with pytest.raises(ConfigError, match=r"upgrade_configs\[0\]\.connect_config"):
+        route_table("{match: {prefix: /}, route: {cluster: web, upgrade_configs: "
+                    "[{upgrade_type: websocket, connect_config: {}}]}}")
+
+
+def test_connect_config_options_are_rejected_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"connect_config\.allow_post"):
+        route_table("{match: {connect_matcher: {}}, route: {cluster: web, upgrade_configs: "
+                    "[{upgrade_type: CONNECT, connect_config: {allow_post: true}}]}}")

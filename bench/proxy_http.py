@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/proxy_http.py [--rounds 3] [--duration 5] [--connections 50]
     .venv/bin/python bench/proxy_http.py --calls 20000
+    .venv/bin/python bench/proxy_http.py --python 20000
 
 The proxy is pinned to one core (--proxy-cpu), wrk and nginx (`return 200`, one worker) to
 the other (--load-cpu); runs alternate Envoy, tulle, Envoy, tulle... in one sitting. For each
@@ -16,11 +17,19 @@ ratios (the machine is shared, so only ratios mean much).
 does not blur: tulle-proxy runs under cProfile (switched on by SIGUSR1 after a warm-up, off
 by SIGUSR2), h2load sends exactly N requests, and the profiled calls (Python functions and
 built-ins, as cProfile counts them) are divided by N; the functions called most follow.
+
+`--python N` measures the Python side alone: the bootstrap's connection manager in this
+process, a downstream and an upstream connection on in-memory transports (no kernel, no
+event-loop I/O), N requests of wrk's shape answered by nginx's response bytes; the thread's
+CPU time per request, best of 7 runs. Beside it, the same parse-and-forward with nothing
+else (httptools callbacks, a header list, one join each way): the floor any feature adds to.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import os
 import pstats
 import shutil
@@ -91,9 +100,14 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000, help="fixed rate for the latency run")
     parser.add_argument("--calls", type=int, default=0, metavar="N",
                         help="count tulle-proxy's function calls over N requests instead")
+    parser.add_argument("--python", type=int, default=0, metavar="N",
+                        help="time the Python side of N requests in this process instead")
     args = parser.parse_args()
     if args.calls:
         count_calls(args)
+        return
+    if args.python:
+        python_cost(args.python)
         return
     directory = workdir()
     results: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
@@ -197,6 +211,163 @@ def report_calls(profile: Path, requests: int, load_output: str) -> None:
     for (filename, line, name), (_, calls, *_rest) in rows[:80]:
         where = f"{Path(filename).name}:{line}" if line else filename
         print(f"{calls / requests:9.2f}  {name} ({where})")
+
+
+# What wrk sends, and what nginx (`return 200 "ok"`) answers.
+WRK_REQUEST = b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:10000\r\n\r\n"
+NGINX_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 18:00:00 GMT\r\n"
+                  b"Content-Type: application/octet-stream\r\nContent-Length: 2\r\n"
+                  b"Connection: keep-alive\r\n\r\nok")
+
+
+class MemoryTransport:
+    """A transport that keeps what is written (cleared between runs)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 10000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def python_cost(requests: int) -> None:
+    import uvloop
+
+    uvloop.install()
+    tulle = asyncio.run(_tulle_python_cost(requests))
+    floor = _floor_python_cost(requests)
+    print(f"Python CPU per request: tulle-proxy {tulle:.2f} us, bare parse-and-forward {floor:.2f} us")
+
+
+def _best_of(runs: int, requests: int, one: object, clear: object) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        gc.collect()
+        start = time.thread_time()
+        for _ in range(requests):
+            one()   # type: ignore[operator]
+        best = min(best, (time.thread_time() - start) / requests * 1e6)
+        clear()   # type: ignore[operator]
+    return best
+
+
+async def _tulle_python_cost(requests: int) -> float:
+    from proxy.bootstrap import load_bootstrap
+    from proxy.http.client import UpstreamConnection
+    from proxy.http.downstream import DownstreamConnection
+    from proxy.server import ProxyServer
+
+    directory = workdir()
+    try:
+        config = directory / "tulle.yaml"
+        config.write_text(BOOTSTRAP.format(admin=0, listener=0, upstream=free_port()))
+        server = ProxyServer(load_bootstrap(str(config)))
+        await server.start()
+        try:
+            cluster = server.clusters["nginx"]
+            host = cluster.balancer.choose(None)
+            assert host is not None
+            pool = cluster.pool(host)
+            upstream = UpstreamConnection(pool)
+            upstream_transport = MemoryTransport()
+            upstream.connection_made(upstream_transport)   # type: ignore[arg-type]
+            pool.release(upstream)   # idle in the pool, as after a first exchange
+            downstream = DownstreamConnection(server.managers[0])
+            downstream_transport = MemoryTransport()
+            downstream.connection_made(downstream_transport)   # type: ignore[arg-type]
+
+            def one() -> None:
+                downstream.data_received(WRK_REQUEST)
+                upstream.data_received(NGINX_RESPONSE)
+
+            def clear() -> None:
+                assert downstream_transport.written[-1].startswith(b"HTTP/1.1 200 OK"), "no response"
+                downstream_transport.written.clear()
+                upstream_transport.written.clear()
+
+            return _best_of(7, requests, one, clear)
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _floor_python_cost(requests: int) -> float:
+    import httptools
+
+    class Upstream:
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+            self.transport = MemoryTransport()
+            self.headers: list[tuple[bytes, bytes]] = []
+            self.body: list[bytes] = []
+            self.downstream: MemoryTransport = MemoryTransport()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append((name.lower(), value))
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            parts = [b"HTTP/1.1 200 OK\r\n"]
+            for name, value in self.headers:
+                if name != b"connection":
+                    parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            parts += self.body
+            self.headers, self.body = [], []
+            self.downstream.write(b"".join(parts))
+
+    class Downstream:
+        def __init__(self, upstream: Upstream) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.upstream = upstream
+            self.url = b""
+            self.headers: list[tuple[str, str]] = []
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+        def on_message_complete(self) -> None:
+            lines = "".join([f"{name}: {value}\r\n" for name, value in self.headers])
+            self.upstream.transport.write(b"GET " + self.url + b" HTTP/1.1\r\n" + lines.encode("latin-1")
+                                          + b"\r\n")
+            self.url, self.headers = b"", []
+
+    upstream = Upstream()
+    downstream = Downstream(upstream)
+
+    def one() -> None:
+        downstream.parser.feed_data(WRK_REQUEST)
+        upstream.parser.feed_data(NGINX_RESPONSE)
+
+    def clear() -> None:
+        upstream.transport.written.clear()
+        upstream.downstream.written.clear()
+
+    return _best_of(7, requests, one, clear)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Theory of operation, per request (`serve`, synchronous up to the router's first 
 2. routing (proxy/router/route_table.py) and the route's plan (proxy/http/route_plan.py):
    no route → 404 with an empty body; direct responses and redirects are answered here;
    an upgrade (WebSocket) becomes a tunnel; everything else goes to the router
-   (proxy/http/router.py), which attempts it upstream;
+   (proxy/http/router.py), which attempts it upstream. A selection no header matcher
+   decided holds for every request with the same authority and target, so it is kept with
+   its plan for them (at most _ROUTE_CACHE_LIMIT, dropped when the route table is replaced);
 3. the response head the router got gets Envoy's headers here (`commit_head`,
    `commit_raw_head`: x-envoy-upstream-service-time, server, date, the route's response
    mutations, framing); local replies are written here too (`reply`).

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs
 
 from google.protobuf import json_format
@@ -165,8 +166,13 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
     return 200, TEXT, ("\n".join(lines) + "\n").encode()
 
 
+def _as_json(message: Message) -> dict[str, Any]:
+    """Envoy's admin pages name fields as the protos do (snake_case), not proto3 JSON's camelCase."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
 def _typed(message: Message) -> dict[str, object]:
-    return {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name, **json_format.MessageToDict(message)}
+    return {"@type": "type.googleapis.com/" + message.DESCRIPTOR.full_name, **_as_json(message)}
 
 
 def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
@@ -180,9 +186,9 @@ def _config_dump(state: AdminState, params: dict[str, str]) -> Reply:
     def entries(kind: str, key: str) -> list[dict[str, object]]:
         return [{key: _typed(message)} for _, message in sorted(dynamic.get(kind, {}).items())]
 
-    dump = {"configs": [
+    dump: dict[str, list[dict[str, Any]]] = {"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-         "bootstrap": json_format.MessageToDict(bootstrap) if bootstrap is not None else {}},
+         "bootstrap": _as_json(bootstrap) if bootstrap is not None else {}},
         {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
          "static_clusters": [{"cluster": _typed(cluster)} for cluster in (static.clusters if static else ())],
          "dynamic_active_clusters": entries("clusters", "cluster")},

@@ -245,7 +245,7 @@ def test_retries_turn_a_failing_endpoints_503s_into_answers(lab: Lab, shop: Shop
     apply(lab, _virtual_service(shop, host, [{"route": [{"destination": {"host": host}}],
                                               "retries": {"attempts": 3, "retryOn": "5xx"}}]))
     try:
-        eventually(lambda: _config_has(lab, shop.client, '"retryOn": "5xx"'), "the client has the retry policy")
+        eventually(lambda: _config_has(lab, shop.client, '"retry_on": "5xx"'), "the client has the retry policy")
         _make_flaky_bad_fail(lab, shop)
         retries = client_stat(lab, shop, f"cluster.outbound|8080||{host}.upstream_rq_retry")
         tried_bad = inbound_requests(lab, shop.flaky_bad)
@@ -266,7 +266,7 @@ def test_outlier_detection_ejects_a_failing_endpoint_and_it_gets_no_more_request
           _virtual_service(shop, host, [{"route": [{"destination": {"host": host}}],
                                          "retries": {"attempts": 3, "retryOn": "5xx"}}]))
     try:
-        eventually(lambda: _config_has(lab, shop.client, '"outlierDetection"'), "the client has outlier detection")
+        eventually(lambda: _config_has(lab, shop.client, '"outlier_detection"'), "the client has outlier detection")
         _make_flaky_bad_fail(lab, shop)
         first = get(lab, shop.client, shop.url("flaky-eject"), 30)
         ejected = stats(lab, shop.client, re.escape(f"{cluster}.outlier_detection."))

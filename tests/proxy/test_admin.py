@@ -74,7 +74,7 @@ def test_clusters_lists_hosts_and_thresholds(state: AdminState) -> None:
 
 def test_config_dump_and_server_info_are_json(state: AdminState) -> None:
     dump = json.loads(handle(state, "GET", "/config_dump")[2])
-    assert dump["configs"][0]["bootstrap"]["staticResources"]["clusters"][0]["name"] == "a"
+    assert dump["configs"][0]["bootstrap"]["static_resources"]["clusters"][0]["name"] == "a"
     info = json.loads(handle(state, "GET", "/server_info")[2])
     assert info["state"] == "LIVE"
 

@@ -49,13 +49,17 @@ def may_get(caller: Caller, kind: str, namespace: str, name: str, stored: Mappin
     An agent gets the same refusal for an object it may not read and for one that does not
     exist, so it cannot learn which of another node's objects exist (Kubernetes' node
     authorizer: "no relationship found between node and this object" for both). Only its
-    own Node is decided by name alone, so it may read it before registering (NOT_FOUND)."""
+    own Node is decided by name alone, so it may read it before registering (NOT_FOUND).
+    Namespaces are no secret to an agent (ADS sends it all of them, for namespaceSelectors);
+    it reads one when a pod's arrives before that Namespace's update (injection labels)."""
     if caller.role in UNRESTRICTED:
         return None
     ref = f"{namespace}/{name}" if namespace else name
     if caller.role is not Role.AGENT:
         return f"client {caller} may not read {kind} {ref}"
     if kind == "Node" and name == caller.name:
+        return None
+    if kind == "Namespace":   # every agent receives every Namespace over ADS (policy selectors)
         return None
     if kind == "Pod" and stored is not None and _node_of(stored) in ("", caller.name):
         return None

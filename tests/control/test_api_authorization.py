@@ -57,6 +57,11 @@ def test_an_agent_reads_its_own_node_and_pods_not_bound_elsewhere() -> None:
     assert may_get(AGENT, "NetworkPolicy", "shop", "x", {"metadata": {"name": "x"}}) is not None
 
 
+def test_an_agent_reads_namespaces_as_it_receives_them_all_over_ads() -> None:
+    assert may_get(AGENT, "Namespace", "", "shop", {"kind": "Namespace", "metadata": {"name": "shop"}}) is None
+    assert may_get(AGENT, "Namespace", "", "absent", None) is None   # the service then says NOT_FOUND
+
+
 def test_an_agent_may_look_for_its_own_node_before_registering_it() -> None:
     assert may_get(AGENT, "Node", "", "node-a", None) is None  # the service then says NOT_FOUND
 

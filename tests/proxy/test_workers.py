@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,13 @@ from tests.proxy.running import TULLE, RecordingUpstream, bootstrap, exchange, f
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(line) for line in out.stdout.split()]
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets listening on this TCP port (each worker's SO_REUSEPORT socket is one)."""
+    suffix = f":{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if (fields := row.split())[1].endswith(suffix) and fields[3] == "0A")
 
 
 def test_concurrency_runs_n_workers_that_all_serve_and_stop_together(tmp_path: Path) -> None:
@@ -28,13 +34,9 @@ def test_concurrency_runs_n_workers_that_all_serve_and_stop_together(tmp_path: P
             time.sleep(0.05)
         workers = children(process.pid)
         assert len(workers) == 3
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        time.sleep(0.2)   # every worker has bound by now
+        while listening_sockets(port) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listening_sockets(port) == 3   # every worker has bound its own socket
         responses = [exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
                      for _ in range(30)]
         assert all(response.startswith(b"HTTP/1.1 200 ") for response in responses), responses

@@ -21,11 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.router.header_mutation import (
-    APPEND_IF_EXISTS_OR_ADD,
-    OVERWRITE_IF_EXISTS_OR_ADD,
-    HeaderMutation,
-)
+from proxy.router.header_mutation import HeaderMutation, static_rules
 
 EXPECTED_TIMEOUT = "x-envoy-expected-rq-timeout-ms"
 ATTEMPT_COUNT = "x-envoy-attempt-count"
@@ -46,32 +42,10 @@ def compile_request_plan(mutations: tuple[HeaderMutation, ...], expected_timeout
     """The plan for a route's request mutations (in application order) and a first
     attempt's x-envoy-expected-rq-timeout-ms (None: not sent) and x-envoy-attempt-count;
     None when the rules are not static (see the module's rules)."""
-    drop: set[str] = set()
-    lines: list[tuple[str, str]] = []
-    touched: set[str] = set()
-    for level in mutations:
-        for name in level.remove:
-            if _owned(name) or name in touched:
-                return None
-            touched.add(name)
-            drop.add(name)
-        level_names: set[str] = set()
-        for addition in level.add:
-            name = addition.name
-            if _owned(name) or name in touched or not all(isinstance(part, str) for part in addition.parts):
-                return None
-            value = "".join(addition.parts)   # type: ignore[arg-type]
-            level_names.add(name)
-            if not value and not addition.keep_empty_value:
-                continue
-            if addition.action == OVERWRITE_IF_EXISTS_OR_ADD:
-                if sum(1 for other in level.add if other.name == name) > 1:
-                    return None   # a second overwrite in the level would drop the first
-                drop.add(name)
-            elif addition.action != APPEND_IF_EXISTS_OR_ADD:
-                return None
-            lines.append((name, value))
-        touched |= level_names
+    rules = static_rules(mutations, _owned)
+    if rules is None:
+        return None
+    drop, lines = rules
     if expected_timeout is not None:
         drop.add(EXPECTED_TIMEOUT)
         lines.append((EXPECTED_TIMEOUT, expected_timeout))

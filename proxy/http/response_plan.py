@@ -21,11 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.http.hcm_config import HcmConfig
-from proxy.router.header_mutation import (
-    APPEND_IF_EXISTS_OR_ADD,
-    OVERWRITE_IF_EXISTS_OR_ADD,
-    HeaderMutation,
-)
+from proxy.router.header_mutation import HeaderMutation, static_rules
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade"))
@@ -66,32 +62,11 @@ def compile_response_plan(config: HcmConfig, mutations: tuple[HeaderMutation, ..
     virtual host's include_attempt_count_in_response, for a first attempt."""
     if config.always_set_request_id_in_response or config.server_header == "APPEND_IF_ABSENT":
         return None
-    drop = set(HOP_BY_HOP)
-    lines: list[bytes] = []
-    touched: set[str] = set()
-    for level in mutations:
-        for name in level.remove:
-            if name in _OWNED or name in touched:
-                return None
-            touched.add(name)
-            drop.add(name.encode("latin-1"))
-        level_names: set[str] = set()
-        for addition in level.add:
-            name = addition.name
-            if name in _OWNED or name in touched or not all(isinstance(part, str) for part in addition.parts):
-                return None
-            value = "".join(addition.parts)   # type: ignore[arg-type]
-            level_names.add(name)
-            if not value and not addition.keep_empty_value:
-                continue
-            if addition.action == OVERWRITE_IF_EXISTS_OR_ADD:
-                if sum(1 for other in level.add if other.name == name) > 1:
-                    return None   # a second overwrite in the level would drop the first
-                drop.add(name.encode("latin-1"))
-            elif addition.action != APPEND_IF_EXISTS_OR_ADD:
-                return None
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        touched |= level_names
+    rules = static_rules(mutations, _OWNED.__contains__)
+    if rules is None:
+        return None
+    drop = set(HOP_BY_HOP) | {name.encode("latin-1") for name in rules[0]}
+    lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in rules[1]]
     if not config.suppress_envoy_headers:
         drop.add(SERVICE_TIME)
     if attempt_count:

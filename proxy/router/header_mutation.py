@@ -198,3 +198,39 @@ def header_mutation(adds: Sequence[Message], removes: Sequence[str], path: str,
             raise ConfigError(f"{join(path, remove_field)}[{index}]",
                               "pseudo-headers and host cannot be removed")
     return HeaderMutation(remove=removals, add=header_additions(adds, join(path, add_field)))
+
+
+def static_rules(mutations: Sequence[HeaderMutation], owned: Callable[[str], bool]
+                 ) -> tuple[set[str], list[tuple[str, str]]] | None:
+    """Rules (levels in application order) as "drop these names, then append these lines",
+    when that is what applying them does (the lines' order aside: an overwritten header
+    moves to the end); None otherwise. That holds when every addition is a literal that
+    appends or overwrites-or-adds, no name is touched twice across levels or overwritten
+    twice in one, and no rule touches a name `owned` says the caller sets itself."""
+    drop: set[str] = set()
+    lines: list[tuple[str, str]] = []
+    touched: set[str] = set()
+    for level in mutations:
+        for name in level.remove:
+            if owned(name) or name in touched:
+                return None
+            touched.add(name)
+            drop.add(name)
+        level_names: set[str] = set()
+        for addition in level.add:
+            name = addition.name
+            if owned(name) or name in touched or not all(isinstance(part, str) for part in addition.parts):
+                return None
+            value = "".join(addition.parts)   # type: ignore[arg-type]
+            level_names.add(name)
+            if not value and not addition.keep_empty_value:
+                continue
+            if addition.action == OVERWRITE_IF_EXISTS_OR_ADD:
+                if sum(1 for other in level.add if other.name == name) > 1:
+                    return None   # a second overwrite in the level would drop the first
+                drop.add(name)
+            elif addition.action != APPEND_IF_EXISTS_OR_ADD:
+                return None
+            lines.append((name, value))
+        touched |= level_names
+    return drop, lines

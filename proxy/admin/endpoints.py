@@ -71,7 +71,7 @@ def host_rows(clusters: dict[str, Cluster]) -> list[HostRow]:
                 "cx_active": pool.open if pool else 0, "cx_connect_fail": host.cx_connect_fail,
                 "cx_total": host.cx_total, "rq_active": host.active_requests, "rq_error": host.rq_error,
                 "rq_pending_active": pool.pending if pool else 0, "rq_success": host.rq_success,
-                "rq_timeout": 0,   # not told apart from other errors yet
+                "rq_timeout": host.rq_timeout,
                 "rq_total": host.rq_total,
                 "hostname": cluster.hostnames.get(host, ""), "health_flags": host.health_flags(),
                 "weight": host.weight, "region": "", "zone": "", "sub_zone": "", "canary": "false",

@@ -301,10 +301,12 @@ class Router:
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
+                host.rq_timeout += 1
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             if outcome == PER_TRY_TIMEOUT:
                 cstats.upstream_rq_per_try_timeout += 1
+                host.rq_timeout += 1
             last_failure = outcome
             if (retry is not None and retry.decide(outcome) and not stream.body.overflowed
                     and await self._retry_allowed(stream, cluster, retry, stream.deadline)):

@@ -30,6 +30,7 @@ class Host:
     rq_total: int = 0
     rq_success: int = 0
     rq_error: int = 0
+    rq_timeout: int = 0   # of the errors, route and per-try timeouts (Envoy counts both)
     cx_total: int = 0
     cx_connect_fail: int = 0
     health_check_failed: bool = False

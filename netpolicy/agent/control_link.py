@@ -119,7 +119,9 @@ class ConfigApi:
                     old, self._generation = self.channel, tls.generation
                     self.channel = open_channel(self.address, tls)
                     self._stub = config_pb2_grpc.ConfigStub(self.channel)
-                    threading.Timer(self.timeout, old.close).start()
+                    closer = threading.Timer(self.timeout, old.close)
+                    closer.daemon = True
+                    closer.start()
         return self._stub
 
     def close(self) -> None:

@@ -112,6 +112,7 @@ class CertificateAuthorityClient:
         self._tls = tls if not target.startswith("unix:") else None
         self._generation = -1
         self._channel: grpc.aio.Channel | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._stub = self._current_stub()
 
     def _current_stub(self) -> ca_pb2_grpc.CertificateServiceStub:
@@ -127,8 +128,10 @@ class CertificateAuthorityClient:
             self._channel = grpc.aio.secure_channel(self._target, tls.credentials(),
                                                     options=[("grpc.ssl_target_name_override", CONTROL_SERVER_NAME)])
         self._stub = ca_pb2_grpc.CertificateServiceStub(self._channel)
-        if old is not None:
-            asyncio.get_running_loop().create_task(old.close(grace=10))
+        if old is not None:   # calls in flight on it may finish
+            closing = asyncio.get_running_loop().create_task(old.close(grace=10))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         return self._stub
 
     async def sign(self, pod: PodRef, csr_pem: str, ttl_seconds: int = 0) -> Issued:

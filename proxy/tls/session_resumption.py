@@ -80,11 +80,17 @@ def remember(ssl_object: ssl.SSLObject | None) -> None:
     if ssl_object is None:
         return
     pool: deque[ssl.SSLSession] | None = getattr(ssl_object.context, _POOL, None)
-    session = ssl_object.session
-    if pool is None or session is None:
+    if pool is None:
+        return
+    offered = getattr(ssl_object, "_offered", None)
+    if offered is not None and ssl_object.session_reused and ssl_object.version() == "TLSv1.2":
+        pool.append(offered)   # the same session id again (reading it back would copy it)
+        return
+    session = ssl_object.session   # a copy (CPython re-decodes it, certificate and all)
+    if session is None:
         return
     reusable = ssl_object.version() == "TLSv1.2"
-    if reusable or (session.has_ticket and session != getattr(ssl_object, "_offered", None)):
+    if reusable or (session.has_ticket and session != offered):
         pool.append(session)
 
 

@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 
 from control.ca.authority import CertificateAuthority
-from control.ca.service import CertificateService
+from control.ca.service import CertificateService, Refused, sign_agent
+from control.ca.spiffe import agent_identity
 from proto.tulle.security.v1 import ca_pb2, ca_pb2_grpc
 from tests.ca.test_authority import NOW, csr_for
 
@@ -62,3 +63,36 @@ def test_a_csr_for_another_namespaces_identity_is_refused(client: ca_pb2_grpc.Ce
         client.CreateCertificate(request(csr=csr_for("spiffe://cluster.local/ns/payments/sa/api").decode()))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "may only have spiffe://cluster.local/ns/shop/sa/frontend" in (error.value.details() or "")
+
+
+def agent_request(node: str = "node-1", **fields: object) -> ca_pb2.CertificateRequest:
+    return ca_pb2.CertificateRequest(csr=csr_for().decode(), node=node, node_agent=True, **fields)  # type: ignore[arg-type]
+
+
+def agent_certificate(ca: CertificateAuthority, node: str, ttl: dt.timedelta) -> x509.Certificate:
+    return ca.issue(csr_for(), agent_identity(ca.trust_domain, node), NOW, ttl).certificate
+
+
+def test_an_agent_renews_its_own_certificate_for_the_lifetime_it_was_issued(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local", NOW)
+    later = NOW + dt.timedelta(minutes=5)
+    response = sign_agent(ca, agent_request(), later, "node-1", agent_certificate(ca, "node-1", dt.timedelta(hours=2)))
+    leaf = x509.load_pem_x509_certificate(response.cert_chain[0].encode())
+    assert response.identity == "spiffe://cluster.local/ns/tulle-system/sa/tulle-agent.node-1"
+    assert leaf.not_valid_after_utc == later + dt.timedelta(hours=2)
+
+
+@pytest.mark.parametrize("proven", [None, "", "node-2"])
+def test_only_a_channel_proving_the_agent_of_that_node_renews_its_certificate(tmp_path: Path, proven: str | None) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local", NOW)
+    with pytest.raises(Refused) as refused:
+        sign_agent(ca, agent_request(), NOW, proven, agent_certificate(ca, "node-1", dt.timedelta(hours=1)))
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_agent_renewal_names_no_pod(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local", NOW)
+    with pytest.raises(Refused) as refused:
+        sign_agent(ca, agent_request(pod_namespace="shop", pod_name="web-1"), NOW, "node-1",
+                   agent_certificate(ca, "node-1", dt.timedelta(hours=1)))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT

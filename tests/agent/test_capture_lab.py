@@ -101,11 +101,14 @@ def test_traffic_annotations_shape_the_capture(lab: Lab, ns: str) -> None:
 
 
 def test_a_malformed_traffic_annotation_fails_the_add_naming_it_and_leaves_nothing(lab: Lab, ns: str) -> None:
-    netns_before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    def lab_netns() -> set[str]:   # this lab's only: other labs may come and go meanwhile
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        return {name for name in names if name.startswith(f"tl-{lab.name}.")}
+
+    netns_before = lab_netns()
     with pytest.raises(LabError, match=r"traffic\.tulle\.io/excludeOutboundPorts: 'http' is not a port"):
         lab.add_pod(ns, "bad", annotations={**INJECT, "traffic.tulle.io/excludeOutboundPorts": "80,http"})
-    netns_after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    assert netns_after <= netns_before
+    assert lab_netns() <= netns_before
     node = lab.nodes()[0]
     attachments = call(str(lab.dir / node.name / "agent.sock"), {"op": "attachments"}, timeout=5)["attachments"]
     assert not any(a["podName"] == "bad" and a["podNamespace"] == ns for a in attachments), json.dumps(attachments)

@@ -133,6 +133,9 @@ class ListenerConfig:
     tls_inspector: bool = False
     use_original_dst: bool = False
     bind_to_port: bool = True
+    # per_connection_buffer_limit_bytes: a connection's unsent bytes before its peer stops
+    # being read (None: the default of each filter)
+    buffer_limit: int | None = None
     filters_timeout: float = 15.0
     continue_on_filters_timeout: bool = False
 
@@ -142,7 +145,8 @@ class ListenerConfig:
                                            "traffic_direction", "default_filter_chain", "listener_filters",
                                            "listener_filters_timeout", "continue_on_listener_filters_timeout",
                                            "use_original_dst", "bind_to_port",
-                                           "enable_reuse_port", "metadata"))
+                                           "enable_reuse_port", "metadata",
+                                           "per_connection_buffer_limit_bytes"))
         address = SocketAddress.from_proto(message.address, join(path, "address"))
         chains = tuple(FilterChainConfig.from_proto(chain, f"{path}.filter_chains[{index}]")
                        for index, chain in enumerate(message.filter_chains))
@@ -177,6 +181,8 @@ class ListenerConfig:
                    original_dst=ORIGINAL_DST_TYPE in kinds, tls_inspector=TLS_INSPECTOR_TYPE in kinds,
                    use_original_dst=message.use_original_dst.value,
                    bind_to_port=message.bind_to_port.value if message.HasField("bind_to_port") else True,
+                   buffer_limit=(message.per_connection_buffer_limit_bytes.value or None
+                                 if message.HasField("per_connection_buffer_limit_bytes") else None),
                    filters_timeout=timeout,
                    continue_on_filters_timeout=message.continue_on_listener_filters_timeout)
 

@@ -185,7 +185,8 @@ class ProxyServer:
     async def _start_listener(self, listener: ListenerConfig, proto: ListenerProto | None = None) -> None:
         loop = asyncio.get_running_loop()
         managers: list[HttpConnectionManager] = []
-        chains = [await self._chain_runtime(chain, managers) for chain in listener.all_chains()]
+        chains = [await self._chain_runtime(chain, managers, listener.buffer_limit)
+                  for chain in listener.all_chains()]
         default = chains.pop() if listener.default_chain is not None else None
         address = listener.address
         server: asyncio.AbstractServer | Dispatcher
@@ -209,7 +210,8 @@ class ProxyServer:
         log.info("listener %s on %s:%s%s", listener.name, address.address, address.port,
                  "" if listener.bind_to_port else " (not bound)")
 
-    async def _chain_runtime(self, chain: FilterChainConfig, managers: list[HttpConnectionManager]) -> ChainRuntime:
+    async def _chain_runtime(self, chain: FilterChainConfig, managers: list[HttpConnectionManager],
+                             buffer_limit: int | None) -> ChainRuntime:
         tls = None
         if chain.tls is not None:
             await self._secrets_ready(chain.tls.sds_sources())
@@ -229,10 +231,11 @@ class ProxyServer:
             def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
                 connection = DownstreamConnection(manager)
                 connection.destination = destination
+                connection.buffer_limit = buffer_limit
                 return connection
             return ChainRuntime(chain, http, tls)
         assert chain.tcp is not None
-        tcp = TcpProxyFilter(chain.tcp, self.clusters, self.rng, chain.rbac)
+        tcp = TcpProxyFilter(chain.tcp, self.clusters, self.rng, chain.rbac, buffer_limit)
         tcp.stats = self.stats.share("tcp", chain.tcp.stat_prefix, tcp.stats, tcp.extra_stats)
         return ChainRuntime(chain, tcp.protocol, tls)
 

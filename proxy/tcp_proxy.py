@@ -106,8 +106,9 @@ class TcpProxyFilter:
     """The per-listener part: config, clusters and stats; makes one protocol per connection."""
 
     def __init__(self, config: TcpProxyConfig, clusters: dict[str, Cluster], rng: random.Random,
-                 rbac: tuple[RbacConfig, ...] = ()) -> None:
+                 rbac: tuple[RbacConfig, ...] = (), buffer_limit: int | None = None) -> None:
         self.config = config
+        self.buffer_limit = buffer_limit or BUFFER_LIMIT   # the listener's, for the client side
         self.clusters = clusters
         self.rng = rng
         self.stats = TcpProxyStats()
@@ -329,8 +330,10 @@ class DownstreamTcp(_Side):
         up_socket = upstream.transport.get_extra_info("socket")
         if up_socket is not None:
             up_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for side in (self, upstream):   # Envoy's per_connection_buffer_limit_bytes default
-            side.transport.set_write_buffer_limits(high=BUFFER_LIMIT)  # type: ignore[union-attr]
+        # per_connection_buffer_limit_bytes: the listener's for the client, the cluster's upstream
+        self.transport.set_write_buffer_limits(high=self.owner.buffer_limit)
+        upstream.transport.set_write_buffer_limits(
+            high=cluster.config.buffer_limit or BUFFER_LIMIT)
         self.spliceable = (splice_pump.AVAILABLE and up_socket is not None
                            and self.transport.get_extra_info("socket") is not None
                            and self.transport.get_extra_info("ssl_object") is None

@@ -40,6 +40,8 @@ class ResponseSink(Protocol):
 
 
 class ConnectionOwner(Protocol):
+    buffer_limit: int | None   # unsent bytes before the connection pauses its writer (None: uvloop's)
+
     def connection_closed(self, connection: UpstreamConnection) -> None: ...
 
 
@@ -73,6 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._owner.buffer_limit:
+            transport.set_write_buffer_limits(high=self._owner.buffer_limit)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:

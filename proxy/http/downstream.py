@@ -43,6 +43,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.local: tuple[str, int] = ("", 0)
         # set by the listener before connection_made: the original destination (SO_ORIGINAL_DST)
         self.destination: tuple[str, int] | None = None
+        # set by the listener: its per_connection_buffer_limit_bytes (None: uvloop's limits)
+        self.buffer_limit: int | None = None
         self._tls_peer: PeerCertificate | bool | None = False   # False: not read yet
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -86,6 +88,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.local = (local[0], local[1]) if isinstance(local, tuple) else ("", 0)
         if self.destination is not None:
             self.local = self.destination
+        if self.buffer_limit:
+            transport.set_write_buffer_limits(high=self.buffer_limit)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

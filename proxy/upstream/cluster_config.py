@@ -73,6 +73,7 @@ class ClusterConfig:
     dns_refresh_rate: float = 5.0
     dns_family: str = "AUTO"
     max_requests_per_connection: int = 0      # 0: unlimited
+    buffer_limit: int | None = None           # per_connection_buffer_limit_bytes (None: default)
     stat_name: str = ""                      # alt_stat_name, else the name
     http2: bool = False                      # only allowed for the xDS server's cluster
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
@@ -92,7 +93,7 @@ class ClusterConfig:
             "outlier_detection", "health_checks", "common_lb_config", "ring_hash_lb_config",
             "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
             "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
-            "max_requests_per_connection", "metadata", "alt_stat_name",
+            "max_requests_per_connection", "metadata", "alt_stat_name", "per_connection_buffer_limit_bytes",
             "http2_protocol_options", "typed_extension_protocol_options", "load_balancing_policy",
             "transport_socket", "transport_socket_matches"))
         if not message.name:
@@ -167,6 +168,8 @@ class ClusterConfig:
             dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
             dns_family=family,
             max_requests_per_connection=message.max_requests_per_connection.value,
+            buffer_limit=(message.per_connection_buffer_limit_bytes.value or None
+                          if message.HasField("per_connection_buffer_limit_bytes") else None),
             stat_name=message.alt_stat_name or message.name,
             http2=_http2(message, path),
             thresholds=thresholds,

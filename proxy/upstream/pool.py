@@ -42,6 +42,8 @@ class Overflow(Exception):
 class _NeverPooled:
     """The owner of a connection dropped before it joined the pool."""
 
+    buffer_limit: int | None = None
+
     def connection_closed(self, connection: UpstreamConnection) -> None:
         pass
 
@@ -50,13 +52,14 @@ _NEVER_POOLED = _NeverPooled()
 
 
 class ConnectionPool:
-    __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "connect_timeout", "host",
-                 "max_requests_per_connection", "open", "stats", "tls")
+    __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "buffer_limit", "connect_timeout",
+                 "host", "max_requests_per_connection", "open", "stats", "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
                  breaker: CircuitBreaker, max_requests_per_connection: int = 0,
-                 tls: TlsTransport | None = None) -> None:
+                 tls: TlsTransport | None = None, buffer_limit: int | None = None) -> None:
         self.tls = tls
+        self.buffer_limit = buffer_limit   # the cluster's per_connection_buffer_limit_bytes
         self.max_requests_per_connection = max_requests_per_connection
         self.host = host
         self.stats = stats

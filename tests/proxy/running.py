@@ -60,9 +60,12 @@ class RecordingUpstream:
         self._thread.join(1)
 
 
-def bootstrap(listener_port: int, upstream_port: int, hcm_extra: str = "") -> str:
+def bootstrap(listener_port: int, upstream_port: int, hcm_extra: str = "", *, admin_port: int = 0,
+              route_extra: str = "", cluster_extra: str = "") -> str:
+    """One HCM listener routing everything to cluster `a`; `route_extra` goes into the route
+    action (e.g. ", timeout: 0.3s"), `cluster_extra` into the cluster (whole YAML lines)."""
     return f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port or free_port()}}}}}}}
 static_resources:
   listeners:
   - name: main
@@ -79,17 +82,27 @@ static_resources:
             - name: all
               domains: ['*']
               routes:
-              - {{match: {{prefix: /}}, route: {{cluster: a}}}}
+              - {{match: {{prefix: /}}, route: {{cluster: a{route_extra}}}}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
   - name: a
     connect_timeout: 1s
+{cluster_extra}
     load_assignment:
       cluster_name: a
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
 """
+
+
+@contextlib.contextmanager
+def silent_upstream() -> Iterator[int]:
+    """A port whose connections are accepted (by the kernel) and never answered."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -6,11 +6,12 @@ clusters, and Envoy's counters for every byte and connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,20 @@ async def proxied(listener: dict[str, Any], clusters: list[dict[str, Any]]) -> P
     return server
 
 
+@contextlib.asynccontextmanager
+async def echo_proxy(**listener_options: str) -> AsyncIterator[tuple[ProxyServer, Upstream, int]]:
+    """A tcp_proxy listener (on the returned port) in front of one echoing upstream."""
+    upstream = await Upstream().start()
+    port = free_port()
+    server = await proxied(tcp_listener(port, cluster="echo", **listener_options),
+                           [cluster("echo", [endpoint(upstream.port)])])
+    try:
+        yield server, upstream, port
+    finally:
+        await server.stop()
+        upstream.close()
+
+
 def stat(server: ProxyServer, name: str) -> int:
     values = {row[0]: row[5] for row in server.stats.values()}
     return values[name]
@@ -141,35 +156,23 @@ def pumps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[SplicePump]]:
 
 def test_small_exchanges_go_through_unchanged_and_stay_on_the_transports(pumps: list[SplicePump]) -> None:
     async def scenario() -> None:
-        upstream = await Upstream().start()
-        port = free_port()
-        server = await proxied(tcp_listener(port, cluster="echo"), [cluster("echo", [endpoint(upstream.port)])])
-        try:
+        async with echo_proxy() as (_server, _upstream, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             for message in (b"ping", b"x" * 1000, b"\x00\xff" * 10):
                 writer.write(message)
                 assert await reader.readexactly(len(message)) == message
             writer.close()
             assert pumps == []
-        finally:
-            await server.stop()
-            upstream.close()
     run(scenario)
 
 
 def test_a_bulk_transfer_is_spliced_both_ways_and_arrives_whole(pumps: list[SplicePump]) -> None:
     async def scenario() -> None:
-        upstream = await Upstream().start()
-        port = free_port()
-        server = await proxied(tcp_listener(port, cluster="echo"), [cluster("echo", [endpoint(upstream.port)])])
-        try:
+        async with echo_proxy() as (_server, _upstream, port):
             payload = os.urandom(BULK)
             received = await exchange(port, payload)
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
             assert len(pumps) == 2
-        finally:
-            await server.stop()
-            upstream.close()
     run(scenario)
 
 
@@ -193,34 +196,22 @@ def test_every_byte_counts_whether_spliced_or_not() -> None:
 
 def test_a_closed_pair_counts_as_one_upstream_connection_made_and_destroyed() -> None:
     async def scenario() -> None:
-        upstream = await Upstream().start()
-        port = free_port()
-        server = await proxied(tcp_listener(port, cluster="echo"), [cluster("echo", [endpoint(upstream.port)])])
-        try:
+        async with echo_proxy() as (server, _upstream, port):
             assert await exchange(port, b"x" * BULK) == b"x" * BULK
             await until(lambda: stat(server, "cluster.echo.upstream_cx_active") == 0)
             assert stat(server, "cluster.echo.upstream_cx_total") == 1
             assert stat(server, "cluster.echo.upstream_cx_destroy") == 1
-        finally:
-            await server.stop()
-            upstream.close()
     run(scenario)
 
 
 @pytest.mark.parametrize("size", [5, BULK], ids=["small", "spliced"])
 def test_the_clients_fin_reaches_the_upstream_which_can_still_answer(size: int) -> None:
     async def scenario() -> None:
-        upstream = await Upstream().start()
-        port = free_port()
-        server = await proxied(tcp_listener(port, cluster="echo"), [cluster("echo", [endpoint(upstream.port)])])
-        try:
+        async with echo_proxy() as (_server, upstream, port):
             # the echo answers only what it read; its FIN comes after the client's: the reply
             # arriving whole after our write_eof says the half-closed pair still carried it
             assert len(await exchange(port, b"z" * size)) == size
             assert upstream.finished == 1
-        finally:
-            await server.stop()
-            upstream.close()
     run(scenario)
 
 
@@ -261,20 +252,13 @@ def test_the_upstreams_fin_reaches_the_client_which_can_still_send(size: int) ->
 @pytest.mark.parametrize("size", [5, BULK], ids=["small", "spliced"])
 def test_a_silent_pair_is_closed_at_the_idle_timeout_and_counted(size: int) -> None:
     async def scenario() -> None:
-        upstream = await Upstream().start()
-        port = free_port()
-        server = await proxied(tcp_listener(port, cluster="echo", idle_timeout="0.2s"),
-                               [cluster("echo", [endpoint(upstream.port)])])
-        try:
+        async with echo_proxy(idle_timeout="0.2s") as (server, _upstream, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"i" * size)
             assert len(await reader.readexactly(size)) == size
             assert await reader.read(-1) == b""      # then nothing: the proxy closes
             writer.close()
             assert stat(server, "tcp.tcp.idle_timeout") == 1
-        finally:
-            await server.stop()
-            upstream.close()
     run(scenario)
 
 
@@ -340,13 +324,7 @@ def test_without_descriptors_for_a_pump_a_bulk_transfer_goes_on_over_the_transpo
     monkeypatch.setattr(tcp_proxy, "SplicePump", OutOfDescriptors)
 
     async def scenario() -> None:
-        upstream = await Upstream().start()
-        port = free_port()
-        server = await proxied(tcp_listener(port, cluster="echo"), [cluster("echo", [endpoint(upstream.port)])])
-        try:
+        async with echo_proxy() as (_server, _upstream, port):
             payload = os.urandom(BULK)
             assert await exchange(port, payload) == payload
-        finally:
-            await server.stop()
-            upstream.close()
     run(scenario)

@@ -1,9 +1,10 @@
 """A proxy, a real Envoy or tulle-proxy, as a child process of a test.
 
-Rules: each process gets a temp dir of its own holding its bootstrap and its log (stdout and
-stderr); it is ready once its admin address is known (Envoy writes its ephemeral one to
-`--admin-address-path`; tulle-proxy's is picked free and written into the bootstrap) and,
-with `until_live`, once `/ready` answers 200. It is stopped by its PID: SIGTERM, SIGKILL
+Rules: each process gets a temp dir of its own holding its bootstrap and, unless the caller
+names a `log_path`, its log (stdout and stderr). It is ready once its admin address is known
+(Envoy writes its ephemeral one to `--admin-address-path`; tulle-proxy's is the bootstrap's, or
+one picked free and written into it), with `until_live` once `/ready` answers 200, and with
+`listening` once that port accepts connections. It is stopped by its PID: SIGTERM, SIGKILL
 after 10 s, then its temp dir is removed; a process that does not start in time is stopped
 the same way and the error carries the tail of its log. Every Envoy gets a `--base-id` that
 no other test process uses (derived from this process's PID) and `--disable-hot-restart`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -41,40 +43,46 @@ def next_base_id() -> int:
 
 
 class ProxyProcess:
-    """`kind` started on `bootstrap` (a dict, written as YAML; its admin address is set here)."""
+    """`kind` started on `bootstrap` (a dict, written as YAML); without an admin address in the
+    bootstrap, one is set here."""
 
     def __init__(self, kind: Literal["envoy", "tulle-proxy"], bootstrap: Mapping[str, Any], prefix: str,
-                 until_live: bool = False, ready_timeout: float = 20.0) -> None:
+                 until_live: bool = False, ready_timeout: float = 20.0, *, listening: int | None = None,
+                 log_path: Path | None = None, log_level: str = "warning") -> None:
         self.kind = kind
         self._dir = tempfile.TemporaryDirectory(prefix=prefix)
         self.dir = Path(self._dir.name)
+        self.log_path = log_path or self.dir / "proxy.log"
         self.admin = ""
         config = copy.deepcopy(dict(bootstrap))
         admin_file = self.dir / "admin"
         if kind == "envoy":
-            config["admin"] = _admin_address(0)
+            config.setdefault("admin", _admin_address(0))
+            envoy_level = "warn" if log_level == "warning" else log_level
             argv = [str(ENVOY), "--base-id", str(next_base_id()), "--admin-address-path", str(admin_file),
-                    "--log-level", "warn", "--concurrency", "1", "--disable-hot-restart"]
+                    "--log-level", envoy_level, "--concurrency", "1", "--disable-hot-restart"]
         else:
-            port = free_port()
-            config["admin"] = _admin_address(port)
-            self.admin = f"127.0.0.1:{port}"
-            argv = [str(TULLE), "--log-level", "warning"]
+            config.setdefault("admin", _admin_address(free_port()))
+            address = config["admin"]["address"]["socket_address"]
+            self.admin = f"{address['address']}:{address['port_value']}"
+            argv = [str(TULLE), "--log-level", log_level]
         (self.dir / "bootstrap.yaml").write_text(yaml.safe_dump(config))
-        self._log = open(self.dir / "proxy.log", "wb")  # noqa: SIM115 (closed in close())
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
+        # A session of its own: a signal meant for the test run's terminal never reaches it.
         self.proc = subprocess.Popen([*argv, "-c", str(self.dir / "bootstrap.yaml")],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            self._wait_ready(admin_file, until_live, time.monotonic() + ready_timeout)
+            self._wait_ready(admin_file, until_live, listening, time.monotonic() + ready_timeout)
         except BaseException:
             self.close()
             raise
 
-    def _wait_ready(self, admin_file: Path, until_live: bool, deadline: float) -> None:
+    def _wait_ready(self, admin_file: Path, until_live: bool, listening: int | None, deadline: float) -> None:
         while True:
             if not self.admin and admin_file.exists():
                 self.admin = admin_file.read_text().strip()
-            if self.admin and (not until_live or self._live()):
+            if (self.admin and (not until_live or self._live())
+                    and (listening is None or _accepts(listening))):
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
@@ -89,7 +97,7 @@ class ProxyProcess:
 
     def log(self) -> str:
         """The last 4000 characters the process wrote."""
-        return (self.dir / "proxy.log").read_text(errors="replace")[-4000:]
+        return self.log_path.read_text(errors="replace")[-4000:]
 
     def get(self, path: str, timeout: float = 5) -> bytes:
         """GET `path` from the admin; an error status raises urllib's HTTPError."""
@@ -116,3 +124,11 @@ class ProxyProcess:
 
 def _admin_address(port: int) -> dict[str, Any]:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True

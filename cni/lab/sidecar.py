@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cni.capture import PROXY_UID
+from proxy.stats_text import StatsTextError, parse_stats
 
 INJECT_ANNOTATION: Final = "sidecar.tulle.io/inject"
 INJECTION_LABEL: Final = "tulle-injection"  # a namespace label: "enabled" meshes its pods
@@ -196,11 +197,10 @@ class _Supervisor:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/stats?filter=_rq_active$",
                                         timeout=1) as reply:
-                lines = reply.read().decode().splitlines()
-        except (urllib.error.URLError, OSError):
+                page = parse_stats(reply.read().decode())
+        except (urllib.error.URLError, OSError, StatsTextError):
             return 0
-        return sum(int(value) for _, sep, value in (line.rpartition(": ") for line in lines)
-                   if sep and value.strip().isdigit())
+        return sum(page.values.values())
 
     def _stop_proxy(self) -> None:
         assert self.proxy is not None

@@ -4,19 +4,15 @@ or the real Envoy) started on a rendered bootstrap and always stopped."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.ports import free_port
+import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-TULLE = REPO / ".venv" / "bin" / "tulle-proxy"
-ENVOY = REPO / ".venv" / "bin" / "envoy"
+from tests.ports import free_port
+from tests.proxy_process import ProxyProcess
 
 
 class RecordingUpstream:
@@ -107,35 +103,15 @@ def silent_upstream() -> Iterator[int]:
 
 @contextlib.contextmanager
 def running_proxy(kind: str, config_text: str, port: int, workdir: Path) -> Iterator[None]:
-    """Run tulle-proxy or Envoy on `config_text` until the block ends; `port` must accept."""
-    config = workdir / f"{kind}-bootstrap.yaml"
-    config.write_text(config_text)
-    if kind == "envoy":
-        command = [str(ENVOY), "-c", str(config), "--concurrency", "1", "--log-level", "error",
-                   "--base-id", str(os.getpid() % 60000 + 3000)]
-    else:
-        command = [str(TULLE), "-c", str(config), "--log-level", "error"]
-    log = open(workdir / f"{kind}.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """Run the real Envoy (`kind` "envoy") or tulle-proxy on `config_text` until the block ends;
+    `port` must accept first. Its output goes to `workdir/KIND.log`."""
+    process = ProxyProcess("envoy" if kind == "envoy" else "tulle-proxy", yaml.safe_load(config_text),
+                           f"tulle-{kind}-", listening=port, log_path=workdir / f"{kind}.log",
+                           log_level="error", ready_timeout=15)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((workdir / f"{kind}.log").read_text()) from None
-                time.sleep(0.05)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.close()
 
 
 def exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:

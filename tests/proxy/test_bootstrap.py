@@ -9,7 +9,7 @@ import pytest
 
 from proxy.bootstrap import parse_bootstrap
 from proxy.config_error import ConfigError
-from tests.proxy.running import TULLE
+from tests.proxy_process import TULLE
 
 LISTENER = """
     - name: main

@@ -6,7 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.proxy.running import TULLE, RecordingUpstream, bootstrap, exchange, free_port
+from tests.proxy.running import RecordingUpstream, bootstrap, exchange, free_port
+from tests.proxy_process import TULLE
 
 
 def children(pid: int) -> list[int]:

@@ -29,8 +29,9 @@ from control.ca.authority import CertificateAuthority
 from control.ca.spiffe import SpiffeId
 from proxy.tls.secrets import SECRET
 from proxy.tls.workload_identity import new_key_and_csr
-from tests.proxy.running import TULLE, free_port
+from tests.proxy.running import free_port
 from tests.proxy.test_workers_xds import CountingUpstream, stat
+from tests.proxy_process import TULLE
 
 
 class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):

@@ -13,7 +13,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from proxy.stats_text import parse_stats
-from tests.proxy.running import TULLE, RecordingUpstream, exchange, free_port
+from tests.proxy.running import RecordingUpstream, exchange, free_port
 from tests.proxy.test_xds import (
     CLUSTER,
     ENDPOINTS,
@@ -25,6 +25,7 @@ from tests.proxy.test_xds import (
     listener,
     message,
 )
+from tests.proxy_process import TULLE
 
 
 class CountingUpstream(RecordingUpstream):

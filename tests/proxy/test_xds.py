@@ -35,7 +35,8 @@ from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
-from tests.proxy.running import TULLE, RecordingUpstream, exchange, free_port
+from tests.proxy.running import RecordingUpstream, exchange, free_port
+from tests.proxy_process import TULLE
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"

@@ -18,7 +18,7 @@ from control.ca.spiffe import SpiffeId
 from control.validation import InvalidObjectError, validate
 from control.xds.resources import CLUSTER
 from control.xds.tls import SYSTEM_CA_BUNDLE
-from tests.proxy.running import TULLE
+from tests.proxy_process import TULLE
 from tests.xds.harness import ENVOY
 from tests.xds.test_security_translation import sidecar_config, validate_with_envoy
 

@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+
+import yaml
 
 from tests.ports import free_port
-
-ENVOY = Path(sys.executable).parent / "envoy"
+from tests.proxy_process import ProxyProcess
 
 
 class _NameHandler(BaseHTTPRequestHandler):
@@ -108,35 +101,13 @@ static_resources:
 
 @contextlib.contextmanager
 def envoy(config: str, listener: int) -> Iterator[None]:
-    workdir = tempfile.mkdtemp(prefix="tulle-upstream-envoy-")
-    path = Path(workdir) / "bootstrap.yaml"
-    path.write_text(config)
-    # A base id no other helper or test run uses at the same time.
-    base_id = 40_000 + os.getpid() % 20_000
-    proc = subprocess.Popen(
-        [str(ENVOY), "-c", str(path), "--concurrency", "1", "--base-id", str(base_id), "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=open(Path(workdir) / "envoy.log", "wb"),  # noqa: SIM115  # closed with the process
-    )
+    """The real Envoy on `config` until the block ends, once `listener` accepts."""
+    process = ProxyProcess("envoy", yaml.safe_load(config), "tulle-upstream-envoy-", listening=listener,
+                           log_level="error", ready_timeout=15)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"envoy exited: {(Path(workdir) / 'envoy.log').read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", listener), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("envoy did not start listening within 15 s")
-            time.sleep(0.05)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        process.close()
 
 
 def envoy_picks(

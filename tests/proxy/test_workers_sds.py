@@ -10,7 +10,6 @@ import queue
 import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
@@ -31,7 +31,7 @@ from proxy.tls.secrets import SECRET
 from proxy.tls.workload_identity import new_key_and_csr
 from tests.proxy.running import free_port
 from tests.proxy.test_workers_xds import CountingUpstream, stat
-from tests.proxy_process import TULLE
+from tests.proxy_process import ProxyProcess
 
 
 class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
@@ -183,15 +183,12 @@ def workers(tmp_path: Path) -> Iterator[tuple[SdsServer, CountingUpstream, Certi
     sds = SdsServer(certificate(ca, "first")[0])
     upstream = CountingUpstream()
     port, admin = free_port(), free_port()
-    config = tmp_path / "bootstrap.yaml"
-    config.write_text(bootstrap(port, admin, upstream.port, sds.port))
-    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([str(TULLE), "-c", str(config), "--concurrency", "2", "--log-level", "warning"],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = ProxyProcess("tulle-proxy", yaml.safe_load(bootstrap(port, admin, upstream.port, sds.port)), "tulle-workers-",
+                           log_path=tmp_path / "proxy.log", args=["--concurrency", "2"])
     try:
         deadline = time.monotonic() + 15
         while True:   # the leader's listener is up once its admin is (it starts last)
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
+            assert process.proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
             with contextlib.suppress(OSError):
                 if stat(admin, "http.ingress.downstream_rq_total") is not None:
                     break
@@ -199,9 +196,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[SdsServer, CountingUpstream, Certi
         time.sleep(0.5)   # the follower's listener, once the leader forwarded the secret
         yield sds, upstream, ca, port, admin
     finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+        process.close()
         upstream.close()
         sds.stop()
 

@@ -4,10 +4,10 @@ admin /stats adding up the workers."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from pathlib import Path
 
+import yaml
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
@@ -25,7 +25,7 @@ from tests.proxy.test_xds import (
     listener,
     message,
 )
-from tests.proxy_process import TULLE
+from tests.proxy_process import ProxyProcess
 
 
 class CountingUpstream(RecordingUpstream):
@@ -49,12 +49,8 @@ def stat(admin: int, name: str) -> int | None:
 def test_workers_share_one_ads_stream_and_all_serve_its_config(ads: AdsServer, tmp_path: Path) -> None:  # noqa: F811
     upstream = CountingUpstream()
     port, admin = free_port(), free_port()
-    config = tmp_path / "bootstrap.yaml"
-    config.write_text(ads_bootstrap(ads, "GRPC", admin))
-    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([str(TULLE), "-c", str(config), "--concurrency", "2",
-                                "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = ProxyProcess("tulle-proxy", yaml.safe_load(ads_bootstrap(ads, "GRPC", admin)), "tulle-workers-",
+                           log_path=tmp_path / "proxy.log", args=["--concurrency", "2"])
     try:
         ads.wait_request(lambda r: r.type_url == LISTENER)
         ads.push(CLUSTER, "c1", [message(Cluster, """
@@ -89,7 +85,5 @@ virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route:
             time.sleep(0.1)
         assert stat(admin, "http.ingress.downstream_rq_total") == 40
     finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+        process.close()
         upstream.close()

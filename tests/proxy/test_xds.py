@@ -5,7 +5,6 @@ the field of an unsupported resource."""
 from __future__ import annotations
 
 import queue
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
 from tests.proxy.running import RecordingUpstream, exchange, free_port
-from tests.proxy_process import TULLE
+from tests.proxy_process import ProxyProcess
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -205,12 +204,9 @@ static_resources:
 def test_proxy_configured_and_updated_over_ads(ads: AdsServer, tmp_path: Path) -> None:
     upstream = RecordingUpstream()
     port = free_port()
-    config = tmp_path / "bootstrap.yaml"
     admin = free_port()
-    config.write_text(ads_bootstrap(ads, "GRPC", admin))
-    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([str(TULLE), "-c", str(config), "--log-level", "warning"],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = ProxyProcess("tulle-proxy", yaml.safe_load(ads_bootstrap(ads, "GRPC", admin)), "tulle-xds-",
+                           log_path=tmp_path / "proxy.log")
     try:
         first = ads.wait_request(lambda r: r.type_url == CLUSTER)
         assert first.node.id == "sidecar-1"
@@ -260,9 +256,7 @@ lb_subset_config: {fallback_policy: ANY_ENDPOINT}
         dump = exchange(admin, b"GET /config_dump HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert b'"name": "web"' in dump and b'"name": "ingress"' in dump and b'"name": "routes"' in dump
     finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+        process.close()
         upstream.close()
 
 
@@ -292,11 +286,8 @@ filter_chains:
 def test_proxy_configured_and_updated_over_delta_ads(ads: AdsServer, tmp_path: Path) -> None:
     upstream = RecordingUpstream()
     port = free_port()
-    config = tmp_path / "bootstrap.yaml"
-    config.write_text(ads_bootstrap(ads, "DELTA_GRPC"))
-    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen([str(TULLE), "-c", str(config), "--log-level", "warning"],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = ProxyProcess("tulle-proxy", yaml.safe_load(ads_bootstrap(ads, "DELTA_GRPC")), "tulle-xds-",
+                           log_path=tmp_path / "proxy.log")
     try:
         ads.wait_delta(lambda r: r.type_url == CLUSTER)
         ads.wait_delta(lambda r: r.type_url == LISTENER)
@@ -331,7 +322,5 @@ load_assignment:
         nack = ads.wait_delta(lambda r: r.type_url == CLUSTER and r.response_nonce == nonce)
         assert "Cluster web.lb_subset_config" in nack.error_detail.message
     finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+        process.close()
         upstream.close()

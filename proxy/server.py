@@ -229,7 +229,7 @@ class ProxyServer:
                 manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
 
             def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
-                connection = DownstreamConnection(manager)
+                connection = manager.connection_class(manager)
                 connection.destination = destination
                 connection.buffer_limit = buffer_limit
                 return connection

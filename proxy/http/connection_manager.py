@@ -40,6 +40,7 @@ from proxy.http.downstream import DownstreamConnection
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.inline import run_inline
+from proxy.http.request_timeouts import TimedDownstreamConnection
 from proxy.http.response import (
     STATUS_LINES,
     date_line,
@@ -112,6 +113,10 @@ class HttpConnectionManager:
         self.deadlines = Deadlines(self._loop)
         self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
         self.router = Router(self)
+        # connections get per-connection timers only when this manager sets some
+        self.connection_class: type[DownstreamConnection] = (
+            TimedDownstreamConnection if (config.request_headers_timeout or config.request_timeout
+                                          or config.max_connection_duration) else DownstreamConnection)
         if self.access_log is not None:
             self._loop.call_later(1.0, self._flush_access_log)
 
@@ -152,7 +157,7 @@ class HttpConnectionManager:
         body = {400: b"Bad Request", 426: b"Upgrade Required"}.get(
             status, b"Request Header Fields Too Large")
         self.stats.count_status(status)
-        conn.write(self._local_head(status, body, None, close=True) + body)
+        conn.write(self.local_head(status, body, None, close=True) + body)
         conn.close()
 
     # one request
@@ -515,7 +520,7 @@ class HttpConnectionManager:
         self._server_headers(headers, stream)
         no_body = stream.method == "HEAD" or status in (204, 304) or status < 200
         keep_alive = (stream.keep_alive and stream.body.done and not stream.conn._error
-                      and not self.draining)
+                      and not self.draining and not stream.conn.draining)
         chunked = False
         if framed_length is not None:
             headers.set("content-length", framed_length)
@@ -547,7 +552,7 @@ class HttpConnectionManager:
             parts.append(date_line())
         no_body = stream.method == "HEAD" or status in (204, 304) or status < 200
         keep_alive = (stream.keep_alive and stream.body.done and not stream.conn._error
-                      and not self.draining)
+                      and not self.draining and not stream.conn.draining)
         chunked = False
         if not framed and not no_body:
             if stream.version == "1.1":
@@ -580,7 +585,7 @@ class HttpConnectionManager:
         if "date" not in headers:
             headers.add("date", http_date())
 
-    def _local_head(self, status: int, body: bytes, stream: Stream | None, close: bool = False,
+    def local_head(self, status: int, body: bytes, stream: Stream | None, close: bool = False,
                     extra: Sequence[tuple[str, str]] = ()) -> bytes:
         headers = Headers(list(extra))
         if body or status not in (204, 304):
@@ -602,14 +607,15 @@ class HttpConnectionManager:
 
     def reply(self, stream: Stream, status: int, body: bytes, keep_alive: bool = True,
                extra: Sequence[tuple[str, str]] = ()) -> None:
-        keep_alive = keep_alive and stream.keep_alive and stream.body.done and not self.draining
+        keep_alive = (keep_alive and stream.keep_alive and stream.body.done and not self.draining
+                      and not stream.conn.draining)
         self.stats.count_status(status)
         stream.status = status
         stream.committed = True
         conn = stream.conn
         payload = b"" if stream.method == "HEAD" else body
         stream.bytes_sent = len(payload)
-        conn.write(self._local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
+        conn.write(self.local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
         conn.response_done(keep_alive)
 
 def _is_loopback(address: str) -> bool:

@@ -12,7 +12,10 @@ upstream.
 Rules for bad input (Envoy's statuses): a parse error (bad request line, bad header,
 Content-Length with Transfer-Encoding, bad chunk size) is 400; request headers over
 `max_request_headers_kb` or more than `max_headers_count` lines are 431; the connection
-closes after such a reply. HTTP/1.0 is 426 unless `accept_http_10`.
+closes after such a reply. HTTP/1.0 is 426 unless `accept_http_10`. Header names with an
+underscore follow `headers_with_underscores_action`: kept (ALLOW), the request refused with
+400 (REJECT_REQUEST, a protocol error as in Envoy's codec) or the header dropped (DROP_HEADER).
+The idle timeout starts the connection's drain (proxy/http/connection_drain.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from proxy.http.connection_drain import start_drain
 from proxy.http.headers import Headers
 from proxy.http.stream import RequestBody, Stream
 from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
@@ -67,6 +71,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        self.draining = False   # responses close the connection (proxy/http/connection_drain.py)
 
     def tls_peer(self) -> PeerCertificate | None:
         """The verified client certificate (read once per connection); None without TLS."""
@@ -172,6 +177,12 @@ class DownstreamConnection(asyncio.Protocol):
         self._header_size = 0
         # The names, once (the connection manager's rules test this set, not the list).
         stream.header_names = names = set(map(_NAME, lines))
+        if config.headers_with_underscores != "ALLOW" and any("_" in name for name in names):
+            if config.headers_with_underscores == "REJECT_REQUEST":
+                self._error = 400
+                raise httptools.HttpParserError("header name with an underscore")
+            stream.headers.items = lines = [line for line in lines if "_" not in line[0]]
+            stream.header_names = names = set(map(_NAME, lines))
         if "content-length" in names or "transfer-encoding" in names or "expect" in names:
             content_length = "0"
             for name, value in lines:   # the framing headers, in one pass
@@ -246,6 +257,14 @@ class DownstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
+    def has_queued_requests(self) -> bool:
+        return bool(self._ready)
+
+    def incomplete_request(self) -> Stream | None:
+        """The request whose head is complete and body is still arriving (None: none, or
+        only a head in progress)."""
+        return self._current
+
     def abort(self) -> None:
         if self.transport is not None:
             self.closed = True
@@ -269,7 +288,8 @@ class DownstreamConnection(asyncio.Protocol):
         loop = self.manager.loop
         deadline = self._idle_since + self.manager.config.idle_timeout
         if self.active is None and not self._ready and loop.time() >= deadline:
-            self.close()
+            self.manager.stats.downstream_cx_idle_timeout += 1
+            start_drain(self)
             return
         if self.active is not None:
             deadline = loop.time() + self.manager.config.idle_timeout

@@ -382,6 +382,9 @@ class Router:
         finally:
             if timer is not None:
                 timer.cancel()
+        if body.failed or stream.conn.closed:   # (woken by the pump's abort, or a 408)
+            attempt.abandon()
+            raise DownstreamGone()
         if attempt.headers is not None:
             return attempt
         if pump is not None:
@@ -408,7 +411,10 @@ class Router:
                 if chunked:
                     connection.write(LAST_CHUNK)
                 return
-            if body.failed or connection.closed:
+            if body.failed:   # the client's request broke off: so does the upstream's
+                connection.abort()
+                return
+            if connection.closed:
                 return
             await body.wait()
 

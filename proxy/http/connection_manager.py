@@ -37,6 +37,7 @@ from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.client import RawHeaders, decode_headers
 from proxy.http.deadlines import Deadlines
 from proxy.http.downstream import DownstreamConnection
+from proxy.http.grpc_reply import GRPC_DEADLINE_EXCEEDED, grpc_reply_headers
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.inline import run_inline
@@ -51,6 +52,7 @@ from proxy.http.response import (
 from proxy.http.route_plan import RoutePlan
 from proxy.http.router import RESET_PREFIX, DownstreamGone, Router, request_head
 from proxy.http.stream import Stream
+from proxy.http.stream_duration import DURATION_BODY, is_grpc
 from proxy.rbac import DENIED_BODY, RbacStats, Subject, allowed
 from proxy.router.route import (
     DirectResponseAction,
@@ -605,8 +607,17 @@ class HttpConnectionManager:
             headers.add("connection", "close")
         return encode_head(status, headers)
 
+    def duration_timeout_reply(self, stream: Stream, extra: tuple[tuple[str, str], ...]) -> None:
+        """max_stream_duration reached before a response (proxy/http/stream_duration.py): 504,
+        408 while the request is still arriving (gRPC: DEADLINE_EXCEEDED)."""
+        self.reply(stream, 504 if stream.body.done else 408, DURATION_BODY, extra=extra,
+                   grpc_status=GRPC_DEADLINE_EXCEEDED)
+
     def reply(self, stream: Stream, status: int, body: bytes, keep_alive: bool = True,
-               extra: Sequence[tuple[str, str]] = ()) -> None:
+               extra: Sequence[tuple[str, str]] = (), grpc_status: str = "") -> None:
+        """A local reply; to a gRPC request, in gRPC's form (proxy/http/grpc_reply.py)."""
+        if "content-type" in stream.header_names and is_grpc(stream.headers):
+            status, body, extra = 200, b"", grpc_reply_headers(status, body, extra, grpc_status)
         keep_alive = (keep_alive and stream.keep_alive and stream.body.done and not self.draining
                       and not stream.conn.draining)
         self.stats.count_status(status)

@@ -51,3 +51,13 @@ def test_a_bad_value_is_refused_naming_the_field(extra: str, field: str) -> None
     with pytest.raises(ConfigError) as error:
         hcm(extra)
     assert error.value.path == f"{HCM}.{field}"
+
+
+@pytest.mark.parametrize("drain_type", ["DEFAULT", "MODIFY_ONLY"])
+def test_a_listeners_drain_type_is_kept(drain_type: str) -> None:
+    text = bootstrap().replace("      filter_chains:", f"      drain_type: {drain_type}\n      filter_chains:", 1)
+    assert parse_bootstrap(text).listeners[0].drain_type == drain_type
+
+
+def test_a_listener_drains_by_default() -> None:
+    assert parse_bootstrap(bootstrap()).listeners[0].drain_type == "DEFAULT"

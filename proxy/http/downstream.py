@@ -15,7 +15,8 @@ Content-Length with Transfer-Encoding, bad chunk size) is 400; request headers o
 closes after such a reply. HTTP/1.0 is 426 unless `accept_http_10`. Header names with an
 underscore follow `headers_with_underscores_action`: kept (ALLOW), the request refused with
 400 (REJECT_REQUEST, a protocol error as in Envoy's codec) or the header dropped (DROP_HEADER).
-The idle timeout starts the connection's drain (proxy/http/connection_drain.py).
+The idle timeout starts the connection's drain, and with `delayed_close_timeout` a
+connection the proxy closes first waits for the client's close (proxy/http/connection_drain.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from proxy.http.connection_drain import start_drain
+from proxy.http.connection_drain import delayed_close, start_drain
 from proxy.http.headers import Headers
 from proxy.http.stream import RequestBody, Stream
 from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
 
 _NAME = itemgetter(0)
+
+
+def _discard(data: bytes) -> None:
+    pass
 
 class DownstreamConnection(asyncio.Protocol):
     def __init__(self, manager: HttpConnectionManager) -> None:
@@ -233,12 +238,14 @@ class DownstreamConnection(asyncio.Protocol):
 
     def response_done(self, keep_alive: bool) -> None:
         """The response to the active request is fully written."""
+        stream = self.active
         self.active = None
         transport = self.transport
         if transport is None or self.closed:
             return
         if not keep_alive or self._error:
-            self.close()
+            # a client that asked for the close needs no grace period (Envoy closes at once)
+            self.close(delay=self._error != 0 or stream is None or stream.keep_alive)
             return
         if not self._reading:
             self._reading = True
@@ -252,10 +259,20 @@ class DownstreamConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, delay: bool = True) -> None:
+        """Close after what was written; `delay`: with delayed_close_timeout, wait for the
+        client's own close first."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            if delay and self.manager.config.delayed_close_timeout > 0:
+                delayed_close(self, self.transport)   # (proxy/http/connection_drain.py)
+            else:
+                self.transport.close()
+
+    def discard_input(self) -> None:
+        """Closing: whatever the client still sends is read (to see its close) and dropped."""
+        self.tunnel = _discard
+        self._ready.clear()
 
     def has_queued_requests(self) -> bool:
         return bool(self._ready)

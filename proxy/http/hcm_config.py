@@ -14,8 +14,8 @@ with 408 and close the connection; off (0) by default, as in Envoy. Draining
 (proxy/http/connection_drain.py): `common_http_protocol_options.max_connection_duration` and
 the idle timeout start a connection's drain — responses get `connection: close`, and
 `drain_timeout` (default 5 s) later the connection closes once no request is in flight;
-`delayed_close_timeout`, how long a connection the proxy closes waits for the client's own
-close (Envoy's default 1 s), is accepted only as 0s: tulle-proxy closes at once. `headers_with_underscores_action`:
+`delayed_close_timeout` is how long a connection the proxy closes waits for the client's own
+close (unset: 0, tulle-proxy closes at once, where Envoy's default is 1 s). `headers_with_underscores_action`:
 ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The stream idle timeout (route `idle_timeout`,
 else `stream_idle_timeout`, 5 min by default) bounds the wait for the upstream's response
 head: 504 "stream timeout". `upgrade_configs` enable upgrades by type (websocket, CONNECT, any
@@ -73,7 +73,7 @@ class HcmConfig:
     request_timeout: float = 0.0               # 0: off
     max_connection_duration: float = 0.0       # 0: off
     drain_timeout: float = 5.0
-    delayed_close_timeout: float = 0.0         # only 0: close at once
+    delayed_close_timeout: float = 0.0         # 0: close at once (Envoy's default is 1 s)
     headers_with_underscores: str = "ALLOW"    # | REJECT_REQUEST | DROP_HEADER
 
     @classmethod
@@ -190,18 +190,9 @@ class HcmConfig:
             request_timeout=_duration(message, "request_timeout", path, 0.0),
             max_connection_duration=max_duration,
             drain_timeout=_duration(message, "drain_timeout", path, 5.0),
-            delayed_close_timeout=_delayed_close(message, path),
+            delayed_close_timeout=_duration(message, "delayed_close_timeout", path, 0.0),
             headers_with_underscores=underscores,
         )
-
-
-def _delayed_close(message: HttpConnectionManager, path: str) -> float:
-    value = _duration(message, "delayed_close_timeout", path, 0.0)
-    if value:
-        raise ConfigError(join(path, "delayed_close_timeout"),
-                          "only 0s is supported (tulle-proxy closes a connection as soon as its "
-                          "last response is written)")
-    return value
 
 
 def _duration(message: Message, name: str, path: str, default: float) -> float:

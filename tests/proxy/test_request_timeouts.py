@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import bootstrap, free_port, running_proxy, silent_upstream
+from tests.proxy.running import RecordingUpstream, bootstrap, free_port, running_proxy, silent_upstream
 
 TIMEOUTS = "          request_headers_timeout: 0.4s\n          request_timeout: 0.9s"
 
@@ -74,3 +74,30 @@ def test_a_request_received_whole_is_not_cut_by_the_request_timeout(kind: str, t
         response, elapsed = _stall(port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 504 ")   # the route timeout, not the request timeout
     assert elapsed > 1.4
+
+
+def _eof_after_one_request(port: int) -> float:
+    """Seconds from a keep-alive request's response until the proxy closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=6) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        response = sock.recv(4096)
+        assert response.startswith(b"HTTP/1.1 200"), response
+        start = time.monotonic()
+        while sock.recv(4096):
+            pass
+        return time.monotonic() - start
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_an_idle_connection_closes_a_drain_timeout_after_its_idle_timeout(kind: str, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    upstream = RecordingUpstream()
+    extra = ("          common_http_protocol_options: {idle_timeout: 0.3s}\n          drain_timeout: 0.8s\n"
+             "          delayed_close_timeout: 0s")
+    try:
+        with running_proxy(kind, bootstrap(port, upstream.port, extra, admin_port=admin), port, tmp_path):
+            elapsed = _eof_after_one_request(port)
+            assert _counter(admin, "downstream_cx_idle_timeout") == 1
+    finally:
+        upstream.close()
+    assert 1.05 < elapsed < 1.5

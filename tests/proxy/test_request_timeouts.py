@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import RecordingUpstream, bootstrap, free_port, running_proxy, silent_upstream
+from tests.proxy.running import (
+    RecordingUpstream,
+    bootstrap,
+    free_port,
+    running_proxy,
+    silent_upstream,
+)
 
 TIMEOUTS = "          request_headers_timeout: 0.4s\n          request_timeout: 0.9s"
 

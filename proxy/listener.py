@@ -138,6 +138,9 @@ class ListenerConfig:
     buffer_limit: int | None = None
     filters_timeout: float = 15.0
     continue_on_filters_timeout: bool = False
+    # DEFAULT: drains on replacement and while the server is health-check failed (its HTTP
+    # responses then close their connections); MODIFY_ONLY: on replacement only
+    drain_type: str = "DEFAULT"
 
     @classmethod
     def from_proto(cls, message: Listener, path: str) -> ListenerConfig:
@@ -146,7 +149,7 @@ class ListenerConfig:
                                            "listener_filters_timeout", "continue_on_listener_filters_timeout",
                                            "use_original_dst", "bind_to_port",
                                            "enable_reuse_port", "metadata",
-                                           "per_connection_buffer_limit_bytes"))
+                                           "per_connection_buffer_limit_bytes", "drain_type"))
         address = SocketAddress.from_proto(message.address, join(path, "address"))
         chains = tuple(FilterChainConfig.from_proto(chain, f"{path}.filter_chains[{index}]")
                        for index, chain in enumerate(message.filter_chains))
@@ -184,7 +187,8 @@ class ListenerConfig:
                    buffer_limit=(message.per_connection_buffer_limit_bytes.value or None
                                  if message.HasField("per_connection_buffer_limit_bytes") else None),
                    filters_timeout=timeout,
-                   continue_on_filters_timeout=message.continue_on_listener_filters_timeout)
+                   continue_on_filters_timeout=message.continue_on_listener_filters_timeout,
+                   drain_type=Listener.DrainType.Name(message.drain_type))
 
     def all_chains(self) -> tuple[FilterChainConfig, ...]:
         return self.chains + ((self.default_chain,) if self.default_chain is not None else ())

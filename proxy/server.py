@@ -122,7 +122,8 @@ class ProxyServer:
         self.stopped = asyncio.Event()
         self.route_protos: dict[str, RouteConfiguration] = {}
         self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
-                                      dynamic=self._dynamic_resources, secrets=self.secrets)
+                                      dynamic=self._dynamic_resources, secrets=self.secrets,
+                                      health_changed=self._health_changed)
         self.ads: AdsClient | None = None
         self.sds: dict[str, SdsClient] = {}
         self.identity: IdentityClient | None = None
@@ -182,12 +183,24 @@ class ProxyServer:
         self.stats.register("cluster", cluster_config.stat_name, cluster.stats, cluster.extra_stats)
         return cluster
 
+    def _health_changed(self, failed: bool) -> None:
+        """Envoy's drain_type: a DEFAULT listener drains while the server is health-check failed
+        (admin /healthcheck/fail): its responses close their connections until
+        /healthcheck/ok; a MODIFY_ONLY listener drains only when it is replaced or removed."""
+        for running in self.listeners.values():
+            if running.config.drain_type == "DEFAULT":
+                for manager in running.managers:
+                    manager.draining = failed
+
     async def _start_listener(self, listener: ListenerConfig, proto: ListenerProto | None = None) -> None:
         loop = asyncio.get_running_loop()
         managers: list[HttpConnectionManager] = []
         chains = [await self._chain_runtime(chain, managers, listener.buffer_limit)
                   for chain in listener.all_chains()]
         default = chains.pop() if listener.default_chain is not None else None
+        if self.admin_state.health_check_failed and listener.drain_type == "DEFAULT":
+            for manager in managers:
+                manager.draining = True
         address = listener.address
         server: asyncio.AbstractServer | Dispatcher
         if listener.simple and listener.bind_to_port:
@@ -229,7 +242,7 @@ class ProxyServer:
                 manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
 
             def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
-                connection = DownstreamConnection(manager)
+                connection = manager.connection_class(manager)
                 connection.destination = destination
                 connection.buffer_limit = buffer_limit
                 return connection

@@ -70,6 +70,11 @@ class HttpStats:
     downstream_rq_5xx: int = 0
     downstream_rq_completed: int = 0
     downstream_rq_timeout: int = 0
+    downstream_rq_header_timeout: int = 0
+    downstream_rq_max_duration_reached: int = 0
+    downstream_cx_idle_timeout: int = 0
+    downstream_cx_max_duration_reached: int = 0
+    downstream_cx_delayed_close_timeout: int = 0
     downstream_rq_rx_reset: int = 0
     downstream_cx_total: int = 0
     downstream_cx_http1_total: int = 0

@@ -45,6 +45,8 @@ class AdminState:
     initializing: bool = False  # until the first xDS listeners (and their routes) are in place
     secrets: SecretStore | None = None
     quit: Callable[[], None] = lambda: None
+    # /healthcheck/fail and /healthcheck/ok: listeners with drain_type DEFAULT drain meanwhile
+    health_changed: Callable[[bool], None] = lambda failed: None
     options: dict[str, object] = field(default_factory=dict)
     # what xDS delivered: {"clusters"|"listeners"|"routes": {name: proto message}}
     dynamic: Callable[[], dict[str, dict[str, Message]]] = lambda: {}
@@ -249,11 +251,13 @@ def _quit(state: AdminState) -> Reply:
 
 def _healthcheck_fail(state: AdminState) -> Reply:
     state.health_check_failed = True
+    state.health_changed(True)
     return 200, TEXT, b"OK\n"
 
 
 def _healthcheck_ok(state: AdminState) -> Reply:
     state.health_check_failed = False
+    state.health_changed(False)
     return 200, TEXT, b"OK\n"
 
 

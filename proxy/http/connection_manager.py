@@ -37,9 +37,11 @@ from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.client import RawHeaders, decode_headers
 from proxy.http.deadlines import Deadlines
 from proxy.http.downstream import DownstreamConnection
+from proxy.http.grpc_reply import GRPC_DEADLINE_EXCEEDED, grpc_reply_headers
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.inline import run_inline
+from proxy.http.request_timeouts import TimedDownstreamConnection
 from proxy.http.response import (
     STATUS_LINES,
     date_line,
@@ -50,6 +52,7 @@ from proxy.http.response import (
 from proxy.http.route_plan import RoutePlan
 from proxy.http.router import RESET_PREFIX, DownstreamGone, Router, request_head
 from proxy.http.stream import Stream
+from proxy.http.stream_duration import DURATION_BODY, is_grpc
 from proxy.rbac import DENIED_BODY, RbacStats, Subject, allowed
 from proxy.router.route import (
     DirectResponseAction,
@@ -112,6 +115,10 @@ class HttpConnectionManager:
         self.deadlines = Deadlines(self._loop)
         self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
         self.router = Router(self)
+        # connections get per-connection timers only when this manager sets some
+        self.connection_class: type[DownstreamConnection] = (
+            TimedDownstreamConnection if (config.request_headers_timeout or config.request_timeout
+                                          or config.max_connection_duration) else DownstreamConnection)
         if self.access_log is not None:
             self._loop.call_later(1.0, self._flush_access_log)
 
@@ -152,7 +159,7 @@ class HttpConnectionManager:
         body = {400: b"Bad Request", 426: b"Upgrade Required"}.get(
             status, b"Request Header Fields Too Large")
         self.stats.count_status(status)
-        conn.write(self._local_head(status, body, None, close=True) + body)
+        conn.write(self.local_head(status, body, None, close=True) + body)
         conn.close()
 
     # one request
@@ -515,7 +522,7 @@ class HttpConnectionManager:
         self._server_headers(headers, stream)
         no_body = stream.method == "HEAD" or status in (204, 304) or status < 200
         keep_alive = (stream.keep_alive and stream.body.done and not stream.conn._error
-                      and not self.draining)
+                      and not self.draining and not stream.conn.draining)
         chunked = False
         if framed_length is not None:
             headers.set("content-length", framed_length)
@@ -547,7 +554,7 @@ class HttpConnectionManager:
             parts.append(date_line())
         no_body = stream.method == "HEAD" or status in (204, 304) or status < 200
         keep_alive = (stream.keep_alive and stream.body.done and not stream.conn._error
-                      and not self.draining)
+                      and not self.draining and not stream.conn.draining)
         chunked = False
         if not framed and not no_body:
             if stream.version == "1.1":
@@ -580,7 +587,7 @@ class HttpConnectionManager:
         if "date" not in headers:
             headers.add("date", http_date())
 
-    def _local_head(self, status: int, body: bytes, stream: Stream | None, close: bool = False,
+    def local_head(self, status: int, body: bytes, stream: Stream | None, close: bool = False,
                     extra: Sequence[tuple[str, str]] = ()) -> bytes:
         headers = Headers(list(extra))
         if body or status not in (204, 304):
@@ -600,16 +607,26 @@ class HttpConnectionManager:
             headers.add("connection", "close")
         return encode_head(status, headers)
 
+    def duration_timeout_reply(self, stream: Stream, extra: tuple[tuple[str, str], ...]) -> None:
+        """max_stream_duration reached before a response (proxy/http/stream_duration.py): 504,
+        408 while the request is still arriving (gRPC: DEADLINE_EXCEEDED)."""
+        self.reply(stream, 504 if stream.body.done else 408, DURATION_BODY, extra=extra,
+                   grpc_status=GRPC_DEADLINE_EXCEEDED)
+
     def reply(self, stream: Stream, status: int, body: bytes, keep_alive: bool = True,
-               extra: Sequence[tuple[str, str]] = ()) -> None:
-        keep_alive = keep_alive and stream.keep_alive and stream.body.done and not self.draining
+               extra: Sequence[tuple[str, str]] = (), grpc_status: str = "") -> None:
+        """A local reply; to a gRPC request, in gRPC's form (proxy/http/grpc_reply.py)."""
+        if "content-type" in stream.header_names and is_grpc(stream.headers):
+            status, body, extra = 200, b"", grpc_reply_headers(status, body, extra, grpc_status)
+        keep_alive = (keep_alive and stream.keep_alive and stream.body.done and not self.draining
+                      and not stream.conn.draining)
         self.stats.count_status(status)
         stream.status = status
         stream.committed = True
         conn = stream.conn
         payload = b"" if stream.method == "HEAD" else body
         stream.bytes_sent = len(payload)
-        conn.write(self._local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
+        conn.write(self.local_head(status, body, stream, close=not keep_alive, extra=extra) + payload)
         conn.response_done(keep_alive)
 
 def _is_loopback(address: str) -> bool:

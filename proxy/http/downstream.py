@@ -12,7 +12,11 @@ upstream.
 Rules for bad input (Envoy's statuses): a parse error (bad request line, bad header,
 Content-Length with Transfer-Encoding, bad chunk size) is 400; request headers over
 `max_request_headers_kb` or more than `max_headers_count` lines are 431; the connection
-closes after such a reply. HTTP/1.0 is 426 unless `accept_http_10`.
+closes after such a reply. HTTP/1.0 is 426 unless `accept_http_10`. Header names with an
+underscore follow `headers_with_underscores_action`: kept (ALLOW), the request refused with
+400 (REJECT_REQUEST, a protocol error as in Envoy's codec) or the header dropped (DROP_HEADER).
+The idle timeout starts the connection's drain, and with `delayed_close_timeout` a
+connection the proxy closes first waits for the client's close (proxy/http/connection_drain.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from proxy.http.connection_drain import delayed_close, start_drain
 from proxy.http.headers import Headers
 from proxy.http.stream import RequestBody, Stream
 from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
@@ -34,6 +39,10 @@ if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
 
 _NAME = itemgetter(0)
+
+
+def _discard(data: bytes) -> None:
+    pass
 
 class DownstreamConnection(asyncio.Protocol):
     def __init__(self, manager: HttpConnectionManager) -> None:
@@ -67,6 +76,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        self.draining = False   # responses close the connection (proxy/http/connection_drain.py)
 
     def tls_peer(self) -> PeerCertificate | None:
         """The verified client certificate (read once per connection); None without TLS."""
@@ -172,6 +182,12 @@ class DownstreamConnection(asyncio.Protocol):
         self._header_size = 0
         # The names, once (the connection manager's rules test this set, not the list).
         stream.header_names = names = set(map(_NAME, lines))
+        if config.headers_with_underscores != "ALLOW" and any("_" in name for name in names):
+            if config.headers_with_underscores == "REJECT_REQUEST":
+                self._error = 400
+                raise httptools.HttpParserError("header name with an underscore")
+            stream.headers.items = lines = [line for line in lines if "_" not in line[0]]
+            stream.header_names = names = set(map(_NAME, lines))
         if "content-length" in names or "transfer-encoding" in names or "expect" in names:
             content_length = "0"
             for name, value in lines:   # the framing headers, in one pass
@@ -222,12 +238,14 @@ class DownstreamConnection(asyncio.Protocol):
 
     def response_done(self, keep_alive: bool) -> None:
         """The response to the active request is fully written."""
+        stream = self.active
         self.active = None
         transport = self.transport
         if transport is None or self.closed:
             return
         if not keep_alive or self._error:
-            self.close()
+            # a client that asked for the close needs no grace period (Envoy closes at once)
+            self.close(delay=self._error != 0 or stream is None or stream.keep_alive)
             return
         if not self._reading:
             self._reading = True
@@ -241,10 +259,28 @@ class DownstreamConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, delay: bool = True) -> None:
+        """Close after what was written; `delay`: with delayed_close_timeout, wait for the
+        client's own close first."""
         if self.transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            if delay and self.manager.config.delayed_close_timeout > 0:
+                delayed_close(self, self.transport)   # (proxy/http/connection_drain.py)
+            else:
+                self.transport.close()
+
+    def discard_input(self) -> None:
+        """Closing: whatever the client still sends is read (to see its close) and dropped."""
+        self.tunnel = _discard
+        self._ready.clear()
+
+    def has_queued_requests(self) -> bool:
+        return bool(self._ready)
+
+    def incomplete_request(self) -> Stream | None:
+        """The request whose head is complete and body is still arriving (None: none, or
+        only a head in progress)."""
+        return self._current
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -269,7 +305,8 @@ class DownstreamConnection(asyncio.Protocol):
         loop = self.manager.loop
         deadline = self._idle_since + self.manager.config.idle_timeout
         if self.active is None and not self._ready and loop.time() >= deadline:
-            self.close()
+            self.manager.stats.downstream_cx_idle_timeout += 1
+            start_drain(self)
             return
         if self.active is not None:
             deadline = loop.time() + self.manager.config.idle_timeout

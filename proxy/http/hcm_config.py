@@ -7,8 +7,16 @@ the route configuration is inline (`route_config`) — RDS comes with dynamic re
 codec is HTTP/1.1 (`AUTO` and `HTTP1` accepted). Defaults are Envoy's: server name
 "envoy", request ids generated, 60 KiB of request headers, 100 headers, 1 h connection idle
 timeout, 5 min stream idle timeout, nothing internal unless `internal_address_config` lists it; 100-continue is
-answered by the proxy itself (Envoy's default). Request and request-header timeouts are not
-implemented yet and are rejected when set. The stream idle timeout (route `idle_timeout`,
+answered by the proxy itself (Envoy's default). Slowloris guards (proxy/http/request_timeouts.py):
+`request_headers_timeout` (from a request's first byte to its last header byte) and
+`request_timeout` (from its first byte until it is fully received or answered) end the request
+with 408 and close the connection; off (0) by default, as in Envoy. Draining
+(proxy/http/connection_drain.py): `common_http_protocol_options.max_connection_duration` and
+the idle timeout start a connection's drain — responses get `connection: close`, and
+`drain_timeout` (default 5 s) later the connection closes once no request is in flight;
+`delayed_close_timeout` is how long a connection the proxy closes waits for the client's own
+close (unset: 0, tulle-proxy closes at once, where Envoy's default is 1 s). `headers_with_underscores_action`:
+ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The stream idle timeout (route `idle_timeout`,
 else `stream_idle_timeout`, 5 min by default) bounds the wait for the upstream's response
 head: 504 "stream timeout". `upgrade_configs` enable upgrades by type (websocket, CONNECT, any
 name; custom upgrade filter chains are rejected); the tunnels are proxy/http/tunnel.py's.
@@ -19,10 +27,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from envoy.config.core.v3.protocol_pb2 import HttpProtocolOptions
 from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
 )
+from google.protobuf.message import Message
 
 from proxy.access_log import AccessLogConfig
 from proxy.config_error import ConfigError, reject_unsupported
@@ -59,6 +69,12 @@ class HcmConfig:
     rbac: tuple[RbacConfig, ...] = ()          # RBAC HTTP filters before the router, in order
     forward_client_cert: str = "SANITIZE"      # | SANITIZE_SET
     client_cert_uri: bool = False              # set_current_client_cert_details.uri
+    request_headers_timeout: float = 0.0       # 0: off
+    request_timeout: float = 0.0               # 0: off
+    max_connection_duration: float = 0.0       # 0: off
+    drain_timeout: float = 5.0
+    delayed_close_timeout: float = 0.0         # 0: close at once (Envoy's default is 1 s)
+    headers_with_underscores: str = "ALLOW"    # | REJECT_REQUEST | DROP_HEADER
 
     @classmethod
     def from_proto(cls, message: HttpConnectionManager, path: str) -> HcmConfig:
@@ -69,7 +85,8 @@ class HcmConfig:
             "always_set_request_id_in_response", "internal_address_config", "max_request_headers_kb",
             "common_http_protocol_options", "http_protocol_options", "upgrade_configs",
             "normalize_path", "merge_slashes", "access_log", "rds", "stream_idle_timeout",
-            "forward_client_cert_details", "set_current_client_cert_details"))
+            "forward_client_cert_details", "set_current_client_cert_details",
+            "request_headers_timeout", "request_timeout", "drain_timeout", "delayed_close_timeout"))
         if message.codec_type not in (HttpConnectionManager.AUTO, HttpConnectionManager.HTTP1):
             raise ConfigError(join(path, "codec_type"), "only HTTP/1.1 is supported")
         if not message.stat_prefix:
@@ -109,15 +126,21 @@ class HcmConfig:
                         f"{cidr.address_prefix}/{cidr.prefix_len.value}", strict=False))
                 except ValueError as error:
                     raise ConfigError(f"{here}.cidr_ranges[{index}]", str(error)) from None
-        idle_timeout, max_headers = 3600.0, 100
+        idle_timeout, max_headers, max_duration, underscores = 3600.0, 100, 0.0, "ALLOW"
         if message.HasField("common_http_protocol_options"):
             common = message.common_http_protocol_options
             here = join(path, "common_http_protocol_options")
-            reject_unsupported(common, here, ("idle_timeout", "max_headers_count"))
+            reject_unsupported(common, here, ("idle_timeout", "max_headers_count", "max_connection_duration",
+                                              "headers_with_underscores_action"))
             if common.HasField("idle_timeout"):
-                idle_timeout = seconds(common.idle_timeout)
+                idle_timeout = _duration(common, "idle_timeout", here, 0.0)
             if common.HasField("max_headers_count"):
                 max_headers = common.max_headers_count.value
+                if max_headers < 1:
+                    raise ConfigError(join(here, "max_headers_count"), "must be at least 1")
+            max_duration = _duration(common, "max_connection_duration", here, 0.0)
+            underscores = HttpProtocolOptions.HeadersWithUnderscoresAction.Name(
+                common.headers_with_underscores_action)
         accept_10, default_host = False, ""
         if message.HasField("http_protocol_options"):
             http1 = message.http_protocol_options
@@ -153,8 +176,7 @@ class HcmConfig:
             max_request_headers_bytes=kb * 1024,
             max_headers_count=max_headers,
             idle_timeout=idle_timeout,
-            stream_idle_timeout=(seconds(message.stream_idle_timeout)
-                                 if message.HasField("stream_idle_timeout") else 300.0),
+            stream_idle_timeout=_duration(message, "stream_idle_timeout", path, 300.0),
             upgrades=frozenset(upgrades),
             accept_http_10=accept_10,
             default_host_for_http_10=default_host,
@@ -164,7 +186,24 @@ class HcmConfig:
             client_cert_uri=client_cert_uri,
             access_logs=tuple(AccessLogConfig.from_proto(log, f"{path}.access_log[{index}]")
                               for index, log in enumerate(message.access_log)),
+            request_headers_timeout=_duration(message, "request_headers_timeout", path, 0.0),
+            request_timeout=_duration(message, "request_timeout", path, 0.0),
+            max_connection_duration=max_duration,
+            drain_timeout=_duration(message, "drain_timeout", path, 5.0),
+            delayed_close_timeout=_duration(message, "delayed_close_timeout", path, 0.0),
+            headers_with_underscores=underscores,
         )
+
+
+def _duration(message: Message, name: str, path: str, default: float) -> float:
+    """A Duration field in seconds (`default` when unset); negative values are refused, as
+    Envoy's validation does."""
+    if not message.HasField(name):
+        return default
+    value = seconds(getattr(message, name))
+    if value < 0:
+        raise ConfigError(join(path, name), f"must not be negative, got {value:g}s")
+    return value
 
 
 def _check_filters(message: HttpConnectionManager, path: str) -> tuple[bool, tuple[RbacConfig, ...]]:

@@ -16,14 +16,15 @@ from proxy.http.hcm_config import HcmConfig
 from proxy.http.request_plan import compile_request_plan
 from proxy.http.response_plan import compile_response_plan
 from proxy.http.retry import PER_TRY_TIMEOUT, is_retriable
+from proxy.http.stream_duration import DURATION_TIMEOUT
 from proxy.router.route import ForwardAction
 from proxy.router.route_table import RouteSelection, RouteTable
 
 
 class RoutePlan:
-    __slots__ = ("expected_timeout", "first_deadline", "idle", "per_try", "policy", "request_mutations",
-                 "request_plan", "response_mutations", "response_plan", "retry_statuses", "route",
-                 "table", "timeout")
+    __slots__ = ("deadline_delay", "deadline_kind", "expected_timeout", "first_deadline", "idle", "per_try",
+                 "policy", "request_mutations", "request_plan", "response_mutations", "response_plan",
+                 "retry_statuses", "route", "stream_timeouts", "table", "timeout")
 
     def __init__(self, config: HcmConfig, table: RouteTable, selection: RouteSelection) -> None:
         route = selection.route
@@ -42,10 +43,19 @@ class RoutePlan:
                          else config.stream_idle_timeout)
         else:
             self.policy, self.timeout, self.idle = None, 0.0, 0.0
+        # the request's own deadline (the route timeout, or with max_stream_duration the
+        # stream's duration, which replaces it: proxy/http/stream_duration.py)
+        self.stream_timeouts = action.stream_timeouts if isinstance(action, ForwardAction) else None
+        self.deadline_delay, self.deadline_kind = self.timeout, GLOBAL_TIMEOUT
+        if self.stream_timeouts is not None and self.stream_timeouts.new_timeouts:
+            self.timeout = 0.0
+            self.deadline_delay = self.stream_timeouts.max_stream_duration
+            self.deadline_kind = DURATION_TIMEOUT
         self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
-        # a first attempt's deadline, from the request's start: the nearest of the route,
-        # per-try and stream idle timeouts, and its kind (0.0: none)
-        self.first_deadline = first_deadline(self.timeout, self.per_try, self.idle)
+        # a first attempt's deadline, from the request's start: the nearest of the request's
+        # own, per-try and stream idle deadlines, and its kind (0.0: none)
+        self.first_deadline = first_deadline(self.deadline_delay, self.per_try, self.idle,
+                                             self.deadline_kind)
         # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
         self.expected_timeout = expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
         self.request_plan = compile_request_plan(
@@ -73,9 +83,10 @@ def expected_timeout(timeout: float, per_try: float, deadline: float, now: float
     return None
 
 
-def first_deadline(timeout: float, per_try: float, idle: float) -> tuple[float, str]:
+def first_deadline(timeout: float, per_try: float, idle: float,
+                   timeout_kind: str = GLOBAL_TIMEOUT) -> tuple[float, str]:
     """The delay from a request's start to its first attempt's deadline, and its kind."""
-    delay, kind = (timeout, GLOBAL_TIMEOUT) if timeout > 0 else (0.0, GLOBAL_TIMEOUT)
+    delay, kind = (timeout, timeout_kind) if timeout > 0 else (0.0, timeout_kind)
     if per_try > 0 and (not delay or per_try < delay):
         delay, kind = per_try, PER_TRY_TIMEOUT
     if idle > 0 and (not delay or idle < delay):

@@ -45,6 +45,7 @@ from proxy.http.retry import (
 )
 from proxy.http.route_plan import expected_timeout
 from proxy.http.stream import Stream
+from proxy.http.stream_duration import DURATION_TIMEOUT
 from proxy.router.matchers import parse_query
 from proxy.router.route import ForwardAction, HashPolicy
 from proxy.upstream.balancer import combine_hash_keys, hash_key_for
@@ -103,8 +104,11 @@ class Router:
         retry = None
         retry_statuses = plan.retry_statuses
         request_plan = plan.request_plan
+        delay = plan.deadline_delay
         if stream.internal:   # x-envoy-* request headers override the route's settings
             policy, timeout = _honour_envoy_headers(headers, policy, timeout)
+            if plan.stream_timeouts is None or not plan.stream_timeouts.new_timeouts:
+                delay = timeout
             per_try = policy.per_try_timeout if policy is not None else 0.0
             retry_statuses = _NO_STATUSES   # (decided by `retry`)
             request_plan = None
@@ -115,6 +119,13 @@ class Router:
                     if extra:
                         retry.extra_status_codes = frozenset(
                             int(code) for code in extra.split(",") if code.strip().isdigit())
+        if plan.stream_timeouts is not None:   # gRPC timeouts, max_stream_duration
+            own = plan.stream_timeouts.for_request(headers, names)
+            if own is not None:
+                delay = own
+                if not plan.stream_timeouts.new_timeouts:
+                    timeout = own
+                request_plan = None   # (the plan's deadline and expected timeout are not this one's)
         stream.hash_key = _hash_key(action.hash_policy, stream) if action.hash_policy else None
         if request_plan is not None:   # the common case: the route's lines in one step
             if not names.isdisjoint(request_plan.drop):
@@ -146,7 +157,7 @@ class Router:
         stream.timeout = timeout
         stream.per_try = per_try
         stream.idle = plan.idle
-        stream.deadline = stream.start + timeout if timeout > 0 else 0.0
+        stream.deadline = stream.start + delay if delay > 0 else 0.0
         stream.tried = []
         stream.number = 0
         host = self._begin_attempt(stream, request_plan is None)
@@ -238,7 +249,7 @@ class Router:
     def _attempt_deadline(self, stream: Stream, now: float) -> tuple[float, str]:
         """One timer per attempt: the nearest of the route, per-try and stream idle deadlines
         (0.0: none)."""
-        when, kind = stream.deadline, GLOBAL_TIMEOUT
+        when, kind = stream.deadline, stream.plan.deadline_kind
         per_try = stream.per_try
         if per_try > 0 and (not when or now + per_try < when):
             when, kind = now + per_try, PER_TRY_TIMEOUT
@@ -298,6 +309,11 @@ class Router:
                 stream.flags = "SI"
                 manager.reply(stream, 504, b"stream timeout", extra=self._counted(stream))
                 return
+            if outcome == DURATION_TIMEOUT:
+                stream.flags = "DT"
+                manager.stats.downstream_rq_max_duration_reached += 1
+                manager.duration_timeout_reply(stream, self._counted(stream))
+                return
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
@@ -351,7 +367,7 @@ class Router:
                 if deadline:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        return GLOBAL_TIMEOUT
+                        return stream.plan.deadline_kind
                     connection = await asyncio.wait_for(pool.acquire(), remaining)
                 else:
                     connection = await pool.acquire()
@@ -360,7 +376,7 @@ class Router:
             except Overflow:
                 return OVERFLOW
             except TimeoutError:
-                return GLOBAL_TIMEOUT
+                return stream.plan.deadline_kind
         now = loop.time()
         attempt = Attempt(connection, pool, host, now)
         connection.start(attempt, head)
@@ -382,6 +398,9 @@ class Router:
         finally:
             if timer is not None:
                 timer.cancel()
+        if body.failed or stream.conn.closed:   # (woken by the pump's abort, or a 408)
+            attempt.abandon()
+            raise DownstreamGone()
         if attempt.headers is not None:
             return attempt
         if pump is not None:
@@ -408,7 +427,10 @@ class Router:
                 if chunked:
                     connection.write(LAST_CHUNK)
                 return
-            if body.failed or connection.closed:
+            if body.failed:   # the client's request broke off: so does the upstream's
+                connection.abort()
+                return
+            if connection.closed:
                 return
             await body.wait()
 

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.http.retry import RetryPolicy
+from proxy.http.stream_duration import StreamTimeouts
 from proxy.proto_config import join, seconds
 from proxy.router.header_mutation import HeaderMutation, header_mutation
 from proxy.router.matchers import (
@@ -136,6 +137,8 @@ class ForwardAction:
     upgrades: frozenset[str] = frozenset()            # enabled on this route
     upgrades_disabled: frozenset[str] = frozenset()   # disabled on this route
     connect_terminate: bool = False   # CONNECT's connect_config: answer it here, tunnel raw bytes
+    # max_stream_duration / max_grpc_timeout (proxy/http/stream_duration.py); None: neither
+    stream_timeouts: StreamTimeouts | None = None
 
     def pick_cluster(self, random_value: float) -> str:
         if not self.weighted_clusters:
@@ -153,7 +156,8 @@ class ForwardAction:
                                     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
                                     "append_x_forwarded_host",
                                     "timeout", "idle_timeout", "retry_policy", "hash_policy",
-                                    "upgrade_configs"))
+                                    "upgrade_configs", "max_stream_duration", "max_grpc_timeout",
+                                    "grpc_timeout_offset"))
         weighted: list[tuple[str, int]] = []
         if message.HasField("weighted_clusters"):
             clusters = message.weighted_clusters
@@ -210,6 +214,7 @@ class ForwardAction:
             upgrades=frozenset(upgrades),
             upgrades_disabled=frozenset(disabled),
             connect_terminate=connect_terminate,
+            stream_timeouts=StreamTimeouts.from_route_action(message, path),
         )
 
     def rewrite_path(self, path: str, query: str, matched: int) -> str | None:

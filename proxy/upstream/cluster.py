@@ -253,5 +253,6 @@ class Cluster:
             pool = self.pools[host] = ConnectionPool(host, self.stats, self.config.connect_timeout,
                                                      self.breaker,
                                                      self.config.max_requests_per_connection,
-                                                     self.transport_socket(host), self.config.buffer_limit)
+                                                     self.transport_socket(host), self.config.buffer_limit,
+                                                     self.config.tcp_keepalive)
         return pool

@@ -5,7 +5,7 @@ clusters get them over xDS (`eds_cluster_config`). `connect_timeout` defaults to
 Envoy; `healthy_panic_threshold` to 50 %; STRICT_DNS re-resolves every `dns_refresh_rate`
 (default 5 s). The balancer, circuit breaker, outlier detection and health check messages
 are handed to their own parsers (proxy/upstream/...), which reject what they do not
-support.
+support; so is `upstream_connection_options` (proxy/upstream/tcp_keepalive.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
 from proxy.upstream.health import HealthCheckConfig
 from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierConfig
+from proxy.upstream.tcp_keepalive import TcpKeepalive, upstream_connection_options
 
 _TYPES = {Cluster.STATIC: "STATIC", Cluster.STRICT_DNS: "STRICT_DNS", Cluster.EDS: "EDS",
           Cluster.LOGICAL_DNS: "LOGICAL_DNS", Cluster.ORIGINAL_DST: "ORIGINAL_DST"}
@@ -84,6 +85,7 @@ class ClusterConfig:
     locality_weighted: bool = False
     transport_socket: TlsConfig | None = None            # None: plaintext (raw_buffer)
     socket_matches: tuple[SocketMatch, ...] = ()
+    tcp_keepalive: TcpKeepalive | None = None   # upstream_connection_options.tcp_keepalive
     proto: Cluster | None = None
 
     @classmethod
@@ -95,7 +97,7 @@ class ClusterConfig:
             "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
             "max_requests_per_connection", "metadata", "alt_stat_name", "per_connection_buffer_limit_bytes",
             "http2_protocol_options", "typed_extension_protocol_options", "load_balancing_policy",
-            "transport_socket", "transport_socket_matches"))
+            "transport_socket", "transport_socket_matches", "upstream_connection_options"))
         if not message.name:
             raise ConfigError(join(path, "name"), "must not be empty")
         kind = _TYPES.get(message.type)
@@ -182,6 +184,9 @@ class ClusterConfig:
                                                           server_side=False)
                               if message.HasField("transport_socket") else None),
             socket_matches=_socket_matches(message, path),
+            tcp_keepalive=(upstream_connection_options(message.upstream_connection_options,
+                                                       join(path, "upstream_connection_options"))
+                           if message.HasField("upstream_connection_options") else None),
             proto=message,
         )
 

@@ -25,6 +25,7 @@ from proxy.tls import session_resumption
 from proxy.tls.transport_socket import SecretNotReady, TlsTransport
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.host import Host
+from proxy.upstream.tcp_keepalive import TcpKeepalive
 
 
 class ConnectFailure(Exception):
@@ -53,12 +54,14 @@ _NEVER_POOLED = _NeverPooled()
 
 class ConnectionPool:
     __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "buffer_limit", "connect_timeout",
-                 "host", "max_requests_per_connection", "open", "stats", "tls")
+                 "host", "keepalive", "max_requests_per_connection", "open", "stats", "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
                  breaker: CircuitBreaker, max_requests_per_connection: int = 0,
-                 tls: TlsTransport | None = None, buffer_limit: int | None = None) -> None:
+                 tls: TlsTransport | None = None, buffer_limit: int | None = None,
+                 keepalive: TcpKeepalive | None = None) -> None:
         self.tls = tls
+        self.keepalive = keepalive         # the cluster's upstream tcp_keepalive
         self.buffer_limit = buffer_limit   # the cluster's per_connection_buffer_limit_bytes
         self.max_requests_per_connection = max_requests_per_connection
         self.host = host
@@ -168,6 +171,8 @@ class ConnectionPool:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.keepalive is not None:
+                self.keepalive.apply(sock)
         self.open += 1
         stats.upstream_cx_active += 1
         return connection

@@ -355,12 +355,14 @@ class Router:
                     connection = await asyncio.wait_for(pool.acquire(), remaining)
                 else:
                     connection = await pool.acquire()
-            except ConnectFailure:
+            except ConnectFailure as failure:
+                stream.transport_failure = failure.reason   # (for the access log)
                 return CONNECT_FAILURE
             except Overflow:
                 return OVERFLOW
             except TimeoutError:
                 return GLOBAL_TIMEOUT
+        stream.upstream_connection = connection   # (for the access log)
         now = loop.time()
         attempt = Attempt(connection, pool, host, now)
         connection.start(attempt, head)
@@ -418,6 +420,7 @@ class Router:
         in one write when it is all in, else as it arrives under `deadline`."""
         conn = stream.conn
         assert attempt.headers is not None
+        stream.upstream_connection = attempt.connection   # (for the access log)
         head, keep_alive, chunked, no_body = self.manager.commit_head(
             stream, attempt.status, attempt.headers, attempt.host, attempts)
         loop = self.loop

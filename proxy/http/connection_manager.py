@@ -489,6 +489,9 @@ class HttpConnectionManager:
         stream.status = status
         stream.upstream = host.key
         stream.response_headers = headers   # (for the access log's %RESP(..)%)
+        cookie = getattr(stream, "set_cookie", None)   # a generated hash cookie
+        if cookie is not None:
+            headers.add("set-cookie", cookie)
         for mutation in stream.response_mutations:
             mutation.apply(headers, stream)
         self._server_headers(headers, stream)

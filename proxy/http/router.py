@@ -29,6 +29,7 @@ import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from proxy.http import hash_cookie
 from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
 from proxy.http.client import UpstreamConnection
 from proxy.http.exchange import Exchange
@@ -532,6 +533,8 @@ def _hash_key(policies: tuple[HashPolicy, ...], stream: Stream) -> int | None:
                 value = "".join(line for name, line in headers.items if name == policy.name)
         elif policy.kind == "cookie":
             value = _cookie(headers, policy.name)
+            if value is None and policy.ttl is not None:
+                value = hash_cookie.generate(stream, policy)
         elif policy.kind == "source_ip":
             value = stream.downstream_remote[0] or None
         else:
@@ -549,6 +552,9 @@ def _cookie(headers: Headers, name: str) -> str | None:
             for pair in value.split(";"):
                 cookie_name, _, cookie_value = pair.strip().partition("=")
                 if cookie_name == name:
+                    # Envoy: a quoted value is taken without its quotes
+                    if len(cookie_value) >= 2 and cookie_value[0] == cookie_value[-1] == '"':
+                        return cookie_value[1:-1]
                     return cookie_value
     return None
 

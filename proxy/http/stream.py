@@ -88,7 +88,7 @@ class Stream:
                  "conn", "deadline", "downstream_local", "downstream_remote", "expect_continue",
                  "flags", "has_body", "hash_key", "header_names", "headers", "idle", "internal", "keep_alive",
                  "method", "number", "per_try", "plan", "policy", "request_headers",
-                 "response_headers", "response_mutations", "retry", "retry_statuses", "selection", "service_time",
+                 "response_headers", "response_mutations", "retry", "retry_statuses", "selection", "service_time", "set_cookie",
                  "start", "status",
                  "target", "timeout", "transport_failure", "tried", "upgrade", "upstream", "upstream_connection",
                  "upstream_target", "version")
@@ -117,6 +117,7 @@ class Stream:
     response_headers: Headers | RawHeaders
     upstream_connection: UpstreamConnection
     transport_failure: str    # why the last connect failed (ConnectFailure.reason)
+    set_cookie: str           # a generated hash cookie's Set-Cookie (proxy/http/hash_cookie.py)
 
     def __init__(self, conn: DownstreamConnection, method: str, target: str, version: str,
                  headers: Headers, keep_alive: bool, upgrade: bool) -> None:

@@ -13,6 +13,7 @@ Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
 - flow control: when one side holds 1 MiB unsent (Envoy's per_connection_buffer_limit_bytes
   default) the other side stops reading until it drains.
 - stats: tcp.PREFIX.downstream_cx_rx_bytes_total / tx counts every byte relayed each way.
+- `access_log`: one line per connection when it closes (proxy/tcp_access_log.py).
 
 Theory of operation: each side is an asyncio protocol; what one side reads is written to the
 other's transport, with as few Python calls per chunk as possible (small request/response
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 
 from proxy import splice_pump
+from proxy.access_log import AccessLogConfig, AccessLogWriter
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.rbac import RbacConfig, RbacStats, Subject, allowed
@@ -59,11 +61,12 @@ class TcpProxyConfig:
     weighted_clusters: tuple[tuple[str, int], ...] = ()
     idle_timeout: float = 3600.0
     max_connect_attempts: int = 1
+    access_logs: tuple[AccessLogConfig, ...] = ()
 
     @classmethod
     def from_proto(cls, message: TcpProxy, path: str) -> TcpProxyConfig:
         reject_unsupported(message, path, ("stat_prefix", "cluster", "weighted_clusters",
-                                           "idle_timeout", "max_connect_attempts"))
+                                           "idle_timeout", "max_connect_attempts", "access_log"))
         if not message.stat_prefix:
             raise ConfigError(join(path, "stat_prefix"), "must not be empty")
         weighted: list[tuple[str, int]] = []
@@ -86,6 +89,8 @@ class TcpProxyConfig:
             weighted_clusters=tuple(weighted),
             idle_timeout=seconds(message.idle_timeout) if message.HasField("idle_timeout") else 3600.0,
             max_connect_attempts=attempts,
+            access_logs=tuple(AccessLogConfig.from_proto(log, f"{path}.access_log[{index}]")
+                              for index, log in enumerate(message.access_log)),
         )
 
     def clusters(self) -> set[str]:
@@ -114,11 +119,16 @@ class TcpProxyFilter:
         self.stats = TcpProxyStats()
         self.rbac = rbac
         self.rbac_stats = RbacStats()
+        self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
+        self.connection_type = DownstreamTcp
+        if self.access_log is not None:   # connections that count and log (imports this module)
+            from proxy.tcp_access_log import LoggedDownstreamTcp
+            self.connection_type = LoggedDownstreamTcp
 
     def protocol(self, destination: tuple[str, int] | None = None) -> asyncio.Protocol:
         """A connection's protocol; `destination` is its original destination (what an
         ORIGINAL_DST cluster connects to)."""
-        return DownstreamTcp(self, destination)
+        return self.connection_type(self, destination)
 
     def extra_stats(self) -> dict[str, int]:
         if not self.rbac:
@@ -228,6 +238,7 @@ class UpstreamTcp(_Side):
 
 
 class DownstreamTcp(_Side):
+    upstream_type = UpstreamTcp
     __slots__ = ("_active", "_cluster", "_connect", "_idle", "_pending", "clock", "destination",
                  "last_activity", "owner", "spliceable", "stats")
 
@@ -285,19 +296,21 @@ class DownstreamTcp(_Side):
                 host = cluster.choose(None)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy += 1
+                self.upstream_failed("UH", cluster, None, None)
                 break
             if not cluster.breaker.try_open_connection():
+                self.upstream_failed("UO", cluster, host, None)
                 break
             cluster.stats.upstream_cx_total += 1
             tls = cluster.transport_socket(host)
             try:
                 if tls is None:
                     _, upstream = await asyncio.wait_for(
-                        loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port),
+                        loop.create_connection(lambda: self.upstream_type(self), host.address, host.port),
                         cluster.config.connect_timeout)
                 else:
                     _, upstream = await asyncio.wait_for(
-                        loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port,
+                        loop.create_connection(lambda: self.upstream_type(self), host.address, host.port,
                                                ssl=tls.context(), server_hostname=tls.config.sni),
                         cluster.config.connect_timeout)
                     assert upstream.transport is not None
@@ -312,6 +325,7 @@ class DownstreamTcp(_Side):
                 cluster.breaker.close_connection()
                 cluster.stats.upstream_cx_connect_fail += 1
                 cluster.record_outcome(host, None)
+                self.upstream_failed("UF", cluster, host, error)
                 continue
             if self.closed:
                 upstream.close()
@@ -320,6 +334,10 @@ class DownstreamTcp(_Side):
             self._attach(upstream, cluster, host)
             return
         self.close()
+
+    def upstream_failed(self, flag: str, cluster: Cluster, host: Host | None,
+                        error: BaseException | None) -> None:
+        """No upstream this time (Envoy's response flag): for the access log's subclass."""
 
     def _attach(self, upstream: UpstreamTcp, cluster: Cluster, host: object) -> None:
         assert upstream.transport is not None and self.transport is not None

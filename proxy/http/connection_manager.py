@@ -27,11 +27,10 @@ import asyncio
 import ipaddress
 import logging
 import random
-import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.access_log import AccessLogWriter, AccessRecord
+from proxy.access_log import AccessLogWriter
 from proxy.http import tunnel
 from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.client import RawHeaders, decode_headers
@@ -113,34 +112,13 @@ class HttpConnectionManager:
         self._routes_count = 0
         self._loop = self.loop = asyncio.get_event_loop()
         self.deadlines = Deadlines(self._loop)
-        self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
+        self.access_log = (AccessLogWriter(config.access_logs, config.use_remote_address)
+                           if config.access_logs else None)
         self.router = Router(self)
         # connections get per-connection timers only when this manager sets some
         self.connection_class: type[DownstreamConnection] = (
             TimedDownstreamConnection if (config.request_headers_timeout or config.request_timeout
                                           or config.max_connection_duration) else DownstreamConnection)
-        if self.access_log is not None:
-            self._loop.call_later(1.0, self._flush_access_log)
-
-    def _flush_access_log(self) -> None:
-        assert self.access_log is not None
-        self.access_log.flush()
-        self._loop.call_later(1.0, self._flush_access_log)
-
-    def _log(self, stream: Stream) -> None:
-        assert self.access_log is not None
-        headers = stream.headers
-        now = self._loop.time()
-        self.access_log.write(AccessRecord(
-            start=time.time() - (now - stream.start), method=stream.method,
-            path=headers.get("x-envoy-original-path") or stream.target,
-            authority=headers.get("host") or "", status=stream.status,
-            flags=stream.flags if not stream.conn.closed or stream.committed else "DC",
-            bytes_received=stream.body.size, bytes_sent=stream.bytes_sent,
-            duration_ms=int((now - stream.start) * 1000), service_time=stream.service_time,
-            forwarded_for=headers.get_joined("x-forwarded-for"),
-            user_agent=headers.get("user-agent"), request_id=headers.get("x-request-id"),
-            upstream=stream.upstream))
 
     # connections
 
@@ -188,7 +166,7 @@ class HttpConnectionManager:
         stats.downstream_rq_active -= 1
         stats.downstream_rq_completed += 1
         if self.access_log is not None:
-            self._log(stream)
+            self.access_log.write_http(stream, self._loop.time())
 
     def run_async(self, stream: Stream, work: Coroutine[Any, Any, None]) -> None:
         """Finish the stream in a coroutine (retries, streamed bodies, upgrades)."""
@@ -517,6 +495,10 @@ class HttpConnectionManager:
             headers.set("x-envoy-attempt-count", str(attempts))
         stream.status = status
         stream.upstream = host.key
+        stream.response_headers = headers   # (for the access log's %RESP(..)%)
+        cookie = getattr(stream, "set_cookie", None)   # a generated hash cookie
+        if cookie is not None:
+            headers.add("set-cookie", cookie)
         for mutation in stream.response_mutations:
             mutation.apply(headers, stream)
         self._server_headers(headers, stream)
@@ -565,6 +547,7 @@ class HttpConnectionManager:
         parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         stream.status = status
         stream.upstream = host.key
+        stream.response_headers = raw   # (for the access log's %RESP(..)%)
         if 200 <= status < 300:   # (the common case without a call)
             self.stats.downstream_rq_2xx += 1
         else:
@@ -595,6 +578,7 @@ class HttpConnectionManager:
         if body:
             headers.add("content-type", "text/plain")
         if stream is not None:
+            stream.response_headers = headers   # (for the access log's %RESP(..)%)
             for mutation in stream.response_mutations:
                 mutation.apply(headers, stream)
             if self.config.always_set_request_id_in_response:

@@ -103,6 +103,7 @@ class Exchange:
                 host.rq_success += 1
             else:
                 host.rq_error += 1
+        stream.upstream_connection = self.connection   # (for the access log)
         self.head, self.keep_alive, self.chunked, self.no_body = self.router.manager.commit_raw_head(
             stream, status, headers, self.host)
 

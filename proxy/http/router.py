@@ -29,6 +29,7 @@ import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from proxy.http import hash_cookie
 from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
 from proxy.http.client import UpstreamConnection
 from proxy.http.exchange import Exchange
@@ -371,12 +372,14 @@ class Router:
                     connection = await asyncio.wait_for(pool.acquire(), remaining)
                 else:
                     connection = await pool.acquire()
-            except ConnectFailure:
+            except ConnectFailure as failure:
+                stream.transport_failure = failure.reason   # (for the access log)
                 return CONNECT_FAILURE
             except Overflow:
                 return OVERFLOW
             except TimeoutError:
                 return stream.plan.deadline_kind
+        stream.upstream_connection = connection   # (for the access log)
         now = loop.time()
         attempt = Attempt(connection, pool, host, now)
         connection.start(attempt, head)
@@ -440,6 +443,7 @@ class Router:
         in one write when it is all in, else as it arrives under `deadline`."""
         conn = stream.conn
         assert attempt.headers is not None
+        stream.upstream_connection = attempt.connection   # (for the access log)
         head, keep_alive, chunked, no_body = self.manager.commit_head(
             stream, attempt.status, attempt.headers, attempt.host, attempts)
         loop = self.loop
@@ -551,6 +555,8 @@ def _hash_key(policies: tuple[HashPolicy, ...], stream: Stream) -> int | None:
                 value = "".join(line for name, line in headers.items if name == policy.name)
         elif policy.kind == "cookie":
             value = _cookie(headers, policy.name)
+            if value is None and policy.ttl is not None:
+                value = hash_cookie.generate(stream, policy)
         elif policy.kind == "source_ip":
             value = stream.downstream_remote[0] or None
         else:
@@ -568,6 +574,9 @@ def _cookie(headers: Headers, name: str) -> str | None:
             for pair in value.split(";"):
                 cookie_name, _, cookie_value = pair.strip().partition("=")
                 if cookie_name == name:
+                    # Envoy: a quoted value is taken without its quotes
+                    if len(cookie_value) >= 2 and cookie_value[0] == cookie_value[-1] == '"':
+                        return cookie_value[1:-1]
                     return cookie_value
     return None
 

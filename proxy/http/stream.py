@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from proxy.http.headers import Headers
 
 if TYPE_CHECKING:
+    from proxy.http.client import RawHeaders, UpstreamConnection
     from proxy.http.downstream import DownstreamConnection
     from proxy.http.retry import RetryPolicy, RetryState
     from proxy.http.route_plan import RoutePlan
@@ -87,9 +88,10 @@ class Stream:
                  "conn", "deadline", "downstream_local", "downstream_remote", "expect_continue",
                  "flags", "has_body", "hash_key", "header_names", "headers", "idle", "internal", "keep_alive",
                  "method", "number", "per_try", "plan", "policy", "request_headers",
-                 "response_mutations", "retry", "retry_statuses", "selection", "service_time",
+                 "response_headers", "response_mutations", "retry", "retry_statuses", "selection", "service_time", "set_cookie",
                  "start", "status",
-                 "target", "timeout", "tried", "upgrade", "upstream", "upstream_target", "version")
+                 "target", "timeout", "transport_failure", "tried", "upgrade", "upstream", "upstream_connection",
+                 "upstream_target", "version")
 
     header_names: set[str]    # the names of the client's headers, set by the parser
 
@@ -111,6 +113,11 @@ class Stream:
     timeout: float
     tried: list[Host]
     upstream_target: str      # the request target as sent upstream (after rewrites)
+    # for the access log: the response head as committed, the connection that carried it
+    response_headers: Headers | RawHeaders
+    upstream_connection: UpstreamConnection
+    transport_failure: str    # why the last connect failed (ConnectFailure.reason)
+    set_cookie: str           # a generated hash cookie's Set-Cookie (proxy/http/hash_cookie.py)
 
     def __init__(self, conn: DownstreamConnection, method: str, target: str, version: str,
                  headers: Headers, keep_alive: bool, upgrade: bool) -> None:

@@ -98,6 +98,10 @@ class HashPolicy:
     kind: Literal["header", "cookie", "source_ip", "query_parameter"]
     name: str = ""
     terminal: bool = False
+    # a cookie policy with a ttl generates a missing cookie (proxy/http/hash_cookie.py)
+    ttl: int | None = None
+    path: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_proto(cls, message: Message, path: str) -> HashPolicy:
@@ -109,8 +113,20 @@ class HashPolicy:
             reject_unsupported(message.header, join(path, "header"), ("header_name",))
             return cls("header", message.header.header_name.lower(), terminal)
         if kind == "cookie":
-            reject_unsupported(message.cookie, join(path, "cookie"), ("name",))
-            return cls("cookie", message.cookie.name, terminal)
+            cookie = message.cookie
+            here = join(path, "cookie")
+            reject_unsupported(cookie, here, ("name", "ttl", "path", "attributes"))
+            if not cookie.name:
+                raise ConfigError(join(here, "name"), "must not be empty")
+            attributes = []
+            for index, attribute in enumerate(cookie.attributes):
+                reject_unsupported(attribute, f"{here}.attributes[{index}]", ("name", "value"))
+                if not attribute.name:
+                    raise ConfigError(f"{here}.attributes[{index}].name", "must not be empty")
+                attributes.append((attribute.name, attribute.value))
+            # Envoy's Max-Age is whole seconds
+            ttl = cookie.ttl.seconds if cookie.HasField("ttl") else None
+            return cls("cookie", cookie.name, terminal, ttl, cookie.path, tuple(attributes))
         if kind == "connection_properties":
             if not message.connection_properties.source_ip:
                 raise ConfigError(join(path, "connection_properties.source_ip"), "must be true")

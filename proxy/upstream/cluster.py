@@ -3,7 +3,8 @@
 Theory of operation: the router asks `choose(hash_key, avoid)` for a host, then takes a
 connection from that host's pool. Membership comes from the config (STATIC), from DNS
 (STRICT_DNS: every address the name resolves to is a host; re-resolved every
-dns_refresh_rate) or from EDS (`update_endpoints`). The HostSet keeps Host objects whose
+dns_refresh_rate; LOGICAL_DNS: the first address the one name resolves to is the one host,
+new connections go to the latest one, a failed resolution keeps it) or from EDS (`update_endpoints`). The HostSet keeps Host objects whose
 address persists, so counters and health survive updates.
 
 `avoid` implements the previous_hosts retry predicate: up to
@@ -124,11 +125,11 @@ class Cluster:
         return stats
 
     async def start(self) -> None:
-        """Resolve a STRICT_DNS cluster once before serving, then keep re-resolving; start
-        the outlier detector's interval."""
+        """Resolve a STRICT_DNS or LOGICAL_DNS cluster once before serving, then keep
+        re-resolving; start the outlier detector's interval."""
         if self.outlier is not None:
             self._schedule_outlier_tick()
-        if self.config.type == "STRICT_DNS":
+        if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
             await self._resolve()
             self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
         checker = self.health_checker
@@ -142,12 +143,15 @@ class Cluster:
         loop = asyncio.get_running_loop()
         family = _FAMILIES.get(self.config.dns_family, socket.AF_UNSPEC)
         resolved: dict[str, list[str]] = {}
+        logical = self.config.type == "LOGICAL_DNS"
         for endpoint in self.config.endpoints:
             try:
                 infos = await loop.getaddrinfo(endpoint.address, endpoint.port, family=family,
                                                type=socket.SOCK_STREAM)
             except OSError as error:
                 log.warning("cluster %s: cannot resolve %s: %s", self.name, endpoint.address, error)
+                if logical and self.host_set.hosts:
+                    return   # Envoy keeps a logical host's address until a resolution succeeds
                 resolved[endpoint.address] = []
                 continue
             addresses: list[str] = []
@@ -157,7 +161,9 @@ class Cluster:
                     addresses.append(address)
             if self.config.dns_family == "V4_PREFERRED" and any(":" not in a for a in addresses):
                 addresses = [a for a in addresses if ":" not in a]
-            resolved[endpoint.address] = addresses
+            if logical and not addresses and self.host_set.hosts:
+                return   # (an empty answer as well)
+            resolved[endpoint.address] = addresses[:1] if logical else addresses
         self.set_endpoints(self.config.endpoints, resolved)
 
     async def _refresh_dns(self) -> None:

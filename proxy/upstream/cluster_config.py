@@ -1,9 +1,11 @@
 """A cluster's configuration, read from Envoy's Cluster message and validated.
 
-Rules: STATIC and STRICT_DNS clusters carry their endpoints in `load_assignment`; EDS
-clusters get them over xDS (`eds_cluster_config`). `connect_timeout` defaults to 5 s as in
-Envoy; `healthy_panic_threshold` to 50 %; STRICT_DNS re-resolves every `dns_refresh_rate`
-(default 5 s). The balancer, circuit breaker, outlier detection and health check messages
+Rules: STATIC, STRICT_DNS and LOGICAL_DNS clusters carry their endpoints in
+`load_assignment`; EDS clusters get them over xDS (`eds_cluster_config`). `connect_timeout`
+defaults to 5 s as in Envoy; `healthy_panic_threshold` to 50 %; STRICT_DNS and LOGICAL_DNS
+re-resolve every `dns_refresh_rate` (default 5 s; `respect_dns_ttl` is not supported: the
+system resolver tells no TTL). A LOGICAL_DNS cluster has exactly one endpoint, as Envoy
+requires. The balancer, circuit breaker, outlier detection and health check messages
 are handed to their own parsers (proxy/upstream/...), which reject what they do not
 support; so is `upstream_connection_options` (proxy/upstream/tcp_keepalive.py).
 """
@@ -101,9 +103,9 @@ class ClusterConfig:
         if not message.name:
             raise ConfigError(join(path, "name"), "must not be empty")
         kind = _TYPES.get(message.type)
-        if kind is None or kind == "LOGICAL_DNS":
+        if kind is None:
             raise ConfigError(join(path, "type"), f"{Cluster.DiscoveryType.Name(message.type)} "
-                              "is not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)")
+                              "is not supported (STATIC, STRICT_DNS, LOGICAL_DNS, EDS, ORIGINAL_DST)")
         policy = _LB_POLICIES.get(message.lb_policy)
         if kind == "ORIGINAL_DST" or message.lb_policy == Cluster.CLUSTER_PROVIDED:
             # The host is each connection's original destination: no balancer picks it.
@@ -158,6 +160,9 @@ class ClusterConfig:
         outlier = (OutlierConfig.from_proto(message.outlier_detection, join(path, "outlier_detection"))
                    if message.HasField("outlier_detection") else None)
         endpoints = _endpoints(message, join(path, "load_assignment"), kind)
+        if kind == "LOGICAL_DNS" and (len(message.load_assignment.endpoints) != 1 or len(endpoints) != 1):
+            raise ConfigError(join(path, "load_assignment"), "a LOGICAL_DNS cluster must have a single "
+                              "locality_lb_endpoint and a single lb_endpoint")
         if kind == "EDS" and message.HasField("load_assignment"):
             raise ConfigError(join(path, "load_assignment"), "an EDS cluster gets its endpoints over xDS")
         return cls(

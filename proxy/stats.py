@@ -60,7 +60,7 @@ class ClusterStats:
 
 @dataclass(slots=True)
 class HttpStats:
-    GAUGES = frozenset({"downstream_rq_active", "downstream_cx_active"})
+    GAUGES = frozenset({"downstream_rq_active", "downstream_cx_active", "downstream_cx_upgrades_active"})
     downstream_rq_total: int = 0
     downstream_rq_http1_total: int = 0
     downstream_rq_1xx: int = 0
@@ -82,6 +82,8 @@ class HttpStats:
     downstream_cx_destroy: int = 0
     downstream_cx_active: int = 0
     downstream_rq_active: int = 0
+    downstream_cx_upgrades_total: int = 0    # upgrades (WebSocket, CONNECT) a route allowed
+    downstream_cx_upgrades_active: int = 0   # ... whose stream has not ended
     no_route: int = 0
     rq_direct_response: int = 0
     rq_redirect: int = 0

@@ -261,8 +261,8 @@ class HttpConnectionManager:
             if not isinstance(action, ForwardAction) or not self._upgrade_allowed(upgrade, action):
                 self.reply(stream, 403, b"", keep_alive=False)
                 return False
-            self.run_async(stream, tunnel.serve_connect(self, stream, selection, action) if upgrade == "connect"
-                           else self._tunnel(stream, selection, action, sent_upgrade_headers))
+            self.run_async(stream, tunnel.counted(self.stats, tunnel.serve_connect(self, stream, selection, action)
+                           if upgrade == "connect" else self._tunnel(stream, selection, action, sent_upgrade_headers)))
             return True
         elif isinstance(action, ForwardAction):
             return self.router.forward(stream, action, authority, names)
@@ -457,27 +457,10 @@ class HttpConnectionManager:
         stream.committed = True
         self.stats.count_status(101)
         conn.write(encode_head(101, response))
-        closed = loop.create_future()
-
-        def finish() -> None:
-            if not closed.done():
-                closed.set_result(None)
-
-        connection.tunnel = conn.write
-        conn.tunnel = connection.write
-        connection.on_lost = finish
-        conn.on_lost = finish
-        for data in connection.early_tunnel_data:
-            conn.write(data)
-        for data in conn.early_tunnel_data:
-            connection.write(data)
-        connection.early_tunnel_data.clear()
-        conn.early_tunnel_data.clear()
-        if not (connection.closed or conn.closed):
-            await closed
-        connection.abort()
-        conn.close()
-        conn.response_done(False)
+        joined = tunnel.Tunnel(conn, connection, stream.plan.idle)
+        joined.start(connection.early_tunnel_data)
+        connection.early_tunnel_data = []
+        await joined.run()
 
     def commit_head(self, stream: Stream, status: int, headers: Headers, host: Host,
                     attempts: int) -> tuple[bytes, bool, bool, bool]:

@@ -70,6 +70,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._error: int = 0
         self.tunnel: Callable[[bytes], None] | None = None
         self.upgraded = False
+        self.half_closed = False   # the client's FIN came before its tunnel was up
         self.early_tunnel_data: list[bytes] = []
         self.on_lost: Callable[[], None] | None = None
         self.on_drain: Callable[[], None] | None = None
@@ -135,7 +136,12 @@ class DownstreamConnection(asyncio.Protocol):
         self._dispatch()
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: serve what is in flight, then close.
+        # The client half-closed: serve what is in flight, then close. A tunnel ends (Envoy:
+        # the upstream gets the FIN after every byte before it, and the client is closed).
+        if self.tunnel is not None:
+            return False
+        if self.upgraded:
+            self.half_closed = True   # the tunnel, once up, ends at once
         return not (self.active is None and not self._ready)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -20,13 +20,22 @@ Rules of CONNECT:
   connections into a tunnel, any other answer is relayed and the connection closes.
 - Bytes the client sent before the tunnel was up are sent first; a side that cannot keep up
   pauses reading on the other (the tunnel never buffers without bound).
+- A client's half-close (FIN) ends the tunnel, as Envoy 1.40 ends an HTTP/1.1 one: the
+  upstream gets the FIN after every byte the client sent before it, and the client
+  connection is closed after what it was sent (no half-open tunnel). The upstream's FIN
+  closes both the same way.
 - A tunnel with no bytes either way for the stream idle timeout (the route's `idle_timeout`,
   else the connection manager's `stream_idle_timeout`) is closed, as Envoy closes it.
+
+Counters (Envoy's): every upgrade a route allows (CONNECT or WebSocket) counts in
+`http.PREFIX.downstream_cx_upgrades_total`, whatever the upstream answers, and in
+`downstream_cx_upgrades_active` until its stream ends (`counted`); a forbidden one (403) not.
 
 Rules of upgrades (WebSocket): the request reaches the upstream with the Connection and
 Upgrade headers the client sent (`upgrade_headers`); an upstream that declines (anything but
 101) is answered to the client with its status and headers but no body (`content-length: 0`)
-and the connection closes, as Envoy does (`decline_upgrade`).
+and the connection closes, as Envoy does (`decline_upgrade`); after a 101 the connections
+are a `Tunnel` as a CONNECT's are (flow control, half-close, idle timeout).
 
 Theory of operation: the connection manager checks the request (`accept_request`), routes it,
 and hands the stream to `serve_connect`; the pool of the chosen host makes the upstream
@@ -38,7 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from proxy.http.attempt import Attempt
 from proxy.http.client import RawHeaders, UpstreamConnection, decode_headers
@@ -53,6 +63,7 @@ if TYPE_CHECKING:
     from proxy.http.connection_manager import HttpConnectionManager
     from proxy.http.stream import Stream
     from proxy.router.route_table import RouteSelection
+    from proxy.stats import HttpStats
 
 CONNECT_FAILED = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
 CONNECTION_TERMINATED = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
@@ -83,6 +94,18 @@ def decline_upgrade(manager: HttpConnectionManager, stream: Stream, attempt: Att
     stream.committed = True
     stream.conn.write(encode_head(attempt.status, headers))
     stream.conn.response_done(False)
+
+
+async def counted(stats: HttpStats, tunnel: Coroutine[Any, Any, None]) -> None:
+    """Serve an upgrade a route allowed, counted as Envoy counts it: in
+    `downstream_cx_upgrades_total` whatever the upstream answers (a declined or failed one
+    too), in `downstream_cx_upgrades_active` until its stream ends."""
+    stats.downstream_cx_upgrades_total += 1
+    stats.downstream_cx_upgrades_active += 1
+    try:
+        await tunnel
+    finally:
+        stats.downstream_cx_upgrades_active -= 1
 
 
 def accept_request(stream: Stream) -> bool:
@@ -119,7 +142,7 @@ class Tunnel:
         for data in client.early_tunnel_data:
             self._to_upstream(data)
         client.early_tunnel_data.clear()
-        if client.closed or upstream.closed:
+        if client.closed or upstream.closed or client.half_closed:
             self._finish()
         elif self.idle > 0:
             self._idle_timer = self._loop.call_later(self.idle, self._check_idle)

@@ -6,10 +6,13 @@ tunnels after the upstream's 2xx. The statuses of the other cases are envoy-diff
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +37,7 @@ class TunnelUpstream:
     def __init__(self, answer_connect: bool = False) -> None:
         self.answer_connect = answer_connect
         self.heads: list[bytes] = []
+        self.ended: list[bytes] = []   # per connection that saw the FIN: what came before it
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -65,10 +69,13 @@ class TunnelUpstream:
                     head, _, pending = pending.partition(b"\r\n\r\n")
                     self.heads.append(head)
                     conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                received = pending
                 if pending:
                     conn.sendall(pending)
                 while data := conn.recv(65536):
+                    received += data
                     conn.sendall(data)
+                self.ended.append(received)
             except OSError:
                 return
 
@@ -187,6 +194,72 @@ def test_a_passed_through_connect_reaches_the_upstream_and_tunnels_after_its_2xx
         upstream.close()
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.mark.parametrize("answer_connect", [False, True], ids=["terminated", "passed-through"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_clients_half_close_ends_the_tunnel_after_every_byte(kind: str, answer_connect: bool,
+                                                              tmp_path: Path) -> None:
+    """Envoy 1.40: the upstream gets the client's bytes, then its FIN; the client is closed
+    (an HTTP/1.1 tunnel does not stay half-open)."""
+    upstream = TunnelUpstream(answer_connect=answer_connect)
+    port = free_port()
+    try:
+        with running_proxy(kind, bootstrap(port, upstream.port, terminate=not answer_connect), port, tmp_path):
+            sock, _ = open_tunnel(port)
+            with sock:
+                sock.sendall(b"last words")
+                sock.shutdown(socket.SHUT_WR)
+                assert eventually(lambda: upstream.ended == [b"last words"]), upstream.ended
+                with contextlib.suppress(ConnectionResetError):
+                    while sock.recv(65536):   # the echo may or may not make it back first
+                        pass
+    finally:
+        upstream.close()
+
+
+def upgrade_counters(admin: int) -> tuple[int, int]:
+    """http.main.downstream_cx_upgrades_total and _active, from the admin's /stats."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=3).read().decode()
+    values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return (int(values.get("http.main.downstream_cx_upgrades_total", "0")),
+            int(values.get("http.main.downstream_cx_upgrades_active", "0")))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_open_tunnel_counts_as_an_active_upgrade_until_it_closes(kind: str, tmp_path: Path) -> None:
+    upstream = TunnelUpstream()
+    port = free_port()
+    text = bootstrap(port, upstream.port, terminate=True)
+    admin = int(re.search(r"port_value: (\d+)", text).group(1))   # type: ignore[union-attr]
+    try:
+        with running_proxy(kind, text, port, tmp_path):
+            sock, _ = open_tunnel(port)
+            with sock:
+                assert eventually(lambda: upgrade_counters(admin) == (1, 1)), upgrade_counters(admin)
+            assert eventually(lambda: upgrade_counters(admin) == (1, 0)), upgrade_counters(admin)
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_connect_whose_upstream_refuses_still_counts_as_an_upgrade(kind: str, tmp_path: Path) -> None:
+    closed = free_port()   # nothing listens there
+    port = free_port()
+    text = bootstrap(port, closed, terminate=True)
+    admin = int(re.search(r"port_value: (\d+)", text).group(1))   # type: ignore[union-attr]
+    with running_proxy(kind, text, port, tmp_path):
+        sock, response = open_tunnel(port)
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 503 ")
+        assert eventually(lambda: upgrade_counters(admin) == (1, 0)), upgrade_counters(admin)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_tunnel_idle_for_the_routes_idle_timeout_is_closed(kind: str, tmp_path: Path) -> None:
     upstream = TunnelUpstream()
@@ -269,3 +342,4 @@ def test_connect_config_options_are_rejected_by_name() -> None:
     with pytest.raises(ConfigError, match=r"connect_config\.allow_post"):
         route_table("{match: {connect_matcher: {}}, route: {cluster: web, upgrade_configs: "
                     "[{upgrade_type: CONNECT, connect_config: {allow_post: true}}]}}")
+

@@ -4,9 +4,13 @@ Envoy with the same bootstrap."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,7 @@ class EchoAfterUpgrade:
         self.sock.listen(8)
         self.port = int(self.sock.getsockname()[1])
         self.requests: list[bytes] = []
+        self.ended: list[bytes] = []   # per upgraded connection that saw the FIN: what came before it
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -43,15 +48,19 @@ class EchoAfterUpgrade:
                 data += chunk
             head, _, rest = data.partition(b"\r\n\r\n")
             self.requests.append(head)
+            if b"/declined" in head:
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                return
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                          b"connection: upgrade\r\n\r\n")
+            received = rest
             if rest:
                 conn.sendall(rest)
-            while True:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                conn.sendall(chunk)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(4096):
+                    received += chunk
+                    conn.sendall(chunk)
+                self.ended.append(received)
 
 
 def config(port: int, admin: int, upstream: int) -> str:
@@ -88,14 +97,27 @@ static_resources:
 """
 
 
-@pytest.fixture(scope="module", params=["tulle", "envoy"])
-def listener(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+@dataclass
+class Listener:
+    port: int
+    admin: int
+    upstream: EchoAfterUpgrade
+
+    def upgrades(self) -> tuple[int, int]:
+        """http.main.downstream_cx_upgrades_total and _active, from the admin's /stats."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats", timeout=3).read().decode()
+        values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        return (int(values.get("http.main.downstream_cx_upgrades_total", "0")),
+                int(values.get("http.main.downstream_cx_upgrades_active", "0")))
+
+
+@pytest.fixture(params=["tulle", "envoy"])
+def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Listener]:
     upstream = EchoAfterUpgrade()
-    port = free_port()
-    workdir: Path = tmp_path_factory.mktemp(f"ws-{request.param}")
+    port, admin = free_port(), free_port()
     try:
-        with running_proxy(request.param, config(port, free_port(), upstream.port), port, workdir):
-            yield port
+        with running_proxy(request.param, config(port, admin, upstream.port), port, tmp_path):
+            yield Listener(port, admin, upstream)
     finally:
         upstream.sock.close()
 
@@ -124,8 +146,8 @@ def read_exactly(sock: socket.socket, size: int, already: bytes = b"") -> bytes:
     return data
 
 
-def test_upgrade_switches_protocols_and_bytes_flow_both_ways(listener: int) -> None:
-    sock, data = upgrade(listener, "/chat", early=b"early bytes|")
+def test_upgrade_switches_protocols_and_bytes_flow_both_ways(proxied: Listener) -> None:
+    sock, data = upgrade(proxied.port, "/chat", early=b"early bytes|")
     with sock:
         head, _, rest = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 ")
@@ -136,7 +158,48 @@ def test_upgrade_switches_protocols_and_bytes_flow_both_ways(listener: int) -> N
             assert read_exactly(sock, len(message)) == message
 
 
-def test_upgrade_disabled_on_the_route_is_forbidden(listener: int) -> None:
-    sock, data = upgrade(listener, "/denied")
+def test_upgrade_disabled_on_the_route_is_forbidden(proxied: Listener) -> None:
+    sock, data = upgrade(proxied.port, "/denied")
     with sock:
         assert data.startswith(b"HTTP/1.1 403 ")
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_clients_half_close_ends_the_upgraded_connection_after_every_byte(proxied: Listener) -> None:
+    """Envoy 1.40: the upstream gets the client's bytes, then its FIN; the client is closed."""
+    sock, _ = upgrade(proxied.port, "/chat")
+    with sock:
+        sock.sendall(b"last frame")
+        sock.shutdown(socket.SHUT_WR)
+        assert eventually(lambda: proxied.upstream.ended == [b"last frame"]), proxied.upstream.ended
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(65536):   # the echo may or may not make it back first
+                pass
+
+
+def test_an_upgraded_connection_counts_as_an_active_upgrade_until_it_closes(proxied: Listener) -> None:
+    sock, data = upgrade(proxied.port, "/chat")
+    with sock:
+        assert data.startswith(b"HTTP/1.1 101 ")
+        assert eventually(lambda: proxied.upgrades() == (1, 1)), proxied.upgrades()
+    assert eventually(lambda: proxied.upgrades() == (1, 0)), proxied.upgrades()
+
+
+def test_an_upgrade_the_upstream_declines_still_counts_as_an_upgrade(proxied: Listener) -> None:
+    sock, data = upgrade(proxied.port, "/declined")
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 404 ")
+    assert eventually(lambda: proxied.upgrades() == (1, 0)), proxied.upgrades()
+
+
+def test_an_upgrade_the_route_forbids_is_not_counted(proxied: Listener) -> None:
+    sock, data = upgrade(proxied.port, "/denied")
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 403 ")
+    assert proxied.upgrades() == (0, 0)

@@ -44,7 +44,7 @@ class ProxyProcess:
     """`kind` started on `bootstrap` (a dict, written as YAML; its admin address is set here)."""
 
     def __init__(self, kind: Literal["envoy", "tulle-proxy"], bootstrap: Mapping[str, Any], prefix: str,
-                 until_live: bool = False, ready_timeout: float = 20.0) -> None:
+                 until_live: bool = False, ready_timeout: float = 20.0, concurrency: int = 1) -> None:
         self.kind = kind
         self._dir = tempfile.TemporaryDirectory(prefix=prefix)
         self.dir = Path(self._dir.name)
@@ -54,12 +54,12 @@ class ProxyProcess:
         if kind == "envoy":
             config["admin"] = _admin_address(0)
             argv = [str(ENVOY), "--base-id", str(next_base_id()), "--admin-address-path", str(admin_file),
-                    "--log-level", "warn", "--concurrency", "1", "--disable-hot-restart"]
+                    "--log-level", "warn", "--concurrency", str(concurrency), "--disable-hot-restart"]
         else:
             port = free_port()
             config["admin"] = _admin_address(port)
             self.admin = f"127.0.0.1:{port}"
-            argv = [str(TULLE), "--log-level", "warning"]
+            argv = [str(TULLE), "--log-level", "warning", "--concurrency", str(concurrency)]
         (self.dir / "bootstrap.yaml").write_text(yaml.safe_dump(config))
         self._log = open(self.dir / "proxy.log", "wb")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen([*argv, "-c", str(self.dir / "bootstrap.yaml")],

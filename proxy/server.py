@@ -9,6 +9,9 @@ under `http.STAT_PREFIX`), each tcp_proxy listener its filter (`tcp.STAT_PREFIX`
 are shared through one dict, so a cluster added or replaced by CDS is what the next request
 sees, while requests in flight keep the Cluster object they started with.
 
+Active health checks run once per proxy: in the only worker, or under --concurrency in the
+leader, whose results every follower applies (proxy/upstream/health/workers.py).
+
 TLS secrets named by SDS (`tls_certificate_sds_secret_configs`, validation contexts) come
 over one SDS stream per SDS cluster (proxy/tls/sds_client.py) into one SecretStore; static
 clusters and every listener wait for their secrets before serving (Envoy's warming); a
@@ -56,7 +59,15 @@ from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
+from proxy.upstream.health.report import ClusterHealth
+from proxy.upstream.health.workers import (
+    LOCAL,
+    FollowerHealthChecks,
+    HealthCheckers,
+    LeaderHealthChecks,
+)
 from proxy.worker_link import (
+    HEALTH,
     HOSTS,
     SECRETS,
     SNAPSHOT_INTERVAL,
@@ -65,9 +76,11 @@ from proxy.worker_link import (
     ForwardedSecrets,
     ForwardingSecretStore,
     LinkProtocol,
+    decode_health,
     decode_hosts,
     decode_stats,
     decode_update,
+    encode_health,
     encode_hosts,
     encode_stats,
     encode_update,
@@ -113,6 +126,10 @@ class ProxyServer:
         # --concurrency: secrets come once, to the leader, which forwards them (worker_link)
         self.secrets = ForwardingSecretStore() if followers else SecretStore()
         self.forwarded_secrets = ForwardedSecrets(self.secrets) if leader is not None else None
+        # --concurrency: the leader probes, the followers take its results (worker_link)
+        self.followers_health = FollowerHealthChecks() if leader is not None else None
+        self.health: HealthCheckers = (LeaderHealthChecks(self._send_health) if followers
+                                       else self.followers_health or LOCAL)
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
         self.listeners: dict[str, RunningListener] = {}
@@ -143,6 +160,11 @@ class ProxyServer:
         self._local_address = first_non_loopback_ipv4()
         if self._leader_socket is not None:   # first: the secrets the listeners wait for come this way
             self._links.append(await open_link(self._leader_socket, self._from_leader))
+        for index, sock in enumerate(self._follower_sockets):   # before any cluster: health reports
+            link = await open_link(sock, partial(self._from_follower, index))
+            self._links.append(link)
+            assert isinstance(self.secrets, ForwardingSecretStore)
+            self.secrets.link(link)
         for cluster_config in self.config.clusters:
             self._add_cluster(cluster_config)
         await asyncio.gather(*(cluster.start() for cluster in self.clusters.values()))
@@ -160,11 +182,6 @@ class ProxyServer:
                                               admin.address, admin.port, reuse_address=True,
                                               reuse_port=self.reuse_port or None)
             self.servers.append(server)
-        for index, sock in enumerate(self._follower_sockets):
-            link = await open_link(sock, partial(self._from_follower, index))
-            self._links.append(link)
-            assert isinstance(self.secrets, ForwardingSecretStore)
-            self.secrets.link(link)
         if self._leader_socket is not None:
             self._link_tasks.append(loop.create_task(self._apply_forwarded()))
             self._link_tasks.append(loop.create_task(self._report_stats()))
@@ -178,7 +195,7 @@ class ProxyServer:
             tls.append(cluster_config.transport_socket)
         for config in tls:
             self._subscribe_secrets(config.sds_sources())
-        cluster = Cluster(cluster_config, self.rng, self.secrets)
+        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health)
         self.clusters[cluster.name] = cluster
         self.stats.register("cluster", cluster_config.stat_name, cluster.stats, cluster.extra_stats)
         return cluster
@@ -367,6 +384,13 @@ class ProxyServer:
             self._updates.put_nowait(payload)
         elif kind == SECRETS and self.forwarded_secrets is not None:
             self.forwarded_secrets.apply(payload)
+        elif kind == HEALTH and self.followers_health is not None:
+            self.followers_health.replica.apply(decode_health(payload), asyncio.get_running_loop().time())
+
+    def _send_health(self, report: ClusterHealth) -> None:
+        frame = encode_health(report)
+        for link in self._links:
+            link.send(frame)
 
     async def _apply_forwarded(self) -> None:
         """The leader's updates, applied one at a time in the order it applied them."""

@@ -126,6 +126,11 @@ class ListenerStats:
     downstream_pre_cx_timeout: int = 0
 
 
+# Gauges of what every worker holds alike — a cluster's hosts and their health (membership
+# comes from the one xDS stream, health from the leader's checks): the proxy's value is the
+# leader's, as Envoy's is its main thread's, not a sum over the workers.
+SAME_IN_EVERY_WORKER = frozenset({"membership_healthy", "membership_total"})
+
 Scope = ClusterStats | HttpStats | TcpProxyStats | ListenerStats
 S = TypeVar("S", ClusterStats, HttpStats, TcpProxyStats, ListenerStats)
 StatRow = tuple[str, str, str, str, str, int, bool]
@@ -166,7 +171,8 @@ class StatsStore:
 
     def values(self) -> Iterator[StatRow]:
         """(full name, kind, scope name, tag, stat, value, is_gauge) for every stat, summed
-        over the workers of the process (Envoy's view: counters and gauges are totals)."""
+        over the workers of the process (Envoy's view: counters and gauges are totals), but
+        for SAME_IN_EVERY_WORKER, the leader's."""
         if not self.followers:
             yield from self.own_values()
             return
@@ -174,7 +180,10 @@ class StatsStore:
         for rows in self.followers.values():
             for row in rows:
                 mine = totals.get(row[0])
-                totals[row[0]] = row if mine is None else (*mine[:5], mine[5] + row[5], mine[6])
+                if mine is None:
+                    totals[row[0]] = row
+                elif row[4] not in SAME_IN_EVERY_WORKER:
+                    totals[row[0]] = (*mine[:5], mine[5] + row[5], mine[6])
         yield from totals.values()
 
     def own_values(self) -> Iterator[StatRow]:

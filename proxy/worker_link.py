@@ -15,6 +15,15 @@ renewal — goes to every follower as one frame, which the follower applies in o
 up gets the whole store first. A follower's listeners and clusters wait for their secrets
 on ForwardedSecrets, the follower's stand-in for an SDS client.
 
+Host health is probed once too: only the leader runs active health checks. Each report of
+its HealthCheckers (a host's health flipped or had its first result, a cluster's first
+round completed, a cluster's membership changed or it was removed; see
+proxy/upstream/health/report.py) goes to every follower as one frame, which the follower
+applies in one step to the hosts with those addresses in the cluster of that name, or keeps
+until they appear (proxy/upstream/health/replica.py). The leader links its followers before
+it starts any cluster, so no report is missed; a follower's cluster warming waits for the
+leader's first round (proxy/upstream/health/workers.py).
+
 The other way, each follower sends a snapshot of its stats and of its per-host counters
 every SNAPSHOT_INTERVAL seconds; the leader's admin /stats and /clusters add the latest
 snapshot of every follower to its own values (proxy/stats.py, proxy/admin/endpoints.py).
@@ -24,7 +33,9 @@ a 4-byte big-endian length and the payload. Kinds: `x` an xDS update (a serializ
 DiscoveryResponse carrying type_url and resources), `k` secrets (a serialized
 DiscoveryResponse of Secret resources, PEM inline), `s` a stats snapshot (JSON list of
 [name, kind, scope, tag, stat, value, is_gauge]), `h` a per-host snapshot (JSON list of
-[cluster, host, {field: value}], admin/endpoints.py's HostRow).
+[cluster, host, {field: value}], admin/endpoints.py's HostRow), `a` a health report (JSON
+[cluster, full, initialized, removed, [[address, port, failed, passed], ...]], a
+ClusterHealth).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from google.protobuf.any_pb2 import Any
 from proxy.admin.endpoints import HostRow
 from proxy.stats import StatRow
 from proxy.tls.secrets import SECRET, CertificateSecret, Secret, SecretStore, decode_secrets
+from proxy.upstream.health.report import ClusterHealth, HostHealth
 
 log = logging.getLogger("tulle.proxy.workers")
 
@@ -50,6 +62,7 @@ XDS = b"x"
 STATS = b"s"
 SECRETS = b"k"
 HOSTS = b"h"
+HEALTH = b"a"
 SNAPSHOT_INTERVAL = 0.25
 _HEADER = struct.Struct(">cI")
 
@@ -120,6 +133,19 @@ def encode_hosts(rows: Sequence[HostRow]) -> bytes:
 
 def decode_hosts(payload: bytes) -> list[HostRow]:
     return [(cluster, host, values) for cluster, host, values in json.loads(payload)]
+
+
+def encode_health(report: ClusterHealth) -> bytes:
+    hosts = [[host.address, host.port, host.failed, host.passed] for host in report.hosts]
+    return encode_frame(HEALTH, json.dumps([report.cluster, report.full, report.initialized, report.removed,
+                                            hosts]).encode())
+
+
+def decode_health(payload: bytes) -> ClusterHealth:
+    cluster, full, initialized, removed, hosts = json.loads(payload)
+    return ClusterHealth(cluster, tuple(HostHealth(address, port, failed, passed)
+                                        for address, port, failed, passed in hosts),
+                         full=full, initialized=initialized, removed=removed)
 
 
 class LinkProtocol(asyncio.Protocol):

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,7 @@ class ProxyProcess:
 
     def __init__(self, kind: Literal["envoy", "tulle-proxy"], bootstrap: Mapping[str, Any], prefix: str,
                  until_live: bool = False, ready_timeout: float = 20.0, *, listening: int | None = None,
-                 log_path: Path | None = None, log_level: str = "warning", args: Sequence[str] = ()) -> None:
+                 log_path: Path | None = None, log_level: str = "warning", concurrency: int = 1) -> None:
         self.kind = kind
         self._dir = tempfile.TemporaryDirectory(prefix=prefix)
         self.dir = Path(self._dir.name)
@@ -60,16 +60,16 @@ class ProxyProcess:
             config.setdefault("admin", _admin_address(0))
             envoy_level = "warn" if log_level == "warning" else log_level
             argv = [str(ENVOY), "--base-id", str(next_base_id()), "--admin-address-path", str(admin_file),
-                    "--log-level", envoy_level, "--concurrency", "1", "--disable-hot-restart"]
+                    "--log-level", envoy_level, "--concurrency", str(concurrency), "--disable-hot-restart"]
         else:
             config.setdefault("admin", _admin_address(free_port()))
             address = config["admin"]["address"]["socket_address"]
             self.admin = f"{address['address']}:{address['port_value']}"
-            argv = [str(TULLE), "--log-level", log_level]
+            argv = [str(TULLE), "--log-level", log_level, "--concurrency", str(concurrency)]
         (self.dir / "bootstrap.yaml").write_text(yaml.safe_dump(config))
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
         # A session of its own: a signal meant for the test run's terminal never reaches it.
-        self.proc = subprocess.Popen([*argv, *args, "-c", str(self.dir / "bootstrap.yaml")],
+        self.proc = subprocess.Popen([*argv, "-c", str(self.dir / "bootstrap.yaml")],
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready(admin_file, until_live, listening, time.monotonic() + ready_timeout)

@@ -28,7 +28,7 @@ from proxy.upstream.balancer.maglev import MaglevBalancer
 from proxy.upstream.balancer.ring_hash import RingHashBalancer
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
-from proxy.upstream.health.prober import HealthChecker
+from proxy.upstream.health.workers import LOCAL, HealthCheckers
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierDetector
@@ -43,7 +43,8 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
 
 class Cluster:
     def __init__(self, config: ClusterConfig, rng: random.Random,
-                 secrets: SecretStore | None = None) -> None:
+                 secrets: SecretStore | None = None, health: HealthCheckers = LOCAL) -> None:
+        """`health`: who probes this worker's hosts (proxy/upstream/health/workers.py)."""
         self.name = config.name
         self.config = config
         self.stats = ClusterStats()
@@ -59,10 +60,10 @@ class Cluster:
                         if config.outlier is not None else None)
         self._outlier_timer: asyncio.TimerHandle | None = None
         self.health_checker = (
-            HealthChecker(config.health_check, self.host_set, rng, config.name,
-                          has_traffic=lambda: self.stats.upstream_rq_total > 0,
-                          on_change=self._health_changed,
-                          on_check_passed=self._health_check_passed if self.outlier else None)
+            health.checker(config.health_check, self.host_set, rng, config.name,
+                           has_traffic=lambda: self.stats.upstream_rq_total > 0,
+                           on_change=self._health_changed,
+                           on_check_passed=self._health_check_passed if self.outlier else None)
             if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
         self._original_hosts: dict[tuple[str, int], Host] = {}  # ORIGINAL_DST, by address

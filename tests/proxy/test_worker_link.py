@@ -53,6 +53,15 @@ def test_the_leaders_stats_add_up_every_workers() -> None:
     assert {row[0]: row[5] for row in store.own_values()}["cluster.web.upstream_rq_total"] == 3
 
 
+def test_the_gauges_every_worker_holds_alike_are_the_leaders_not_a_sum() -> None:
+    store = StatsStore()
+    store.register("cluster", "web", ClusterStats(membership_total=3, membership_healthy=2))
+    store.followers[0] = list(store.own_values())
+    values = {row[0]: row[5] for row in store.values()}
+    assert values["cluster.web.membership_total"] == 3
+    assert values["cluster.web.membership_healthy"] == 2
+
+
 class RecordingLink:
     """Stands in for a LinkProtocol: keeps the frames sent."""
 

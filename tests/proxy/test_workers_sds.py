@@ -184,7 +184,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[SdsServer, CountingUpstream, Certi
     upstream = CountingUpstream()
     port, admin = free_port(), free_port()
     process = ProxyProcess("tulle-proxy", yaml.safe_load(bootstrap(port, admin, upstream.port, sds.port)), "tulle-workers-",
-                           log_path=tmp_path / "proxy.log", args=["--concurrency", "2"])
+                           log_path=tmp_path / "proxy.log", concurrency=2)
     try:
         deadline = time.monotonic() + 15
         while True:   # the leader's listener is up once its admin is (it starts last)

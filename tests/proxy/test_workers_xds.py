@@ -50,7 +50,7 @@ def test_workers_share_one_ads_stream_and_all_serve_its_config(ads: AdsServer, t
     upstream = CountingUpstream()
     port, admin = free_port(), free_port()
     process = ProxyProcess("tulle-proxy", yaml.safe_load(ads_bootstrap(ads, "GRPC", admin)), "tulle-workers-",
-                           log_path=tmp_path / "proxy.log", args=["--concurrency", "2"])
+                           log_path=tmp_path / "proxy.log", concurrency=2)
     try:
         ads.wait_request(lambda r: r.type_url == LISTENER)
         ads.push(CLUSTER, "c1", [message(Cluster, """

@@ -19,6 +19,9 @@ Hosts added to the HostSet while running start failed and pending, as in Envoy
 (the HostSet marks them because `active_health_checking` is on); removed hosts'
 loops are cancelled. `initialized` is set once every host has had its first
 result: Envoy does not use a cluster before that (cluster warming).
+
+Under `--concurrency N` only the leader worker runs HealthCheckers; its `reporter`
+(proxy/upstream/health/report.py) tells the followers each result that matters to them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 import httptools
 
 from proxy.upstream.health.config import HealthCheckConfig, HttpCheck, TcpCheck
+from proxy.upstream.health.report import HealthReporter
 from proxy.upstream.health.state import (
     FailureKind,
     HealthState,
@@ -128,8 +132,10 @@ class HealthChecker:
         has_traffic: Callable[[], bool] = lambda: True,
         on_change: Callable[[], None] | None = None,
         on_check_passed: Callable[[Host], None] | None = None,
+        reporter: HealthReporter | None = None,
     ) -> None:
         self.config = config
+        self.reporter = reporter
         self.stats = HealthCheckStats()
         self.on_change = on_change
         self.on_check_passed = on_check_passed
@@ -161,6 +167,8 @@ class HealthChecker:
 
     async def stop(self) -> None:
         self._running = False
+        if self.reporter is not None:
+            self.reporter.stopped()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -194,11 +202,15 @@ class HealthChecker:
                 self._tasks[host] = asyncio.get_running_loop().create_task(
                     self._run(host), name=f"health-check {host.key}"
                 )
+        if self.reporter is not None:
+            self.reporter.hosts_changed()
         self._update_initialized()
 
     def _update_initialized(self) -> None:
         if not self.initialized.is_set() and all(not s.pending for s in self._states.values()):
             self.initialized.set()
+            if self.reporter is not None:
+                self.reporter.complete()
 
     # -- the loop -----------------------------------------------------------------
 
@@ -224,6 +236,7 @@ class HealthChecker:
 
     def _apply(self, host: Host, result: ProbeResult) -> Transition:
         state = self._states[host]
+        first = state.pending
         if result.passed:
             self.stats.success += 1
             if state.failed:
@@ -238,13 +251,16 @@ class HealthChecker:
                 self.stats.passive_failure += 1
             transition = state.on_failure(result.kind, result.retriable)
         self.stats.healthy = sum(1 for s in self._states.values() if not s.failed)
-        if host.health_check_failed != state.failed:
+        flipped = host.health_check_failed != state.failed
+        if flipped:
             host.health_check_failed = state.failed
             self._host_set.health_changed()
             if self.on_change is not None:
                 self.on_change()
         if result.passed and self.on_check_passed is not None:
             self.on_check_passed(host)
+        if self.reporter is not None:
+            self.reporter.checked(host, result.passed, flipped or first)
         self._update_initialized()
         return transition
 

@@ -1,0 +1,91 @@
+"""Which active health checker each worker's clusters get: probing happens once per proxy.
+
+Envoy runs active health checking once, on its main thread, and every worker sees the same
+host health. Tulle's workers under `--concurrency N` are processes, so:
+- a single worker (no --concurrency) probes: LOCAL, plain HealthCheckers;
+- the leader worker probes: LeaderHealthChecks gives each cluster a HealthChecker with a
+  HealthReporter (report.py), whose reports go to every follower as `a` frames over the
+  worker link (proxy/worker_link.py);
+- a follower never probes: its HealthReplica (replica.py) gives each cluster a
+  ReplicatedHealthChecker, and applies every report the leader sends.
+So a host is probed once per interval whatever N is, the health_check.* stats are one
+checker's, and /clusters health flags are every worker's common view (a report crosses the
+link within a loop turn of each side).
+
+Ordering, the contract with proxy/server.py: the leader opens its follower links before it
+starts any cluster, so every report reaches every follower; it forwards a CDS update after
+applying it, i.e. after the new clusters warmed, so a follower has their first round's
+health when it applies the update (the replica keeps reports for clusters and hosts it does
+not have yet; the leader does not resend after updates). A follower's cluster warming waits
+for the leader's first round, bounded as a HealthChecker's is (Cluster.start).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from proxy.upstream.health.config import HealthCheckConfig
+from proxy.upstream.health.prober import HealthChecker
+from proxy.upstream.health.replica import HealthReplica, ReplicatedHealthChecker
+from proxy.upstream.health.report import ClusterHealth, HealthReporter
+from proxy.upstream.host import Host
+from proxy.upstream.host_set import HostSet
+
+ActiveHealthChecker = HealthChecker | ReplicatedHealthChecker
+
+
+class HealthCheckers(Protocol):
+    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
+                has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker: ...
+
+
+class LocalHealthChecks:
+    """The one worker probes, and tells no one."""
+
+    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
+                has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker:
+        return HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
+                             on_check_passed=on_check_passed)
+
+
+LOCAL = LocalHealthChecks()
+
+
+class LeaderHealthChecks:
+    """The leader probes, and `send`s every report to the followers."""
+
+    def __init__(self, send: Callable[[ClusterHealth], None]) -> None:
+        self._send = send
+        self._current: dict[str, HealthReporter] = {}
+
+    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
+                has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker:
+        # Passing checks matter to a follower only for its outlier detector's un-ejection.
+        reporter = HealthReporter(cluster, host_set, self._send, report_passes=on_check_passed is not None,
+                                  on_stop=self._stopped)
+        self._current[cluster] = reporter
+        return HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
+                             on_check_passed=on_check_passed, reporter=reporter)
+
+    def _stopped(self, reporter: HealthReporter) -> None:
+        # A cluster replaced by CDS stops after its successor started: nothing is removed.
+        if self._current.get(reporter.cluster) is reporter:
+            del self._current[reporter.cluster]
+            self._send(ClusterHealth(reporter.cluster, (), removed=True))
+
+
+class FollowerHealthChecks:
+    """A follower never probes: its clusters take the leader's reports (`replica`)."""
+
+    def __init__(self, replica: HealthReplica | None = None) -> None:
+        self.replica = replica or HealthReplica()
+
+    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
+                has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker:
+        return self.replica.checker(config, host_set, cluster, on_change, on_check_passed)

@@ -1,0 +1,227 @@
+"""--concurrency 2 with active HTTP health checks: each host is probed once per interval (the
+leader's checker), a host that turns unhealthy is avoided by every worker, the health_check.*
+stats are one checker's — and the real Envoy, with --concurrency 2 on the same bootstrap and
+traffic, agrees."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+from tests.ports import free_port
+from tests.proxy.running import exchange
+from tests.proxy_process import ProxyProcess
+
+INTERVAL = 0.25   # health check interval (with and without traffic)
+WINDOW = 2.0      # seconds over which probes are counted
+REQUESTS = 40     # each on its own downstream connection: SO_REUSEPORT spreads them
+
+
+class ProbedUpstream:
+    """A keep-alive HTTP/1.1 upstream: GET /healthz answers `health_status`, anything else
+    200. Counts the probes and the requests, and the connections each came on."""
+
+    def __init__(self) -> None:
+        self.health_status = 200
+        self.probes = 0
+        self.requests = 0
+        self.probe_connections: set[int] = set()
+        self.request_connections: set[int] = set()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._connection, args=(conn, next(self._ids)), daemon=True).start()
+
+    def _connection(self, conn: socket.socket, ident: int) -> None:
+        conn.settimeout(5)
+        buffer = b""
+        with conn:
+            try:
+                while not self._stop.is_set():
+                    while b"\r\n\r\n" not in buffer:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buffer += data
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    probe = head.split(b" ", 2)[1] == b"/healthz"
+                    with self._lock:
+                        if probe:
+                            self.probes += 1
+                            self.probe_connections.add(ident)
+                        else:
+                            self.requests += 1
+                            self.request_connections.add(ident)
+                    status = self.health_status if probe else 200
+                    conn.sendall(b"HTTP/1.1 %d X\r\ncontent-length: 2\r\n\r\nok" % status)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(1)
+
+
+def bootstrap(listener: int, ports: list[int]) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                 for port in ports]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "route_config": {"name": "local", "virtual_hosts": [
+            {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "web"}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    return {"static_resources": {
+        "listeners": [{"name": "main",
+                       "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener}},
+                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                       "typed_config": hcm}]}]}],
+        "clusters": [{"name": "web", "type": "STATIC", "connect_timeout": "1s",
+                      "health_checks": [{"timeout": "1s", "interval": f"{INTERVAL}s",
+                                         "no_traffic_interval": f"{INTERVAL}s",
+                                         "unhealthy_threshold": 2, "healthy_threshold": 1,
+                                         "http_health_check": {"path": "/healthz"}}],
+                      "load_assignment": {"cluster_name": "web", "endpoints": [{"lb_endpoints": endpoints}]}}],
+    }}
+
+
+def host_fields(proxy: ProxyProcess, port: int) -> dict[str, str]:
+    """The /clusters fields of host 127.0.0.1:`port` of cluster web."""
+    prefix = f"web::127.0.0.1:{port}::"
+    return {line[len(prefix):].partition("::")[0]: line[len(prefix):].partition("::")[2]
+            for line in proxy.get("/clusters").decode().splitlines() if line.startswith(prefix)}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Observed:
+    probes_per_interval: float        # probes per host per health check interval, both hosts warm
+    probes_in_window: list[int]       # per host
+    probe_connections: list[int]      # per host: one per probing worker (reuse_connection)
+    probes_before: int                # probes the upstreams saw before the stats were read...
+    attempts: int                     # ...health_check.attempt then...
+    probes_after: int                 # ...and probes seen after
+    stats: dict[str, int]             # cluster.web's health_check.* and membership_* gauges
+    statuses: list[bytes]
+    served_by_unhealthy: int          # requests the failed host got after it failed
+    workers_serving: int              # distinct upstream connections carrying requests
+    failed_fields: dict[str, str]     # /clusters fields of the failed host
+    healthy_fields: dict[str, str]    # /clusters fields of the other
+
+
+def observe(kind: Literal["envoy", "tulle-proxy"]) -> Observed:
+    a, b = ProbedUpstream(), ProbedUpstream()
+    port = free_port()
+    proxy = ProxyProcess(kind, bootstrap(port, [a.port, b.port]), prefix=f"workerhealth-{kind}-",
+                         until_live=True, concurrency=2)
+    try:
+        wait_for(lambda: all(host_fields(proxy, p).get("health_flags") == "healthy" for p in (a.port, b.port)),
+                 "both hosts healthy")
+        start = (a.probes, b.probes)
+        time.sleep(WINDOW)
+        window = [a.probes - start[0], b.probes - start[1]]
+        probes_before = a.probes + b.probes
+        stats = proxy.stats(r"^cluster\.web\.(health_check|membership)")
+        probes_after = a.probes + b.probes
+
+        b.health_status = 503   # an active failure: unhealthy at its next check
+        wait_for(lambda: host_fields(proxy, b.port).get("health_flags") != "healthy", "b to fail")
+        time.sleep(0.2)   # the leader's report reaches the followers (Envoy: the main thread's update)
+        served_before = b.requests
+        statuses = [exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").split(b" ", 2)[1]
+                    for _ in range(REQUESTS)]
+        after = proxy.stats(r"^cluster\.web\.(health_check|membership)")
+        return Observed(
+            probes_per_interval=sum(window) / 2 / (WINDOW / INTERVAL),
+            probes_in_window=window,
+            probe_connections=[len(a.probe_connections), len(b.probe_connections)],
+            probes_before=probes_before, attempts=stats["cluster.web.health_check.attempt"],
+            probes_after=probes_after,
+            stats={name: value for name, value in after.items()   # the gauges (counters depend on timing)
+                   if not name.endswith(("attempt", "success", "failure", "membership_change"))},
+            statuses=statuses,
+            served_by_unhealthy=b.requests - served_before,
+            workers_serving=len(a.request_connections),
+            failed_fields=host_fields(proxy, b.port),
+            healthy_fields=host_fields(proxy, a.port),
+        )
+    finally:
+        proxy.close()
+        a.close()
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def tulle() -> Iterator[Observed]:
+    yield observe("tulle-proxy")
+
+
+@pytest.fixture(scope="module")
+def envoy() -> Iterator[Observed]:
+    yield observe("envoy")
+
+
+def test_each_host_is_probed_once_per_interval_not_once_per_worker(tulle: Observed) -> None:
+    print(f"tulle-proxy --concurrency 2: {tulle.probes_per_interval:.2f} probes per host per interval")
+    # One checker probes a host at most once per interval (the next check starts an interval
+    # after the previous one ended); a checker per worker would double this.
+    assert all(count <= WINDOW / INTERVAL + 1 for count in tulle.probes_in_window), tulle.probes_in_window
+    assert tulle.probe_connections == [1, 1]   # one probing worker, its connection reused
+
+
+def test_the_health_check_stats_are_one_checkers(tulle: Observed) -> None:
+    # every probe an upstream saw was counted by the one checker, and at most one per host
+    # was counted but not yet seen
+    assert tulle.probes_before <= tulle.attempts <= tulle.probes_after + 2
+    assert tulle.stats["cluster.web.health_check.healthy"] == 1   # after b failed: 1, not 1 per worker
+
+
+def test_a_host_that_turns_unhealthy_is_avoided_by_every_worker(tulle: Observed) -> None:
+    assert tulle.statuses == [b"200"] * REQUESTS
+    assert tulle.workers_serving == 2   # each worker pools its own connection: both served
+    assert tulle.served_by_unhealthy == 0
+    assert tulle.failed_fields["health_flags"] == "/failed_active_hc"
+
+
+def test_health_under_concurrency_is_what_envoy_shows(tulle: Observed, envoy: Observed) -> None:
+    print(f"probes per host per interval: tulle-proxy {tulle.probes_per_interval:.2f}, "
+          f"envoy {envoy.probes_per_interval:.2f}")
+    assert envoy.probe_connections == tulle.probe_connections == [1, 1]
+    # Envoy's membership_degraded and membership_excluded (always 0 here) tulle-proxy lacks
+    shared = tulle.stats.keys() & envoy.stats.keys()
+    assert {"cluster.web.health_check.healthy", "cluster.web.membership_healthy",
+            "cluster.web.membership_total"} <= shared
+    assert {name: tulle.stats[name] for name in shared} == {name: envoy.stats[name] for name in shared}
+    assert (tulle.served_by_unhealthy, tulle.workers_serving) == (envoy.served_by_unhealthy, envoy.workers_serving)
+    for field in ("health_flags", "success_rate", "local_origin_success_rate"):
+        assert tulle.failed_fields[field] == envoy.failed_fields[field], field
+        assert tulle.healthy_fields[field] == envoy.healthy_fields[field], field

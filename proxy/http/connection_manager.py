@@ -40,6 +40,7 @@ from proxy.http.grpc_reply import GRPC_DEADLINE_EXCEEDED, grpc_reply_headers
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.inline import run_inline
+from proxy.http.request_id import RequestIds
 from proxy.http.request_timeouts import TimedDownstreamConnection
 from proxy.http.response import (
     STATUS_LINES,
@@ -87,9 +88,6 @@ _EDGE_REMOVALS = _EXTERNAL_REMOVALS | _EDGE_ONLY
 _FORWARDED_PROTO_HTTP = ("x-forwarded-proto", "http")
 _ROUTE_CACHE_LIMIT = 4096   # (authority, target) pairs whose route and plan are kept
 
-# The UUID variant nibble (10xx) for each random hex digit.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
 
 class HttpConnectionManager:
     def __init__(self, config: HcmConfig, clusters: dict[str, Cluster], rng: random.Random,
@@ -98,6 +96,7 @@ class HttpConnectionManager:
         self.route_table = config.route_table   # swapped whole by RDS updates
         self.clusters = clusters
         self.rng = rng
+        self.request_ids = RequestIds(rng)
         self.local_address = local_address
         self.stats = HttpStats()
         self.rbac_stats = RbacStats()
@@ -360,15 +359,10 @@ class HttpConnectionManager:
         stream.internal = internal
         if config.generate_request_id:
             if "x-request-id" not in names:
-                headers.add("x-request-id", self._request_id())
+                headers.add("x-request-id", self.request_ids.next())
             elif edge and not config.preserve_external_request_id:
-                headers.set("x-request-id", self._request_id())
+                headers.set("x-request-id", self.request_ids.next())
         return names
-
-    def _request_id(self) -> str:
-        """A random version-4 UUID; Envoy's are random too, not cryptographic."""
-        h = f"{self.rng.getrandbits(128):032x}"
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
     def _is_internal(self, address: str) -> bool:
         networks = self.config.internal_networks

@@ -19,6 +19,15 @@ context gets `ResumingSSLObject`, whose constructor takes a session from the poo
 upstream pool calls `remember` once a connection has carried its first exchange (a TLS 1.3
 ticket arrives after the handshake, so it is read by then).
 
+Sessions are held by reference in OpenSSL (proxy/tls/native_sessions.py): Python's
+`SSLObject.session` and `session=` each copy one, decoding the peer's certificate again
+(~120 µs each), which took ~240 µs of the ~540 µs of CPU a resumed handshake costs both
+sidecars. Where that is not possible (not native_sessions.available()), Python's copies
+are used. Likewise a server's cache is bounded in OpenSSL, which evicts the oldest session
+(the ones clients still hold are the newest); only where it cannot be bounded is a full
+cache replaced with an empty one, which costs every ticket outstanding a full handshake
+(in the bench, ~1 in 7 new connections).
+
 Rules:
 - A session is offered only to the SSLContext that made it (a rotated certificate or trust
   bundle builds a new context, so an old session is never offered with new secrets); the
@@ -28,9 +37,10 @@ Rules:
   one it was offered. TLS 1.2: a session id may be offered again, so a connection gives
   back the session it used.
 - Bounded memory: a client context pools at most CLIENT_POOL sessions (newest kept); a
-  server context's cache is replaced by an empty one (a new listening context, built by
-  the transport socket) once it holds SERVER_CACHE sessions, since Python cannot size
-  OpenSSL's cache (20,480 sessions of ~11 KiB each by default) or flush it.
+  server context's cache holds at most SERVER_CACHE sessions (OpenSSL's default is 20,480
+  of ~11 KiB each). A resumed TLS 1.3 session stays in the server's cache (OpenSSL removes
+  it only when early data is enabled), so the cache gains one session per handshake and
+  is always full under load.
 """
 
 from __future__ import annotations
@@ -39,27 +49,37 @@ import ssl
 from collections import deque
 from typing import Any, Final
 
+from proxy.tls import native_sessions
+from proxy.tls.native_sessions import Session
+
 CLIENT_POOL: Final = 64      # a busy cluster's concurrent new connections each take one
 SERVER_CACHE: Final = 512    # ~6 MiB of cached sessions (each holds the client's certificate)
 _POOL = "_tulle_session_pool"
+_BOUNDED = "_tulle_session_cache_bounded"
+AnySession = Session | ssl.SSLSession
 
 
 class ResumingSSLObject(ssl.SSLObject):
     """A client SSLObject that offers a session from its context's pool."""
 
-    _offered: ssl.SSLSession | None = None
+    _offered: AnySession | None = None
 
     @classmethod
     def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
                 server_hostname: str | None = None, session: ssl.SSLSession | None = None,
                 context: ssl.SSLContext | None = None) -> Any:
+        offered: AnySession | None = session
         if session is None and not server_side and context is not None:
-            pool: deque[ssl.SSLSession] | None = getattr(context, _POOL, None)
+            pool: deque[AnySession] | None = getattr(context, _POOL, None)
             if pool:
-                session = pool.pop()
+                offered = pool.pop()
+        if isinstance(offered, ssl.SSLSession):
+            session = offered
         made = super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
                                session=session, context=context)
-        made._offered = session
+        if isinstance(offered, Session) and not native_sessions.offer(made, offered):
+            offered = None
+        made._offered = offered
         return made
 
 
@@ -70,30 +90,44 @@ def enable(context: ssl.SSLContext) -> None:
 
 
 def serve_stateful(context: ssl.SSLContext) -> None:
-    """Make a server context issue stateful tickets, one per handshake."""
+    """Make a server context issue stateful tickets, one per handshake, from a bounded cache."""
     context.options |= ssl.OP_NO_TICKET
     context.num_tickets = 1
+    setattr(context, _BOUNDED, native_sessions.bound_cache(context, SERVER_CACHE))
 
 
 def remember(ssl_object: ssl.SSLObject | None) -> None:
     """Give the connection's newest session back to its context's pool (see the rules)."""
     if ssl_object is None:
         return
-    pool: deque[ssl.SSLSession] | None = getattr(ssl_object.context, _POOL, None)
+    pool: deque[AnySession] | None = getattr(ssl_object.context, _POOL, None)
     if pool is None:
         return
     offered = getattr(ssl_object, "_offered", None)
-    if offered is not None and ssl_object.session_reused and ssl_object.version() == "TLSv1.2":
-        pool.append(offered)   # the same session id again (reading it back would copy it)
+    if ssl_object.version() == "TLSv1.2":
+        if isinstance(offered, ssl.SSLSession) and ssl_object.session_reused:
+            pool.append(offered)   # the same session id again (reading it back would copy it)
+        elif (session := _copy(ssl_object)) is not None:
+            pool.append(session)
         return
-    session = ssl_object.session   # a copy (CPython re-decodes it, certificate and all)
-    if session is None:
-        return
-    reusable = ssl_object.version() == "TLSv1.2"
-    if reusable or (session.has_ticket and session != offered):
+    session = _copy(ssl_object)
+    if session is not None and session.has_ticket and not _still_offered(ssl_object, session, offered):
         pool.append(session)
 
 
+def _copy(ssl_object: ssl.SSLObject) -> AnySession | None:
+    # OpenSSL's copy shares the certificates; Python's re-decodes them (~120 µs)
+    return native_sessions.copy(ssl_object) if native_sessions.available() else ssl_object.session
+
+
+def _still_offered(ssl_object: ssl.SSLObject, session: AnySession, offered: AnySession | None) -> bool:
+    """Whether the connection got no new ticket, so `session` is the spent offered one."""
+    if isinstance(offered, Session):
+        return native_sessions.holds(ssl_object, offered)
+    return session == offered   # Python compares session ids
+
+
 def cache_full(context: ssl.SSLContext) -> bool:
-    """Whether a server context's session cache has reached its bound."""
-    return bool(context.session_stats()["number"] >= SERVER_CACHE)
+    """Whether a server context's session cache, unbounded in OpenSSL, has reached SERVER_CACHE
+    (then the transport socket replaces the context)."""
+    return not getattr(context, _BOUNDED, False) and context.session_stats()["number"] >= SERVER_CACHE

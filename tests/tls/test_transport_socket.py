@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from control.ca.authority import CertificateAuthority
 from proxy.config_error import ConfigError
-from proxy.tls import session_resumption
+from proxy.tls import native_sessions, session_resumption
 from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import TlsConfig, TlsStats, TlsTransport
 from tests.ports import free_port
@@ -215,10 +215,16 @@ def test_unsupported_tls_fields_are_refused_with_their_path(ca: CertificateAutho
                                      "common_tls_context.tls_params.cipher_suites")
 
 
+@pytest.mark.parametrize("sessions", ["openssl", "python"])
 @pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
-def test_new_upstream_connections_resume_a_tls_session(ca: CertificateAuthority, version: str) -> None:
+def test_new_upstream_connections_resume_a_tls_session(ca: CertificateAuthority, version: str, sessions: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """TLS 1.2 offers the session id again; TLS 1.3 offers each (single-use) ticket once,
-    the newest one a connection was issued."""
+    the newest one a connection was issued. Each connection is aborted after its request
+    (max_requests_per_connection 1): the pooled session survives that. Sessions are held
+    by OpenSSL, or copied by Python's ssl where OpenSSL's cannot be reached."""
+    if sessions == "python":
+        monkeypatch.setattr(native_sessions, "available", lambda: False)
     upstream = mtls_client_context(ca, FRONTEND, str(CATALOG))
     upstream["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": version}
 
@@ -249,25 +255,54 @@ def test_new_upstream_connections_resume_a_tls_session(ca: CertificateAuthority,
     run(scenario)
 
 
-def handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
-    """A full handshake and a clean close (close_notify both ways) over memory BIOs."""
+def handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext) -> bool:
+    """A handshake and a clean close (close_notify both ways) over memory BIOs; the client
+    keeps the session for its next one. Whether this one was resumed."""
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     server_end = server.wrap_bio(to_server, to_client, server_side=True)
     client_end = client.wrap_bio(to_client, to_server)
     for step in (client_end.do_handshake, server_end.do_handshake) * 3 + (client_end.unwrap, server_end.unwrap):
         with contextlib.suppress(ssl.SSLWantReadError):
             step()
+    session_resumption.remember(client_end)
+    return client_end.session_reused
 
 
-def test_a_listeners_session_cache_is_replaced_by_an_empty_one_once_full(
-        ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session_resumption, "SERVER_CACHE", 2)
+def test_openssl_sessions_are_reachable_from_this_python() -> None:
+    """The fast path (no copies of sessions, a bounded server cache) is what runs here."""
+    assert native_sessions.available()
+
+
+def listener_and_client(ca: CertificateAuthority, version: str = "") -> tuple[TlsTransport, ssl.SSLContext]:
     transport = TlsTransport(TlsConfig.downstream_from_proto(
         json_format.ParseDict(mtls_server_context(ca, CATALOG), DownstreamTlsContext()), "d"),
         SecretStore(), TlsStats())
-    client = TlsTransport(TlsConfig.upstream_from_proto(
-        json_format.ParseDict(mtls_client_context(ca, FRONTEND, str(CATALOG)), UpstreamTlsContext()), "u"),
-        SecretStore(), TlsStats()).context()
+    upstream = mtls_client_context(ca, FRONTEND, str(CATALOG))
+    if version:
+        upstream["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": version}
+    client = TlsTransport(TlsConfig.upstream_from_proto(json_format.ParseDict(upstream, UpstreamTlsContext()), "u"),
+                          SecretStore(), TlsStats()).context()
+    return transport, client
+
+
+def test_a_listeners_full_session_cache_evicts_its_oldest_sessions_and_keeps_resuming(
+        ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS 1.3: every handshake, resumed or not, adds the session of its new ticket."""
+    monkeypatch.setattr(session_resumption, "SERVER_CACHE", 2)
+    transport, client = listener_and_client(ca, "TLSv1_3")
+    bound = transport.server_context()
+    resumed = [handshake_in_memory(bound, client) for _ in range(5)]
+    assert transport.server_context() is bound
+    stats = bound.session_stats()
+    assert stats["number"] <= 2 and stats["cache_full"] > 0
+    assert resumed == [False, True, True, True, True]   # the newest session is never the one evicted
+
+
+def test_a_listeners_session_cache_is_replaced_by_an_empty_one_once_full_where_openssl_cannot_bound_it(
+        ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_resumption, "SERVER_CACHE", 2)
+    monkeypatch.setattr(native_sessions, "bound_cache", lambda context, size: False)
+    transport, client = listener_and_client(ca, "TLSv1_3")
     bound = transport.server_context()   # what a listener was bound with
     handshake_in_memory(bound, client)
     assert transport.server_context() is bound

@@ -2,8 +2,8 @@
 
 Rules: each process gets a temp dir of its own holding its bootstrap and, unless the caller
 names a `log_path`, its log (stdout and stderr). It is ready once its admin address is known
-(Envoy writes its ephemeral one to `--admin-address-path`; tulle-proxy's is the bootstrap's, or
-one picked free and written into it), with `until_live` once `/ready` answers 200, and with
+and accepts connections (Envoy writes its ephemeral one to `--admin-address-path`; tulle-proxy's
+is the bootstrap's, or one picked free and written into it), with `until_live` once `/ready` answers 200, and with
 `listening` once that port accepts connections. It is stopped by its PID: SIGTERM, SIGKILL
 after 10 s, then its temp dir is removed; a process that does not start in time is stopped
 the same way and the error carries the tail of its log. Every Envoy gets a `--base-id` that
@@ -81,12 +81,17 @@ class ProxyProcess:
         while True:
             if not self.admin and admin_file.exists():
                 self.admin = admin_file.read_text().strip()
-            if (self.admin and (not until_live or self._live())
-                    and (listening is None or _accepts(listening))):
+            if (self.admin and self._admin_accepts() and (not until_live or self._live())
+                    and (listening is None or _accepts("127.0.0.1", listening))):
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
             time.sleep(0.05)
+
+    def _admin_accepts(self) -> bool:
+        # tulle-proxy's admin address is known before it binds (a test may ask it at once)
+        host, _, port = self.admin.rpartition(":")
+        return port == "0" or _accepts(host, int(port))
 
     def _live(self) -> bool:
         try:
@@ -126,9 +131,9 @@ def _admin_address(port: int) -> dict[str, Any]:
     return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
 
 
-def _accepts(port: int) -> bool:
+def _accepts(host: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        socket.create_connection((host, port), timeout=0.2).close()
     except OSError:
         return False
     return True

@@ -157,10 +157,7 @@ class HttpConnectionManager:
     # one request
 
     def serve(self, conn: DownstreamConnection, stream: Stream) -> None:
-        stats = self.stats
-        stats.downstream_rq_total += 1
-        stats.downstream_rq_http1_total += 1
-        stats.downstream_rq_active += 1
+        self.stats.downstream_rq_total += 1   # (downstream_rq_active and _http1_total follow from it)
         stream.start = self._loop.time()
         try:
             if self._handle(stream):
@@ -176,9 +173,7 @@ class HttpConnectionManager:
 
     def end_stream(self, stream: Stream) -> None:
         """The request is over (answered, or its client gone): gauges and the access log."""
-        stats = self.stats
-        stats.downstream_rq_active -= 1
-        stats.downstream_rq_completed += 1
+        self.stats.downstream_rq_completed += 1
         if self.access_log is not None:
             self._log(stream)
 

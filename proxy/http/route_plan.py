@@ -21,7 +21,7 @@ from proxy.router.route_table import RouteSelection, RouteTable
 
 
 class RoutePlan:
-    __slots__ = ("expected_timeout", "first_deadline", "idle", "per_try", "policy", "request_mutations",
+    __slots__ = ("expected_timeout", "first_deadline", "idle", "per_try", "plain", "policy", "request_mutations",
                  "request_plan", "response_mutations", "response_plan", "retry_statuses", "route",
                  "table", "timeout")
 
@@ -40,8 +40,12 @@ class RoutePlan:
             self.timeout = action.timeout
             self.idle = (action.idle_timeout if action.idle_timeout is not None
                          else config.stream_idle_timeout)
+            # no hash policy and no host or path rewrite: nothing for the router to work out
+            # per request beyond the route's header lines
+            self.plain = not (action.hash_policy or action.host_rewrite_literal
+                              or action.prefix_rewrite is not None or action.regex_rewrite is not None)
         else:
-            self.policy, self.timeout, self.idle = None, 0.0, 0.0
+            self.policy, self.timeout, self.idle, self.plain = None, 0.0, 0.0, False
         self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
         # a first attempt's deadline, from the request's start: the nearest of the route,
         # per-try and stream idle timeouts, and its kind (0.0: none)

@@ -339,10 +339,9 @@ class HttpConnectionManager:
             te = headers.get("te")
             if te is not None and te.lower() != "trailers":
                 headers.remove("te")
-        peer = stream.downstream_remote[0]
         existing = headers.get_joined("x-forwarded-for") if "x-forwarded-for" in names else None
         if config.use_remote_address:
-            remote = peer
+            remote = peer = stream.downstream_remote[0]
             if not config.skip_xff_append:
                 appended = self.local_address if _is_loopback(peer) else peer
                 headers.set("x-forwarded-for", f"{existing},{appended}" if existing else appended)
@@ -369,7 +368,7 @@ class HttpConnectionManager:
         stream.internal = internal
         if config.generate_request_id:
             if "x-request-id" not in names:
-                headers.add("x-request-id", self.request_ids.next())
+                headers.items.append(("x-request-id", self.request_ids.next()))
             elif edge and not config.preserve_external_request_id:
                 headers.set("x-request-id", self.request_ids.next())
         return names

@@ -141,7 +141,7 @@ class Router:
         host = self._begin_attempt(stream, request_plan is None)
         if host is None:
             return False
-        pool = cluster.pool(host)
+        pool = cluster.pools.get(host) or cluster.pool(host)   # (a host's pool without a call)
         connection = pool.take_idle() if stream.body.done else None
         if connection is None:
             self.manager.run_async(stream, self._forward_attempts(stream, (host, None)))

@@ -3,8 +3,9 @@
 Rules: names are Envoy's (`cluster.NAME.upstream_rq_total`, `http.PREFIX.downstream_rq_2xx`,
 `listener.ADDRESS.downstream_cx_total`, `tcp.PREFIX.downstream_cx_total`...), so dashboards
 carry over. Each scope is a slotted dataclass whose fields are its stats: the request path
-bumps attributes (the cheapest thing Python can do), and the admin walks the fields.
-Fields listed in a scope's GAUGES are gauges, the others counters. The text format is
+bumps attributes (the cheapest thing Python can do), and the admin walks the fields and
+the scope's `derived()` stats (those that follow from others, computed when read rather
+than counted per request). Stats listed in a scope's GAUGES are gauges, the others counters. The text format is
 Envoy's `/stats` (`name: value`, sorted); the Prometheus one is Envoy's `/stats/prometheus`
 (`envoy_` prefix, the scope's name as a tag, `# TYPE` lines).
 """
@@ -57,12 +58,14 @@ class ClusterStats:
         elif klass == 3:
             self.upstream_rq_3xx += 1
 
+    def derived(self) -> dict[str, int]:
+        return {}
+
 
 @dataclass(slots=True)
 class HttpStats:
     GAUGES = frozenset({"downstream_rq_active", "downstream_cx_active", "downstream_cx_upgrades_active"})
     downstream_rq_total: int = 0
-    downstream_rq_http1_total: int = 0
     downstream_rq_1xx: int = 0
     downstream_rq_2xx: int = 0
     downstream_rq_3xx: int = 0
@@ -81,7 +84,6 @@ class HttpStats:
     downstream_cx_protocol_error: int = 0
     downstream_cx_destroy: int = 0
     downstream_cx_active: int = 0
-    downstream_rq_active: int = 0
     downstream_cx_upgrades_total: int = 0    # upgrades (WebSocket, CONNECT) a route allowed
     downstream_cx_upgrades_active: int = 0   # ... whose stream has not ended
     no_route: int = 0
@@ -102,6 +104,12 @@ class HttpStats:
         else:
             self.downstream_rq_1xx += 1
 
+    def derived(self) -> dict[str, int]:
+        # Read, not counted per request: every request is an HTTP/1 one (the only codec),
+        # and the active ones are those started and not completed.
+        return {"downstream_rq_http1_total": self.downstream_rq_total,
+                "downstream_rq_active": self.downstream_rq_total - self.downstream_rq_completed}
+
 
 @dataclass(slots=True)
 class TcpProxyStats:
@@ -114,6 +122,9 @@ class TcpProxyStats:
     idle_timeout: int = 0
     downstream_cx_active: int = 0
 
+    def derived(self) -> dict[str, int]:
+        return {}
+
 
 @dataclass(slots=True)
 class ListenerStats:
@@ -124,6 +135,9 @@ class ListenerStats:
     no_filter_chain_match: int = 0
     downstream_listener_filter_error: int = 0
     downstream_pre_cx_timeout: int = 0
+
+    def derived(self) -> dict[str, int]:
+        return {}
 
 
 # Gauges of what every worker holds alike — a cluster's hosts and their health (membership
@@ -193,6 +207,8 @@ class StatsStore:
             for field in fields(scope):
                 stat = field.name
                 yield (f"{prefix}.{stat}", kind, name, tag, stat, getattr(scope, stat), stat in gauges)
+            for stat, value in scope.derived().items():
+                yield (f"{prefix}.{stat}", kind, name, tag, stat, value, stat in gauges)
             extras: dict[str, int] = {}
             for extra in self.extras.get(prefix, ()):
                 for stat, value in extra().items():

@@ -20,6 +20,7 @@ import httptools
 from proxy.http.headers import Headers
 
 RawHeaders = list[tuple[bytes, bytes]]   # (lower-case name, value) as received
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 def decode_headers(raw: RawHeaders) -> Headers:
@@ -47,7 +48,7 @@ class ConnectionOwner(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_headers", "_in_response", "_interim", "_owner",
-                 "_parser", "_status", "closed", "early_tunnel_data", "keep_alive", "on_lost",
+                 "_parser", "closed", "early_tunnel_data", "keep_alive", "on_lost",
                  "protocol_error",
                  "requests", "sink", "transport", "tunnel", "upgraded")
 
@@ -57,7 +58,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self._headers: RawHeaders = []
-        self._status = 0
         self._in_response = False
         self._interim = False
         self._close_delimited = False
@@ -157,7 +157,6 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        self._status = status
         headers = self._headers
         self._headers = []
         if 100 <= status < 200 and status != 101:
@@ -165,17 +164,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._interim = False
         self._in_response = True
-        framed = status in (101, 204, 304)
-        if not framed:
-            for name, _ in headers:
-                if name == b"content-length" or name == b"transfer-encoding":
-                    framed = True
-                    break
-        self._close_delimited = not framed
-        self.keep_alive = framed and parser.should_keep_alive()
+        # llhttp keeps a connection alive only for a framed response (a length, chunked, or a
+        # status without a body), so only a response it closes needs a look at its names.
+        keep_alive = self.keep_alive = parser.should_keep_alive()
+        self._close_delimited = (not keep_alive and status not in (101, 204, 304)
+                                 and not any(name in _FRAMING for name, _ in headers))
         sink = self.sink
         if sink is not None:
-            sink.on_response_headers(status, headers, self.keep_alive)
+            sink.on_response_headers(status, headers, keep_alive)
 
     def on_body(self, body: bytes) -> None:
         sink = self.sink

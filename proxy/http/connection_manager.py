@@ -142,10 +142,7 @@ class HttpConnectionManager:
     # one request
 
     def serve(self, conn: DownstreamConnection, stream: Stream) -> None:
-        stats = self.stats
-        stats.downstream_rq_total += 1
-        stats.downstream_rq_http1_total += 1
-        stats.downstream_rq_active += 1
+        self.stats.downstream_rq_total += 1   # (downstream_rq_active and _http1_total follow from it)
         stream.start = self._loop.time()
         try:
             if self._handle(stream):
@@ -161,9 +158,7 @@ class HttpConnectionManager:
 
     def end_stream(self, stream: Stream) -> None:
         """The request is over (answered, or its client gone): gauges and the access log."""
-        stats = self.stats
-        stats.downstream_rq_active -= 1
-        stats.downstream_rq_completed += 1
+        self.stats.downstream_rq_completed += 1
         if self.access_log is not None:
             self.access_log.write_http(stream, self._loop.time())
 
@@ -329,10 +324,9 @@ class HttpConnectionManager:
             te = headers.get("te")
             if te is not None and te.lower() != "trailers":
                 headers.remove("te")
-        peer = stream.downstream_remote[0]
         existing = headers.get_joined("x-forwarded-for") if "x-forwarded-for" in names else None
         if config.use_remote_address:
-            remote = peer
+            remote = peer = stream.downstream_remote[0]
             if not config.skip_xff_append:
                 appended = self.local_address if _is_loopback(peer) else peer
                 headers.set("x-forwarded-for", f"{existing},{appended}" if existing else appended)
@@ -359,7 +353,7 @@ class HttpConnectionManager:
         stream.internal = internal
         if config.generate_request_id:
             if "x-request-id" not in names:
-                headers.add("x-request-id", self.request_ids.next())
+                headers.items.append(("x-request-id", self.request_ids.next()))
             elif edge and not config.preserve_external_request_id:
                 headers.set("x-request-id", self.request_ids.next())
         return names

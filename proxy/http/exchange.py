@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 class Exchange:
     __slots__ = ("body", "chunked", "connection", "head", "host", "keep_alive", "no_body", "pool",
-                 "router", "started", "stream", "streaming", "tick")
+                 "router", "stream", "streaming", "tick")
 
     def __init__(self, router: Router, stream: Stream, host: Host, pool: ConnectionPool,
                  connection: UpstreamConnection, head: bytes, when: float, kind: str) -> None:
@@ -61,7 +61,6 @@ class Exchange:
         self.streaming = False
         # the deadline's key in the router's Deadlines (0: none)
         self.tick = router.deadlines.add(when, self, kind) if when else 0
-        self.started = stream.start   # (a first attempt starts as the stream does)
         connection.start(self, head)
         if stream.has_body:
             chunks = stream.body.chunks
@@ -78,7 +77,8 @@ class Exchange:
         retry = stream.retry
         if ((status in stream.retry_statuses if retry is None else retry.decide(status))
                 and not stream.body.overflowed):
-            attempt = Attempt(self.connection, self.pool, self.host, self.started)
+            # (a first attempt starts as the stream does)
+            attempt = Attempt(self.connection, self.pool, self.host, stream.start)
             attempt.on_response_headers(status, headers, keep_alive)
             self.connection.sink = attempt   # the rest of this response goes to the attempt
             self._hand_over(attempt)
@@ -98,7 +98,6 @@ class Exchange:
             cluster.record_outcome(self.host, status)
         else:   # record_outcome's host counters (admin /clusters), without its call
             host = self.host
-            host.rq_total += 1
             if status < 500:
                 host.rq_success += 1
             else:
@@ -133,7 +132,11 @@ class Exchange:
             else:
                 conn.write(head + body)
         self.pool.release(self.connection)
-        self._finish(self.keep_alive)
+        # _finish, without its call (the path of almost every request)
+        router = self.router
+        router.end_attempt(stream, self.host)
+        conn.response_done(self.keep_alive)
+        router.manager.end_stream(stream)
 
     def on_read_end(self) -> None:
         """The connection parsed all it read: a committed head still held goes out now."""

@@ -23,7 +23,7 @@ from proxy.router.route_table import RouteSelection, RouteTable
 
 class RoutePlan:
     __slots__ = ("deadline_delay", "deadline_kind", "expected_timeout", "first_deadline", "idle", "per_try",
-                 "policy", "request_mutations", "request_plan", "response_mutations", "response_plan",
+                 "plain", "policy", "request_mutations", "request_plan", "response_mutations", "response_plan",
                  "retry_statuses", "route", "stream_timeouts", "table", "timeout")
 
     def __init__(self, config: HcmConfig, table: RouteTable, selection: RouteSelection) -> None:
@@ -41,8 +41,12 @@ class RoutePlan:
             self.timeout = action.timeout
             self.idle = (action.idle_timeout if action.idle_timeout is not None
                          else config.stream_idle_timeout)
+            # no hash policy and no host or path rewrite: nothing for the router to work out
+            # per request beyond the route's header lines
+            self.plain = not (action.hash_policy or action.host_rewrite_literal
+                              or action.prefix_rewrite is not None or action.regex_rewrite is not None)
         else:
-            self.policy, self.timeout, self.idle = None, 0.0, 0.0
+            self.policy, self.timeout, self.idle, self.plain = None, 0.0, 0.0, False
         # the request's own deadline (the route timeout, or with max_stream_duration the
         # stream's duration, which replaces it: proxy/http/stream_duration.py)
         self.stream_timeouts = action.stream_timeouts if isinstance(action, ForwardAction) else None

@@ -88,12 +88,11 @@ class Router:
         common case), else the coroutine that can wait, stream bodies and retry. `names`:
         the names of the client's headers. True when the request goes on asynchronously,
         False when it was answered here."""
-        manager = self.manager
         headers = stream.headers
-        selection = stream.selection
         cluster_name = action.pick_cluster(self.rng.random()) if action.weighted_clusters else action.cluster
         cluster = self.clusters.get(cluster_name)
         if cluster is None:
+            manager = self.manager
             manager.stats.no_cluster += 1
             stream.flags = "NC"
             manager.reply(stream, 503, b"")
@@ -127,7 +126,8 @@ class Router:
                 if not plan.stream_timeouts.new_timeouts:
                     timeout = own
                 request_plan = None   # (the plan's deadline and expected timeout are not this one's)
-        stream.hash_key = _hash_key(action.hash_policy, stream) if action.hash_policy else None
+        plain = plan.plain
+        stream.hash_key = _hash_key(action.hash_policy, stream) if not plain and action.hash_policy else None
         if request_plan is not None:   # the common case: the route's lines in one step
             if not names.isdisjoint(request_plan.drop):
                 headers.remove_all(request_plan.drop)
@@ -135,17 +135,7 @@ class Router:
         else:
             for mutation in plan.request_mutations:
                 mutation.apply(headers, stream)
-        if action.host_rewrite_literal:
-            headers.set("x-envoy-original-host", authority)
-            headers.set("host", action.host_rewrite_literal)
-            if action.append_x_forwarded_host:
-                _append_forwarded_host(headers, authority)
-        target = stream.target
-        if action.prefix_rewrite is not None or action.regex_rewrite is not None:
-            rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
-            if rewritten is not None:
-                headers.set("x-envoy-original-path", target)
-                target = rewritten
+        target = stream.target if plain else _rewrite(stream, action, authority)
         if stream.chunked:
             headers.set("transfer-encoding", "chunked")
         stream.action = action
@@ -157,17 +147,16 @@ class Router:
         stream.retry_statuses = retry_statuses
         stream.timeout = timeout
         stream.per_try = per_try
-        stream.idle = plan.idle
         stream.deadline = stream.start + delay if delay > 0 else 0.0
         stream.tried = []
         stream.number = 0
         host = self._begin_attempt(stream, request_plan is None)
         if host is None:
             return False
-        pool = cluster.pool(host)
+        pool = cluster.pools.get(host) or cluster.pool(host)   # (a host's pool without a call)
         connection = pool.take_idle() if stream.body.done else None
         if connection is None:
-            manager.run_async(stream, self._forward_attempts(stream, (host, None)))
+            self.manager.run_async(stream, self._forward_attempts(stream, (host, None)))
             return True
         if request_plan is not None:   # the route's own timeouts: the plan has the nearest
             delay, kind = plan.first_deadline
@@ -254,7 +243,7 @@ class Router:
         per_try = stream.per_try
         if per_try > 0 and (not when or now + per_try < when):
             when, kind = now + per_try, PER_TRY_TIMEOUT
-        idle = stream.idle
+        idle = stream.plan.idle
         if idle > 0 and (not when or now + idle < when):
             when, kind = now + idle, IDLE_TIMEOUT
         return when, kind
@@ -537,6 +526,24 @@ def _honour_envoy_headers(headers: Headers, policy: RetryPolicy | None,
         policy = replace(policy, per_try_timeout=int(per_try) / 1000)
         headers.remove("x-envoy-upstream-rq-per-try-timeout-ms")
     return policy, timeout
+
+
+def _rewrite(stream: Stream, action: ForwardAction, authority: str) -> str:
+    """The route's host_rewrite_literal, and its path rewrite: the target sent upstream."""
+    headers = stream.headers
+    if action.host_rewrite_literal:
+        headers.set("x-envoy-original-host", authority)
+        headers.set("host", action.host_rewrite_literal)
+        if action.append_x_forwarded_host:
+            _append_forwarded_host(headers, authority)
+    target = stream.target
+    if action.prefix_rewrite is not None or action.regex_rewrite is not None:
+        selection = stream.selection
+        rewritten = action.rewrite_path(selection.path, selection.query, selection.matched)
+        if rewritten is not None:
+            headers.set("x-envoy-original-path", target)
+            target = rewritten
+    return target
 
 
 def _append_forwarded_host(headers: Headers, host: str) -> None:

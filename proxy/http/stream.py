@@ -86,7 +86,7 @@ class Stream:
 
     __slots__ = ("action", "authority", "body", "bytes_sent", "chunked", "cluster", "committed",
                  "conn", "deadline", "downstream_local", "downstream_remote", "expect_continue",
-                 "flags", "has_body", "hash_key", "header_names", "headers", "idle", "internal", "keep_alive",
+                 "flags", "has_body", "hash_key", "header_names", "headers", "internal", "keep_alive",
                  "method", "number", "per_try", "plan", "policy", "request_headers",
                  "response_headers", "response_mutations", "retry", "retry_statuses", "selection", "service_time", "set_cookie",
                  "start", "status",
@@ -101,7 +101,6 @@ class Stream:
     cluster: Cluster
     deadline: float           # the route timeout's end on the loop clock, 0.0 without one
     hash_key: int | None
-    idle: float
     number: int               # the attempt being made, from 1
     per_try: float
     plan: RoutePlan           # set by routing

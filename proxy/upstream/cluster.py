@@ -189,7 +189,6 @@ class Cluster:
     def record_outcome(self, host: Host, status: int | None) -> None:
         """Feed passive health checking: a response status, or None (connect failure,
         reset, timeout); it is counted in the host's counters too."""
-        host.rq_total += 1
         if status is not None and status < 500:
             host.rq_success += 1
         else:

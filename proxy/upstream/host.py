@@ -26,8 +26,8 @@ class Host:
     locality_priority: int = 0
     active_requests: int = 0
     # Envoy's per-host counters (admin /clusters): requests with an outcome, split by it
-    # (5xx, resets, timeouts and connect failures are errors), and connections opened
-    rq_total: int = 0
+    # (5xx, resets, timeouts and connect failures are errors; `rq_total` is their sum),
+    # and connections opened
     rq_success: int = 0
     rq_error: int = 0
     rq_timeout: int = 0   # of the errors, route and per-try timeouts (Envoy counts both)
@@ -46,6 +46,10 @@ class Host:
         if self.weight < 1:
             raise ValueError(f"host {self.address}:{self.port}: weight must be >= 1, got {self.weight}")
         self.key = f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    @property
+    def rq_total(self) -> int:
+        return self.rq_success + self.rq_error
 
     @property
     def healthy(self) -> bool:

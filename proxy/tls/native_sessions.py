@@ -28,6 +28,10 @@ Python, another libssl), callers keep Python's API (proxy/tls/session_resumption
 Rules:
 - A `Session` owns one reference to an SSL_SESSION and drops it when collected; offering
   it to a connection gives that connection its own reference.
+- `keep_resumable` stops OpenSSL from dropping a server connection's session from the
+  cache when the connection is freed without having sent close_notify: its client holds
+  that session's ticket. RFC 4346 (TLS 1.1) and RFC 8446 dropped the rule that such a
+  session must not be resumed; BoringSSL (Envoy) keeps it too.
 - `copy` gives a session of its own (SSL_SESSION_dup: ~3 µs against Python's ~120 µs);
   `holds` tells whether a connection still uses the very session it was offered (a TLS
   1.3 connection that got no new ticket).
@@ -42,6 +46,7 @@ from typing import Final
 
 _SSL_CTRL_SET_SESS_CACHE_SIZE: Final = 42    # ssl.h; SSL_CTX_sess_set_cache_size is this macro
 _SSL_CTRL_GET_SESS_CACHE_SIZE: Final = 43
+_SSL_SENT_SHUTDOWN: Final = 1
 _CONTEXT_OFFSET: Final = object.__basicsize__                        # SSL_CTX *ctx
 _SSL_OFFSET: Final = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)   # after PyObject *Socket
 
@@ -59,6 +64,8 @@ def _load() -> ctypes.CDLL | None:
             ("SSL_set_session", ctypes.c_int, [pointer, pointer]),
             ("SSL_SESSION_free", None, [pointer]),
             ("SSL_SESSION_has_ticket", ctypes.c_int, [pointer]),
+            ("SSL_get_shutdown", ctypes.c_int, [pointer]),
+            ("SSL_set_shutdown", None, [pointer, ctypes.c_int]),
             ("SSL_CTX_ctrl", ctypes.c_long, [pointer, ctypes.c_int, ctypes.c_long, pointer])):
         function = getattr(lib, name, None)
         if function is None:
@@ -141,3 +148,11 @@ def bound_cache(context: ssl.SSLContext, size: int) -> bool:
     pointer = _context_pointer(context)
     _lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_SIZE, size, None)
     return bool(_lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_SESS_CACHE_SIZE, 0, None) == size)
+
+
+def keep_resumable(ssl_object: ssl.SSLObject) -> None:
+    """Let the connection's session outlive an unclean close (SSL_SENT_SHUTDOWN set: the
+    connection must not write any more)."""
+    assert _lib is not None
+    native = _ssl_pointer(ssl_object)
+    _lib.SSL_set_shutdown(native, _lib.SSL_get_shutdown(native) | _SSL_SENT_SHUTDOWN)

@@ -36,6 +36,9 @@ Rules:
 - TLS 1.3: a session is offered once; a connection gives back its newest ticket, never the
   one it was offered. TLS 1.2: a session id may be offered again, so a connection gives
   back the session it used.
+- A server keeps a session resumable after its connection ended without close_notify
+  (`served`), as TLS 1.1 and later allow: a client that aborts its connection still
+  resumes with the ticket it was issued.
 - Bounded memory: a client context pools at most CLIENT_POOL sessions (newest kept); a
   server context's cache holds at most SERVER_CACHE sessions (OpenSSL's default is 20,480
   of ~11 KiB each). A resumed TLS 1.3 session stays in the server's cache (OpenSSL removes
@@ -125,6 +128,15 @@ def _still_offered(ssl_object: ssl.SSLObject, session: AnySession, offered: AnyS
     if isinstance(offered, Session):
         return native_sessions.holds(ssl_object, offered)
     return session == offered   # Python compares session ids
+
+
+def served(ssl_object: ssl.SSLObject) -> None:
+    """A server connection is being freed: keep its session (whose ticket its client holds)
+    in the cache even if it ended without a close_notify sent, as uvloop ends one on the
+    peer's EOF. Else OpenSSL drops it then, and the client's next connection is a full
+    handshake whenever the free came first (~8% of new connections in the bench)."""
+    if native_sessions.available() and hasattr(ssl_object, "_sslobj"):
+        native_sessions.keep_resumable(ssl_object)
 
 
 def cache_full(context: ssl.SSLContext) -> bool:

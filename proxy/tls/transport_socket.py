@@ -299,6 +299,9 @@ class _ListeningSSLObject(ssl.SSLObject):
         return super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
                                session=session, context=context)
 
+    def __del__(self) -> None:
+        session_resumption.served(self)
+
 
 class TlsTransport:
     """A TLS config bound to the secret store: the current SSLContext, and SAN checks."""

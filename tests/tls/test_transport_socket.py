@@ -255,13 +255,14 @@ def test_new_upstream_connections_resume_a_tls_session(ca: CertificateAuthority,
     run(scenario)
 
 
-def handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext) -> bool:
-    """A handshake and a clean close (close_notify both ways) over memory BIOs; the client
-    keeps the session for its next one. Whether this one was resumed."""
+def handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext, close_notify: bool = True) -> bool:
+    """A handshake and a close (with close_notify both ways, or none) over memory BIOs; the
+    client keeps the session for its next one. Whether this one was resumed."""
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     server_end = server.wrap_bio(to_server, to_client, server_side=True)
     client_end = client.wrap_bio(to_client, to_server)
-    for step in (client_end.do_handshake, server_end.do_handshake) * 3 + (client_end.unwrap, server_end.unwrap):
+    closing = (client_end.unwrap, server_end.unwrap) if close_notify else (lambda: client_end.read(1),)
+    for step in (client_end.do_handshake, server_end.do_handshake) * 3 + closing:
         with contextlib.suppress(ssl.SSLWantReadError):
             step()
     session_resumption.remember(client_end)
@@ -296,6 +297,13 @@ def test_a_listeners_full_session_cache_evicts_its_oldest_sessions_and_keeps_res
     stats = bound.session_stats()
     assert stats["number"] <= 2 and stats["cache_full"] > 0
     assert resumed == [False, True, True, True, True]   # the newest session is never the one evicted
+
+
+def test_a_session_stays_resumable_when_its_connection_ends_without_close_notify(ca: CertificateAuthority) -> None:
+    """As an upstream connection aborted after max_requests_per_connection ends."""
+    transport, client = listener_and_client(ca, "TLSv1_3")
+    resumed = [handshake_in_memory(transport.server_context(), client, close_notify=False) for _ in range(3)]
+    assert resumed == [False, True, True]
 
 
 def test_a_listeners_session_cache_is_replaced_by_an_empty_one_once_full_where_openssl_cannot_bound_it(

@@ -74,6 +74,7 @@ class HttpStats:
     downstream_rq_completed: int = 0
     downstream_rq_timeout: int = 0
     downstream_rq_header_timeout: int = 0
+    downstream_rq_idle_timeout: int = 0
     downstream_rq_max_duration_reached: int = 0
     downstream_cx_idle_timeout: int = 0
     downstream_cx_max_duration_reached: int = 0

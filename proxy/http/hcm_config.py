@@ -16,9 +16,12 @@ the idle timeout start a connection's drain — responses get `connection: close
 `drain_timeout` (default 5 s) later the connection closes once no request is in flight;
 `delayed_close_timeout` is how long a connection the proxy closes waits for the client's own
 close (unset: 0, tulle-proxy closes at once, where Envoy's default is 1 s). `headers_with_underscores_action`:
-ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The stream idle timeout (route `idle_timeout`,
-else `stream_idle_timeout`, 5 min by default) bounds the wait for the upstream's response
-head: 504 "stream timeout". `upgrade_configs` enable upgrades by type (websocket, CONNECT, any
+ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The stream
+idle timeout (route `idle_timeout`, else `stream_idle_timeout`, 5 min by default) bounds
+each attempt's wait for the upstream's response head: 504 "stream timeout" (408 while the
+request is still arriving; `downstream_rq_idle_timeout`). Unlike Envoy's, it is not restarted
+by request body bytes nor applied to a response body in flight (the route timeout is).
+`upgrade_configs` enable upgrades by type (websocket, CONNECT, any
 name; custom upgrade filter chains are rejected); the tunnels are proxy/http/tunnel.py's.
 """
 

@@ -19,9 +19,13 @@ one. Only this class asks the parser for `on_message_begin` (a request's first b
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from proxy.http.connection_drain import start_drain
 from proxy.http.downstream import DownstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.http.connection_manager import HttpConnectionManager
 
 HEADER_TIMEOUT_BODY = b"request header timeout"
 REQUEST_TIMEOUT_BODY = b"request timeout"
@@ -30,8 +34,8 @@ REQUEST_TIMEOUT_BODY = b"request timeout"
 class TimedDownstreamConnection(DownstreamConnection):
     """A downstream connection whose connection manager sets request or connection timers."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, manager: HttpConnectionManager) -> None:
+        super().__init__(manager)
         self._head_timer: asyncio.TimerHandle | None = None
         self._request_timer: asyncio.TimerHandle | None = None
         self._duration_timer: asyncio.TimerHandle | None = None

@@ -297,7 +297,10 @@ class Router:
             stream.upstream = host.key
             if outcome == IDLE_TIMEOUT:
                 stream.flags = "SI"
-                manager.reply(stream, 504, b"stream timeout", extra=self._counted(stream))
+                manager.stats.downstream_rq_idle_timeout += 1
+                # Envoy: 408 while the request is still arriving, else 504
+                manager.reply(stream, 504 if stream.body.done else 408, b"stream timeout",
+                              extra=self._counted(stream))
                 return
             if outcome == DURATION_TIMEOUT:
                 stream.flags = "DT"

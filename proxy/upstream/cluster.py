@@ -63,7 +63,8 @@ class Cluster:
             health.checker(config.health_check, self.host_set, rng, config.name,
                            has_traffic=lambda: self.stats.upstream_rq_total > 0,
                            on_change=self._health_changed,
-                           on_check_passed=self._health_check_passed if self.outlier else None)
+                           on_check_passed=self._health_check_passed if self.outlier else None,
+                           keepalive=config.tcp_keepalive)
             if config.health_check is not None else None)
         self.pools: dict[Host, ConnectionPool] = {}
         self._original_hosts: dict[tuple[str, int], Host] = {}  # ORIGINAL_DST, by address

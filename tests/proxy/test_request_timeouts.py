@@ -107,3 +107,17 @@ def test_an_idle_connection_closes_a_drain_timeout_after_its_idle_timeout(kind: 
     finally:
         upstream.close()
     assert 1.05 < elapsed < 1.5
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_a_stalled_body_gets_408_stream_timeout_from_the_stream_idle_timeout(kind: str, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    with (silent_upstream() as upstream,
+          running_proxy(kind, bootstrap(port, upstream, "          stream_idle_timeout: 0.5s", admin_port=admin),
+                        port, tmp_path)):
+        response, elapsed = _stall(port, b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        assert _counter(admin, "downstream_rq_idle_timeout") == 1
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert body == b"stream timeout"
+    assert 0.45 < elapsed < 1.0

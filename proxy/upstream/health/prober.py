@@ -46,6 +46,7 @@ from proxy.upstream.health.state import (
 )
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
+from proxy.upstream.tcp_keepalive import TcpKeepalive
 
 log = logging.getLogger("tulle.proxy.health")
 
@@ -133,9 +134,11 @@ class HealthChecker:
         on_change: Callable[[], None] | None = None,
         on_check_passed: Callable[[Host], None] | None = None,
         reporter: HealthReporter | None = None,
+        keepalive: TcpKeepalive | None = None,
     ) -> None:
         self.config = config
         self.reporter = reporter
+        self.keepalive = keepalive   # the cluster's tcp_keepalive: its probes' sockets get it too
         self.stats = HealthCheckStats()
         self.on_change = on_change
         self.on_check_passed = on_check_passed
@@ -295,6 +298,8 @@ class HealthChecker:
             return connection
         self._drop_connection(host)
         reader, writer = await asyncio.open_connection(host.address, _probe_port(host))
+        if self.keepalive is not None:
+            self.keepalive.apply(writer.get_extra_info("socket"))
         connection = _Connection(reader, writer)
         if self.config.reuse_connection:
             self._connections[host] = connection

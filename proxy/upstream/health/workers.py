@@ -32,6 +32,7 @@ from proxy.upstream.health.replica import HealthReplica, ReplicatedHealthChecker
 from proxy.upstream.health.report import ClusterHealth, HealthReporter
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
+from proxy.upstream.tcp_keepalive import TcpKeepalive
 
 ActiveHealthChecker = HealthChecker | ReplicatedHealthChecker
 
@@ -39,7 +40,8 @@ ActiveHealthChecker = HealthChecker | ReplicatedHealthChecker
 class HealthCheckers(Protocol):
     def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker: ...
+                on_check_passed: Callable[[Host], None] | None,
+                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker: ...
 
 
 class LocalHealthChecks:
@@ -47,9 +49,10 @@ class LocalHealthChecks:
 
     def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker:
+                on_check_passed: Callable[[Host], None] | None,
+                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker:
         return HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
-                             on_check_passed=on_check_passed)
+                             on_check_passed=on_check_passed, keepalive=keepalive)
 
 
 LOCAL = LocalHealthChecks()
@@ -64,13 +67,14 @@ class LeaderHealthChecks:
 
     def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker:
+                on_check_passed: Callable[[Host], None] | None,
+                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker:
         # Passing checks matter to a follower only for its outlier detector's un-ejection.
         reporter = HealthReporter(cluster, host_set, self._send, report_passes=on_check_passed is not None,
                                   on_stop=self._stopped)
         self._current[cluster] = reporter
         return HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
-                             on_check_passed=on_check_passed, reporter=reporter)
+                             on_check_passed=on_check_passed, reporter=reporter, keepalive=keepalive)
 
     def _stopped(self, reporter: HealthReporter) -> None:
         # A cluster replaced by CDS stops after its successor started: nothing is removed.
@@ -87,5 +91,6 @@ class FollowerHealthChecks:
 
     def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None) -> ActiveHealthChecker:
+                on_check_passed: Callable[[Host], None] | None,
+                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker:
         return self.replica.checker(config, host_set, cluster, on_change, on_check_passed)

@@ -35,6 +35,7 @@ from google.protobuf import json_format
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.listener import ListenerConfig, SocketAddress
 from proxy.upstream.cluster_config import ClusterConfig
+from proxy.upstream.health.check_name import put_names, take_names
 from proxy.xds.config import AdsConfig
 
 
@@ -66,10 +67,12 @@ def parse_bootstrap(text: str) -> BootstrapConfig:
     if not isinstance(document, dict):
         raise ConfigError("bootstrap", "must be a mapping")
     message = Bootstrap()
+    names = take_names(document)   # HealthCheck.name: newer than the protos (check_name.py)
     try:
         json_format.ParseDict(document, message)
     except json_format.ParseError as error:
         raise ConfigError("bootstrap", str(error)) from None
+    put_names(message.static_resources.clusters, names)
     return from_proto(message)
 
 

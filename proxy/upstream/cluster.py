@@ -59,13 +59,13 @@ class Cluster:
         self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
                         if config.outlier is not None else None)
         self._outlier_timer: asyncio.TimerHandle | None = None
-        self.health_checker = (
-            health.checker(config.health_check, self.host_set, rng, config.name,
-                           has_traffic=lambda: self.stats.upstream_rq_total > 0,
-                           on_change=self._health_changed,
-                           on_check_passed=self._health_check_passed if self.outlier else None,
-                           keepalive=config.tcp_keepalive)
-            if config.health_check is not None else None)
+        # several checks: a host is healthy only while all of them pass (Envoy 1.40)
+        self.health_checkers = health.checkers(
+            config.health_checks, self.host_set, rng, config.name,
+            has_traffic=lambda: self.stats.upstream_rq_total > 0,
+            on_change=self._health_changed,
+            on_check_passed=self._health_check_passed if self.outlier else None,
+            keepalive=config.tcp_keepalive)
         self.pools: dict[Host, ConnectionPool] = {}
         self._original_hosts: dict[tuple[str, int], Host] = {}  # ORIGINAL_DST, by address
         self.original_dst = config.type == "ORIGINAL_DST"
@@ -120,8 +120,10 @@ class Cluster:
         stats = self.breaker.stats()
         if self.outlier is not None:
             stats.update(self.outlier.stats.as_dict())
-        if self.health_checker is not None:
-            stats.update(self.health_checker.stats.as_dict())
+        named = len(self.health_checkers) > 1   # Envoy: health_check.name.NAME.* then
+        for checker in self.health_checkers:
+            stats.update(checker.stats.as_dict(f"health_check.name.{checker.config.name}." if named
+                                               else "health_check."))
         if self._default_tls is not None or self._matched_tls:
             stats.update(self.tls_stats.as_dict())
         return stats
@@ -134,10 +136,10 @@ class Cluster:
         if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
             await self._resolve()
             self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
-        checker = self.health_checker
-        if checker is not None:
-            # Cluster warming: like Envoy, wait (bounded) for every host's first check.
+        for checker in self.health_checkers:
             checker.start()
+        for checker in self.health_checkers:
+            # Cluster warming: like Envoy, wait (bounded) for every host's first check.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(checker.initialized.wait(), checker.config.timeout + 1.0)
 
@@ -199,8 +201,8 @@ class Cluster:
             outlier.record(host, status, asyncio.get_running_loop().time())
 
     async def stop(self) -> None:
-        if self.health_checker is not None:
-            await self.health_checker.stop()
+        for checker in self.health_checkers:
+            await checker.stop()
         if self._outlier_timer is not None:
             self._outlier_timer.cancel()
         if self._dns_task is not None:

@@ -81,7 +81,7 @@ class ClusterConfig:
     http2: bool = False                      # only allowed for the xDS server's cluster
     thresholds: CircuitBreakerThresholds = field(default_factory=CircuitBreakerThresholds)
     outlier: OutlierConfig | None = None
-    health_check: HealthCheckConfig | None = None
+    health_checks: tuple[HealthCheckConfig, ...] = ()
     lb_config: object | None = None  # the policy's sub-message, for make_balancer
     lb_config_path: str | None = None
     locality_weighted: bool = False
@@ -137,7 +137,7 @@ class ClusterConfig:
         if message.HasField("eds_cluster_config"):
             reject_unsupported(message.eds_cluster_config, join(path, "eds_cluster_config"),
                                ("eds_config", "service_name"))
-        health_check = HealthCheckConfig.from_cluster(message.health_checks, join(path, "health_checks"))
+        health_checks = HealthCheckConfig.from_cluster(message.health_checks, join(path, "health_checks"))
         lb_field = _LB_CONFIG_FIELDS.get(policy)
         for other in _LB_CONFIG_FIELDS.values():
             if other != lb_field and message.HasField(other):
@@ -181,7 +181,7 @@ class ClusterConfig:
             http2=_http2(message, path),
             thresholds=thresholds,
             outlier=outlier,
-            health_check=health_check,
+            health_checks=health_checks,
             lb_config=lb_config,
             lb_config_path=lb_config_path,
             locality_weighted=locality_weighted,

@@ -19,6 +19,7 @@ from typing import Any
 from envoy.config.core.v3.health_check_pb2 import HealthCheck
 
 from proxy.config_error import ConfigError, reject_unsupported
+from proxy.upstream.health.check_name import health_check_name
 
 _METHODS = {0: "GET", 1: "GET", 2: "HEAD", 3: "POST", 4: "PUT", 5: "DELETE", 7: "OPTIONS", 8: "TRACE", 9: "PATCH"}
 
@@ -127,6 +128,7 @@ class HealthCheckConfig:
     interval_jitter: float = 0.0
     interval_jitter_percent: int = 0
     reuse_connection: bool = True
+    name: str = ""   # required with several checkers: their stats are health_check.name.NAME.*
 
     @classmethod
     def from_proto(cls, message: HealthCheck, path: str = "health_checks[0]") -> HealthCheckConfig:
@@ -173,14 +175,24 @@ class HealthCheckConfig:
             interval_jitter=values.get("interval_jitter", 0.0),
             interval_jitter_percent=message.interval_jitter_percent,
             reuse_connection=message.reuse_connection.value if message.HasField("reuse_connection") else True,
+            name=health_check_name(message),
         )
 
     @classmethod
-    def from_cluster(cls, health_checks: Any, path: str = "health_checks") -> HealthCheckConfig | None:
-        """From `Cluster.health_checks`: None when empty; one checker per cluster."""
-        checks = list(health_checks)
-        if not checks:
-            return None
-        if len(checks) > 1:
-            raise ConfigError(f"{path}[1]", "only one health checker per cluster is supported")
-        return cls.from_proto(checks[0], f"{path}[0]")
+    def from_cluster(cls, health_checks: Any, path: str = "health_checks") -> tuple[HealthCheckConfig, ...]:
+        """From `Cluster.health_checks`, one checker each. Envoy 1.40: with several, every
+        one must have a distinct name, and a host is healthy only while all of them pass."""
+        configs = tuple(cls.from_proto(check, f"{path}[{index}]") for index, check in enumerate(health_checks))
+        if len(configs) > 1:
+            names: set[str] = set()
+            for index, config in enumerate(configs):
+                if not config.name:
+                    raise ConfigError(f"{path}[{index}].name", f"health check at index {index} is missing a "
+                                      "name; all health checks must have a name when multiple health "
+                                      "checks are configured")
+                if config.name in names:
+                    raise ConfigError(f"{path}[{index}].name", f"duplicate health check name "
+                                      f"'{config.name}' at index {index}; all health check names "
+                                      "must be unique within a cluster")
+                names.add(config.name)
+        return configs

@@ -15,6 +15,9 @@ Probes:
 - TCP: connect; with no `receive` payloads that is the whole check. Otherwise
   write `send` and read until every `receive` payload has been seen, in order.
 
+Several checkers on one cluster (Envoy 1.40) each keep their own per-host state; a host is
+failed while any of them says so (`peers`), so it is healthy only while all pass.
+
 Hosts added to the HostSet while running start failed and pending, as in Envoy
 (the HostSet marks them because `active_health_checking` is on); removed hosts'
 loops are cancelled. `initialized` is set once every host has had its first
@@ -64,16 +67,16 @@ class HealthCheckStats:
     passive_failure: int = 0
     healthy: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self, prefix: str = "health_check.") -> dict[str, int]:
         return {
-            "health_check.attempt": self.attempt,
-            "health_check.success": self.success,
-            "health_check.failure": self.failure,
-            "health_check.network_failure": self.network_failure,
-            "health_check.passive_failure": self.passive_failure,
-            "health_check.verify_cluster": 0,
-            "health_check.healthy": self.healthy,
-            "health_check.degraded": 0,
+            f"{prefix}attempt": self.attempt,
+            f"{prefix}success": self.success,
+            f"{prefix}failure": self.failure,
+            f"{prefix}network_failure": self.network_failure,
+            f"{prefix}passive_failure": self.passive_failure,
+            f"{prefix}verify_cluster": 0,
+            f"{prefix}healthy": self.healthy,
+            f"{prefix}degraded": 0,
         }
 
 
@@ -135,10 +138,12 @@ class HealthChecker:
         on_check_passed: Callable[[Host], None] | None = None,
         reporter: HealthReporter | None = None,
         keepalive: TcpKeepalive | None = None,
+        peers: list[HealthChecker] | None = None,
     ) -> None:
         self.config = config
         self.reporter = reporter
         self.keepalive = keepalive   # the cluster's tcp_keepalive: its probes' sockets get it too
+        self.peers = peers if peers is not None else [self]   # the cluster's checkers, this one too
         self.stats = HealthCheckStats()
         self.on_change = on_change
         self.on_check_passed = on_check_passed
@@ -254,9 +259,10 @@ class HealthChecker:
                 self.stats.passive_failure += 1
             transition = state.on_failure(result.kind, result.retriable)
         self.stats.healthy = sum(1 for s in self._states.values() if not s.failed)
-        flipped = host.health_check_failed != state.failed
+        failed = state.failed or any(peer.failed(host) for peer in self.peers if peer is not self)
+        flipped = host.health_check_failed != failed
         if flipped:
-            host.health_check_failed = state.failed
+            host.health_check_failed = failed
             self._host_set.health_changed()
             if self.on_change is not None:
                 self.on_change()
@@ -266,6 +272,11 @@ class HealthChecker:
             self.reporter.checked(host, result.passed, flipped or first)
         self._update_initialized()
         return transition
+
+    def failed(self, host: Host) -> bool:
+        """This checker's verdict on `host` (failed until its first check passes)."""
+        state = self._states.get(host)
+        return state is None or state.failed
 
     def immediate_failure(self, host: Host) -> None:
         """The router saw `x-envoy-immediate-health-check-fail` on a response from

@@ -7,8 +7,9 @@ Rules:
   CDS update that brings it, and an EDS update can be probed before a follower applies it,
   so a report may come first. A whole report replaces what was kept of its cluster, a
   delta updates it, `removed` forgets it.
-- A ReplicatedHealthChecker stands in for a HealthChecker in a follower's cluster with
-  health_checks: it never opens a probe connection and its health_check.* stats stay 0
+- A ReplicatedHealthChecker stands in for each HealthChecker in a follower's cluster with
+  health_checks (a group, one per check: a report, which carries each host's health under
+  all the checks, reaches the whole group): it never opens a probe connection and its health_check.* stats stay 0
   (the leader's count once in the proxy's totals). Its hosts start failed and pending,
   as under a HealthChecker; a host that appears takes the kept health of its address at
   once; `initialized` (cluster warming) is set when the leader's first round is.
@@ -48,7 +49,8 @@ class HealthReplica:
 
     def __init__(self) -> None:
         self.kept: dict[str, KeptHealth] = {}
-        self._checkers: dict[str, ReplicatedHealthChecker] = {}
+        # per cluster name, the checkers of the cluster reports now go to (one per health check)
+        self._checkers: dict[str, list[ReplicatedHealthChecker]] = {}
 
     def apply(self, report: ClusterHealth, now: float) -> None:
         name = report.cluster
@@ -61,23 +63,23 @@ class HealthReplica:
         kept.initialized = kept.initialized or report.initialized
         for host in report.hosts:
             kept.failed[(host.address, host.port)] = host.failed
-        checker = self._checkers.get(name)
-        if checker is not None:
+        for checker in self._checkers.get(name, ()):
             checker.apply(report.hosts, kept.initialized, now)
 
     def checker(self, config: HealthCheckConfig, host_set: HostSet, cluster: str,
                 on_change: Callable[[], None] | None = None,
                 on_check_passed: Callable[[Host], None] | None = None,
-                clock: Callable[[], float] | None = None) -> ReplicatedHealthChecker:
-        return ReplicatedHealthChecker(self, config, host_set, cluster, on_change, on_check_passed, clock)
+                clock: Callable[[], float] | None = None,
+                group: list[ReplicatedHealthChecker] | None = None) -> ReplicatedHealthChecker:
+        return ReplicatedHealthChecker(self, config, host_set, cluster, on_change, on_check_passed, clock, group)
 
     def attach(self, checker: ReplicatedHealthChecker) -> None:
-        """Reports for the checker's cluster now go to it (a replaced cluster's checker
-        is simply superseded)."""
-        self._checkers[checker.cluster] = checker
+        """Reports for the checker's cluster now go to its group (a replaced cluster's
+        checkers are simply superseded)."""
+        self._checkers[checker.cluster] = checker.group
 
     def detach(self, checker: ReplicatedHealthChecker) -> None:
-        if self._checkers.get(checker.cluster) is checker:
+        if self._checkers.get(checker.cluster) is checker.group:
             del self._checkers[checker.cluster]
 
 
@@ -87,8 +89,12 @@ class ReplicatedHealthChecker:
     def __init__(self, replica: HealthReplica, config: HealthCheckConfig, host_set: HostSet, cluster: str,
                  on_change: Callable[[], None] | None = None,
                  on_check_passed: Callable[[Host], None] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 group: list[ReplicatedHealthChecker] | None = None) -> None:
+        """`group`: the checkers of the same cluster (one per health check), this one too;
+        a report reaches all of them, and the first to apply it sets the flags."""
         self.config = config
+        self.group = group if group is not None else [self]
         self.cluster = cluster
         self.stats = HealthCheckStats()  # stays 0: the leader probes
         self.initialized = asyncio.Event()

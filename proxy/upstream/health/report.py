@@ -5,7 +5,7 @@ since Host objects are per worker. Rules of the reports a HealthReporter sends (
 side; proxy/upstream/health/replica.py applies them, proxy/upstream/health/workers.py says
 why):
 - a *delta* (`full` false) for one host each time its check result matters to a follower:
-  its health_check_failed flipped, or its first result came (it is no longer pending), or,
+  its health_check_failed (under all the cluster's checks) flipped, or its first result came (it is no longer pending), or,
   with `report_passes` (the cluster has outlier detection, whose follower-side detector
   un-ejects a host on a passing check), any check of it passed;
 - the *whole cluster* (`full`: every host the leader has, replacing what the follower
@@ -49,9 +49,11 @@ class HealthReporter:
 
     def __init__(self, cluster: str, host_set: HostSet, send: Callable[[ClusterHealth], None],
                  report_passes: bool = False,
-                 on_stop: Callable[[HealthReporter], None] | None = None) -> None:
+                 on_stop: Callable[[HealthReporter], None] | None = None, checks: int = 1) -> None:
+        """`checks`: how many HealthCheckers of the cluster report here (one per health check)."""
         self.cluster = cluster
         self.initialized = False
+        self._incomplete = checks
         self.report_passes = report_passes
         self._host_set = host_set
         self._send = send
@@ -65,7 +67,11 @@ class HealthReporter:
                                      initialized=self.initialized))
 
     def complete(self) -> None:
-        """Every host had its first result."""
+        """Every host had its first result from one of the checks; the first round is
+        complete once every check's is."""
+        self._incomplete -= 1
+        if self._incomplete > 0:
+            return
         self.initialized = True
         self._send(self.whole())
 

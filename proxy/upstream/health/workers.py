@@ -23,7 +23,7 @@ for the leader's first round, bounded as a HealthChecker's is (Cluster.start).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy.upstream.health.config import HealthCheckConfig
@@ -38,21 +38,26 @@ ActiveHealthChecker = HealthChecker | ReplicatedHealthChecker
 
 
 class HealthCheckers(Protocol):
-    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
-                has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None,
-                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker: ...
+    def checkers(self, configs: Sequence[HealthCheckConfig], host_set: HostSet, rng: random.Random, cluster: str,
+                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                 on_check_passed: Callable[[Host], None] | None,
+                 keepalive: TcpKeepalive | None = None) -> list[ActiveHealthChecker]:
+        """One checker per health check of the cluster (a host is healthy while all pass)."""
+        ...
 
 
 class LocalHealthChecks:
     """The one worker probes, and tells no one."""
 
-    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
-                has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None,
-                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker:
-        return HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
-                             on_check_passed=on_check_passed, keepalive=keepalive)
+    def checkers(self, configs: Sequence[HealthCheckConfig], host_set: HostSet, rng: random.Random, cluster: str,
+                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                 on_check_passed: Callable[[Host], None] | None,
+                 keepalive: TcpKeepalive | None = None) -> list[ActiveHealthChecker]:
+        peers: list[HealthChecker] = []
+        for config in configs:
+            peers.append(HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
+                                       on_check_passed=on_check_passed, keepalive=keepalive, peers=peers))
+        return list(peers)
 
 
 LOCAL = LocalHealthChecks()
@@ -65,16 +70,23 @@ class LeaderHealthChecks:
         self._send = send
         self._current: dict[str, HealthReporter] = {}
 
-    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
-                has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None,
-                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker:
-        # Passing checks matter to a follower only for its outlier detector's un-ejection.
+    def checkers(self, configs: Sequence[HealthCheckConfig], host_set: HostSet, rng: random.Random, cluster: str,
+                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                 on_check_passed: Callable[[Host], None] | None,
+                 keepalive: TcpKeepalive | None = None) -> list[ActiveHealthChecker]:
+        # One reporter for all the cluster's checks: a report carries each host's health under
+        # all of them (Host.health_check_failed), and the first round is complete once every
+        # check's is. Passing checks matter to a follower only for its outlier detector's
+        # un-ejection.
         reporter = HealthReporter(cluster, host_set, self._send, report_passes=on_check_passed is not None,
-                                  on_stop=self._stopped)
+                                  on_stop=self._stopped, checks=len(configs))
         self._current[cluster] = reporter
-        return HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
-                             on_check_passed=on_check_passed, reporter=reporter, keepalive=keepalive)
+        peers: list[HealthChecker] = []
+        for config in configs:
+            peers.append(HealthChecker(config, host_set, rng, cluster, has_traffic=has_traffic, on_change=on_change,
+                                       on_check_passed=on_check_passed, reporter=reporter, keepalive=keepalive,
+                                       peers=peers))
+        return list(peers)
 
     def _stopped(self, reporter: HealthReporter) -> None:
         # A cluster replaced by CDS stops after its successor started: nothing is removed.
@@ -89,8 +101,12 @@ class FollowerHealthChecks:
     def __init__(self, replica: HealthReplica | None = None) -> None:
         self.replica = replica or HealthReplica()
 
-    def checker(self, config: HealthCheckConfig, host_set: HostSet, rng: random.Random, cluster: str,
-                has_traffic: Callable[[], bool], on_change: Callable[[], None],
-                on_check_passed: Callable[[Host], None] | None,
-                keepalive: TcpKeepalive | None = None) -> ActiveHealthChecker:
-        return self.replica.checker(config, host_set, cluster, on_change, on_check_passed)
+    def checkers(self, configs: Sequence[HealthCheckConfig], host_set: HostSet, rng: random.Random, cluster: str,
+                 has_traffic: Callable[[], bool], on_change: Callable[[], None],
+                 on_check_passed: Callable[[Host], None] | None,
+                 keepalive: TcpKeepalive | None = None) -> list[ActiveHealthChecker]:
+        # one stand-in per check, so the cluster's health_check stats have the leader's names
+        group: list[ReplicatedHealthChecker] = []
+        for config in configs:
+            group.append(self.replica.checker(config, host_set, cluster, on_change, on_check_passed, group=group))
+        return list(group)

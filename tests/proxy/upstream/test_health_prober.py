@@ -417,3 +417,31 @@ def test_garbage_answer_is_a_network_failure() -> None:
         server.close()
 
     run(main)
+
+
+def test_with_several_checkers_a_host_is_healthy_only_while_all_pass() -> None:
+    async def scenario() -> None:
+        upstream = await HttpUpstream(status=503).start()
+        try:
+            host = Host("127.0.0.1", upstream.port)
+            hosts = HostSet((host,))
+            checkers: list[HealthChecker] = []
+            tcp = replace(HTTP, check=TcpCheck(), name="tcp")
+            for config in (replace(HTTP, name="http"), tcp):
+                checkers.append(HealthChecker(config, hosts, random.Random(1), "c", peers=checkers))
+            for checker in checkers:
+                checker.start()
+            for checker in checkers:
+                await asyncio.wait_for(checker.initialized.wait(), 2)
+            await asyncio.sleep(0.2)
+            assert not checkers[1].failed(host)       # the TCP check passes ...
+            assert checkers[0].failed(host)           # ... the HTTP check does not
+            assert host.health_check_failed
+            upstream.status = 200
+            await asyncio.sleep(0.3)
+            assert not host.health_check_failed       # both pass now
+            for checker in checkers:
+                await checker.stop()
+        finally:
+            await upstream.stop()
+    asyncio.run(scenario())

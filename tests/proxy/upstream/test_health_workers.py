@@ -204,8 +204,8 @@ def test_the_leader_reports_a_removed_cluster_but_not_a_replaced_one() -> None:
     leader = LeaderHealthChecks(sent.append)
 
     async def replace_then_remove() -> None:
-        old = leader.checker(HTTP, HostSet([]), random.Random(0), "web", lambda: True, lambda: None, None)
-        new = leader.checker(HTTP, HostSet([]), random.Random(0), "web", lambda: True, lambda: None, None)
+        [old] = leader.checkers([HTTP], HostSet([]), random.Random(0), "web", lambda: True, lambda: None, None)
+        [new] = leader.checkers([HTTP], HostSet([]), random.Random(0), "web", lambda: True, lambda: None, None)
         await old.stop()
         assert sent == []
         await new.stop()
@@ -236,8 +236,8 @@ def test_a_follower_sees_each_change_the_leaders_probes_find() -> None:
                 replica.apply(decode_health(payload), 0.0)
 
         leader_hosts = HostSet([Host("127.0.0.1", upstream.port)])
-        leader = LeaderHealthChecks(link).checker(HTTP, leader_hosts, random.Random(1), "web",
-                                                  lambda: True, lambda: None, None)
+        [leader] = LeaderHealthChecks(link).checkers([HTTP], leader_hosts, random.Random(1), "web",
+                                                     lambda: True, lambda: None, None)
         follower_hosts = HostSet([Host("127.0.0.1", upstream.port)])
         follower = replica.checker(HTTP, follower_hosts, "web")
         assert isinstance(follower, ReplicatedHealthChecker)
@@ -257,3 +257,28 @@ def test_a_follower_sees_each_change_the_leaders_probes_find() -> None:
         assert probes == leader.stats.attempt   # every probe was the leader's
 
     run(scenario)
+
+
+def test_with_several_checks_the_cluster_is_warm_once_every_checks_first_round_is() -> None:
+    sent: list[ClusterHealth] = []
+    reporter_ = HealthReporter("web", HostSet(hosts(1)), sent.append, checks=2)
+    reporter_.complete()
+    assert sent == []
+    reporter_.complete()
+    assert sent == [ClusterHealth("web", (HostHealth("10.0.0.1", 1, False),), full=True, initialized=True)]
+
+
+def test_a_report_reaches_every_check_of_a_followers_cluster_and_flips_each_host_once() -> None:
+    replica = HealthReplica()
+    host_set = HostSet(hosts(1))
+    changes: list[None] = []
+    group: list[ReplicatedHealthChecker] = []
+    for _ in range(2):
+        group.append(replica.checker(CONFIG, host_set, "web", on_change=lambda: changes.append(None),
+                                     clock=lambda: 42.0, group=group))
+    for checker in group:
+        checker.start()
+    replica.apply(delta(HostHealth("10.0.0.1", 1, False)), 42.0)
+    assert [host.health_check_failed for host in host_set.hosts] == [False]
+    assert all(checker.initialized.is_set() for checker in group)
+    assert len(changes) == 1

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
-from proxy.splice_pump import SplicePump
+from proxy.splice_pump import NOTSENT_LOWAT, SplicePump
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -109,4 +109,28 @@ def test_after_stop_the_sockets_are_still_open_for_their_owners() -> None:
             assert await loop.sock_recv(pumped.source, 100) == b"not pumped"
         finally:
             pumped.close()
+    run(scenario)
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname())
+        far, _ = listener.accept()
+    return near, far
+
+
+def test_a_tcp_destination_holds_at_most_notsent_lowat_unsent_bytes() -> None:
+    """So TCP sends what the pump writes from the pump's own core, not later from whoever
+    processes the acknowledgements."""
+    async def scenario() -> None:
+        sender, source = socket.socketpair()
+        destination, receiver = tcp_pair()
+        pump = SplicePump(asyncio.get_running_loop(), source.fileno(), destination.fileno(),
+                          lambda size: None, lambda: None, lambda error: None)
+        try:
+            assert destination.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == NOTSENT_LOWAT
+        finally:
+            pump.stop()
+            for sock in (sender, source, destination, receiver):
+                sock.close()
     run(scenario)

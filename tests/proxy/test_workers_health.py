@@ -7,16 +7,31 @@ from __future__ import annotations
 
 import itertools
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import yaml
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from tests.ports import free_port
-from tests.proxy.running import exchange
+from tests.proxy.running import TULLE, exchange
+from tests.proxy.test_xds import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    AdsServer,
+    ads,  # noqa: F401 - the fixture
+    ads_bootstrap,
+    listener,
+    message,
+    routes,
+)
 from tests.proxy_process import ProxyProcess
 
 INTERVAL = 0.25   # health check interval (with and without traffic)
@@ -225,3 +240,39 @@ def test_health_under_concurrency_is_what_envoy_shows(tulle: Observed, envoy: Ob
     for field in ("health_flags", "success_rate", "local_origin_success_rate"):
         assert tulle.failed_fields[field] == envoy.failed_fields[field], field
         assert tulle.healthy_fields[field] == envoy.healthy_fields[field], field
+
+
+def test_a_cluster_cds_brings_is_probed_once_and_its_health_reaches_every_worker(
+        ads: AdsServer, tmp_path: Path) -> None:  # noqa: F811
+    """The leader warms a CDS cluster (its first round of checks) before it forwards the
+    update: a follower gets the health before the cluster, keeps it, and applies it when the
+    cluster arrives — so its failed host is avoided from the first request."""
+    a, b = ProbedUpstream(), ProbedUpstream()
+    b.health_status = 503
+    port, admin = free_port(), free_port()
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(ads_bootstrap(ads, "GRPC", admin))
+    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen([str(TULLE), "-c", str(config), "--concurrency", "2", "--log-level", "warning"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ads.wait_request(lambda r: r.type_url == LISTENER)
+        cluster = bootstrap(0, [a.port, b.port])["static_resources"]["clusters"][0]
+        ads.push(CLUSTER, "c1", [message(Cluster, yaml.safe_dump(cluster))])
+        ads.push(LISTENER, "l1", [listener(port)])
+        ads.wait_request(lambda r: r.type_url == ROUTE and list(r.resource_names) == ["routes"])
+        nonce = ads.push(ROUTE, "r1", [routes(None)])
+        ads.wait_request(lambda r: r.type_url == ROUTE and r.response_nonce == nonce)
+        time.sleep(0.5)   # the follower applies what the leader forwarded
+        statuses = [exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").split(b" ", 2)[1]
+                    for _ in range(REQUESTS)]
+        assert statuses == [b"200"] * REQUESTS
+        assert len(a.request_connections) == 2   # both workers served...
+        assert b.requests == 0                    # ...and neither sent anything to the failed host
+        assert [len(a.probe_connections), len(b.probe_connections)] == [1, 1]
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+        a.close()
+        b.close()

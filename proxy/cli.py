@@ -12,8 +12,9 @@ here and its certificate got from a CSR to the node agent (proxy/tls/identity_cl
 `--concurrency N` (N > 1): the configuration is validated once, then N worker processes are
 forked; each runs its own event loop and binds every listener with SO_REUSEPORT, so the
 kernel spreads connections over them. Worker 0, the leader, serves the admin listener and
-holds the only ADS stream; it passes every xDS update it applied to the other workers, and
-its /stats add up every worker's (proxy/worker_link.py). If a worker exits, the others are
+holds the only ADS stream; it passes every xDS update it applied to the other workers, runs
+the only active health checks, whose results every worker applies, and its /stats add up
+every worker's (proxy/worker_link.py). If a worker exits, the others are
 stopped and the proxy exits with its status; SIGTERM to the parent stops every worker.
 """
 

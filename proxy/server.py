@@ -130,6 +130,7 @@ class ProxyServer:
         self.followers_health = FollowerHealthChecks() if leader is not None else None
         self.health: HealthCheckers = (LeaderHealthChecks(self._send_health) if followers
                                        else self.followers_health or LOCAL)
+        self._follower_traffic: set[str] = set()   # clusters (stat names) a follower sent requests
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
         self.listeners: dict[str, RunningListener] = {}
@@ -196,6 +197,8 @@ class ProxyServer:
         for config in tls:
             self._subscribe_secrets(config.sds_sources())
         cluster = Cluster(cluster_config, self.rng, self.secrets, self.health)
+        if self._follower_sockets:
+            cluster.traffic_elsewhere = partial(self._follower_traffic.__contains__, cluster_config.stat_name)
         self.clusters[cluster.name] = cluster
         self.stats.register("cluster", cluster_config.stat_name, cluster.stats, cluster.extra_stats)
         return cluster
@@ -411,7 +414,9 @@ class ProxyServer:
 
     def _from_follower(self, index: int, kind: bytes, payload: bytes) -> None:
         if kind == STATS:
-            self.stats.followers[index] = decode_stats(payload)
+            rows = self.stats.followers[index] = decode_stats(payload)
+            self._follower_traffic.update(scope for _, kind_, scope, _, stat, value, _ in rows
+                                          if stat == "upstream_rq_total" and value and kind_ == "cluster")
         elif kind == HOSTS:
             self.admin_state.follower_hosts[index] = decode_hosts(payload)
 

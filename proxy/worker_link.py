@@ -26,7 +26,9 @@ leader's first round (proxy/upstream/health/workers.py).
 
 The other way, each follower sends a snapshot of its stats and of its per-host counters
 every SNAPSHOT_INTERVAL seconds; the leader's admin /stats and /clusters add the latest
-snapshot of every follower to its own values (proxy/stats.py, proxy/admin/endpoints.py).
+snapshot of every follower to its own values (proxy/stats.py, proxy/admin/endpoints.py; the
+gauges every worker holds alike, membership_healthy and membership_total, stay the leader's), and
+its health checkers count a cluster that a follower sent requests as having traffic.
 
 Wire format (the sans-IO part, `encode_frame` and `FrameReader`): a frame is a kind byte,
 a 4-byte big-endian length and the payload. Kinds: `x` an xDS update (a serialized

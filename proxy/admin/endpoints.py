@@ -4,7 +4,9 @@ Rules (Envoy's admin API): `/ready` is 503 "INITIALIZING" until the first xDS li
 their routes are in place, then 200 "LIVE" while serving, 503 "DRAINING" after
 `/healthcheck/fail` (until `/healthcheck/ok`); `/stats` is Envoy's text format (with
 `?filter=REGEX`), `/stats/prometheus` the Prometheus one; `/clusters` lists each cluster's
-thresholds and each host's counters and health in Envoy's `name::host::stat::value` lines
+thresholds (with outlier detection, the last interval's success-rate average and ejection
+threshold) and each host's counters, health and success rate (-1 unless the outlier
+detector's last interval computed one) in Envoy's `name::host::stat::value` lines
 (under `--concurrency N` the counters and gauges of every worker added up: each follower
 sends its HostRows, the leader adds them to its own);
 `/config_dump` the bootstrap and what xDS delivered (active clusters, listeners, routes,
@@ -31,6 +33,7 @@ from proxy.stats import StatsStore
 from proxy.tls.secrets import CertificateSecret, SecretStore, TrustBundle
 from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.host import Host
 
 VERSION = "tulle-proxy/0.1.0/HTTP1"
 
@@ -77,8 +80,20 @@ def host_rows(clusters: dict[str, Cluster]) -> list[HostRow]:
                 "rq_total": host.rq_total,
                 "hostname": cluster.hostnames.get(host, ""), "health_flags": host.health_flags(),
                 "weight": host.weight, "region": "", "zone": "", "sub_zone": "", "canary": "false",
-                "priority": host.locality_priority, "success_rate": -1, "local_origin_success_rate": -1}))
+                "priority": host.locality_priority,
+                "success_rate": _rate(cluster, host, local=False),
+                "local_origin_success_rate": _rate(cluster, host, local=True)}))
     return rows
+
+
+def _rate(cluster: Cluster, host: Host, local: bool) -> str:
+    """The outlier detector's success rate of the host; -1 without outlier detection."""
+    return _double(cluster.outlier.success_rate(host, local) if cluster.outlier is not None else -1.0)
+
+
+def _double(value: float) -> str:
+    """As Envoy prints a double: the shortest text that reads back ("-1", "100", "97.5")."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 Reply = tuple[int, str, bytes]
@@ -155,6 +170,13 @@ def _clusters(state: AdminState, params: dict[str, str]) -> Reply:
     lines = []
     for name, cluster in state.clusters.items():
         lines.append(f"{name}::observability_name::{name}")
+        if cluster.outlier is not None:
+            outlier = cluster.outlier
+            for prefix, local in (("", False), ("local_origin_", True)):
+                lines.append(f"{name}::outlier::{prefix}success_rate_average::"
+                             f"{_double(outlier.success_rate_average[local])}")
+                lines.append(f"{name}::outlier::{prefix}success_rate_ejection_threshold::"
+                             f"{_double(outlier.success_rate_ejection_threshold[local])}")
         proto = cluster.config.proto
         high = CircuitBreakerThresholds.from_proto(
             proto.circuit_breakers if proto is not None and proto.HasField("circuit_breakers") else None, 1)

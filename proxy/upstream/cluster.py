@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from proxy.stats import ClusterStats
 from proxy.tls.secrets import SecretStore
@@ -59,10 +59,13 @@ class Cluster:
         self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
                         if config.outlier is not None else None)
         self._outlier_timer: asyncio.TimerHandle | None = None
+        # --concurrency: whether another worker sent this cluster requests (the leader's
+        # checker probes at `interval`, not `no_traffic_interval`, once any worker did)
+        self.traffic_elsewhere: Callable[[], bool] = lambda: False
         # several checks: a host is healthy only while all of them pass (Envoy 1.40)
         self.health_checkers = health.checkers(
             config.health_checks, self.host_set, rng, config.name,
-            has_traffic=lambda: self.stats.upstream_rq_total > 0,
+            has_traffic=lambda: self.stats.upstream_rq_total > 0 or self.traffic_elsewhere(),
             on_change=self._health_changed,
             on_check_passed=self._health_check_passed if self.outlier else None,
             keepalive=config.tcp_keepalive)

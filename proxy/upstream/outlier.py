@@ -32,6 +32,11 @@ Rules (Envoy's outlier DetectorImpl):
   ejection (capped once it passes max_ejection_time) and shrinks by one on every
   interval the host spends healthy after its last return, so a flapping host
   stays out longer and longer, and a recovered one is forgiven.
+- Each host's success rate of the interval that just ended (what admin /clusters shows as
+  `success_rate`, and `local_origin_success_rate` with the split) is -1 unless the cluster
+  has at least min(success_rate_minimum_hosts, failure_percentage_minimum_hosts) hosts and
+  this host, not ejected, had at least min(success_rate_request_volume,
+  failure_percentage_request_volume) requests in it; it is reset every interval.
 - Un-ejection is only checked on interval ticks (`tick(now)`, to be called every
   `config.interval` seconds). A successful active health check un-ejects at once
   (`successful_active_health_check_uneject_host`, default true).
@@ -178,6 +183,10 @@ class _HostMonitor:
     local_current_total: int = 0
     local_previous_success: int = 0
     local_previous_total: int = 0
+    # The last interval's success rate in percent, as admin /clusters shows it: -1 unless
+    # that interval's detection had enough hosts and this host enough requests.
+    success_rate: float = -1.0
+    local_success_rate: float = -1.0
 
 
 @dataclass(slots=True)
@@ -229,6 +238,10 @@ class OutlierDetector:
         self._rng = rng
         self._monitors: dict[Host, _HostMonitor] = {}
         self._known_hosts: tuple[Host, ...] = ()
+        # The last interval's success-rate mean and ejection threshold (admin /clusters'
+        # `outlier::` lines), by local origin or not: -1 unless success-rate detection ran.
+        self.success_rate_average = {False: -1.0, True: -1.0}
+        self.success_rate_ejection_threshold = {False: -1.0, True: -1.0}
         self._sync_hosts()
         host_set.subscribe(self._sync_hosts)
 
@@ -296,6 +309,13 @@ class OutlierDetector:
             self._uneject(host, m, now)
             self._notify()
 
+    def success_rate(self, host: Host, local: bool = False) -> float:
+        """The host's success rate of the last interval, in percent, or -1 (see the rules)."""
+        m = self._monitors.get(host)
+        if m is None:
+            return -1.0
+        return m.local_success_rate if local else m.success_rate
+
     def tick(self, now: float) -> None:
         """Interval processing: return hosts whose time is up, run success-rate and
         failure-percentage detection over the interval that just ended, and forgive
@@ -312,6 +332,7 @@ class OutlierDetector:
             m.current_success = m.current_total = 0
             m.local_previous_success, m.local_previous_total = m.local_current_success, m.local_current_total
             m.local_current_success = m.local_current_total = 0
+            m.success_rate = m.local_success_rate = -1.0
         changed = self._success_rate_ejections(now, local=False) or changed
         if config.split_external_local_origin_errors:
             changed = self._success_rate_ejections(now, local=True) or changed
@@ -344,6 +365,7 @@ class OutlierDetector:
 
     def _success_rate_ejections(self, now: float, local: bool) -> bool:
         config = self.config
+        self.success_rate_average[local] = self.success_rate_ejection_threshold[local] = -1.0
         n = len(self._monitors)
         if n < config.success_rate_minimum_hosts and n < config.failure_percentage_minimum_hosts:
             return False
@@ -358,6 +380,11 @@ class OutlierDetector:
             if host.outlier_ejected or total == 0:
                 continue
             rate = successes * 100.0 / total
+            if total >= min(config.success_rate_request_volume, config.failure_percentage_request_volume):
+                if local:
+                    m.local_success_rate = rate
+                else:
+                    m.success_rate = rate
             if total >= config.success_rate_request_volume:
                 by_rate.append((host, m, rate))
                 total_rate += rate
@@ -370,6 +397,7 @@ class OutlierDetector:
             mean = total_rate / len(by_rate)
             stdev = (sum((r - mean) ** 2 for _, _, r in by_rate) / len(by_rate)) ** 0.5
             threshold = mean - config.success_rate_stdev_factor / 1000.0 * stdev
+            self.success_rate_average[local], self.success_rate_ejection_threshold[local] = mean, threshold
             for host, m, rate in by_rate:
                 if rate < threshold:
                     self.stats.ejections_success_rate += 1

@@ -135,3 +135,17 @@ def test_clusters_prints_every_host_field_envoy_prints(state: AdminState) -> Non
                       "rq_success", "rq_timeout", "rq_total", "hostname", "health_flags", "weight", "region",
                       "zone", "sub_zone", "canary", "priority", "success_rate", "local_origin_success_rate"]
     assert "a::high_priority::max_retries::3" in lines
+
+
+def test_clusters_shows_outlier_detections_success_rates_as_envoy_does() -> None:
+    config = parse_bootstrap(bootstrap(10000, 8080, cluster_extra="    outlier_detection: {}"))
+    cluster = Cluster(config.clusters[0], random.Random(1))
+    state = AdminState(config, StatsStore(), {"a": cluster})
+    lines = handle(state, "GET", "/clusters")[2].decode().splitlines()
+    # Envoy 1.40's lines and order (tests/proxy/envoy_admin/envoy-1.40-clusters.txt): -1 until
+    # an interval had enough hosts with enough requests
+    assert lines[:5] == ["a::observability_name::a",
+                         "a::outlier::success_rate_average::-1",
+                         "a::outlier::success_rate_ejection_threshold::-1",
+                         "a::outlier::local_origin_success_rate_average::-1",
+                         "a::outlier::local_origin_success_rate_ejection_threshold::-1"]

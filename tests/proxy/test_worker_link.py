@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.admin.endpoints import HostRow, merge_hosts
+from proxy.bootstrap import parse_bootstrap
+from proxy.server import ProxyServer
 from proxy.stats import ClusterStats, StatsStore
 from proxy.tls.secrets import CertificateSecret, Secret, SecretStore, TrustBundle
 from proxy.worker_link import (
@@ -18,7 +20,9 @@ from proxy.worker_link import (
     decode_secrets_frame,
     encode_frame,
     encode_secrets,
+    encode_stats,
 )
+from tests.proxy.running import bootstrap
 
 
 @given(st.lists(st.tuples(st.sampled_from([b"x", b"s"]), st.binary(max_size=300)), max_size=8),
@@ -119,3 +123,23 @@ def test_a_follower_takes_its_secrets_from_the_leader_even_under_identity_socket
                              identity_socket="/run/agent/identity.sock")
     assert follower.identity is None and follower.forwarded_secrets is not None
     assert leader.identity is not None and isinstance(leader.secrets, ForwardingSecretStore)
+
+
+def test_the_leaders_checker_counts_a_followers_requests_as_traffic_on_the_cluster() -> None:
+    """Envoy probes at `interval` once the cluster has seen traffic on any worker, at
+    `no_traffic_interval` before; the leader learns the followers' from their stats."""
+    config = parse_bootstrap(bootstrap(10000, 8080))
+    leader_end, follower_end = socket.socketpair()
+    with leader_end, follower_end:
+        server = ProxyServer(config, followers=[leader_end])
+        cluster = server._add_cluster(config.clusters[0])
+        assert not cluster.traffic_elsewhere()
+        follower = StatsStore()
+        follower.register("cluster", "a", ClusterStats(upstream_rq_total=0))
+        [(kind, payload)] = FrameReader().feed(encode_stats(list(follower.own_values())))
+        server._from_follower(0, kind, payload)
+        assert not cluster.traffic_elsewhere()
+        follower.register("cluster", "a", ClusterStats(upstream_rq_total=1))
+        [(kind, payload)] = FrameReader().feed(encode_stats(list(follower.own_values())))
+        server._from_follower(0, kind, payload)
+        assert cluster.traffic_elsewhere()

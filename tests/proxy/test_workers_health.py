@@ -7,17 +7,32 @@ from __future__ import annotations
 
 import itertools
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import yaml
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from tests.ports import free_port
 from tests.proxy.running import exchange
-from tests.proxy_process import ProxyProcess
+from tests.proxy.test_xds import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    AdsServer,
+    ads,  # noqa: F401 - the fixture
+    ads_bootstrap,
+    listener,
+    message,
+    routes,
+)
+from tests.proxy_process import TULLE, ProxyProcess
 
 INTERVAL = 0.25   # health check interval (with and without traffic)
 WINDOW = 2.0      # seconds over which probes are counted
@@ -126,6 +141,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) ->
 class Observed:
     probes_per_interval: float        # probes per host per health check interval, both hosts warm
     probes_in_window: list[int]       # per host
+    intervals_in_window: float        # how many health check intervals the window lasted
     probe_connections: list[int]      # per host: one per probing worker (reuse_connection)
     probes_before: int                # probes the upstreams saw before the stats were read...
     attempts: int                     # ...health_check.attempt then...
@@ -146,9 +162,10 @@ def observe(kind: Literal["envoy", "tulle-proxy"]) -> Observed:
     try:
         wait_for(lambda: all(host_fields(proxy, p).get("health_flags") == "healthy" for p in (a.port, b.port)),
                  "both hosts healthy")
-        start = (a.probes, b.probes)
+        began, start = time.monotonic(), (a.probes, b.probes)
         time.sleep(WINDOW)
         window = [a.probes - start[0], b.probes - start[1]]
+        intervals = (time.monotonic() - began) / INTERVAL
         probes_before = a.probes + b.probes
         stats = proxy.stats(r"^cluster\.web\.(health_check|membership)")
         probes_after = a.probes + b.probes
@@ -161,8 +178,9 @@ def observe(kind: Literal["envoy", "tulle-proxy"]) -> Observed:
                     for _ in range(REQUESTS)]
         after = proxy.stats(r"^cluster\.web\.(health_check|membership)")
         return Observed(
-            probes_per_interval=sum(window) / 2 / (WINDOW / INTERVAL),
+            probes_per_interval=sum(window) / 2 / intervals,
             probes_in_window=window,
+            intervals_in_window=intervals,
             probe_connections=[len(a.probe_connections), len(b.probe_connections)],
             probes_before=probes_before, attempts=stats["cluster.web.health_check.attempt"],
             probes_after=probes_after,
@@ -194,7 +212,7 @@ def test_each_host_is_probed_once_per_interval_not_once_per_worker(tulle: Observ
     print(f"tulle-proxy --concurrency 2: {tulle.probes_per_interval:.2f} probes per host per interval")
     # One checker probes a host at most once per interval (the next check starts an interval
     # after the previous one ended); a checker per worker would double this.
-    assert all(count <= WINDOW / INTERVAL + 1 for count in tulle.probes_in_window), tulle.probes_in_window
+    assert all(count <= tulle.intervals_in_window + 1 for count in tulle.probes_in_window), tulle
     assert tulle.probe_connections == [1, 1]   # one probing worker, its connection reused
 
 
@@ -225,3 +243,39 @@ def test_health_under_concurrency_is_what_envoy_shows(tulle: Observed, envoy: Ob
     for field in ("health_flags", "success_rate", "local_origin_success_rate"):
         assert tulle.failed_fields[field] == envoy.failed_fields[field], field
         assert tulle.healthy_fields[field] == envoy.healthy_fields[field], field
+
+
+def test_a_cluster_cds_brings_is_probed_once_and_its_health_reaches_every_worker(
+        ads: AdsServer, tmp_path: Path) -> None:  # noqa: F811
+    """The leader warms a CDS cluster (its first round of checks) before it forwards the
+    update: a follower gets the health before the cluster, keeps it, and applies it when the
+    cluster arrives — so its failed host is avoided from the first request."""
+    a, b = ProbedUpstream(), ProbedUpstream()
+    b.health_status = 503
+    port, admin = free_port(), free_port()
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(ads_bootstrap(ads, "GRPC", admin))
+    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen([str(TULLE), "-c", str(config), "--concurrency", "2", "--log-level", "warning"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ads.wait_request(lambda r: r.type_url == LISTENER)
+        cluster = bootstrap(0, [a.port, b.port])["static_resources"]["clusters"][0]
+        ads.push(CLUSTER, "c1", [message(Cluster, yaml.safe_dump(cluster))])
+        ads.push(LISTENER, "l1", [listener(port)])
+        ads.wait_request(lambda r: r.type_url == ROUTE and list(r.resource_names) == ["routes"])
+        nonce = ads.push(ROUTE, "r1", [routes(None)])
+        ads.wait_request(lambda r: r.type_url == ROUTE and r.response_nonce == nonce)
+        time.sleep(0.5)   # the follower applies what the leader forwarded
+        statuses = [exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").split(b" ", 2)[1]
+                    for _ in range(REQUESTS)]
+        assert statuses == [b"200"] * REQUESTS
+        assert len(a.request_connections) == 2   # both workers served...
+        assert b.requests == 0                    # ...and neither sent anything to the failed host
+        assert [len(a.probe_connections), len(b.probe_connections)] == [1, 1]
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+        a.close()
+        b.close()

@@ -17,7 +17,13 @@ starts any cluster, so every report reaches every follower; it forwards a CDS up
 applying it, i.e. after the new clusters warmed, so a follower has their first round's
 health when it applies the update (the replica keeps reports for clusters and hosts it does
 not have yet; the leader does not resend after updates). A follower's cluster warming waits
-for the leader's first round, bounded as a HealthChecker's is (Cluster.start).
+for the leader's first round, bounded as a HealthChecker's is (Cluster.start). Should the
+leader's warming of a cluster that replaces one of the same name time out, a follower's new
+cluster starts from what it kept of the old one (the same addresses, probed moments ago)
+until the next reports.
+
+Each worker resolves a STRICT_DNS cluster itself: a host only a follower resolved (a DNS
+answer that rotates subsets) has no report, and stays failed and pending there.
 """
 
 from __future__ import annotations

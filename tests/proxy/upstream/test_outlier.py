@@ -293,3 +293,37 @@ def test_split_local_origin_success_rate_outlier_is_ejected() -> None:
     d.tick(10.0)
     assert hosts[0].outlier_ejected
     assert d.stats.as_dict()["outlier_detection.ejections_enforced_local_origin_success_rate"] == 1
+
+
+def test_a_hosts_success_rate_is_minus_one_until_an_interval_had_enough_hosts_and_requests() -> None:
+    d, hosts, _ = detector(n=4)   # fewer than the 5 hosts both detections need
+    for host in hosts:
+        fail(d, host, 100, status=200)
+    d.tick(10.0)
+    assert [d.success_rate(host) for host in hosts] == [-1.0] * 4
+
+
+def test_a_hosts_success_rate_is_the_last_intervals_and_resets_every_interval() -> None:
+    d, hosts, _ = detector(n=5, config=replace(LAX, enforcing_success_rate=0, enforcing_consecutive_5xx=0))
+    for host in hosts[:4]:
+        fail(d, host, 50, status=200)   # failure_percentage_request_volume (50) is enough to show it
+    fail(d, hosts[4], 30, status=200)
+    fail(d, hosts[4], 10, status=503)   # 40 requests: too few
+    fail(d, hosts[0], 10, status=503)
+    d.tick(10.0)
+    assert [d.success_rate(host) for host in hosts] == [50 * 100.0 / 60, 100.0, 100.0, 100.0, -1.0]
+    assert d.success_rate(hosts[0], local=True) == -1.0   # no split: no local-origin rate
+    d.tick(20.0)
+    assert [d.success_rate(host) for host in hosts] == [-1.0] * 5
+
+
+def test_the_clusters_success_rate_average_and_threshold_are_the_last_intervals() -> None:
+    d, hosts, _ = detector(n=5)
+    assert (d.success_rate_average[False], d.success_rate_ejection_threshold[False]) == (-1.0, -1.0)
+    for host in hosts:
+        fail(d, host, 100, status=200)
+    d.tick(10.0)
+    assert (d.success_rate_average[False], d.success_rate_ejection_threshold[False]) == (100.0, 100.0)
+    assert d.success_rate_average[True] == -1.0
+    d.tick(20.0)
+    assert d.success_rate_average[False] == -1.0

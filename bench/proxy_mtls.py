@@ -11,8 +11,9 @@ made for the run. Both sidecars share one core (--proxy-cpu), as the client and 
 server side share a core each in a mesh; wrk and nginx the other. Measured per pair:
 requests/s and p50/p99 at saturation over kept-alive mTLS connections, the sidecars' CPU
 time per request, and new TLS handshakes per second (the client cluster with
-max_requests_per_connection 1, so every request opens a new mTLS connection). Printed:
-medians and Tulle/Envoy ratios (the machine is shared; only ratios mean much).
+max_requests_per_connection 1, so every request opens a new mTLS connection) with the
+share of them that resumed a TLS session (the client's ssl.session_reused / ssl.handshake).
+Printed: medians and Tulle/Envoy ratios (the machine is shared; only ratios mean much).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,12 +175,20 @@ def cpu_seconds(*processes: subprocess.Popen[bytes]) -> float:
     return total
 
 
+def resumed_share(admin: int) -> float:
+    """The client sidecar's resumed share of its new TLS connections (its admin /stats)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5).read().decode()
+    stats = dict(line.split(": ", 1) for line in text.splitlines() if line.startswith("cluster.reviews.ssl."))
+    handshakes = int(stats.get("cluster.reviews.ssl.handshake", "0"))
+    return int(stats.get("cluster.reviews.ssl.session_reused", "0")) / max(handshakes, 1)
+
+
 def measure(kind: str, args: argparse.Namespace, directory: Path, upstream: int, per_connection: int,
             client_tls: str, server_tls: str, bundle: Path) -> dict[str, float]:
-    client_port, server_port = free_port(), free_port()
+    client_port, server_port, client_admin = free_port(), free_port(), free_port()
     with sidecar(kind, "server", server_bootstrap(free_port(), server_port, upstream, server_tls, bundle),
                  args.proxy_cpu, server_port, directory) as server, \
-            sidecar(kind, "client", client_bootstrap(free_port(), client_port, server_port, client_tls, bundle,
+            sidecar(kind, "client", client_bootstrap(client_admin, client_port, server_port, client_tls, bundle,
                                                      per_connection),
                     args.proxy_cpu, client_port, directory) as client:
         time.sleep(0.3)
@@ -189,7 +199,8 @@ def measure(kind: str, args: argparse.Namespace, directory: Path, upstream: int,
         cpu = cpu_seconds(client, server) - before
         return {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
                 "cpu_us": cpu * 1e6 / max(result.requests, 1),
-                "rps_per_core": result.requests / max(cpu, 1e-9), "errors": result.errors}
+                "rps_per_core": result.requests / max(cpu, 1e-9), "errors": result.errors,
+                "resumed_pct": 100 * resumed_share(client_admin)}
 
 
 def main() -> None:
@@ -222,13 +233,15 @@ def main() -> None:
                           f"p99 {row['p99_ms']:.2f} ms  {row['cpu_us']:6.1f} us CPU/req  "
                           f"{row['rps_per_core']:8.0f} rps/core  errors {row['errors']:.0f} | "
                           f"new mTLS connections: {fresh['rps']:7.0f} handshakes/s  "
-                          f"{fresh['cpu_us']:6.1f} us CPU each  errors {fresh['errors']:.0f}", flush=True)
+                          f"{fresh['cpu_us']:6.1f} us CPU each  {fresh['resumed_pct']:3.0f}% resumed  "
+                          f"errors {fresh['errors']:.0f}", flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print()
     print(f"{'metric (median)':28} {'envoy pair':>11} {'tulle pair':>11} {'tulle/envoy':>12}")
     rows = [(f"{metric}", keep_alive, metric) for metric in ("rps", "rps_per_core", "cpu_us", "p50_ms", "p99_ms")]
-    rows += [("handshakes_per_s", handshakes, "rps"), ("handshake_cpu_us", handshakes, "cpu_us")]
+    rows += [("handshakes_per_s", handshakes, "rps"), ("handshake_cpu_us", handshakes, "cpu_us"),
+             ("handshakes_resumed_pct", handshakes, "resumed_pct")]
     for label, table, metric in rows:
         envoy = median([row[metric] for row in table["envoy"]])
         tulle = median([row[metric] for row in table["tulle"]])

@@ -7,9 +7,9 @@ with `session=`. The copy decodes the peer's certificate again, which OpenSSL 3.
 through its provider decoders (OSSL_DECODER_CTX_new_for_pkey): ~120 µs per copy here. A
 client resuming one session per new connection paid it twice, ~240 µs of the ~540 µs a
 resumed mTLS handshake costs both sidecars together (measured in memory, TLS 1.3,
-P-256). OpenSSL itself shares sessions by reference (SSL_get1_session, SSL_set_session
-takes its own reference), and copies one without decoding anything (SSL_SESSION_dup
-shares the certificates). A pooled session must still be a copy, not the connection's
+P-256). OpenSSL itself shares sessions by reference (SSL_set_session takes its own
+reference) and copies one without decoding anything (SSL_SESSION_dup shares the
+certificates). A pooled session must still be a copy, not the connection's
 own: OpenSSL marks a connection's session not resumable when the connection is freed
 without a close_notify sent (ssl_clear_bad_session), as an upstream connection closed by
 abort() is.
@@ -20,8 +20,8 @@ Theory of operation: Python's `_ssl` objects are C structs whose native pointer 
 the object header: `_ssl._SSLContext` {PyObject_HEAD; SSL_CTX *ctx} and
 `_ssl._SSLSocket` {PyObject_HEAD; PyObject *Socket; SSL *ssl} (CPython 3.11 to 3.13,
 Modules/_ssl.c). They are read with ctypes and called into the libssl that `_ssl` is
-linked with (the same soname, so the same loaded library). At import, a throwaway
-context and SSLObject check that reading once, when first asked (`available()`):
+linked with (the same soname, so the same loaded library). A throwaway context and
+SSLObject check that reading once, when first asked (`available()`):
 SSL_get_SSL_CTX of the object's SSL must be the context's SSL_CTX. If it is not (another
 Python, another libssl), callers keep Python's API (proxy/tls/session_resumption.py).
 

@@ -8,10 +8,10 @@ resumption costs then depends on the ticket: a stateless ticket carries the whol
 the client's certificate included, and OpenSSL 3.0 decodes that certificate (its public
 key through the provider decoders) on every resumption: the biggest part of a server's
 resumed handshake. So servers issue stateful tickets (OP_NO_TICKET: the ticket names a
-session in the server context's cache), found by a hash lookup. OpenSSL makes such a
-ticket single-use, as RFC 8446 (C.4) asks of clients anyway, and issues a new one on every
-handshake; so a client keeps a small pool of fresh sessions per SSLContext, takes one for
-each new connection and gives back the one that connection was issued.
+session in the server context's cache), found by a hash lookup. The server issues a new
+ticket on every handshake, and a client offers each ticket once, as RFC 8446 (C.4) asks;
+so a client keeps a small pool of fresh sessions per SSLContext, takes one for each new
+connection and gives back the one that connection was issued.
 
 asyncio (and uvloop) build the SSLObject themselves, with no way to pass `session=`; but
 they build it through `context.wrap_bio`, which asks `context.sslobject_class`, so a client

@@ -157,6 +157,11 @@ class Tunnel:
             self.client.on_drain = None
             transport = self.upstream.transport
             if transport is not None and not transport.is_closing():
+                # The FIN first: a socket closed with bytes unread (the upstream's answer to
+                # the last bytes, in flight) sends an RST instead, and the upstream would see
+                # a reset where Envoy gives it the FIN after every byte.
+                if transport.can_write_eof():
+                    transport.write_eof()
                 transport.close()
             self.client.response_done(False)   # closes, after what it was sent
 

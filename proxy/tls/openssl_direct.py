@@ -2,8 +2,8 @@
 do: hold TLS sessions by reference, bound a server's session cache, keep a session
 resumable after an unclean close, and order the TLS 1.3 cipher suites.
 
-Why (sessions): CPython copies an SSL_SESSION (i2d then d2i, its workaround for an OpenSSL 1.1.0
-bug, openssl#1550) both when `SSLObject.session` is read and when a session is offered
+Why (sessions): CPython copies an SSL_SESSION (i2d then d2i, its workaround for an
+OpenSSL 1.1.0 bug, openssl#1550) both when `SSLObject.session` is read and when a session is offered
 with `session=`. The copy decodes the peer's certificate again, which OpenSSL 3.0 does
 through its provider decoders (OSSL_DECODER_CTX_new_for_pkey): ~120 µs per copy here. A
 client resuming one session per new connection paid it twice, ~240 µs of the ~540 µs a
@@ -24,7 +24,7 @@ memory), the suite BoringSSL, so Envoy, puts first where AES is in hardware.
 
 Theory of operation: Python's `_ssl` objects are C structs whose native pointer follows
 the object header: `_ssl._SSLContext` {PyObject_HEAD; SSL_CTX *ctx} and
-`_ssl._SSLSocket` {PyObject_HEAD; PyObject *Socket; SSL *ssl} (CPython 3.11 to 3.13,
+`_ssl._SSLSocket` {PyObject_HEAD; PyObject *Socket; SSL *ssl} (CPython 3.11's
 Modules/_ssl.c). They are read with ctypes and called into the libssl that `_ssl` is
 linked with (the same soname, so the same loaded library). A throwaway context and
 SSLObject check that reading once, when first asked (`available()`):
@@ -36,8 +36,8 @@ Rules:
   it to a connection gives that connection its own reference.
 - `keep_resumable` stops OpenSSL from dropping a server connection's session from the
   cache when the connection is freed without having sent close_notify: its client holds
-  that session's ticket. RFC 4346 (TLS 1.1) and RFC 8446 dropped the rule that such a
-  session must not be resumed; BoringSSL (Envoy) keeps it too.
+  that session's ticket. RFC 4346 (TLS 1.1) dropped the rule that such a session must
+  not be resumed, and RFC 8446 has none.
 - `prefer_aes128` reorders OpenSSL's default TLS 1.3 suites; it adds and removes none.
 - `copy` gives a session of its own (SSL_SESSION_dup: ~3 µs against Python's ~120 µs);
   `holds` tells whether a connection still uses the very session it was offered (a TLS

@@ -19,10 +19,10 @@ context gets `ResumingSSLObject`, whose constructor takes a session from the poo
 upstream pool calls `remember` once a connection has carried its first exchange (a TLS 1.3
 ticket arrives after the handshake, so it is read by then).
 
-Sessions are held by reference in OpenSSL (proxy/tls/native_sessions.py): Python's
+Sessions are held by reference in OpenSSL (proxy/tls/openssl_direct.py): Python's
 `SSLObject.session` and `session=` each copy one, decoding the peer's certificate again
 (~120 µs each), which took ~240 µs of the ~540 µs of CPU a resumed handshake costs both
-sidecars. Where that is not possible (not native_sessions.available()), Python's copies
+sidecars. Where that is not possible (not openssl_direct.available()), Python's copies
 are used. Likewise a server's cache is bounded in OpenSSL, which evicts the oldest session
 (the ones clients still hold are the newest); only where it cannot be bounded is a full
 cache replaced with an empty one, which costs every ticket outstanding a full handshake
@@ -52,8 +52,8 @@ import ssl
 from collections import deque
 from typing import Any, Final
 
-from proxy.tls import native_sessions
-from proxy.tls.native_sessions import Session
+from proxy.tls import openssl_direct
+from proxy.tls.openssl_direct import Session
 
 CLIENT_POOL: Final = 64      # a busy cluster's concurrent new connections each take one
 SERVER_CACHE: Final = 512    # ~6 MiB of cached sessions (each holds the client's certificate)
@@ -80,7 +80,7 @@ class ResumingSSLObject(ssl.SSLObject):
             session = offered
         made = super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
                                session=session, context=context)
-        if isinstance(offered, Session) and not native_sessions.offer(made, offered):
+        if isinstance(offered, Session) and not openssl_direct.offer(made, offered):
             offered = None
         made._offered = offered
         return made
@@ -96,7 +96,7 @@ def serve_stateful(context: ssl.SSLContext) -> None:
     """Make a server context issue stateful tickets, one per handshake, from a bounded cache."""
     context.options |= ssl.OP_NO_TICKET
     context.num_tickets = 1
-    setattr(context, _BOUNDED, native_sessions.bound_cache(context, SERVER_CACHE))
+    setattr(context, _BOUNDED, openssl_direct.bound_cache(context, SERVER_CACHE))
 
 
 def remember(ssl_object: ssl.SSLObject | None) -> None:
@@ -120,13 +120,13 @@ def remember(ssl_object: ssl.SSLObject | None) -> None:
 
 def _copy(ssl_object: ssl.SSLObject) -> AnySession | None:
     # OpenSSL's copy shares the certificates; Python's re-decodes them (~120 µs)
-    return native_sessions.copy(ssl_object) if native_sessions.available() else ssl_object.session
+    return openssl_direct.copy(ssl_object) if openssl_direct.available() else ssl_object.session
 
 
 def _still_offered(ssl_object: ssl.SSLObject, session: AnySession, offered: AnySession | None) -> bool:
     """Whether the connection got no new ticket, so `session` is the spent offered one."""
     if isinstance(offered, Session):
-        return native_sessions.holds(ssl_object, offered)
+        return openssl_direct.holds(ssl_object, offered)
     return session == offered   # Python compares session ids
 
 
@@ -135,8 +135,8 @@ def served(ssl_object: ssl.SSLObject) -> None:
     in the cache even if it ended without a close_notify sent, as uvloop ends one on the
     peer's EOF. Else OpenSSL drops it then, and the client's next connection is a full
     handshake whenever the free came first (~8% of new connections in the bench)."""
-    if native_sessions.available() and hasattr(ssl_object, "_sslobj"):
-        native_sessions.keep_resumable(ssl_object)
+    if openssl_direct.available() and hasattr(ssl_object, "_sslobj"):
+        openssl_direct.keep_resumable(ssl_object)
 
 
 def cache_full(context: ssl.SSLContext) -> bool:

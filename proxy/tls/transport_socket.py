@@ -47,7 +47,7 @@ from google.protobuf.message import Message
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join
 from proxy.router.matchers import StringMatch
-from proxy.tls import session_resumption
+from proxy.tls import openssl_direct, session_resumption
 from proxy.tls.context import load_certificate, peer_spiffe_ids
 from proxy.tls.peer_certificate import LOCAL_URIS_ATTRIBUTE
 from proxy.tls.secrets import (
@@ -328,6 +328,7 @@ class TlsTransport:
         context.minimum_version = config.minimum
         context.maximum_version = config.maximum
         context.check_hostname = False
+        openssl_direct.prefer_aes128(context)
         if config.certificate is not None:
             secret = config.certificate.resolve(self.store)
             if not isinstance(secret, CertificateSecret):

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from control.ca.authority import CertificateAuthority
 from proxy.config_error import ConfigError
-from proxy.tls import native_sessions, session_resumption
+from proxy.tls import openssl_direct, session_resumption
 from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import TlsConfig, TlsStats, TlsTransport
 from tests.ports import free_port
@@ -224,7 +224,7 @@ def test_new_upstream_connections_resume_a_tls_session(ca: CertificateAuthority,
     (max_requests_per_connection 1): the pooled session survives that. Sessions are held
     by OpenSSL, or copied by Python's ssl where OpenSSL's cannot be reached."""
     if sessions == "python":
-        monkeypatch.setattr(native_sessions, "available", lambda: False)
+        monkeypatch.setattr(openssl_direct, "available", lambda: False)
     upstream = mtls_client_context(ca, FRONTEND, str(CATALOG))
     upstream["common_tls_context"]["tls_params"] = {"tls_maximum_protocol_version": version}
 
@@ -271,7 +271,7 @@ def handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext, close_no
 
 def test_openssl_sessions_are_reachable_from_this_python() -> None:
     """The fast path (no copies of sessions, a bounded server cache) is what runs here."""
-    assert native_sessions.available()
+    assert openssl_direct.available()
 
 
 def listener_and_client(ca: CertificateAuthority, version: str = "") -> tuple[TlsTransport, ssl.SSLContext]:
@@ -299,6 +299,17 @@ def test_a_listeners_full_session_cache_evicts_its_oldest_sessions_and_keeps_res
     assert resumed == [False, True, True, True, True]   # the newest session is never the one evicted
 
 
+def test_tls13_prefers_aes128_gcm_as_boringssl_does(ca: CertificateAuthority) -> None:
+    transport, client = listener_and_client(ca, "TLSv1_3")
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_end = transport.server_context().wrap_bio(to_server, to_client, server_side=True)
+    client_end = client.wrap_bio(to_client, to_server)
+    for step in (client_end.do_handshake, server_end.do_handshake) * 3:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            step()
+    assert client_end.cipher() == ("TLS_AES_128_GCM_SHA256", "TLSv1.3", 128)
+
+
 def test_a_session_stays_resumable_when_its_connection_ends_without_close_notify(ca: CertificateAuthority) -> None:
     """As an upstream connection aborted after max_requests_per_connection ends."""
     transport, client = listener_and_client(ca, "TLSv1_3")
@@ -309,7 +320,7 @@ def test_a_session_stays_resumable_when_its_connection_ends_without_close_notify
 def test_a_listeners_session_cache_is_replaced_by_an_empty_one_once_full_where_openssl_cannot_bound_it(
         ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session_resumption, "SERVER_CACHE", 2)
-    monkeypatch.setattr(native_sessions, "bound_cache", lambda context, size: False)
+    monkeypatch.setattr(openssl_direct, "bound_cache", lambda context, size: False)
     transport, client = listener_and_client(ca, "TLSv1_3")
     bound = transport.server_context()   # what a listener was bound with
     handshake_in_memory(bound, client)

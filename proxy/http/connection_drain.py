@@ -5,7 +5,8 @@ Rules (Envoy 1.40 on HTTP/1.1): a connection starts draining when its idle timeo
 (`downstream_cx_max_duration_reached`). While it drains, the response to a request carries
 `connection: close`; `drain_timeout` after the drain started, the connection closes as soon
 as no request is in flight. A connection draining idle therefore closes `drain_timeout`
-after its idle timeout, as Envoy's does.
+after its idle timeout, as Envoy's does; one on which the client never sent a byte closes
+at once instead (Envoy has no codec to drain yet).
 
 One difference, kept on purpose: Envoy leaves a drained connection's socket open after a
 `connection: close` response until the drain timer ends; tulle-proxy closes it after that

@@ -280,6 +280,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.tunnel = _discard
         self._ready.clear()
 
+    def never_sent_a_byte(self) -> bool:
+        """The client has sent nothing on this connection yet (no head parsed or begun)."""
+        return not self._head_bytes and self._parser.get_http_version() == "0.0"
+
     def has_queued_requests(self) -> bool:
         return bool(self._ready)
 
@@ -312,7 +316,10 @@ class DownstreamConnection(asyncio.Protocol):
         deadline = self._idle_since + self.manager.config.idle_timeout
         if self.active is None and not self._ready and loop.time() >= deadline:
             self.manager.stats.downstream_cx_idle_timeout += 1
-            start_drain(self)
+            if self.never_sent_a_byte():
+                self.close(delay=False)   # nothing to drain (Envoy: no codec yet)
+            else:
+                start_drain(self)
             return
         if self.active is not None:
             deadline = loop.time() + self.manager.config.idle_timeout

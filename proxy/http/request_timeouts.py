@@ -116,4 +116,7 @@ class TimedDownstreamConnection(DownstreamConnection):
         if self.closed:
             return
         self.manager.stats.downstream_cx_max_duration_reached += 1
-        start_drain(self)
+        if self.never_sent_a_byte():
+            self.close(delay=False)   # nothing to drain (Envoy: no codec yet)
+        else:
+            start_drain(self)

@@ -121,3 +121,18 @@ def test_a_stalled_body_gets_408_stream_timeout_from_the_stream_idle_timeout(kin
     assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert body == b"stream timeout"
     assert 0.45 < elapsed < 1.0
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+@pytest.mark.parametrize("option", ["idle_timeout", "max_connection_duration"])
+def test_a_connection_that_never_sent_a_byte_closes_without_a_drain(kind: str, option: str,
+                                                                     tmp_path: Path) -> None:
+    port = free_port()
+    extra = f"          common_http_protocol_options: {{{option}: 0.4s}}\n          drain_timeout: 2s"
+    with (silent_upstream() as upstream,
+          running_proxy(kind, bootstrap(port, upstream, extra), port, tmp_path),
+          socket.create_connection(("127.0.0.1", port), timeout=4) as sock):
+        start = time.monotonic()
+        assert sock.recv(4096) == b""
+        elapsed = time.monotonic() - start
+    assert 0.35 < elapsed < 1.2

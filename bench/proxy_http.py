@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/proxy_http.py [--rounds 3] [--duration 5] [--connections 50]
     .venv/bin/python bench/proxy_http.py --calls 20000
-    .venv/bin/python bench/proxy_http.py --python 20000
+    .venv/bin/python bench/proxy_http.py --python 20000 [--access-log istio-text]
 
 The proxy is pinned to one core (--proxy-cpu), wrk and nginx (`return 200`, one worker) to
 the other (--load-cpu); runs alternate Envoy, tulle, Envoy, tulle... in one sitting. For each
@@ -23,6 +23,8 @@ process, a downstream and an upstream connection on in-memory transports (no ker
 event-loop I/O), N requests of wrk's shape answered by nginx's response bytes; the thread's
 CPU time per request, best of 7 runs. Beside it, the same parse-and-forward with nothing
 else (httptools callbacks, a header list, one join each way): the floor any feature adds to.
+With `--access-log FORMAT` the listener also writes a file access log: Envoy's default
+format, Istio's text format or Istio's JSON format (`istio-text`, `istio-json`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import pstats
 import shutil
@@ -102,12 +105,14 @@ def main() -> None:
                         help="count tulle-proxy's function calls over N requests instead")
     parser.add_argument("--python", type=int, default=0, metavar="N",
                         help="time the Python side of N requests in this process instead")
+    parser.add_argument("--access-log", choices=sorted(ACCESS_LOGS), default=None,
+                        help="with --python: a file access log in this format on the listener")
     args = parser.parse_args()
     if args.calls:
         count_calls(args)
         return
     if args.python:
-        python_cost(args.python)
+        python_cost(args.python, args.access_log)
         return
     directory = workdir()
     results: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
@@ -248,11 +253,11 @@ class MemoryTransport:
         return False
 
 
-def python_cost(requests: int) -> None:
+def python_cost(requests: int, access_log: str | None = None) -> None:
     import uvloop
 
     uvloop.install()
-    tulle = asyncio.run(_tulle_python_cost(requests))
+    tulle = asyncio.run(_tulle_python_cost(requests, access_log))
     floor = _floor_python_cost(requests)
     print(f"Python CPU per request: tulle-proxy {tulle:.2f} us, bare parse-and-forward {floor:.2f} us")
 
@@ -269,7 +274,7 @@ def _best_of(runs: int, requests: int, one: object, clear: object) -> float:
     return best
 
 
-async def _tulle_python_cost(requests: int) -> float:
+async def _tulle_python_cost(requests: int, access_log: str | None = None) -> float:
     from proxy.bootstrap import load_bootstrap
     from proxy.http.client import UpstreamConnection
     from proxy.http.downstream import DownstreamConnection
@@ -278,7 +283,11 @@ async def _tulle_python_cost(requests: int) -> float:
     directory = workdir()
     try:
         config = directory / "tulle.yaml"
-        config.write_text(BOOTSTRAP.format(admin=0, listener=0, upstream=free_port()))
+        text = BOOTSTRAP.format(admin=0, listener=0, upstream=free_port())
+        if access_log is not None:
+            text = text.replace("          stat_prefix: bench\n", "          stat_prefix: bench\n"
+                                + ACCESS_LOGS[access_log].format(path=directory / "access.log"))
+        config.write_text(text)
         server = ProxyServer(load_bootstrap(str(config)))
         await server.start()
         try:
@@ -308,6 +317,47 @@ async def _tulle_python_cost(requests: int) -> float:
             await server.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+ISTIO_TEXT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n")
+ISTIO_JSON = {
+    "start_time": "%START_TIME%", "route_name": "%ROUTE_NAME%", "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%", "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%", "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%", "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+_ACCESS_LOG = """          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {path}
+"""
+# (str.format fields of the bootstrap's access_log block, by --access-log choice)
+ACCESS_LOGS = {
+    "default": _ACCESS_LOG,
+    "istio-text": _ACCESS_LOG + "              log_format: {{text_format_source: {{inline_string: "
+                  + json.dumps(ISTIO_TEXT).replace("{", "{{").replace("}", "}}") + "}}}}\n",
+    "istio-json": _ACCESS_LOG + "              log_format: {{json_format: "
+                  + json.dumps(ISTIO_JSON).replace("{", "{{").replace("}", "}}") + "}}\n",
+}
 
 
 def _floor_python_cost(requests: int) -> float:

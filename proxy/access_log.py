@@ -6,21 +6,30 @@ per TCP connection when it closes (on tcp_proxy). The line is Envoy's default fo
 (access_log_format.DEFAULT_FORMAT) unless `log_format` gives `text_format_source`
 (`inline_string`) or `json_format`, with `omit_empty_values`; filters, other loggers and
 other format fields are rejected at load, naming their path. Lines are buffered and flushed
-at least once a second, as Envoy flushes.
+about a second after they are written, and at exit, as Envoy flushes.
 
-Theory of operation: the format is compiled at config time (proxy/access_log_format.py);
-at the end of a request the connection manager calls `AccessLogWriter.write_http`, which
-wraps the finished `Stream` in an `HttpRecord` (the fields Envoy's command operators read,
-computed only when an operator asks) and runs each logger's getters. Nothing runs and
-nothing is allocated for a listener without access logs.
+What the operators read of a request (`http_operators`): the request headers as forwarded
+(after the connection manager's and the route's changes; `:path` after rewrites, with
+x-envoy-original-path beside it), the response head as sent downstream (an upstream's
+head as received, plus x-envoy-upstream-service-time; a local reply's own head), the
+response flags and Envoy's response code details, and the downstream remote address as
+Envoy takes it (the peer with use_remote_address, else the last x-forwarded-for entry).
+
+Theory of operation: the format is parsed at config time (proxy/access_log_format.py) and
+compiled with the operator table below when the connection manager makes its writer; at the
+end of a request `AccessLogWriter.write` runs each logger's getters on the finished
+`Stream`. Nothing runs and nothing is allocated for a listener without access logs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ipaddress
 import os
 import sys
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
@@ -31,10 +40,16 @@ from envoy.extensions.access_loggers.stream.v3.stream_pb2 import StderrAccessLog
 
 from proxy.access_log_format import (
     DEFAULT_FORMAT,
-    JsonFormat,
-    TextFormat,
-    compile_json,
-    compile_text,
+    OPERATORS,
+    FieldValue,
+    Formatter,
+    Getter,
+    LogFormat,
+    Operators,
+    absent,
+    parse_json,
+    parse_text,
+    start_time,
 )
 from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join
@@ -46,13 +61,14 @@ _FILE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessL
 _STDOUT = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _STDERR = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 
-LogFormat = TextFormat | JsonFormat
+
+DEFAULT_LOG_FORMAT = LogFormat(parse_text(DEFAULT_FORMAT, "format"))
 
 
 @dataclass(frozen=True, slots=True)
 class AccessLogConfig:
     target: str          # "stdout", "stderr" or a file path
-    format: LogFormat
+    format: LogFormat = DEFAULT_LOG_FORMAT
 
     @classmethod
     def from_proto(cls, message: AccessLog, path: str) -> AccessLogConfig:
@@ -77,7 +93,7 @@ class AccessLogConfig:
 
 def _log_format(logger: FileAccessLog | StdoutAccessLog | StderrAccessLog, path: str) -> LogFormat:
     if not logger.HasField("log_format"):
-        return compile_text(DEFAULT_FORMAT, path)
+        return DEFAULT_LOG_FORMAT
     return log_format_from_proto(logger.log_format, join(path, "log_format"))
 
 
@@ -85,109 +101,255 @@ def log_format_from_proto(message: SubstitutionFormatString, path: str) -> LogFo
     reject_unsupported(message, path, ("text_format_source", "json_format", "omit_empty_values"))
     omit = message.omit_empty_values
     if message.HasField("json_format"):
-        return compile_json(message.json_format, join(path, "json_format"), omit)
+        return LogFormat(parse_json(message.json_format, join(path, "json_format")), omit)
     if message.HasField("text_format_source"):
         here = join(path, "text_format_source")
         source = message.text_format_source
         reject_unsupported(source, here, ("inline_string",))
         if not source.inline_string:
             raise ConfigError(join(here, "inline_string"), "must not be empty")
-        return compile_text(source.inline_string, join(here, "inline_string"), omit)
+        return LogFormat(parse_text(source.inline_string, join(here, "inline_string")), omit)
     raise ConfigError(path, "one of text_format_source or json_format is required")
 
 
-class HttpRecord:
-    """A finished request as Envoy's command operators see it (access_log_format's getters)."""
+_PENDING_LIMIT = 512   # lines a logger holds before it writes them out
 
-    __slots__ = ("_stream", "_use_remote_address", "bytes_sent", "downstream_local",
-                 "downstream_remote", "start", "status", "upstream", "version")
 
-    def __init__(self, stream: Stream, use_remote_address: bool) -> None:
-        self._stream = stream
-        self._use_remote_address = use_remote_address
-        self.start = stream.start
-        self.version = stream.version
-        self.status = stream.status
-        self.bytes_sent = stream.bytes_sent
-        self.upstream = stream.upstream
-        self.downstream_local = stream.downstream_local
-        self.downstream_remote = stream.downstream_remote
+class AccessLogWriter:
+    """The loggers of one connection manager or tcp_proxy, each with its compiled format.
+    Lines are held in a list and written out together: about a second after the first
+    (the timer is armed only while lines are pending), every _PENDING_LIMIT lines, and at
+    exit."""
 
-    def response_flags(self) -> str:
-        stream = self._stream
-        return stream.flags if not stream.conn.closed or stream.committed else "DC"
+    def __init__(self, configs: tuple[AccessLogConfig, ...], operators: Operators) -> None:
+        self._loggers: list[tuple[Callable[[object, float], str], list[str], IO[str]]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        for config in configs:
+            if config.target == "stdout":
+                stream: IO[str] = sys.stdout
+            elif config.target == "stderr":
+                stream = sys.stderr
+            else:
+                stream = open(config.target, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            self._loggers.append((Formatter(config.format, operators).format, [], stream))
+        _WRITERS.add(self)
 
-    def response_code_details(self) -> str | None:
-        return response_code_details(self._stream)
+    def write(self, record: object, end: float) -> None:
+        """A request (a Stream) or a connection ended at loop time `end`: one line per logger."""
+        for format_line, pending, _ in self._loggers:
+            pending.append(format_line(record, end))
+            if len(pending) >= _PENDING_LIMIT:
+                self.flush()
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(1.0, self.flush)
 
-    def bytes_received(self) -> int:
-        return self._stream.body.size
+    def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for _, pending, target in self._loggers:
+            if pending:
+                target.write("".join(pending))
+                pending.clear()
+            target.flush()
 
-    def cluster_name(self) -> str | None:
-        cluster = getattr(self._stream, "cluster", None)
-        return cluster.name if cluster is not None else None
 
-    def upstream_local(self) -> tuple[str, int] | None:
-        connection = getattr(self._stream, "upstream_connection", None)
-        transport = connection.transport if connection is not None else None
-        return transport.get_extra_info("sockname") if transport is not None else None
+_WRITERS: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
 
-    def remote_address(self) -> tuple[str, int] | None:
-        """Envoy's downstream remote address: the peer with use_remote_address, else the
-        last x-forwarded-for entry when it is an IP (port 0), else the peer."""
-        stream = self._stream
-        if not self._use_remote_address:
-            forwarded = stream.headers.get_joined("x-forwarded-for")
-            if forwarded:
-                last = forwarded.rsplit(",", 1)[-1].strip()
-                try:
-                    return (str(ipaddress.ip_address(last)), 0)
-                except ValueError:
-                    pass
-        return stream.downstream_remote
 
-    def transport_failure_reason(self) -> str | None:
-        return transport_failure_reason(self._stream)
+@atexit.register
+def _flush_all() -> None:
+    for writer in list(_WRITERS):
+        writer.flush()
 
-    def requested_server_name(self) -> str | None:
-        return None   # plain-text HTTP listeners carry no SNI
 
-    def route_name(self) -> str | None:
-        selection = getattr(self._stream, "selection", None)
-        return selection.route.name if selection is not None else None
+# -- what Envoy's command operators read of a finished HTTP request -----------------------------
 
-    def request_header(self, name: str) -> str | None:
-        stream = self._stream
-        if name[0] == ":":
-            if name == ":method":
-                return stream.method or None
-            if name == ":path":
-                return getattr(stream, "upstream_target", None) or stream.target or None
-            if name == ":authority":
-                return stream.headers.get("host")
-            if name == ":scheme":
-                return "http"
-            return None
-        return stream.headers.get_joined(name)
+def http_operators(use_remote_address: bool) -> Operators:
+    """The operator table of a connection manager's access logs (records are Streams)."""
+    table: dict[str, Callable[[str | None], Getter]] = {name: absent for name in OPERATORS}
+    table.update({
+        "START_TIME": start_time,
+        "REQ": _request_header,
+        "RESP": _response_header,
+        "DURATION": _fixed(_duration),
+        "PROTOCOL": _fixed(_protocol),
+        "RESPONSE_CODE": _fixed(_status),
+        "RESPONSE_FLAGS": _fixed(_flags),
+        "RESPONSE_CODE_DETAILS": _fixed(lambda stream, end: response_code_details(stream)),
+        "UPSTREAM_TRANSPORT_FAILURE_REASON": _fixed(lambda stream, end: transport_failure_reason(stream)),
+        "BYTES_RECEIVED": _fixed(_bytes_received),
+        "BYTES_SENT": _fixed(_bytes_sent),
+        "UPSTREAM_HOST": _fixed(_upstream_host),
+        "UPSTREAM_REMOTE_ADDRESS": _fixed(_upstream_host),
+        "UPSTREAM_CLUSTER": _fixed(_cluster),
+        "UPSTREAM_CLUSTER_RAW": _fixed(_cluster),
+        "UPSTREAM_LOCAL_ADDRESS": _fixed(_upstream_local),
+        "DOWNSTREAM_LOCAL_ADDRESS": _fixed(lambda stream, end: address(stream.downstream_local)),
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _fixed(lambda stream, end: stream.downstream_local[0]),
+        "DOWNSTREAM_LOCAL_PORT": _fixed(lambda stream, end: str(stream.downstream_local[1])),
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _fixed(lambda stream, end: address(stream.downstream_remote)),
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _fixed(lambda stream, end: stream.downstream_remote[0]),
+        "ROUTE_NAME": _fixed(_route_name),
+    })
+    if use_remote_address:
+        table["DOWNSTREAM_REMOTE_ADDRESS"] = table["DOWNSTREAM_DIRECT_REMOTE_ADDRESS"]
+        table["DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"] = table["DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT"]
+    else:
+        table["DOWNSTREAM_REMOTE_ADDRESS"] = _fixed(lambda stream, end: address(_forwarded_remote(stream)))
+        table["DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"] = _fixed(lambda stream, end: _forwarded_remote(stream)[0])
+    return table
 
-    def response_header(self, name: str) -> str | None:
-        stream = self._stream
-        if name == "x-envoy-upstream-service-time":
-            return stream.service_time
-        headers = getattr(stream, "response_headers", None)
-        if headers is None:
-            return None
-        if isinstance(headers, list):   # the upstream's raw lines (proxy/http/client.py)
-            key = name.encode()
-            values = [value.decode("latin-1") for line, value in headers if line == key]
-            return ",".join(values) if values else None
-        value = headers.get_joined(name)
-        if value == "0" and name == "content-length" and stream.upstream == "-":
-            return None   # Envoy's codec adds it to an empty local reply on the wire only
-        return value
 
-    def trailer(self, name: str) -> str | None:
+def _fixed(getter: Getter) -> Callable[[str | None], Getter]:
+    """An operator without parameters: always this getter."""
+    return lambda _: getter
+
+
+def address(pair: tuple[str, int] | None) -> str | None:
+    """Envoy's address string: ip:port, [ipv6]:port (remembered: a connection's addresses
+    are logged once per request)."""
+    if not pair:
         return None
+    text = _ADDRESSES.get(pair)
+    if text is None:
+        if len(_ADDRESSES) >= 4096:
+            _ADDRESSES.clear()
+        host = pair[0]
+        text = _ADDRESSES[pair] = f"[{host}]:{pair[1]}" if ":" in host else f"{host}:{pair[1]}"
+    return text
+
+
+_ADDRESSES: dict[tuple[str, int], str] = {}
+
+
+def _duration(stream: Stream, end: float) -> FieldValue:
+    return int((end - stream.start) * 1000)
+
+
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+
+
+def _protocol(stream: Stream, end: float) -> FieldValue:
+    return _PROTOCOLS.get(stream.version)
+
+
+def _status(stream: Stream, end: float) -> FieldValue:
+    return stream.status
+
+
+def _flags(stream: Stream, end: float) -> FieldValue:
+    return stream.flags if not stream.conn.closed or stream.committed else "DC"
+
+
+def _bytes_received(stream: Stream, end: float) -> FieldValue:
+    return stream.body.size
+
+
+def _bytes_sent(stream: Stream, end: float) -> FieldValue:
+    return stream.bytes_sent
+
+
+def _upstream_host(stream: Stream, end: float) -> FieldValue:
+    upstream = stream.upstream
+    return None if upstream == "-" else upstream
+
+
+def _cluster(stream: Stream, end: float) -> FieldValue:
+    cluster = getattr(stream, "cluster", None)
+    return cluster.name if cluster is not None else None
+
+
+def _upstream_local(stream: Stream, end: float) -> FieldValue:
+    connection = getattr(stream, "upstream_connection", None)
+    transport = connection.transport if connection is not None else None
+    return address(transport.get_extra_info("sockname")) if transport is not None else None
+
+
+def _route_name(stream: Stream, end: float) -> FieldValue:
+    selection = getattr(stream, "selection", None)
+    return (selection.route.name or None) if selection is not None else None
+
+
+def _forwarded_remote(stream: Stream) -> tuple[str, int]:
+    """Without use_remote_address Envoy takes the last x-forwarded-for entry (port 0) as the
+    downstream remote address when it is an IP, else the peer."""
+    forwarded = _header_value(stream.headers.items, "x-forwarded-for")
+    if forwarded:
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        try:
+            return (str(ipaddress.ip_address(last)), 0)
+        except ValueError:
+            pass
+    return stream.downstream_remote
+
+
+def _header_value(items: list[tuple[str, str]], name: str) -> str | None:
+    """A header's lines joined with "," (one pass, no list)."""
+    found = None
+    for key, value in items:
+        if key == name:
+            found = value if found is None else f"{found},{value}"
+    return found
+
+
+_PSEUDO: dict[str, Getter] = {
+    ":method": lambda stream, end: stream.method or None,
+    ":path": lambda stream, end: getattr(stream, "upstream_target", None) or stream.target or None,
+    ":authority": lambda stream, end: _header_value(stream.headers.items, "host"),
+    ":scheme": lambda stream, end: "http",
+}
+
+
+def _either(first: Getter, second: Getter | None) -> Getter:
+    if second is None:
+        return first
+
+    def either(stream: Stream, end: float) -> FieldValue:
+        value = first(stream, end)
+        return value if value is not None else second(stream, end)
+    return either
+
+
+def _request_header(args: str | None) -> Getter:
+    def one(name: str) -> Getter:
+        if name.startswith(":"):
+            return _PSEUDO.get(name, _no_value)
+        return lambda stream, end: _header_value(stream.headers.items, name)
+    assert args is not None
+    names = args.lower().split("?")
+    return _either(one(names[0]), one(names[1]) if len(names) > 1 else None)
+
+
+def _response_header(args: str | None) -> Getter:
+    def one(name: str) -> Getter:
+        if name == "x-envoy-upstream-service-time":
+            return lambda stream, end: stream.service_time
+        raw_name = name.encode()
+
+        def header(stream: Stream, end: float) -> FieldValue:
+            headers = getattr(stream, "response_headers", None)
+            if headers is None:
+                return None
+            if isinstance(headers, list):   # an upstream's raw lines (proxy/http/client.py)
+                value = None
+                for key, line in headers:
+                    if key == raw_name:
+                        text = line.decode("latin-1")
+                        value = text if value is None else f"{value},{text}"
+                return value
+            value = _header_value(headers.items, name)
+            if value == "0" and name == "content-length" and stream.upstream == "-":
+                return None   # Envoy's codec adds it to an empty local reply on the wire only
+            return value
+        return header
+    assert args is not None
+    names = args.lower().split("?")
+    return _either(one(names[0]), one(names[1]) if len(names) > 1 else None)
+
+
+def _no_value(stream: Stream, end: float) -> FieldValue:
+    return None
 
 
 # The response flag (the first, when there are several) -> Envoy's response code details.
@@ -238,37 +400,3 @@ def response_code_details(stream: Stream) -> str | None:
     if stream.status == 0:
         return None
     return "direct_response"
-
-
-class AccessLogWriter:
-    """The loggers of one connection manager or tcp_proxy; buffered, and flushed about a
-    second after a line is written (the timer is armed only while lines are pending)."""
-
-    def __init__(self, configs: tuple[AccessLogConfig, ...], use_remote_address: bool = False) -> None:
-        self._loggers: list[tuple[LogFormat, IO[str]]] = []
-        self._use_remote_address = use_remote_address
-        self._flush_timer: asyncio.TimerHandle | None = None
-        for config in configs:
-            if config.target == "stdout":
-                stream: IO[str] = sys.stdout
-            elif config.target == "stderr":
-                stream = sys.stderr
-            else:
-                stream = open(config.target, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
-            self._loggers.append((config.format, stream))
-
-    def write_http(self, stream: Stream, end: float) -> None:
-        """A request ended at loop time `end`: one line per logger."""
-        self.write_record(HttpRecord(stream, self._use_remote_address), end)
-
-    def write_record(self, record: object, end: float) -> None:
-        """A record the formats' getters read (an HttpRecord, a TCP connection) ended at `end`."""
-        for log_format, target in self._loggers:
-            target.write(log_format.format(record, end))
-        if self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(1.0, self.flush)
-
-    def flush(self) -> None:
-        self._flush_timer = None
-        for _, target in self._loggers:
-            target.flush()

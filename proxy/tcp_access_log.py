@@ -16,9 +16,11 @@ the relay's callbacks, so a tcp_proxy without access logs runs none of it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from proxy.access_log import envoy_failure_reason
+from proxy.access_log import address, envoy_failure_reason
+from proxy.access_log_format import OPERATORS, FieldValue, Getter, absent, start_time
 from proxy.tcp_proxy import DownstreamTcp, TcpProxyFilter, UpstreamTcp
 from proxy.upstream.host import Host
 
@@ -37,14 +39,22 @@ class LoggedUpstreamTcp(UpstreamTcp):
 
 
 class LoggedDownstreamTcp(DownstreamTcp):
-    """A downstream connection that is also its own access log record (access_log_format's
-    getters read the attributes and methods below)."""
+    """A downstream connection that is also its own access log record (TCP_OPERATORS read it)."""
 
     upstream_type = LoggedUpstreamTcp
-    version = None        # no protocol, no response code: Envoy's TCP values
-    status = 0
-    __slots__ = ("_attached", "_cluster_name", "_failure", "_flags", "_upstream_local", "bytes_sent",
-                 "downstream_local", "downstream_remote", "received", "start", "upstream")
+    __slots__ = (
+        "attached",
+        "bytes_sent",
+        "cluster_name",
+        "downstream_local",
+        "downstream_remote",
+        "failure",
+        "flags",
+        "received",
+        "start",
+        "upstream",
+        "upstream_local",
+    )
 
     def __init__(self, owner: TcpProxyFilter, destination: tuple[str, int] | None = None) -> None:
         super().__init__(owner, destination)
@@ -54,11 +64,11 @@ class LoggedDownstreamTcp(DownstreamTcp):
         self.upstream = "-"
         self.downstream_local: tuple[str, int] | None = destination
         self.downstream_remote: tuple[str, int] | None = None
-        self._flags = "-"
-        self._attached = False
-        self._failure: str | None = None
-        self._cluster_name: str | None = None
-        self._upstream_local: tuple[str, int] | None = None
+        self.flags = "-"
+        self.attached = False
+        self.failure: str | None = None
+        self.cluster_name: str | None = None
+        self.upstream_local: tuple[str, int] | None = None
 
     # the relay, counted
 
@@ -83,69 +93,79 @@ class LoggedDownstreamTcp(DownstreamTcp):
 
     def upstream_failed(self, flag: str, cluster: Cluster, host: Host | None,
                         error: BaseException | None) -> None:
-        self._cluster_name = cluster.name
+        self.cluster_name = cluster.name
         if host is not None:
             self.upstream = host.key
         if flag == "UF":
-            self._flags = "UF,URX"   # Envoy: the connect attempts are exhausted
+            self.flags = "UF,URX"   # Envoy: the connect attempts are exhausted
             errno = getattr(error, "errno", None)
-            self._failure = envoy_failure_reason(
+            self.failure = envoy_failure_reason(
                 f"delayed connect error: {errno}" if errno else None)
         else:
-            self._flags = flag
+            self.flags = flag
 
     def _attach(self, upstream: UpstreamTcp, cluster: Cluster, host: object) -> None:
         assert isinstance(host, Host)
         self.upstream = host.key
-        self._cluster_name = cluster.name
-        self._flags = "-"
-        self._failure = None
-        self._attached = True
+        self.cluster_name = cluster.name
+        self.flags = "-"
+        self.failure = None
+        self.attached = True
         if upstream.transport is not None:
-            self._upstream_local = upstream.transport.get_extra_info("sockname")
+            self.upstream_local = upstream.transport.get_extra_info("sockname")
         super()._attach(upstream, cluster, host)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         access_log = self.owner.access_log
         assert access_log is not None
-        access_log.write_record(self, asyncio.get_running_loop().time())
+        access_log.write(self, asyncio.get_running_loop().time())
 
-    # the access log record
 
-    def response_flags(self) -> str:
-        return self._flags
+def _fixed(getter: Callable[[LoggedDownstreamTcp, float], FieldValue]) -> Callable[[str | None], Getter]:
+    return lambda _: getter
 
-    def response_code_details(self) -> None:
-        return None
 
-    def transport_failure_reason(self) -> str | None:
-        return self._failure
+def _upstream_host(connection: LoggedDownstreamTcp, end: float) -> FieldValue:
+    return None if connection.upstream == "-" else connection.upstream
 
-    def bytes_received(self) -> int:
-        # bytes held while no upstream was up never left the (paused) socket in Envoy
-        return self.received if self._attached else 0
 
-    def cluster_name(self) -> str | None:
-        return self._cluster_name
+def _bytes_received(connection: LoggedDownstreamTcp, end: float) -> FieldValue:
+    # bytes held while no upstream was up never left the (paused) socket in Envoy
+    return connection.received if connection.attached else 0
 
-    def upstream_local(self) -> tuple[str, int] | None:
-        return self._upstream_local
 
-    def remote_address(self) -> tuple[str, int] | None:
-        return self.downstream_remote
+def _remote(connection: LoggedDownstreamTcp, end: float) -> FieldValue:
+    return address(connection.downstream_remote)
 
-    def requested_server_name(self) -> None:
-        return None
 
-    def route_name(self) -> None:
-        return None
+def _remote_ip(connection: LoggedDownstreamTcp, end: float) -> FieldValue:
+    return connection.downstream_remote[0] if connection.downstream_remote else None
 
-    def request_header(self, name: str) -> None:
-        return None
 
-    def response_header(self, name: str) -> None:
-        return None
-
-    def trailer(self, name: str) -> None:
-        return None
+# What Envoy's command operators read of a closed tcp_proxy connection: no protocol, a
+# response code of 0, no headers, no route.
+TCP_OPERATORS: dict[str, Callable[[str | None], Getter]] = {name: absent for name in OPERATORS}
+TCP_OPERATORS.update({
+    "START_TIME": start_time,
+    "DURATION": _fixed(lambda connection, end: int((end - connection.start) * 1000)),
+    "RESPONSE_CODE": _fixed(lambda connection, end: 0),
+    "RESPONSE_FLAGS": _fixed(lambda connection, end: connection.flags),
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": _fixed(lambda connection, end: connection.failure),
+    "BYTES_RECEIVED": _fixed(_bytes_received),
+    "BYTES_SENT": _fixed(lambda connection, end: connection.bytes_sent),
+    "UPSTREAM_HOST": _fixed(_upstream_host),
+    "UPSTREAM_REMOTE_ADDRESS": _fixed(_upstream_host),
+    "UPSTREAM_CLUSTER": _fixed(lambda connection, end: connection.cluster_name),
+    "UPSTREAM_CLUSTER_RAW": _fixed(lambda connection, end: connection.cluster_name),
+    "UPSTREAM_LOCAL_ADDRESS": _fixed(lambda connection, end: address(connection.upstream_local)),
+    "DOWNSTREAM_LOCAL_ADDRESS": _fixed(lambda connection, end: address(connection.downstream_local)),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _fixed(
+        lambda connection, end: connection.downstream_local[0] if connection.downstream_local else None),
+    "DOWNSTREAM_LOCAL_PORT": _fixed(
+        lambda connection, end: str(connection.downstream_local[1]) if connection.downstream_local else None),
+    "DOWNSTREAM_REMOTE_ADDRESS": _fixed(_remote),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _fixed(_remote_ip),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _fixed(_remote),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _fixed(_remote_ip),
+})

@@ -119,10 +119,11 @@ class TcpProxyFilter:
         self.stats = TcpProxyStats()
         self.rbac = rbac
         self.rbac_stats = RbacStats()
-        self.access_log = AccessLogWriter(config.access_logs) if config.access_logs else None
+        self.access_log: AccessLogWriter | None = None
         self.connection_type = DownstreamTcp
-        if self.access_log is not None:   # connections that count and log (imports this module)
-            from proxy.tcp_access_log import LoggedDownstreamTcp
+        if config.access_logs:   # connections that count and log (a module that imports this one)
+            from proxy.tcp_access_log import TCP_OPERATORS, LoggedDownstreamTcp
+            self.access_log = AccessLogWriter(config.access_logs, TCP_OPERATORS)
             self.connection_type = LoggedDownstreamTcp
 
     def protocol(self, destination: tuple[str, int] | None = None) -> asyncio.Protocol:

@@ -30,7 +30,7 @@ import random
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.access_log import AccessLogWriter
+from proxy.access_log import AccessLogWriter, http_operators
 from proxy.http import tunnel
 from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
 from proxy.http.client import RawHeaders, decode_headers
@@ -111,7 +111,7 @@ class HttpConnectionManager:
         self._routes_count = 0
         self._loop = self.loop = asyncio.get_event_loop()
         self.deadlines = Deadlines(self._loop)
-        self.access_log = (AccessLogWriter(config.access_logs, config.use_remote_address)
+        self.access_log = (AccessLogWriter(config.access_logs, http_operators(config.use_remote_address))
                            if config.access_logs else None)
         self.router = Router(self)
         # connections get per-connection timers only when this manager sets some
@@ -160,7 +160,7 @@ class HttpConnectionManager:
         """The request is over (answered, or its client gone): gauges and the access log."""
         self.stats.downstream_rq_completed += 1
         if self.access_log is not None:
-            self.access_log.write_http(stream, self._loop.time())
+            self.access_log.write(stream, self._loop.time())
 
     def run_async(self, stream: Stream, work: Coroutine[Any, Any, None]) -> None:
         """Finish the stream in a coroutine (retries, streamed bodies, upgrades)."""

@@ -56,3 +56,22 @@ def test_access_log_lines_match_envoys(tmp_path: Path) -> None:
     tulle = log_lines("tulle", tmp_path)
     assert len(envoy) == 2
     assert tulle == envoy
+
+
+@pytest.mark.timeout(60)
+def test_lines_still_buffered_at_exit_are_written(tmp_path: Path) -> None:
+    upstream = RecordingUpstream()
+    port = free_port()
+    log = tmp_path / "exit-access.log"
+    extra = f"""          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}"""
+    try:
+        with running_proxy("tulle", bootstrap(port, upstream.port, extra), port, tmp_path):
+            exchange(port, b"GET /last HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n")
+        # stopped (SIGTERM) well within the second after which lines are flushed
+    finally:
+        upstream.close()
+    assert '"GET /last HTTP/1.1" 200' in log.read_text()

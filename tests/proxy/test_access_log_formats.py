@@ -74,10 +74,11 @@ VOLATILE_TEXT = [
 TIMINGS = ("duration", "upstream_service_time")
 
 
-def run(kind: str, tmp_path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def run(kind: str, tmp_path: Path) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
     upstream = RecordingUpstream()
     port, refused = free_port(), free_port()
     text_log, json_log = tmp_path / f"{kind}-text.log", tmp_path / f"{kind}-json.log"
+    omit_log = tmp_path / f"{kind}-json-omit.log"
     with silent_upstream() as silent:
         config = f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
@@ -102,6 +103,11 @@ static_resources:
               '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {json_log}
               log_format: {{json_format: {json.dumps(ISTIO_JSON)}}}
+          - name: envoy.access_loggers.file
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {omit_log}
+              log_format: {{json_format: {json.dumps(ISTIO_JSON)}, omit_empty_values: true}}
           route_config:
             virtual_hosts:
             - name: all
@@ -144,11 +150,12 @@ static_resources:
         finally:
             upstream.close()
     return text_log.read_text().splitlines(keepends=True), [
-        json.loads(line) for line in json_log.read_text().splitlines()]
+        json.loads(line) for line in json_log.read_text().splitlines()], [
+        json.loads(line) for line in omit_log.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[str], list[dict[str, Any]]]]:
+def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp_path = tmp_path_factory.mktemp("access-log-formats")
     return {kind: run(kind, tmp_path) for kind in ("envoy", "tulle")}
 
@@ -182,3 +189,11 @@ def test_istio_json_format_line_matches_envoys(logs: dict[str, Any], index: int)
         else:
             assert tulle[key] == value, key
     assert abs(float(tulle["epoch"]) - float(envoy["epoch"])) < 60
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("index", range(len(REQUESTS)), ids=[name for name, _ in REQUESTS])
+def test_omit_empty_values_leaves_out_the_same_keys_as_envoy(logs: dict[str, Any], index: int) -> None:
+    envoy, tulle = logs["envoy"][2][index], logs["tulle"][2][index]
+    assert list(tulle) == list(envoy)
+    assert None not in envoy.values()

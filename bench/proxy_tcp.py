@@ -3,8 +3,8 @@ request/response rate, same bootstrap, alternating runs.
 
     .venv/bin/python bench/proxy_tcp.py [--rounds 3] [--duration 5] [--streams 2] [--syscalls]
 
-Bulk: iperf3 (`--streams` parallel streams, zero-copy sender `-Z`, the first second
-omitted) through the proxy to an iperf3 server; small exchanges: wrk (50 keep-alive
+Bulk: iperf3 (`--streams` parallel streams, zero-copy sender `-Z`; no omitted first
+second, so bytes and CPU cover the same time) through the proxy to an iperf3 server; small exchanges: wrk (50 keep-alive
 connections) through the proxy to nginx `return 200`. The proxy is pinned to --proxy-cpu,
 load and servers to --load-cpu; runs alternate Envoy, tulle, Envoy, tulle... in one sitting.
 
@@ -108,7 +108,7 @@ def iperf(port: int, cpu: int, duration: int, streams: int) -> tuple[float, floa
     """Bytes received in `duration` seconds and the CPU seconds iperf3's client and server
     spent meanwhile."""
     output = subprocess.run(["taskset", "-c", str(cpu), "iperf3", "-c", "127.0.0.1", "-p", str(port),
-                             "-t", str(duration), "-O", "1", "-P", str(streams), "-Z", "-J"],
+                             "-t", str(duration), "-P", str(streams), "-Z", "-J"],
                             capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     end = json.loads(output)["end"]
     usage = end["cpu_utilization_percent"]
@@ -133,8 +133,7 @@ def measure_bulk(kind: str, args: argparse.Namespace, directory: Path, upstream:
     row["proxy_core_busy"] = busy[args.proxy_cpu]
     row["load_core_busy"] = busy[args.load_cpu]
     if counts:
-        # the count also covers the omitted first second: per MB of everything moved
-        moved_mb = received / 1e6 * (args.duration + 1) / args.duration
+        moved_mb = received / 1e6
         row["syscalls_per_mb"] = counts["syscalls"] / moved_mb
         row["switches_per_mb"] = counts["switches"] / moved_mb
     return row

@@ -349,6 +349,8 @@ class DownstreamTcp(_Side):
         up_socket = upstream.transport.get_extra_info("socket")
         if up_socket is not None:
             up_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if cluster.config.tcp_keepalive is not None:   # upstream_connection_options
+                cluster.config.tcp_keepalive.apply(up_socket)
         # per_connection_buffer_limit_bytes: the listener's for the client, the cluster's upstream
         self.transport.set_write_buffer_limits(high=self.owner.buffer_limit)
         upstream.transport.set_write_buffer_limits(

@@ -87,6 +87,50 @@ def test_without_tcp_keepalive_upstream_sockets_have_none(kind: str, tmp_path: P
     assert _upstream_socket_options(kind, "", tmp_path) == (0,)
 
 
+def _tcp_proxy_bootstrap(port: int, upstream: int) -> str:
+    return f"""
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: up
+  clusters:
+  - name: up
+    type: STATIC
+    connect_timeout: 1s
+{KEEPALIVE}
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_tcp_proxy_upstream_sockets_get_the_clusters_tcp_keepalive(kind: str, tmp_path: Path) -> None:
+    port = free_port()
+    upstream = RecordingUpstream()
+    try:
+        with running_proxy(kind, _tcp_proxy_bootstrap(port, upstream.port), port, tmp_path), \
+                socket.create_connection(("127.0.0.1", port), timeout=3) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")   # the upstream connection is up
+            with _borrow_socket(_socket_inode(upstream.port)) as sock:
+                options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+    finally:
+        upstream.close()
+    assert options == (1, 37, 11, 4)
+
+
 @pytest.mark.parametrize(("options", "field"), [
     ("tcp_keepalive: {keepalive_time: 0}", "tcp_keepalive.keepalive_time"),
     ("tcp_keepalive: {keepalive_interval: 40000}", "tcp_keepalive.keepalive_interval"),

@@ -9,7 +9,12 @@ and a single loop timer wakes at the earliest tick that holds deadlines and expi
 
 Rules: a deadline never fires early, and fires at most one tick (10 ms) late, plus the
 loop's own latency; a target is expired at most once (`expire(kind)`), never after it was
-cancelled, even by a target expired in the same tick.
+cancelled, even by a target expired in the same tick. A tick whose deadlines are all
+cancelled keeps no bucket: an emptied dict keeps its table (~9 KB for the ~300 requests of
+a 10 ms tick at 30,000 requests/s) until its tick would come, a route timeout later (15 s
+by default), so kept buckets would add megabytes under steady load. Its tick may stay in
+the heap (and be filed again if a deadline lands on it): a tick without a bucket is
+skipped when it comes.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._buckets: dict[int, dict[Expirable, str]] = {}
-        self._ticks: list[int] = []   # a heap of the ticks in _buckets
+        self._ticks: list[int] = []   # a heap of the ticks in _buckets (and of emptied ones)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
 
@@ -52,6 +57,8 @@ class Deadlines:
         bucket = self._buckets.get(tick)
         if bucket is not None:
             bucket.pop(target, None)
+            if not bucket:
+                del self._buckets[tick]
 
     def _arm(self, tick: int) -> None:
         if self._timer is not None:
@@ -68,10 +75,13 @@ class Deadlines:
         buckets = self._buckets
         while ticks and ticks[0] <= now:
             tick = heappop(ticks)
-            bucket = buckets[tick]
+            bucket = buckets.get(tick)
+            if bucket is None:   # every deadline of the tick was cancelled
+                continue
             while bucket:   # one by one, still filed: an expiry may cancel another of the tick
                 target, kind = bucket.popitem()
                 target.expire(kind)
-            del buckets[tick]
+            if buckets.get(tick) is bucket:   # (else emptied by a cancel, and maybe filed anew)
+                del buckets[tick]
         if ticks and (self._timer is None or ticks[0] < self._timer_tick):
             self._arm(ticks[0])   # (an expiry may have armed the timer for a later tick)

@@ -12,9 +12,9 @@ loop's own latency; a target is expired at most once (`expire(kind)`), never aft
 cancelled, even by a target expired in the same tick. A tick whose deadlines are all
 cancelled keeps no bucket: an emptied dict keeps its table (~9 KB for the ~300 requests of
 a 10 ms tick at 30,000 requests/s) until its tick would come, a route timeout later (15 s
-by default), so kept buckets would add megabytes under steady load. Its tick may stay in
-the heap (and be filed again if a deadline lands on it): a tick without a bucket is
-skipped when it comes.
+by default), so kept buckets would add megabytes under steady load. Its tick stays in the
+heap (once: a deadline filed on it again does not add it twice) and is skipped if it comes
+without a bucket.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ class Expirable(Protocol):
 
 
 class Deadlines:
-    __slots__ = ("_buckets", "_loop", "_ticks", "_timer", "_timer_tick")
+    __slots__ = ("_buckets", "_loop", "_queued", "_ticks", "_timer", "_timer_tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._buckets: dict[int, dict[Expirable, str]] = {}
         self._ticks: list[int] = []   # a heap of the ticks in _buckets (and of emptied ones)
+        self._queued: set[int] = set()   # the ticks in that heap, each there once
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
 
@@ -47,7 +48,9 @@ class Deadlines:
         bucket = self._buckets.get(tick)
         if bucket is None:
             bucket = self._buckets[tick] = {}
-            heappush(self._ticks, tick)
+            if tick not in self._queued:   # (an emptied tick may be in the heap still)
+                self._queued.add(tick)
+                heappush(self._ticks, tick)
             if self._timer is None or tick < self._timer_tick:
                 self._arm(tick)
         bucket[target] = kind
@@ -75,6 +78,7 @@ class Deadlines:
         buckets = self._buckets
         while ticks and ticks[0] <= now:
             tick = heappop(ticks)
+            self._queued.discard(tick)
             bucket = buckets.get(tick)
             if bucket is None:   # every deadline of the tick was cancelled
                 continue

@@ -155,3 +155,16 @@ def test_an_expiry_that_empties_its_tick_and_files_on_it_anew_still_fires_the_ne
         await asyncio.sleep(0.06)
         assert len(log) == 2 and log[1][0] == "third"   # (whichever of the two expired first)
     run(scenario())
+
+
+def test_a_tick_emptied_and_filed_again_is_queued_once() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, str, float]] = []
+        deadlines = Deadlines(loop)
+        when = loop.time() + 5.0
+        for number in range(100):   # one request at a time: each empties the tick
+            target = Target(loop, log, str(number))
+            deadlines.cancel(deadlines.add(when, target, "x"), target)
+        assert len(deadlines._ticks) == 1   # (a heap entry per request would grow with the rate)
+    run(scenario())

@@ -9,7 +9,12 @@ and a single loop timer wakes at the earliest tick that holds deadlines and expi
 
 Rules: a deadline never fires early, and fires at most one tick (10 ms) late, plus the
 loop's own latency; a target is expired at most once (`expire(kind)`), never after it was
-cancelled, even by a target expired in the same tick.
+cancelled, even by a target expired in the same tick. A tick whose deadlines are all
+cancelled keeps no bucket: an emptied dict keeps its table (~9 KB for the ~300 requests of
+a 10 ms tick at 30,000 requests/s) until its tick would come, a route timeout later (15 s
+by default), so kept buckets would add megabytes under steady load. Its tick stays in the
+heap (once: a deadline filed on it again does not add it twice) and is skipped if it comes
+without a bucket.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ class Expirable(Protocol):
 
 
 class Deadlines:
-    __slots__ = ("_buckets", "_loop", "_ticks", "_timer", "_timer_tick")
+    __slots__ = ("_buckets", "_loop", "_queued", "_ticks", "_timer", "_timer_tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._buckets: dict[int, dict[Expirable, str]] = {}
-        self._ticks: list[int] = []   # a heap of the ticks in _buckets
+        self._ticks: list[int] = []   # a heap of the ticks in _buckets (and of emptied ones)
+        self._queued: set[int] = set()   # the ticks in that heap, each there once
         self._timer: asyncio.TimerHandle | None = None
         self._timer_tick = 0
 
@@ -42,7 +48,9 @@ class Deadlines:
         bucket = self._buckets.get(tick)
         if bucket is None:
             bucket = self._buckets[tick] = {}
-            heappush(self._ticks, tick)
+            if tick not in self._queued:   # (an emptied tick may be in the heap still)
+                self._queued.add(tick)
+                heappush(self._ticks, tick)
             if self._timer is None or tick < self._timer_tick:
                 self._arm(tick)
         bucket[target] = kind
@@ -52,6 +60,8 @@ class Deadlines:
         bucket = self._buckets.get(tick)
         if bucket is not None:
             bucket.pop(target, None)
+            if not bucket:
+                del self._buckets[tick]
 
     def _arm(self, tick: int) -> None:
         if self._timer is not None:
@@ -68,10 +78,14 @@ class Deadlines:
         buckets = self._buckets
         while ticks and ticks[0] <= now:
             tick = heappop(ticks)
-            bucket = buckets[tick]
+            self._queued.discard(tick)
+            bucket = buckets.get(tick)
+            if bucket is None:   # every deadline of the tick was cancelled
+                continue
             while bucket:   # one by one, still filed: an expiry may cancel another of the tick
                 target, kind = bucket.popitem()
                 target.expire(kind)
-            del buckets[tick]
+            if buckets.get(tick) is bucket:   # (else emptied by a cancel, and maybe filed anew)
+                del buckets[tick]
         if ticks and (self._timer is None or ticks[0] < self._timer_tick):
             self._arm(ticks[0])   # (an expiry may have armed the timer for a later tick)

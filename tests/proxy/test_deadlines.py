@@ -100,3 +100,71 @@ def test_a_deadline_added_while_expiring_is_kept() -> None:
         await asyncio.sleep(0.15)
         assert [name for name, _, _ in log] == ["first", "later"]
     run(scenario())
+
+
+def test_a_tick_whose_deadlines_are_all_cancelled_keeps_no_bucket() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, str, float]] = []
+        deadlines = Deadlines(loop)
+        when = loop.time() + 5.0
+        first, second = Target(loop, log, "first"), Target(loop, log, "second")
+        first_tick = deadlines.add(when, first, "x")
+        second_tick = deadlines.add(when, second, "x")
+        deadlines.cancel(first_tick, first)
+        deadlines.cancel(second_tick, second)
+        assert deadlines._buckets == {}   # (the memory a kept empty bucket would hold)
+    run(scenario())
+
+
+def test_a_deadline_filed_again_on_an_emptied_tick_fires_once() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, str, float]] = []
+        deadlines = Deadlines(loop)
+        when = loop.time() + 0.02
+        first = Target(loop, log, "first")
+        deadlines.cancel(deadlines.add(when, first, "x"), first)
+        deadlines.add(when, Target(loop, log, "second"), "x")
+        await asyncio.sleep(0.06)
+        assert [name for name, _, _ in log] == ["second"]
+    run(scenario())
+
+
+def test_an_expiry_that_empties_its_tick_and_files_on_it_anew_still_fires_the_new_one() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, str, float]] = []
+        deadlines = Deadlines(loop)
+        when = loop.time() + 0.02
+        first, second, third = (Target(loop, log, name) for name in ("first", "second", "third"))
+        first_tick = deadlines.add(when, first, "x")
+        second_tick = deadlines.add(when, second, "x")
+
+        def expire_and_refile(target: Target, other: Target, other_tick: int) -> None:
+            original = target.expire
+
+            def expire(kind: str) -> None:
+                original(kind)
+                deadlines.cancel(other_tick, other)            # the tick's bucket is now empty
+                deadlines.add(when, third, "late")             # and filed anew, already due
+            target.expire = expire  # type: ignore[method-assign]
+
+        expire_and_refile(first, second, second_tick)
+        expire_and_refile(second, first, first_tick)
+        await asyncio.sleep(0.06)
+        assert len(log) == 2 and log[1][0] == "third"   # (whichever of the two expired first)
+    run(scenario())
+
+
+def test_a_tick_emptied_and_filed_again_is_queued_once() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[tuple[str, str, float]] = []
+        deadlines = Deadlines(loop)
+        when = loop.time() + 5.0
+        for number in range(100):   # one request at a time: each empties the tick
+            target = Target(loop, log, str(number))
+            deadlines.cancel(deadlines.add(when, target, "x"), target)
+        assert len(deadlines._ticks) == 1   # (a heap entry per request would grow with the rate)
+    run(scenario())

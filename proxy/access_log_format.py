@@ -168,7 +168,7 @@ def _parse_value(value: Value, path: str) -> JsonTree:
 class Formatter:
     """A LogFormat compiled with one operator table: `format(record, end)` is the line."""
 
-    __slots__ = ("_absent", "_getters", "_literals", "_tree")
+    __slots__ = ("_absent", "_first", "_getters", "_literals", "_pairs", "_tree")
 
     def __init__(self, log_format: LogFormat, operators: Operators) -> None:
         self._absent = "" if log_format.omit_empty_values else "-"
@@ -186,18 +186,18 @@ class Formatter:
             _flatten(template, operators, literals, getters)
             literals[-1] += "\n"
             self._literals, self._getters = tuple(literals), tuple(getters)
+        # each getter with the literal after it
+        self._first = self._literals[0]
+        self._pairs = tuple(zip(self._getters, self._literals[1:], strict=True))
 
     def format(self, record: Any, end: float) -> str:
-        literals = self._literals
         absent = self._absent
-        out = [literals[0]]
+        out = [self._first]
         append = out.append
-        index = 1
-        for getter in self._getters:
+        for getter, literal in self._pairs:
             value = getter(record, end)
             append(absent if value is None else value if value.__class__ is str else str(value))
-            append(literals[index])
-            index += 1
+            append(literal)
         return "".join(out)
 
     def _render_tree(self, record: Any, end: float) -> str:
@@ -315,8 +315,10 @@ def start_time(spec: str | None) -> Getter:
             cached_second[0] = second
         if not digits:
             return cached_runs[0]
+        if digits == [3]:   # Envoy's default: milliseconds
+            return f"{cached_runs[0]}{int((wall - second) * 1000):03d}{cached_runs[1]}"
         nanos = f"{int((wall - second) * 1e9):09d}"
-        if len(digits) == 1:   # the common shape (Envoy's default)
+        if len(digits) == 1:
             return f"{cached_runs[0]}{nanos[:digits[0]]}{cached_runs[1]}"
         out = [cached_runs[0]]
         for count, run in zip(digits, cached_runs[1:], strict=True):

@@ -5,9 +5,11 @@ traceback."""
 from __future__ import annotations
 
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +32,27 @@ def lab() -> Iterator[Lab]:
         Lab(name).down()
 
 
-def start_pod_add(lab: Lab) -> subprocess.Popen[str]:
+@pytest.fixture
+def never_ready_proxy() -> Iterator[str]:
+    """A sidecar binary that starts and never becomes ready: a `pod add` waiting for it is
+    still under way whenever the test interrupts it (a real tulle-proxy can be ready, and
+    the add done, before the test's signal lands). World-readable: sidecars run as 1337."""
+    path = Path(tempfile.mkdtemp(prefix="tulle-never-ready-"))
+    script = path / "proxy"
+    script.write_text("#!/bin/sh\nexec sleep 300\n")
+    path.chmod(0o755)
+    script.chmod(0o755)
+    try:
+        yield str(script)
+    finally:
+        shutil.rmtree(path)
+
+
+def start_pod_add(lab: Lab, proxy: str = "") -> subprocess.Popen[str]:
     """`meshctl lab pod add --inject`, returned once the pod's sidecar has started."""
     adding = subprocess.Popen([MESHCTL, "lab", "pod", "add", "shop/web", "--lab", lab.name, "--inject",
-                               "--app", "sleep 300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--app", "sleep 300", *(["--proxy", proxy] if proxy else [])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not any(e["event"] == "proxy-started" for e in read_events(lab.dir / "pods" / "shop.web")):
         assert adding.poll() is None and time.monotonic() < deadline, adding.communicate()
@@ -42,8 +61,9 @@ def start_pod_add(lab: Lab) -> subprocess.Popen[str]:
 
 
 @pytest.mark.privileged
-def test_an_interrupted_pod_add_stops_the_sidecar_it_started_and_leaves_no_pod(lab: Lab) -> None:
-    adding = start_pod_add(lab)
+def test_an_interrupted_pod_add_stops_the_sidecar_it_started_and_leaves_no_pod(lab: Lab,
+                                                                              never_ready_proxy: str) -> None:
+    adding = start_pod_add(lab, never_ready_proxy)
     adding.send_signal(signal.SIGINT)
     adding.communicate(timeout=60)
     assert adding.returncode != 0

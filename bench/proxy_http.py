@@ -55,6 +55,8 @@ from proxy_lab import (
     wrk,
 )
 
+from proxy.access_log_format import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT
+
 BOOTSTRAP = """
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -319,31 +321,6 @@ async def _tulle_python_cost(requests: int, access_log: str | None = None) -> fl
         shutil.rmtree(directory, ignore_errors=True)
 
 
-ISTIO_TEXT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
-    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
-    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
-    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
-    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% '
-    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
-    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n")
-ISTIO_JSON = {
-    "start_time": "%START_TIME%", "route_name": "%ROUTE_NAME%", "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "protocol": "%PROTOCOL%",
-    "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
-    "response_code_details": "%RESPONSE_CODE_DETAILS%",
-    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
-    "bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%",
-    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%", "user_agent": "%REQ(USER-AGENT)%",
-    "request_id": "%REQ(X-REQUEST-ID)%", "authority": "%REQ(:AUTHORITY)%",
-    "upstream_host": "%UPSTREAM_HOST%", "upstream_cluster": "%UPSTREAM_CLUSTER%",
-    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
-    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
-    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
-    "requested_server_name": "%REQUESTED_SERVER_NAME%",
-    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-}
 _ACCESS_LOG = """          access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -354,9 +331,9 @@ _ACCESS_LOG = """          access_log:
 ACCESS_LOGS = {
     "default": _ACCESS_LOG,
     "istio-text": _ACCESS_LOG + "              log_format: {{text_format_source: {{inline_string: "
-                  + json.dumps(ISTIO_TEXT).replace("{", "{{").replace("}", "}}") + "}}}}\n",
+                  + json.dumps(ISTIO_TEXT_FORMAT).replace("{", "{{").replace("}", "}}") + "}}}}\n",
     "istio-json": _ACCESS_LOG + "              log_format: {{json_format: "
-                  + json.dumps(ISTIO_JSON).replace("{", "{{").replace("}", "}}") + "}}\n",
+                  + json.dumps(ISTIO_JSON_FORMAT).replace("{", "{{").replace("}", "}}") + "}}\n",
 }
 
 

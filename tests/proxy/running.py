@@ -56,10 +56,11 @@ class RecordingUpstream:
         self._thread.join(1)
 
 
-def bootstrap(listener_port: int, upstream_port: int, hcm_extra: str = "", *, admin_port: int = 0,
-              route_extra: str = "", cluster_extra: str = "") -> str:
-    """One HCM listener routing everything to cluster `a`; `route_extra` goes into the route
-    action (e.g. ", timeout: 0.3s"), `cluster_extra` into the cluster (whole YAML lines)."""
+def hcm_bootstrap(listener_port: int, routes: str, clusters: str, hcm_extra: str = "", *,
+                  admin_port: int = 0, domains: str = "['*']") -> str:
+    """One HCM listener with one virtual host: `routes` are its route lines (YAML at the route
+    list's indent, 14 spaces), `clusters` the cluster list's (2 spaces, see `cluster`), and
+    `hcm_extra` lines go into the connection manager (10 spaces)."""
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port or free_port()}}}}}}}
 static_resources:
@@ -76,20 +77,35 @@ static_resources:
           route_config:
             virtual_hosts:
             - name: all
-              domains: ['*']
+              domains: {domains}
               routes:
-              - {{match: {{prefix: /}}, route: {{cluster: a{route_extra}}}}}
+{routes}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
-  - name: a
-    connect_timeout: 1s
-{cluster_extra}
-    load_assignment:
-      cluster_name: a
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+{clusters}
 """
+
+
+def cluster(name: str, *ports: int, extra: str = "") -> str:
+    """A static cluster over local `ports`; `extra` goes into it (whole YAML lines, 4 spaces)."""
+    endpoints = ", ".join(
+        f"{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}" for port in ports)
+    return f"""  - name: {name}
+    connect_timeout: 1s
+{extra}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{endpoints}]}}]"""
+
+
+def bootstrap(listener_port: int, upstream_port: int, hcm_extra: str = "", *, admin_port: int = 0,
+              route_extra: str = "", cluster_extra: str = "") -> str:
+    """One HCM listener routing everything to cluster `a`; `route_extra` goes into the route
+    action (e.g. ", timeout: 0.3s"), `cluster_extra` into the cluster (whole YAML lines)."""
+    return hcm_bootstrap(listener_port, f"              - {{match: {{prefix: /}}, route: {{cluster: a{route_extra}}}}}",
+                         cluster("a", upstream_port, extra=cluster_extra), hcm_extra, admin_port=admin_port)
 
 
 @contextlib.contextmanager

@@ -15,8 +15,10 @@ import pytest
 from proxy.access_log_format import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT
 from tests.proxy.running import (
     RecordingUpstream,
+    cluster,
     exchange,
     free_port,
+    hcm_bootstrap,
     running_proxy,
     silent_upstream,
 )
@@ -57,19 +59,15 @@ def run(kind: str, tmp_path: Path) -> tuple[list[str], list[dict[str, Any]], lis
     text_log, json_log = tmp_path / f"{kind}-text.log", tmp_path / f"{kind}-json.log"
     omit_log = tmp_path / f"{kind}-json-omit.log"
     with silent_upstream() as silent:
-        config = f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          access_log:
+        config = hcm_bootstrap(port, """              - {name: direct, match: {path: /direct}, direct_response: {status: 200, body: {inline_string: hi}}}
+              - {match: {path: /moved}, redirect: {path_redirect: /new}}
+              - {name: old, match: {prefix: /old/}, route: {cluster: a, prefix_rewrite: /new/}}
+              - {match: {path: /refused}, route: {cluster: refused}}
+              - {match: {path: /slow}, route: {cluster: silent, timeout: 0.3s}}
+              - {name: default, match: {prefix: /}, route: {cluster: a}}""",
+                               "\n".join((cluster("a", upstream.port), cluster("refused", refused),
+                                          cluster("silent", silent))),
+                               f"""          access_log:
           - name: envoy.access_loggers.file
             typed_config:
               '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
@@ -84,38 +82,7 @@ static_resources:
             typed_config:
               '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {omit_log}
-              log_format: {{json_format: {json.dumps(ISTIO_JSON)}, omit_empty_values: true}}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: [example.com]
-              routes:
-              - {{name: direct, match: {{path: /direct}}, direct_response: {{status: 200, body: {{inline_string: hi}}}}}}
-              - {{match: {{path: /moved}}, redirect: {{path_redirect: /new}}}}
-              - {{name: old, match: {{prefix: /old/}}, route: {{cluster: a, prefix_rewrite: /new/}}}}
-              - {{match: {{path: /refused}}, route: {{cluster: refused}}}}
-              - {{match: {{path: /slow}}, route: {{cluster: silent, timeout: 0.3s}}}}
-              - {{name: default, match: {{prefix: /}}, route: {{cluster: a}}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: a
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: a
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream.port}}}}}}}}}]}}]
-  - name: refused
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: refused
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {refused}}}}}}}}}]}}]
-  - name: silent
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: silent
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {silent}}}}}}}}}]}}]
-"""
+              log_format: {{json_format: {json.dumps(ISTIO_JSON)}, omit_empty_values: true}}""", domains="[example.com]")
         try:
             with running_proxy(kind, config, port, tmp_path):
                 for _, request in REQUESTS:

@@ -24,7 +24,7 @@ from proxy.http.headers import Headers
 from proxy.http.stream import Stream
 from proxy.http.tunnel import accept_request
 from proxy.router.route_table import RouteTable
-from tests.proxy.running import free_port, running_proxy
+from tests.proxy.running import cluster, free_port, hcm_bootstrap, running_proxy
 from tests.proxy.test_xds import message
 
 KINDS = ["tulle", "envoy"]
@@ -91,36 +91,9 @@ class TunnelUpstream:
 def bootstrap(port: int, upstream: int, terminate: bool, idle: str = "") -> str:
     connect_config = ", connect_config: {}" if terminate else ""
     idle_timeout = f", idle_timeout: {idle}" if idle else ""
-    return f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          upgrade_configs: [{{upgrade_type: CONNECT}}]
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ['*']
-              routes:
-              - match: {{connect_matcher: {{}}}}
-                route: {{cluster: tunnel{idle_timeout}, upgrade_configs: [{{upgrade_type: CONNECT{connect_config}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: tunnel
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: tunnel
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
-"""
+    return hcm_bootstrap(port, f"""              - match: {{connect_matcher: {{}}}}
+                route: {{cluster: tunnel{idle_timeout}, upgrade_configs: [{{upgrade_type: CONNECT{connect_config}}}]}}""",
+                         cluster("tunnel", upstream), "          upgrade_configs: [{upgrade_type: CONNECT}]")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import xxhash
 
 from proxy.http.hash_cookie import cookie_value, set_cookie_line
 from proxy.router.route import HashPolicy
-from tests.proxy.running import RecordingUpstream, free_port, running_proxy
+from tests.proxy.running import RecordingUpstream, cluster, free_port, hcm_bootstrap, running_proxy
 
 
 def test_the_value_is_xxhash64_of_the_remote_then_the_local_address() -> None:
@@ -32,39 +32,9 @@ def test_a_zero_ttl_makes_a_session_cookie() -> None:
 
 
 def config(port: int, upstreams: list[RecordingUpstream]) -> str:
-    endpoints = ", ".join(
-        f"{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {u.port}}}}}}}}}"
-        for u in upstreams)
-    return f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {free_port()}}}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ['*']
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: ring, hash_policy: [{{cookie: {{name: session, ttl: 60s, path: /}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: ring
-    connect_timeout: 1s
-    lb_policy: RING_HASH
-    load_assignment:
-      cluster_name: ring
-      endpoints: [{{lb_endpoints: [{endpoints}]}}]
-"""
+    return hcm_bootstrap(port, """              - match: {prefix: /}
+                route: {cluster: ring, hash_policy: [{cookie: {name: session, ttl: 60s, path: /}}]}""",
+                         cluster("ring", *(u.port for u in upstreams), extra="    lb_policy: RING_HASH"))
 
 
 def request(port: int, cookie: str | None) -> tuple[bytes, tuple[str, int]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import free_port, running_proxy
+from tests.proxy.running import cluster, free_port, hcm_bootstrap, running_proxy
 
 
 class EchoAfterUpgrade:
@@ -67,37 +67,10 @@ class EchoAfterUpgrade:
 
 
 def config(port: int, admin: int, upstream: int) -> str:
-    return f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          upgrade_configs: [{{upgrade_type: websocket}}]
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ['*']
-              routes:
-              - match: {{prefix: /denied}}
-                route: {{cluster: ws, upgrade_configs: [{{upgrade_type: websocket, enabled: false}}]}}
-              - {{match: {{prefix: /}}, route: {{cluster: ws}}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: ws
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: ws
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
-"""
+    return hcm_bootstrap(port, """              - match: {prefix: /denied}
+                route: {cluster: ws, upgrade_configs: [{upgrade_type: websocket, enabled: false}]}
+              - {match: {prefix: /}, route: {cluster: ws}}""", cluster("ws", upstream),
+                         "          upgrade_configs: [{upgrade_type: websocket}]", admin_port=admin)
 
 
 @dataclass

@@ -3,11 +3,11 @@
 Envoy runs active health checking once, on its main thread, and every worker sees the same
 host health. Tulle's workers under `--concurrency N` are processes, so:
 - a single worker (no --concurrency) probes: LOCAL, plain HealthCheckers;
-- the leader worker probes: LeaderHealthChecks gives each cluster a HealthChecker with a
-  HealthReporter (report.py), whose reports go to every follower as `a` frames over the
-  worker link (proxy/worker_link.py);
+- the leader worker probes: LeaderHealthChecks gives each cluster a HealthChecker per
+  health check, all with the cluster's one HealthReporter (report.py), whose reports go to
+  every follower as `a` frames over the worker link (proxy/worker_link.py);
 - a follower never probes: its HealthReplica (replica.py) gives each cluster a
-  ReplicatedHealthChecker, and applies every report the leader sends.
+  ReplicatedHealthChecker per health check, and applies every report the leader sends.
 So a host is probed once per interval whatever N is, the health_check.* stats are one
 checker's, and /clusters health flags are every worker's common view (a report crosses the
 link within a loop turn of each side).

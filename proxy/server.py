@@ -260,6 +260,7 @@ class ProxyServer:
                 managers.append(manager)
                 self.managers.append(manager)
                 manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
+                manager.codec_stats = self.stats.share("http1", "", manager.codec_stats)
 
             def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
                 connection = manager.connection_class(manager)

@@ -20,10 +20,9 @@ from typing import TypeVar
 @dataclass(slots=True)
 class ClusterStats:
     GAUGES = frozenset({"upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
-                        "membership_healthy", "membership_total",
-                        "outlier_detection.ejections_active"})
+                        "membership_healthy", "membership_total", "membership_degraded",
+                        "membership_excluded", "outlier_detection.ejections_active"})
     upstream_rq_total: int = 0
-    upstream_rq_completed: int = 0
     upstream_rq_2xx: int = 0
     upstream_rq_3xx: int = 0
     upstream_rq_4xx: int = 0
@@ -46,6 +45,7 @@ class ClusterStats:
     upstream_rq_pending_active: int = 0
     membership_healthy: int = 0
     membership_total: int = 0
+    membership_change: int = 0   # updates that added or removed hosts, one per priority level
 
     def count_status(self, status: int) -> None:
         klass = status // 100
@@ -59,7 +59,16 @@ class ClusterStats:
             self.upstream_rq_3xx += 1
 
     def derived(self) -> dict[str, int]:
-        return {}
+        # Envoy counts a request completed whenever it charges a response class to the
+        # cluster (an upstream's answer, or the local 5xx of a reset or timeout), so it is
+        # their sum. Degraded and excluded hosts do not exist in Tulle's host model
+        # (proxy/upstream/host.py), and no upstream codec acts on underscores in headers
+        # (the cluster's headers_with_underscores_action is refused at load).
+        return {"upstream_rq_completed": self.upstream_rq_2xx + self.upstream_rq_3xx
+                + self.upstream_rq_4xx + self.upstream_rq_5xx,
+                "membership_degraded": 0, "membership_excluded": 0,
+                "http1.dropped_headers_with_underscores": 0,
+                "http1.requests_rejected_with_underscores_in_headers": 0}
 
 
 @dataclass(slots=True)
@@ -113,6 +122,19 @@ class HttpStats:
 
 
 @dataclass(slots=True)
+class Http1CodecStats:
+    """Envoy's process-wide `http1.*` scope: what the downstream HTTP/1 codecs of every
+    connection manager did with header names holding an underscore
+    (`headers_with_underscores_action`): each header dropped, each request refused."""
+    GAUGES = frozenset[str]()
+    dropped_headers_with_underscores: int = 0
+    requests_rejected_with_underscores_in_headers: int = 0
+
+    def derived(self) -> dict[str, int]:
+        return {}
+
+
+@dataclass(slots=True)
 class TcpProxyStats:
     GAUGES = frozenset({"downstream_cx_active"})
     downstream_cx_total: int = 0
@@ -144,10 +166,12 @@ class ListenerStats:
 # Gauges of what every worker holds alike — a cluster's hosts and their health (membership
 # comes from the one xDS stream, health from the leader's checks): the proxy's value is the
 # leader's, as Envoy's is its main thread's, not a sum over the workers.
-SAME_IN_EVERY_WORKER = frozenset({"membership_healthy", "membership_total"})
+# membership_change, the updates each worker applies alike, is the leader's too.
+SAME_IN_EVERY_WORKER = frozenset({"membership_healthy", "membership_total", "membership_degraded",
+                                  "membership_excluded", "membership_change"})
 
-Scope = ClusterStats | HttpStats | TcpProxyStats | ListenerStats
-S = TypeVar("S", ClusterStats, HttpStats, TcpProxyStats, ListenerStats)
+Scope = ClusterStats | HttpStats | Http1CodecStats | TcpProxyStats | ListenerStats
+S = TypeVar("S", ClusterStats, HttpStats, Http1CodecStats, TcpProxyStats, ListenerStats)
 StatRow = tuple[str, str, str, str, str, int, bool]
 
 
@@ -163,18 +187,19 @@ class StatsStore:
 
     def register(self, kind: str, name: str, scope: Scope,
                  extra: Callable[[], dict[str, int]] | None = None) -> None:
-        """kind: cluster | http | tcp | listener; name: the cluster name, stat_prefix or
-        address; `extra` yields more stats of the scope kept elsewhere (circuit breaker,
-        outlier detection)."""
-        self.scopes[f"{kind}.{name}"] = (kind, name, _TAG[kind], scope)
-        self.extras[f"{kind}.{name}"] = [extra] if extra is not None else []
+        """kind: cluster | http | tcp | listener, or http1 (one scope, no name); name: the
+        cluster name, stat_prefix or address; `extra` yields more stats of the scope kept
+        elsewhere (circuit breaker, outlier detection)."""
+        prefix = f"{kind}.{name}" if name else kind
+        self.scopes[prefix] = (kind, name, _TAG[kind], scope)
+        self.extras[prefix] = [extra] if extra is not None else []
 
     def share(self, kind: str, name: str, scope: S, extra: Callable[[], dict[str, int]] | None = None) -> S:
         """Like register, for filters: one whose name is already registered counts into
         the scope registered first, which is returned (Envoy's stats are by name, so two
         filter chains with one stat_prefix, e.g. a port's mTLS and plaintext chains, add
         up); their `extra` values add up too."""
-        key = f"{kind}.{name}"
+        key = f"{kind}.{name}" if name else kind
         current = self.scopes.get(key)
         if current is None or type(current[3]) is not type(scope):
             self.register(kind, name, scope, extra)
@@ -245,4 +270,4 @@ def _is_gauge(stat: str) -> bool:
 
 
 _TAG = {"cluster": "envoy_cluster_name", "http": "envoy_http_conn_manager_prefix",
-        "tcp": "envoy_tcp_prefix", "listener": "envoy_listener_address", "server": ""}
+        "tcp": "envoy_tcp_prefix", "listener": "envoy_listener_address", "http1": "", "server": ""}

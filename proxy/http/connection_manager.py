@@ -60,7 +60,7 @@ from proxy.router.route import (
     RedirectAction,
 )
 from proxy.router.route_table import RouteSelection, RouteTable
-from proxy.stats import HttpStats
+from proxy.stats import Http1CodecStats, HttpStats
 from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectFailure
@@ -99,6 +99,7 @@ class HttpConnectionManager:
         self.request_ids = RequestIds(rng)
         self.local_address = local_address
         self.stats = HttpStats()
+        self.codec_stats = Http1CodecStats()   # the process's one http1.* scope, once registered
         self.rbac_stats = RbacStats()
         self.draining = False   # the listener was replaced: close connections after their response
         self.connections: set[DownstreamConnection] = set()

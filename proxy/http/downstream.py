@@ -189,10 +189,14 @@ class DownstreamConnection(asyncio.Protocol):
         # The names, once (the connection manager's rules test this set, not the list).
         stream.header_names = names = set(map(_NAME, lines))
         if config.headers_with_underscores != "ALLOW" and any("_" in name for name in names):
+            codec_stats = self.manager.codec_stats
             if config.headers_with_underscores == "REJECT_REQUEST":
+                codec_stats.requests_rejected_with_underscores_in_headers += 1
                 self._error = 400
                 raise httptools.HttpParserError("header name with an underscore")
-            stream.headers.items = lines = [line for line in lines if "_" not in line[0]]
+            kept = [line for line in lines if "_" not in line[0]]
+            codec_stats.dropped_headers_with_underscores += len(lines) - len(kept)
+            stream.headers.items = lines = kept
             stream.header_names = names = set(map(_NAME, lines))
         if "content-length" in names or "transfer-encoding" in names or "expect" in names:
             content_length = "0"

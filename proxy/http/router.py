@@ -220,6 +220,7 @@ class Router:
         tried.append(host)
         if not cluster.breaker.try_start_request():
             stream.flags = "UO"
+            cluster.stats.upstream_rq_5xx += 1   # Envoy charges its local replies to the cluster too
             self.manager.reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                                extra=self._counted(stream, ("x-envoy-overloaded", "true")))
             return None
@@ -290,6 +291,7 @@ class Router:
                 self.end_attempt(stream, host)
             if outcome == OVERFLOW:
                 stream.flags = "UO"
+                cstats.upstream_rq_5xx += 1
                 manager.reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                               extra=self._counted(stream, ("x-envoy-overloaded", "true")))
                 return
@@ -310,6 +312,7 @@ class Router:
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
+                cstats.upstream_rq_5xx += 1
                 host.rq_timeout += 1
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
@@ -322,11 +325,13 @@ class Router:
                 continue
             if outcome == PER_TRY_TIMEOUT:
                 stream.flags = "UT,URX" if number > 1 else "UT"
+                cstats.upstream_rq_5xx += 1
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
             stream.flags = f"{flag},URX" if number > 1 else flag
+            cstats.upstream_rq_5xx += 1
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
             manager.reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode(),

@@ -103,7 +103,7 @@ class Cluster:
                 names[(address, endpoint.port)] = endpoint.hostname
                 if endpoint.socket_match:
                     metadata[(address, endpoint.port)] = endpoint.socket_match
-        self.host_set.update(hosts)
+        self.stats.membership_change += self.host_set.update(hosts)
         self.hostnames = {host: names.get((host.address, host.port), host.address)
                           for host in self.host_set.hosts}
         self._socket_match = {host: metadata[(host.address, host.port)] for host in self.host_set.hosts

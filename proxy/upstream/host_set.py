@@ -125,10 +125,13 @@ class HostSet:
         """Call `callback` after every membership or health change (balancers rebuild here)."""
         self._subscribers.append(callback)
 
-    def update(self, hosts: Sequence[Host]) -> None:
+    def update(self, hosts: Sequence[Host]) -> int:
         """Replace the membership (EDS/DNS). A host whose (address, port) was already
         present keeps its object, hence its counters and health-check and outlier
-        flags; its weight, priority and EDS health are taken from the new description."""
+        flags; its weight, priority and EDS health are taken from the new description.
+        Returns the number of priority levels that gained or lost a host (Envoy's
+        membership_change counts those)."""
+        before = {(host.address, host.port, host.locality_priority) for host in self.hosts}
         kept: list[Host] = []
         by_key: dict[tuple[str, int], Host] = {}
         for new in hosts:
@@ -151,6 +154,8 @@ class HostSet:
         self._by_key = by_key
         self.hosts = tuple(kept)
         self.health_changed()
+        after = {(host.address, host.port, host.locality_priority) for host in kept}
+        return len({priority for _, _, priority in before ^ after})
 
     def health_changed(self) -> None:
         """Recompute health, panic and load after hosts' flags changed; notify subscribers."""

@@ -79,6 +79,15 @@ def test_update_keeps_objects_of_persisting_hosts() -> None:
     assert b not in host_set.hosts
 
 
+def test_update_returns_the_priority_levels_that_gained_or_lost_hosts() -> None:
+    host_set = HostSet(())
+    assert host_set.update([Host("127.0.0.1", 80), Host("127.0.0.2", 80, locality_priority=1)]) == 2
+    assert host_set.update([Host("127.0.0.1", 80, weight=3), Host("127.0.0.2", 80, locality_priority=1)]) == 0
+    assert host_set.update([Host("127.0.0.1", 80), Host("127.0.0.3", 80, locality_priority=1)]) == 1
+    # a host moving between levels leaves one and joins the other
+    assert host_set.update([Host("127.0.0.1", 80, locality_priority=1), Host("127.0.0.3", 80, locality_priority=1)]) == 2
+
+
 def test_update_drops_duplicate_addresses() -> None:
     host_set = HostSet([Host("127.0.0.1", 80), Host("127.0.0.1", 80)])
     assert len(host_set) == 1

@@ -6,7 +6,11 @@ response as events: headers, body chunks, completion, or a reset (the connection
 failed before the response completed). A connection is reusable when the response completed,
 both sides allow keep-alive and the request body was fully sent. Interim 1xx responses
 (other than 101) are skipped. A response without Content-Length or chunked framing ends
-when the upstream closes: that close completes it instead of resetting it.
+when the upstream closes: that close completes it instead of resetting it. A response head
+whose header names and values add up to more than the cluster's max_response_headers_kb
+(Envoy's default 60 KiB) is a protocol error. To keep that free per response, the bytes read
+while in a head are summed per read, and the headers measured only when those exceed the
+limit (the raw bytes are never fewer than the names and values).
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ class ResponseSink(Protocol):
 
 class ConnectionOwner(Protocol):
     buffer_limit: int | None   # unsent bytes before the connection pauses its writer (None: uvloop's)
+    max_response_headers_bytes: int
 
     def connection_closed(self, connection: UpstreamConnection) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_close_delimited", "_headers", "_in_response", "_interim", "_owner",
+    __slots__ = ("_close_delimited", "_head_bytes", "_head_limit", "_headers", "_in_response", "_interim", "_owner",
                  "_parser", "closed", "early_tunnel_data", "keep_alive", "on_lost",
                  "protocol_error",
                  "requests", "sink", "transport", "tunnel", "upgraded")
@@ -58,6 +63,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self._headers: RawHeaders = []
+        self._head_bytes = 0   # read while in a head (an upper bound of its headers' size)
+        self._head_limit = owner.max_response_headers_bytes
         self._in_response = False
         self._interim = False
         self._close_delimited = False
@@ -82,6 +89,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel(data)
             return
+        head_bytes = 0
+        if not self._in_response:
+            head_bytes = self._head_bytes = self._head_bytes + len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -91,6 +101,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.early_tunnel_data.append(data[offset:])
         except httptools.HttpParserError:
             self._fail()
+            return
+        if head_bytes > self._head_limit and not self._in_response and self._head_bytes > self._head_limit + 16 * 1024:
+            self._fail()   # a head that does not end (the headers so far are not measured)
+            return
         sink = self.sink
         if sink is not None:
             sink.on_read_end()
@@ -159,6 +173,10 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         headers = self._headers
         self._headers = []
+        limit = self._head_limit
+        if self._head_bytes > limit and sum(len(name) + len(value) for name, value in headers) > limit:
+            raise httptools.HttpParserError("response headers too large")
+        self._head_bytes = 0
         if 100 <= status < 200 and status != 101:
             self._interim = True
             return

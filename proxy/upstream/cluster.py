@@ -266,5 +266,6 @@ class Cluster:
                                                      self.breaker,
                                                      self.config.max_requests_per_connection,
                                                      self.transport_socket(host), self.config.buffer_limit,
-                                                     self.config.tcp_keepalive)
+                                                     self.config.tcp_keepalive,
+                                                     self.config.max_response_headers_bytes)
         return pool

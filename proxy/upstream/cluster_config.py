@@ -76,6 +76,7 @@ class ClusterConfig:
     dns_refresh_rate: float = 5.0
     dns_family: str = "AUTO"
     max_requests_per_connection: int = 0      # 0: unlimited
+    max_response_headers_bytes: int = 60 * 1024   # HttpProtocolOptions' max_response_headers_kb
     buffer_limit: int | None = None           # per_connection_buffer_limit_bytes (None: default)
     stat_name: str = ""                      # alt_stat_name, else the name
     http2: bool = False                      # only allowed for the xDS server's cluster
@@ -160,6 +161,7 @@ class ClusterConfig:
         outlier = (OutlierConfig.from_proto(message.outlier_detection, join(path, "outlier_detection"))
                    if message.HasField("outlier_detection") else None)
         endpoints = _endpoints(message, join(path, "load_assignment"), kind)
+        http = _http_protocol_options(message, path)
         if kind == "LOGICAL_DNS" and (len(message.load_assignment.endpoints) != 1 or len(endpoints) != 1):
             raise ConfigError(join(path, "load_assignment"), "a LOGICAL_DNS cluster must have a single "
                               "locality_lb_endpoint and a single lb_endpoint")
@@ -174,11 +176,12 @@ class ClusterConfig:
             panic_threshold=panic,
             dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
             dns_family=family,
-            max_requests_per_connection=message.max_requests_per_connection.value,
+            max_requests_per_connection=http.max_requests_per_connection,
+            max_response_headers_bytes=http.max_response_headers_bytes,
             buffer_limit=(message.per_connection_buffer_limit_bytes.value or None
                           if message.HasField("per_connection_buffer_limit_bytes") else None),
             stat_name=message.alt_stat_name or message.name,
-            http2=_http2(message, path),
+            http2=http.http2,
             thresholds=thresholds,
             outlier=outlier,
             health_checks=health_checks,
@@ -222,24 +225,52 @@ def _metadata_pairs(struct: object) -> tuple[tuple[str, str], ...]:
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def _http2(message: Cluster, path: str) -> bool:
-    """Whether the cluster asks for HTTP/2 upstream (gRPC to an xDS server)."""
-    if message.HasField("http2_protocol_options"):
-        return True
-    for key, options in message.typed_extension_protocol_options.items():
+@dataclass(frozen=True, slots=True)
+class _HttpOptions:
+    http2: bool = False
+    max_requests_per_connection: int = 0
+    max_response_headers_bytes: int = 60 * 1024
+
+
+def _http_protocol_options(message: Cluster, path: str) -> _HttpOptions:
+    """The upstream HTTP options: whether the cluster asks for HTTP/2 (gRPC to an xDS
+    server), the requests a connection carries before it is closed (the cluster's
+    deprecated max_requests_per_connection, or common_http_protocol_options', never both,
+    as in Envoy) and the response headers' size limit (max_response_headers_kb)."""
+    legacy_max_requests = message.HasField("max_requests_per_connection")
+    http2 = message.HasField("http2_protocol_options")
+    options = _HttpOptions(http2, message.max_requests_per_connection.value)
+    for key, packed in message.typed_extension_protocol_options.items():
         here = f"{path}.typed_extension_protocol_options[{key}]"
-        if not options.type_url.endswith(_HTTP_OPTIONS):
-            raise ConfigError(here, f"{options.type_url} is not supported")
+        if not packed.type_url.endswith(_HTTP_OPTIONS):
+            raise ConfigError(here, f"{packed.type_url} is not supported")
         from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
         parsed = HttpProtocolOptions()
-        options.Unpack(parsed)
-        reject_unsupported(parsed, here, ("explicit_http_config",))
+        packed.Unpack(parsed)
+        reject_unsupported(parsed, here, ("explicit_http_config", "common_http_protocol_options"))
         explicit = parsed.explicit_http_config
         reject_unsupported(explicit, join(here, "explicit_http_config"),
                            ("http2_protocol_options", "http_protocol_options"))
-        return explicit.HasField("http2_protocol_options")
-    return False
+        max_requests = options.max_requests_per_connection
+        header_bytes = options.max_response_headers_bytes
+        if parsed.HasField("common_http_protocol_options"):
+            common = parsed.common_http_protocol_options
+            there = join(here, "common_http_protocol_options")
+            reject_unsupported(common, there, ("max_requests_per_connection", "max_response_headers_kb"))
+            if common.HasField("max_requests_per_connection"):
+                if legacy_max_requests:
+                    raise ConfigError(join(there, "max_requests_per_connection"),
+                                      f"{join(path, 'max_requests_per_connection')} is set too; "
+                                      "only one of them can be")
+                max_requests = common.max_requests_per_connection.value
+            if common.HasField("max_response_headers_kb"):
+                kb = common.max_response_headers_kb.value
+                if not 0 < kb <= 8192:
+                    raise ConfigError(join(there, "max_response_headers_kb"), f"must be within 1..8192, got {kb}")
+                header_bytes = kb * 1024
+        options = _HttpOptions(http2 or explicit.HasField("http2_protocol_options"), max_requests, header_bytes)
+    return options
 
 
 def _endpoints(message: Cluster, path: str, kind: str) -> tuple[EndpointConfig, ...]:

@@ -44,6 +44,7 @@ class _NeverPooled:
     """The owner of a connection dropped before it joined the pool."""
 
     buffer_limit: int | None = None
+    max_response_headers_bytes = 60 * 1024
 
     def connection_closed(self, connection: UpstreamConnection) -> None:
         pass
@@ -54,13 +55,15 @@ _NEVER_POOLED = _NeverPooled()
 
 class ConnectionPool:
     __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "buffer_limit", "connect_timeout",
-                 "host", "keepalive", "max_requests_per_connection", "open", "stats", "tls")
+                 "host", "keepalive", "max_requests_per_connection", "max_response_headers_bytes", "open", "stats",
+                 "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
                  breaker: CircuitBreaker, max_requests_per_connection: int = 0,
                  tls: TlsTransport | None = None, buffer_limit: int | None = None,
-                 keepalive: TcpKeepalive | None = None) -> None:
+                 keepalive: TcpKeepalive | None = None, max_response_headers_bytes: int = 60 * 1024) -> None:
         self.tls = tls
+        self.max_response_headers_bytes = max_response_headers_bytes
         self.keepalive = keepalive         # the cluster's upstream tcp_keepalive
         self.buffer_limit = buffer_limit   # the cluster's per_connection_buffer_limit_bytes
         self.max_requests_per_connection = max_requests_per_connection

@@ -49,6 +49,7 @@ def test_without_a_limit_each_connection_keeps_its_default() -> None:
 class _Owner:
     def __init__(self, buffer_limit: int | None) -> None:
         self.buffer_limit = buffer_limit
+        self.max_response_headers_bytes = 60 * 1024
 
     def connection_closed(self, connection: UpstreamConnection) -> None:
         pass

@@ -12,12 +12,11 @@ One difference, kept on purpose: Envoy leaves a drained connection's socket open
 `connection: close` response until the drain timer ends; tulle-proxy closes it after that
 response, which a client honouring `connection: close` cannot tell apart.
 
-`delayed_close_timeout` (when set above 0): a connection the proxy closes — after a
+`delayed_close_timeout` (1 s unless set, as in Envoy; 0 turns it off): a connection the proxy closes — after a
 `connection: close` response, a protocol error, the end of a drain — keeps its socket open
 after its last bytes, reading and dropping input, until the client closes it or the timeout
 passes (then `downstream_cx_delayed_close_timeout`), so a client still sending does not
-get a reset in place of the response. Unset, tulle-proxy closes at once (Envoy's default
-is 1 s).
+get a reset in place of the response.
 
 Theory of operation: nothing here runs until a connection starts draining or closing; then
 one loop timer per connection ends the drain or the delayed close. The connection manager's responses test the

@@ -15,7 +15,7 @@ with 408 and close the connection; off (0) by default, as in Envoy. Draining
 the idle timeout start a connection's drain — responses get `connection: close`, and
 `drain_timeout` (default 5 s) later the connection closes once no request is in flight;
 `delayed_close_timeout` is how long a connection the proxy closes waits for the client's own
-close (unset: 0, tulle-proxy closes at once, where Envoy's default is 1 s). `headers_with_underscores_action`:
+close (unset: 1 s, Envoy's default; 0 closes at once). `headers_with_underscores_action`:
 ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The stream
 idle timeout (route `idle_timeout`, else `stream_idle_timeout`, 5 min by default) bounds
 each attempt's wait for the upstream's response head: 504 "stream timeout" (408 while the
@@ -76,7 +76,7 @@ class HcmConfig:
     request_timeout: float = 0.0               # 0: off
     max_connection_duration: float = 0.0       # 0: off
     drain_timeout: float = 5.0
-    delayed_close_timeout: float = 0.0         # 0: close at once (Envoy's default is 1 s)
+    delayed_close_timeout: float = 1.0         # Envoy's default; 0: close at once
     headers_with_underscores: str = "ALLOW"    # | REJECT_REQUEST | DROP_HEADER
 
     @classmethod
@@ -193,7 +193,7 @@ class HcmConfig:
             request_timeout=_duration(message, "request_timeout", path, 0.0),
             max_connection_duration=max_duration,
             drain_timeout=_duration(message, "drain_timeout", path, 5.0),
-            delayed_close_timeout=_duration(message, "delayed_close_timeout", path, 0.0),
+            delayed_close_timeout=_duration(message, "delayed_close_timeout", path, 1.0),
             headers_with_underscores=underscores,
         )
 

@@ -34,6 +34,7 @@ def test_unset_fields_have_envoys_defaults() -> None:
     config = hcm("")
     assert (config.request_headers_timeout, config.request_timeout, config.max_connection_duration) == (0, 0, 0)
     assert (config.drain_timeout, config.idle_timeout, config.headers_with_underscores) == (5.0, 3600.0, "ALLOW")
+    assert config.delayed_close_timeout == 1.0
 
 
 @pytest.mark.parametrize(("extra", "field"), [

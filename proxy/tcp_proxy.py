@@ -4,7 +4,11 @@ relayed both ways.
 Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
 - the cluster is `cluster`, or one of `weighted_clusters` drawn per connection by weight;
 - the host comes from the cluster's balancer; a failed connect is retried on a new host up
-  to `max_connect_attempts` (default 1), after which the downstream connection is closed;
+  to `max_connect_attempts` (default 1), after which the downstream connection is closed:
+  reset (RST) if the client had sent bytes, which never got anywhere, else with FIN. That is
+  what Envoy's clients see: Envoy reads nothing before the upstream is up, and the kernel
+  resets a socket closed with unread input; the bytes held here were read, so the reset is
+  asked for (SO_LINGER 0);
 - bytes read before the upstream connection is up are held (and reading paused), then sent;
 - a half-close (FIN) on one side is passed to the other (to a TLS side, which asyncio
   cannot half-close, as a full close after its writes are flushed); the pair closes when
@@ -29,6 +33,7 @@ import asyncio
 import random
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -135,6 +140,9 @@ class TcpProxyFilter:
         if not self.rbac:
             return {}
         return {"rbac.allowed": self.rbac_stats.allowed, "rbac.denied": self.rbac_stats.denied}
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)   # linger on, 0 s: close() sends RST
 
 
 def _drop(data: bytes) -> None:
@@ -333,6 +341,13 @@ class DownstreamTcp(_Side):
                 cluster.breaker.close_connection()
                 return
             self._attach(upstream, cluster, host)
+            return
+        if self._pending and self.transport is not None and not self.closed:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            self.closed = True
+            self.transport.abort()
             return
         self.close()
 

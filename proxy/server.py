@@ -10,7 +10,9 @@ are shared through one dict, so a cluster added or replaced by CDS is what the n
 sees, while requests in flight keep the Cluster object they started with.
 
 Active health checks run once per proxy: in the only worker, or under --concurrency in the
-leader, whose results every follower applies (proxy/upstream/health/workers.py).
+leader, whose results every follower applies (proxy/upstream/health/workers.py); so does
+outlier detection, the leader's detectors counting every worker's outcomes
+(proxy/upstream/outlier_workers.py).
 
 TLS secrets named by SDS (`tls_certificate_sds_secret_configs`, validation contexts) come
 over one SDS stream per SDS cluster (proxy/tls/sds_client.py) into one SecretStore; static
@@ -30,7 +32,7 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -66,22 +68,40 @@ from proxy.upstream.health.workers import (
     HealthCheckers,
     LeaderHealthChecks,
 )
+from proxy.upstream.outlier_workers import (
+    LOCAL_OUTLIER,
+    EjectionReport,
+    FollowerOutlierDetectors,
+    LeaderOutlierDetectors,
+    OutcomeBatch,
+    OutcomeRun,
+    OutlierDetectors,
+)
 from proxy.worker_link import (
+    EJECTIONS,
     HEALTH,
     HOSTS,
+    OUTCOMES,
     SECRETS,
+    SERVER_HEALTH,
     SNAPSHOT_INTERVAL,
     STATS,
     XDS,
     ForwardedSecrets,
     ForwardingSecretStore,
     LinkProtocol,
+    decode_ejections,
     decode_health,
     decode_hosts,
+    decode_outcomes,
+    decode_server_health,
     decode_stats,
     decode_update,
+    encode_ejections,
     encode_health,
     encode_hosts,
+    encode_outcomes,
+    encode_server_health,
     encode_stats,
     encode_update,
     open_link,
@@ -103,6 +123,14 @@ class RunningListener:
     server: asyncio.AbstractServer | Dispatcher
     managers: list[HttpConnectionManager]
     proto: ListenerProto | None = None
+
+
+def _call_soon(callback: Callable[[], None]) -> object:
+    return asyncio.get_running_loop().call_soon(callback)
+
+
+def _call_later(delay: float, callback: Callable[[], None]) -> object:
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class ProxyServer:
@@ -130,6 +158,11 @@ class ProxyServer:
         self.followers_health = FollowerHealthChecks() if leader is not None else None
         self.health: HealthCheckers = (LeaderHealthChecks(self._send_health) if followers
                                        else self.followers_health or LOCAL)
+        # --concurrency: the leader's outlier detectors count every worker's outcomes
+        self.leader_outliers = LeaderOutlierDetectors(self._send_ejections) if followers else None
+        self.follower_outliers = (FollowerOutlierDetectors(OutcomeBatch(self._send_outcomes, _call_soon, _call_later))
+                                  if leader is not None else None)
+        self.outliers: OutlierDetectors = self.leader_outliers or self.follower_outliers or LOCAL_OUTLIER
         self._follower_traffic: set[str] = set()   # clusters (stat names) a follower sent requests
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
@@ -196,7 +229,7 @@ class ProxyServer:
             tls.append(cluster_config.transport_socket)
         for config in tls:
             self._subscribe_secrets(config.sds_sources())
-        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health)
+        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health, self.outliers)
         if self._follower_sockets:
             cluster.traffic_elsewhere = partial(self._follower_traffic.__contains__, cluster_config.stat_name)
         self.clusters[cluster.name] = cluster
@@ -206,7 +239,13 @@ class ProxyServer:
     def _health_changed(self, failed: bool) -> None:
         """Envoy's drain_type: a DEFAULT listener drains while the server is health-check failed
         (admin /healthcheck/fail): its responses close their connections until
-        /healthcheck/ok; a MODIFY_ONLY listener drains only when it is replaced or removed."""
+        /healthcheck/ok; a MODIFY_ONLY listener drains only when it is replaced or removed.
+        The state is the server's, so under --concurrency the leader (whose admin it is) passes
+        it to every follower."""
+        if self._follower_sockets:
+            frame = encode_server_health(failed)
+            for link in self._links:
+                link.send(frame)
         for running in self.listeners.values():
             if running.config.drain_type == "DEFAULT":
                 for manager in running.managers:
@@ -390,10 +429,26 @@ class ProxyServer:
             self.forwarded_secrets.apply(payload)
         elif kind == HEALTH and self.followers_health is not None:
             self.followers_health.replica.apply(decode_health(payload), asyncio.get_running_loop().time())
+        elif kind == EJECTIONS and self.follower_outliers is not None:
+            self.follower_outliers.apply(decode_ejections(payload))
+        elif kind == SERVER_HEALTH:
+            failed = decode_server_health(payload)
+            self.admin_state.health_check_failed = failed
+            self._health_changed(failed)
 
     def _send_health(self, report: ClusterHealth) -> None:
         frame = encode_health(report)
         for link in self._links:
+            link.send(frame)
+
+    def _send_ejections(self, report: EjectionReport) -> None:
+        frame = encode_ejections(report)
+        for link in self._links:
+            link.send(frame)
+
+    def _send_outcomes(self, runs: list[OutcomeRun]) -> None:
+        frame = encode_outcomes(runs)
+        for link in self._links:   # a follower's one link, to the leader
             link.send(frame)
 
     async def _apply_forwarded(self) -> None:
@@ -420,6 +475,8 @@ class ProxyServer:
                                           if stat == "upstream_rq_total" and value and kind_ == "cluster")
         elif kind == HOSTS:
             self.admin_state.follower_hosts[index] = decode_hosts(payload)
+        elif kind == OUTCOMES and self.leader_outliers is not None:
+            self.leader_outliers.apply(decode_outcomes(payload), asyncio.get_running_loop().time())
 
     async def _apply(self, type_url: str, resources: Sequence[Any]) -> dict[str, tuple[str, ...]]:
         if type_url == CLUSTER:

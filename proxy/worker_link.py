@@ -36,8 +36,14 @@ DiscoveryResponse carrying type_url and resources), `k` secrets (a serialized
 DiscoveryResponse of Secret resources, PEM inline), `s` a stats snapshot (JSON list of
 [name, kind, scope, tag, stat, value, is_gauge]), `h` a per-host snapshot (JSON list of
 [cluster, host, {field: value}], admin/endpoints.py's HostRow), `a` a health report (JSON
-[cluster, full, initialized, removed, [[address, port, failed, passed], ...]], a
-ClusterHealth).
+[cluster, full, initialized, removed, [[address, port, failed], ...]], a
+ClusterHealth), `f` the server's health-check state (admin /healthcheck/fail and /ok: `1`
+failed, `0` ok), which the leader's admin sets and every follower applies (its DEFAULT listeners
+drain while failed, as Envoy's drain manager does for every worker), `o` a follower's batch of
+upstream outcomes for the leader's outlier detectors (JSON list of [cluster, address, port,
+status, count], OutcomeRuns) and `e` the ejections of one cluster's outlier detector, which
+every follower sets on its hosts (JSON [cluster, removed, [[address, port], ...]], an
+EjectionReport; proxy/upstream/outlier_workers.py).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from proxy.admin.endpoints import HostRow
 from proxy.stats import StatRow
 from proxy.tls.secrets import SECRET, CertificateSecret, Secret, SecretStore, decode_secrets
 from proxy.upstream.health.report import ClusterHealth, HostHealth
+from proxy.upstream.outlier_workers import EjectionReport, OutcomeRun
 
 log = logging.getLogger("tulle.proxy.workers")
 
@@ -65,6 +72,9 @@ STATS = b"s"
 SECRETS = b"k"
 HOSTS = b"h"
 HEALTH = b"a"
+SERVER_HEALTH = b"f"
+OUTCOMES = b"o"
+EJECTIONS = b"e"
 SNAPSHOT_INTERVAL = 0.25
 _HEADER = struct.Struct(">cI")
 
@@ -138,16 +148,40 @@ def decode_hosts(payload: bytes) -> list[HostRow]:
 
 
 def encode_health(report: ClusterHealth) -> bytes:
-    hosts = [[host.address, host.port, host.failed, host.passed] for host in report.hosts]
+    hosts = [[host.address, host.port, host.failed] for host in report.hosts]
     return encode_frame(HEALTH, json.dumps([report.cluster, report.full, report.initialized, report.removed,
                                             hosts]).encode())
 
 
 def decode_health(payload: bytes) -> ClusterHealth:
     cluster, full, initialized, removed, hosts = json.loads(payload)
-    return ClusterHealth(cluster, tuple(HostHealth(address, port, failed, passed)
-                                        for address, port, failed, passed in hosts),
+    return ClusterHealth(cluster, tuple(HostHealth(address, port, failed) for address, port, failed in hosts),
                          full=full, initialized=initialized, removed=removed)
+
+
+def encode_server_health(failed: bool) -> bytes:
+    return encode_frame(SERVER_HEALTH, b"1" if failed else b"0")
+
+
+def decode_server_health(payload: bytes) -> bool:
+    return payload == b"1"
+
+
+def encode_outcomes(runs: Sequence[OutcomeRun]) -> bytes:
+    return encode_frame(OUTCOMES, json.dumps(runs).encode())
+
+
+def decode_outcomes(payload: bytes) -> list[OutcomeRun]:
+    return [OutcomeRun(*run) for run in json.loads(payload)]
+
+
+def encode_ejections(report: EjectionReport) -> bytes:
+    return encode_frame(EJECTIONS, json.dumps([report.cluster, report.removed, report.ejected]).encode())
+
+
+def decode_ejections(payload: bytes) -> EjectionReport:
+    cluster, removed, ejected = json.loads(payload)
+    return EjectionReport(cluster, tuple((address, port) for address, port in ejected), removed=removed)
 
 
 class LinkProtocol(asyncio.Protocol):

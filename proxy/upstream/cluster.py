@@ -32,6 +32,7 @@ from proxy.upstream.health.workers import LOCAL, HealthCheckers
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierDetector
+from proxy.upstream.outlier_workers import LOCAL_OUTLIER, OutlierDetectors
 from proxy.upstream.pool import ConnectionPool
 
 log = logging.getLogger("tulle.proxy.cluster")
@@ -43,8 +44,10 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
 
 class Cluster:
     def __init__(self, config: ClusterConfig, rng: random.Random,
-                 secrets: SecretStore | None = None, health: HealthCheckers = LOCAL) -> None:
-        """`health`: who probes this worker's hosts (proxy/upstream/health/workers.py)."""
+                 secrets: SecretStore | None = None, health: HealthCheckers = LOCAL,
+                 outliers: OutlierDetectors = LOCAL_OUTLIER) -> None:
+        """`health`: who probes this worker's hosts (proxy/upstream/health/workers.py);
+        `outliers`: who decides their ejections (proxy/upstream/outlier_workers.py)."""
         self.name = config.name
         self.config = config
         self.stats = ClusterStats()
@@ -56,8 +59,10 @@ class Cluster:
         if config.locality_weighted:
             self.host_set.set_locality_weighted(True)
         self.breaker = CircuitBreaker(config.thresholds)
-        self.outlier = (OutlierDetector(config.outlier, self.host_set, rng, self._health_changed)
-                        if config.outlier is not None else None)
+        self._outliers = outliers
+        self.outlier: OutlierDetector | None = (
+            outliers.detector(config.outlier, self.host_set, rng, config.name, self._health_changed)
+            if config.outlier is not None else None)
         self._outlier_timer: asyncio.TimerHandle | None = None
         # --concurrency: whether another worker sent this cluster requests (the leader's
         # checker probes at `interval`, not `no_traffic_interval`, once any worker did)
@@ -208,6 +213,8 @@ class Cluster:
             await checker.stop()
         if self._outlier_timer is not None:
             self._outlier_timer.cancel()
+        if self.outlier is not None:
+            self._outliers.stopped(self.name, self.outlier)
         if self._dns_task is not None:
             self._dns_task.cancel()
         for pool in self.pools.values():

@@ -125,6 +125,10 @@ class HostSet:
         """Call `callback` after every membership or health change (balancers rebuild here)."""
         self._subscribers.append(callback)
 
+    def host(self, address: str, port: int) -> Host | None:
+        """The member at (address, port), if any (another worker names hosts so)."""
+        return self._by_key.get((address, port))
+
     def update(self, hosts: Sequence[Host]) -> int:
         """Replace the membership (EDS/DNS). A host whose (address, port) was already
         present keeps its object, hence its counters and health-check and outlier

@@ -297,6 +297,28 @@ class OutlierDetector:
             m.consecutive_5xx = 0
             m.consecutive_gateway_failure = 0
 
+    def record_run(self, host: Host, status: int | None, count: int, now: float) -> None:
+        """`count` outcomes alike in a row (another worker's, reported in a batch): the same
+        as `count` calls of `record`, a run of successes in one step."""
+        m = self._monitors.get(host)
+        if m is None:
+            return
+        if status is None or status >= 500:
+            for _ in range(count):
+                self.record(host, status, now)
+            return
+        if self.config.split_external_local_origin_errors:
+            m.local_current_total += count
+            m.local_current_success += count
+            m.consecutive_local_origin_failure = 0
+        m.current_total += count
+        m.current_success += count
+        m.consecutive_5xx = 0
+        m.consecutive_gateway_failure = 0
+
+    def ejected(self) -> tuple[Host, ...]:
+        return tuple(host for host in self._monitors if host.outlier_ejected)
+
     def health_check_passed(self, host: Host, now: float) -> None:
         """An active health check succeeded: un-eject at once (if so configured)."""
         m = self._monitors.get(host)

@@ -41,17 +41,18 @@ REQUESTS = 40     # each on its own downstream connection: SO_REUSEPORT spreads 
 
 class ProbedUpstream:
     """A keep-alive HTTP/1.1 upstream: GET /healthz answers `health_status`, anything else
-    200. Counts the probes and the requests, and the connections each came on."""
+    `request_status`. Counts the probes and the requests, and the connections each came on."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_status: int = 200, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.health_status = 200
+        self.request_status = request_status
         self.probes = 0
         self.requests = 0
         self.probe_connections: set[int] = set()
         self.request_connections: set[int] = set()
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = socket.create_server(address)
         self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
         self._stop = threading.Event()
@@ -86,7 +87,7 @@ class ProbedUpstream:
                         else:
                             self.requests += 1
                             self.request_connections.add(ident)
-                    status = self.health_status if probe else 200
+                    status = self.health_status if probe else self.request_status
                     conn.sendall(b"HTTP/1.1 %d X\r\ncontent-length: 2\r\n\r\nok" % status)
             except OSError:
                 return

@@ -269,7 +269,7 @@ class HealthChecker:
         if result.passed and self.on_check_passed is not None:
             self.on_check_passed(host)
         if self.reporter is not None:
-            self.reporter.checked(host, result.passed, flipped or first)
+            self.reporter.checked(host, flipped or first)
         self._update_initialized()
         return transition
 

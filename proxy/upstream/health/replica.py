@@ -15,8 +15,7 @@ Rules:
   once; `initialized` (cluster warming) is set when the leader's first round is.
 - A report is applied to the cluster's hosts in one step on the event loop: every flag,
   then one HostSet.health_changed() (the balancers rebuild once), then `on_change`; a
-  host turning healthy gets `last_hc_pass_time` = now (slow start counts from there); a
-  passed check reaches `on_check_passed` (outlier un-ejection) after the flags.
+  host turning healthy gets `last_hc_pass_time` = now (slow start counts from there).
 - A report names hosts this worker may not have (a removal not applied yet here): they
   are only kept.
 
@@ -68,10 +67,9 @@ class HealthReplica:
 
     def checker(self, config: HealthCheckConfig, host_set: HostSet, cluster: str,
                 on_change: Callable[[], None] | None = None,
-                on_check_passed: Callable[[Host], None] | None = None,
                 clock: Callable[[], float] | None = None,
                 group: list[ReplicatedHealthChecker] | None = None) -> ReplicatedHealthChecker:
-        return ReplicatedHealthChecker(self, config, host_set, cluster, on_change, on_check_passed, clock, group)
+        return ReplicatedHealthChecker(self, config, host_set, cluster, on_change, clock, group)
 
     def attach(self, checker: ReplicatedHealthChecker) -> None:
         """Reports for the checker's cluster now go to its group (a replaced cluster's
@@ -88,7 +86,6 @@ class ReplicatedHealthChecker:
 
     def __init__(self, replica: HealthReplica, config: HealthCheckConfig, host_set: HostSet, cluster: str,
                  on_change: Callable[[], None] | None = None,
-                 on_check_passed: Callable[[Host], None] | None = None,
                  clock: Callable[[], float] | None = None,
                  group: list[ReplicatedHealthChecker] | None = None) -> None:
         """`group`: the checkers of the same cluster (one per health check), this one too;
@@ -99,7 +96,6 @@ class ReplicatedHealthChecker:
         self.stats = HealthCheckStats()  # stays 0: the leader probes
         self.initialized = asyncio.Event()
         self.on_change = on_change
-        self.on_check_passed = on_check_passed
         self._replica = replica
         self._host_set = host_set
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
@@ -138,7 +134,6 @@ class ReplicatedHealthChecker:
     def apply(self, hosts: tuple[HostHealth, ...], initialized: bool, now: float) -> None:
         """Set the flags of the hosts this worker has, in one step."""
         changed = False
-        passed: list[Host] = []
         for report in hosts:
             host = self._by_address.get((report.address, report.port))
             if host is None:
@@ -148,14 +143,9 @@ class ReplicatedHealthChecker:
                 if not report.failed:
                     host.last_hc_pass_time = now
                 changed = True
-            if report.passed:
-                passed.append(host)
         if changed:
             self._host_set.health_changed()
             if self.on_change is not None:
                 self.on_change()
-        if self.on_check_passed is not None:
-            for host in passed:
-                self.on_check_passed(host)
         if initialized or not self._host_set.hosts:
             self.initialized.set()

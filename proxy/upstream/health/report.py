@@ -5,9 +5,9 @@ since Host objects are per worker. Rules of the reports a HealthReporter sends (
 side; proxy/upstream/health/replica.py applies them, proxy/upstream/health/workers.py says
 why):
 - a *delta* (`full` false) for one host each time its check result matters to a follower:
-  its health_check_failed (under all the cluster's checks) flipped, or its first result came (it is no longer pending), or,
-  with `report_passes` (the cluster has outlier detection, whose follower-side detector
-  un-ejects a host on a passing check), any check of it passed;
+  its health_check_failed (under all the cluster's checks) flipped, or its first result came
+  (it is no longer pending); a passing check that changes nothing is not sent (outlier
+  un-ejection on a passing check is the leader's, proxy/upstream/outlier_workers.py);
 - the *whole cluster* (`full`: every host the leader has, replacing what the follower
   kept) once every host had its first result (`initialized`: the followers' cluster
   warming ends), and again whenever the leader's membership of the cluster changes
@@ -32,7 +32,6 @@ class HostHealth(NamedTuple):
     address: str
     port: int
     failed: bool  # the leader's Host.health_check_failed
-    passed: bool = False  # this report is of a check that passed (outlier un-ejection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,22 +47,19 @@ class HealthReporter:
     """One leader HealthChecker's results as ClusterHealth reports, handed to `send`."""
 
     def __init__(self, cluster: str, host_set: HostSet, send: Callable[[ClusterHealth], None],
-                 report_passes: bool = False,
                  on_stop: Callable[[HealthReporter], None] | None = None, checks: int = 1) -> None:
         """`checks`: how many HealthCheckers of the cluster report here (one per health check)."""
         self.cluster = cluster
         self.initialized = False
         self._incomplete = checks
-        self.report_passes = report_passes
         self._host_set = host_set
         self._send = send
         self._on_stop = on_stop
 
-    def checked(self, host: Host, passed: bool, changed: bool) -> None:
+    def checked(self, host: Host, changed: bool) -> None:
         """A check of `host` completed; `changed`: its flag flipped or it was its first."""
-        if changed or (passed and self.report_passes):
-            self._send(ClusterHealth(self.cluster, (HostHealth(host.address, host.port,
-                                                               host.health_check_failed, passed),),
+        if changed:
+            self._send(ClusterHealth(self.cluster, (HostHealth(host.address, host.port, host.health_check_failed),),
                                      initialized=self.initialized))
 
     def complete(self) -> None:

@@ -22,8 +22,8 @@ leader's warming of a cluster that replaces one of the same name time out, a fol
 cluster starts from what it kept of the old one (the same addresses, probed moments ago)
 until the next reports.
 
-Each worker resolves a STRICT_DNS cluster itself: a host only a follower resolved (a DNS
-answer that rotates subsets) has no report, and stays failed and pending there.
+DNS clusters are resolved once too, by the leader (proxy/upstream/dns_workers.py), so every
+worker has the hosts the leader probes.
 """
 
 from __future__ import annotations
@@ -82,10 +82,8 @@ class LeaderHealthChecks:
                  keepalive: TcpKeepalive | None = None) -> list[ActiveHealthChecker]:
         # One reporter for all the cluster's checks: a report carries each host's health under
         # all of them (Host.health_check_failed), and the first round is complete once every
-        # check's is. Passing checks matter to a follower only for its outlier detector's
-        # un-ejection.
-        reporter = HealthReporter(cluster, host_set, self._send, report_passes=on_check_passed is not None,
-                                  on_stop=self._stopped, checks=len(configs))
+        # check's is.
+        reporter = HealthReporter(cluster, host_set, self._send, on_stop=self._stopped, checks=len(configs))
         self._current[cluster] = reporter
         peers: list[HealthChecker] = []
         for config in configs:
@@ -111,8 +109,9 @@ class FollowerHealthChecks:
                  has_traffic: Callable[[], bool], on_change: Callable[[], None],
                  on_check_passed: Callable[[Host], None] | None,
                  keepalive: TcpKeepalive | None = None) -> list[ActiveHealthChecker]:
-        # one stand-in per check, so the cluster's health_check stats have the leader's names
+        # one stand-in per check, so the cluster's health_check stats have the leader's names;
+        # no passes to pass on: the leader's outlier detector un-ejects (outlier_workers.py)
         group: list[ReplicatedHealthChecker] = []
         for config in configs:
-            group.append(self.replica.checker(config, host_set, cluster, on_change, on_check_passed, group=group))
+            group.append(self.replica.checker(config, host_set, cluster, on_change, group=group))
         return list(group)

@@ -28,10 +28,8 @@ class Follower:
         self.host_set = HostSet(members)
         self.rebuilds = 0
         self.changes = 0
-        self.passed: list[Host] = []
         self.host_set.subscribe(self._rebuilt)
-        self.checker = replica.checker(CONFIG, self.host_set, "web", on_change=self._changed,
-                                       on_check_passed=self.passed.append, clock=lambda: 42.0)
+        self.checker = replica.checker(CONFIG, self.host_set, "web", on_change=self._changed, clock=lambda: 42.0)
         self.checker.start()
         self.rebuilds = 0
 
@@ -133,16 +131,8 @@ def test_a_host_turning_healthy_starts_its_slow_start_when_the_follower_learns_i
     follower = Follower(replica, hosts(1))
     replica.apply(delta(HostHealth("10.0.0.1", 1, False)), now=7.5)
     assert follower.host_set.hosts[0].last_hc_pass_time == 7.5
-    replica.apply(delta(HostHealth("10.0.0.1", 1, False, passed=True)), now=9.0)
+    replica.apply(delta(HostHealth("10.0.0.1", 1, False)), now=9.0)
     assert follower.host_set.hosts[0].last_hc_pass_time == 7.5   # no flip: unchanged
-
-
-def test_a_passed_check_reaches_the_followers_outlier_detector_after_the_flags() -> None:
-    replica = HealthReplica()
-    follower = Follower(replica, hosts(1))
-    replica.apply(delta(HostHealth("10.0.0.1", 1, False, passed=True)), now=1.0)
-    assert follower.passed == list(follower.host_set.hosts)
-    assert not follower.passed[0].health_check_failed
 
 
 def test_a_replaced_clusters_checker_no_longer_gets_reports() -> None:
@@ -158,32 +148,24 @@ def test_a_replaced_clusters_checker_no_longer_gets_reports() -> None:
 def test_a_followers_checker_counts_no_health_check_stats() -> None:
     replica = HealthReplica()
     follower = Follower(replica, hosts(1))
-    replica.apply(delta(HostHealth("10.0.0.1", 1, False, passed=True)), now=1.0)
+    replica.apply(delta(HostHealth("10.0.0.1", 1, False)), now=1.0)
     assert set(follower.checker.stats.as_dict().values()) == {0}
 
 
 # the leader's side
 
 
-def reporter(members: list[Host], report_passes: bool = False) -> tuple[HealthReporter, list[ClusterHealth]]:
+def reporter(members: list[Host]) -> tuple[HealthReporter, list[ClusterHealth]]:
     sent: list[ClusterHealth] = []
-    return HealthReporter("web", HostSet(members), sent.append, report_passes), sent
+    return HealthReporter("web", HostSet(members), sent.append), sent
 
 
 def test_the_leader_reports_a_host_whose_health_flipped_or_got_its_first_result() -> None:
     reporter_, sent = reporter(hosts(1))
     host = Host("10.0.0.1", 1)
-    reporter_.checked(host, passed=True, changed=True)
-    reporter_.checked(host, passed=True, changed=False)   # nothing new for a follower
-    assert sent == [ClusterHealth("web", (HostHealth("10.0.0.1", 1, False, True),))]
-
-
-def test_the_leader_reports_every_passing_check_when_followers_need_it_for_outlier_detection() -> None:
-    reporter_, sent = reporter(hosts(1), report_passes=True)
-    host = Host("10.0.0.1", 1)
-    reporter_.checked(host, passed=True, changed=False)
-    reporter_.checked(host, passed=False, changed=False)
-    assert sent == [ClusterHealth("web", (HostHealth("10.0.0.1", 1, False, True),))]
+    reporter_.checked(host, changed=True)
+    reporter_.checked(host, changed=False)   # nothing new for a follower (a pass, say)
+    assert sent == [ClusterHealth("web", (HostHealth("10.0.0.1", 1, False),))]
 
 
 def test_the_leader_sends_the_whole_cluster_once_warm_and_on_each_membership_change_after() -> None:
@@ -215,7 +197,7 @@ def test_the_leader_reports_a_removed_cluster_but_not_a_replaced_one() -> None:
 
 
 def test_a_health_report_crosses_the_link_unchanged() -> None:
-    report = ClusterHealth("web", (HostHealth("10.0.0.1", 80, False, True), HostHealth("fd00::1", 8080, True)),
+    report = ClusterHealth("web", (HostHealth("10.0.0.1", 80, False), HostHealth("fd00::1", 8080, True)),
                            full=True, initialized=True)
     [(kind, payload)] = FrameReader().feed(encode_health(report))
     assert kind == HEALTH

@@ -19,7 +19,10 @@ slows each call (Envoy, which makes more, the more), so take rates from runs wit
 
 Printed: medians and Tulle/Envoy ratios of Gbit/s, CPU seconds per GB (proxy, load),
 requests/s, requests per second of proxy CPU (`small_rps_per_core`) and CPU µs per request
-(small), and the proxy's RSS idle (just started) and after the small load. The machine may
+(small), and the proxy's RSS idle (just started) and after the small load.
+`small_machine_cpu_us` is both cores' busy time per request (/proc/stat, so it includes other
+processes on a shared machine): it also counts kernel work that a proxy's relay leaves to
+softirqs and kworkers on the load core, which the proxy's own CPU time does not show. The machine may
 be shared: ratios from the same sitting mean more than absolute figures.
 """
 
@@ -30,6 +33,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,11 +153,16 @@ def measure_small(kind: str, args: argparse.Namespace, directory: Path, upstream
         wrk(url, args.load_cpu, 1, 50)
         with syscall_count(running.process.pid, args.syscalls) as counts:
             before = running.cpu_seconds()
+            cores = CoreClock(args.proxy_cpu, args.load_cpu)
+            started = time.monotonic()
             result = wrk(url, args.load_cpu, args.duration, 50)
+            elapsed = time.monotonic() - started
+            busy = cores.busy()
             cpu = running.cpu_seconds() - before
         row["small_rps"] = result.rps
         row["small_cpu_us"] = cpu * 1e6 / max(result.requests, 1)
         row["small_rps_per_core"] = result.requests / max(cpu, 1e-9)
+        row["small_machine_cpu_us"] = sum(busy.values()) * elapsed * 1e6 / max(result.requests, 1)
         row["rss_load"] = running.rss_mib()
         if counts:
             row["syscalls_per_rq"] = counts["syscalls"] / max(result.requests, 1)

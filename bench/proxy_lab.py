@@ -35,7 +35,7 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15) 
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"process {process.args} did not start listening on {port}") from None
+                raise RuntimeError(f"process {process.args!r} did not start listening on {port}") from None
             time.sleep(0.05)
 
 

@@ -175,9 +175,9 @@ class Client:
         if sotw:
             entries = [(None, r) for r in resp.resources]
             # A SotW request always repeats the full subscription (empty: wildcard).
-            names = sorted(self.clusters) if t == ENDPOINT else sorted(self.routes_wanted) if t == ROUTE else []
+            subscribed = sorted(self.clusters) if t == ENDPOINT else sorted(self.routes_wanted) if t == ROUTE else []
             ack: Any = discovery_pb2.DiscoveryRequest(
-                type_url=t, response_nonce=resp.nonce, version_info=resp.version_info, resource_names=names
+                type_url=t, response_nonce=resp.nonce, version_info=resp.version_info, resource_names=subscribed
             )
         else:
             entries = [(r.name, r.resource) for r in resp.resources]

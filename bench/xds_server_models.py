@@ -71,7 +71,12 @@ def serve_threads(clients: int) -> None:
         "bench.Push", {"Stream": grpc.stream_stream_rpc_method_handler(handler, _identity, _identity)})])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    _control_loop(port, lambda: len(streams), lambda: [q.put(PAYLOAD) for q in list(streams)],
+
+    def push() -> None:
+        for outbox in list(streams):
+            outbox.put(PAYLOAD)
+
+    _control_loop(port, lambda: len(streams), push,
                   lambda n: [replies.acquire() for _ in range(n)])
     server.stop(0)
 

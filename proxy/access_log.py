@@ -10,9 +10,10 @@ about a second after they are written, and at exit, as Envoy flushes.
 
 What the operators read of a request (`http_operators`): the request headers as forwarded
 (after the connection manager's and the route's changes; `:path` after rewrites, with
-x-envoy-original-path beside it), the response head as sent downstream (an upstream's
-head as received, plus x-envoy-upstream-service-time; a local reply's own head), the
-response flags and Envoy's response code details, and the downstream remote address as
+x-envoy-original-path beside it), the response head as the connection manager made it (an
+upstream's head with x-envoy-upstream-service-time, server, date and the route's headers; a
+local reply's own head; without the codec's chunked framing), the SNI a tls_inspector read
+(%REQUESTED_SERVER_NAME%), the response flags and Envoy's response code details, and the downstream remote address as
 Envoy takes it (the peer with use_remote_address, else the last x-forwarded-for entry).
 
 Theory of operation: the format is parsed at config time (proxy/access_log_format.py) and
@@ -52,6 +53,7 @@ from proxy.access_log_format import (
     start_time,
 )
 from proxy.config_error import ConfigError, reject_unsupported
+from proxy.http.response import CODEC_CHUNKED
 from proxy.proto_config import join
 
 if TYPE_CHECKING:
@@ -191,6 +193,7 @@ def http_operators(use_remote_address: bool) -> Operators:
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _fixed(lambda stream, end: address(stream.downstream_remote)),
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _fixed(lambda stream, end: stream.downstream_remote[0]),
         "ROUTE_NAME": _fixed(_route_name),
+        "REQUESTED_SERVER_NAME": _fixed(lambda stream, end: stream.conn.server_name or None),
     })
     if use_remote_address:
         table["DOWNSTREAM_REMOTE_ADDRESS"] = table["DOWNSTREAM_DIRECT_REMOTE_ADDRESS"]
@@ -321,6 +324,21 @@ def _request_header(args: str | None) -> Getter:
     return _either(one(names[0]), one(names[1]) if len(names) > 1 else None)
 
 
+def _sent_header(parts: list[bytes], name: bytes) -> str | None:
+    """Header `name` of a head sent as `parts` (status line first), as the connection manager
+    made it — with the server, date and route headers it added — but without the codec's
+    chunked framing (CODEC_CHUNKED); repeated headers joined by commas, as Envoy's
+    %RESP(..)% does."""
+    value = None
+    head = b"".join(part for part in parts[1:] if part is not CODEC_CHUNKED)
+    for line in head.split(b"\r\n"):
+        key, _, text = line.partition(b":")
+        if key.lower() == name:
+            found = text.strip().decode("latin-1")
+            value = found if value is None else f"{value},{found}"
+    return value
+
+
 def _response_header(args: str | None) -> Getter:
     def one(name: str) -> Getter:
         if name == "x-envoy-upstream-service-time":
@@ -331,13 +349,8 @@ def _response_header(args: str | None) -> Getter:
             headers = getattr(stream, "response_headers", None)
             if headers is None:
                 return None
-            if isinstance(headers, list):   # an upstream's raw lines (proxy/http/client.py)
-                value = None
-                for key, line in headers:
-                    if key == raw_name:
-                        text = line.decode("latin-1")
-                        value = text if value is None else f"{value},{text}"
-                return value
+            if isinstance(headers, list):   # an upstream head's parts as sent (commit_raw_head)
+                return _sent_header(headers, raw_name)
             value = _header_value(headers.items, name)
             if value == "0" and name == "content-length" and stream.upstream == "-":
                 return None   # Envoy's codec adds it to an empty local reply on the wire only

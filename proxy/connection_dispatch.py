@@ -44,10 +44,12 @@ _PARTIAL_WAIT = 0.002   # a ClientHello split across segments: look again shortl
 
 @dataclass(slots=True)
 class ChainRuntime:
-    """A filter chain ready to serve: `protocol(destination)` builds its asyncio protocol."""
+    """A filter chain ready to serve: `protocol(destination, server_name)` builds its asyncio
+    protocol for a connection to `destination` whose TLS ClientHello named `server_name`
+    (the SNI the tls_inspector read; "" without one)."""
 
     config: FilterChainConfig
-    protocol: Callable[[Destination | None], asyncio.BaseProtocol]
+    protocol: Callable[[Destination | None, str], asyncio.BaseProtocol]
     tls: TlsTransport | None
 
 
@@ -132,8 +134,9 @@ class Dispatcher:
                 return
             context = chain.tls.server_context() if chain.tls is not None else None
             chosen = chain
+            server_name = inspection.server_name
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: chosen.protocol(destination), connection, ssl=context,
+                lambda: chosen.protocol(destination, server_name), connection, ssl=context,
                 ssl_handshake_timeout=10.0 if context is not None else None)
         except (OSError, ssl.SSLError, SecretNotReady, TimeoutError) as error:
             log.debug("listener %s: connection dropped: %s", self.config.name, error)

@@ -266,7 +266,7 @@ class ProxyServer:
             runtime = default or chains[0]
             context = runtime.tls.server_context() if runtime.tls is not None else None
             server = await loop.create_server(
-                lambda: runtime.protocol(None), address.address, address.port,
+                lambda: runtime.protocol(None, ""), address.address, address.port,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024, ssl=context)
             self.servers.append(server)
         else:
@@ -301,9 +301,11 @@ class ProxyServer:
                 manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
                 manager.codec_stats = self.stats.share("http1", "", manager.codec_stats)
 
-            def http(destination: tuple[str, int] | None, manager: HttpConnectionManager = manager) -> DownstreamConnection:
+            def http(destination: tuple[str, int] | None, server_name: str,
+                     manager: HttpConnectionManager = manager) -> DownstreamConnection:
                 connection = manager.connection_class(manager)
                 connection.destination = destination
+                connection.server_name = server_name
                 connection.buffer_limit = buffer_limit
                 return connection
             return ChainRuntime(chain, http, tls)

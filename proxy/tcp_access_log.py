@@ -168,4 +168,5 @@ TCP_OPERATORS.update({
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _fixed(_remote_ip),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _fixed(_remote),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _fixed(_remote_ip),
+    "REQUESTED_SERVER_NAME": _fixed(lambda connection, end: connection.server_name or None),
 })

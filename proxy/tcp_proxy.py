@@ -140,10 +140,12 @@ class TcpProxyFilter:
             self.access_log = AccessLogWriter(config.access_logs, TCP_OPERATORS)
             self.connection_type = LoggedDownstreamTcp
 
-    def protocol(self, destination: tuple[str, int] | None = None) -> asyncio.Protocol:
+    def protocol(self, destination: tuple[str, int] | None = None, server_name: str = "") -> asyncio.Protocol:
         """A connection's protocol; `destination` is its original destination (what an
-        ORIGINAL_DST cluster connects to)."""
-        return self.connection_type(self, destination)
+        ORIGINAL_DST cluster connects to), `server_name` its SNI (for the access log)."""
+        connection = self.connection_type(self, destination)
+        connection.server_name = server_name
+        return connection
 
     def extra_stats(self) -> dict[str, int]:
         if not self.rbac:
@@ -258,12 +260,13 @@ class UpstreamTcp(_Side):
 class DownstreamTcp(_Side):
     upstream_type = UpstreamTcp
     __slots__ = ("_active", "_cluster", "_connect", "_idle", "_pending", "clock", "destination",
-                 "last_activity", "owner", "spliceable", "stats")
+                 "last_activity", "owner", "server_name", "spliceable", "stats")
 
     def __init__(self, owner: TcpProxyFilter, destination: tuple[str, int] | None = None) -> None:
         super().__init__()
         self.owner = owner
         self.destination = destination
+        self.server_name = ""
         self.stats = owner.stats
         self.clock: Callable[[], float] = _no_clock
         self.last_activity = 0.0

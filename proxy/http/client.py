@@ -144,6 +144,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    def close(self) -> None:
+        """End a connection with no exchange in flight: over TLS the upstream gets
+        close_notify first, as Envoy's TLS socket sends it before closing (abort() would
+        not); bytes still unsent mean something broke, and abort() it is."""
+        transport = self.transport
+        if transport is None or self.closed or transport.get_write_buffer_size():
+            self.abort()
+            return
+        self.sink = None
+        self.keep_alive = False
+        self.closed = True
+        transport.close()
+
     def abort(self) -> None:
         """Give up the exchange in flight: the connection cannot be reused."""
         self.sink = None

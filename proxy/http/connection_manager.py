@@ -43,6 +43,7 @@ from proxy.http.inline import run_inline
 from proxy.http.request_id import RequestIds
 from proxy.http.request_timeouts import TimedDownstreamConnection
 from proxy.http.response import (
+    CODEC_CHUNKED,
     STATUS_LINES,
     date_line,
     encode_head,
@@ -513,13 +514,13 @@ class HttpConnectionManager:
         if not framed and not no_body:
             if stream.version == "1.1":
                 chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                parts.append(CODEC_CHUNKED)
             else:
                 keep_alive = False
         parts.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
         stream.status = status
         stream.upstream = host.key
-        stream.response_headers = raw   # (for the access log's %RESP(..)%)
+        stream.response_headers = parts   # (for the access log's %RESP(..)%: the head as sent)
         if 200 <= status < 300:   # (the common case without a call)
             self.stats.downstream_rq_2xx += 1
         else:

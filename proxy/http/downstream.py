@@ -52,6 +52,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.local: tuple[str, int] = ("", 0)
         # set by the listener before connection_made: the original destination (SO_ORIGINAL_DST)
         self.destination: tuple[str, int] | None = None
+        self.server_name = ""   # set by the listener: the SNI its tls_inspector read
         # set by the listener: its per_connection_buffer_limit_bytes (None: uvloop's limits)
         self.buffer_limit: int | None = None
         self._tls_peer: PeerCertificate | bool | None = False   # False: not read yet

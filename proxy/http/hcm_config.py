@@ -19,8 +19,8 @@ close (unset: 1 s, Envoy's default; 0 closes at once). `headers_with_underscores
 ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The stream
 idle timeout (route `idle_timeout`, else `stream_idle_timeout`, 5 min by default) bounds
 each attempt's wait for the upstream's response head: 504 "stream timeout" (408 while the
-request is still arriving; `downstream_rq_idle_timeout`). Unlike Envoy's, it is not restarted
-by request body bytes nor applied to a response body in flight (the route timeout is).
+request is still arriving; `downstream_rq_idle_timeout`), restarted by request body bytes as
+Envoy's is. Unlike Envoy's, it is not applied to a response body in flight (the route timeout is).
 `upgrade_configs` enable upgrades by type (websocket, CONNECT, any
 name; custom upgrade filter chains are rejected); the tunnels are proxy/http/tunnel.py's.
 """

@@ -57,3 +57,8 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+# The chunked framing the HTTP/1 codec gives a response the upstream did not frame: not a
+# header of Envoy's header map, so %RESP(..)% does not see it (the access log knows this very
+# object among a head's parts). A `connection: close` the head ends with is one, as Envoy's
+# connection manager sets it.
+CODEC_CHUNKED = b"transfer-encoding: chunked\r\n"

@@ -237,16 +237,18 @@ class Router:
         cluster.stats.upstream_rq_active -= 1
         host.active_requests -= 1
 
-    def _attempt_deadline(self, stream: Stream, now: float) -> tuple[float, str]:
-        """One timer per attempt: the nearest of the route, per-try and stream idle deadlines
-        (0.0: none)."""
+    def _attempt_deadline(self, stream: Stream, now: float, active: float = 0.0) -> tuple[float, str]:
+        """One timer per attempt started at `now`: the nearest of the route, per-try and
+        stream idle deadlines (0.0: none); the idle one runs from `active`, the latest
+        activity, when later."""
         when, kind = stream.deadline, stream.plan.deadline_kind
         per_try = stream.per_try
         if per_try > 0 and (not when or now + per_try < when):
             when, kind = now + per_try, PER_TRY_TIMEOUT
         idle = stream.plan.idle
-        if idle > 0 and (not when or now + idle < when):
-            when, kind = now + idle, IDLE_TIMEOUT
+        idle_from = active if active > now else now
+        if idle > 0 and (not when or idle_from + idle < when):
+            when, kind = idle_from + idle, IDLE_TIMEOUT
         return when, kind
 
     async def _forward_attempts(self, stream: Stream, first: tuple[Host, Attempt | str | None]) -> None:
@@ -390,7 +392,18 @@ class Router:
         when, kind = self._attempt_deadline(stream, now)
         timer = loop.call_at(when, attempt.expire, kind) if when else None
         try:
-            while attempt.headers is None and not attempt.reset and attempt.expired is None:
+            while attempt.headers is None and not attempt.reset:
+                if attempt.expired is not None:
+                    if attempt.expired != IDLE_TIMEOUT or pump is None:
+                        break
+                    # Envoy restarts the stream idle timer on request body bytes: a body
+                    # still arriving moves it on from its latest chunk
+                    when, kind = self._attempt_deadline(stream, now, body.arrived)
+                    if when <= loop.time():
+                        break
+                    attempt.expired = None
+                    timer = loop.call_at(when, attempt.expire, kind)
+                    continue
                 if body.failed or stream.conn.closed:
                     attempt.abandon()
                     raise DownstreamGone()
@@ -417,6 +430,7 @@ class Router:
         while True:
             chunks = body.chunks
             if sent < len(chunks):
+                body.arrived = self.loop.time()
                 _write_body(connection, chunks[sent:], chunked, False)
                 if body.overflowed:
                     chunks.clear()

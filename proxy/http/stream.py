@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from proxy.http.headers import Headers
 
 if TYPE_CHECKING:
-    from proxy.http.client import RawHeaders, UpstreamConnection
+    from proxy.http.client import UpstreamConnection
     from proxy.http.downstream import DownstreamConnection
     from proxy.http.retry import RetryPolicy, RetryState
     from proxy.http.route_plan import RoutePlan
@@ -36,7 +36,7 @@ RETAIN_LIMIT = 1024 * 1024   # request bytes kept for retries (Envoy's per-reque
 class RequestBody:
     """Request body chunks as they arrive; retained for retries up to RETAIN_LIMIT."""
 
-    __slots__ = ("_waiter", "chunks", "done", "failed", "on_done", "overflowed", "size")
+    __slots__ = ("_waiter", "arrived", "chunks", "done", "failed", "on_done", "overflowed", "size")
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
@@ -46,6 +46,7 @@ class RequestBody:
         self.failed = False
         self._waiter: asyncio.Future[None] | None = None
         self.on_done: Callable[[], None] | None = None
+        self.arrived = 0.0   # loop time the router last relayed chunks upstream (stream idle timer)
 
     def feed(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -112,8 +113,9 @@ class Stream:
     timeout: float
     tried: list[Host]
     upstream_target: str      # the request target as sent upstream (after rewrites)
-    # for the access log: the response head as committed, the connection that carried it
-    response_headers: Headers | RawHeaders
+    # for the access log: the response head as committed (a local reply's headers, or the
+    # parts of an upstream head as sent: see access_log's %RESP(..)%), the connection that carried it
+    response_headers: Headers | list[bytes]
     upstream_connection: UpstreamConnection
     transport_failure: str    # why the last connect failed (ConnectFailure.reason)
     set_cookie: str           # a generated hash cookie's Set-Cookie (proxy/http/hash_cookie.py)

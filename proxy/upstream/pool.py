@@ -36,6 +36,11 @@ class ConnectFailure(Exception):
         self.reason = reason
 
 
+# After close_notify, how long a closing TLS connection waits for the upstream's own before it
+# is dropped (Envoy does not wait; asyncio's default would hold it for 30 s).
+_TLS_SHUTDOWN_TIMEOUT = 1.0
+
+
 class Overflow(Exception):
     """The circuit breaker refused: too many connections and pending requests."""
 
@@ -135,7 +140,8 @@ class ConnectionPool:
                     self._loop.create_connection(lambda: UpstreamConnection(self),
                                                  self.host.address, self.host.port,
                                                  ssl=tls.context(), server_hostname=tls.config.sni,
-                                                 ssl_handshake_timeout=self.connect_timeout),
+                                                 ssl_handshake_timeout=self.connect_timeout,
+                                                 ssl_shutdown_timeout=_TLS_SHUTDOWN_TIMEOUT),
                     self.connect_timeout)
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
@@ -198,7 +204,7 @@ class ConnectionPool:
                     return
             self._idle.append(connection)
         else:
-            connection.abort()
+            connection.close()
 
     def connection_closed(self, connection: UpstreamConnection) -> None:
         self.breaker.close_connection()
@@ -217,5 +223,5 @@ class ConnectionPool:
     def close(self) -> None:
         self._closed = True
         for connection in self._idle:
-            connection.abort()
+            connection.close()
         self._idle.clear()

@@ -13,7 +13,8 @@ Active health checks run once per proxy: in the only worker, or under --concurre
 leader, whose results every follower applies (proxy/upstream/health/workers.py); so does
 outlier detection, the leader's detectors counting every worker's outcomes
 (proxy/upstream/outlier_workers.py), and DNS resolution, the leader's answers setting every
-worker's hosts (proxy/upstream/dns_workers.py).
+worker's hosts (proxy/upstream/dns_workers.py). Circuit breaker thresholds hold across the
+workers, whose counts share memory (proxy/upstream/shared_breaker.py).
 
 TLS secrets named by SDS (`tls_certificate_sds_secret_configs`, validation contexts) come
 over one SDS stream per SDS cluster (proxy/tls/sds_client.py) into one SecretStore; static
@@ -85,6 +86,7 @@ from proxy.upstream.outlier_workers import (
     OutcomeRun,
     OutlierDetectors,
 )
+from proxy.upstream.shared_breaker import BreakerCounters
 from proxy.worker_link import (
     EJECTIONS,
     HEALTH,
@@ -150,10 +152,12 @@ class ProxyServer:
     def __init__(self, config: BootstrapConfig, reuse_port: bool = False,
                  rng: random.Random | None = None, admin: bool = True,
                  followers: Sequence[socket.socket] = (), leader: socket.socket | None = None,
-                 identity_socket: str = "") -> None:
+                 identity_socket: str = "", breakers: BreakerCounters | None = None) -> None:
         """`followers` (the leader worker) / `leader` (a follower): the worker links of
         --concurrency (proxy/worker_link.py). `identity_socket`: the node agent's identity
-        socket, for the workload's own key and certificate (proxy/tls/identity_client.py)."""
+        socket, for the workload's own key and certificate (proxy/tls/identity_client.py).
+        `breakers`: --concurrency's circuit breaker counts, shared by the workers
+        (proxy/upstream/shared_breaker.py)."""
         self.config = config
         self._follower_sockets = list(followers)
         self._leader_socket = leader
@@ -180,6 +184,7 @@ class ProxyServer:
         self.follower_dns = FollowerResolutions() if leader is not None else None
         self.dns: DnsResolutions = (LeaderResolutions(self._send_resolution) if followers
                                     else self.follower_dns or LOCAL_DNS)
+        self.breakers = breakers
         self._follower_traffic: set[str] = set()   # clusters (stat names) a follower sent requests
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
@@ -247,7 +252,9 @@ class ProxyServer:
             tls.append(cluster_config.transport_socket)
         for config in tls:
             self._subscribe_secrets(config.sds_sources())
-        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health, self.outliers, self.dns)
+        # every worker makes its clusters in the same order: the same generation's shared counts
+        breaker = self.breakers.breaker(cluster_config.thresholds) if self.breakers is not None else None
+        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health, self.outliers, self.dns, breaker)
         if self._follower_sockets:
             cluster.traffic_elsewhere = partial(self._follower_traffic.__contains__, cluster_config.stat_name)
         self.clusters[cluster.name] = cluster

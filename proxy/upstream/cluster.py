@@ -46,10 +46,12 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
 class Cluster:
     def __init__(self, config: ClusterConfig, rng: random.Random,
                  secrets: SecretStore | None = None, health: HealthCheckers = LOCAL,
-                 outliers: OutlierDetectors = LOCAL_OUTLIER, dns: DnsResolutions = LOCAL_DNS) -> None:
+                 outliers: OutlierDetectors = LOCAL_OUTLIER, dns: DnsResolutions = LOCAL_DNS,
+                 breaker: CircuitBreaker | None = None) -> None:
         """`health`: who probes this worker's hosts (proxy/upstream/health/workers.py);
         `outliers`: who decides their ejections (proxy/upstream/outlier_workers.py); `dns`:
-        who resolves a DNS cluster (proxy/upstream/dns_workers.py)."""
+        who resolves a DNS cluster (proxy/upstream/dns_workers.py); `breaker`: the cluster's
+        circuit breaker, if not this worker's own (proxy/upstream/shared_breaker.py)."""
         self.name = config.name
         self.config = config
         self.stats = ClusterStats()
@@ -60,7 +62,7 @@ class Cluster:
                                                 config_path=config.lb_config_path)
         if config.locality_weighted:
             self.host_set.set_locality_weighted(True)
-        self.breaker = CircuitBreaker(config.thresholds)
+        self.breaker = breaker if breaker is not None else CircuitBreaker(config.thresholds)
         self._outliers = outliers
         self.outlier: OutlierDetector | None = (
             outliers.detector(config.outlier, self.host_set, rng, config.name, self._health_changed)

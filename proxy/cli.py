@@ -13,9 +13,12 @@ here and its certificate got from a CSR to the node agent (proxy/tls/identity_cl
 forked; each runs its own event loop and binds every listener with SO_REUSEPORT, so the
 kernel spreads connections over them. Worker 0, the leader, serves the admin listener and
 holds the only ADS stream; it passes every xDS update it applied to the other workers, runs
-the only active health checks, whose results every worker applies, and its /stats add up
-every worker's (proxy/worker_link.py). If a worker exits, the others are
-stopped and the proxy exits with its status; SIGTERM to the parent stops every worker.
+the only active health checks, outlier detectors (fed by every worker's outcomes) and DNS
+resolutions, whose results every worker applies, passes on the server's health-check state
+(/healthcheck/fail, /ok), and its /stats add up every worker's (proxy/worker_link.py). The
+circuit breakers' counts are shared memory, made here before the fork
+(proxy/upstream/shared_breaker.py). If a worker exits, the others are stopped and the proxy
+exits with its status; SIGTERM to the parent stops every worker.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ import logging
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from proxy.bootstrap import BootstrapConfig, load_bootstrap
 from proxy.config_error import ConfigError
+
+if TYPE_CHECKING:
+    from proxy.upstream.shared_breaker import BreakerCounters
 
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warning": logging.WARNING, "warn": logging.WARNING, "error": logging.ERROR,
@@ -74,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_worker(config: BootstrapConfig, options: dict[str, object], reuse_port: bool,
                 admin: bool, followers: list[socket.socket] | None = None,
-                leader: socket.socket | None = None) -> int:
+                leader: socket.socket | None = None, breakers: BreakerCounters | None = None) -> int:
     import uvloop
 
     uvloop.install()
-    return asyncio.run(_serve(config, options, reuse_port, admin, followers or [], leader))
+    return asyncio.run(_serve(config, options, reuse_port, admin, followers or [], leader, breakers))
 
 
 def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int) -> int:
@@ -88,6 +95,9 @@ def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int
     gc.freeze()   # what is loaded so far stays shared with the workers (no collector writes to it)
     # one link per follower: [leader's end, follower's end]
     links = [socket.socketpair() for _ in range(count - 1)]
+    from proxy.upstream.shared_breaker import BreakerCounters
+
+    shared = BreakerCounters.allocate(count)   # the circuit breakers' counts, one segment for all
     children: list[int] = []
     for index in range(count):
         pid = os.fork()
@@ -100,12 +110,14 @@ def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int
                         leader_end.close()
                     if index != position + 1:
                         follower_end.close()
+                breakers = BreakerCounters(shared, count, index)
                 if index == 0:
                     ends = [leader_end for leader_end, _ in links]
-                    code = _run_worker(config, options, reuse_port=True, admin=True, followers=ends)
+                    code = _run_worker(config, options, reuse_port=True, admin=True, followers=ends,
+                                       breakers=breakers)
                 else:
                     code = _run_worker(config, options, reuse_port=True, admin=False,
-                                       leader=links[index - 1][1])
+                                       leader=links[index - 1][1], breakers=breakers)
             finally:
                 os._exit(code)
         children.append(pid)
@@ -137,11 +149,12 @@ def _run_workers(config: BootstrapConfig, options: dict[str, object], count: int
 
 async def _serve(config: BootstrapConfig, options: dict[str, object], reuse_port: bool = False,
                  admin: bool = True, followers: list[socket.socket] | None = None,
-                 leader: socket.socket | None = None) -> int:
+                 leader: socket.socket | None = None, breakers: BreakerCounters | None = None) -> int:
     from proxy.server import ProxyServer
 
     server = ProxyServer(config, reuse_port=reuse_port, admin=admin, followers=followers or (),
-                         leader=leader, identity_socket=str(options.get("identity_socket") or ""))
+                         leader=leader, identity_socket=str(options.get("identity_socket") or ""),
+                         breakers=breakers)
     server.admin_state.options = options
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,9 @@ sees, while requests in flight keep the Cluster object they started with.
 Active health checks run once per proxy: in the only worker, or under --concurrency in the
 leader, whose results every follower applies (proxy/upstream/health/workers.py); so does
 outlier detection, the leader's detectors counting every worker's outcomes
-(proxy/upstream/outlier_workers.py).
+(proxy/upstream/outlier_workers.py), and DNS resolution, the leader's answers setting every
+worker's hosts (proxy/upstream/dns_workers.py). Circuit breaker thresholds hold across the
+workers, whose counts share memory (proxy/upstream/shared_breaker.py).
 
 TLS secrets named by SDS (`tls_certificate_sds_secret_configs`, validation contexts) come
 over one SDS stream per SDS cluster (proxy/tls/sds_client.py) into one SecretStore; static
@@ -61,6 +63,13 @@ from proxy.tls.secrets import SecretStore
 from proxy.tls.transport_socket import SecretSource, TlsStats, TlsTransport
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig, locality_endpoints
+from proxy.upstream.dns_workers import (
+    LOCAL_DNS,
+    DnsResolutions,
+    FollowerResolutions,
+    LeaderResolutions,
+    Resolution,
+)
 from proxy.upstream.health.report import ClusterHealth
 from proxy.upstream.health.workers import (
     LOCAL,
@@ -77,14 +86,17 @@ from proxy.upstream.outlier_workers import (
     OutcomeRun,
     OutlierDetectors,
 )
+from proxy.upstream.shared_breaker import BreakerCounters
 from proxy.worker_link import (
     EJECTIONS,
     HEALTH,
     HOSTS,
     OUTCOMES,
+    RESOLUTION,
     SECRETS,
     SERVER_HEALTH,
     SNAPSHOT_INTERVAL,
+    STARTED,
     STATS,
     XDS,
     ForwardedSecrets,
@@ -94,13 +106,16 @@ from proxy.worker_link import (
     decode_health,
     decode_hosts,
     decode_outcomes,
+    decode_resolution,
     decode_server_health,
     decode_stats,
     decode_update,
     encode_ejections,
+    encode_frame,
     encode_health,
     encode_hosts,
     encode_outcomes,
+    encode_resolution,
     encode_server_health,
     encode_stats,
     encode_update,
@@ -137,10 +152,12 @@ class ProxyServer:
     def __init__(self, config: BootstrapConfig, reuse_port: bool = False,
                  rng: random.Random | None = None, admin: bool = True,
                  followers: Sequence[socket.socket] = (), leader: socket.socket | None = None,
-                 identity_socket: str = "") -> None:
+                 identity_socket: str = "", breakers: BreakerCounters | None = None) -> None:
         """`followers` (the leader worker) / `leader` (a follower): the worker links of
         --concurrency (proxy/worker_link.py). `identity_socket`: the node agent's identity
-        socket, for the workload's own key and certificate (proxy/tls/identity_client.py)."""
+        socket, for the workload's own key and certificate (proxy/tls/identity_client.py).
+        `breakers`: --concurrency's circuit breaker counts, shared by the workers
+        (proxy/upstream/shared_breaker.py)."""
         self.config = config
         self._follower_sockets = list(followers)
         self._leader_socket = leader
@@ -163,6 +180,11 @@ class ProxyServer:
         self.follower_outliers = (FollowerOutlierDetectors(OutcomeBatch(self._send_outcomes, _call_soon, _call_later))
                                   if leader is not None else None)
         self.outliers: OutlierDetectors = self.leader_outliers or self.follower_outliers or LOCAL_OUTLIER
+        # --concurrency: the leader resolves DNS clusters, the followers take its answers
+        self.follower_dns = FollowerResolutions() if leader is not None else None
+        self.dns: DnsResolutions = (LeaderResolutions(self._send_resolution) if followers
+                                    else self.follower_dns or LOCAL_DNS)
+        self.breakers = breakers
         self._follower_traffic: set[str] = set()   # clusters (stat names) a follower sent requests
         self.clusters: dict[str, Cluster] = {}
         self.dynamic_clusters: dict[str, ClusterProto] = {}
@@ -174,7 +196,7 @@ class ProxyServer:
         self.route_protos: dict[str, RouteConfiguration] = {}
         self.admin_state = AdminState(config, self.stats, self.clusters, quit=self.stopped.set,
                                       dynamic=self._dynamic_resources, secrets=self.secrets,
-                                      health_changed=self._health_changed)
+                                      health_changed=self._health_changed, starting=len(self._follower_sockets))
         self.ads: AdsClient | None = None
         self.sds: dict[str, SdsClient] = {}
         self.identity: IdentityClient | None = None
@@ -217,6 +239,7 @@ class ProxyServer:
                                               reuse_port=self.reuse_port or None)
             self.servers.append(server)
         if self._leader_socket is not None:
+            self._links[0].send(encode_frame(STARTED, b""))
             self._link_tasks.append(loop.create_task(self._apply_forwarded()))
             self._link_tasks.append(loop.create_task(self._report_stats()))
         elif self.config.ads is not None:
@@ -229,7 +252,9 @@ class ProxyServer:
             tls.append(cluster_config.transport_socket)
         for config in tls:
             self._subscribe_secrets(config.sds_sources())
-        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health, self.outliers)
+        # every worker makes its clusters in the same order: the same generation's shared counts
+        breaker = self.breakers.breaker(cluster_config.thresholds) if self.breakers is not None else None
+        cluster = Cluster(cluster_config, self.rng, self.secrets, self.health, self.outliers, self.dns, breaker)
         if self._follower_sockets:
             cluster.traffic_elsewhere = partial(self._follower_traffic.__contains__, cluster_config.stat_name)
         self.clusters[cluster.name] = cluster
@@ -431,6 +456,8 @@ class ProxyServer:
             self.forwarded_secrets.apply(payload)
         elif kind == HEALTH and self.followers_health is not None:
             self.followers_health.replica.apply(decode_health(payload), asyncio.get_running_loop().time())
+        elif kind == RESOLUTION and self.follower_dns is not None:
+            self.follower_dns.apply(decode_resolution(payload))
         elif kind == EJECTIONS and self.follower_outliers is not None:
             self.follower_outliers.apply(decode_ejections(payload))
         elif kind == SERVER_HEALTH:
@@ -445,6 +472,11 @@ class ProxyServer:
 
     def _send_ejections(self, report: EjectionReport) -> None:
         frame = encode_ejections(report)
+        for link in self._links:
+            link.send(frame)
+
+    def _send_resolution(self, report: Resolution) -> None:
+        frame = encode_resolution(report)
         for link in self._links:
             link.send(frame)
 
@@ -477,6 +509,8 @@ class ProxyServer:
                                           if stat == "upstream_rq_total" and value and kind_ == "cluster")
         elif kind == HOSTS:
             self.admin_state.follower_hosts[index] = decode_hosts(payload)
+        elif kind == STARTED:
+            self.admin_state.starting -= 1
         elif kind == OUTCOMES and self.leader_outliers is not None:
             self.leader_outliers.apply(decode_outcomes(payload), asyncio.get_running_loop().time())
 

@@ -164,11 +164,17 @@ class ListenerStats:
 
 
 # Gauges of what every worker holds alike — a cluster's hosts and their health (membership
-# comes from the one xDS stream, health from the leader's checks): the proxy's value is the
-# leader's, as Envoy's is its main thread's, not a sum over the workers.
+# comes from the one xDS stream, health from the leader's checks), its circuit breakers' state
+# (every worker computes it from the counts the workers share, proxy/upstream/shared_breaker.py):
+# the proxy's value is the leader's, as Envoy's is its main thread's, not a sum over the workers.
 # membership_change, the updates each worker applies alike, is the leader's too.
-SAME_IN_EVERY_WORKER = frozenset({"membership_healthy", "membership_total", "membership_degraded",
-                                  "membership_excluded", "membership_change"})
+SAME_IN_EVERY_WORKER = frozenset({
+    "membership_healthy", "membership_total", "membership_degraded", "membership_excluded",
+    "membership_change",
+    *(f"circuit_breakers.{priority}.{gauge}" for priority in ("default", "high")
+      for gauge in ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open", "remaining_cx",
+                    "remaining_pending", "remaining_rq", "remaining_retries", "remaining_cx_pools")),
+})
 
 Scope = ClusterStats | HttpStats | Http1CodecStats | TcpProxyStats | ListenerStats
 S = TypeVar("S", ClusterStats, HttpStats, Http1CodecStats, TcpProxyStats, ListenerStats)

@@ -43,7 +43,11 @@ drain while failed, as Envoy's drain manager does for every worker), `o` a follo
 upstream outcomes for the leader's outlier detectors (JSON list of [cluster, address, port,
 status, count], OutcomeRuns) and `e` the ejections of one cluster's outlier detector, which
 every follower sets on its hosts (JSON [cluster, removed, [[address, port], ...]], an
-EjectionReport; proxy/upstream/outlier_workers.py).
+EjectionReport; proxy/upstream/outlier_workers.py), and `d` a DNS resolution by the leader,
+which every follower sets as the hosts of that cluster (JSON [cluster, removed, {endpoint
+name: [address, ...]}], a Resolution; proxy/upstream/dns_workers.py). A follower sends `r` (empty) once it has started (its static
+clusters warmed and its listeners bound): until every follower has, the leader's /ready says
+INITIALIZING.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from google.protobuf.any_pb2 import Any
 from proxy.admin.endpoints import HostRow
 from proxy.stats import StatRow
 from proxy.tls.secrets import SECRET, CertificateSecret, Secret, SecretStore, decode_secrets
+from proxy.upstream.dns_workers import Resolution
 from proxy.upstream.health.report import ClusterHealth, HostHealth
 from proxy.upstream.outlier_workers import EjectionReport, OutcomeRun
 
@@ -75,6 +80,8 @@ HEALTH = b"a"
 SERVER_HEALTH = b"f"
 OUTCOMES = b"o"
 EJECTIONS = b"e"
+RESOLUTION = b"d"
+STARTED = b"r"
 SNAPSHOT_INTERVAL = 0.25
 _HEADER = struct.Struct(">cI")
 
@@ -182,6 +189,15 @@ def encode_ejections(report: EjectionReport) -> bytes:
 def decode_ejections(payload: bytes) -> EjectionReport:
     cluster, removed, ejected = json.loads(payload)
     return EjectionReport(cluster, tuple((address, port) for address, port in ejected), removed=removed)
+
+
+def encode_resolution(report: Resolution) -> bytes:
+    return encode_frame(RESOLUTION, json.dumps([report.cluster, report.removed, report.resolved]).encode())
+
+
+def decode_resolution(payload: bytes) -> Resolution:
+    cluster, removed, resolved = json.loads(payload)
+    return Resolution(cluster, resolved, removed=removed)
 
 
 class LinkProtocol(asyncio.Protocol):

@@ -1,7 +1,8 @@
 """The admin endpoints, as functions of the running proxy's state (no I/O here).
 
 Rules (Envoy's admin API): `/ready` is 503 "INITIALIZING" until the first xDS listeners and
-their routes are in place, then 200 "LIVE" while serving, 503 "DRAINING" after
+their routes are in place (and under --concurrency until every worker has bound its listeners,
+as Envoy's workers have theirs before it is live), then 200 "LIVE" while serving, 503 "DRAINING" after
 `/healthcheck/fail` (until `/healthcheck/ok`); `/stats` is Envoy's text format (with
 `?filter=REGEX`), `/stats/prometheus` the Prometheus one; `/clusters` lists each cluster's
 thresholds (with outlier detection, the last interval's success-rate average and ejection
@@ -46,6 +47,7 @@ class AdminState:
     started: float = field(default_factory=time.time)
     health_check_failed: bool = False
     initializing: bool = False  # until the first xDS listeners (and their routes) are in place
+    starting: int = 0  # --concurrency: followers that have not yet bound their listeners
     secrets: SecretStore | None = None
     quit: Callable[[], None] = lambda: None
     # /healthcheck/fail and /healthcheck/ok: listeners with drain_type DEFAULT drain meanwhile
@@ -118,7 +120,7 @@ def handle(state: AdminState, method: str, target: str) -> Reply:
 def _ready(state: AdminState, params: dict[str, str]) -> Reply:
     if state.health_check_failed:
         return 503, TEXT, b"DRAINING\n"
-    if state.initializing:
+    if state.initializing or state.starting:
         return 503, TEXT, b"INITIALIZING\n"
     return 200, TEXT, b"LIVE\n"
 
@@ -256,7 +258,8 @@ def _server_info(state: AdminState, params: dict[str, str]) -> Reply:
     uptime = int(time.time() - state.started)
     info = {
         "version": VERSION,
-        "state": "DRAINING" if state.health_check_failed else "INITIALIZING" if state.initializing else "LIVE",
+        "state": ("DRAINING" if state.health_check_failed else
+                  "INITIALIZING" if state.initializing or state.starting else "LIVE"),
         "hot_restart_version": "disabled",
         "command_line_options": state.options,
         "node": {"id": state.config.node_id, "cluster": state.config.node_cluster},

@@ -174,11 +174,7 @@ class CircuitBreaker:
     # retries in flight
     @property
     def max_retries(self) -> int:
-        budget = self.thresholds.retry_budget
-        if budget is None:
-            return self.thresholds.max_retries
-        share = int(budget.budget_percent / 100.0 * (self.requests + self.pending_requests))
-        return max(share, budget.min_retry_concurrency)
+        return retry_limit(self.thresholds, self.requests, self.pending_requests)
 
     def try_start_retry(self) -> bool:
         if self.retries >= self.max_retries:
@@ -207,25 +203,42 @@ class CircuitBreaker:
     def rq_retry_open(self) -> int:
         return int(self.retries >= self.max_retries)
 
+    def totals(self) -> tuple[int, int, int, int, int]:
+        """(connections, pending requests, requests, retries, connection pools) in use by the
+        cluster in the whole proxy: here, this worker's (proxy/upstream/shared_breaker.py
+        counts across workers)."""
+        return self.connections, self.pending_requests, self.requests, self.retries, self.connection_pools
+
     def stats(self) -> dict[str, int]:
         """Envoy's names, relative to `cluster.NAME.`."""
         prefix = f"circuit_breakers.{self.thresholds.priority}."
+        t = self.thresholds
+        connections, pending, requests, retries, pools = self.totals()
+        max_retries = retry_limit(t, requests, pending)
         stats = {
-            f"{prefix}cx_open": self.cx_open,
+            f"{prefix}cx_open": int(connections >= t.max_connections),
             f"{prefix}cx_pool_open": 0,  # connection pools are not limited (max_connection_pools)
-            f"{prefix}rq_pending_open": self.rq_pending_open,
-            f"{prefix}rq_open": self.rq_open,
-            f"{prefix}rq_retry_open": self.rq_retry_open,
+            f"{prefix}rq_pending_open": int(pending >= t.max_pending_requests),
+            f"{prefix}rq_open": int(requests >= t.max_requests),
+            f"{prefix}rq_retry_open": int(retries >= max_retries),
             "upstream_cx_overflow": self.cx_overflow,
             "upstream_cx_pool_overflow": 0,
             "upstream_rq_pending_overflow": self.rq_pending_overflow,
             "upstream_rq_retry_overflow": self.rq_retry_overflow,
         }
-        if self.thresholds.track_remaining:
-            t = self.thresholds
-            stats[f"{prefix}remaining_cx"] = max(0, t.max_connections - self.connections)
-            stats[f"{prefix}remaining_pending"] = max(0, t.max_pending_requests - self.pending_requests)
-            stats[f"{prefix}remaining_rq"] = max(0, t.max_requests - self.requests)
-            stats[f"{prefix}remaining_retries"] = max(0, self.max_retries - self.retries)
-            stats[f"{prefix}remaining_cx_pools"] = _UNLIMITED - self.connection_pools
+        if t.track_remaining:
+            stats[f"{prefix}remaining_cx"] = max(0, t.max_connections - connections)
+            stats[f"{prefix}remaining_pending"] = max(0, t.max_pending_requests - pending)
+            stats[f"{prefix}remaining_rq"] = max(0, t.max_requests - requests)
+            stats[f"{prefix}remaining_retries"] = max(0, max_retries - retries)
+            stats[f"{prefix}remaining_cx_pools"] = _UNLIMITED - pools
         return stats
+
+
+def retry_limit(thresholds: CircuitBreakerThresholds, requests: int, pending: int) -> int:
+    """max_retries, or with a retry budget its share of the requests and pending requests."""
+    budget = thresholds.retry_budget
+    if budget is None:
+        return thresholds.max_retries
+    share = int(budget.budget_percent / 100.0 * (requests + pending))
+    return max(share, budget.min_retry_concurrency)

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from proxy.stats import ClusterStats
 from proxy.tls.secrets import SecretStore
@@ -28,6 +28,7 @@ from proxy.upstream.balancer.maglev import MaglevBalancer
 from proxy.upstream.balancer.ring_hash import RingHashBalancer
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
+from proxy.upstream.dns_workers import LOCAL_DNS, DnsResolutions, Resolved
 from proxy.upstream.health.workers import LOCAL, HealthCheckers
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
@@ -45,9 +46,12 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
 class Cluster:
     def __init__(self, config: ClusterConfig, rng: random.Random,
                  secrets: SecretStore | None = None, health: HealthCheckers = LOCAL,
-                 outliers: OutlierDetectors = LOCAL_OUTLIER) -> None:
+                 outliers: OutlierDetectors = LOCAL_OUTLIER, dns: DnsResolutions = LOCAL_DNS,
+                 breaker: CircuitBreaker | None = None) -> None:
         """`health`: who probes this worker's hosts (proxy/upstream/health/workers.py);
-        `outliers`: who decides their ejections (proxy/upstream/outlier_workers.py)."""
+        `outliers`: who decides their ejections (proxy/upstream/outlier_workers.py); `dns`:
+        who resolves a DNS cluster (proxy/upstream/dns_workers.py); `breaker`: the cluster's
+        circuit breaker, if not this worker's own (proxy/upstream/shared_breaker.py)."""
         self.name = config.name
         self.config = config
         self.stats = ClusterStats()
@@ -58,7 +62,7 @@ class Cluster:
                                                 config_path=config.lb_config_path)
         if config.locality_weighted:
             self.host_set.set_locality_weighted(True)
-        self.breaker = CircuitBreaker(config.thresholds)
+        self.breaker = breaker if breaker is not None else CircuitBreaker(config.thresholds)
         self._outliers = outliers
         self.outlier: OutlierDetector | None = (
             outliers.detector(config.outlier, self.host_set, rng, config.name, self._health_changed)
@@ -85,19 +89,21 @@ class Cluster:
                              for match in config.socket_matches]
         self._socket_match: dict[Host, tuple[tuple[str, str], ...]] = {}
         self.config_endpoints: tuple[EndpointConfig, ...] = config.endpoints
+        self._dns = dns
         self._dns_task: asyncio.Task[None] | None = None
+        self._resolved_once = asyncio.Event()   # a follower's first resolution from the leader
         if config.type == "STATIC":
             self.set_endpoints(config.endpoints)
 
     # membership
 
     def set_endpoints(self, endpoints: Sequence[EndpointConfig],
-                      resolved: dict[str, list[str]] | None = None) -> None:
+                      resolved: Mapping[str, Sequence[str]] | None = None) -> None:
         hosts: list[Host] = []
         names: dict[tuple[str, int], str] = {}
         metadata: dict[tuple[str, int], tuple[tuple[str, str], ...]] = {}
         for endpoint in endpoints:
-            addresses = resolved[endpoint.address] if resolved is not None else [endpoint.address]
+            addresses = resolved.get(endpoint.address, ()) if resolved is not None else (endpoint.address,)
             for address in addresses:
                 host = Host(address, endpoint.port, weight=endpoint.weight,
                             locality_priority=endpoint.priority,
@@ -138,12 +144,17 @@ class Cluster:
 
     async def start(self) -> None:
         """Resolve a STRICT_DNS or LOGICAL_DNS cluster once before serving, then keep
-        re-resolving; start the outlier detector's interval."""
+        re-resolving (a follower worker: wait for the leader's first resolution, then take
+        each); start the outlier detector's interval."""
         if self.outlier is not None:
             self._schedule_outlier_tick()
         if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
-            await self._resolve()
-            self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
+            self._dns.start(self.name, self, self._take_resolution)
+            if self._dns.resolves:
+                await self._resolve()
+                self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
+            else:
+                await self._resolved_once.wait()
         for checker in self.health_checkers:
             checker.start()
         for checker in self.health_checkers:
@@ -177,6 +188,12 @@ class Cluster:
                 return   # (an empty answer as well)
             resolved[endpoint.address] = addresses[:1] if logical else addresses
         self.set_endpoints(self.config.endpoints, resolved)
+        self._dns.resolved(self.name, self, resolved)
+
+    def _take_resolution(self, resolved: Resolved) -> None:
+        """A resolution the leader made (--concurrency): this worker's hosts."""
+        self.set_endpoints(self.config.endpoints, resolved)
+        self._resolved_once.set()
 
     async def _refresh_dns(self) -> None:
         while True:
@@ -217,6 +234,8 @@ class Cluster:
             self._outliers.stopped(self.name, self.outlier)
         if self._dns_task is not None:
             self._dns_task.cancel()
+        if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
+            self._dns.stopped(self.name, self)
         for pool in self.pools.values():
             pool.close()
             self.breaker.close_pool()

@@ -17,8 +17,8 @@ proxy/upstream/health/workers.py):
   leader's ejections are set on the cluster's hosts in one step (one HostSet.health_changed).
 
 Batching, i.e. the per-request cost in a follower: `record` is a list append and a flag test.
-The batch goes to the leader in one frame (OutcomeRuns: runs of equal outcomes, in the
-order the worker saw them) at the end of the event-loop turn in which an error (a 5xx or a
+The batch goes to the leader in one frame (OutcomeRuns: runs of equal outcomes of a host, in
+the order the worker saw them; with successes only, one run per host) at the end of the event-loop turn in which an error (a 5xx or a
 local-origin failure) was recorded, since an error may complete a streak; with successes only,
 within SUCCESS_FLUSH seconds: they only end streaks and feed the interval's success rates, so
 they wait and travel many to a frame (no write per request while the upstreams are well).
@@ -187,7 +187,6 @@ class OutcomeBatch:
             return
         pending, self.pending = self.pending, []
         errors, self._errors = self._errors, False
-        runs: list[OutcomeRun] = []
         if not errors:
             hosts: dict[tuple[str, Host], int] = {}
             for (cluster, host, _), times in Counter(pending).items():   # (counted in C)
@@ -195,6 +194,7 @@ class OutcomeBatch:
             self._send([OutcomeRun(cluster, host.address, host.port, 200, times)
                         for (cluster, host), times in hosts.items()])
             return
+        runs: list[OutcomeRun] = []
         last: tuple[str, Host, int] | None = None
         count = 0
         for cluster, host, status in pending:

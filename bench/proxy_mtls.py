@@ -1,6 +1,6 @@
 """Two sidecars over mutual TLS, Tulle pair against Envoy pair, in the same run.
 
-    .venv/bin/python bench/proxy_mtls.py [--rounds 2] [--duration 5] [--connections 50]
+    .venv/bin/python bench/proxy_mtls.py [--rounds 2] [--duration 5] [--connections 50] [--plaintext]
 
 Path: wrk -> client sidecar (plaintext listener; cluster with an UpstreamTlsContext: the
 sidecar's certificate, the trust bundle, the server's SPIFFE ID as
@@ -13,6 +13,8 @@ requests/s and p50/p99 at saturation over kept-alive mTLS connections, the sidec
 time per request, and new TLS handshakes per second (the client cluster with
 max_requests_per_connection 1, so every request opens a new mTLS connection) with the
 share of them that resumed a TLS session (the client's ssl.session_reused / ssl.handshake).
+With --plaintext, each pair is also measured kept-alive with the same bootstraps less their
+transport sockets, and the CPU per request that mTLS adds is printed (tls_added_cpu_us).
 Printed: medians and Tulle/Envoy ratios (the machine is shared; only ratios mean much).
 """
 
@@ -76,8 +78,15 @@ def certificates(directory: Path, ca: CertificateAuthority, identity: SpiffeId, 
 
 
 def client_bootstrap(admin: int, listener: int, server: int, tls_block: str, bundle: Path,
-                     per_connection: int) -> str:
+                     per_connection: int, tls: bool = True) -> str:
     limit = f"max_requests_per_connection: {per_connection}" if per_connection else ""
+    transport_socket = f"""transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        '@type': {TLS}.UpstreamTlsContext
+        common_tls_context:
+          {{{tls_block}, validation_context: {{trusted_ca: {{filename: {bundle}}},
+            match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: '{SERVER_ID}'}}}}]}}}}""" if tls else ""
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -99,20 +108,23 @@ static_resources:
   - name: reviews
     connect_timeout: 1s
     {limit}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        '@type': {TLS}.UpstreamTlsContext
-        common_tls_context:
-          {{{tls_block}, validation_context: {{trusted_ca: {{filename: {bundle}}},
-            match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: '{SERVER_ID}'}}}}]}}}}
+    {transport_socket}
     load_assignment:
       cluster_name: reviews
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {server}}}}}}}}}]}}]
 """
 
 
-def server_bootstrap(admin: int, listener: int, upstream: int, tls_block: str, bundle: Path) -> str:
+def server_bootstrap(admin: int, listener: int, upstream: int, tls_block: str, bundle: Path,
+                     tls: bool = True) -> str:
+    transport_socket = f"""transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          '@type': {TLS}.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            {{{tls_block}, validation_context: {{trusted_ca: {{filename: {bundle}}}}}}}
+      """ if tls else ""
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -120,14 +132,7 @@ static_resources:
   - name: inbound
     address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}
     filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          '@type': {TLS}.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            {{{tls_block}, validation_context: {{trusted_ca: {{filename: {bundle}}}}}}}
-      filters:
+    - {transport_socket}filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           '@type': {HCM}
@@ -184,12 +189,12 @@ def resumed_share(admin: int) -> float:
 
 
 def measure(kind: str, args: argparse.Namespace, directory: Path, upstream: int, per_connection: int,
-            client_tls: str, server_tls: str, bundle: Path) -> dict[str, float]:
+            client_tls: str, server_tls: str, bundle: Path, tls: bool = True) -> dict[str, float]:
     client_port, server_port, client_admin = free_port(), free_port(), free_port()
-    with sidecar(kind, "server", server_bootstrap(free_port(), server_port, upstream, server_tls, bundle),
+    with sidecar(kind, "server", server_bootstrap(free_port(), server_port, upstream, server_tls, bundle, tls),
                  args.proxy_cpu, server_port, directory) as server, \
             sidecar(kind, "client", client_bootstrap(client_admin, client_port, server_port, client_tls, bundle,
-                                                     per_connection),
+                                                     per_connection, tls),
                     args.proxy_cpu, client_port, directory) as client:
         time.sleep(0.3)
         url = f"http://127.0.0.1:{client_port}/bench"
@@ -200,7 +205,7 @@ def measure(kind: str, args: argparse.Namespace, directory: Path, upstream: int,
         return {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
                 "cpu_us": cpu * 1e6 / max(result.requests, 1),
                 "rps_per_core": result.requests / max(cpu, 1e-9), "errors": result.errors,
-                "resumed_pct": 100 * resumed_share(client_admin)}
+                "resumed_pct": 100 * resumed_share(client_admin) if tls else 0.0}
 
 
 def main() -> None:
@@ -212,10 +217,13 @@ def main() -> None:
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--tls-max", choices=("TLSv1_3", "TLSv1_2"), default="TLSv1_3",
                         help="the highest TLS version both pairs may negotiate (the mesh's: TLSv1_3)")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="also measure each pair kept-alive without TLS: what TLS adds per request")
     args = parser.parse_args()
     directory = workdir()
     keep_alive: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
     handshakes: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
+    plaintext: dict[str, list[dict[str, float]]] = {"envoy": [], "tulle": []}
     try:
         ca = CertificateAuthority.load_or_create(directory / "ca", "cluster.local", dt.datetime.now(dt.UTC))
         bundle = directory / "bundle.pem"
@@ -235,6 +243,12 @@ def main() -> None:
                           f"new mTLS connections: {fresh['rps']:7.0f} handshakes/s  "
                           f"{fresh['cpu_us']:6.1f} us CPU each  {fresh['resumed_pct']:3.0f}% resumed  "
                           f"errors {fresh['errors']:.0f}", flush=True)
+                    if args.plaintext:
+                        plain = measure(kind, args, directory, upstream, 0, client_tls, server_tls, bundle, tls=False)
+                        plaintext[kind].append(plain)
+                        print(f"round {round_number + 1} {kind:5}: plaintext pair {plain['rps']:8.0f} rps  "
+                              f"{plain['cpu_us']:6.1f} us CPU/req  {plain['rps_per_core']:8.0f} rps/core  "
+                              f"errors {plain['errors']:.0f}", flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print()
@@ -242,10 +256,18 @@ def main() -> None:
     rows = [(f"{metric}", keep_alive, metric) for metric in ("rps", "rps_per_core", "cpu_us", "p50_ms", "p99_ms")]
     rows += [("handshakes_per_s", handshakes, "rps"), ("handshake_cpu_us", handshakes, "cpu_us"),
              ("handshakes_resumed_pct", handshakes, "resumed_pct")]
+    if args.plaintext:
+        rows += [("plaintext_rps_per_core", plaintext, "rps_per_core"), ("plaintext_cpu_us", plaintext, "cpu_us")]
+    medians: dict[str, tuple[float, float]] = {}
     for label, table, metric in rows:
         envoy = median([row[metric] for row in table["envoy"]])
         tulle = median([row[metric] for row in table["tulle"]])
+        medians[label] = (envoy, tulle)
         print(f"{label:28} {envoy:11.1f} {tulle:11.1f} {tulle / envoy if envoy else float('nan'):12.2f}")
+    if args.plaintext:   # the CPU that mTLS adds to a request through the pair
+        (envoy_tls, tulle_tls), (envoy_plain, tulle_plain) = medians["cpu_us"], medians["plaintext_cpu_us"]
+        envoy, tulle = envoy_tls - envoy_plain, tulle_tls - tulle_plain
+        print(f"{'tls_added_cpu_us':28} {envoy:11.1f} {tulle:11.1f} {tulle / envoy if envoy else float('nan'):12.2f}")
 
 
 if __name__ == "__main__":

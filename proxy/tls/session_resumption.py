@@ -54,6 +54,7 @@ from typing import Any, Final
 
 from proxy.tls import openssl_direct
 from proxy.tls.openssl_direct import Session
+from proxy.tls.ssl_object import NativeSSLObject
 
 CLIENT_POOL: Final = 64      # a busy cluster's concurrent new connections each take one
 SERVER_CACHE: Final = 512    # ~6 MiB of cached sessions (each holds the client's certificate)
@@ -62,7 +63,7 @@ _BOUNDED = "_tulle_session_cache_bounded"
 AnySession = Session | ssl.SSLSession
 
 
-class ResumingSSLObject(ssl.SSLObject):
+class ResumingSSLObject(NativeSSLObject):
     """A client SSLObject that offers a session from its context's pool."""
 
     _offered: AnySession | None = None
@@ -78,7 +79,7 @@ class ResumingSSLObject(ssl.SSLObject):
                 offered = pool.pop()
         if isinstance(offered, ssl.SSLSession):
             session = offered
-        made = super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
+        made = super()._create(incoming, outgoing, server_side, server_hostname,
                                session=session, context=context)
         if isinstance(offered, Session) and not openssl_direct.offer(made, offered):
             offered = None

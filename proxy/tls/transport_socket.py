@@ -58,6 +58,7 @@ from proxy.tls.secrets import (
     certificate_from_proto,
     data_source,
 )
+from proxy.tls.ssl_object import NativeSSLObject
 
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -283,7 +284,7 @@ class SecretNotReady(Exception):
 _TRANSPORT = "_tulle_tls_transport"
 
 
-class _ListeningSSLObject(ssl.SSLObject):
+class _ListeningSSLObject(NativeSSLObject):
     """A server SSLObject made with its transport's current context rather than the one
     the listener was bound with: asyncio and uvloop make every connection's SSLObject
     through `context.wrap_bio`, which asks `context.sslobject_class`."""
@@ -296,7 +297,7 @@ class _ListeningSSLObject(ssl.SSLObject):
         if transport is not None:
             with contextlib.suppress(SecretNotReady):   # then the bound context serves
                 context = transport.server_context()
-        return super()._create(incoming, outgoing, server_side, server_hostname,  # type: ignore[misc]
+        return super()._create(incoming, outgoing, server_side, server_hostname,
                                session=session, context=context)
 
     def __del__(self) -> None:

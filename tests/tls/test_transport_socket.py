@@ -331,3 +331,59 @@ def test_a_listeners_session_cache_is_replaced_by_an_empty_one_once_full_where_o
     assert fresh is not bound and fresh.session_stats()["number"] == 0
     handshake_in_memory(bound, client)   # the bound context hands new connections the fresh one
     assert (bound.session_stats()["number"], fresh.session_stats()["number"]) == (2, 1)
+
+
+def connected_in_memory(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[ssl.SSLObject, ssl.SSLObject,
+                                                                                   ssl.MemoryBIO, ssl.MemoryBIO]:
+    """(server end, client end, to server, to client) after a handshake over memory BIOs."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_end = server.wrap_bio(to_server, to_client, server_side=True)
+    client_end = client.wrap_bio(to_client, to_server)
+    for step in (client_end.do_handshake, server_end.do_handshake) * 3:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            step()
+    return server_end, client_end, to_server, to_client
+
+
+def test_every_connection_reads_and_writes_records_through_the_native_ssl_methods(ca: CertificateAuthority) -> None:
+    """The transport's per-record calls skip ssl.SSLObject's Python wrappers (proxy/tls/ssl_object.py)."""
+    transport, client = listener_and_client(ca)
+    server_end, client_end, _, _ = connected_in_memory(transport.server_context(), client)
+    for end in (server_end, client_end):
+        native = end._sslobj   # type: ignore[attr-defined]
+        assert (end.read, end.write, end.pending, end.do_handshake) == (
+            native.read, native.write, native.pending, native.do_handshake)
+    client_end.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert server_end.pending() == 0
+    assert server_end.read(1024) == b"GET / HTTP/1.1\r\n\r\n"
+    with pytest.raises(ssl.SSLWantReadError):
+        server_end.read(1024)
+
+
+def test_the_peer_certificate_reads_as_pythons_own_and_is_decoded_once_per_certificate(
+        ca: CertificateAuthority) -> None:
+    transport, client = listener_and_client(ca)
+    first = connected_in_memory(transport.server_context(), client)
+    second = connected_in_memory(transport.server_context(), client)
+    for server_end, client_end, _, _ in (first, second):
+        for end in (server_end, client_end):
+            assert end.getpeercert() == ssl.SSLObject.getpeercert(end)
+            assert end.getpeercert(binary_form=True) == ssl.SSLObject.getpeercert(end, True)
+    decoded = first[1].getpeercert()
+    assert decoded is not None and ("URI", str(CATALOG)) in decoded["subjectAltName"]
+    assert first[1].getpeercert() is not second[1].getpeercert()   # each caller gets its own dict
+
+
+def test_the_peer_certificate_is_none_without_one_and_empty_when_peers_are_not_verified(
+        ca: CertificateAuthority) -> None:
+    optional = mtls_server_context(ca, CATALOG)
+    optional["require_client_certificate"] = False
+    transport = TlsTransport(TlsConfig.downstream_from_proto(json_format.ParseDict(optional, DownstreamTlsContext()),
+                                                             "d"), SecretStore(), TlsStats())
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname, anonymous.verify_mode = False, ssl.CERT_NONE
+    anonymous.sslobject_class = session_resumption.ResumingSSLObject
+    server_end, client_end, _, _ = connected_in_memory(transport.server_context(), anonymous)
+    assert server_end.getpeercert() is None
+    assert client_end.getpeercert() == {}
+    assert client_end.getpeercert(binary_form=True)

@@ -113,15 +113,19 @@ class LeaderOutlierDetectors:
 
     def detector(self, config: OutlierConfig, host_set: HostSet, rng: random.Random, cluster: str,
                  on_change: Callable[[], None]) -> OutlierDetector:
-        detector = OutlierDetector(config, host_set, rng)
+        detector = OutlierDetector(config, host_set, rng, on_change)
+        reported: list[tuple[Address, ...]] = [()]
 
-        def changed() -> None:
-            on_change()
+        def health_changed() -> None:
+            # after the detector's own subscriber: an ejection, a return, or an ejected host
+            # that left the cluster (a follower must not keep it ejected should it come back)
+            ejected = tuple((host.address, host.port) for host in detector.ejected())
             current = self._current.get(cluster)
-            if current is not None and current[0] is detector:
-                self._send(EjectionReport(cluster, tuple((host.address, host.port) for host in detector.ejected())))
+            if ejected != reported[0] and current is not None and current[0] is detector:
+                reported[0] = ejected
+                self._send(EjectionReport(cluster, ejected))
 
-        detector.on_change = changed
+        host_set.subscribe(health_changed)
         self._current[cluster] = (detector, host_set)
         self._send(EjectionReport(cluster, ()))
         return detector

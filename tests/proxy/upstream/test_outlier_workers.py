@@ -149,6 +149,14 @@ def test_the_leader_reports_each_return_and_a_new_detector_starts_empty() -> Non
     assert leader.reports[-1] == EjectionReport("web", ())
 
 
+def test_an_ejected_host_that_leaves_the_cluster_is_no_longer_reported_ejected() -> None:
+    leader = Leader(hosts(1, 2))
+    for _ in range(5):
+        leader.detector.record(leader.host_set.hosts[0], 503, 0.0)
+    leader.host_set.update(hosts(2))   # EDS dropped it: should it come back, it comes back new
+    assert leader.reports[-1] == EjectionReport("web", ())
+
+
 def test_only_the_current_detector_of_a_name_reports() -> None:
     leader = Leader(hosts(1, 2))
     old = leader.detector

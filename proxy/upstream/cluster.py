@@ -47,6 +47,7 @@ class Cluster:
         """`health`: who probes this worker's hosts (proxy/upstream/health/workers.py)."""
         self.name = config.name
         self.config = config
+        self.max_stream_duration = config.max_stream_duration   # (read per attempt)
         self.stats = ClusterStats()
         self.rng = rng
         self.host_set = HostSet((), config.panic_threshold)

@@ -254,6 +254,9 @@ class MemoryTransport:
     def is_closing(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 def python_cost(requests: int, access_log: str | None = None) -> None:
     import uvloop

@@ -19,6 +19,7 @@ from proxy.upstream.pool import ConnectionPool
 
 GLOBAL_TIMEOUT = "global-timeout"
 IDLE_TIMEOUT = "idle-timeout"
+UPSTREAM_DURATION = "upstream-max-stream-duration"   # the cluster's max_stream_duration
 
 
 class Attempt:

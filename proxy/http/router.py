@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy.http import hash_cookie
-from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, Attempt
+from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, UPSTREAM_DURATION, Attempt
 from proxy.http.client import UpstreamConnection
 from proxy.http.exchange import Exchange
 from proxy.http.headers import Headers
@@ -158,7 +158,7 @@ class Router:
         if connection is None:
             self.manager.run_async(stream, self._forward_attempts(stream, (host, None)))
             return True
-        if request_plan is not None:   # the route's own timeouts: the plan has the nearest
+        if request_plan is not None and not cluster.max_stream_duration:   # the plan has the nearest
             delay, kind = plan.first_deadline
             when = stream.start + delay if delay else 0.0
         else:
@@ -249,6 +249,9 @@ class Router:
         idle_from = active if active > now else now
         if idle > 0 and (not when or idle_from + idle < when):
             when, kind = idle_from + idle, IDLE_TIMEOUT
+        duration = stream.cluster.max_stream_duration
+        if duration > 0 and (not when or now + duration < when):
+            when, kind = now + duration, UPSTREAM_DURATION
         return when, kind
 
     async def _forward_attempts(self, stream: Stream, first: tuple[Host, Attempt | str | None]) -> None:
@@ -304,6 +307,13 @@ class Router:
                 manager.stats.downstream_rq_idle_timeout += 1
                 # Envoy: 408 while the request is still arriving, else 504
                 manager.reply(stream, 504 if stream.body.done else 408, b"stream timeout",
+                              extra=self._counted(stream))
+                return
+            if outcome == UPSTREAM_DURATION:
+                stream.flags = "UMSDR"
+                cstats.upstream_rq_max_duration_reached += 1
+                # Envoy: 408 while the request is still arriving, else 504
+                manager.reply(stream, 504 if stream.body.done else 408, b"upstream max stream duration reached",
                               extra=self._counted(stream))
                 return
             if outcome == DURATION_TIMEOUT:

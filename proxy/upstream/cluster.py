@@ -54,6 +54,7 @@ class Cluster:
         circuit breaker, if not this worker's own (proxy/upstream/shared_breaker.py)."""
         self.name = config.name
         self.config = config
+        self.max_stream_duration = config.max_stream_duration   # (read per attempt)
         self.stats = ClusterStats()
         self.rng = rng
         self.host_set = HostSet((), config.panic_threshold)

@@ -77,6 +77,7 @@ class ClusterConfig:
     dns_family: str = "AUTO"
     max_requests_per_connection: int = 0      # 0: unlimited
     max_response_headers_bytes: int = 60 * 1024   # HttpProtocolOptions' max_response_headers_kb
+    max_stream_duration: float = 0.0   # HttpProtocolOptions' common max_stream_duration (0: none)
     buffer_limit: int | None = None           # per_connection_buffer_limit_bytes (None: default)
     stat_name: str = ""                      # alt_stat_name, else the name
     http2: bool = False                      # only allowed for the xDS server's cluster
@@ -178,6 +179,7 @@ class ClusterConfig:
             dns_family=family,
             max_requests_per_connection=http.max_requests_per_connection,
             max_response_headers_bytes=http.max_response_headers_bytes,
+            max_stream_duration=http.max_stream_duration,
             buffer_limit=(message.per_connection_buffer_limit_bytes.value or None
                           if message.HasField("per_connection_buffer_limit_bytes") else None),
             stat_name=message.alt_stat_name or message.name,
@@ -230,13 +232,17 @@ class _HttpOptions:
     http2: bool = False
     max_requests_per_connection: int = 0
     max_response_headers_bytes: int = 60 * 1024
+    max_stream_duration: float = 0.0
 
 
 def _http_protocol_options(message: Cluster, path: str) -> _HttpOptions:
     """The upstream HTTP options: whether the cluster asks for HTTP/2 (gRPC to an xDS
     server), the requests a connection carries before it is closed (the cluster's
     deprecated max_requests_per_connection, or common_http_protocol_options', never both,
-    as in Envoy) and the response headers' size limit (max_response_headers_kb)."""
+    as in Envoy), the response headers' size limit (max_response_headers_kb) and how long
+    an upstream request may wait for its response head (max_stream_duration: then 504, 408
+    while the request is still arriving, flag UMSDR, upstream_rq_max_duration_reached; unlike
+    Envoy's, not retried on `reset` and not applied to a response body in flight)."""
     legacy_max_requests = message.HasField("max_requests_per_connection")
     http2 = message.HasField("http2_protocol_options")
     options = _HttpOptions(http2, message.max_requests_per_connection.value)
@@ -254,10 +260,12 @@ def _http_protocol_options(message: Cluster, path: str) -> _HttpOptions:
                            ("http2_protocol_options", "http_protocol_options"))
         max_requests = options.max_requests_per_connection
         header_bytes = options.max_response_headers_bytes
+        stream_duration = options.max_stream_duration
         if parsed.HasField("common_http_protocol_options"):
             common = parsed.common_http_protocol_options
             there = join(here, "common_http_protocol_options")
-            reject_unsupported(common, there, ("max_requests_per_connection", "max_response_headers_kb"))
+            reject_unsupported(common, there, ("max_requests_per_connection", "max_response_headers_kb",
+                                               "max_stream_duration"))
             if common.HasField("max_requests_per_connection"):
                 if legacy_max_requests:
                     raise ConfigError(join(there, "max_requests_per_connection"),
@@ -269,7 +277,12 @@ def _http_protocol_options(message: Cluster, path: str) -> _HttpOptions:
                 if not 0 < kb <= 8192:
                     raise ConfigError(join(there, "max_response_headers_kb"), f"must be within 1..8192, got {kb}")
                 header_bytes = kb * 1024
-        options = _HttpOptions(http2 or explicit.HasField("http2_protocol_options"), max_requests, header_bytes)
+            if common.HasField("max_stream_duration"):
+                stream_duration = seconds(common.max_stream_duration)
+                if stream_duration < 0:
+                    raise ConfigError(join(there, "max_stream_duration"), f"must not be negative, got {stream_duration:g}s")
+        options = _HttpOptions(http2 or explicit.HasField("http2_protocol_options"), max_requests, header_bytes,
+                               stream_duration)
     return options
 
 

@@ -1,11 +1,12 @@
 """A cluster's upstream HTTP options (`typed_extension_protocol_options` HttpProtocolOptions,
 as Istio's DestinationRule connection pool sets them) against the real Envoy: requests per
-upstream connection and the response headers' size limit."""
+upstream connection, the response headers' size limit and the upstream stream duration."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,7 +140,8 @@ def test_response_headers_over_max_response_headers_kb_are_a_502(
 
 @pytest.mark.parametrize(("common", "field"), [
     ("{max_response_headers_kb: 0}", "max_response_headers_kb"),
-    ("{max_stream_duration: 5s}", "max_stream_duration"),
+    ("{max_stream_duration: -1s}", "max_stream_duration"),
+    ("{idle_timeout: 5s}", "idle_timeout"),
 ])
 def test_a_bad_or_unsupported_common_option_is_refused_naming_the_field(common: str, field: str) -> None:
     with pytest.raises(ConfigError) as error:
@@ -155,3 +157,56 @@ def test_max_requests_per_connection_set_twice_is_refused() -> None:
     assert error.value.path == ("static_resources.clusters[0].typed_extension_protocol_options"
                                 "[envoy.extensions.upstreams.http.v3.HttpProtocolOptions]"
                                 ".common_http_protocol_options.max_requests_per_connection")
+
+
+class SecondRequestHangs:
+    """An upstream answering each connection's first request, never its second."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(3)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                conn.recv(65536)
+                conn.recv(65536)   # (until the proxy gives up on it)
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_an_upstream_request_past_max_stream_duration_gets_504(kind: str, tmp_path: Path) -> None:
+    """The second request goes over the connection the first left idle, and is never answered."""
+    port, admin = free_port(), free_port()
+    upstream = SecondRequestHangs()
+    config = hcm_bootstrap(port, ROUTE, cluster("a", upstream.port, extra=http_options("{max_stream_duration: 0.4s}")),
+                           admin_port=admin)
+    try:
+        with running_proxy(kind, config, port, tmp_path):
+            first = exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            start = time.monotonic()
+            second = exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            elapsed = time.monotonic() - start
+            reached = _counter(admin, "cluster.a.upstream_rq_max_duration_reached")
+    finally:
+        upstream.sock.close()
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert second.startswith(b"HTTP/1.1 504 ")
+    assert second.endswith(b"\r\n\r\nupstream max stream duration reached")
+    assert reached == 1
+    assert 0.3 < elapsed < 0.8

@@ -14,17 +14,19 @@ APT_PACKAGES := python3-venv nftables libnftables1 iproute2 iptables conntrack p
 APT_PACKAGES += curl
 # h2load: fixed-rate latency (p50/p99 at 10,000 requests/s) in bench/proxy_http.py
 APT_PACKAGES += nghttp2-client
+# gcc: compiles the C mypyc generates for tulle-proxy's hot path (make build)
+APT_PACKAGES += gcc
 
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: help setup apt demo test test-unit test-privileged lint proto bench clean
+.PHONY: help setup apt build demo test test-unit test-privileged lint proto bench clean
 
 help:
 	@echo "make demo   set up, then run the demo (a lab cluster with pods, sidecars, mTLS and policies)"
 	@echo "make test   set up, then lint and run every test"
-	@echo "make setup | lint | proto | bench | clean"
+	@echo "make setup | build | lint | proto | bench | clean"
 
-setup: apt $(STAMP)
+setup: apt $(STAMP) build
 
 # Installs only what is missing, so a second run changes nothing.
 apt:
@@ -40,6 +42,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
+
+# tulle-proxy's hot path compiled with mypyc, in place (mypyc_build.py): rebuilt when a
+# compiled module's source changed, else nothing to do. TULLE_PURE_PYTHON=1 runs the source.
+build: $(STAMP)
+	$(PY) mypyc_build.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -68,3 +75,4 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -f proxy/compiled.json $$(find proxy -name '*.so')

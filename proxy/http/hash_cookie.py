@@ -15,10 +15,11 @@ so it sticks to the same upstream.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import xxhash
+
+from proxy.http.route_plan import RoutePlan
 
 if TYPE_CHECKING:
     from proxy.http.stream import Stream
@@ -50,9 +51,10 @@ def generate(stream: Stream, policy: HashPolicy) -> str:
     is then built by ConnectionManager.commit_head (not the route's precompiled plan)."""
     value = cookie_value(stream.downstream_remote, stream.downstream_local)
     stream.set_cookie = set_cookie_line(policy, value)
-    plan = stream.plan
-    if plan.response_plan is not None:
-        plan = copy.copy(plan)
+    if stream.plan.response_plan is not None:
+        # a plan of this request's own (a fresh one, not a copy: copy.copy cannot copy a
+        # mypyc-compiled class, whose constructor takes arguments)
+        plan = stream.plan = RoutePlan(stream.conn.manager.config, stream.plan.table,
+                                       stream.selection)
         plan.response_plan = None
-        stream.plan = plan
     return value

@@ -287,13 +287,17 @@ class Router:
                     if (retry is not None and retry.decide(status) and not stream.body.overflowed
                             and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                         outcome.abandon()
-                        continue
-                    if number > 1:
-                        cstats.upstream_rq_retry_success += 1 if status < 500 else 0
-                    await self.respond(stream, outcome, number, stream.deadline)
-                    return
+                    else:
+                        if number > 1:
+                            cstats.upstream_rq_retry_success += 1 if status < 500 else 0
+                        await self.respond(stream, outcome, number, stream.deadline)
+                        return
             finally:
                 self.end_attempt(stream, host)
+            if isinstance(outcome, Attempt):
+                # abandoned for a retry (`continue` is here, not in the try: mypyc compiles no
+                # continue inside try/finally)
+                continue
             if outcome == OVERFLOW:
                 stream.flags = "UO"
                 cstats.upstream_rq_5xx += 1

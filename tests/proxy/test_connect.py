@@ -6,7 +6,9 @@ tunnels after the upstream's 2xx. The statuses of the other cases are envoy-diff
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import re
 import socket
 import threading
@@ -14,12 +16,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 
 from proxy.config_error import ConfigError
+from proxy.http.connection_manager import HttpConnectionManager
 from proxy.http.downstream import DownstreamConnection
+from proxy.http.hcm_config import HcmConfig
 from proxy.http.headers import Headers
 from proxy.http.stream import Stream
 from proxy.http.tunnel import accept_request
@@ -258,16 +261,19 @@ def test_a_tunnel_idle_for_the_routes_idle_timeout_is_closed(kind: str, tmp_path
         upstream.close()
 
 
-class _Addresses:
-    """What a Stream reads of its connection when it is made (its two addresses)."""
-
-    peer = ("203.0.113.7", 40000)
-    local = ("10.0.0.2", 15001)
+async def _addresses() -> DownstreamConnection:
+    """What a Stream reads of its connection when it is made: its two addresses (a
+    connection of a manager without routes, never made)."""
+    manager = HttpConnectionManager(HcmConfig("connect", None), {}, random.Random(0), "10.0.0.2")
+    connection = DownstreamConnection(manager)
+    connection.peer = ("203.0.113.7", 40000)
+    connection.local = ("10.0.0.2", 15001)
+    return connection
 
 
 def connect_stream(method: str, target: str, version: str, headers: Headers, keep_alive: bool,
             upgrade: bool) -> Stream:
-    return Stream(cast(DownstreamConnection, _Addresses()), method, target, version, headers, keep_alive, upgrade)
+    return Stream(asyncio.run(_addresses()), method, target, version, headers, keep_alive, upgrade)
 
 
 @pytest.mark.parametrize("target", ["db.internal:5432", "10.0.0.1:443", "[fd00::1]:443"])

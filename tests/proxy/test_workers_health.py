@@ -235,10 +235,10 @@ def test_health_under_concurrency_is_what_envoy_shows(tulle: Observed, envoy: Ob
     print(f"probes per host per interval: tulle-proxy {tulle.probes_per_interval:.2f}, "
           f"envoy {envoy.probes_per_interval:.2f}")
     assert envoy.probe_connections == tulle.probe_connections == [1, 1]
-    # Envoy's membership_degraded and membership_excluded (always 0 here) tulle-proxy lacks
     shared = tulle.stats.keys() & envoy.stats.keys()
     assert {"cluster.web.health_check.healthy", "cluster.web.membership_healthy",
-            "cluster.web.membership_total"} <= shared
+            "cluster.web.membership_total", "cluster.web.membership_degraded",
+            "cluster.web.membership_excluded"} <= shared
     assert {name: tulle.stats[name] for name in shared} == {name: envoy.stats[name] for name in shared}
     assert (tulle.served_by_unhealthy, tulle.workers_serving) == (envoy.served_by_unhealthy, envoy.workers_serving)
     for field in ("health_flags", "success_rate", "local_origin_success_rate"):

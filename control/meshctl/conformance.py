@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -145,6 +146,15 @@ class LabBackend:
                 await asyncio.to_thread(api.delete, kind, namespace or "", name)
                 self._gone[(kind, f"{namespace}/{name}" if namespace else name)] = None
         await asyncio.to_thread(self._wait_in_force)
+        await asyncio.to_thread(self._forget_flows)
+
+    def _forget_flows(self) -> None:
+        """Empties every node's conntrack table, as the direct backend does after each step
+        (netpolicy/conformance/direct.py): the rulesets accept established flows first, so a
+        UDP probe that drew an earlier allowed probe's source port would pass as established
+        (seen once, np-udp-default-deny-ingress through the control plane)."""
+        for node in self._lab().nodes():
+            subprocess.run(["ip", "netns", "exec", node.netns, "conntrack", "-F"], check=True, capture_output=True)
 
     # ------------------------------------------------------------------ in force
     def _wait_in_force(self) -> None:

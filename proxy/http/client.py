@@ -51,6 +51,17 @@ class ConnectionOwner(Protocol):
     def connection_closed(self, connection: UpstreamConnection) -> None: ...
 
 
+class _NoCallbacks:
+    """Whom the parser of a closed connection would call back: no one (it is never fed)."""
+
+
+# A connection's parser holds the connection's bound callbacks: a reference cycle that
+# would leave every closed connection, with its transport and TLS state, to the cyclic
+# collector. A closed connection swaps its parser for this one, so reference counting
+# frees it at once.
+_CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_head_bytes", "_head_limit", "_headers", "_in_response", "_interim", "_owner",
                  "_parser", "closed", "early_tunnel_data", "keep_alive", "on_lost",
@@ -114,6 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._parser = _CLOSED_PARSER   # breaks the parser's cycle (above)
         self.keep_alive = False
         if self.on_lost is not None:
             self.on_lost()

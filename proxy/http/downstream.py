@@ -33,6 +33,7 @@ import httptools
 from proxy.http.connection_drain import delayed_close, start_drain
 from proxy.http.headers import Headers
 from proxy.http.stream import RequestBody, Stream
+from proxy.tls import openssl_direct
 from proxy.tls.peer_certificate import PeerCertificate, peer_certificate
 
 if TYPE_CHECKING:
@@ -43,6 +44,20 @@ _NAME = itemgetter(0)
 
 def _discard(data: bytes) -> None:
     pass
+
+
+class _NoCallbacks:
+    """Whom the parser of a closed connection would call back: no one (it is never fed)."""
+
+
+# A connection's parser holds the connection's bound callbacks: a reference cycle that
+# would leave every closed connection, with its transport and TLS state, to the cyclic
+# collector (~25 objects a TLS connection, scanned and promoted through the generations).
+# A closed connection swaps its parser for this one, so reference counting frees it at once;
+# except a TLS one where sessions are Python's (no openssl_direct): there OpenSSL drops the
+# session of a connection freed without close_notify, and its client's ticket would no
+# longer resume (proxy/tls/session_resumption.py, `served`), so that one is left to the collector.
+_CLOSED_PARSER = httptools.HttpRequestParser(_NoCallbacks())
 
 class DownstreamConnection(asyncio.Protocol):
     def __init__(self, manager: HttpConnectionManager) -> None:
@@ -147,6 +162,9 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        transport = self.transport
+        if openssl_direct.available() or transport is None or transport.get_extra_info("ssl_object") is None:
+            self._parser = _CLOSED_PARSER   # breaks the parser's cycle (above)
         if self.on_lost is not None:
             self.on_lost()
         if self._idle_timer is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
+from proxy.config_error import ConfigError
+
 
 def join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
@@ -17,3 +19,14 @@ def join(path: str, name: str) -> str:
 def seconds(duration: Message) -> float:
     """A google.protobuf.Duration as float seconds."""
     return duration.seconds + duration.nanos / 1e9
+
+
+def non_negative_seconds(message: Message, name: str, path: str) -> float | None:
+    """The Duration field `name` in seconds, None when unset; a negative one is refused, as
+    Envoy's validation does."""
+    if not message.HasField(name):
+        return None
+    value = seconds(getattr(message, name))
+    if value < 0:
+        raise ConfigError(join(path, name), f"must not be negative, got {value:g}s")
+    return value

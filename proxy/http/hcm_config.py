@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 
 from proxy.access_log import AccessLogConfig
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.proto_config import join, seconds
+from proxy.proto_config import join, non_negative_seconds
 from proxy.rbac import RBAC_HTTP_TYPE, RbacConfig
 from proxy.router.route_table import RouteTable
 
@@ -199,14 +199,9 @@ class HcmConfig:
 
 
 def _duration(message: Message, name: str, path: str, default: float) -> float:
-    """A Duration field in seconds (`default` when unset); negative values are refused, as
-    Envoy's validation does."""
-    if not message.HasField(name):
-        return default
-    value = seconds(getattr(message, name))
-    if value < 0:
-        raise ConfigError(join(path, name), f"must not be negative, got {value:g}s")
-    return value
+    """A non-negative Duration field in seconds, `default` when unset."""
+    value = non_negative_seconds(message, name, path)
+    return default if value is None else value
 
 
 def _check_filters(message: HttpConnectionManager, path: str) -> tuple[bool, tuple[RbacConfig, ...]]:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from proxy.config_error import ConfigError, reject_unsupported
+from proxy.config_error import reject_unsupported
 from proxy.http.headers import Headers
-from proxy.proto_config import join, seconds
+from proxy.proto_config import join, non_negative_seconds
 
 DURATION_TIMEOUT = "duration-timeout"
 DURATION_BODY = b"downstream duration timeout"
@@ -57,13 +57,13 @@ class StreamTimeouts:
                                                 "grpc_timeout_header_offset"))
             return cls(
                 new_timeouts=True,
-                max_stream_duration=_non_negative(duration, "max_stream_duration", here) or 0.0,
-                grpc_header_max=_non_negative(duration, "grpc_timeout_header_max", here),
-                grpc_header_offset=_non_negative(duration, "grpc_timeout_header_offset", here) or 0.0)
+                max_stream_duration=non_negative_seconds(duration, "max_stream_duration", here) or 0.0,
+                grpc_header_max=non_negative_seconds(duration, "grpc_timeout_header_max", here),
+                grpc_header_offset=non_negative_seconds(duration, "grpc_timeout_header_offset", here) or 0.0)
         if message.HasField("max_grpc_timeout") or message.HasField("grpc_timeout_offset"):
             return cls(new_timeouts=False,
-                       max_grpc_timeout=_non_negative(message, "max_grpc_timeout", path),
-                       grpc_timeout_offset=_non_negative(message, "grpc_timeout_offset", path) or 0.0)
+                       max_grpc_timeout=non_negative_seconds(message, "max_grpc_timeout", path),
+                       grpc_timeout_offset=non_negative_seconds(message, "grpc_timeout_offset", path) or 0.0)
         return None
 
     def for_request(self, headers: Headers, names: set[str]) -> float | None:
@@ -130,12 +130,3 @@ def format_grpc_timeout(bound: float) -> str:
             return f"{value}{unit}"
         value //= scale
     return f"{min(value, 99_999_999)}H"
-
-
-def _non_negative(message: Message, name: str, path: str) -> float | None:
-    if not message.HasField(name):
-        return None
-    value = seconds(getattr(message, name))
-    if value < 0:
-        raise ConfigError(join(path, name), f"must not be negative, got {value:g}s")
-    return value

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.proto_config import join, seconds
+from proxy.proto_config import join, non_negative_seconds, seconds
 from proxy.tls.transport_socket import TlsConfig, transport_socket_from_proto
 from proxy.upstream.balancer import make_balancer
 from proxy.upstream.balancer.load_balancing_policy import from_load_balancing_policy
@@ -277,10 +277,9 @@ def _http_protocol_options(message: Cluster, path: str) -> _HttpOptions:
                 if not 0 < kb <= 8192:
                     raise ConfigError(join(there, "max_response_headers_kb"), f"must be within 1..8192, got {kb}")
                 header_bytes = kb * 1024
-            if common.HasField("max_stream_duration"):
-                stream_duration = seconds(common.max_stream_duration)
-                if stream_duration < 0:
-                    raise ConfigError(join(there, "max_stream_duration"), f"must not be negative, got {stream_duration:g}s")
+            common_duration = non_negative_seconds(common, "max_stream_duration", there)
+            if common_duration is not None:
+                stream_duration = common_duration
         options = _HttpOptions(http2 or explicit.HasField("http2_protocol_options"), max_requests, header_bytes,
                                stream_duration)
     return options

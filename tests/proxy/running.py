@@ -1,5 +1,6 @@
-"""Test helpers: a recording HTTP upstream, free ports, and a proxy process (tulle-proxy
-or the real Envoy) started on a rendered bootstrap and always stopped."""
+"""Test helpers: fake upstreams (threaded loopback servers, one of them recording HTTP),
+free ports, and a proxy process (tulle-proxy or the real Envoy) started on a rendered
+bootstrap and always stopped."""
 
 from __future__ import annotations
 
@@ -15,45 +16,69 @@ from tests.ports import free_port
 from tests.proxy_process import ProxyProcess
 
 
-class RecordingUpstream:
-    """An HTTP/1.1 upstream answering 200 "ok" to everything and recording raw requests."""
+class ThreadedUpstream:
+    """A loopback TCP server serving each accepted connection on its own thread with `serve`:
+    the proxy tests' fake upstreams differ only in that method. A connection's socket times
+    out after `timeout` seconds, so a stuck proxy fails its test instead of hanging it, and an
+    OSError in `serve` (a reset, that timeout) ends only its connection. `closing` is set
+    once `close` is called, for loops that would otherwise outlive the test."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+    timeout = 2.0
+
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        self.sock = socket.create_server(address, backlog=16)
         self.port = int(self.sock.getsockname()[1])
-        self.received: list[bytes] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.closing = threading.Event()
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._stop:
+    def _accept(self) -> None:
+        while True:
             try:
                 conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
+            except OSError:   # closed: the shutdown in `close` wakes the blocked accept
+                return
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn: socket.socket) -> None:
-        conn.settimeout(2)
-        with conn:
-            try:
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    self.received.append(data)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            except OSError:
-                return
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(self.timeout)
+            self.serve(conn)
+
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
-        self._stop = True
+        self.closing.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        self._thread.join(1)
+        self._accepting.join(1)
+
+
+def read_head(conn: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes] | None:
+    """Read from `conn` until the head that `buffer` starts is complete: (head, what followed
+    it), or None if the peer closed first."""
+    while b"\r\n\r\n" not in buffer:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buffer += data
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+class RecordingUpstream(ThreadedUpstream):
+    """An HTTP/1.1 upstream answering 200 "ok" to every read and recording the raw bytes."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
+        while data := conn.recv(65536):
+            self.received.append(data)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
 def hcm_bootstrap(listener_port: int, routes: str, clusters: str, hcm_extra: str = "", *,

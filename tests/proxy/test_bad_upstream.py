@@ -5,13 +5,19 @@ not hold up anyone else."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import bootstrap, exchange, free_port, running_proxy
+from tests.proxy.running import (
+    ThreadedUpstream,
+    bootstrap,
+    exchange,
+    free_port,
+    read_head,
+    running_proxy,
+)
 
 ANSWERS = {
     "/garbage": b"this is not http\r\n\r\n",
@@ -24,38 +30,13 @@ ANSWERS = {
 }
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(ThreadedUpstream):
     """Answers each request with the raw bytes for its path, then closes."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = int(self.sock.getsockname()[1])
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(2)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                path = data.split(b" ")[1].decode()
-                conn.sendall(ANSWERS.get(path, ANSWERS["/ok"]))
-            except OSError:
-                return
+    def serve(self, conn: socket.socket) -> None:
+        if (request := read_head(conn)) is not None:
+            path = request[0].split(b" ")[1].decode()
+            conn.sendall(ANSWERS.get(path, ANSWERS["/ok"]))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +47,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     with running_proxy("tulle", bootstrap(ports["tulle"], upstream.port), ports["tulle"], workdir), \
             running_proxy("envoy", bootstrap(ports["envoy"], upstream.port), ports["envoy"], workdir):
         yield ports
-    upstream.sock.close()
+    upstream.close()
 
 
 def status_and_body(response: bytes) -> tuple[bytes, bytes]:

@@ -5,7 +5,6 @@ upstream connection, the response headers' size limit and the upstream stream du
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from proxy.bootstrap import parse_bootstrap
 from proxy.config_error import ConfigError
 from tests.proxy.running import (
     RecordingUpstream,
+    ThreadedUpstream,
     cluster,
     exchange,
     free_port,
@@ -85,31 +85,17 @@ def test_an_upstream_connection_carries_max_requests_per_connection_then_closes(
     assert connections == 3
 
 
-class BigHeaderUpstream:
+class BigHeaderUpstream(ThreadedUpstream):
     """An upstream answering every request with one `x-big` header of `size` bytes."""
 
     def __init__(self, size: int) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = int(self.sock.getsockname()[1])
         self.reply = b"HTTP/1.1 200 OK\r\nx-big: " + b"b" * size + b"\r\ncontent-length: 2\r\n\r\nok"
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.settimeout(2)
-                    if conn.recv(65536):
-                        conn.sendall(self.reply)
-                        conn.recv(65536)
-                except OSError:
-                    pass
+    def serve(self, conn: socket.socket) -> None:
+        if conn.recv(65536):
+            conn.sendall(self.reply)
+            conn.recv(65536)
 
 
 @pytest.fixture
@@ -117,8 +103,8 @@ def big_header_upstreams() -> Iterator[tuple[int, int]]:
     """Upstreams whose response headers are under and over 2 KiB."""
     under, over = BigHeaderUpstream(1900), BigHeaderUpstream(2100)
     yield under.port, over.port
-    under.sock.close()
-    over.sock.close()
+    under.close()
+    over.close()
 
 
 @pytest.mark.parametrize("kind", ["tulle", "envoy"])
@@ -159,34 +145,16 @@ def test_max_requests_per_connection_set_twice_is_refused() -> None:
                                 ".common_http_protocol_options.max_requests_per_connection")
 
 
-class SecondRequestHangs:
+class SecondRequestHangs(ThreadedUpstream):
     """An upstream answering each connection's first request, never its second."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = int(self.sock.getsockname()[1])
-        threading.Thread(target=self._serve, daemon=True).start()
+    timeout = 3.0
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.settimeout(3)
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                conn.recv(65536)
-                conn.recv(65536)   # (until the proxy gives up on it)
-            except OSError:
-                pass
+    def serve(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        conn.recv(65536)
+        conn.recv(65536)   # (until the proxy gives up on it)
 
 
 @pytest.mark.parametrize("kind", ["tulle", "envoy"])
@@ -204,7 +172,7 @@ def test_an_upstream_request_past_max_stream_duration_gets_504(kind: str, tmp_pa
             elapsed = time.monotonic() - start
             reached = _counter(admin, "cluster.a.upstream_rq_max_duration_reached")
     finally:
-        upstream.sock.close()
+        upstream.close()
     assert first.startswith(b"HTTP/1.1 200 ")
     assert second.startswith(b"HTTP/1.1 504 ")
     assert second.endswith(b"\r\n\r\nupstream max stream duration reached")

@@ -27,68 +27,49 @@ from proxy.http.headers import Headers
 from proxy.http.stream import Stream
 from proxy.http.tunnel import accept_request
 from proxy.router.route_table import RouteTable
-from tests.proxy.running import cluster, free_port, hcm_bootstrap, running_proxy
+from tests.proxy.running import (
+    ThreadedUpstream,
+    cluster,
+    free_port,
+    hcm_bootstrap,
+    read_head,
+    running_proxy,
+)
 from tests.proxy.test_xds import message
 
 KINDS = ["tulle", "envoy"]
 
 
-class TunnelUpstream:
+class TunnelUpstream(ThreadedUpstream):
     """A TCP server that echoes every byte; with `answer_connect`, it first reads a request
     head and answers 200 (an HTTP proxy accepting a passed-through CONNECT)."""
+
+    timeout = 5.0
 
     def __init__(self, answer_connect: bool = False) -> None:
         self.answer_connect = answer_connect
         self.heads: list[bytes] = []
         self.ended: list[bytes] = []   # per connection that saw the FIN: what came before it
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    def _echo(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        with conn:
-            try:
-                pending = b""
-                if self.answer_connect:
-                    while b"\r\n\r\n" not in pending:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        pending += data
-                    head, _, pending = pending.partition(b"\r\n\r\n")
-                    self.heads.append(head)
-                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                received = pending
-                if pending:
-                    conn.sendall(pending)
-                try:
-                    while data := conn.recv(65536):
-                        received += data
-                        conn.sendall(data)
-                except ConnectionResetError:
-                    pass   # a proxy that closes with our echo unread resets: an end all the same
-                self.ended.append(received)
-            except OSError:
+    def serve(self, conn: socket.socket) -> None:
+        pending = b""
+        if self.answer_connect:
+            if (request := read_head(conn)) is None:
                 return
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
-        self._thread.join(1)
+            head, pending = request
+            self.heads.append(head)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        received = pending
+        if pending:
+            conn.sendall(pending)
+        try:
+            while data := conn.recv(65536):
+                received += data
+                conn.sendall(data)
+        except ConnectionResetError:
+            pass   # a proxy that closes with our echo unread resets: an end all the same
+        self.ended.append(received)
 
 
 def bootstrap(port: int, upstream: int, terminate: bool, idle: str = "") -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -13,38 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import free_port, running_proxy
+from tests.proxy.running import ThreadedUpstream, free_port, running_proxy
 from tests.proxy.test_access_log_formats import ISTIO_TEXT, normalised
+
+
+class DoublingUpstream(ThreadedUpstream):
+    """Answers each connection's first read twice over, then closes."""
+
+    def serve(self, conn: socket.socket) -> None:
+        conn.sendall(conn.recv(100) * 2)
 
 
 @contextmanager
 def doubling_upstream() -> Iterator[int]:
-    """Answers each connection's first read twice over, then closes."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn, suppress(OSError):
-                conn.settimeout(2)
-                data = conn.recv(100)
-                conn.sendall(data * 2)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    upstream = DoublingUpstream()
     try:
-        yield int(server.getsockname()[1])
+        yield upstream.port
     finally:
-        stop.set()
-        thread.join(1)
-        server.close()
+        upstream.close()
 
 
 def listener(name: str, port: int, cluster: str, log: Path) -> str:

@@ -15,15 +15,17 @@ import yaml
 
 from control.ca.authority import CertificateAuthority
 from proxy.tls.workload_identity import new_key_and_csr
-from tests.proxy.running import exchange, free_port, running_proxy
+from tests.proxy.running import ThreadedUpstream, exchange, free_port, running_proxy
 from tests.tls.sidecars import CATALOG, cluster, endpoint, http_listener, upstream_tls
 
 NOW = dt.datetime.now(dt.UTC)
 
 
-class TlsUpstream:
+class TlsUpstream(ThreadedUpstream):
     """An HTTPS upstream answering each connection's first request, then noting how the
     proxy ended the connection: "close_notify" or "truncated"."""
+
+    timeout = 3.0
 
     def __init__(self, ca: CertificateAuthority, tmp_path: Path) -> None:
         pair = new_key_and_csr()
@@ -31,26 +33,17 @@ class TlsUpstream:
         (tmp_path / "upstream.key").write_bytes(pair.key_pem)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(tmp_path / "upstream.pem", tmp_path / "upstream.key")
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = int(self.sock.getsockname()[1])
         self.endings: list[str] = []
         self.done = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
-            raw, _ = self.sock.accept()
-        except OSError:
-            return
-        raw.settimeout(3)
-        try:
-            with self.context.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False) as conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            with self.context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+                tls.recv(65536)
+                tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 try:
-                    self.endings.append("close_notify" if conn.recv(65536) == b"" else "more data")
+                    self.endings.append("close_notify" if tls.recv(65536) == b"" else "more data")
                 except ssl.SSLEOFError:
                     self.endings.append("truncated")
         except OSError as error:
@@ -74,6 +67,6 @@ def test_an_upstream_tls_connection_the_proxy_is_done_with_ends_with_close_notif
             reply = exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             assert upstream.done.wait(5)
     finally:
-        upstream.sock.close()
+        upstream.close()
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert upstream.endings == ["close_notify"]

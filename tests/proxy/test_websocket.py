@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,55 +14,46 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import cluster, free_port, hcm_bootstrap, running_proxy
+from tests.proxy.running import (
+    ThreadedUpstream,
+    cluster,
+    free_port,
+    hcm_bootstrap,
+    read_head,
+    running_proxy,
+)
 
 
-class EchoAfterUpgrade:
+class EchoAfterUpgrade(ThreadedUpstream):
     """Answers an upgrade request with 101, then echoes every byte."""
 
+    timeout = 10.0
+
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = int(self.sock.getsockname()[1])
         self.requests: list[bytes] = []
         self.ended: list[bytes] = []   # per upgraded connection that saw the FIN: what came before it
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            self.requests.append(head)
-            if b"/declined" in head:
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                return
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
-                         b"connection: upgrade\r\n\r\n")
-            received = rest
-            if rest:
-                conn.sendall(rest)
-            with contextlib.suppress(OSError):
-                try:
-                    while chunk := conn.recv(4096):
-                        received += chunk
-                        conn.sendall(chunk)
-                except ConnectionResetError:
-                    pass   # a proxy that closes with our echo unread resets: an end all the same
-                self.ended.append(received)
+    def serve(self, conn: socket.socket) -> None:
+        if (request := read_head(conn)) is None:
+            return
+        head, rest = request
+        self.requests.append(head)
+        if b"/declined" in head:
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            return
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                     b"connection: upgrade\r\n\r\n")
+        received = rest
+        if rest:
+            conn.sendall(rest)
+        try:
+            while chunk := conn.recv(4096):
+                received += chunk
+                conn.sendall(chunk)
+        except ConnectionResetError:
+            pass   # a proxy that closes with our echo unread resets: an end all the same
+        self.ended.append(received)
 
 
 def config(port: int, admin: int, upstream: int) -> str:
@@ -95,7 +85,7 @@ def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Listener
         with running_proxy(request.param, config(port, admin, upstream.port), port, tmp_path):
             yield Listener(port, admin, upstream)
     finally:
-        upstream.sock.close()
+        upstream.close()
 
 
 def upgrade(port: int, path: str, early: bytes = b"") -> tuple[socket.socket, bytes]:

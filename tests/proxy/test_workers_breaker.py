@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.ports import free_port
-from tests.proxy.running import cluster, exchange, hcm_bootstrap
+from tests.proxy.running import ThreadedUpstream, cluster, exchange, hcm_bootstrap, read_head
 from tests.proxy_process import ProxyProcess
 
 OTHERS = 8   # requests sent while one is in flight, each on its own connection
@@ -30,50 +30,27 @@ GAUGES = r"^cluster\.web\.circuit_breakers\.default\.(rq_open|remaining_rq|remai
 OVERFLOWS = r"^cluster\.web\.upstream_rq_(pending|active)_overflow$"
 
 
-class HeldUpstream:
+class HeldUpstream(ThreadedUpstream):
     """An HTTP/1.1 upstream that holds every response until `release` (or 10 s)."""
+
+    timeout = 15.0
 
     def __init__(self) -> None:
         self.requests = 0
         self.release = threading.Event()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        conn.settimeout(15)
+    def serve(self, conn: socket.socket) -> None:
         buffer = b""
-        with conn:
-            try:
-                while not self._stop.is_set():
-                    while b"\r\n\r\n" not in buffer:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffer += data
-                    _, _, buffer = buffer.partition(b"\r\n\r\n")
-                    self.requests += 1
-                    self.release.wait(10)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            except OSError:
-                return
+        while not self.closing.is_set() and (request := read_head(conn, buffer)) is not None:
+            buffer = request[1]
+            self.requests += 1
+            self.release.wait(10)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
     def close(self) -> None:
-        self._stop.set()
         self.release.set()
-        self.sock.close()
-        self._thread.join(1)
+        super().close()
 
 
 @dataclass

@@ -20,7 +20,7 @@ import yaml
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from tests.ports import free_port
-from tests.proxy.running import exchange
+from tests.proxy.running import ThreadedUpstream, exchange, read_head
 from tests.proxy.test_xds import (
     CLUSTER,
     LISTENER,
@@ -39,9 +39,11 @@ WINDOW = 2.0      # seconds over which probes are counted
 REQUESTS = 40     # each on its own downstream connection: SO_REUSEPORT spreads them
 
 
-class ProbedUpstream:
+class ProbedUpstream(ThreadedUpstream):
     """A keep-alive HTTP/1.1 upstream: GET /healthz answers `health_status`, anything else
     `request_status`. Counts the probes and the requests, and the connections each came on."""
+
+    timeout = 5.0
 
     def __init__(self, request_status: int = 200, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.health_status = 200
@@ -52,50 +54,23 @@ class ProbedUpstream:
         self.request_connections: set[int] = set()
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self.sock = socket.create_server(address)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(address)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._connection, args=(conn, next(self._ids)), daemon=True).start()
-
-    def _connection(self, conn: socket.socket, ident: int) -> None:
-        conn.settimeout(5)
+    def serve(self, conn: socket.socket) -> None:
+        ident = next(self._ids)
         buffer = b""
-        with conn:
-            try:
-                while not self._stop.is_set():
-                    while b"\r\n\r\n" not in buffer:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffer += data
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    probe = head.split(b" ", 2)[1] == b"/healthz"
-                    with self._lock:
-                        if probe:
-                            self.probes += 1
-                            self.probe_connections.add(ident)
-                        else:
-                            self.requests += 1
-                            self.request_connections.add(ident)
-                    status = self.health_status if probe else self.request_status
-                    conn.sendall(b"HTTP/1.1 %d X\r\ncontent-length: 2\r\n\r\nok" % status)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(1)
+        while not self.closing.is_set() and (request := read_head(conn, buffer)) is not None:
+            head, buffer = request
+            probe = head.split(b" ", 2)[1] == b"/healthz"
+            with self._lock:
+                if probe:
+                    self.probes += 1
+                    self.probe_connections.add(ident)
+                else:
+                    self.requests += 1
+                    self.request_connections.add(ident)
+            status = self.health_status if probe else self.request_status
+            conn.sendall(b"HTTP/1.1 %d X\r\ncontent-length: 2\r\n\r\nok" % status)
 
 
 def bootstrap(listener: int, ports: list[int]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,40 +18,29 @@ from proxy.upstream.health import HealthCheckConfig, HttpCheck
 from proxy.upstream.health.prober import HealthChecker
 from proxy.upstream.host import Host
 from proxy.upstream.host_set import HostSet
+from tests.proxy.running import ThreadedUpstream, read_head
 from tests.proxy.upstream.envoy_peer import envoy, free_port
+
+
+class HeadRecorder(ThreadedUpstream):
+    """Records each request head and answers 200, one request per connection."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
+        request = read_head(conn)
+        self.heads.append(request[0] + b"\r\n\r\n" if request is not None else b"")
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
 
 
 @contextmanager
 def recording_server() -> Iterator[tuple[int, list[bytes]]]:
-    """A server that records each request head and answers 200, one request per connection."""
-    heads: list[bytes] = []
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                heads.append(data)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    server = HeadRecorder()
     try:
-        yield server.getsockname()[1], heads
+        yield server.port, server.heads
     finally:
-        stop.set()
-        thread.join()
         server.close()
 
 

@@ -103,9 +103,14 @@ class ClusterStats:
         return stats
 
 
+_NO_HTTP2_OR_HTTP3 = {f"downstream_{stat}": 0 for stat in (
+    "cx_http2_total", "cx_http2_active", "cx_http3_total", "cx_http3_active", "rq_http2_total", "rq_http3_total")}
+
+
 @dataclass(slots=True)
 class HttpStats:
-    GAUGES = frozenset({"downstream_rq_active", "downstream_cx_active", "downstream_cx_upgrades_active"})
+    GAUGES = frozenset({"downstream_rq_active", "downstream_cx_active", "downstream_cx_upgrades_active",
+                        "downstream_cx_http1_active", "downstream_cx_http2_active", "downstream_cx_http3_active"})
     downstream_rq_total: int = 0
     downstream_rq_1xx: int = 0
     downstream_rq_2xx: int = 0
@@ -147,10 +152,12 @@ class HttpStats:
             self.downstream_rq_1xx += 1
 
     def derived(self) -> dict[str, int]:
-        # Read, not counted per request: every request is an HTTP/1 one (the only codec),
-        # and the active ones are those started and not completed.
+        # Read, not counted per request: every connection and request is an HTTP/1 one (the
+        # only downstream codec), and the active ones are those started and not completed.
         return {"downstream_rq_http1_total": self.downstream_rq_total,
-                "downstream_rq_active": self.downstream_rq_total - self.downstream_rq_completed}
+                "downstream_cx_http1_active": self.downstream_cx_active,
+                "downstream_rq_active": self.downstream_rq_total - self.downstream_rq_completed,
+                **_NO_HTTP2_OR_HTTP3}
 
 
 @dataclass(slots=True)

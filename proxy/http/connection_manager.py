@@ -61,7 +61,7 @@ from proxy.router.route import (
     RedirectAction,
 )
 from proxy.router.route_table import RouteSelection, RouteTable
-from proxy.stats import Http1CodecStats, HttpStats
+from proxy.stats import Http1CodecStats, HttpStats, ListenerStats
 from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectFailure
@@ -101,6 +101,9 @@ class HttpConnectionManager:
         self.local_address = local_address
         self.stats = HttpStats()
         self.codec_stats = Http1CodecStats()   # the process's one http1.* scope, once registered
+        # the listener's, whose downstream_cx_active/destroy its connections move (its
+        # accept loop counts downstream_cx_total)
+        self.listener_stats = ListenerStats()
         self.rbac_stats = RbacStats()
         self.draining = False   # the listener was replaced: close connections after their response
         self.connections: set[DownstreamConnection] = set()
@@ -128,11 +131,15 @@ class HttpConnectionManager:
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_http1_total += 1
         self.stats.downstream_cx_active += 1
+        self.listener_stats.downstream_cx_active += 1
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self.connections.discard(conn)
         self.stats.downstream_cx_active -= 1
         self.stats.downstream_cx_destroy += 1
+        listener_stats = self.listener_stats
+        listener_stats.downstream_cx_active -= 1
+        listener_stats.downstream_cx_destroy += 1
 
     def protocol_error_reply(self, conn: DownstreamConnection, status: int) -> None:
         body = {400: b"Bad Request", 426: b"Upgrade Required"}.get(

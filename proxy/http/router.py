@@ -210,6 +210,8 @@ class Router:
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             cluster.stats.count_status(503, stream.internal)
+            if not cluster.host_set.levels and cluster.host_set.in_panic:
+                cluster.balancer.lb_healthy_panic += 1   # (Envoy: a cluster without hosts is in panic)
             stream.flags = "UH"
             self.manager.reply(stream, 503, b"no healthy upstream", extra=self._counted(stream))
             return None

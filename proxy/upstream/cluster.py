@@ -131,8 +131,9 @@ class Cluster:
         self.stats.membership_healthy = len(self.host_set.healthy)
 
     def extra_stats(self) -> dict[str, int]:
-        """The breaker's and outlier detector's stats, under this cluster's scope."""
+        """The balancer's, breaker's and outlier detector's stats, under this cluster's scope."""
         stats = self.breaker.stats()
+        stats["lb_healthy_panic"] = self.balancer.lb_healthy_panic
         if self.outlier is not None:
             stats.update(self.outlier.stats.as_dict())
         named = len(self.health_checkers) > 1   # Envoy: health_check.name.NAME.* then

@@ -206,6 +206,7 @@ SITTING_ROUTES = """              - {match: {prefix: /refused}, route: {cluster:
 
 @dataclass
 class Sitting:
+    listener: str                # the listener's stat name, ADDRESS_PORT
     statuses: dict[str, bytes]   # by request name
     stats: dict[str, str]        # /stats after the traffic
     prometheus: str              # /stats/prometheus after the traffic
@@ -245,7 +246,7 @@ def _sitting(kind: str, workdir: Path) -> Sitting:
                 thread.join(15)
             time.sleep(0.3)
             text = _stats(admin)
-            return Sitting(statuses, dict(line.split(": ", 1) for line in text.splitlines() if ": " in line),
+            return Sitting(f"127.0.0.1_{port}", statuses, dict(line.split(": ", 1) for line in text.splitlines() if ": " in line),
                            _stats(admin, "stats/prometheus"))
     finally:
         upstream.close()
@@ -386,3 +387,27 @@ def test_prometheus_has_the_overflow_counters(sitting: Sitting) -> None:
     assert 'envoy_cluster_upstream_rq_pending_overflow{envoy_cluster_name="max_pending"} 1' in lines
     assert 'envoy_cluster_upstream_rq_retry_overflow{envoy_cluster_name="max_retries"} 1' in lines
     assert 'envoy_cluster_upstream_rq_pending_failure_eject{envoy_cluster_name="refused"} 3' in lines
+
+
+def test_no_healthy_upstream_in_a_cluster_without_hosts_is_a_panic(sitting: Sitting) -> None:
+    assert _cluster(sitting, "empty", "lb_healthy_panic") == {"lb_healthy_panic": "1"}
+    assert _cluster(sitting, "codes", "lb_healthy_panic") == {"lb_healthy_panic": "0"}
+
+
+def test_every_downstream_connection_and_request_is_http1(sitting: Sitting) -> None:
+    assert {stat: sitting.stats[f"http.main.{stat}"] for stat in (
+        "downstream_cx_http1_active", "downstream_cx_http2_total", "downstream_cx_http2_active",
+        "downstream_cx_http3_total", "downstream_cx_http3_active", "downstream_rq_http1_total",
+        "downstream_rq_http2_total", "downstream_rq_http3_total")} == {
+        "downstream_cx_http1_active": "0", "downstream_cx_http2_total": "0", "downstream_cx_http2_active": "0",
+        "downstream_cx_http3_total": "0", "downstream_cx_http3_active": "0", "downstream_rq_http1_total": "13",
+        "downstream_rq_http2_total": "0", "downstream_rq_http3_total": "0"}
+
+
+def test_a_listener_counts_its_connections(sitting: Sitting) -> None:
+    # each request on a connection of its own, and the one that found the port open
+    assert {stat: sitting.stats[f"listener.{sitting.listener}.{stat}"] for stat in (
+        "downstream_cx_total", "downstream_cx_active", "downstream_cx_destroy")} == {
+        "downstream_cx_total": "14", "downstream_cx_active": "0", "downstream_cx_destroy": "14"}
+    assert (f'envoy_listener_downstream_cx_total{{envoy_listener_address="{sitting.listener}"}} 14'
+            in sitting.prometheus.splitlines())

@@ -329,7 +329,7 @@ class ProxyServer:
                 manager.listener_stats = listener_stats
                 managers.append(manager)
                 self.managers.append(manager)
-                manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
+                manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.extra_stat_values)
                 manager.codec_stats = self.stats.share("http1", "", manager.codec_stats)
 
             def http(destination: tuple[str, int] | None, server_name: str,

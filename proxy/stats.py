@@ -63,6 +63,9 @@ class ClusterStats:
     # internal (x-envoy-internal: true), and of the others (Envoy's `internal.` and `external.`)
     internal_codes: list[int] = field(default_factory=list)
     external_codes: list[int] = field(default_factory=list)
+    # bytes read and written by the cluster's closed connections (the open ones count their
+    # own: Cluster.extra_stats adds them up as upstream_cx_rx/tx_bytes_total)
+    closed_bytes: list[int] = field(default_factory=lambda: [0, 0])
 
     def count_status(self, status: int, internal: bool = False) -> None:
         """A response (the upstream's, or a local reply charged to the cluster) with `status`."""

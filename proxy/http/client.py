@@ -66,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_head_bytes", "_head_limit", "_headers", "_in_response", "_interim", "_owner",
                  "_parser", "closed", "early_tunnel_data", "keep_alive", "on_lost",
                  "protocol_error",
-                 "requests", "sink", "transport", "tunnel", "upgraded")
+                 "requests", "rx_bytes", "sink", "transport", "tunnel", "tx_bytes", "upgraded")
 
     def __init__(self, owner: ConnectionOwner) -> None:
         self._owner = owner
@@ -83,6 +83,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.protocol_error = False   # the upstream sent something that is not HTTP/1.1
         self.requests = 0
+        # bytes read and written: the pool adds them to upstream_cx_rx/tx_bytes_total when the
+        # stats are read or the connection closes (a native add, not a stats one)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
         # after a 101 response: raw bytes go to `tunnel`; bytes before it are kept
         self.tunnel: Callable[[bytes], None] | None = None
         self.upgraded = False
@@ -97,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
             transport.set_write_buffer_limits(high=self._owner.buffer_limit)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes += len(data)
         if self.tunnel is not None:
             self.tunnel(data)
             return
@@ -150,10 +155,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self._in_response = False
         assert self.transport is not None
+        self.tx_bytes += len(head)
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            self.tx_bytes += len(data)
             self.transport.write(data)
 
     def close(self) -> None:

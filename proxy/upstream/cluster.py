@@ -134,6 +134,13 @@ class Cluster:
         """The balancer's, breaker's and outlier detector's stats, under this cluster's scope."""
         stats = self.breaker.stats()
         stats["lb_healthy_panic"] = self.balancer.lb_healthy_panic
+        rx, tx = self.stats.closed_bytes
+        for pool in self.pools.values():
+            for connection in pool.connections:
+                rx += connection.rx_bytes
+                tx += connection.tx_bytes
+        stats["upstream_cx_rx_bytes_total"] = rx
+        stats["upstream_cx_tx_bytes_total"] = tx
         if self.outlier is not None:
             stats.update(self.outlier.stats.as_dict())
         named = len(self.health_checkers) > 1   # Envoy: health_check.name.NAME.* then

@@ -63,8 +63,8 @@ _NEVER_POOLED = _NeverPooled()
 
 class ConnectionPool:
     __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "buffer_limit", "connect_timeout",
-                 "host", "keepalive", "max_requests_per_connection", "max_response_headers_bytes", "open", "stats",
-                 "tls")
+                 "connections", "host", "keepalive", "max_requests_per_connection", "max_response_headers_bytes",
+                 "open", "stats", "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
                  breaker: CircuitBreaker, max_requests_per_connection: int = 0,
@@ -84,6 +84,7 @@ class ConnectionPool:
         self._loop = asyncio.get_event_loop()
         self._closed = False
         self.open = 0
+        self.connections: set[UpstreamConnection] = set()   # open ones (for their byte counts)
 
     @property
     def pending(self) -> int:
@@ -202,6 +203,7 @@ class ConnectionPool:
             if self.keepalive is not None:
                 self.keepalive.apply(sock)
         self.open += 1
+        self.connections.add(connection)
         stats.upstream_cx_active += 1
         return connection
 
@@ -234,8 +236,13 @@ class ConnectionPool:
                 waiter.set_result(None)   # a connection slot is free: connect
                 break
         self.open -= 1
-        self.stats.upstream_cx_active -= 1
-        self.stats.upstream_cx_destroy += 1
+        stats = self.stats
+        stats.upstream_cx_active -= 1
+        stats.upstream_cx_destroy += 1
+        self.connections.discard(connection)
+        closed_bytes = stats.closed_bytes
+        closed_bytes[0] += connection.rx_bytes
+        closed_bytes[1] += connection.tx_bytes
         if connection in self._idle:
             self._idle.remove(connection)
 

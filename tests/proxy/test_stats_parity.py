@@ -43,9 +43,12 @@ def _values(admin: int, *names: str) -> dict[str, int]:
     return {name: int(lines[name]) for name in names}
 
 
+def _request(path: str, headers: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n".encode()
+
+
 def _get(port: int, path: str, headers: str = "") -> bytes:
-    reply = exchange(port, f"GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n".encode())
-    return reply.split(b"\r\n", 1)[0]
+    return exchange(port, _request(path, headers)).split(b"\r\n", 1)[0]
 
 
 @pytest.fixture
@@ -207,6 +210,7 @@ SITTING_ROUTES = """              - {match: {prefix: /refused}, route: {cluster:
 @dataclass
 class Sitting:
     listener: str                # the listener's stat name, ADDRESS_PORT
+    sent: int                    # bytes of the requests sent
     statuses: dict[str, bytes]   # by request name
     stats: dict[str, str]        # /stats after the traffic
     prometheus: str              # /stats/prometheus after the traffic
@@ -229,9 +233,10 @@ def _sitting(kind: str, workdir: Path) -> Sitting:
     held: list[threading.Thread] = []
     try:
         with running_proxy(kind, hcm_bootstrap(port, SITTING_ROUTES, clusters, admin_port=admin), port, workdir):
-            for name, path in (("200", "/"), ("301", "/s/301"), ("404", "/s/404"), ("503", "/s/503"),
-                               ("refused", "/refused"), ("flaky", "/flaky"), ("none", "/none"),
-                               ("no retry left", "/s/503/no-retry-left")):
+            requests = (("200", "/"), ("301", "/s/301"), ("404", "/s/404"), ("503", "/s/503"),
+                        ("refused", "/refused"), ("flaky", "/flaky"), ("none", "/none"),
+                        ("no retry left", "/s/503/no-retry-left"))
+            for name, path in requests:
                 statuses[name] = _status(_get(port, path))
             for name, path in (("held rq", "/held/rq"), ("held pending", "/held/pending"),
                                ("waiting pending", "/held/pending")):
@@ -246,7 +251,10 @@ def _sitting(kind: str, workdir: Path) -> Sitting:
                 thread.join(15)
             time.sleep(0.3)
             text = _stats(admin)
-            return Sitting(f"127.0.0.1_{port}", statuses, dict(line.split(": ", 1) for line in text.splitlines() if ": " in line),
+            sent = sum(len(_request(path)) for path in (
+                *(path for _, path in requests), "/held/rq", "/held/pending", "/held/pending", "/held/rq",
+                "/held/pending"))
+            return Sitting(f"127.0.0.1_{port}", sent, statuses, dict(line.split(": ", 1) for line in text.splitlines() if ": " in line),
                            _stats(admin, "stats/prometheus"))
     finally:
         upstream.close()
@@ -411,3 +419,14 @@ def test_a_listener_counts_its_connections(sitting: Sitting) -> None:
         "downstream_cx_total": "14", "downstream_cx_active": "0", "downstream_cx_destroy": "14"}
     assert (f'envoy_listener_downstream_cx_total{{envoy_listener_address="{sitting.listener}"}} 14'
             in sitting.prometheus.splitlines())
+
+
+def test_the_bytes_each_way_are_counted(sitting: Sitting) -> None:
+    http = {stat: int(sitting.stats[f"http.main.{stat}"])
+            for stat in ("downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")}
+    assert http["downstream_cx_rx_bytes_total"] == sitting.sent
+    assert http["downstream_cx_tx_bytes_total"] > 13 * len(b"HTTP/1.1 200 OK\r\n\r\n")
+    # the codes cluster's six answers (the flaky one's 503 too), each of the upstream's one shape
+    answer = len(b"HTTP/1.1 200 X\r\ncontent-length: 2\r\n\r\nok")
+    assert _cluster(sitting, "codes", "upstream_cx_rx_bytes_total") == {"upstream_cx_rx_bytes_total": str(6 * answer)}
+    assert int(sitting.stats["cluster.codes.upstream_cx_tx_bytes_total"]) > 6 * len(b"GET / HTTP/1.1\r\n\r\n")

@@ -52,6 +52,8 @@ class ClusterStats:
     upstream_cx_connect_fail: int = 0
     upstream_cx_connect_timeout: int = 0
     upstream_cx_destroy: int = 0
+    upstream_cx_destroy_local: int = 0    # ... closed by Tulle (or a connect that timed out)
+    upstream_cx_destroy_remote: int = 0   # ... by the upstream (or a connect it refused)
     upstream_cx_none_healthy: int = 0
     upstream_cx_active: int = 0
     upstream_rq_active: int = 0
@@ -133,6 +135,8 @@ class HttpStats:
     downstream_cx_http1_total: int = 0
     downstream_cx_protocol_error: int = 0
     downstream_cx_destroy: int = 0
+    downstream_cx_destroy_local: int = 0    # ... closed by Tulle
+    downstream_cx_destroy_remote: int = 0   # ... by the client
     downstream_cx_active: int = 0
     downstream_cx_upgrades_total: int = 0    # upgrades (WebSocket, CONNECT) a route allowed
     downstream_cx_upgrades_active: int = 0   # ... whose stream has not ended

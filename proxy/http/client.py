@@ -64,7 +64,7 @@ _CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_head_bytes", "_head_limit", "_headers", "_in_response", "_interim", "_owner",
-                 "_parser", "closed", "early_tunnel_data", "keep_alive", "on_lost",
+                 "_parser", "closed", "closed_here", "early_tunnel_data", "keep_alive", "on_lost",
                  "protocol_error",
                  "requests", "rx_bytes", "sink", "transport", "tunnel", "tx_bytes", "upgraded")
 
@@ -81,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self.keep_alive = True
         self.closed = False
+        self.closed_here = False   # at its end: whether Tulle closed it (else the upstream did)
         self.protocol_error = False   # the upstream sent something that is not HTTP/1.1
         self.requests = 0
         # bytes read and written: the pool adds them to upstream_cx_rx/tx_bytes_total when the
@@ -129,6 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_here = self.closed
         self.closed = True
         self._parser = _CLOSED_PARSER   # breaks the parser's cycle (above)
         self.keep_alive = False

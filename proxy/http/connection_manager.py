@@ -138,8 +138,13 @@ class HttpConnectionManager:
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self.connections.discard(conn)
-        self.stats.downstream_cx_active -= 1
-        self.stats.downstream_cx_destroy += 1
+        stats = self.stats
+        stats.downstream_cx_active -= 1
+        stats.downstream_cx_destroy += 1
+        if conn.closed_here:
+            stats.downstream_cx_destroy_local += 1
+        else:
+            stats.downstream_cx_destroy_remote += 1
         listener_stats = self.listener_stats
         listener_stats.downstream_cx_active -= 1
         listener_stats.downstream_cx_destroy += 1

@@ -75,6 +75,7 @@ class DownstreamConnection(asyncio.Protocol):
         # when the stats are read or the connection closes (a native add, not a stats one)
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.closed_here = False   # at its end: whether Tulle closed it (else the client did)
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -166,6 +167,7 @@ class DownstreamConnection(asyncio.Protocol):
         return not (self.active is None and not self._ready)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_here = self.closed
         self.closed = True
         transport = self.transport
         if openssl_direct.available() or transport is None or transport.get_extra_info("ssl_object") is None:

@@ -161,12 +161,14 @@ class ConnectionPool:
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_local += 1
             self.host.cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
             raise ConnectFailure("connection timeout") from None
         except ssl.SSLError as error:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_remote += 1
             self.host.cx_connect_fail += 1
             assert tls is not None
             tls.stats.connection_error += 1
@@ -176,11 +178,13 @@ class ConnectionPool:
         except OSError as error:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_remote += 1
             self.host.cx_connect_fail += 1
             raise ConnectFailure(f"delayed connect error: {error.errno}") from None
         except SecretNotReady as missing:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_local += 1
             self.host.cx_connect_fail += 1
             raise ConnectFailure(f"TLS secret {missing} not ready") from None
         transport = connection.transport
@@ -190,6 +194,7 @@ class ConnectionPool:
             if not tls.san_verified(ssl_object):
                 stats.upstream_cx_connect_fail += 1
                 stats.upstream_cx_destroy += 1
+                stats.upstream_cx_destroy_local += 1
                 self.host.cx_connect_fail += 1
                 connection._owner = _NEVER_POOLED  # the caller releases the breaker slot
                 transport.abort()
@@ -239,6 +244,10 @@ class ConnectionPool:
         stats = self.stats
         stats.upstream_cx_active -= 1
         stats.upstream_cx_destroy += 1
+        if connection.closed_here:
+            stats.upstream_cx_destroy_local += 1
+        else:
+            stats.upstream_cx_destroy_remote += 1
         self.connections.discard(connection)
         closed_bytes = stats.closed_bytes
         closed_bytes[0] += connection.rx_bytes

@@ -430,3 +430,20 @@ def test_the_bytes_each_way_are_counted(sitting: Sitting) -> None:
     answer = len(b"HTTP/1.1 200 X\r\ncontent-length: 2\r\n\r\nok")
     assert _cluster(sitting, "codes", "upstream_cx_rx_bytes_total") == {"upstream_cx_rx_bytes_total": str(6 * answer)}
     assert int(sitting.stats["cluster.codes.upstream_cx_tx_bytes_total"]) > 6 * len(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_who_closed_each_connection_is_counted(sitting: Sitting) -> None:
+    # every request said `connection: close`, so the proxy closed those connections; the one
+    # that found the port open, the client closed; the refused connects were the upstream's
+    assert {stat: sitting.stats[f"http.main.{stat}"] for stat in (
+        "downstream_cx_destroy", "downstream_cx_destroy_local", "downstream_cx_destroy_remote")} == {
+        "downstream_cx_destroy": "14", "downstream_cx_destroy_local": "13", "downstream_cx_destroy_remote": "1"}
+    assert _cluster(sitting, "refused", "upstream_cx_destroy_local", "upstream_cx_destroy_remote") == {
+        "upstream_cx_destroy_local": "0", "upstream_cx_destroy_remote": "3"}
+
+
+def test_the_high_priority_breaker_is_shown_closed(sitting: Sitting) -> None:
+    assert {name: value for name, value in sitting.stats.items()
+            if name.startswith("cluster.codes.circuit_breakers.high.")} == {
+        f"cluster.codes.circuit_breakers.high.{gauge}": "0"
+        for gauge in ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")}

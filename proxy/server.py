@@ -279,24 +279,28 @@ class ProxyServer:
     async def _start_listener(self, listener: ListenerConfig, proto: ListenerProto | None = None) -> None:
         loop = asyncio.get_running_loop()
         managers: list[HttpConnectionManager] = []
-        chains = [await self._chain_runtime(chain, managers, listener.buffer_limit)
+        address = listener.address
+        stats = ListenerStats()
+        self.stats.register("listener", f"{address.address}_{address.port}", stats)
+        chains = [await self._chain_runtime(chain, managers, listener.buffer_limit, stats)
                   for chain in listener.all_chains()]
         default = chains.pop() if listener.default_chain is not None else None
         if self.admin_state.health_check_failed and listener.drain_type == "DEFAULT":
             for manager in managers:
                 manager.draining = True
-        address = listener.address
         server: asyncio.AbstractServer | Dispatcher
         if listener.simple and listener.bind_to_port:
             runtime = default or chains[0]
             context = runtime.tls.server_context() if runtime.tls is not None else None
+
+            def accepted() -> asyncio.BaseProtocol:
+                stats.downstream_cx_total += 1   # (the Dispatcher counts its own)
+                return runtime.protocol(None, "")
             server = await loop.create_server(
-                lambda: runtime.protocol(None, ""), address.address, address.port,
+                accepted, address.address, address.port,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024, ssl=context)
             self.servers.append(server)
         else:
-            stats = ListenerStats()
-            self.stats.register("listener", f"{address.address}_{address.port}", stats)
             server = Dispatcher(listener, chains, default, self._listener_at, stats)
             if listener.bind_to_port:
                 server.bind(self.reuse_port)
@@ -308,7 +312,8 @@ class ProxyServer:
                  "" if listener.bind_to_port else " (not bound)")
 
     async def _chain_runtime(self, chain: FilterChainConfig, managers: list[HttpConnectionManager],
-                             buffer_limit: int | None) -> ChainRuntime:
+                             buffer_limit: int | None, listener_stats: ListenerStats) -> ChainRuntime:
+        """The chain's filter, counting its connections' ends in `listener_stats` too."""
         tls = None
         if chain.tls is not None:
             await self._secrets_ready(chain.tls.sds_sources())
@@ -321,9 +326,10 @@ class ProxyServer:
                 manager = HttpConnectionManager(chain.http, self.clusters, self.rng, self._local_address)
                 if chain.http.rds_name:
                     manager.route_table = self.route_tables.get(chain.http.rds_name)
+                manager.listener_stats = listener_stats
                 managers.append(manager)
                 self.managers.append(manager)
-                manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.rbac_stat_values)
+                manager.stats = self.stats.share("http", chain.http.stat_prefix, manager.stats, manager.extra_stat_values)
                 manager.codec_stats = self.stats.share("http1", "", manager.codec_stats)
 
             def http(destination: tuple[str, int] | None, server_name: str,
@@ -336,6 +342,7 @@ class ProxyServer:
             return ChainRuntime(chain, http, tls)
         assert chain.tcp is not None
         tcp = TcpProxyFilter(chain.tcp, self.clusters, self.rng, chain.rbac, buffer_limit)
+        tcp.listener_stats = listener_stats
         tcp.stats = self.stats.share("tcp", chain.tcp.stat_prefix, tcp.stats, tcp.extra_stats)
         return ChainRuntime(chain, tcp.protocol, tls)
 

@@ -56,7 +56,7 @@ from proxy.config_error import ConfigError, reject_unsupported
 from proxy.proto_config import join, seconds
 from proxy.rbac import RbacConfig, RbacStats, Subject, allowed
 from proxy.splice_pump import SplicePump
-from proxy.stats import TcpProxyStats
+from proxy.stats import ListenerStats, TcpProxyStats
 from proxy.tls.peer_certificate import peer_certificate
 from proxy.tls.transport_socket import SecretNotReady
 from proxy.upstream.host import Host
@@ -131,6 +131,8 @@ class TcpProxyFilter:
         self.clusters = clusters
         self.rng = rng
         self.stats = TcpProxyStats()
+        # the listener's, whose downstream_cx_active/destroy its connections move
+        self.listener_stats = ListenerStats()
         self.rbac = rbac
         self.rbac_stats = RbacStats()
         self.access_log: AccessLogWriter | None = None
@@ -285,6 +287,7 @@ class DownstreamTcp(_Side):
         stats = self.stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
+        self.owner.listener_stats.downstream_cx_active += 1
         transport.pause_reading()  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -454,6 +457,9 @@ class DownstreamTcp(_Side):
         self.closed = True
         self._stop_pumps()
         self.stats.downstream_cx_active -= 1
+        listener_stats = self.owner.listener_stats
+        listener_stats.downstream_cx_active -= 1
+        listener_stats.downstream_cx_destroy += 1
         if self._idle is not None:
             self._idle.cancel()
         if self._connect is not None and not self._connect.done():

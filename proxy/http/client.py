@@ -64,9 +64,9 @@ _CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_head_bytes", "_head_limit", "_headers", "_in_response", "_interim", "_owner",
-                 "_parser", "closed", "early_tunnel_data", "keep_alive", "on_lost",
+                 "_parser", "closed", "closed_here", "early_tunnel_data", "keep_alive", "on_lost",
                  "protocol_error",
-                 "requests", "sink", "transport", "tunnel", "upgraded")
+                 "requests", "rx_bytes", "sink", "transport", "tunnel", "tx_bytes", "upgraded")
 
     def __init__(self, owner: ConnectionOwner) -> None:
         self._owner = owner
@@ -81,8 +81,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self.keep_alive = True
         self.closed = False
+        self.closed_here = False   # at its end: whether Tulle closed it (else the upstream did)
         self.protocol_error = False   # the upstream sent something that is not HTTP/1.1
         self.requests = 0
+        # bytes read and written: the pool adds them to upstream_cx_rx/tx_bytes_total when the
+        # stats are read or the connection closes (a native add, not a stats one)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
         # after a 101 response: raw bytes go to `tunnel`; bytes before it are kept
         self.tunnel: Callable[[bytes], None] | None = None
         self.upgraded = False
@@ -97,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
             transport.set_write_buffer_limits(high=self._owner.buffer_limit)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes += len(data)
         if self.tunnel is not None:
             self.tunnel(data)
             return
@@ -124,6 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_here = self.closed
         self.closed = True
         self._parser = _CLOSED_PARSER   # breaks the parser's cycle (above)
         self.keep_alive = False
@@ -150,10 +157,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self._in_response = False
         assert self.transport is not None
+        self.tx_bytes += len(head)
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            self.tx_bytes += len(data)
             self.transport.write(data)
 
     def close(self) -> None:

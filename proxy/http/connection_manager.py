@@ -61,7 +61,7 @@ from proxy.router.route import (
     RedirectAction,
 )
 from proxy.router.route_table import RouteSelection, RouteTable
-from proxy.stats import Http1CodecStats, HttpStats
+from proxy.stats import Http1CodecStats, HttpStats, ListenerStats
 from proxy.tls.peer_certificate import forwarded_client_cert
 from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectFailure
@@ -101,6 +101,12 @@ class HttpConnectionManager:
         self.local_address = local_address
         self.stats = HttpStats()
         self.codec_stats = Http1CodecStats()   # the process's one http1.* scope, once registered
+        # the listener's, whose downstream_cx_active/destroy its connections move (its
+        # accept loop counts downstream_cx_total)
+        self.listener_stats = ListenerStats()
+        # bytes of the connections closed so far (the open ones count their own)
+        self.closed_rx_bytes = 0
+        self.closed_tx_bytes = 0
         self.rbac_stats = RbacStats()
         self.draining = False   # the listener was replaced: close connections after their response
         self.connections: set[DownstreamConnection] = set()
@@ -128,11 +134,22 @@ class HttpConnectionManager:
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_http1_total += 1
         self.stats.downstream_cx_active += 1
+        self.listener_stats.downstream_cx_active += 1
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self.connections.discard(conn)
-        self.stats.downstream_cx_active -= 1
-        self.stats.downstream_cx_destroy += 1
+        stats = self.stats
+        stats.downstream_cx_active -= 1
+        stats.downstream_cx_destroy += 1
+        if conn.closed_here:
+            stats.downstream_cx_destroy_local += 1
+        else:
+            stats.downstream_cx_destroy_remote += 1
+        listener_stats = self.listener_stats
+        listener_stats.downstream_cx_active -= 1
+        listener_stats.downstream_cx_destroy += 1
+        self.closed_rx_bytes += conn.rx_bytes
+        self.closed_tx_bytes += conn.tx_bytes
 
     def protocol_error_reply(self, conn: DownstreamConnection, status: int) -> None:
         body = {400: b"Bad Request", 426: b"Upgrade Required"}.get(
@@ -299,6 +316,15 @@ class HttpConnectionManager:
         for conn in list(self.connections):
             if conn.active is None:
                 conn.close()
+
+    def extra_stat_values(self) -> dict[str, int]:
+        """Stats of the http.PREFIX scope kept here: bytes, and the RBAC filter's."""
+        rx, tx = self.closed_rx_bytes, self.closed_tx_bytes
+        for conn in self.connections:
+            rx += conn.rx_bytes
+            tx += conn.tx_bytes
+        return {"downstream_cx_rx_bytes_total": rx, "downstream_cx_tx_bytes_total": tx,
+                **self.rbac_stat_values()}
 
     def rbac_stat_values(self) -> dict[str, int]:
         if not self.config.rbac:

@@ -71,6 +71,11 @@ class DownstreamConnection(asyncio.Protocol):
         # set by the listener: its per_connection_buffer_limit_bytes (None: uvloop's limits)
         self.buffer_limit: int | None = None
         self._tls_peer: PeerCertificate | bool | None = False   # False: not read yet
+        # bytes read and written: the manager adds them to downstream_cx_rx/tx_bytes_total
+        # when the stats are read or the connection closes (a native add, not a stats one)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.closed_here = False   # at its end: whether Tulle closed it (else the client did)
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -124,6 +129,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes += len(data)
         if self.tunnel is not None:
             self.tunnel(data)
             return
@@ -161,6 +167,7 @@ class DownstreamConnection(asyncio.Protocol):
         return not (self.active is None and not self._ready)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_here = self.closed
         self.closed = True
         transport = self.transport
         if openssl_direct.available() or transport is None or transport.get_extra_info("ssl_object") is None:
@@ -286,6 +293,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            self.tx_bytes += len(data)
             self.transport.write(data)
 
     def close(self, delay: bool = True) -> None:

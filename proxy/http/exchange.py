@@ -90,10 +90,12 @@ class Exchange:
             return
         cluster = stream.cluster
         cstats = cluster.stats
-        if 200 <= status < 300:   # (the common case without a call)
-            cstats.upstream_rq_2xx += 1
+        # ClusterStats.count_status without its call (the path of almost every response)
+        codes = cstats.internal_codes if stream.internal else cstats.external_codes
+        if codes:
+            codes[status] += 1
         else:
-            cstats.count_status(status)
+            cstats.count_status(status, stream.internal)
         if cluster.outlier is not None:
             cluster.record_outcome(self.host, status)
         else:   # record_outcome's host counters (admin /clusters), without its call

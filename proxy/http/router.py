@@ -163,6 +163,7 @@ class Router:
             when = stream.start + delay if delay else 0.0
         else:
             when, kind = self._attempt_deadline(stream, stream.start)   # (no time passed since)
+        cluster.stats.upstream_rq_total += 1   # (Envoy counts a request once it has a connection)
         Exchange(self, stream, host, pool, connection, request_head(stream.method, target, headers),
                  when, kind)
         return True
@@ -208,6 +209,9 @@ class Router:
             host = cluster.balancer.choose(stream.hash_key)
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
+            cluster.stats.count_status(503, stream.internal)
+            if not cluster.host_set.levels and cluster.host_set.in_panic:
+                cluster.balancer.lb_healthy_panic += 1   # (Envoy: a cluster without hosts is in panic)
             stream.flags = "UH"
             self.manager.reply(stream, 503, b"no healthy upstream", extra=self._counted(stream))
             return None
@@ -220,13 +224,11 @@ class Router:
         tried.append(host)
         if not cluster.breaker.try_start_request():
             stream.flags = "UO"
-            cluster.stats.upstream_rq_5xx += 1   # Envoy charges its local replies to the cluster too
+            cluster.stats.count_status(503, stream.internal)   # Envoy charges its local replies to the cluster too
             self.manager.reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                                extra=self._counted(stream, ("x-envoy-overloaded", "true")))
             return None
-        cstats = cluster.stats
-        cstats.upstream_rq_total += 1
-        cstats.upstream_rq_active += 1
+        cluster.stats.upstream_rq_active += 1
         host.active_requests += 1
         return host
 
@@ -282,12 +284,14 @@ class Router:
                     outcome = await self._attempt(stream, cluster, host, head)
                 if isinstance(outcome, Attempt):
                     status = outcome.status
-                    cstats.count_status(status)
                     cluster.record_outcome(host, status)
                     if (retry is not None and retry.decide(status) and not stream.body.overflowed
                             and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
-                        outcome.abandon()
+                        outcome.abandon()   # (Envoy charges no code for a response it retries)
                     else:
+                        cstats.count_status(status, stream.internal)
+                        if retry is not None and retry.exhausted(status):
+                            cstats.upstream_rq_retry_limit_exceeded += 1
                         if number > 1:
                             cstats.upstream_rq_retry_success += 1 if status < 500 else 0
                         await self.respond(stream, outcome, number, stream.deadline)
@@ -300,7 +304,7 @@ class Router:
                 continue
             if outcome == OVERFLOW:
                 stream.flags = "UO"
-                cstats.upstream_rq_5xx += 1
+                cstats.count_status(503, stream.internal)
                 manager.reply(stream, 503, RESET_PREFIX.encode() + b"reset reason: overflow",
                               extra=self._counted(stream, ("x-envoy-overloaded", "true")))
                 return
@@ -328,7 +332,7 @@ class Router:
             if outcome == GLOBAL_TIMEOUT:
                 stream.flags = "UT"
                 cstats.upstream_rq_timeout += 1
-                cstats.upstream_rq_5xx += 1
+                cstats.count_status(504, stream.internal)
                 host.rq_timeout += 1
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
@@ -339,15 +343,17 @@ class Router:
             if (retry is not None and retry.decide(outcome) and not stream.body.overflowed
                     and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                 continue
+            if retry is not None and retry.exhausted(outcome):
+                cstats.upstream_rq_retry_limit_exceeded += 1
             if outcome == PER_TRY_TIMEOUT:
                 stream.flags = "UT,URX" if number > 1 else "UT"
-                cstats.upstream_rq_5xx += 1
+                cstats.count_status(504, stream.internal)
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
             stream.flags = f"{flag},URX" if number > 1 else flag
-            cstats.upstream_rq_5xx += 1
+            cstats.count_status(502 if last_failure == PROTOCOL_ERROR else 503, stream.internal)
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
             manager.reply(stream, 502 if last_failure == PROTOCOL_ERROR else 503, body.encode(),
@@ -393,6 +399,7 @@ class Router:
             except TimeoutError:
                 return stream.plan.deadline_kind
         stream.upstream_connection = connection   # (for the access log)
+        cluster.stats.upstream_rq_total += 1
         now = loop.time()
         attempt = Attempt(connection, pool, host, now)
         connection.start(attempt, head)

@@ -7,8 +7,9 @@ Rules (Envoy's ResourceManager, one per cluster and routing priority):
 - A resource can be taken while its count is below its maximum (`count < max`).
   When it cannot, the caller fails fast and the matching overflow counter grows:
   `upstream_cx_overflow` for connections, `upstream_rq_pending_overflow` for
-  pending requests *and* for requests (Envoy counts a request refused by
-  max_requests there too), `upstream_rq_retry_overflow` for retries. The router
+  pending requests, `upstream_rq_active_overflow` for requests (Envoy 1.40; earlier
+  Envoys counted a request refused by max_requests as a pending overflow),
+  `upstream_rq_retry_overflow` for retries. The router
   answers an overflowed request with 503 and `x-envoy-overloaded: true`.
 - Each resource reports an "open" gauge (1 while at its maximum) under
   `circuit_breakers.<priority>.{cx_open,rq_pending_open,rq_open,rq_retry_open}`
@@ -113,6 +114,7 @@ class CircuitBreaker:
         "pending_requests",
         "requests",
         "retries",
+        "rq_active_overflow",
         "rq_pending_overflow",
         "rq_retry_overflow",
         "thresholds",
@@ -127,13 +129,14 @@ class CircuitBreaker:
         self.connection_pools = 0
         # Envoy's overflow counters (cluster.NAME.upstream_*_overflow).
         self.cx_overflow = 0
+        self.rq_active_overflow = 0
         self.rq_pending_overflow = 0
         self.rq_retry_overflow = 0
 
     # requests in flight
     def try_start_request(self) -> bool:
         if self.requests >= self.thresholds.max_requests:
-            self.rq_pending_overflow += 1
+            self.rq_active_overflow += 1
             return False
         self.requests += 1
         return True
@@ -223,6 +226,7 @@ class CircuitBreaker:
             f"{prefix}rq_retry_open": int(retries >= max_retries),
             "upstream_cx_overflow": self.cx_overflow,
             "upstream_cx_pool_overflow": 0,
+            "upstream_rq_active_overflow": self.rq_active_overflow,
             "upstream_rq_pending_overflow": self.rq_pending_overflow,
             "upstream_rq_retry_overflow": self.rq_retry_overflow,
         }

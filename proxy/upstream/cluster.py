@@ -43,6 +43,10 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": sock
              "V4_PREFERRED": socket.AF_UNSPEC, "ALL": socket.AF_UNSPEC}
 
 
+_HIGH_PRIORITY_OPEN = {f"circuit_breakers.high.{gauge}": 0
+                       for gauge in ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")}
+
+
 class Cluster:
     def __init__(self, config: ClusterConfig, rng: random.Random,
                  secrets: SecretStore | None = None, health: HealthCheckers = LOCAL,
@@ -131,8 +135,19 @@ class Cluster:
         self.stats.membership_healthy = len(self.host_set.healthy)
 
     def extra_stats(self) -> dict[str, int]:
-        """The breaker's and outlier detector's stats, under this cluster's scope."""
+        """The balancer's, breaker's and outlier detector's stats, under this cluster's scope."""
         stats = self.breaker.stats()
+        # every request is of the DEFAULT routing priority (a route's `priority` is refused at
+        # load), so the HIGH one's breaker is never open; Envoy shows its gauges all the same
+        stats.update(_HIGH_PRIORITY_OPEN)
+        stats["lb_healthy_panic"] = self.balancer.lb_healthy_panic
+        rx, tx = self.stats.closed_bytes
+        for pool in self.pools.values():
+            for connection in pool.connections:
+                rx += connection.rx_bytes
+                tx += connection.tx_bytes
+        stats["upstream_cx_rx_bytes_total"] = rx
+        stats["upstream_cx_tx_bytes_total"] = tx
         if self.outlier is not None:
             stats.update(self.outlier.stats.as_dict())
         named = len(self.health_checkers) > 1   # Envoy: health_check.name.NAME.* then

@@ -9,7 +9,10 @@ finish and nothing lingers on a host no longer routed to;
 connecting is bounded by the cluster's connect_timeout; `upstream_cx_*` stats and the circuit
 breaker's connection count follow every open and close. At the breaker's max_connections a
 request waits as a pending request (max_pending_requests, else overflow) for a connection
-to be released, first come first served.
+to be released, first come first served. As in Envoy, a request that finds no idle connection
+is pending while its new connection is made too (upstream_rq_pending_total counts such requests,
+upstream_rq_pending_failure_eject those whose connection failed), and a failed connect is a
+destroyed connection (upstream_cx_destroy).
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ _NEVER_POOLED = _NeverPooled()
 
 class ConnectionPool:
     __slots__ = ("_closed", "_idle", "_loop", "_waiters", "breaker", "buffer_limit", "connect_timeout",
-                 "host", "keepalive", "max_requests_per_connection", "max_response_headers_bytes", "open", "stats",
-                 "tls")
+                 "connections", "host", "keepalive", "max_requests_per_connection", "max_response_headers_bytes",
+                 "open", "stats", "tls")
 
     def __init__(self, host: Host, stats: ClusterStats, connect_timeout: float,
                  breaker: CircuitBreaker, max_requests_per_connection: int = 0,
@@ -81,6 +84,7 @@ class ConnectionPool:
         self._loop = asyncio.get_event_loop()
         self._closed = False
         self.open = 0
+        self.connections: set[UpstreamConnection] = set()   # open ones (for their byte counts)
 
     @property
     def pending(self) -> int:
@@ -96,37 +100,48 @@ class ConnectionPool:
         return None
 
     async def acquire(self) -> UpstreamConnection:
-        """An idle connection, a new one, or (at max_connections) the next one released."""
+        """An idle connection, else — as a pending request — a new one, or (at max_connections)
+        the next one released."""
         connection = self.take_idle()
         if connection is not None:
             return connection
+        # Envoy's pool: a request without an idle connection is pending (max_pending_requests,
+        # upstream_rq_pending_*) until it has one, new or released, or its connection fails
         breaker = self.breaker
-        while True:
-            if breaker.try_open_connection():
+        stats = self.stats
+        if not breaker.try_start_pending():
+            raise Overflow()
+        stats.upstream_rq_pending_total += 1
+        stats.upstream_rq_pending_active += 1
+        try:
+            while True:
+                if breaker.try_open_connection():
+                    try:
+                        return await self.connect()
+                    except ConnectFailure:
+                        breaker.close_connection()
+                        stats.upstream_rq_pending_failure_eject += 1
+                        raise
+                    except BaseException:
+                        breaker.close_connection()
+                        raise
+                waiter: asyncio.Future[UpstreamConnection | None] = self._loop.create_future()
+                self._waiters.append(waiter)
                 try:
-                    return await self.connect()
-                except BaseException:
-                    breaker.close_connection()
-                    raise
-            if not breaker.try_start_pending():
-                raise Overflow()
-            self.stats.upstream_rq_pending_total += 1
-            self.stats.upstream_rq_pending_active += 1
-            waiter: asyncio.Future[UpstreamConnection | None] = self._loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                handed = await waiter
-            finally:
-                breaker.finish_pending()
-                self.stats.upstream_rq_pending_active -= 1
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if handed is not None:
-                return handed
+                    handed = await waiter
+                finally:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                if handed is not None:
+                    return handed
+        finally:
+            breaker.finish_pending()
+            stats.upstream_rq_pending_active -= 1
 
     async def connect(self) -> UpstreamConnection:
         stats = self.stats
         stats.upstream_cx_total += 1
+        stats.upstream_cx_http1_total += 1
         self.host.cx_total += 1
         tls = self.tls
         try:
@@ -145,11 +160,15 @@ class ConnectionPool:
                     self.connect_timeout)
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
+            stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_local += 1
             self.host.cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
             raise ConnectFailure("connection timeout") from None
         except ssl.SSLError as error:
             stats.upstream_cx_connect_fail += 1
+            stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_remote += 1
             self.host.cx_connect_fail += 1
             assert tls is not None
             tls.stats.connection_error += 1
@@ -158,10 +177,14 @@ class ConnectionPool:
             raise ConnectFailure(f"TLS error: {error.reason}") from None
         except OSError as error:
             stats.upstream_cx_connect_fail += 1
+            stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_remote += 1
             self.host.cx_connect_fail += 1
             raise ConnectFailure(f"delayed connect error: {error.errno}") from None
         except SecretNotReady as missing:
             stats.upstream_cx_connect_fail += 1
+            stats.upstream_cx_destroy += 1
+            stats.upstream_cx_destroy_local += 1
             self.host.cx_connect_fail += 1
             raise ConnectFailure(f"TLS secret {missing} not ready") from None
         transport = connection.transport
@@ -170,6 +193,8 @@ class ConnectionPool:
             ssl_object = transport.get_extra_info("ssl_object")
             if not tls.san_verified(ssl_object):
                 stats.upstream_cx_connect_fail += 1
+                stats.upstream_cx_destroy += 1
+                stats.upstream_cx_destroy_local += 1
                 self.host.cx_connect_fail += 1
                 connection._owner = _NEVER_POOLED  # the caller releases the breaker slot
                 transport.abort()
@@ -183,6 +208,7 @@ class ConnectionPool:
             if self.keepalive is not None:
                 self.keepalive.apply(sock)
         self.open += 1
+        self.connections.add(connection)
         stats.upstream_cx_active += 1
         return connection
 
@@ -215,8 +241,17 @@ class ConnectionPool:
                 waiter.set_result(None)   # a connection slot is free: connect
                 break
         self.open -= 1
-        self.stats.upstream_cx_active -= 1
-        self.stats.upstream_cx_destroy += 1
+        stats = self.stats
+        stats.upstream_cx_active -= 1
+        stats.upstream_cx_destroy += 1
+        if connection.closed_here:
+            stats.upstream_cx_destroy_local += 1
+        else:
+            stats.upstream_cx_destroy_remote += 1
+        self.connections.discard(connection)
+        closed_bytes = stats.closed_bytes
+        closed_bytes[0] += connection.rx_bytes
+        closed_bytes[1] += connection.tx_bytes
         if connection in self._idle:
             self._idle.remove(connection)
 

@@ -107,7 +107,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         for cell in self._rq_others:
             total += cells[cell]
         if total >= self.thresholds.max_requests:
-            self.rq_pending_overflow += 1
+            self.rq_active_overflow += 1
             return False
         self.requests += 1
         cells[self._rq] = self.requests

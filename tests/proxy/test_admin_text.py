@@ -33,7 +33,8 @@ def store_with(counts: list[int]) -> StatsStore:
                                                                 "0.0.0.0_15006"), scopes[1:], strict=True):
         store.register(kind, name, scope)
     store.server_gauges["live"] = 1
-    stats = [(scope, f.name) for scope in scopes for f in dataclasses.fields(scope)]
+    stats = [(scope, f.name) for scope in scopes for f in dataclasses.fields(scope)
+             if type(getattr(scope, f.name)) is int]   # (not a cluster's response code tables)
     for (scope, name), value in zip(stats, counts, strict=False):
         setattr(scope, name, value)
     return store

@@ -25,9 +25,8 @@ BREAKER = """    circuit_breakers:
       thresholds: [{max_requests: 1, track_remaining: true}]"""
 # (not remaining_cx: Envoy's pools open connections for requests the breaker then refuses)
 GAUGES = r"^cluster\.web\.circuit_breakers\.default\.(rq_open|remaining_rq|remaining_pending)$"
-# a request refused by max_requests: Envoy 1.40 counts it in upstream_rq_active_overflow,
-# tulle-proxy in upstream_rq_pending_overflow (as Envoy did before); either is an overflow here
-OVERFLOWS = r"^cluster\.web\.upstream_rq_(pending|active)_overflow$"
+# a request refused by max_requests: Envoy 1.40 counts it in upstream_rq_active_overflow
+OVERFLOWS = r"^cluster\.web\.upstream_rq_active_overflow$"
 
 
 class HeldUpstream(ThreadedUpstream):

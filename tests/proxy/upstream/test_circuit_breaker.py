@@ -16,11 +16,12 @@ def test_requests_up_to_the_maximum_are_admitted() -> None:
     assert breaker.rq_open == 1
 
 
-def test_request_over_the_maximum_overflows_as_pending_overflow() -> None:
+def test_request_over_the_maximum_overflows_as_active_overflow() -> None:
     breaker = CircuitBreaker(CircuitBreakerThresholds(max_requests=1))
     assert breaker.try_start_request()
     assert not breaker.try_start_request()
-    assert breaker.stats()["upstream_rq_pending_overflow"] == 1
+    assert breaker.stats()["upstream_rq_active_overflow"] == 1
+    assert breaker.stats()["upstream_rq_pending_overflow"] == 0
     assert breaker.requests == 1
 
 

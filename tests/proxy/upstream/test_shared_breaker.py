@@ -26,7 +26,7 @@ def test_a_request_in_flight_in_one_worker_counts_against_every_worker() -> None
     leader, follower = one_cluster()
     assert leader.try_start_request()
     assert not follower.try_start_request()
-    assert (leader.rq_pending_overflow, follower.rq_pending_overflow) == (0, 1)   # counted where refused
+    assert (leader.rq_active_overflow, follower.rq_active_overflow) == (0, 1)   # counted where refused
     leader.finish_request()
     assert follower.try_start_request()
 

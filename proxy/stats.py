@@ -33,6 +33,7 @@ class ClusterStats:
     upstream_rq_pending_total: int = 0
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0
+    upstream_rq_per_try_idle_timeout: int = 0
     upstream_rq_max_duration_reached: int = 0
     upstream_rq_rx_reset: int = 0
     upstream_rq_tx_reset: int = 0

@@ -20,7 +20,10 @@ headers. reset reason: overflow" with x-envoy-overloaded for circuit breaking, "
 reason: remote connection failure" / "connection termination" for connect failures and
 resets, 502 "... reset reason: protocol error" when the upstream's answer is not HTTP/1.1,
 504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
-balancer has no host.
+balancer has no host. Before the response head, a per-try timeout, a per-try idle timeout
+and the cluster's max_stream_duration end the attempt and are retried as resets are; after
+it, the body's own deadlines apply (proxy/http/response_timers.py). When retries are
+exhausted the flags say URX first, as Envoy's do ("URX,UC").
 """
 
 from __future__ import annotations
@@ -35,8 +38,15 @@ from proxy.http.client import UpstreamConnection
 from proxy.http.exchange import Exchange
 from proxy.http.headers import Headers
 from proxy.http.response import LAST_CHUNK, encode_chunk
+from proxy.http.response_timers import (
+    DURATION_DETAILS,
+    PER_TRY_IDLE_DETAILS,
+    body_deadline,
+    charge_cut,
+)
 from proxy.http.retry import (
     CONNECT_FAILURE,
+    PER_TRY_IDLE_TIMEOUT,
     PER_TRY_TIMEOUT,
     PROTOCOL_ERROR,
     RESET,
@@ -62,6 +72,7 @@ _CRLF = "\r\n"
 _HEADER_LINE = ": ".join   # (name, value) -> "name: value"
 _NO_STATUSES: frozenset[int] = frozenset()
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
+PER_TRY_DETAILS = "upstream_per_try_timeout"
 _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination",
                   PROTOCOL_ERROR: "protocol error"}
 
@@ -238,14 +249,23 @@ class Router:
         host.active_requests -= 1
 
     def _attempt_deadline(self, stream: Stream, now: float, active: float = 0.0) -> tuple[float, str]:
-        """One timer per attempt started at `now`: the nearest of the route, per-try and
-        stream idle deadlines (0.0: none); the idle one runs from `active`, the latest
-        activity, when later."""
-        when, kind = stream.deadline, stream.plan.deadline_kind
+        """One timer per attempt started at `now`: the nearest of the route's (or stream's)
+        duration, per-try, per-try idle, stream idle and the cluster's stream duration
+        deadlines (0.0: none); the stream idle one runs from `active`, the latest activity,
+        when later."""
+        plan = stream.plan
+        when, kind = stream.deadline, plan.deadline_kind
+        duration = plan.stream_duration
+        if duration > 0 and (not when or stream.start + duration < when):
+            when, kind = stream.start + duration, DURATION_TIMEOUT
         per_try = stream.per_try
         if per_try > 0 and (not when or now + per_try < when):
             when, kind = now + per_try, PER_TRY_TIMEOUT
-        idle = stream.plan.idle
+        policy = stream.policy
+        per_try_idle = policy.per_try_idle_timeout if policy is not None else 0.0
+        if per_try_idle > 0 and (not when or now + per_try_idle < when):
+            when, kind = now + per_try_idle, PER_TRY_IDLE_TIMEOUT
+        idle = plan.idle
         idle_from = active if active > now else now
         if idle > 0 and (not when or idle_from + idle < when):
             when, kind = idle_from + idle, IDLE_TIMEOUT
@@ -290,7 +310,7 @@ class Router:
                     else:
                         if number > 1:
                             cstats.upstream_rq_retry_success += 1 if status < 500 else 0
-                        await self.respond(stream, outcome, number, stream.deadline)
+                        await self.respond(stream, outcome, number)
                         return
             finally:
                 self.end_attempt(stream, host)
@@ -313,15 +333,8 @@ class Router:
                 manager.reply(stream, 504 if stream.body.done else 408, b"stream timeout",
                               extra=self._counted(stream))
                 return
-            if outcome == UPSTREAM_DURATION:
-                stream.flags = "UMSDR"
-                cstats.upstream_rq_max_duration_reached += 1
-                # Envoy: 408 while the request is still arriving, else 504
-                manager.reply(stream, 504 if stream.body.done else 408, b"upstream max stream duration reached",
-                              extra=self._counted(stream))
-                return
             if outcome == DURATION_TIMEOUT:
-                stream.flags = "DT"
+                stream.details = DURATION_DETAILS   # (Envoy sets no flag)
                 manager.stats.downstream_rq_max_duration_reached += 1
                 manager.duration_timeout_reply(stream, self._counted(stream))
                 return
@@ -335,18 +348,32 @@ class Router:
             if outcome == PER_TRY_TIMEOUT:
                 cstats.upstream_rq_per_try_timeout += 1
                 host.rq_timeout += 1
+            elif outcome == PER_TRY_IDLE_TIMEOUT:
+                cstats.upstream_rq_per_try_idle_timeout += 1
+                host.rq_timeout += 1
+            elif outcome == UPSTREAM_DURATION:
+                cstats.upstream_rq_max_duration_reached += 1
             last_failure = outcome
             if (retry is not None and retry.decide(outcome) and not stream.body.overflowed
                     and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                 continue
-            if outcome == PER_TRY_TIMEOUT:
-                stream.flags = "UT,URX" if number > 1 else "UT"
+            # (Envoy's flags: URX, retries exhausted, before the failure's own)
+            if outcome == UPSTREAM_DURATION:
+                stream.flags = "URX,UMSDR" if number > 1 else "UMSDR"
+                # Envoy: 408 while the request is still arriving, else 504; not a 5xx of the cluster
+                manager.reply(stream, 504 if stream.body.done else 408, b"upstream max stream duration reached",
+                              extra=self._counted(stream))
+                return
+            if outcome in (PER_TRY_TIMEOUT, PER_TRY_IDLE_TIMEOUT):
+                stream.flags = "URX,UT" if number > 1 else "UT"
+                stream.details = (PER_TRY_IDLE_DETAILS if outcome == PER_TRY_IDLE_TIMEOUT
+                                  else PER_TRY_DETAILS)
                 cstats.upstream_rq_5xx += 1
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
-            stream.flags = f"{flag},URX" if number > 1 else flag
+            stream.flags = f"URX,{flag}" if number > 1 else flag
             cstats.upstream_rq_5xx += 1
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
@@ -462,10 +489,9 @@ class Router:
                 return
             await body.wait()
 
-    async def respond(self, stream: Stream, attempt: Attempt, attempts: int,
-                      deadline: float) -> None:
+    async def respond(self, stream: Stream, attempt: Attempt, attempts: int) -> None:
         """Relay an attempt's response downstream: its head (committed here) and its body,
-        in one write when it is all in, else as it arrives under `deadline`."""
+        in one write when it is all in, else as it arrives under the body's deadlines."""
         conn = stream.conn
         assert attempt.headers is not None
         stream.upstream_connection = attempt.connection   # (for the access log)
@@ -488,6 +514,7 @@ class Router:
             return
 
         def relay(chunk: bytes) -> None:
+            attempt.active = loop.time()
             stream.bytes_sent += len(chunk)
             conn.write(encode_chunk(chunk) if chunked else chunk)
             if conn.write_paused:
@@ -498,11 +525,19 @@ class Router:
             relay(chunk)
         attempt.buffer.clear()
         attempt.writer = relay
-        timer = loop.call_at(deadline, attempt.expire, GLOBAL_TIMEOUT) if deadline else None
+        # the body's deadlines (proxy/http/response_timers.py): the idle ones run from the
+        # latest chunk, noted by the relay, and are filed anew when they come after progress
+        attempt.active = loop.time()
+        when, kind = body_deadline(stream, attempt.started, attempt.active)
+        timer = loop.call_at(when, attempt.expire, kind) if when else None
         try:
-            while not attempt.complete and not attempt.reset and attempt.expired is None:
-                if conn.closed:
-                    break
+            while not attempt.complete and not attempt.reset and not conn.closed:
+                if attempt.expired is not None:
+                    when, kind = body_deadline(stream, attempt.started, attempt.active)
+                    if when <= loop.time():
+                        break
+                    attempt.expired = None
+                    timer = loop.call_at(when, attempt.expire, kind)
                 await attempt.wait()
         finally:
             if timer is not None:
@@ -514,10 +549,15 @@ class Router:
             attempt.finish()
             conn.response_done(keep_alive)
             return
-        # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close.
-        stream.flags = "UT" if attempt.expired else "UC"
         attempt.abandon()
-        conn.abort()
+        # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close
+        # (after a timeout, as it closes: the delayed close).
+        if attempt.expired is not None and not attempt.reset:
+            charge_cut(stream, kind, self.manager.stats)
+            conn.close()
+        else:
+            stream.flags = "UC"
+            conn.abort()
         conn.response_done(False)
 
 

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -334,7 +335,7 @@ def test_the_clusters_max_stream_duration_not_retried_gets_504(
 HCM_DURATION = "          common_http_protocol_options: {max_stream_duration: 0.5s}"
 
 
-STREAM_BOUNDS = {
+STREAM_BOUNDS: dict[str, dict[str, Any]] = {
     "hcm": {"hcm": HCM_DURATION},
     "route": {"route": ", max_stream_duration: {max_stream_duration: 0.5s}"},
     # the client's grpc-timeout, under the route's grpc_timeout_header_max

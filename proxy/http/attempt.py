@@ -24,7 +24,7 @@ UPSTREAM_DURATION = "upstream-max-stream-duration"   # the cluster's max_stream_
 
 class Attempt:
     __slots__ = ("_waiter", "active", "buffer", "complete", "connection", "expired", "headers", "host",
-                 "keep_alive", "pool", "reset", "started", "status", "writer")
+                 "keep_alive", "pool", "reset", "sent", "started", "status", "writer")
 
     def __init__(self, connection: UpstreamConnection, pool: ConnectionPool, host: Host,
                  started: float) -> None:
@@ -33,6 +33,7 @@ class Attempt:
         self.host = host
         self.started = started
         self.active = started   # loop time of the latest response chunk relayed (idle timers)
+        self.sent: float | None = None   # loop time the router finished streaming the request body
         self.status = 0
         self.headers: Headers | None = None
         self.keep_alive = False
@@ -68,6 +69,11 @@ class Attempt:
 
     def on_read_end(self) -> None:
         pass   # the router coroutine runs after the read anyway
+
+    def request_sent(self, when: float) -> None:
+        """The request body streamed by the router has all gone out (the per-try timers start)."""
+        self.sent = when
+        self._wake()
 
     # timers
 

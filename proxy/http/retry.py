@@ -16,6 +16,8 @@ Rules (envoy.config.route.v3.RetryPolicy, x-envoy-retry-on):
   x-envoy-retriable-status-codes); `refused-stream`: HTTP/2 REFUSED_STREAM, never seen on
   HTTP/1.1 but accepted so Envoy configs load;
 - at most `num_retries` retries (default 1);
+- `per_try_timeout` and `per_try_idle_timeout` start once the request is wholly sent
+  upstream (a streamed request body has gone out), as Envoy's do;
 - `per_try_idle_timeout`: an attempt with no upstream progress (its response head, a body
   chunk) for that long is reset; before the head it is retried as a per-try timeout is
   (`upstream_rq_per_try_idle_timeout`), after it the response is cut (proxy/http/response_timers.py);

@@ -21,7 +21,8 @@ reason: remote connection failure" / "connection termination" for connect failur
 resets, 502 "... reset reason: protocol error" when the upstream's answer is not HTTP/1.1,
 504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
 balancer has no host. Before the response head, a per-try timeout, a per-try idle timeout
-and the cluster's max_stream_duration end the attempt and are retried as resets are; after
+(both running from the end of the request body) and the cluster's max_stream_duration (from
+the attempt's start) end the attempt and are retried as resets are; after
 it, the body's own deadlines apply (proxy/http/response_timers.py). When retries are
 exhausted the flags say URX first, as Envoy's do ("URX,UC").
 """
@@ -248,23 +249,29 @@ class Router:
         cluster.stats.upstream_rq_active -= 1
         host.active_requests -= 1
 
-    def _attempt_deadline(self, stream: Stream, now: float, active: float = 0.0) -> tuple[float, str]:
+    def _attempt_deadline(self, stream: Stream, now: float, active: float = 0.0,
+                          sent: float | None = 0.0) -> tuple[float, str]:
         """One timer per attempt started at `now`: the nearest of the route's (or stream's)
         duration, per-try, per-try idle, stream idle and the cluster's stream duration
         deadlines (0.0: none); the stream idle one runs from `active`, the latest activity,
-        when later."""
+        when later. The per-try ones run from `sent`, when the request was wholly sent
+        (0.0: at `now`; None: its body is still going out, so they have not started, as in
+        Envoy)."""
         plan = stream.plan
         when, kind = stream.deadline, plan.deadline_kind
         duration = plan.stream_duration
         if duration > 0 and (not when or stream.start + duration < when):
             when, kind = stream.start + duration, DURATION_TIMEOUT
-        per_try = stream.per_try
-        if per_try > 0 and (not when or now + per_try < when):
-            when, kind = now + per_try, PER_TRY_TIMEOUT
-        policy = stream.policy
-        per_try_idle = policy.per_try_idle_timeout if policy is not None else 0.0
-        if per_try_idle > 0 and (not when or now + per_try_idle < when):
-            when, kind = now + per_try_idle, PER_TRY_IDLE_TIMEOUT
+        if sent is not None:
+            if not sent:
+                sent = now
+            per_try = stream.per_try
+            if per_try > 0 and (not when or sent + per_try < when):
+                when, kind = sent + per_try, PER_TRY_TIMEOUT
+            policy = stream.policy
+            per_try_idle = policy.per_try_idle_timeout if policy is not None else 0.0
+            if per_try_idle > 0 and (not when or sent + per_try_idle < when):
+                when, kind = sent + per_try_idle, PER_TRY_IDLE_TIMEOUT
         idle = plan.idle
         idle_from = active if active > now else now
         if idle > 0 and (not when or idle_from + idle < when):
@@ -429,9 +436,10 @@ class Router:
             if body.done:
                 _write_body(connection, body.chunks, stream.chunked, True)
             else:
-                pump = loop.create_task(self._pump_body(stream, connection))
-        when, kind = self._attempt_deadline(stream, now)
+                pump = loop.create_task(self._pump_body(stream, connection, attempt))
+        when, kind = self._attempt_deadline(stream, now, 0.0, None if pump is not None else 0.0)
         timer = loop.call_at(when, attempt.expire, kind) if when else None
+        timed_sent = pump is None   # the timer includes the per-try deadlines
         try:
             while attempt.headers is None and not attempt.reset:
                 if attempt.expired is not None:
@@ -439,12 +447,20 @@ class Router:
                         break
                     # Envoy restarts the stream idle timer on request body bytes: a body
                     # still arriving moves it on from its latest chunk
-                    when, kind = self._attempt_deadline(stream, now, body.arrived)
+                    when, kind = self._attempt_deadline(stream, now, body.arrived, attempt.sent)
                     if when <= loop.time():
                         break
                     attempt.expired = None
+                    timed_sent = attempt.sent is not None
                     timer = loop.call_at(when, attempt.expire, kind)
                     continue
+                if not timed_sent and attempt.sent is not None:
+                    # the body is out: the per-try timers start now
+                    timed_sent = True
+                    if timer is not None:
+                        timer.cancel()
+                    when, kind = self._attempt_deadline(stream, now, body.arrived, attempt.sent)
+                    timer = loop.call_at(when, attempt.expire, kind) if when else None
                 if body.failed or stream.conn.closed:
                     attempt.abandon()
                     raise DownstreamGone()
@@ -464,7 +480,7 @@ class Router:
             return attempt.expired
         return PROTOCOL_ERROR if connection.protocol_error else RESET
 
-    async def _pump_body(self, stream: Stream, connection: UpstreamConnection) -> None:
+    async def _pump_body(self, stream: Stream, connection: UpstreamConnection, attempt: Attempt) -> None:
         body = stream.body
         chunked = stream.chunked
         sent = 0
@@ -481,6 +497,7 @@ class Router:
             if body.done:
                 if chunked:
                     connection.write(LAST_CHUNK)
+                attempt.request_sent(self.loop.time())
                 return
             if body.failed:   # the client's request broke off: so does the upstream's
                 connection.abort()

@@ -5,7 +5,8 @@ when the connection closes, the counters and the access log's flags and details.
 An upstream that sends its head and part of its body and then stalls is cut by the stream
 idle timeout (HCM or route), the retry policy's per_try_idle_timeout, the cluster's and the
 connection manager's max_stream_duration; a body that keeps moving is not. Before the head,
-the cluster's max_stream_duration and per_try_idle_timeout are retried as resets are. Each
+the cluster's max_stream_duration and per_try_idle_timeout are retried as resets are, and
+the per-try timers start only once a streamed request body is wholly sent. Each
 mid-body case runs twice for tulle-proxy: on a fresh upstream connection (the router's
 coroutine) and on a pooled one (the router's callback exchange)."""
 
@@ -389,6 +390,19 @@ def test_retries_exhausted_on_resets_log_urx_before_the_reset(
     assert outcome.log.startswith("503 URX,UC ")
 
 
+# The connection manager's request timeouts end with the request
+
+
+@pytest.mark.parametrize(("kind", "pooled"), PATHS)
+def test_a_response_body_streaming_past_the_request_timeout_is_not_cut(
+        through: Callable[..., Outcome], kind: str, pooled: bool) -> None:
+    outcome = through(kind, lambda number: [(0.0, HEAD + b"abc"), (1.0, b"defghij")], pooled=pooled,
+                      hcm="          request_timeout: 0.4s\n          request_headers_timeout: 0.3s")
+    assert outcome.body == b"abcdefghij"
+    assert outcome.stats.get("http.main.downstream_rq_timeout", 0) == 0
+    assert outcome.log == "200 - 10 via_upstream"
+
+
 # Draining
 
 
@@ -404,3 +418,31 @@ def test_a_draining_connection_lets_a_streaming_response_finish_past_its_drain_t
     assert outcome.elapsed > 1.5
     assert outcome.stats["http.main.downstream_cx_max_duration_reached"] == 1
     assert outcome.log == "200 - 10 via_upstream"
+
+
+# Per-try timers and a request body that streams
+
+TRICKLED = {"request": b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
+            "body": [(0.3, b"de"), (0.3, b"f"), (0.3, b"ghij")]}   # wholly sent after 0.9 s
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("option", ["per_try_timeout", "per_try_idle_timeout"])
+def test_per_try_timers_start_once_the_request_body_is_sent(
+        through: Callable[..., Outcome], kind: str, option: str) -> None:
+    """The answer comes 1.3 s after the head, 0.4 s after the body's end: within 0.5 s of it."""
+    outcome = through(kind, lambda number: [(1.3, WHOLE)], **TRICKLED,
+                      route=f", retry_policy: {{retry_on: retriable-4xx, num_retries: 1, {option}: 0.5s}}")
+    assert outcome.status == 200
+    assert outcome.log == "200 - 10 via_upstream"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("option", ["per_try_timeout", "per_try_idle_timeout"])
+def test_per_try_timers_run_from_the_end_of_the_request_body(
+        through: Callable[..., Outcome], kind: str, option: str) -> None:
+    outcome = through(kind, lambda number: [(STALL, WHOLE)], **TRICKLED,
+                      route=f", retry_policy: {{retry_on: retriable-4xx, num_retries: 1, {option}: 0.5s}}")
+    assert outcome.status == 504
+    assert 1.35 < outcome.elapsed < 1.8
+    assert outcome.log == f"504 UT 24 upstream_{option}"

@@ -404,7 +404,7 @@ def response_code_details(stream: Stream) -> str | None:
     flags = stream.flags if not stream.conn.closed or stream.committed else "DC"
     if stream.details is not None and flags != "DC":
         return stream.details
-    if flags != "-":
+    if flags != "-" and flags != "URX":   # (URX alone: an upstream's answer, retries exhausted)
         # the flag that says why (URX, retries exhausted, comes first: Envoy sets it first)
         flag = flags[4:] if flags.startswith("URX,") else flags.split(",", 1)[0]
         if flag == "UF":

@@ -30,6 +30,7 @@ class ClusterStats:
     upstream_rq_retry: int = 0
     upstream_rq_retry_success: int = 0
     upstream_rq_retry_backoff_exponential: int = 0
+    upstream_rq_retry_limit_exceeded: int = 0
     upstream_rq_pending_total: int = 0
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0

@@ -146,6 +146,12 @@ class RetryState:
         return self.retries_done < self.policy.num_retries and is_retriable(
             self.policy, outcome, self.extra_status_codes)
 
+    def exhausted(self, outcome: int | str) -> bool:
+        """`outcome` would be retried, but no retry is left (Envoy: URX,
+        upstream_rq_retry_limit_exceeded)."""
+        return self.retries_done >= self.policy.num_retries and is_retriable(
+            self.policy, outcome, self.extra_status_codes)
+
     def backoff(self, rng: random.Random) -> float:
         """Delay before the next attempt; also counts the retry."""
         self.retries_done += 1

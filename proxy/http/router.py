@@ -317,6 +317,9 @@ class Router:
                     else:
                         if number > 1:
                             cstats.upstream_rq_retry_success += 1 if status < 500 else 0
+                        if retry is not None and retry.exhausted(status):
+                            cstats.upstream_rq_retry_limit_exceeded += 1
+                            stream.flags = "URX"
                         await self.respond(stream, outcome, number)
                         return
             finally:
@@ -365,14 +368,17 @@ class Router:
                     and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                 continue
             # (Envoy's flags: URX, retries exhausted, before the failure's own)
+            exhausted = retry is not None and retry.exhausted(outcome)
+            if exhausted:
+                cstats.upstream_rq_retry_limit_exceeded += 1
             if outcome == UPSTREAM_DURATION:
-                stream.flags = "URX,UMSDR" if number > 1 else "UMSDR"
+                stream.flags = "URX,UMSDR" if exhausted else "UMSDR"
                 # Envoy: 408 while the request is still arriving, else 504; not a 5xx of the cluster
                 manager.reply(stream, 504 if stream.body.done else 408, b"upstream max stream duration reached",
                               extra=self._counted(stream))
                 return
             if outcome in (PER_TRY_TIMEOUT, PER_TRY_IDLE_TIMEOUT):
-                stream.flags = "URX,UT" if number > 1 else "UT"
+                stream.flags = "URX,UT" if exhausted else "UT"
                 stream.details = (PER_TRY_IDLE_DETAILS if outcome == PER_TRY_IDLE_TIMEOUT
                                   else PER_TRY_DETAILS)
                 cstats.upstream_rq_5xx += 1
@@ -380,7 +386,7 @@ class Router:
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
-            stream.flags = f"URX,{flag}" if number > 1 else flag
+            stream.flags = f"URX,{flag}" if exhausted else flag
             cstats.upstream_rq_5xx += 1
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.

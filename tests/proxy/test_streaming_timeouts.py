@@ -378,7 +378,7 @@ def test_a_routes_max_stream_duration_replaces_the_connection_managers(
     assert outcome.log == "200 - 10 via_upstream"
 
 
-# Retries exhausted
+# Retries exhausted: URX, before the failure's own flag
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -388,6 +388,29 @@ def test_retries_exhausted_on_resets_log_urx_before_the_reset(
                       route=", retry_policy: {retry_on: 'reset', num_retries: 1}")
     assert outcome.status == 503
     assert outcome.log.startswith("503 URX,UC ")
+    assert outcome.stats["cluster.a.upstream_rq_retry_limit_exceeded"] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retriable_status_returned_when_retries_are_exhausted_is_logged_urx(
+        through: Callable[..., Outcome], kind: str) -> None:
+    outcome = through(kind, lambda number: [(0.0, b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")],
+                      route=", retry_policy: {retry_on: 5xx, num_retries: 1}")
+    assert outcome.status == 503
+    assert outcome.log == "503 URX 4 via_upstream"
+    assert outcome.stats["cluster.a.upstream_rq_retry_limit_exceeded"] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failure_the_policy_does_not_retry_is_not_logged_urx_after_a_retry(
+        through: Callable[..., Outcome], kind: str) -> None:
+    """A 503 is retried; the retry's reset is not one `retriable-status-codes` retries."""
+    outcome = through(kind, lambda number: [(0.0, b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")]
+                      if number == 1 else [(0.0, None)],
+                      route=", retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 3}")
+    assert outcome.status == 503
+    assert outcome.log.startswith("503 UC ")
+    assert outcome.stats.get("cluster.a.upstream_rq_retry_limit_exceeded", 0) == 0
 
 
 # The connection manager's request timeouts end with the request

@@ -458,6 +458,10 @@ def test_per_try_timers_start_once_the_request_body_is_sent(
                       route=f", retry_policy: {{retry_on: retriable-4xx, num_retries: 1, {option}: 0.5s}}")
     assert outcome.status == 200
     assert outcome.log == "200 - 10 via_upstream"
+    # the upstream's service time counts from the request's end too
+    service_time = next(line for line in outcome.response.split(b"\r\n")
+                        if line.startswith(b"x-envoy-upstream-service-time: "))
+    assert 250 < int(service_time.split(b": ")[1]) < 700
 
 
 @pytest.mark.parametrize("kind", KINDS)

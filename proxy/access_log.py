@@ -365,7 +365,7 @@ def _no_value(stream: Stream, end: float) -> FieldValue:
     return None
 
 
-# The response flag (the first, when there are several) -> Envoy's response code details.
+# The response flag (the first after URX, when there are several) -> Envoy's response code details.
 _DETAILS = {
     "NR": "route_not_found",
     "NC": "cluster_not_found",
@@ -377,6 +377,7 @@ _DETAILS = {
     "RBAC": "rbac_access_denied_matched_policy[none]",
     "DC": "downstream_remote_disconnect",
     "SI": "stream_idle_timeout",
+    "UMSDR": "upstream_max_stream_duration_reached",
 }
 
 
@@ -401,8 +402,11 @@ def response_code_details(stream: Stream) -> str | None:
     """Why the response is what it is, in Envoy's words: `via_upstream` for an upstream's
     response, else the reason of the local reply."""
     flags = stream.flags if not stream.conn.closed or stream.committed else "DC"
-    if flags != "-":
-        flag = flags.split(",", 1)[0]
+    if stream.details is not None and flags != "DC":
+        return stream.details
+    if flags != "-" and flags != "URX":   # (URX alone: an upstream's answer, retries exhausted)
+        # the flag that says why (URX, retries exhausted, comes first: Envoy sets it first)
+        flag = flags[4:] if flags.startswith("URX,") else flags.split(",", 1)[0]
         if flag == "UF":
             reason = transport_failure_reason(stream)
             if reason is not None:

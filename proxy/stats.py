@@ -44,6 +44,7 @@ class ClusterStats:
     upstream_rq_pending_failure_eject: int = 0   # ... and whose connection then failed
     upstream_rq_timeout: int = 0
     upstream_rq_per_try_timeout: int = 0
+    upstream_rq_per_try_idle_timeout: int = 0
     upstream_rq_max_duration_reached: int = 0
     upstream_rq_rx_reset: int = 0
     upstream_rq_tx_reset: int = 0

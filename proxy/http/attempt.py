@@ -1,8 +1,8 @@
 """One attempt of the router: a request sent on one upstream connection, and its response.
 
 Theory of operation: an `Attempt` is the `ResponseSink` of its connection. The router
-coroutine waits on `wait()` while the connection delivers events; timers (per-try and route
-deadlines) wake the same waiter with `expire`. Response body chunks that arrive before the
+coroutine waits on `wait()` while the connection delivers events; timers (per-try, idle and
+route deadlines) wake the same waiter with `expire`. Response body chunks that arrive before the
 router commits to the response are buffered; once committed, `writer` sends them straight
 downstream, so a streaming body never accumulates in the proxy.
 """
@@ -23,8 +23,8 @@ UPSTREAM_DURATION = "upstream-max-stream-duration"   # the cluster's max_stream_
 
 
 class Attempt:
-    __slots__ = ("_waiter", "buffer", "complete", "connection", "expired", "headers", "host",
-                 "keep_alive", "pool", "reset", "started", "status", "writer")
+    __slots__ = ("_waiter", "active", "buffer", "complete", "connection", "expired", "headers", "host",
+                 "keep_alive", "pool", "reset", "sent", "started", "status", "writer")
 
     def __init__(self, connection: UpstreamConnection, pool: ConnectionPool, host: Host,
                  started: float) -> None:
@@ -32,6 +32,8 @@ class Attempt:
         self.pool = pool
         self.host = host
         self.started = started
+        self.active = started   # loop time of the latest response chunk relayed (idle timers)
+        self.sent: float | None = None   # loop time the router finished streaming the request body
         self.status = 0
         self.headers: Headers | None = None
         self.keep_alive = False
@@ -67,6 +69,11 @@ class Attempt:
 
     def on_read_end(self) -> None:
         pass   # the router coroutine runs after the read anyway
+
+    def request_sent(self, when: float) -> None:
+        """The request body streamed by the router has all gone out (the per-try timers start)."""
+        self.sent = when
+        self._wake()
 
     # timers
 

@@ -486,7 +486,9 @@ class HttpConnectionManager:
         headers.remove_all(_RESPONSE_HOP_BY_HOP)
         config = self.config
         if not config.suppress_envoy_headers:
-            stream.service_time = service_time = str(int((self._loop.time() - stream.start) * 1000))
+            # Envoy counts from the request's end: a streamed body's last chunk sent on
+            since = stream.body.arrived if stream.body.arrived > stream.start else stream.start
+            stream.service_time = service_time = str(int((self._loop.time() - since) * 1000))
             headers.set("x-envoy-upstream-service-time", service_time)
         else:
             stream.service_time = headers.get("x-envoy-upstream-service-time")

@@ -14,7 +14,8 @@ and drives the attempt from the connection's own callbacks:
   later attempt; otherwise the head is built (commit) and held;
 - the body is buffered until the response completes or the read ends (`on_read_end`):
   complete, head and body go out in one write; still open, the head and what came so far
-  go out and the rest is relayed as it arrives, under the route deadline only, with the
+  go out and the rest is relayed as it arrives, under the body's deadlines (route, stream
+  and cluster durations, stream and per-try idle: proxy/http/response_timers.py), with the
   downstream's back-pressure pausing the upstream read;
 - a reset or a timeout before the head is committed goes to the coroutine as the attempt's
   outcome (it replies or retries); after it, the client connection is closed, as Envoy
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.http.attempt import GLOBAL_TIMEOUT, Attempt
+from proxy.http.attempt import Attempt
 from proxy.http.client import RawHeaders, UpstreamConnection
 from proxy.http.response import LAST_CHUNK, encode_chunk
+from proxy.http.response_timers import body_deadline, charge_cut
 from proxy.http.retry import PROTOCOL_ERROR, RESET
 from proxy.upstream.host import Host
 from proxy.upstream.pool import ConnectionPool
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 
 
 class Exchange:
-    __slots__ = ("body", "chunked", "connection", "head", "host", "keep_alive", "no_body", "pool",
+    __slots__ = ("active", "body", "chunked", "connection", "head", "host", "keep_alive", "no_body", "pool",
                  "router", "stream", "streaming", "tick")
 
     def __init__(self, router: Router, stream: Stream, host: Host, pool: ConnectionPool,
@@ -59,6 +61,7 @@ class Exchange:
         self.chunked = False
         self.no_body = False
         self.streaming = False
+        self.active = 0.0   # loop time of the latest chunk relayed, once streaming (idle timers)
         # the deadline's key in the router's Deadlines (0: none)
         self.tick = router.deadlines.add(when, self, kind) if when else 0
         connection.start(self, head)
@@ -157,9 +160,11 @@ class Exchange:
             self._relay(chunk)
         self.body.clear()
         self._cancel_deadline()
-        deadline = self.stream.deadline
-        if deadline:
-            self.tick = self.router.deadlines.add(deadline, self, GLOBAL_TIMEOUT)
+        self.active = now = self.router.loop.time()
+        # (a first attempt starts as the stream does)
+        when, kind = body_deadline(self.stream, self.stream.start, now)
+        if when:
+            self.tick = self.router.deadlines.add(when, self, kind)
 
     def on_upstream_reset(self) -> None:
         if self.head is None:
@@ -173,13 +178,21 @@ class Exchange:
         if self.head is None:
             self.connection.abort()
             self._hand_over(kind)
-        else:
-            self.stream.flags = "UT"
-            self._fail_downstream()
+            return
+        stream = self.stream
+        router = self.router
+        if self.streaming:   # an idle deadline moves on from the latest chunk
+            when, kind = body_deadline(stream, stream.start, self.active)
+            if when > router.loop.time():
+                self.tick = router.deadlines.add(when, self, kind)
+                return
+        charge_cut(stream, kind, router.manager.stats)
+        self._fail_downstream(timed_out=True)
 
     # the end of the exchange
 
     def _relay(self, chunk: bytes) -> None:
+        self.active = self.router.loop.time()
         conn = self.stream.conn
         self.stream.bytes_sent += len(chunk)
         conn.write(encode_chunk(chunk) if self.chunked else chunk)
@@ -191,13 +204,17 @@ class Exchange:
         self._cancel_deadline()
         self.router.continue_attempts(self.stream, self.host, outcome)
 
-    def _fail_downstream(self) -> None:
-        """Reset or timeout after the head went out: all HTTP/1.1 can do is close."""
+    def _fail_downstream(self, timed_out: bool = False) -> None:
+        """Reset or timeout after the head went out: all HTTP/1.1 can do is close (after a
+        timeout, as Envoy closes: what was written goes out, then the delayed close)."""
         self._cancel_deadline()
         conn = self.stream.conn
         conn.on_drain = None
         self.connection.abort()
-        conn.abort()
+        if timed_out:
+            conn.close()
+        else:
+            conn.abort()
         self._finish(False)
 
     def _finish(self, keep_alive: bool) -> None:

@@ -20,7 +20,11 @@ ALLOW (default), REJECT_REQUEST (400, the connection closes) or DROP_HEADER. The
 idle timeout (route `idle_timeout`, else `stream_idle_timeout`, 5 min by default) bounds
 each attempt's wait for the upstream's response head: 504 "stream timeout" (408 while the
 request is still arriving; `downstream_rq_idle_timeout`), restarted by request body bytes as
-Envoy's is. Unlike Envoy's, it is not applied to a response body in flight (the route timeout is).
+Envoy's is; once the response head is out, it bounds the gaps between response body
+chunks, and the body is cut (proxy/http/response_timers.py).
+`common_http_protocol_options.max_stream_duration` bounds each request from its arrival as a
+route's `max_stream_duration` does (proxy/http/stream_duration.py), unless the route sets its
+own.
 `upgrade_configs` enable upgrades by type (websocket, CONNECT, any
 name; custom upgrade filter chains are rejected); the tunnels are proxy/http/tunnel.py's.
 """
@@ -75,6 +79,7 @@ class HcmConfig:
     request_headers_timeout: float = 0.0       # 0: off
     request_timeout: float = 0.0               # 0: off
     max_connection_duration: float = 0.0       # 0: off
+    max_stream_duration: float = 0.0           # 0: off; a route's max_stream_duration replaces it
     drain_timeout: float = 5.0
     delayed_close_timeout: float = 1.0         # Envoy's default; 0: close at once
     headers_with_underscores: str = "ALLOW"    # | REJECT_REQUEST | DROP_HEADER
@@ -130,11 +135,12 @@ class HcmConfig:
                 except ValueError as error:
                     raise ConfigError(f"{here}.cidr_ranges[{index}]", str(error)) from None
         idle_timeout, max_headers, max_duration, underscores = 3600.0, 100, 0.0, "ALLOW"
+        max_stream_duration = 0.0
         if message.HasField("common_http_protocol_options"):
             common = message.common_http_protocol_options
             here = join(path, "common_http_protocol_options")
             reject_unsupported(common, here, ("idle_timeout", "max_headers_count", "max_connection_duration",
-                                              "headers_with_underscores_action"))
+                                              "max_stream_duration", "headers_with_underscores_action"))
             if common.HasField("idle_timeout"):
                 idle_timeout = _duration(common, "idle_timeout", here, 0.0)
             if common.HasField("max_headers_count"):
@@ -142,6 +148,7 @@ class HcmConfig:
                 if max_headers < 1:
                     raise ConfigError(join(here, "max_headers_count"), "must be at least 1")
             max_duration = _duration(common, "max_connection_duration", here, 0.0)
+            max_stream_duration = _duration(common, "max_stream_duration", here, 0.0)
             underscores = HttpProtocolOptions.HeadersWithUnderscoresAction.Name(
                 common.headers_with_underscores_action)
         accept_10, default_host = False, ""
@@ -192,6 +199,7 @@ class HcmConfig:
             request_headers_timeout=_duration(message, "request_headers_timeout", path, 0.0),
             request_timeout=_duration(message, "request_timeout", path, 0.0),
             max_connection_duration=max_duration,
+            max_stream_duration=max_stream_duration,
             drain_timeout=_duration(message, "drain_timeout", path, 5.0),
             delayed_close_timeout=_duration(message, "delayed_close_timeout", path, 1.0),
             headers_with_underscores=underscores,

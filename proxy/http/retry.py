@@ -9,12 +9,18 @@ Rules (envoy.config.route.v3.RetryPolicy, x-envoy-retry-on):
 - `5xx`: any 5xx response, and every failure (connect failure, reset/close before the
   response headers, per-try timeout);
 - `gateway-error`: 502, 503, 504, and every failure, like 5xx;
-- `reset`: a reset/close before response headers or a per-try timeout;
+- `reset`: a reset/close before response headers, a per-try (or per-try idle) timeout, or
+  the cluster's max_stream_duration reached before the response head;
 - `connect-failure`: the connection to the host could not be made (also its timeout);
 - `retriable-4xx`: 409; `retriable-status-codes`: the policy's listed codes (plus
   x-envoy-retriable-status-codes); `refused-stream`: HTTP/2 REFUSED_STREAM, never seen on
   HTTP/1.1 but accepted so Envoy configs load;
 - at most `num_retries` retries (default 1);
+- `per_try_timeout` and `per_try_idle_timeout` start once the request is wholly sent
+  upstream (a streamed request body has gone out), as Envoy's do;
+- `per_try_idle_timeout`: an attempt with no upstream progress (its response head, a body
+  chunk) for that long is reset; before the head it is retried as a per-try timeout is
+  (`upstream_rq_per_try_idle_timeout`), after it the response is cut (proxy/http/response_timers.py);
 - back-off: Envoy's jittered exponential back-off, the n-th delay uniform in
   [0, min((2^n - 1) * base, max)), base 25 ms and max 10 * base unless configured.
 """
@@ -27,12 +33,13 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 
 from proxy.config_error import ConfigError, reject_unsupported
-from proxy.proto_config import join, seconds
+from proxy.proto_config import join, non_negative_seconds, seconds
 
 CONNECT_FAILURE = "connect-failure"
 RESET = "reset"          # the upstream closed or reset before sending response headers
 PROTOCOL_ERROR = "protocol-error"   # the upstream's answer was not HTTP/1.1 (a reset too)
 PER_TRY_TIMEOUT = "per-try-timeout"
+PER_TRY_IDLE_TIMEOUT = "per-try-idle-timeout"
 
 KNOWN_RETRY_ON = frozenset({
     "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
@@ -55,6 +62,7 @@ class RetryPolicy:
     retry_on: frozenset[str] = frozenset()
     num_retries: int = 1
     per_try_timeout: float = 0.0            # seconds, 0 = none
+    per_try_idle_timeout: float = 0.0       # seconds, 0 = none
     retriable_status_codes: frozenset[int] = frozenset()
     base_interval: float = 0.025
     max_interval: float = 0.25
@@ -63,7 +71,7 @@ class RetryPolicy:
 
     @classmethod
     def from_proto(cls, policy: Message, path: str) -> RetryPolicy:
-        reject_unsupported(policy, path, ("retry_on", "num_retries", "per_try_timeout",
+        reject_unsupported(policy, path, ("retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
                                    "retriable_status_codes", "retry_back_off",
                                    "retry_host_predicate", "host_selection_retry_max_attempts"))
         names = [name.strip() for name in policy.retry_on.split(",") if name.strip()]
@@ -93,6 +101,7 @@ class RetryPolicy:
             retry_on=frozenset(names),
             num_retries=policy.num_retries.value if policy.HasField("num_retries") else 1,
             per_try_timeout=seconds(policy.per_try_timeout),
+            per_try_idle_timeout=non_negative_seconds(policy, "per_try_idle_timeout", path) or 0.0,
             retriable_status_codes=frozenset(policy.retriable_status_codes),
             base_interval=base,
             max_interval=maximum,
@@ -138,7 +147,7 @@ class RetryState:
             self.policy, outcome, self.extra_status_codes)
 
     def exhausted(self, outcome: int | str) -> bool:
-        """The outcome would be retried but no retry is left (Envoy's
+        """`outcome` would be retried, but no retry is left (Envoy: URX,
         upstream_rq_retry_limit_exceeded)."""
         return self.retries_done >= self.policy.num_retries and is_retriable(
             self.policy, outcome, self.extra_status_codes)

@@ -15,7 +15,7 @@ from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT
 from proxy.http.hcm_config import HcmConfig
 from proxy.http.request_plan import compile_request_plan
 from proxy.http.response_plan import compile_response_plan
-from proxy.http.retry import PER_TRY_TIMEOUT, is_retriable
+from proxy.http.retry import PER_TRY_IDLE_TIMEOUT, PER_TRY_TIMEOUT, is_retriable
 from proxy.http.stream_duration import DURATION_TIMEOUT
 from proxy.router.route import ForwardAction
 from proxy.router.route_table import RouteSelection, RouteTable
@@ -24,7 +24,7 @@ from proxy.router.route_table import RouteSelection, RouteTable
 class RoutePlan:
     __slots__ = ("deadline_delay", "deadline_kind", "expected_timeout", "first_deadline", "idle", "per_try",
                  "plain", "policy", "request_mutations", "request_plan", "response_mutations", "response_plan",
-                 "retry_statuses", "route", "stream_timeouts", "table", "timeout")
+                 "retry_statuses", "route", "stream_duration", "stream_timeouts", "table", "timeout")
 
     def __init__(self, config: HcmConfig, table: RouteTable, selection: RouteSelection) -> None:
         route = selection.route
@@ -55,11 +55,17 @@ class RoutePlan:
             self.timeout = 0.0
             self.deadline_delay = self.stream_timeouts.max_stream_duration
             self.deadline_kind = DURATION_TIMEOUT
+        # the connection manager's max_stream_duration, unless the route sets its own (0.0: none)
+        self.stream_duration = (config.max_stream_duration
+                                if self.stream_timeouts is None or not self.stream_timeouts.new_timeouts
+                                else 0.0)
         self.per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
         # a first attempt's deadline, from the request's start: the nearest of the request's
-        # own, per-try and stream idle deadlines, and its kind (0.0: none)
+        # own, per-try, per-try idle and stream idle deadlines, and its kind (0.0: none)
         self.first_deadline = first_deadline(self.deadline_delay, self.per_try, self.idle,
-                                             self.deadline_kind)
+                                             self.deadline_kind,
+                                             self.policy.per_try_idle_timeout if self.policy is not None else 0.0,
+                                             self.stream_duration)
         # x-envoy-expected-rq-timeout-ms of a first attempt under these timeouts
         self.expected_timeout = expected_timeout(self.timeout, self.per_try, 0.0, 0.0, 1)
         self.request_plan = compile_request_plan(
@@ -88,11 +94,16 @@ def expected_timeout(timeout: float, per_try: float, deadline: float, now: float
 
 
 def first_deadline(timeout: float, per_try: float, idle: float,
-                   timeout_kind: str = GLOBAL_TIMEOUT) -> tuple[float, str]:
+                   timeout_kind: str = GLOBAL_TIMEOUT, per_try_idle: float = 0.0,
+                   stream_duration: float = 0.0) -> tuple[float, str]:
     """The delay from a request's start to its first attempt's deadline, and its kind."""
     delay, kind = (timeout, timeout_kind) if timeout > 0 else (0.0, timeout_kind)
+    if stream_duration > 0 and (not delay or stream_duration < delay):
+        delay, kind = stream_duration, DURATION_TIMEOUT
     if per_try > 0 and (not delay or per_try < delay):
         delay, kind = per_try, PER_TRY_TIMEOUT
+    if per_try_idle > 0 and (not delay or per_try_idle < delay):
+        delay, kind = per_try_idle, PER_TRY_IDLE_TIMEOUT
     if idle > 0 and (not delay or idle < delay):
         delay, kind = idle, IDLE_TIMEOUT
     return delay, kind

@@ -20,7 +20,11 @@ headers. reset reason: overflow" with x-envoy-overloaded for circuit breaking, "
 reason: remote connection failure" / "connection termination" for connect failures and
 resets, 502 "... reset reason: protocol error" when the upstream's answer is not HTTP/1.1,
 504 "upstream request timeout" for timeouts, 503 "no healthy upstream" when the
-balancer has no host.
+balancer has no host. Before the response head, a per-try timeout, a per-try idle timeout
+(both running from the end of the request body) and the cluster's max_stream_duration (from
+the attempt's start) end the attempt and are retried as resets are; after
+it, the body's own deadlines apply (proxy/http/response_timers.py). When retries are
+exhausted the flags say URX first, as Envoy's do ("URX,UC").
 """
 
 from __future__ import annotations
@@ -35,8 +39,15 @@ from proxy.http.client import UpstreamConnection
 from proxy.http.exchange import Exchange
 from proxy.http.headers import Headers
 from proxy.http.response import LAST_CHUNK, encode_chunk
+from proxy.http.response_timers import (
+    DURATION_DETAILS,
+    PER_TRY_IDLE_DETAILS,
+    body_deadline,
+    charge_cut,
+)
 from proxy.http.retry import (
     CONNECT_FAILURE,
+    PER_TRY_IDLE_TIMEOUT,
     PER_TRY_TIMEOUT,
     PROTOCOL_ERROR,
     RESET,
@@ -62,6 +73,7 @@ _CRLF = "\r\n"
 _HEADER_LINE = ": ".join   # (name, value) -> "name: value"
 _NO_STATUSES: frozenset[int] = frozenset()
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. "
+PER_TRY_DETAILS = "upstream_per_try_timeout"
 _RESET_REASONS = {CONNECT_FAILURE: "remote connection failure", RESET: "connection termination",
                   PROTOCOL_ERROR: "protocol error"}
 
@@ -239,15 +251,30 @@ class Router:
         cluster.stats.upstream_rq_active -= 1
         host.active_requests -= 1
 
-    def _attempt_deadline(self, stream: Stream, now: float, active: float = 0.0) -> tuple[float, str]:
-        """One timer per attempt started at `now`: the nearest of the route, per-try and
-        stream idle deadlines (0.0: none); the idle one runs from `active`, the latest
-        activity, when later."""
-        when, kind = stream.deadline, stream.plan.deadline_kind
-        per_try = stream.per_try
-        if per_try > 0 and (not when or now + per_try < when):
-            when, kind = now + per_try, PER_TRY_TIMEOUT
-        idle = stream.plan.idle
+    def _attempt_deadline(self, stream: Stream, now: float, active: float = 0.0,
+                          sent: float | None = 0.0) -> tuple[float, str]:
+        """One timer per attempt started at `now`: the nearest of the route's (or stream's)
+        duration, per-try, per-try idle, stream idle and the cluster's stream duration
+        deadlines (0.0: none); the stream idle one runs from `active`, the latest activity,
+        when later. The per-try ones run from `sent`, when the request was wholly sent
+        (0.0: at `now`; None: its body is still going out, so they have not started, as in
+        Envoy)."""
+        plan = stream.plan
+        when, kind = stream.deadline, plan.deadline_kind
+        duration = plan.stream_duration
+        if duration > 0 and (not when or stream.start + duration < when):
+            when, kind = stream.start + duration, DURATION_TIMEOUT
+        if sent is not None:
+            if not sent:
+                sent = now
+            per_try = stream.per_try
+            if per_try > 0 and (not when or sent + per_try < when):
+                when, kind = sent + per_try, PER_TRY_TIMEOUT
+            policy = stream.policy
+            per_try_idle = policy.per_try_idle_timeout if policy is not None else 0.0
+            if per_try_idle > 0 and (not when or sent + per_try_idle < when):
+                when, kind = sent + per_try_idle, PER_TRY_IDLE_TIMEOUT
+        idle = plan.idle
         idle_from = active if active > now else now
         if idle > 0 and (not when or idle_from + idle < when):
             when, kind = idle_from + idle, IDLE_TIMEOUT
@@ -290,11 +317,12 @@ class Router:
                         outcome.abandon()   # (Envoy charges no code for a response it retries)
                     else:
                         cstats.count_status(status, stream.internal)
-                        if retry is not None and retry.exhausted(status):
-                            cstats.upstream_rq_retry_limit_exceeded += 1
                         if number > 1:
                             cstats.upstream_rq_retry_success += 1 if status < 500 else 0
-                        await self.respond(stream, outcome, number, stream.deadline)
+                        if retry is not None and retry.exhausted(status):
+                            cstats.upstream_rq_retry_limit_exceeded += 1
+                            stream.flags = "URX"
+                        await self.respond(stream, outcome, number)
                         return
             finally:
                 self.end_attempt(stream, host)
@@ -317,15 +345,8 @@ class Router:
                 manager.reply(stream, 504 if stream.body.done else 408, b"stream timeout",
                               extra=self._counted(stream))
                 return
-            if outcome == UPSTREAM_DURATION:
-                stream.flags = "UMSDR"
-                cstats.upstream_rq_max_duration_reached += 1
-                # Envoy: 408 while the request is still arriving, else 504
-                manager.reply(stream, 504 if stream.body.done else 408, b"upstream max stream duration reached",
-                              extra=self._counted(stream))
-                return
             if outcome == DURATION_TIMEOUT:
-                stream.flags = "DT"
+                stream.details = DURATION_DETAILS   # (Envoy sets no flag)
                 manager.stats.downstream_rq_max_duration_reached += 1
                 manager.duration_timeout_reply(stream, self._counted(stream))
                 return
@@ -339,20 +360,35 @@ class Router:
             if outcome == PER_TRY_TIMEOUT:
                 cstats.upstream_rq_per_try_timeout += 1
                 host.rq_timeout += 1
+            elif outcome == PER_TRY_IDLE_TIMEOUT:
+                cstats.upstream_rq_per_try_idle_timeout += 1
+                host.rq_timeout += 1
+            elif outcome == UPSTREAM_DURATION:
+                cstats.upstream_rq_max_duration_reached += 1
             last_failure = outcome
             if (retry is not None and retry.decide(outcome) and not stream.body.overflowed
                     and await self._retry_allowed(stream, cluster, retry, stream.deadline)):
                 continue
-            if retry is not None and retry.exhausted(outcome):
+            # (Envoy's flags: URX, retries exhausted, before the failure's own)
+            exhausted = retry is not None and retry.exhausted(outcome)
+            if exhausted:
                 cstats.upstream_rq_retry_limit_exceeded += 1
-            if outcome == PER_TRY_TIMEOUT:
-                stream.flags = "UT,URX" if number > 1 else "UT"
+            if outcome == UPSTREAM_DURATION:
+                stream.flags = "URX,UMSDR" if exhausted else "UMSDR"
+                # Envoy: 408 while the request is still arriving, else 504; not a 5xx of the cluster
+                manager.reply(stream, 504 if stream.body.done else 408, b"upstream max stream duration reached",
+                              extra=self._counted(stream))
+                return
+            if outcome in (PER_TRY_TIMEOUT, PER_TRY_IDLE_TIMEOUT):
+                stream.flags = "URX,UT" if exhausted else "UT"
+                stream.details = (PER_TRY_IDLE_DETAILS if outcome == PER_TRY_IDLE_TIMEOUT
+                                  else PER_TRY_DETAILS)
                 cstats.count_status(504, stream.internal)
                 manager.reply(stream, 504, b"upstream request timeout", extra=self._counted(stream))
                 return
             retried = "retried and the latest " if number > 1 else ""
             flag = {CONNECT_FAILURE: "UF", PROTOCOL_ERROR: "UPE"}.get(last_failure, "UC")
-            stream.flags = f"{flag},URX" if number > 1 else flag
+            stream.flags = f"URX,{flag}" if exhausted else flag
             cstats.count_status(502 if last_failure == PROTOCOL_ERROR else 503, stream.internal)
             body = f"{RESET_PREFIX}{retried}reset reason: {_RESET_REASONS[last_failure]}"
             # Envoy: a protocol error is the upstream's fault (502), other resets are 503.
@@ -409,9 +445,10 @@ class Router:
             if body.done:
                 _write_body(connection, body.chunks, stream.chunked, True)
             else:
-                pump = loop.create_task(self._pump_body(stream, connection))
-        when, kind = self._attempt_deadline(stream, now)
+                pump = loop.create_task(self._pump_body(stream, connection, attempt))
+        when, kind = self._attempt_deadline(stream, now, 0.0, None if pump is not None else 0.0)
         timer = loop.call_at(when, attempt.expire, kind) if when else None
+        timed_sent = pump is None   # the timer includes the per-try deadlines
         try:
             while attempt.headers is None and not attempt.reset:
                 if attempt.expired is not None:
@@ -419,12 +456,20 @@ class Router:
                         break
                     # Envoy restarts the stream idle timer on request body bytes: a body
                     # still arriving moves it on from its latest chunk
-                    when, kind = self._attempt_deadline(stream, now, body.arrived)
+                    when, kind = self._attempt_deadline(stream, now, body.arrived, attempt.sent)
                     if when <= loop.time():
                         break
                     attempt.expired = None
+                    timed_sent = attempt.sent is not None
                     timer = loop.call_at(when, attempt.expire, kind)
                     continue
+                if not timed_sent and attempt.sent is not None:
+                    # the body is out: the per-try timers start now
+                    timed_sent = True
+                    if timer is not None:
+                        timer.cancel()
+                    when, kind = self._attempt_deadline(stream, now, body.arrived, attempt.sent)
+                    timer = loop.call_at(when, attempt.expire, kind) if when else None
                 if body.failed or stream.conn.closed:
                     attempt.abandon()
                     raise DownstreamGone()
@@ -444,7 +489,7 @@ class Router:
             return attempt.expired
         return PROTOCOL_ERROR if connection.protocol_error else RESET
 
-    async def _pump_body(self, stream: Stream, connection: UpstreamConnection) -> None:
+    async def _pump_body(self, stream: Stream, connection: UpstreamConnection, attempt: Attempt) -> None:
         body = stream.body
         chunked = stream.chunked
         sent = 0
@@ -461,6 +506,7 @@ class Router:
             if body.done:
                 if chunked:
                     connection.write(LAST_CHUNK)
+                attempt.request_sent(self.loop.time())
                 return
             if body.failed:   # the client's request broke off: so does the upstream's
                 connection.abort()
@@ -469,10 +515,9 @@ class Router:
                 return
             await body.wait()
 
-    async def respond(self, stream: Stream, attempt: Attempt, attempts: int,
-                      deadline: float) -> None:
+    async def respond(self, stream: Stream, attempt: Attempt, attempts: int) -> None:
         """Relay an attempt's response downstream: its head (committed here) and its body,
-        in one write when it is all in, else as it arrives under `deadline`."""
+        in one write when it is all in, else as it arrives under the body's deadlines."""
         conn = stream.conn
         assert attempt.headers is not None
         stream.upstream_connection = attempt.connection   # (for the access log)
@@ -495,6 +540,7 @@ class Router:
             return
 
         def relay(chunk: bytes) -> None:
+            attempt.active = loop.time()
             stream.bytes_sent += len(chunk)
             conn.write(encode_chunk(chunk) if chunked else chunk)
             if conn.write_paused:
@@ -505,11 +551,19 @@ class Router:
             relay(chunk)
         attempt.buffer.clear()
         attempt.writer = relay
-        timer = loop.call_at(deadline, attempt.expire, GLOBAL_TIMEOUT) if deadline else None
+        # the body's deadlines (proxy/http/response_timers.py): the idle ones run from the
+        # latest chunk, noted by the relay, and are filed anew when they come after progress
+        attempt.active = loop.time()
+        when, kind = body_deadline(stream, attempt.started, attempt.active)
+        timer = loop.call_at(when, attempt.expire, kind) if when else None
         try:
-            while not attempt.complete and not attempt.reset and attempt.expired is None:
-                if conn.closed:
-                    break
+            while not attempt.complete and not attempt.reset and not conn.closed:
+                if attempt.expired is not None:
+                    when, kind = body_deadline(stream, attempt.started, attempt.active)
+                    if when <= loop.time():
+                        break
+                    attempt.expired = None
+                    timer = loop.call_at(when, attempt.expire, kind)
                 await attempt.wait()
         finally:
             if timer is not None:
@@ -521,10 +575,15 @@ class Router:
             attempt.finish()
             conn.response_done(keep_alive)
             return
-        # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close.
-        stream.flags = "UT" if attempt.expired else "UC"
         attempt.abandon()
-        conn.abort()
+        # Reset or timeout after the head went out: all Envoy can do on HTTP/1.1 is close
+        # (after a timeout, as it closes: the delayed close).
+        if attempt.expired is not None and not attempt.reset:
+            charge_cut(stream, kind, self.manager.stats)
+            conn.close()
+        else:
+            stream.flags = "UC"
+            conn.abort()
         conn.response_done(False)
 
 

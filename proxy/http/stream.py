@@ -86,7 +86,7 @@ class Stream:
     router decided about it."""
 
     __slots__ = ("action", "authority", "body", "bytes_sent", "chunked", "cluster", "committed",
-                 "conn", "deadline", "downstream_local", "downstream_remote", "expect_continue",
+                 "conn", "deadline", "details", "downstream_local", "downstream_remote", "expect_continue",
                  "flags", "has_body", "hash_key", "header_names", "headers", "internal", "keep_alive",
                  "method", "number", "per_try", "plan", "policy", "request_headers",
                  "response_headers", "response_mutations", "retry", "retry_statuses", "selection", "service_time", "set_cookie",
@@ -142,5 +142,6 @@ class Stream:
         self.status = 0
         self.bytes_sent = 0
         self.flags = "-"
+        self.details: str | None = None   # response code details the flags do not tell (access log)
         self.upstream = "-"
         self.service_time: str | None = None

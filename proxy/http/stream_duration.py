@@ -12,7 +12,11 @@ Rules (Envoy 1.40):
   a gRPC request (content-type application/grpc…) goes upstream with `grpc-timeout` set to
   the bound. When the bound is reached before a response: 504 "downstream duration timeout"
   (408 while the request is still arriving; for a gRPC request 200 with grpc-status 4), and
-  `downstream_rq_max_duration_reached`; after the response began, the connection closes.
+  `downstream_rq_max_duration_reached`, with no response flag (details max_duration_timeout);
+  after the response began, the body is cut and the connection closes
+  (proxy/http/response_timers.py);
+- the connection manager's `common_http_protocol_options.max_stream_duration` bounds a
+  request the same way, unless its route sets `max_stream_duration` (even to 0: no bound).
 - `max_grpc_timeout` set and no `max_stream_duration`: a gRPC request's route timeout is its
   `grpc-timeout` (none: infinite) less `grpc_timeout_offset` (only when smaller), capped at
   `max_grpc_timeout` (0: no cap); other requests keep the route `timeout`.

@@ -240,9 +240,10 @@ def _http_protocol_options(message: Cluster, path: str) -> _HttpOptions:
     server), the requests a connection carries before it is closed (the cluster's
     deprecated max_requests_per_connection, or common_http_protocol_options', never both,
     as in Envoy), the response headers' size limit (max_response_headers_kb) and how long
-    an upstream request may wait for its response head (max_stream_duration: then 504, 408
-    while the request is still arriving, flag UMSDR, upstream_rq_max_duration_reached; unlike
-    Envoy's, not retried on `reset` and not applied to a response body in flight)."""
+    an upstream request may last (max_stream_duration, from the attempt's start: before the
+    response head, 504 "upstream max stream duration reached", 408 while the request is
+    still arriving, retried as a reset is; after it, the body is cut
+    (proxy/http/response_timers.py); flag UMSDR, upstream_rq_max_duration_reached)."""
     legacy_max_requests = message.HasField("max_requests_per_connection")
     http2 = message.HasField("http2_protocol_options")
     options = _HttpOptions(http2, message.max_requests_per_connection.value)

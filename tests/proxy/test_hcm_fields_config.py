@@ -46,7 +46,7 @@ def test_unset_fields_have_envoys_defaults() -> None:
      "common_http_protocol_options.max_connection_duration"),
     ("common_http_protocol_options: {idle_timeout: -1s}", "common_http_protocol_options.idle_timeout"),
     ("delayed_close_timeout: -1s", "delayed_close_timeout"),
-    ("common_http_protocol_options: {max_stream_duration: 1s}", "common_http_protocol_options.max_stream_duration"),
+    ("common_http_protocol_options: {max_stream_duration: -1s}", "common_http_protocol_options.max_stream_duration"),
 ])
 def test_a_bad_value_is_refused_naming_the_field(extra: str, field: str) -> None:
     with pytest.raises(ConfigError) as error:

@@ -10,8 +10,10 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # 
 from google.protobuf import json_format
 
 from proxy.config_error import ConfigError
+from proxy.http.attempt import UPSTREAM_DURATION
 from proxy.http.retry import (
     CONNECT_FAILURE,
+    PER_TRY_IDLE_TIMEOUT,
     PER_TRY_TIMEOUT,
     RESET,
     RetryPolicy,
@@ -47,6 +49,14 @@ def policy(**fields: object) -> RetryPolicy:
     ("retriable-4xx", 409, True),
     ("retriable-4xx", 404, False),
     ("refused-stream", RESET, False),
+    ("5xx", PER_TRY_IDLE_TIMEOUT, True),
+    ("reset", PER_TRY_IDLE_TIMEOUT, True),
+    ("connect-failure", PER_TRY_IDLE_TIMEOUT, False),
+    ("5xx", UPSTREAM_DURATION, True),
+    ("gateway-error", UPSTREAM_DURATION, True),
+    ("reset", UPSTREAM_DURATION, True),
+    ("connect-failure", UPSTREAM_DURATION, False),
+    ("retriable-4xx", UPSTREAM_DURATION, False),
 ])
 def test_retry_on_conditions(retry_on: str, outcome: int | str, retried: bool) -> None:
     assert is_retriable(policy(retryOn=retry_on), outcome) is retried
@@ -110,3 +120,13 @@ def test_previous_hosts_predicate_is_understood() -> None:
 def test_unsupported_retry_field_is_rejected_with_its_path() -> None:
     with pytest.raises(ConfigError, match=r"retry_policy\.retry_priority"):
         policy(retryOn="5xx", retryPriority={"name": "envoy.retry_priorities.previous_priorities"})
+
+
+def test_per_try_idle_timeout_is_read_in_seconds() -> None:
+    assert policy(retryOn="5xx", perTryIdleTimeout="0.25s").per_try_idle_timeout == 0.25
+    assert policy(retryOn="5xx").per_try_idle_timeout == 0.0
+
+
+def test_a_negative_per_try_idle_timeout_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"retry_policy\.per_try_idle_timeout: must not be negative"):
+        policy(retryOn="5xx", perTryIdleTimeout="-1s")

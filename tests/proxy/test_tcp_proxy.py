@@ -262,6 +262,39 @@ def test_a_silent_pair_is_closed_at_the_idle_timeout_and_counted(size: int) -> N
     run(scenario)
 
 
+@pytest.mark.parametrize("direction", ["client", "upstream"])
+def test_a_pair_talking_either_way_outlives_its_idle_timeout(direction: str) -> None:
+    async def scenario() -> None:
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for _ in range(8):   # the upstream alone speaks, every 0.1 s for 0.8 s
+                writer.write(b"t")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            writer.close()
+
+        upstream = await (Upstream().start() if direction == "client" else
+                          asyncio.start_server(trickle, "127.0.0.1", 0))
+        upstream_port = upstream.port if isinstance(upstream, Upstream) else upstream.sockets[0].getsockname()[1]
+        port = free_port()
+        server = await proxied(tcp_listener(port, cluster="talk", idle_timeout="0.3s"),
+                               [cluster("talk", [endpoint(upstream_port)])])
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if direction == "client":
+                for _ in range(8):   # the client alone speaks (the echo answers), every 0.1 s
+                    writer.write(b"c")
+                    assert await reader.readexactly(1) == b"c"
+                    await asyncio.sleep(0.1)
+            else:
+                assert await reader.readexactly(8) == b"t" * 8
+            assert stat(server, "tcp.tcp.idle_timeout") == 0
+            writer.close()
+        finally:
+            await server.stop()
+            upstream.close()
+    run(scenario)
+
+
 def test_weighted_clusters_send_no_connection_to_a_cluster_of_weight_zero() -> None:
     async def scenario() -> None:
         heavy = await Upstream(greeting=b"heavy").start()

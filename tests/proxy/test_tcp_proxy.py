@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ from tests.tls.sidecars import (
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 BULK = 8 << 20
+HELD_BACK = 256 << 20   # more than every buffer on the way can hold (a 32 MiB tcp_rmem max twice)
 
 
 def tcp_listener(port: int, **tcp: Any) -> dict[str, Any]:
@@ -290,6 +292,46 @@ def test_a_pair_talking_either_way_outlives_its_idle_timeout(direction: str) -> 
             assert stat(server, "tcp.tcp.idle_timeout") == 0
             writer.close()
         finally:
+            await server.stop()
+            upstream.close()
+    run(scenario)
+
+
+@pytest.mark.parametrize("chunk", [1024, 256 << 10], ids=["transports", "spliced"])
+def test_a_client_writing_to_an_upstream_that_never_reads_is_held_back(chunk: int) -> None:
+    """Flow control end to end: what the proxy holds is bounded (its buffer or pipe, and the
+    kernel's socket buffers, far below HELD_BACK), so the client's writes block."""
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await release.wait()
+            writer.close()
+
+        upstream = await asyncio.start_server(never_read, "127.0.0.1", 0)
+        port = free_port()
+        server = await proxied(tcp_listener(port, cluster="sink"),
+                               [cluster("sink", [endpoint(upstream.sockets[0].getsockname()[1])])])
+        client = socket.create_connection(("127.0.0.1", port))
+        client.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            payload = b"w" * chunk
+            sent = 0
+            blocked_since: float | None = None
+            while sent < HELD_BACK:
+                try:
+                    sent += client.send(payload)
+                    blocked_since = None
+                except BlockingIOError:
+                    blocked_since = blocked_since or loop.time()
+                    if loop.time() - blocked_since > 0.5:
+                        break
+                    await asyncio.sleep(0.01)
+            assert sent < HELD_BACK
+        finally:
+            client.close()
+            release.set()
             await server.stop()
             upstream.close()
     run(scenario)

@@ -4,7 +4,8 @@
     .venv/bin/python mypyc_build.py --clean    remove the compiled modules (pure Python again)
 
 Why: the interpreter's eval loop is the largest user-space cost per proxied request; mypyc
-turns the fully typed request path (HTTP connection manager, router, upstream pool, balancers) into C, with native classes whose attributes are struct fields.
+turns the fully typed request path (HTTP connection manager, router, upstream pool, balancers,
+the tcp_proxy relay) into C, with native classes whose attributes are struct fields.
 
 Rules:
 - COMPILED lists the modules (as globs); they are compiled as one group: the shared library
@@ -44,6 +45,8 @@ COMPILED = (
     "proxy/router/*.py",
     "proxy/upstream/*.py",
     "proxy/upstream/balancer/*.py",
+    "proxy/tcp_proxy.py",
+    "proxy/tcp_access_log.py",
 )
 # Not proxy/stats.py: its scopes are dataclasses with a ClassVar (GAUGES), which this mypyc
 # makes a read-only instance field; counting into Python dataclasses costs little.

@@ -35,13 +35,12 @@ class LoggedUpstreamTcp(UpstreamTcp):
         down = self.down
         assert isinstance(down, LoggedDownstreamTcp)
         down.bytes_sent += len(data)
-        UpstreamTcp.data_received(self, data)
+        super().data_received(data)
 
 
 class LoggedDownstreamTcp(DownstreamTcp):
     """A downstream connection that is also its own access log record (TCP_OPERATORS read it)."""
 
-    upstream_type = LoggedUpstreamTcp
     __slots__ = (
         "attached",
         "bytes_sent",
@@ -71,6 +70,9 @@ class LoggedDownstreamTcp(DownstreamTcp):
         self.upstream_local: tuple[str, int] | None = None
 
     # the relay, counted
+
+    def new_upstream(self) -> UpstreamTcp:
+        return LoggedUpstreamTcp(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.start = asyncio.get_running_loop().time()

@@ -13,7 +13,8 @@ Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
 - a half-close (FIN) on one side is passed to the other (to a TLS side, which asyncio
   cannot half-close, as a full close after its writes are flushed); the pair closes when
   both sides are done or either side resets; `idle_timeout` (default 1 h, 0 disables) closes a pair
-  with no traffic either way;
+  with no traffic either way: no data sent or received on either socket since it was attached
+  (as Envoy resets its timer on every read and every write);
 - flow control: when one side holds 1 MiB unsent (Envoy's per_connection_buffer_limit_bytes
   default) the other side stops reading until it drains.
 - stats: tcp.PREFIX.downstream_cx_rx_bytes_total / tx counts every byte relayed each way.
@@ -21,10 +22,17 @@ Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
 
 Theory of operation: each side is an asyncio protocol; what one side reads is written to the
 other's transport, with as few Python calls per chunk as possible (small request/response
-traffic lives there). Between two plain TCP sockets (no TLS on either side), a read of 64 KiB
-or more says the direction carries bulk data: from then on splice(2) moves it through a pipe
-without copying it into Python (proxy/splice_pump.py), still counted and still keeping the
-idle timer; a TLS side always stays on its transport, which encrypts and decrypts.
+traffic lives there): the count, the peer's write, the bulk test. The module is compiled
+(mypyc_build.py), its sides native classes (protocols by duck typing, see _Side). Between two
+plain TCP sockets (no TLS on either side), a read of 64 KiB or more says the direction carries
+bulk data: from then on splice(2) moves it through a pipe without copying it into Python
+(proxy/splice_pump.py), still counted; a TLS side always stays on its transport, which
+encrypts and decrypts.
+
+The idle timer takes no clock reading per chunk: the kernel already stamps each TCP socket's
+last data sent and received (TCP_INFO's tcpi_last_data_sent/recv, in ms), for spliced bytes
+too. So the timer is armed once for the whole timeout and, when it fires, reads both sockets'
+stamps: a pair quiet for less than the timeout waits out the rest, else it is closed.
 
 Why the relay is not handed to the kernel with a BPF sockmap (an sk_skb stream verdict that
 redirects each socket's ingress to its peer's egress, as Cilium's socket acceleration did):
@@ -46,7 +54,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, cast
 
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 
@@ -64,8 +72,13 @@ from proxy.upstream.host import Host
 if TYPE_CHECKING:
     from proxy.upstream.cluster import Cluster
 
-SPLICE_THRESHOLD = 65536   # a read this large is a bulk transfer: the kernel moves the rest
-BUFFER_LIMIT = 1 << 20     # a side's unsent bytes before its peer stops reading (Envoy's default)
+SPLICE_THRESHOLD: Final = 65536   # a read this large is a bulk transfer: the kernel moves the rest
+BUFFER_LIMIT: Final = 1 << 20     # a side's unsent bytes before its peer stops reading (Envoy's default)
+# struct tcp_info (linux/tcp.h, a stable ABI): tcpi_last_data_sent, tcpi_last_ack_sent (unused),
+# tcpi_last_data_recv, in milliseconds ago, from byte 44 on
+_TCP_INFO_TIMES: Final = struct.Struct("=I4xI")
+_TCP_INFO_TIMES_AT: Final = 44
+_TCP_INFO_SIZE: Final = 56
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +149,18 @@ class TcpProxyFilter:
         self.rbac = rbac
         self.rbac_stats = RbacStats()
         self.access_log: AccessLogWriter | None = None
-        self.connection_type = DownstreamTcp
+        self.connection_type: Callable[[TcpProxyFilter, tuple[str, int] | None], DownstreamTcp] = DownstreamTcp
         if config.access_logs:   # connections that count and log (a module that imports this one)
             from proxy.tcp_access_log import TCP_OPERATORS, LoggedDownstreamTcp
             self.access_log = AccessLogWriter(config.access_logs, TCP_OPERATORS)
             self.connection_type = LoggedDownstreamTcp
 
-    def protocol(self, destination: tuple[str, int] | None = None, server_name: str = "") -> asyncio.Protocol:
+    def protocol(self, destination: tuple[str, int] | None = None, server_name: str = "") -> asyncio.BaseProtocol:
         """A connection's protocol; `destination` is its original destination (what an
         ORIGINAL_DST cluster connects to), `server_name` its SNI (for the access log)."""
         connection = self.connection_type(self, destination)
         connection.server_name = server_name
-        return connection
+        return cast(asyncio.BaseProtocol, connection)   # by duck typing: see _Side
 
     def extra_stats(self) -> dict[str, int]:
         if not self.rbac:
@@ -162,9 +175,13 @@ def _drop(data: bytes) -> None:
     """Where a side's bytes go once its peer is closing: nowhere."""
 
 
-class _Side(asyncio.Protocol):
+class _Side:
     """One end of the relay. `forward` passes what this side reads on (the peer transport's
-    write once both are up); `pump`, once set, reads this side instead of its transport."""
+    write once both are up); `pump`, once set, reads this side instead of its transport.
+
+    An asyncio protocol by duck typing, as uvloop and asyncio call protocols: compiled, a
+    class deriving from asyncio.Protocol would be an ordinary Python class (attributes in
+    slots read through descriptors), this one is a native one (struct fields)."""
 
     __slots__ = ("closed", "eof", "forward", "peer", "pump", "transport")
 
@@ -227,11 +244,12 @@ class _Side(asyncio.Protocol):
 
 
 class UpstreamTcp(_Side):
-    __slots__ = ("down",)
+    __slots__ = ("down", "stats")
 
     def __init__(self, downstream: DownstreamTcp) -> None:
         super().__init__()
         self.peer = self.down = downstream
+        self.stats = downstream.stats
         self.forward = self._forward_while_attaching
 
     def _forward_while_attaching(self, data: bytes) -> None:
@@ -245,12 +263,10 @@ class UpstreamTcp(_Side):
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
-        down = self.down
-        down.stats.downstream_cx_tx_bytes_total += size
-        down.last_activity = down.clock()
+        self.stats.downstream_cx_tx_bytes_total += size
         self.forward(data)
         if size >= SPLICE_THRESHOLD:
-            down.splice(self)
+            self.down.splice(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -260,9 +276,8 @@ class UpstreamTcp(_Side):
 
 
 class DownstreamTcp(_Side):
-    upstream_type = UpstreamTcp
-    __slots__ = ("_active", "_cluster", "_connect", "_idle", "_pending", "clock", "destination",
-                 "last_activity", "owner", "server_name", "spliceable", "stats")
+    __slots__ = ("_active", "_attached_at", "_cluster", "_connect", "_idle", "_pending", "destination",
+                 "owner", "server_name", "spliceable", "stats")
 
     def __init__(self, owner: TcpProxyFilter, destination: tuple[str, int] | None = None) -> None:
         super().__init__()
@@ -270,8 +285,7 @@ class DownstreamTcp(_Side):
         self.destination = destination
         self.server_name = ""
         self.stats = owner.stats
-        self.clock: Callable[[], float] = _no_clock
-        self.last_activity = 0.0
+        self._attached_at = 0.0
         self.spliceable = False    # both sides plain TCP: a bulk direction may go to a SplicePump
         self._pending: list[bytes] = []
         self.forward = self._pending.append   # until the upstream is up
@@ -280,10 +294,13 @@ class DownstreamTcp(_Side):
         self._connect: asyncio.Task[None] | None = None
         self._cluster: Cluster | None = None
 
+    def new_upstream(self) -> UpstreamTcp:
+        """The upstream side's protocol (the access log's subclass makes its own)."""
+        return UpstreamTcp(self)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        self.clock = loop.time
         stats = self.stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
@@ -313,9 +330,12 @@ class DownstreamTcp(_Side):
             owner.stats.downstream_cx_no_route += 1
             self.close()
             return
+        destination = self.destination
+        # the upstream side is a protocol by duck typing (see _Side)
+        factory = cast(Callable[[], asyncio.BaseProtocol], self.new_upstream)
         for _ in range(owner.config.max_connect_attempts):
             if cluster.config.type == "ORIGINAL_DST":
-                host = Host(*self.destination) if self.destination is not None else None
+                host = Host(destination[0], destination[1]) if destination is not None else None
             else:
                 host = cluster.choose(None)
             if host is None:
@@ -329,14 +349,16 @@ class DownstreamTcp(_Side):
             tls = cluster.transport_socket(host)
             try:
                 if tls is None:
-                    _, upstream = await asyncio.wait_for(
-                        loop.create_connection(lambda: self.upstream_type(self), host.address, host.port),
+                    _, made = await asyncio.wait_for(
+                        loop.create_connection(factory, host.address, host.port),
                         cluster.config.connect_timeout)
+                    upstream = cast(UpstreamTcp, made)
                 else:
-                    _, upstream = await asyncio.wait_for(
-                        loop.create_connection(lambda: self.upstream_type(self), host.address, host.port,
+                    _, made = await asyncio.wait_for(
+                        loop.create_connection(factory, host.address, host.port,
                                                ssl=tls.context(), server_hostname=tls.config.sni),
                         cluster.config.connect_timeout)
+                    upstream = cast(UpstreamTcp, made)
                     assert upstream.transport is not None
                     if not tls.san_verified(upstream.transport.get_extra_info("ssl_object")):
                         upstream.peer = None
@@ -404,7 +426,6 @@ class DownstreamTcp(_Side):
     def data_received(self, data: bytes) -> None:
         size = len(data)
         self.stats.downstream_cx_rx_bytes_total += size
-        self.last_activity = self.clock()
         self.forward(data)
         if size >= SPLICE_THRESHOLD:
             self.splice(self)
@@ -432,11 +453,9 @@ class DownstreamTcp(_Side):
 
     def _moved_upstream(self, size: int) -> None:
         self.stats.downstream_cx_rx_bytes_total += size
-        self.last_activity = self.clock()
 
     def _moved_downstream(self, size: int) -> None:
         self.stats.downstream_cx_tx_bytes_total += size
-        self.last_activity = self.clock()
 
     def _pump_ended(self, source: _Side) -> None:
         if not source.end_of_stream():
@@ -473,17 +492,25 @@ class DownstreamTcp(_Side):
             self._cluster.stats.upstream_cx_destroy += 1
 
     def touch(self) -> None:
-        """Start the idle timer (data_received and the pumps keep `last_activity` current)."""
+        """Start the idle timer: the pair is up."""
         timeout = self.owner.config.idle_timeout
         if timeout <= 0:
             return
-        self.last_activity = self.clock()
+        loop = asyncio.get_running_loop()
+        self._attached_at = loop.time()
         if self._idle is None:
-            self._idle = asyncio.get_running_loop().call_later(timeout, self._check_idle)
+            self._idle = loop.call_later(timeout, self._check_idle)
 
     def _check_idle(self) -> None:
+        """The timer fired: close the pair if it has been quiet for the whole timeout, else
+        wait out the rest. Quiet: no data sent or received on either socket, which the kernel
+        stamps (see the module's rules), and none since the pair was attached."""
         loop = asyncio.get_running_loop()
-        remaining = self.last_activity + self.owner.config.idle_timeout - loop.time()
+        quiet = loop.time() - self._attached_at
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None:
+                quiet = min(quiet, _quiet_for(side.transport))
+        remaining = self.owner.config.idle_timeout - quiet
         if remaining > 0:
             self._idle = loop.call_later(remaining, self._check_idle)
             return
@@ -492,5 +519,17 @@ class DownstreamTcp(_Side):
         self.close()
 
 
-def _no_clock() -> float:
-    return 0.0
+def _quiet_for(transport: asyncio.Transport) -> float:
+    """Seconds since this side's socket last sent or received data (TCP_INFO); 0.0 when the
+    kernel cannot tell (no TCP socket): such a pair is never closed as idle."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0.0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return 0.0
+    if len(info) < _TCP_INFO_SIZE:
+        return 0.0
+    sent, received = _TCP_INFO_TIMES.unpack_from(info, _TCP_INFO_TIMES_AT)
+    return float(min(sent, received)) / 1000

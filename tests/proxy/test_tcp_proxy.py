@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ from tests.tls.sidecars import (
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 BULK = 8 << 20
+HELD_BACK = 256 << 20   # more than every buffer on the way can hold (a 32 MiB tcp_rmem max twice)
 
 
 def tcp_listener(port: int, **tcp: Any) -> dict[str, Any]:
@@ -259,6 +261,79 @@ def test_a_silent_pair_is_closed_at_the_idle_timeout_and_counted(size: int) -> N
             assert await reader.read(-1) == b""      # then nothing: the proxy closes
             writer.close()
             assert stat(server, "tcp.tcp.idle_timeout") == 1
+    run(scenario)
+
+
+@pytest.mark.parametrize("direction", ["client", "upstream"])
+def test_a_pair_talking_either_way_outlives_its_idle_timeout(direction: str) -> None:
+    async def scenario() -> None:
+        async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for _ in range(8):   # the upstream alone speaks, every 0.1 s for 0.8 s
+                writer.write(b"t")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            writer.close()
+
+        upstream = await (Upstream().start() if direction == "client" else
+                          asyncio.start_server(trickle, "127.0.0.1", 0))
+        upstream_port = upstream.port if isinstance(upstream, Upstream) else upstream.sockets[0].getsockname()[1]
+        port = free_port()
+        server = await proxied(tcp_listener(port, cluster="talk", idle_timeout="0.3s"),
+                               [cluster("talk", [endpoint(upstream_port)])])
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if direction == "client":
+                for _ in range(8):   # the client alone speaks (the echo answers), every 0.1 s
+                    writer.write(b"c")
+                    assert await reader.readexactly(1) == b"c"
+                    await asyncio.sleep(0.1)
+            else:
+                assert await reader.readexactly(8) == b"t" * 8
+            assert stat(server, "tcp.tcp.idle_timeout") == 0
+            writer.close()
+        finally:
+            await server.stop()
+            upstream.close()
+    run(scenario)
+
+
+@pytest.mark.parametrize("chunk", [1024, 256 << 10], ids=["transports", "spliced"])
+def test_a_client_writing_to_an_upstream_that_never_reads_is_held_back(chunk: int) -> None:
+    """Flow control end to end: what the proxy holds is bounded (its buffer or pipe, and the
+    kernel's socket buffers, far below HELD_BACK), so the client's writes block."""
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await release.wait()
+            writer.close()
+
+        upstream = await asyncio.start_server(never_read, "127.0.0.1", 0)
+        port = free_port()
+        server = await proxied(tcp_listener(port, cluster="sink"),
+                               [cluster("sink", [endpoint(upstream.sockets[0].getsockname()[1])])])
+        client = socket.create_connection(("127.0.0.1", port))
+        client.setblocking(False)
+        try:
+            loop = asyncio.get_running_loop()
+            payload = b"w" * chunk
+            sent = 0
+            blocked_since: float | None = None
+            while sent < HELD_BACK:
+                try:
+                    sent += client.send(payload)
+                    blocked_since = None
+                except BlockingIOError:
+                    blocked_since = blocked_since or loop.time()
+                    if loop.time() - blocked_since > 0.5:
+                        break
+                    await asyncio.sleep(0.01)
+            assert sent < HELD_BACK
+        finally:
+            client.close()
+            release.set()
+            await server.stop()
+            upstream.close()
     run(scenario)
 
 

@@ -41,7 +41,8 @@ def cares(**fields: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", ["STRICT_DNS", "LOGICAL_DNS"])
 def test_istios_dns_cluster_loads(kind: str) -> None:
     # What Istio's cluster builder sets on a ServiceEntry with resolution DNS (STRICT_DNS)
-    # or DNS_ROUND_ROBIN (LOGICAL_DNS), less the c-ares udp_max_queries it also sets.
+    # or DNS_ROUND_ROBIN (LOGICAL_DNS), less the c-ares udp_max_queries it also sets (100 unless
+    # PILOT_DNS_CARES_UDP_MAX_QUERIES says otherwise; 0 loads, see below).
     loaded = config(kind, dns_lookup_family="V4_ONLY", respect_dns_ttl=True, dns_refresh_rate="60s",
                     dns_jitter="0.100s", typed_dns_resolver_config=cares())
     assert loaded.dns_refresh == DnsRefreshConfig(refresh_rate=60.0, respect_ttl=True, jitter=0.1)
@@ -83,6 +84,10 @@ def test_the_deprecated_resolver_fields_come_last() -> None:
     assert config(use_tcp_for_dns_lookups=True,
                   dns_resolvers=[{"socket_address": {"address": "10.0.0.53", "port_value": 53}}]
                   ).dns_resolver == ResolverConfig(resolvers=("10.0.0.53:53",), use_tcp=True)
+
+
+def test_a_udp_max_queries_of_zero_is_c_ares_default_and_loads() -> None:
+    assert config(typed_dns_resolver_config=cares(udp_max_queries=0)).dns_resolver == ResolverConfig()
 
 
 @pytest.mark.parametrize("field", ["udp_max_queries", "edns0_max_payload_size"])

@@ -10,9 +10,10 @@ Rules (Envoy 1.40):
   `dns_resolution_config`, then the deprecated `dns_resolvers` / `use_tcp_for_dns_lookups`
   gives the ResolverConfig, the precedence of Envoy's selectDnsResolver. Resolver addresses
   are IP socket addresses.
-- Refused, by path: c-ares' `filter_unroutable_families`, `udp_max_queries` other than 0,
-  `edns0_max_payload_size`, `max_udp_channel_duration` and `reinit_channel_on_timeout`
-  (pycares exposes no such channel options), and any other resolver extension.
+- c-ares' `udp_max_queries` caps the lookups per channel (proxy/upstream/dns_resolver.py).
+- Refused, by path: c-ares' `filter_unroutable_families`, `edns0_max_payload_size`,
+  `max_udp_channel_duration` and `reinit_channel_on_timeout` (pycares exposes no such channel
+  options), and any other resolver extension.
 They are read (and checked) on every cluster; only STRICT_DNS and LOGICAL_DNS ones resolve.
 """
 
@@ -85,9 +86,6 @@ def _typed_resolver(extension: Message, path: str) -> ResolverConfig:
     reject_unsupported(cares, here, ("resolvers", "use_resolvers_as_fallback", "dns_resolver_options",
                                      "query_timeout_seconds", "query_tries", "rotate_nameservers",
                                      "udp_max_queries"))
-    if cares.HasField("udp_max_queries") and cares.udp_max_queries.value != 0:
-        # 0 is c-ares' own default (no cap); pycares cannot pass another.
-        raise ConfigError(join(here, "udp_max_queries"), "not supported by tulle-proxy (only 0: no cap)")
     use_tcp, no_search = _resolver_options(cares, here)
     timeout: float | None = None
     if cares.HasField("query_timeout_seconds"):
@@ -102,7 +100,7 @@ def _typed_resolver(extension: Message, path: str) -> ResolverConfig:
     return ResolverConfig(resolvers=_addresses(cares.resolvers, join(here, "resolvers")),
                           resolvers_as_fallback=cares.use_resolvers_as_fallback, use_tcp=use_tcp,
                           no_default_search_domain=no_search, query_timeout=timeout, query_tries=tries,
-                          rotate=cares.rotate_nameservers)
+                          rotate=cares.rotate_nameservers, udp_max_queries=cares.udp_max_queries.value)
 
 
 def _resolver_options(holder: Message, path: str) -> tuple[bool, bool]:

@@ -20,6 +20,13 @@ Rules (Envoy's c-ares resolver, source/extensions/network/dns_resolver/cares/dns
   `use_resolvers_as_fallback`, only when resolv.conf names none); `use_tcp_for_dns_lookups`,
   `no_default_search_domain`, `query_timeout_seconds`, `query_tries`, `rotate_nameservers`
   set c-ares' options of the same meaning. Clusters with the same settings share a channel.
+- `udp_max_queries` (Istio sets 100): c-ares sends at most that many queries from one UDP
+  socket, then opens another (a new source port, against spoofed answers). pycares cannot
+  pass the option, so the cap is kept one level up: after that many lookups on a channel the
+  next lookup opens a new channel (new sockets, new ports), and the old one is closed when its
+  last lookup ends. A lookup counts as one query: one that walks search domains or retries
+  sends a few more from the same socket, so the cap is on lookups, not packets. (c-ares
+  closes a socket with no query in flight, so only lookups in flight together share one.)
 
 Thin I/O: the decisions about when to ask again are proxy/upstream/dns_refresh.py's.
 """
@@ -49,6 +56,7 @@ class ResolverConfig:
     query_timeout: float | None = None
     query_tries: int | None = None
     rotate: bool = False
+    udp_max_queries: int = 0   # lookups per channel (0: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +83,16 @@ class CaresResolver:
     def __init__(self, config: ResolverConfig) -> None:
         self.config = config
         self._channel: Any = None
+        self._lookups = 0   # begun on the current channel (udp_max_queries)
+        self._in_flight: dict[Any, int] = {}   # channel -> its lookups not yet ended
 
     def _resolver(self) -> Any:
+        cap = self.config.udp_max_queries
+        if self._channel is not None and cap and self._lookups >= cap:
+            self._retire(self._channel)
+            self._channel = None
         if self._channel is None:
+            self._lookups = 0
             import aiodns
             import pycares
 
@@ -123,12 +138,17 @@ class CaresResolver:
         """One getaddrinfo of one family: its answer, or None if it failed."""
         import aiodns
 
+        channel = self._resolver()
+        self._lookups += 1
+        self._in_flight[channel] = self._in_flight.get(channel, 0) + 1
         try:
-            result = await self._resolver().getaddrinfo(name, family=family, flags=_ARES_AI_NOSORT)
+            result = await channel.getaddrinfo(name, family=family, flags=_ARES_AI_NOSORT)
         except aiodns.error.DNSError as error:
             if error.args and error.args[0] in _NO_RECORDS:
                 return DnsAnswer()
             return None
+        finally:
+            self._lookup_ended(channel)
         cname_ttl = min((cname.ttl for cname in result.cnames), default=None)
         addresses: list[str] = []
         ttls: list[float] = []
@@ -141,9 +161,26 @@ class CaresResolver:
             ttls.append(float(node.ttl if cname_ttl is None else min(node.ttl, cname_ttl)))
         return DnsAnswer(tuple(addresses), tuple(ttls))
 
+    def _lookup_ended(self, channel: Any) -> None:
+        left = self._in_flight[channel] - 1
+        if left:
+            self._in_flight[channel] = left
+            return
+        del self._in_flight[channel]
+        if channel is not self._channel:   # retired while this lookup ran
+            self._retire(channel)
+
+    def _retire(self, channel: Any) -> None:
+        """Close a channel replaced under udp_max_queries, once no lookup is using it."""
+        if channel not in self._in_flight:
+            channel.cancel()
+            channel._cleanup()   # aiodns' close() without the await: its timer and socket watches
+
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.cancel()
+        for channel in {*self._in_flight, self._channel} - {None}:
+            self._in_flight.pop(channel, None)
+            self._retire(channel)
+        self._channel = None
 
 
 def _combine(first: DnsAnswer | None, second: DnsAnswer | None) -> DnsAnswer | None:

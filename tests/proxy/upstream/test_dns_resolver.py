@@ -35,6 +35,7 @@ class Server:
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
         self.asked: list[tuple[str, str]] = []
+        self.source_ports: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -49,6 +50,7 @@ class Server:
             reply = query.reply()
             name, kind = str(query.q.qname).rstrip("."), QTYPE[query.q.qtype]
             self.asked.append((name, kind))
+            self.source_ports.append(peer[1])
             if name == "broken.example.test":
                 reply.header.rcode = RCODE.SERVFAIL
             elif name == "alias.example.test":
@@ -95,7 +97,7 @@ def test_a_cnames_shorter_ttl_is_the_addresses_ttl(server: Server) -> None:
 
 def test_a_name_without_records_is_an_empty_answer(server: Server) -> None:
     assert resolve(server, "missing.example.test") == DnsAnswer()
-    assert resolve(server, "v6.example.test", "V4_ONLY") == DnsAnswer()   # NODATA
+    assert resolve(server, "v6.example.test", family="V4_ONLY") == DnsAnswer()   # NODATA
 
 
 def test_a_server_failure_is_a_failure(server: Server) -> None:
@@ -104,29 +106,59 @@ def test_a_server_failure_is_a_failure(server: Server) -> None:
 
 
 def test_auto_asks_aaaa_and_takes_only_it_when_it_has_addresses(server: Server) -> None:
-    assert resolve(server, "dual.example.test", "AUTO") == DnsAnswer(("fd00::3",), (30.0,))
+    assert resolve(server, "dual.example.test", family="AUTO") == DnsAnswer(("fd00::3",), (30.0,))
     assert server.asked == [("dual.example.test", "AAAA")]
 
 
 def test_auto_falls_back_to_a_when_aaaa_has_none(server: Server) -> None:
-    assert resolve(server, "v4.example.test", "AUTO").addresses == ("10.0.0.1", "10.0.0.2")
+    assert resolve(server, "v4.example.test", family="AUTO").addresses == ("10.0.0.1", "10.0.0.2")
     assert server.asked == [("v4.example.test", "AAAA"), ("v4.example.test", "A")]
 
 
 def test_v4_preferred_asks_a_first_then_aaaa(server: Server) -> None:
-    assert resolve(server, "dual.example.test", "V4_PREFERRED").addresses == ("10.0.0.3",)
-    assert resolve(server, "v6.example.test", "V4_PREFERRED").addresses == ("fd00::6",)
+    assert resolve(server, "dual.example.test", family="V4_PREFERRED").addresses == ("10.0.0.3",)
+    assert resolve(server, "v6.example.test", family="V4_PREFERRED").addresses == ("fd00::6",)
 
 
 def test_v6_only_asks_aaaa_alone(server: Server) -> None:
-    assert resolve(server, "dual.example.test", "V6_ONLY").addresses == ("fd00::3",)
+    assert resolve(server, "dual.example.test", family="V6_ONLY").addresses == ("fd00::3",)
     assert server.asked == [("dual.example.test", "AAAA")]
 
 
 def test_all_takes_both_families_ipv4_first(server: Server) -> None:
-    assert resolve(server, "dual.example.test", "ALL") == DnsAnswer(("10.0.0.3", "fd00::3"), (30.0, 30.0))
+    assert resolve(server, "dual.example.test", family="ALL") == DnsAnswer(("10.0.0.3", "fd00::3"), (30.0, 30.0))
 
 
 def test_an_ip_address_resolves_to_itself_with_no_ttl(server: Server) -> None:
     assert resolve(server, "10.1.2.3") == DnsAnswer(("10.1.2.3",), (0.0,))
     assert server.asked == []
+
+
+NAMES = [f"n{number}.example.test" for number in range(6)]   # (distinct: c-ares caches answers)
+
+
+def ports_of_lookups_together(server: Server, udp_max_queries: int) -> list[int]:
+    """The source ports of NAMES' queries, all begun at once on one resolver. (c-ares closes a
+    socket with nothing in flight: lookups one after another each get a new port anyway.)"""
+    async def run() -> None:
+        resolver = CaresResolver(ResolverConfig(resolvers=(f"127.0.0.1:{server.port}",), query_timeout=1.0,
+                                                query_tries=1, no_default_search_domain=True,
+                                                udp_max_queries=udp_max_queries))
+        try:
+            lookups = [asyncio.ensure_future(resolver.resolve(name, "V4_ONLY")) for name in NAMES]
+            for lookup in lookups:
+                assert await lookup == DnsAnswer()
+        finally:
+            resolver.close()
+    asyncio.run(run())
+    return [server.source_ports[server.asked.index((name, "A"))] for name in NAMES]
+
+
+def test_udp_max_queries_moves_to_a_new_source_port_after_that_many_lookups(server: Server) -> None:
+    ports = ports_of_lookups_together(server, udp_max_queries=2)
+    assert ports[0] == ports[1] != ports[2] == ports[3] != ports[4] == ports[5]
+    assert len(set(ports)) == 3
+
+
+def test_without_udp_max_queries_lookups_in_flight_share_their_port(server: Server) -> None:
+    assert len(set(ports_of_lookups_together(server, udp_max_queries=0))) == 1

@@ -2,9 +2,11 @@
 
 Theory of operation: the router asks `choose(hash_key, avoid)` for a host, then takes a
 connection from that host's pool. Membership comes from the config (STATIC), from DNS
-(STRICT_DNS: every address the name resolves to is a host; re-resolved every
-dns_refresh_rate; LOGICAL_DNS: the first address the one name resolves to is the one host,
-new connections go to the latest one, a failed resolution keeps it) or from EDS (`update_endpoints`). The HostSet keeps Host objects whose
+(STRICT_DNS: every address an endpoint's name resolves to is a host; LOGICAL_DNS: the first
+address the one name resolves to is the one host, new connections go to the latest one; each
+name is re-resolved on its own timer, at the time proxy/upstream/dns_refresh.py gives, by the
+c-ares resolver of proxy/upstream/dns_resolver.py; a failed resolution keeps the name's
+addresses, and so does an empty answer for LOGICAL_DNS) or from EDS (`update_endpoints`). The HostSet keeps Host objects whose
 address persists, so counters and health survive updates.
 
 `avoid` implements the previous_hosts retry predicate: up to
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from proxy.stats import ClusterStats
@@ -28,6 +30,8 @@ from proxy.upstream.balancer.maglev import MaglevBalancer
 from proxy.upstream.balancer.ring_hash import RingHashBalancer
 from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
+from proxy.upstream.dns_refresh import DnsRefreshSchedule
+from proxy.upstream.dns_resolver import DnsAnswer, DnsFailure, DnsResolver, resolver_for
 from proxy.upstream.dns_workers import LOCAL_DNS, DnsResolutions, Resolved
 from proxy.upstream.health.workers import LOCAL, HealthCheckers
 from proxy.upstream.host import Host
@@ -39,8 +43,6 @@ from proxy.upstream.pool import ConnectionPool
 log = logging.getLogger("tulle.proxy.cluster")
 
 MAX_ORIGINAL_HOSTS = 1024  # ORIGINAL_DST hosts kept with their pools (Envoy cleans up unused ones)
-_FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6, "AUTO": socket.AF_UNSPEC,
-             "V4_PREFERRED": socket.AF_UNSPEC, "ALL": socket.AF_UNSPEC}
 
 
 _HIGH_PRIORITY_OPEN = {f"circuit_breakers.high.{gauge}": 0
@@ -95,7 +97,10 @@ class Cluster:
         self._socket_match: dict[Host, tuple[tuple[str, str], ...]] = {}
         self.config_endpoints: tuple[EndpointConfig, ...] = config.endpoints
         self._dns = dns
-        self._dns_task: asyncio.Task[None] | None = None
+        self.dns_resolver: DnsResolver | None = None   # (made on first use from config.dns_resolver)
+        self._dns_schedule = DnsRefreshSchedule(config.dns_refresh, rng)
+        self._resolved: dict[str, list[str]] = {}   # each name's addresses, from its latest answer
+        self._dns_tasks: list[asyncio.Task[None]] = []
         self._resolved_once = asyncio.Event()   # a follower's first resolution from the leader
         if config.type == "STATIC":
             self.set_endpoints(config.endpoints)
@@ -159,16 +164,20 @@ class Cluster:
         return stats
 
     async def start(self) -> None:
-        """Resolve a STRICT_DNS or LOGICAL_DNS cluster once before serving, then keep
-        re-resolving (a follower worker: wait for the leader's first resolution, then take
-        each); start the outlier detector's interval."""
+        """Resolve a STRICT_DNS or LOGICAL_DNS cluster's names once before serving, then keep
+        re-resolving each on its own schedule (a follower worker: wait for the leader's first
+        resolution, then take each); start the outlier detector's interval."""
         if self.outlier is not None:
             self._schedule_outlier_tick()
         if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
             self._dns.start(self.name, self, self._take_resolution)
             if self._dns.resolves:
-                await self._resolve()
-                self._dns_task = asyncio.get_running_loop().create_task(self._refresh_dns())
+                names = list(dict.fromkeys(endpoint.address for endpoint in self.config.endpoints))
+                dues = await asyncio.gather(*(self._resolve_name(name) for name in names))
+                self._apply_resolution()
+                loop = asyncio.get_running_loop()
+                self._dns_tasks = [loop.create_task(self._refresh_dns(name, due))
+                                   for name, (due, _) in zip(names, dues, strict=True)]
             else:
                 await self._resolved_once.wait()
         for checker in self.health_checkers:
@@ -178,31 +187,32 @@ class Cluster:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(checker.initialized.wait(), checker.config.timeout + 1.0)
 
-    async def _resolve(self) -> None:
-        loop = asyncio.get_running_loop()
-        family = _FAMILIES.get(self.config.dns_family, socket.AF_UNSPEC)
-        resolved: dict[str, list[str]] = {}
+    async def _resolve_name(self, name: str) -> tuple[float, bool]:
+        """Resolve one name: when to resolve it next (time.monotonic()), and whether its addresses
+        changed. A failure, or for LOGICAL_DNS an empty answer, keeps the addresses it had
+        (Envoy keeps a target's hosts until an answer replaces them)."""
+        resolver = self.dns_resolver
+        if resolver is None:
+            resolver = self.dns_resolver = resolver_for(self.config.dns_resolver)
         logical = self.config.type == "LOGICAL_DNS"
-        for endpoint in self.config.endpoints:
-            try:
-                infos = await loop.getaddrinfo(endpoint.address, endpoint.port, family=family,
-                                               type=socket.SOCK_STREAM)
-            except OSError as error:
-                log.warning("cluster %s: cannot resolve %s: %s", self.name, endpoint.address, error)
-                if logical and self.host_set.hosts:
-                    return   # Envoy keeps a logical host's address until a resolution succeeds
-                resolved[endpoint.address] = []
-                continue
-            addresses: list[str] = []
-            for info in infos:
-                address = str(info[4][0])
-                if address not in addresses:
-                    addresses.append(address)
-            if self.config.dns_family == "V4_PREFERRED" and any(":" not in a for a in addresses):
-                addresses = [a for a in addresses if ":" not in a]
-            if logical and not addresses and self.host_set.hosts:
-                return   # (an empty answer as well)
-            resolved[endpoint.address] = addresses[:1] if logical else addresses
+        try:
+            answer: DnsAnswer | None = await resolver.resolve(name, self.config.dns_family)
+        except DnsFailure as error:
+            log.warning("cluster %s: cannot resolve %s: %s", self.name, name, error)
+            answer = None
+        now = time.monotonic()   # c-ares' clock: its cache expires entries on CLOCK_MONOTONIC
+        if answer is None or (logical and not answer.addresses):
+            return self._dns_schedule.failed(now), False
+        addresses = list(dict.fromkeys(answer.addresses))
+        if logical:
+            addresses = addresses[:1]
+        changed = self._resolved.get(name) != addresses
+        self._resolved[name] = addresses
+        return self._dns_schedule.answered(now, answer.ttls), changed
+
+    def _apply_resolution(self) -> None:
+        """The resolved names' addresses become the hosts, here and (the leader) in every worker."""
+        resolved = {name: list(addresses) for name, addresses in self._resolved.items()}
         self.set_endpoints(self.config.endpoints, resolved)
         self._dns.resolved(self.name, self, resolved)
 
@@ -211,10 +221,17 @@ class Cluster:
         self.set_endpoints(self.config.endpoints, resolved)
         self._resolved_once.set()
 
-    async def _refresh_dns(self) -> None:
+    async def _refresh_dns(self, name: str, due: float) -> None:
         while True:
-            await asyncio.sleep(self.config.dns_refresh_rate)
-            await self._resolve()
+            # Never early, not even by the loop timer's millisecond rounding: asked again
+            # before its TTL ran out, c-ares would answer from its cache with a TTL of 0 left.
+            delay = due - time.monotonic()
+            while delay > 0:
+                await asyncio.sleep(delay)
+                delay = due - time.monotonic()
+            due, changed = await self._resolve_name(name)
+            if changed:
+                self._apply_resolution()
 
     def _schedule_outlier_tick(self) -> None:
         assert self.outlier is not None
@@ -248,8 +265,8 @@ class Cluster:
             self._outlier_timer.cancel()
         if self.outlier is not None:
             self._outliers.stopped(self.name, self.outlier)
-        if self._dns_task is not None:
-            self._dns_task.cancel()
+        for task in self._dns_tasks:
+            task.cancel()
         if self.config.type in ("STRICT_DNS", "LOGICAL_DNS"):
             self._dns.stopped(self.name, self)
         for pool in self.pools.values():

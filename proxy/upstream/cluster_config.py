@@ -3,9 +3,9 @@
 Rules: STATIC, STRICT_DNS and LOGICAL_DNS clusters carry their endpoints in
 `load_assignment`; EDS clusters get them over xDS (`eds_cluster_config`). `connect_timeout`
 defaults to 5 s as in Envoy; `healthy_panic_threshold` to 50 %; STRICT_DNS and LOGICAL_DNS
-re-resolve every `dns_refresh_rate` (default 5 s; `respect_dns_ttl` is not supported: the
-system resolver tells no TTL). A LOGICAL_DNS cluster has exactly one endpoint, as Envoy
-requires. The balancer, circuit breaker, outlier detection and health check messages
+re-resolve on Envoy's schedule (`dns_refresh_rate`, `respect_dns_ttl`, `dns_jitter`,
+`dns_failure_refresh_rate`) with c-ares (the resolver fields): proxy/upstream/dns_config.py
+reads those. A LOGICAL_DNS cluster has exactly one endpoint, as Envoy requires. The balancer, circuit breaker, outlier detection and health check messages
 are handed to their own parsers (proxy/upstream/...), which reject what they do not
 support; so is `upstream_connection_options` (proxy/upstream/tcp_keepalive.py).
 """
@@ -23,6 +23,9 @@ from proxy.tls.transport_socket import TlsConfig, transport_socket_from_proto
 from proxy.upstream.balancer import make_balancer
 from proxy.upstream.balancer.load_balancing_policy import from_load_balancing_policy
 from proxy.upstream.circuit_breaker import CircuitBreakerThresholds
+from proxy.upstream.dns_config import dns_refresh_config, resolver_config
+from proxy.upstream.dns_refresh import DnsRefreshConfig
+from proxy.upstream.dns_resolver import ResolverConfig
 from proxy.upstream.health import HealthCheckConfig
 from proxy.upstream.host_set import HostSet
 from proxy.upstream.outlier import OutlierConfig
@@ -73,8 +76,9 @@ class ClusterConfig:
     connect_timeout: float
     endpoints: tuple[EndpointConfig, ...]
     panic_threshold: float = 50.0
-    dns_refresh_rate: float = 5.0
+    dns_refresh: DnsRefreshConfig = field(default_factory=DnsRefreshConfig)
     dns_family: str = "AUTO"
+    dns_resolver: ResolverConfig = field(default_factory=ResolverConfig)
     max_requests_per_connection: int = 0      # 0: unlimited
     max_response_headers_bytes: int = 60 * 1024   # HttpProtocolOptions' max_response_headers_kb
     max_stream_duration: float = 0.0   # HttpProtocolOptions' common max_stream_duration (0: none)
@@ -98,7 +102,9 @@ class ClusterConfig:
             "name", "type", "connect_timeout", "lb_policy", "load_assignment", "circuit_breakers",
             "outlier_detection", "health_checks", "common_lb_config", "ring_hash_lb_config",
             "maglev_lb_config", "least_request_lb_config", "round_robin_lb_config",
-            "dns_lookup_family", "dns_refresh_rate", "eds_cluster_config",
+            "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "dns_jitter", "dns_failure_refresh_rate",
+            "typed_dns_resolver_config", "dns_resolution_config", "dns_resolvers", "use_tcp_for_dns_lookups",
+            "eds_cluster_config",
             "max_requests_per_connection", "metadata", "alt_stat_name", "per_connection_buffer_limit_bytes",
             "http2_protocol_options", "typed_extension_protocol_options", "load_balancing_policy",
             "transport_socket", "transport_socket_matches", "upstream_connection_options"))
@@ -175,8 +181,9 @@ class ClusterConfig:
             connect_timeout=seconds(message.connect_timeout) if message.HasField("connect_timeout") else 5.0,
             endpoints=endpoints,
             panic_threshold=panic,
-            dns_refresh_rate=seconds(message.dns_refresh_rate) if message.HasField("dns_refresh_rate") else 5.0,
+            dns_refresh=dns_refresh_config(message, path),
             dns_family=family,
+            dns_resolver=resolver_config(message, path),
             max_requests_per_connection=http.max_requests_per_connection,
             max_response_headers_bytes=http.max_response_headers_bytes,
             max_stream_duration=http.max_stream_duration,

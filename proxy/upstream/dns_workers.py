@@ -1,10 +1,13 @@
 """Where a DNS cluster's hosts come from under `--concurrency N`: one resolver per proxy.
 
-Envoy resolves a STRICT_DNS or LOGICAL_DNS cluster on its main thread, once every
-dns_refresh_rate whatever the number of workers, and each resolution reaches every worker's
-host set. Tulle's workers are processes, so (the roles of proxy/upstream/health/workers.py):
+Envoy resolves a STRICT_DNS or LOGICAL_DNS cluster on its main thread, on the cluster's
+refresh schedule (dns_refresh_rate, the answer's TTL under respect_dns_ttl, the failure
+back-off: proxy/upstream/dns_refresh.py) whatever the number of workers, and each resolution
+reaches every worker's host set. Tulle's workers are processes, so (the roles of
+proxy/upstream/health/workers.py):
 - a single worker resolves: LOCAL_DNS;
-- the leader resolves: LeaderResolutions sends each resolution that set a cluster's hosts (a
+- the leader resolves, and alone keeps the refresh timers (so TTLs are honoured once per
+  proxy): LeaderResolutions sends each resolution that set a cluster's hosts (a
   Resolution: the cluster's name and, per endpoint name, the addresses it took, in order) to
   every follower;
 - a follower never asks DNS: FollowerResolutions keeps the latest Resolution of each cluster
@@ -16,9 +19,10 @@ same addresses (a DNS answer that rotates does not give each worker its own subs
 Ordering, the contract with proxy/server.py: the leader links its followers before it starts
 any cluster, and forwards a CDS update after applying it, i.e. after the new clusters warmed
 (resolved): a follower keeps the resolution of a cluster it does not have yet, and applies it
-when the cluster starts. A resolution that keeps the hosts (LOGICAL_DNS after a failed or an
-empty answer) is not sent. Only the current cluster of a name sends (a replaced cluster may
-still refresh until it stops); a removed one sends `removed`, so followers forget it.
+when the cluster starts. A resolution that changes no name's addresses (the same answer
+again, a failure, an empty answer for LOGICAL_DNS) is not sent. Only the current cluster of
+a name sends (a replaced cluster may still refresh until it stops); a removed one sends
+`removed`, so followers forget it.
 
 Sans-IO: reports come in and go out as values (`apply`, `send`); the resolving is the
 cluster's (proxy/upstream/cluster.py).

@@ -8,7 +8,7 @@ import random
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.dns_workers import FollowerResolutions, LeaderResolutions, Resolution, Resolved
 from proxy.worker_link import RESOLUTION, FrameReader, decode_resolution, encode_resolution
-from tests.proxy.upstream.test_logical_dns import config
+from tests.proxy.upstream.test_logical_dns import Resolver, config
 
 
 def test_the_leader_sends_each_resolution_of_the_current_cluster_of_a_name() -> None:
@@ -56,19 +56,17 @@ def test_a_resolution_crosses_the_link_unchanged() -> None:
 def test_a_followers_dns_cluster_never_resolves_and_serves_the_leaders_addresses() -> None:
     async def scenario() -> list[str]:
         loop = asyncio.get_running_loop()
-
-        async def no_dns(*_: object, **__: object) -> list[object]:
-            raise AssertionError("a follower asked DNS")
-
-        loop.getaddrinfo = no_dns  # type: ignore[method-assign,assignment]
         follower = FollowerResolutions()
         cluster = Cluster(config(("backend.test",), {"type": "STRICT_DNS"}), random.Random(0), dns=follower)
+        resolver = Resolver("10.9.9.9")
+        cluster.dns_resolver = resolver
         starting = loop.create_task(cluster.start())
         await asyncio.sleep(0.01)
         assert not starting.done()   # warming: waits for the leader's first resolution
         follower.apply(Resolution("c", {"backend.test": ["10.0.0.1", "10.0.0.2"]}))
         await asyncio.wait_for(starting, 1)
         await cluster.stop()
+        assert resolver.asked == []   # a follower never asks DNS
         return [host.key for host in cluster.host_set.hosts]
 
     assert asyncio.run(scenario()) == ["10.0.0.1:80", "10.0.0.2:80"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-from typing import Any
 
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster as ClusterProto
@@ -15,6 +13,7 @@ from google.protobuf import json_format
 from proxy.config_error import ConfigError
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.cluster_config import ClusterConfig
+from proxy.upstream.dns_resolver import DnsAnswer, DnsFailure
 
 
 def config(names: tuple[str, ...] = ("backend.test",), extra: dict[str, object] | None = None) -> ClusterConfig:
@@ -27,22 +26,27 @@ def config(names: tuple[str, ...] = ("backend.test",), extra: dict[str, object] 
 
 
 class Resolver:
-    """getaddrinfo's answers, changed by the test."""
+    """The DNS answers, changed by the test (None: the resolution fails)."""
 
-    def __init__(self, *addresses: str) -> None:
+    def __init__(self, *addresses: str, ttl: float = 30.0) -> None:
         self.addresses: list[str] | None = list(addresses)
+        self.ttl = ttl
+        self.asked: list[tuple[str, str]] = []
 
-    async def getaddrinfo(self, host: str, port: int, **_: Any) -> list[Any]:
+    async def resolve(self, name: str, family: str) -> DnsAnswer:
+        self.asked.append((name, family))
         if self.addresses is None:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in self.addresses]
+            raise DnsFailure(f"no answer for {name}")
+        return DnsAnswer(tuple(self.addresses), tuple(self.ttl for _ in self.addresses))
 
 
 def resolved_hosts(cluster: Cluster, resolver: Resolver) -> list[str]:
     async def resolve() -> list[str]:
-        loop = asyncio.get_running_loop()
-        loop.getaddrinfo = resolver.getaddrinfo  # type: ignore[method-assign,assignment]
-        await cluster._resolve()
+        cluster.dns_resolver = resolver
+        for name in {endpoint.address for endpoint in cluster.config.endpoints}:
+            _, changed = await cluster._resolve_name(name)
+            if changed:
+                cluster._apply_resolution()
         return [host.key for host in cluster.host_set.hosts]
     return asyncio.run(resolve())
 
@@ -80,8 +84,3 @@ def test_more_than_one_endpoint_is_rejected() -> None:
     assert error.value.path == "clusters[0].load_assignment"
     assert "single lb_endpoint" in error.value.reason
 
-
-def test_respect_dns_ttl_is_rejected_naming_it() -> None:
-    with pytest.raises(ConfigError) as error:
-        config(extra={"respect_dns_ttl": True})
-    assert error.value.path == "clusters[0].respect_dns_ttl"

@@ -1,0 +1,191 @@
+"""Run inside a test's network namespace (`python -m tests.proxy.dns_ttl_probe KIND`), whose
+/etc/netns resolv.conf names 127.0.0.1: a DNS server there answering for two names, two
+upstreams they can resolve to, and KIND (envoy or tulle-proxy, --concurrency 2) with a
+STRICT_DNS and a LOGICAL_DNS cluster, both `respect_dns_ttl` with a `dns_refresh_rate`
+(REFRESH) longer than the records' TTL. Prints one JSON line of what it saw, per cluster:
+- the intervals between its DNS resolutions while the TTL is 1 s, then 0, then while the
+  server answers SERVFAIL;
+- how long after the answer changed its requests went to the new address;
+- where requests went after the failures (the hosts are kept).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+import yaml
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+
+from tests.proxy.running import exchange, hcm_bootstrap
+from tests.proxy.test_workers_health import ProbedUpstream
+from tests.proxy_process import ProxyProcess
+
+NAMES = {"strict": ("strict.test", "STRICT_DNS"), "logical": ("logical.test", "LOGICAL_DNS")}
+REFRESH = 2.0      # dns_refresh_rate: twice the TTL, so the cadences tell them apart
+TTL = 1
+WINDOW = 4.5       # seconds over which each phase's resolutions are recorded
+SETTLE = 2.5       # after a change of the answers, before recording: past one old interval
+BURST = 0.2        # queries closer than this belong to one resolution (c-ares retries)
+
+
+class TtlDns:
+    """A UDP DNS server on 127.0.0.1:53: every name of NAMES has the A record `address` with
+    `ttl`, or SERVFAIL while `failing`; the time of every A query is recorded per name."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.ttl = TTL
+        self.failing = False
+        self.queries: dict[str, list[float]] = {name: [] for name, _ in NAMES.values()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 53))
+        self.sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except (TimeoutError, OSError):
+                continue
+            query = DNSRecord.parse(data)
+            reply = query.reply()
+            name = str(query.q.qname).rstrip(".")
+            if name in self.queries and query.q.qtype == QTYPE.A:
+                self.queries[name].append(time.monotonic())
+                if self.failing:
+                    reply.header.rcode = RCODE.SERVFAIL
+                else:
+                    reply.add_answer(RR(name, QTYPE.A, rdata=A(self.address), ttl=self.ttl))
+            self.sock.sendto(reply.pack(), peer)
+
+    def resolutions(self, name: str, since: float, until: float) -> list[float]:
+        """The start of each resolution of `name` in [since, until)."""
+        starts: list[float] = []
+        for at in self.queries[name]:
+            if since <= at < until and (not starts or at - starts[-1] > BURST):
+                starts.append(at)
+        return starts
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
+
+
+def clusters(port: int) -> str:
+    return "\n".join(f"""  - name: {cluster}
+    type: {kind}
+    connect_timeout: 1s
+    dns_refresh_rate: {REFRESH}s
+    respect_dns_ttl: true
+    dns_lookup_family: V4_ONLY
+    load_assignment:
+      cluster_name: {cluster}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {name}, port_value: {port}}}}}}}}}]}}]"""
+                     for cluster, (name, kind) in NAMES.items())
+
+
+def served_by(port: int, cluster: str, upstreams: list[ProbedUpstream]) -> int | None:
+    """Which upstream (index) served one request to `cluster`; None: none did."""
+    before = [upstream.requests for upstream in upstreams]
+    response = exchange(port, f"GET /{cluster} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+    if not response.startswith(b"HTTP/1.1 200"):
+        return None
+    for index, (upstream, count) in enumerate(zip(upstreams, before, strict=True)):
+        if upstream.requests > count:
+            return index
+    return None
+
+
+def intervals(starts: list[float]) -> float | None:
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    return round(statistics.median(gaps), 2) if gaps else None
+
+
+def record(dns: TtlDns) -> dict[str, float | None]:
+    began = time.monotonic()
+    time.sleep(WINDOW)
+    return {cluster: intervals(dns.resolutions(name, began, time.monotonic())) for cluster, (name, _) in NAMES.items()}
+
+
+def hosts_main(kind: str) -> None:
+    """The namespace's /etc/hosts (the test's) names both NAMES as 127.0.0.2, the DNS server
+    says 127.0.0.1: which upstream each cluster sends to, and how many A queries reached DNS."""
+    first = ProbedUpstream()
+    port = first.port
+    second = ProbedUpstream(address=("127.0.0.2", port))
+    dns = TtlDns("127.0.0.1")
+    listener = _free_port()
+    routes = "\n".join(f"              - {{match: {{prefix: /{cluster}}}, route: {{cluster: {cluster}}}}}"
+                       for cluster in NAMES)
+    config = hcm_bootstrap(listener, routes, clusters(port), admin_port=_free_port())
+    proxy = ProxyProcess(kind, yaml.safe_load(config), prefix=f"dnshosts-{kind}-",  # type: ignore[arg-type]
+                         until_live=True, concurrency=2)
+    try:
+        time.sleep(REFRESH + 0.5)   # past a refresh: hosts-file answers have no TTL
+        print(json.dumps({"served_by": {cluster: served_by(listener, cluster, [first, second]) for cluster in NAMES},
+                          "dns_queries": sum(len(times) for times in dns.queries.values())}))
+    finally:
+        proxy.close()
+        dns.close()
+        first.close()
+        second.close()
+
+
+def main(kind: str) -> None:
+    first = ProbedUpstream()
+    port = first.port
+    second = ProbedUpstream(address=("127.0.0.2", port))
+    upstreams = [first, second]
+    dns = TtlDns("127.0.0.1")
+    listener = _free_port()
+    routes = "\n".join(f"              - {{match: {{prefix: /{cluster}}}, route: {{cluster: {cluster}}}}}"
+                       for cluster in NAMES)
+    config = hcm_bootstrap(listener, routes, clusters(port), admin_port=_free_port())
+    proxy = ProxyProcess(kind, yaml.safe_load(config), prefix=f"dnsttl-{kind}-",  # type: ignore[arg-type]
+                         until_live=True, concurrency=2)
+    try:
+        observed: dict[str, Any] = {"before": {cluster: served_by(listener, cluster, upstreams) for cluster in NAMES}}
+        observed["ttl_1"] = record(dns)
+        dns.address = "127.0.0.2"
+        changed = time.monotonic()
+        pickup: dict[str, float | None] = dict.fromkeys(NAMES)
+        while None in pickup.values() and time.monotonic() - changed < 3 * REFRESH:
+            for cluster in NAMES:
+                if pickup[cluster] is None and served_by(listener, cluster, upstreams) == 1:
+                    pickup[cluster] = round(time.monotonic() - changed, 2)
+            time.sleep(0.05)
+        observed["pickup"] = pickup
+        dns.ttl = 0
+        time.sleep(SETTLE)
+        observed["ttl_0"] = record(dns)
+        dns.failing = True
+        time.sleep(SETTLE)
+        observed["servfail"] = record(dns)
+        observed["after_failures"] = {cluster: served_by(listener, cluster, upstreams) for cluster in NAMES}
+        print(json.dumps(observed))
+    finally:
+        proxy.close()
+        dns.close()
+        first.close()
+        second.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+if __name__ == "__main__":
+    (hosts_main if sys.argv[2:] == ["hosts"] else main)(sys.argv[1])

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
 import yaml
 from dnslib import QTYPE, RR, A, DNSRecord
 
+from tests.proxy.dns_server import ThreadedDnsServer
 from tests.proxy.running import exchange, hcm_bootstrap
 from tests.proxy.test_workers_health import ProbedUpstream
 from tests.proxy_process import ProxyProcess
@@ -26,38 +26,20 @@ WINDOW = 3.0       # seconds over which queries are counted
 REQUESTS = 30      # per round, each on its own connection: SO_REUSEPORT spreads them
 
 
-class CountingDns:
+class CountingDns(ThreadedDnsServer):
     """A UDP DNS server on 127.0.0.1:53 (the namespace's own): NAME's A record is `address`;
     counts the queries for NAME."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.queries = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 53))
-        self.sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(("127.0.0.1", 53))
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except (TimeoutError, OSError):
-                continue
-            query = DNSRecord.parse(data)
-            reply = query.reply()
-            if str(query.q.qname).rstrip(".") == NAME:
-                self.queries += 1
-                if query.q.qtype == QTYPE.A:
-                    reply.add_answer(RR(NAME, QTYPE.A, rdata=A(self.address), ttl=0))
-            self.sock.sendto(reply.pack(), peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()
+    def answer(self, query: DNSRecord, reply: DNSRecord, peer: tuple[str, int]) -> None:
+        if str(query.q.qname).rstrip(".") == NAME:
+            self.queries += 1
+            if query.q.qtype == QTYPE.A:
+                reply.add_answer(RR(NAME, QTYPE.A, rdata=A(self.address), ttl=0))
 
 
 def cluster(port: int) -> str:

@@ -16,13 +16,13 @@ import json
 import socket
 import statistics
 import sys
-import threading
 import time
 from typing import Any
 
 import yaml
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from tests.proxy.dns_server import ThreadedDnsServer
 from tests.proxy.running import exchange, hcm_bootstrap
 from tests.proxy.test_workers_health import ProbedUpstream
 from tests.proxy_process import ProxyProcess
@@ -35,7 +35,7 @@ SETTLE = 2.5       # after a change of the answers, before recording: past one o
 BURST = 0.2        # queries closer than this belong to one resolution (c-ares retries)
 
 
-class TtlDns:
+class TtlDns(ThreadedDnsServer):
     """A UDP DNS server on 127.0.0.1:53: every name of NAMES has the A record `address` with
     `ttl`, or SERVFAIL while `failing`; the time of every A query is recorded per name."""
 
@@ -44,29 +44,16 @@ class TtlDns:
         self.ttl = TTL
         self.failing = False
         self.queries: dict[str, list[float]] = {name: [] for name, _ in NAMES.values()}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 53))
-        self.sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(("127.0.0.1", 53))
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except (TimeoutError, OSError):
-                continue
-            query = DNSRecord.parse(data)
-            reply = query.reply()
-            name = str(query.q.qname).rstrip(".")
-            if name in self.queries and query.q.qtype == QTYPE.A:
-                self.queries[name].append(time.monotonic())
-                if self.failing:
-                    reply.header.rcode = RCODE.SERVFAIL
-                else:
-                    reply.add_answer(RR(name, QTYPE.A, rdata=A(self.address), ttl=self.ttl))
-            self.sock.sendto(reply.pack(), peer)
+    def answer(self, query: DNSRecord, reply: DNSRecord, peer: tuple[str, int]) -> None:
+        name = str(query.q.qname).rstrip(".")
+        if name in self.queries and query.q.qtype == QTYPE.A:
+            self.queries[name].append(time.monotonic())
+            if self.failing:
+                reply.header.rcode = RCODE.SERVFAIL
+            else:
+                reply.add_answer(RR(name, QTYPE.A, rdata=A(self.address), ttl=self.ttl))
 
     def resolutions(self, name: str, since: float, until: float) -> list[float]:
         """The start of each resolution of `name` in [since, until)."""
@@ -75,11 +62,6 @@ class TtlDns:
             if since <= at < until and (not starts or at - starts[-1] > BURST):
                 starts.append(at)
         return starts
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()
 
 
 def clusters(port: int) -> str:

@@ -68,6 +68,21 @@ def read_head(conn: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes] |
     return head, rest
 
 
+def echo_until_end(conn: socket.socket, already: bytes = b"") -> bytes:
+    """Echo `already`, then every byte read, until the peer ends the stream: everything echoed.
+    A reset is an end too: a proxy that closes with our echo unread resets."""
+    received = already
+    if already:
+        conn.sendall(already)
+    try:
+        while data := conn.recv(65536):
+            received += data
+            conn.sendall(data)
+    except ConnectionResetError:
+        pass
+    return received
+
+
 class RecordingUpstream(ThreadedUpstream):
     """An HTTP/1.1 upstream answering 200 "ok" to every read and recording the raw bytes."""
 

@@ -30,6 +30,7 @@ from proxy.router.route_table import RouteTable
 from tests.proxy.running import (
     ThreadedUpstream,
     cluster,
+    echo_until_end,
     free_port,
     hcm_bootstrap,
     read_head,
@@ -60,16 +61,7 @@ class TunnelUpstream(ThreadedUpstream):
             head, pending = request
             self.heads.append(head)
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        received = pending
-        if pending:
-            conn.sendall(pending)
-        try:
-            while data := conn.recv(65536):
-                received += data
-                conn.sendall(data)
-        except ConnectionResetError:
-            pass   # a proxy that closes with our echo unread resets: an end all the same
-        self.ended.append(received)
+        self.ended.append(echo_until_end(conn, pending))
 
 
 def bootstrap(port: int, upstream: int, terminate: bool, idle: str = "") -> str:

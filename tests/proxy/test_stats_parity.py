@@ -18,10 +18,12 @@ import pytest
 
 from tests.proxy.running import (
     RecordingUpstream,
+    ThreadedUpstream,
     cluster,
     exchange,
     free_port,
     hcm_bootstrap,
+    read_head,
     running_proxy,
     silent_upstream,
 )
@@ -138,29 +140,18 @@ def test_each_request_refused_for_an_underscore_is_counted(
 
 # --- one sitting of traffic per proxy, then one behaviour per test --------------------------
 
-class ScriptedUpstream:
+class ScriptedUpstream(ThreadedUpstream):
     """An HTTP/1.1 upstream whose answer the path chooses: `/s/CODE` answers CODE, `/held...`
     waits for `release` (or 10 s) and answers 200, `/flaky` answers 503 the first time and
     200 after; anything else 200."""
+
+    timeout = 15.0
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.held = 0   # requests waiting for `release`
         self.flaky_seen = False
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _status(self, path: str) -> int:
         if path.startswith("/s/"):
@@ -174,28 +165,16 @@ class ScriptedUpstream:
             return 503
         return 200
 
-    def _connection(self, conn: socket.socket) -> None:
-        conn.settimeout(15)
+    def serve(self, conn: socket.socket) -> None:
         buffer = b""
-        with conn:
-            try:
-                while not self._stop.is_set():
-                    while b"\r\n\r\n" not in buffer:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffer += data
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    status = self._status(head.split(b" ", 2)[1].decode())
-                    conn.sendall(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok".encode())
-            except OSError:
-                return
+        while not self.closing.is_set() and (request := read_head(conn, buffer)) is not None:
+            head, buffer = request
+            status = self._status(head.split(b" ", 2)[1].decode())
+            conn.sendall(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok".encode())
 
     def close(self) -> None:
-        self._stop.set()
         self.release.set()
-        self.sock.close()
-        self._thread.join(1)
+        super().close()
 
 
 SITTING_ROUTES = """              - {match: {prefix: /refused}, route: {cluster: refused, retry_policy: {retry_on: connect-failure, num_retries: 2}}}

@@ -17,6 +17,7 @@ import pytest
 from tests.proxy.running import (
     ThreadedUpstream,
     cluster,
+    echo_until_end,
     free_port,
     hcm_bootstrap,
     read_head,
@@ -44,16 +45,7 @@ class EchoAfterUpgrade(ThreadedUpstream):
             return
         conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                      b"connection: upgrade\r\n\r\n")
-        received = rest
-        if rest:
-            conn.sendall(rest)
-        try:
-            while chunk := conn.recv(4096):
-                received += chunk
-                conn.sendall(chunk)
-        except ConnectionResetError:
-            pass   # a proxy that closes with our echo unread resets: an end all the same
-        self.ended.append(received)
+        self.ended.append(echo_until_end(conn, rest))
 
 
 def config(port: int, admin: int, upstream: int) -> str:

@@ -6,14 +6,13 @@ on an ephemeral port of 127.0.0.1 is the cluster's resolver (ResolverConfig.reso
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, A, DNSRecord
 
 from proxy.upstream.dns_resolver import CaresResolver, DnsAnswer, DnsFailure, ResolverConfig
+from tests.proxy.dns_server import ThreadedDnsServer
 
 RECORDS = {
     ("v4.example.test", "A"): [A("10.0.0.1"), A("10.0.0.2")],
@@ -25,48 +24,38 @@ RECORDS = {
 TTLS = {"v4.example.test": 7, "dual.example.test": 30, "v6.example.test": 40, "target.example.test": 9}
 
 
-class Server:
+class Server(ThreadedDnsServer):
     """Answers RECORDS; `alias.example.test` is a CNAME (TTL 2) of target; `broken.example.test`
-    gets SERVFAIL. Records the (name, type) of each query."""
+    gets SERVFAIL. Records the (name, type) and the source port of each query."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
         self.asked: list[tuple[str, str]] = []
         self.source_ports: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.batch = 1   # replies are held until this many are due, then sent together
+        self._held: list[tuple[DNSRecord, tuple[str, int]]] = []
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except (TimeoutError, OSError):
-                continue
-            query = DNSRecord.parse(data)
-            reply = query.reply()
-            name, kind = str(query.q.qname).rstrip("."), QTYPE[query.q.qtype]
-            self.asked.append((name, kind))
-            self.source_ports.append(peer[1])
-            if name == "broken.example.test":
-                reply.header.rcode = RCODE.SERVFAIL
-            elif name == "alias.example.test":
-                reply.add_answer(RR(name, QTYPE.CNAME, rdata=CNAME("target.example.test"), ttl=2))
-                for rdata in RECORDS.get(("target.example.test", kind), []):
-                    reply.add_answer(RR("target.example.test", query.q.qtype, rdata=rdata, ttl=9))
-            elif not any(known == name for known, _ in RECORDS):
-                reply.header.rcode = RCODE.NXDOMAIN
-            for rdata in RECORDS.get((name, kind), []):
-                reply.add_answer(RR(name, query.q.qtype, rdata=rdata, ttl=TTLS[name]))
-            self.sock.sendto(reply.pack(), peer)
+    def send(self, reply: DNSRecord, peer: tuple[str, int]) -> None:
+        self._held.append((reply, peer))
+        if len(self._held) >= self.batch:
+            for held, to in self._held:
+                super().send(held, to)
+            self._held.clear()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()
+    def answer(self, query: DNSRecord, reply: DNSRecord, peer: tuple[str, int]) -> None:
+        name, kind = str(query.q.qname).rstrip("."), QTYPE[query.q.qtype]
+        self.asked.append((name, kind))
+        self.source_ports.append(peer[1])
+        if name == "broken.example.test":
+            reply.header.rcode = RCODE.SERVFAIL
+        elif name == "alias.example.test":
+            reply.add_answer(RR(name, QTYPE.CNAME, rdata=CNAME("target.example.test"), ttl=2))
+            for rdata in RECORDS.get(("target.example.test", kind), []):
+                reply.add_answer(RR("target.example.test", query.q.qtype, rdata=rdata, ttl=9))
+        elif not any(known == name for known, _ in RECORDS):
+            reply.header.rcode = RCODE.NXDOMAIN
+        for rdata in RECORDS.get((name, kind), []):
+            reply.add_answer(RR(name, query.q.qtype, rdata=rdata, ttl=TTLS[name]))
 
 
 @pytest.fixture
@@ -138,8 +127,10 @@ NAMES = [f"n{number}.example.test" for number in range(6)]   # (distinct: c-ares
 
 
 def ports_of_lookups_together(server: Server, udp_max_queries: int) -> list[int]:
-    """The source ports of NAMES' queries, all begun at once on one resolver. (c-ares closes a
-    socket with nothing in flight: lookups one after another each get a new port anyway.)"""
+    """The source ports of NAMES' queries, all in flight at once on one resolver: the server
+    answers none before it has them all. (c-ares closes a socket with nothing in flight, so
+    lookups one after another each get a new port anyway.)"""
+    server.batch = len(NAMES)
     async def run() -> None:
         resolver = CaresResolver(ResolverConfig(resolvers=(f"127.0.0.1:{server.port}",), query_timeout=1.0,
                                                 query_tries=1, no_default_search_domain=True,

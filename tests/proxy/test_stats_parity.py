@@ -97,6 +97,26 @@ def test_a_static_clusters_hosts_are_one_membership_change(
     assert "# TYPE envoy_cluster_membership_degraded gauge" in prometheus
 
 
+CONFIG_UPDATE_STATS = ("update_attempt", "update_success", "update_failure", "update_no_rebuild",
+                       "update_empty", "assignment_stale", "assignment_timeout_received",
+                       "assignment_use_cached", "version", "warming_state")
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_a_static_cluster_shows_the_config_update_stats_at_zero(
+        kind: str, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    config = hcm_bootstrap(port, "              - {match: {prefix: /}, route: {cluster: ok}}",
+                           cluster("ok", upstream.port), admin_port=admin)
+    with running_proxy(kind, config, port, tmp_path):
+        values = _values(admin, *(f"cluster.ok.{stat}" for stat in CONFIG_UPDATE_STATS))
+        prometheus = _stats(admin, "stats/prometheus")
+    assert values == {f"cluster.ok.{stat}": 0 for stat in CONFIG_UPDATE_STATS}
+    assert "# TYPE envoy_cluster_update_no_rebuild counter" in prometheus
+    assert "# TYPE envoy_cluster_warming_state gauge" in prometheus
+    assert "# TYPE envoy_cluster_version gauge" in prometheus
+
+
 UNDERSCORES = "x_one: 1\r\nx_two: 2\r\nx-three: 3\r\n"
 
 

@@ -333,7 +333,7 @@ _RESPONSE_CODE = re.compile(r"_rq_(?:(\d{3})|([1-5])xx)$")
 
 def _is_gauge(stat: str) -> bool:
     return (stat.endswith("_open") or ".remaining_" in stat or stat.endswith("ejections_active")
-            or stat in ("health_check.healthy", "health_check.degraded"))
+            or stat in ("health_check.healthy", "health_check.degraded", "version", "warming_state"))
 
 
 _TAG = {"cluster": "envoy_cluster_name", "http": "envoy_http_conn_manager_prefix",

@@ -6,8 +6,9 @@ connection from that host's pool. Membership comes from the config (STATIC), fro
 address the one name resolves to is the one host, new connections go to the latest one; each
 name is re-resolved on its own timer, at the time proxy/upstream/dns_refresh.py gives, by the
 c-ares resolver of proxy/upstream/dns_resolver.py; a failed resolution keeps the name's
-addresses, and so does an empty answer for LOGICAL_DNS) or from EDS (`update_endpoints`). The HostSet keeps Host objects whose
-address persists, so counters and health survive updates.
+addresses, and so does an empty answer for LOGICAL_DNS; each resolution is counted in
+Envoy's update_* stats, proxy/upstream/dns_updates.py) or from EDS (`update_endpoints`). The
+HostSet keeps Host objects whose address persists, so counters and health survive updates.
 
 `avoid` implements the previous_hosts retry predicate: up to
 host_selection_retry_max_attempts re-picks avoid hosts already tried.
@@ -32,6 +33,7 @@ from proxy.upstream.circuit_breaker import CircuitBreaker
 from proxy.upstream.cluster_config import ClusterConfig, EndpointConfig
 from proxy.upstream.dns_refresh import DnsRefreshSchedule
 from proxy.upstream.dns_resolver import DnsAnswer, DnsFailure, DnsResolver, resolver_for
+from proxy.upstream.dns_updates import DnsUpdates
 from proxy.upstream.dns_workers import LOCAL_DNS, DnsResolutions, Resolved
 from proxy.upstream.health.workers import LOCAL, HealthCheckers
 from proxy.upstream.host import Host
@@ -100,6 +102,10 @@ class Cluster:
         self.dns_resolver: DnsResolver | None = None   # (made on first use from config.dns_resolver)
         self._dns_schedule = DnsRefreshSchedule(config.dns_refresh, rng)
         self._resolved: dict[str, list[str]] = {}   # each name's addresses, from its latest answer
+        self.dns_updates = DnsUpdates(logical=config.type == "LOGICAL_DNS")
+        self._endpoints_named: dict[str, int] = {}   # how many endpoints name each DNS name
+        for endpoint in config.endpoints:
+            self._endpoints_named[endpoint.address] = self._endpoints_named.get(endpoint.address, 0) + 1
         self._dns_tasks: list[asyncio.Task[None]] = []
         self._resolved_once = asyncio.Event()   # a follower's first resolution from the leader
         if config.type == "STATIC":
@@ -161,6 +167,8 @@ class Cluster:
                                                else "health_check."))
         if self._default_tls is not None or self._matched_tls:
             stats.update(self.tls_stats.as_dict())
+        if self.config.type != "EDS":   # (EDS counts its assignments: not shown yet)
+            stats.update(self.dns_updates.as_dict())
         return stats
 
     async def start(self) -> None:
@@ -195,6 +203,9 @@ class Cluster:
         if resolver is None:
             resolver = self.dns_resolver = resolver_for(self.config.dns_resolver)
         logical = self.config.type == "LOGICAL_DNS"
+        updates = self.dns_updates
+        endpoints = self._endpoints_named.get(name, 1)
+        updates.attempted(endpoints)
         try:
             answer: DnsAnswer | None = await resolver.resolve(name, self.config.dns_family)
         except DnsFailure as error:
@@ -202,12 +213,15 @@ class Cluster:
             answer = None
         now = time.monotonic()   # c-ares' clock: its cache expires entries on CLOCK_MONOTONIC
         if answer is None or (logical and not answer.addresses):
+            updates.failed(endpoints)
             return self._dns_schedule.failed(now), False
         addresses = list(dict.fromkeys(answer.addresses))
+        changed = updates.answered(name, addresses, endpoints)
         if logical:
-            addresses = addresses[:1]
-        changed = self._resolved.get(name) != addresses
-        self._resolved[name] = addresses
+            addresses = addresses[:1]   # (the other addresses only tell a rebuild, above)
+        changed = changed and self._resolved.get(name) != addresses
+        if changed:
+            self._resolved[name] = addresses
         return self._dns_schedule.answered(now, answer.ttls), changed
 
     def _apply_resolution(self) -> None:

@@ -3,7 +3,8 @@ have a 1 s TTL and whose dns_refresh_rate is 2 s are re-resolved every TTL, pick
 address within a TTL, fall back to dns_refresh_rate when the TTL is 0 and when the server
 fails (keeping their hosts) — the same cadences, the same hosts, as Envoy 1.40 on the same
 bootstrap, both with --concurrency 2 (the leader resolves); a name in /etc/hosts is answered
-from it, without DNS, as in Envoy. Each proxy runs in a namespace of
+from it, without DNS, as in Envoy; each cluster's update_* stats count that DNS traffic as
+Envoy's do. Each proxy runs in a namespace of
 the test's own whose resolv.conf names a DNS server there (tests/proxy/dns_ttl_probe.py)."""
 
 from __future__ import annotations
@@ -102,3 +103,19 @@ def test_etc_hosts_answers_before_dns_as_in_envoy() -> None:
     tulle, envoy = observe("tulle-proxy", "hosts"), observe("envoy", "hosts")
     assert tulle == {"served_by": {cluster: 1 for cluster in NAMES}, "dns_queries": 0}
     assert tulle == envoy
+
+
+@pytest.mark.parametrize("cluster", list(NAMES))
+def test_each_resolution_is_counted_in_the_update_stats(tulle: dict[str, Any], cluster: str) -> None:
+    # an attempt per resolution, a success per answer, a failure per SERVFAIL, a rebuild per
+    # new address: the leader's counts, the proxy's (--concurrency 2)
+    updates = tulle["updates"][cluster]
+    assert updates["stats"] == updates["dns"]
+    assert updates["stats"]["update_failure"] > 0 and updates["stats"]["update_no_rebuild"] > 0
+
+
+def test_the_update_stats_count_the_dns_traffic_as_envoys_do(tulle: dict[str, Any], envoy: dict[str, Any]) -> None:
+    for cluster in NAMES:
+        print(f"{cluster}: tulle-proxy {tulle['updates'][cluster]}, envoy {envoy['updates'][cluster]}")
+        assert envoy["updates"][cluster]["stats"] == envoy["updates"][cluster]["dns"]
+        assert tulle["updates"][cluster]["stats"] == tulle["updates"][cluster]["dns"]

@@ -1,7 +1,7 @@
 """Stats against the real Envoy: the same config and traffic give the same counters for
 completed upstream requests, cluster membership, header names with underscores, circuit breaker
-overflows, response codes, connect failures, pending requests and retries, in /stats and in
-/stats/prometheus."""
+overflows, response codes, connect failures, pending requests and retries, DNS clusters'
+resolutions (update_*), in /stats and in /stats/prometheus."""
 
 from __future__ import annotations
 
@@ -95,6 +95,76 @@ def test_a_static_clusters_hosts_are_one_membership_change(
                       "cluster.ok.membership_excluded": 0}
     assert "# TYPE envoy_cluster_membership_change counter" in prometheus
     assert "# TYPE envoy_cluster_membership_degraded gauge" in prometheus
+
+
+CONFIG_UPDATE_STATS = ("update_attempt", "update_success", "update_failure", "update_no_rebuild",
+                       "update_empty", "assignment_stale", "assignment_timeout_received",
+                       "assignment_use_cached", "version", "warming_state")
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_a_static_cluster_shows_the_config_update_stats_at_zero(
+        kind: str, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    config = hcm_bootstrap(port, "              - {match: {prefix: /}, route: {cluster: ok}}",
+                           cluster("ok", upstream.port), admin_port=admin)
+    with running_proxy(kind, config, port, tmp_path):
+        values = _values(admin, *(f"cluster.ok.{stat}" for stat in CONFIG_UPDATE_STATS))
+        prometheus = _stats(admin, "stats/prometheus")
+    assert values == {f"cluster.ok.{stat}": 0 for stat in CONFIG_UPDATE_STATS}
+    assert "# TYPE envoy_cluster_update_no_rebuild counter" in prometheus
+    assert "# TYPE envoy_cluster_warming_state gauge" in prometheus
+    assert "# TYPE envoy_cluster_version gauge" in prometheus
+
+
+
+def _dns_cluster(name: str, kind: str, *ports: int) -> str:
+    """A DNS cluster of one endpoint per port, each named `localhost` (/etc/hosts answers it,
+    the same address every 0.2 s)."""
+    endpoints = ", ".join(f"{{endpoint: {{address: {{socket_address: {{address: localhost, port_value: {port}}}}}}}}}"
+                          for port in ports)
+    return f"""  - name: {name}
+    type: {kind}
+    connect_timeout: 1s
+    dns_refresh_rate: 0.2s
+    dns_lookup_family: V4_ONLY
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{endpoints}]}}]"""
+
+
+def _settled_updates(admin: int, name: str) -> dict[str, int]:
+    """The cluster's update_* stats, read between two resolutions (attempts all answered)."""
+    stats = ("update_attempt", "update_success", "update_failure", "update_no_rebuild")
+    for _ in range(50):
+        values = _values(admin, *(f"cluster.{name}.{stat}" for stat in stats))
+        counts = {stat: values[f"cluster.{name}.{stat}"] for stat in stats}
+        if counts["update_attempt"] == counts["update_success"] + counts["update_failure"]:
+            return counts
+        time.sleep(0.01)
+    raise AssertionError(f"cluster {name}: a resolution always in flight: {counts}")
+
+
+@pytest.mark.parametrize("kind", ["tulle", "envoy"])
+def test_each_endpoint_of_a_dns_cluster_counts_its_resolutions(
+        kind: str, upstream: RecordingUpstream, tmp_path: Path) -> None:
+    # Envoy resolves a STRICT_DNS cluster's endpoints each on its own, even two of one name:
+    # each resolution is an attempt and a success, and all but each endpoint's first leave
+    # the hosts as they were; a LOGICAL_DNS cluster's one endpoint alike
+    port, admin = free_port(), free_port()
+    clusters = "\n".join((_dns_cluster("strict", "STRICT_DNS", upstream.port, free_port()),
+                          _dns_cluster("logical", "LOGICAL_DNS", upstream.port)))
+    with running_proxy(kind, hcm_bootstrap(port, "              - {match: {prefix: /}, route: {cluster: strict}}",
+                                           clusters, admin_port=admin), port, tmp_path):
+        time.sleep(1.0)
+        strict, logical = _settled_updates(admin, "strict"), _settled_updates(admin, "logical")
+    print(kind, strict, logical)
+    assert strict["update_attempt"] >= 6
+    assert strict == {"update_attempt": strict["update_attempt"], "update_success": strict["update_attempt"],
+                      "update_failure": 0, "update_no_rebuild": strict["update_attempt"] - 2}
+    assert logical["update_attempt"] >= 3
+    assert logical == {"update_attempt": logical["update_attempt"], "update_success": logical["update_attempt"],
+                       "update_failure": 0, "update_no_rebuild": logical["update_attempt"] - 1}
 
 
 UNDERSCORES = "x_one: 1\r\nx_two: 2\r\nx-three: 3\r\n"

@@ -373,6 +373,7 @@ _DETAILS = {
     "UO": "upstream_reset_before_response_started{overflow}",
     "UF": "upstream_reset_before_response_started{remote_connection_failure}",
     "UC": "upstream_reset_before_response_started{connection_termination}",
+    "UPE": "upstream_reset_before_response_started{protocol_error}",
     "UT": "response_timeout",
     "RBAC": "rbac_access_denied_matched_policy[none]",
     "DC": "downstream_remote_disconnect",

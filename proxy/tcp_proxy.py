@@ -17,7 +17,12 @@ Rules (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
   (as Envoy resets its timer on every read and every write);
 - flow control: when one side holds 1 MiB unsent (Envoy's per_connection_buffer_limit_bytes
   default) the other side stops reading until it drains.
-- stats: tcp.PREFIX.downstream_cx_rx_bytes_total / tx counts every byte relayed each way.
+- stats: tcp.PREFIX.downstream_cx_rx_bytes_total / tx counts every byte relayed each way;
+  the cluster's upstream_cx_rx/tx_bytes_total the bytes read from and sent to its upstream
+  connections (one native add per chunk on the connection, summed into the cluster when it
+  closes), and upstream_cx_destroy_local / _remote who closed each upstream connection:
+  Tulle (the client went, an idle timeout, or the client's FIN completed the pair) or the
+  upstream (a reset, or its FIN completed the pair), as Envoy counts them.
 - `access_log`: one line per connection when it closes (proxy/tcp_access_log.py).
 
 Theory of operation: each side is an asyncio protocol; what one side reads is written to the
@@ -183,13 +188,14 @@ class _Side:
     class deriving from asyncio.Protocol would be an ordinary Python class (attributes in
     slots read through descriptors), this one is a native one (struct fields)."""
 
-    __slots__ = ("closed", "eof", "forward", "peer", "pump", "transport")
+    __slots__ = ("closed", "eof", "forward", "last_fin", "peer", "pump", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
         self.eof = False
         self.closed = False
+        self.last_fin = False   # this side's FIN completed the pair: its socket's peer closed it
         self.forward: Callable[[bytes], None] = _drop
         self.pump: SplicePump | None = None
 
@@ -220,6 +226,7 @@ class _Side:
         if peer is not None:
             peer.half_close()
             if peer.eof:
+                self.last_fin = True
                 peer.close()
                 return False
         return True
@@ -244,12 +251,13 @@ class _Side:
 
 
 class UpstreamTcp(_Side):
-    __slots__ = ("down", "stats")
+    __slots__ = ("down", "rx_bytes", "stats")
 
     def __init__(self, downstream: DownstreamTcp) -> None:
         super().__init__()
         self.peer = self.down = downstream
         self.stats = downstream.stats
+        self.rx_bytes = 0   # read from the upstream (the downstream side counts what it sends)
         self.forward = self._forward_while_attaching
 
     def _forward_while_attaching(self, data: bytes) -> None:
@@ -264,12 +272,26 @@ class UpstreamTcp(_Side):
     def data_received(self, data: bytes) -> None:
         size = len(data)
         self.stats.downstream_cx_tx_bytes_total += size
+        self.rx_bytes += size
         self.forward(data)
         if size >= SPLICE_THRESHOLD:
             self.down.splice(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # close() marks it before its transport goes; a pair completed by the upstream's FIN
+        # was closed by the upstream, even when the downstream's close reached it first
+        closed_here = self.closed and not self.last_fin
         self.closed = True
+        down = self.down
+        cluster = down._cluster
+        if cluster is not None and down.peer is self:   # attached: the cluster's connection
+            stats = cluster.stats
+            if closed_here:
+                stats.upstream_cx_destroy_local += 1
+            else:
+                stats.upstream_cx_destroy_remote += 1
+            stats.closed_bytes[0] += self.rx_bytes
+            stats.closed_bytes[1] += down.upstream_tx_bytes
         self._stop_pumps()
         if self.peer is not None:
             self.peer.close()
@@ -277,7 +299,7 @@ class UpstreamTcp(_Side):
 
 class DownstreamTcp(_Side):
     __slots__ = ("_active", "_attached_at", "_cluster", "_connect", "_idle", "_pending", "destination",
-                 "owner", "server_name", "spliceable", "stats")
+                 "owner", "server_name", "spliceable", "stats", "upstream_tx_bytes")
 
     def __init__(self, owner: TcpProxyFilter, destination: tuple[str, int] | None = None) -> None:
         super().__init__()
@@ -285,6 +307,7 @@ class DownstreamTcp(_Side):
         self.destination = destination
         self.server_name = ""
         self.stats = owner.stats
+        self.upstream_tx_bytes = 0   # read here, so written to the upstream
         self._attached_at = 0.0
         self.spliceable = False    # both sides plain TCP: a bulk direction may go to a SplicePump
         self._pending: list[bytes] = []
@@ -426,6 +449,7 @@ class DownstreamTcp(_Side):
     def data_received(self, data: bytes) -> None:
         size = len(data)
         self.stats.downstream_cx_rx_bytes_total += size
+        self.upstream_tx_bytes += size
         self.forward(data)
         if size >= SPLICE_THRESHOLD:
             self.splice(self)
@@ -453,9 +477,13 @@ class DownstreamTcp(_Side):
 
     def _moved_upstream(self, size: int) -> None:
         self.stats.downstream_cx_rx_bytes_total += size
+        self.upstream_tx_bytes += size
 
     def _moved_downstream(self, size: int) -> None:
         self.stats.downstream_cx_tx_bytes_total += size
+        peer = self.peer
+        if isinstance(peer, UpstreamTcp):
+            peer.rx_bytes += size
 
     def _pump_ended(self, source: _Side) -> None:
         if not source.end_of_stream():

@@ -3,7 +3,8 @@
 Theory of operation: the pool owns connections; the router borrows one per attempt, sends the
 request head and body through `write`, and hands a `ResponseSink` that receives the parsed
 response as events: headers, body chunks, completion, or a reset (the connection closed or
-failed before the response completed). A connection is reusable when the response completed,
+failed before the response completed; a close inside a response head or a framed body is
+a protocol error, as Envoy finishes its parser at a close). A connection is reusable when the response completed,
 both sides allow keep-alive and the request body was fully sent. Interim 1xx responses
 (other than 101) are skipped. A response without Content-Length or chunked framing ends
 when the upstream closes: that close completes it instead of resetting it. A response head
@@ -25,6 +26,9 @@ from proxy.http.headers import Headers
 
 RawHeaders = list[tuple[bytes, bytes]]   # (lower-case name, value) as received
 _FRAMING = (b"content-length", b"transfer-encoding")
+# Envoy's response code details of a response cut after its head went out
+CUT_BY_PROTOCOL_ERROR = "upstream_reset_after_response_started{protocol_error}"
+CUT_BY_TERMINATION = "upstream_reset_after_response_started{connection_termination}"
 
 
 def decode_headers(raw: RawHeaders) -> Headers:
@@ -142,6 +146,11 @@ class UpstreamConnection(asyncio.Protocol):
             if self._in_response and self._close_delimited:
                 sink.on_response_complete()
             else:
+                # Envoy's codec finishes its parser at the close: a close inside a response
+                # head (502) or inside a framed body (a cut body) is a protocol error (UPE);
+                # only a close before any byte of a response is a reset (503, UC).
+                if self._in_response or self._head_bytes:
+                    self.protocol_error = True
                 sink.on_upstream_reset()
         self._owner.connection_closed(self)
 

@@ -30,7 +30,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.http.attempt import Attempt
-from proxy.http.client import RawHeaders, UpstreamConnection
+from proxy.http.client import (
+    CUT_BY_PROTOCOL_ERROR,
+    CUT_BY_TERMINATION,
+    RawHeaders,
+    UpstreamConnection,
+)
 from proxy.http.response import LAST_CHUNK, encode_chunk
 from proxy.http.response_timers import body_deadline, charge_cut
 from proxy.http.retry import PROTOCOL_ERROR, RESET
@@ -167,10 +172,24 @@ class Exchange:
             self.tick = self.router.deadlines.add(when, self, kind)
 
     def on_upstream_reset(self) -> None:
-        if self.head is None:
+        head = self.head
+        if head is None:
             self._hand_over(PROTOCOL_ERROR if self.connection.protocol_error else RESET)
+            return
+        if not self.streaming:   # a committed head still held goes out first, as Envoy's does
+            self.streaming = True
+            self.stream.conn.write(head)
+            if not self.no_body:
+                for chunk in self.body:
+                    self._relay(chunk)
+            self.body.clear()
+        if self.connection.protocol_error:
+            self.stream.flags = "UPE"
+            self.stream.details = CUT_BY_PROTOCOL_ERROR
+            self._fail_downstream()
         else:
             self.stream.flags = "UC"
+            self.stream.details = CUT_BY_TERMINATION
             self._fail_downstream()
 
     def expire(self, kind: str) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from proxy.http import hash_cookie
 from proxy.http.attempt import GLOBAL_TIMEOUT, IDLE_TIMEOUT, UPSTREAM_DURATION, Attempt
-from proxy.http.client import UpstreamConnection
+from proxy.http.client import CUT_BY_PROTOCOL_ERROR, CUT_BY_TERMINATION, UpstreamConnection
 from proxy.http.exchange import Exchange
 from proxy.http.headers import Headers
 from proxy.http.response import LAST_CHUNK, encode_chunk
@@ -581,8 +581,14 @@ class Router:
         if attempt.expired is not None and not attempt.reset:
             charge_cut(stream, kind, self.manager.stats)
             conn.close()
+        elif attempt.reset and upstream.protocol_error:
+            stream.flags = "UPE"
+            stream.details = CUT_BY_PROTOCOL_ERROR
+            conn.abort()
         else:
             stream.flags = "UC"
+            if attempt.reset:
+                stream.details = CUT_BY_TERMINATION
             conn.abort()
         conn.response_done(False)
 

@@ -30,6 +30,8 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"
 WHOLE = HEAD + b"0123456789"
 WARM_UP = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 STALL = 4.0   # longer than any timeout here: the proxy gives up first
+# (elapsed-time bounds tell which timer cut a stream, with room for a loaded machine: a timer
+# may fire a little early, as Envoy's did at 0.4996 s for 0.5 s, and late by up to ~1 s)
 LOG_FORMAT = "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_SENT% %RESPONSE_CODE_DETAILS%\\n"
 KINDS = ["tulle", "envoy"]
 # tulle-proxy relays a body from its router coroutine (a fresh upstream connection) or from a
@@ -207,7 +209,7 @@ def test_a_response_body_that_stalls_is_cut_by_the_stream_idle_timeout(
     assert outcome.body == b"abcd"
     assert outcome.closed
     # the cut 0.5 s after the last chunk, then the delayed close (1 s)
-    assert 1.55 < outcome.elapsed < 2.3
+    assert 1.5 < outcome.elapsed < 3.0
     assert outcome.stats["http.main.downstream_rq_idle_timeout"] == 1
     assert outcome.log == "200 SI 4 stream_idle_timeout"
 
@@ -232,7 +234,7 @@ def test_a_request_body_that_stalls_midway_gets_408_from_the_stream_idle_timeout
                       body=[(0.3, b"de"), (0.3, b"f")])
     assert outcome.status == 408
     assert outcome.body == b"stream timeout"
-    assert 1.05 < outcome.elapsed < 1.5
+    assert 1.0 < outcome.elapsed < 2.0
     assert outcome.stats["http.main.downstream_rq_idle_timeout"] == 1
     assert outcome.log == "408 SI 14 stream_idle_timeout"
 
@@ -248,7 +250,7 @@ def test_an_attempt_without_a_head_within_the_per_try_idle_timeout_is_retried(
     outcome = through(kind, lambda number: [(STALL if number == 1 else 0.0, WHOLE)],
                       route=PER_TRY_IDLE % ("5xx", 2))
     assert outcome.status == 200
-    assert 0.5 < outcome.elapsed < 0.9
+    assert 0.45 < outcome.elapsed < 2.0
     assert outcome.stats["cluster.a.upstream_rq_per_try_idle_timeout"] == 1
     assert outcome.stats["cluster.a.upstream_rq_retry"] == 1
     assert outcome.log == "200 - 10 via_upstream"
@@ -283,7 +285,7 @@ def test_a_response_body_that_stalls_is_cut_by_the_per_try_idle_timeout(
                       route=PER_TRY_IDLE % ("5xx", 2))
     assert outcome.body == b"abcd"
     assert outcome.closed
-    assert 1.7 < outcome.elapsed < 2.4   # 0.5 s after the last chunk, then the delayed close
+    assert 1.65 < outcome.elapsed < 3.0   # 0.5 s after the last chunk, then the delayed close
     assert outcome.stats["cluster.a.upstream_rq_per_try_idle_timeout"] == 1
     assert outcome.stats.get("cluster.a.upstream_rq_retry", 0) == 0   # a response begun is not retried
     assert outcome.log == "200 UT 4 upstream_per_try_idle_timeout"
@@ -301,7 +303,7 @@ def test_the_clusters_max_stream_duration_cuts_a_response_body_in_flight(
                       cluster_extra=UPSTREAM_DURATION, route=", retry_policy: {retry_on: '5xx,reset', num_retries: 2}")
     assert outcome.body == b"abcd"
     assert outcome.closed
-    assert 1.45 < outcome.elapsed < 2.1   # 0.5 s after the attempt began, then the delayed close
+    assert 1.4 < outcome.elapsed < 3.0   # 0.5 s after the attempt began, then the delayed close
     assert outcome.stats["cluster.a.upstream_rq_max_duration_reached"] == 1
     assert outcome.stats.get("cluster.a.upstream_rq_retry", 0) == 0
     assert outcome.log == "200 UMSDR 4 upstream_max_stream_duration_reached"
@@ -352,7 +354,7 @@ def test_the_streams_max_stream_duration_cuts_a_response_body_in_flight(
     outcome = through(kind, _stalls_after((0.0, HEAD + b"abc")), pooled=pooled, **STREAM_BOUNDS[where])
     assert outcome.body == b"abc"
     assert outcome.closed
-    assert 1.45 < outcome.elapsed < 2.1
+    assert 1.4 < outcome.elapsed < 3.0
     assert outcome.stats["http.main.downstream_rq_max_duration_reached"] == 1
     assert outcome.log == "200 - 3 max_duration_timeout"   # (no flag, in Envoy)
 
@@ -363,7 +365,7 @@ def test_the_connection_managers_max_stream_duration_bounds_the_wait_for_a_head(
     outcome = through(kind, lambda number: [(STALL, WHOLE)], hcm=HCM_DURATION, route=", timeout: 1s")
     assert outcome.status == 504
     assert outcome.body == b"downstream duration timeout"
-    assert 0.45 < outcome.elapsed < 0.9
+    assert 0.45 < outcome.elapsed < 2.0
     assert outcome.stats["http.main.downstream_rq_max_duration_reached"] == 1
     assert outcome.log == "504 - 27 max_duration_timeout"
 
@@ -471,5 +473,5 @@ def test_per_try_timers_run_from_the_end_of_the_request_body(
     outcome = through(kind, lambda number: [(STALL, WHOLE)], **TRICKLED,
                       route=f", retry_policy: {{retry_on: retriable-4xx, num_retries: 1, {option}: 0.5s}}")
     assert outcome.status == 504
-    assert 1.35 < outcome.elapsed < 1.8
+    assert 1.3 < outcome.elapsed < 2.5
     assert outcome.log == f"504 UT 24 upstream_{option}"

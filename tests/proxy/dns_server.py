@@ -1,6 +1,6 @@
 """A UDP DNS server on a thread for the DNS tests: each query is parsed (dnslib), `answer`
-fills its reply, and `send` sends it back. The tests' servers differ in `answer` (and a
-server that holds replies back, in `send`)."""
+fills its reply, and `send` sends it back. The tests' servers differ in `answer` (and one
+that holds replies back, in `send`)."""
 
 from __future__ import annotations
 

@@ -140,6 +140,28 @@ def cluster(name: str, *ports: int, extra: str = "") -> str:
       endpoints: [{{lb_endpoints: [{endpoints}]}}]"""
 
 
+def tcp_proxy_bootstrap(listener_port: int, upstream_port: int, *, admin_port: int = 0,
+                        cluster_extra: str = "") -> str:
+    """One tcp_proxy listener (stat prefix `tcp`) relaying to cluster `up`; `cluster_extra`
+    goes into the cluster (whole YAML lines, 4 spaces)."""
+    return f"""
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port or free_port()}}}}}}}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: up
+  clusters:
+{cluster("up", upstream_port, extra=cluster_extra)}
+"""
+
+
 def bootstrap(listener_port: int, upstream_port: int, hcm_extra: str = "", *, admin_port: int = 0,
               route_extra: str = "", cluster_extra: str = "") -> str:
     """One HCM listener routing everything to cluster `a`; `route_extra` goes into the route

@@ -9,16 +9,12 @@ the test's own whose resolv.conf names a DNS server there (tests/proxy/dns_ttl_p
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.kernel import KernelResources
+from tests.proxy.dns_namespace import run_probe
 from tests.proxy.dns_ttl_probe import NAMES, REFRESH, TTL
 
 pytestmark = pytest.mark.privileged
@@ -27,24 +23,12 @@ CADENCE_SLACK = 0.25   # seconds: timers, the loop and the DNS server's thread
 
 
 def observe(kind: str, *mode: str) -> dict[str, Any]:
-    kernel = KernelResources()
-    ns = kernel.netns("dnsttl")
-    etc = Path("/etc/netns") / ns   # `ip netns exec` mounts these over /etc/resolv.conf, /etc/hosts
-    try:
-        etc.mkdir(parents=True)
-        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-        if mode == ("hosts",):
-            names = " ".join(name for name, _ in NAMES.values())
-            (etc / "hosts").write_text(f"127.0.0.1 localhost\n127.0.0.2 {names}\n")
-        done = kernel.exec(ns, [sys.executable, "-m", "tests.proxy.dns_ttl_probe", kind, *mode], timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
-        observed: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(kind, observed)
-        return observed
-    finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        problems = kernel.cleanup()
-        assert not problems, problems
+    hosts = ""
+    if mode == ("hosts",):
+        hosts = "127.0.0.1 localhost\n127.0.0.2 " + " ".join(name for name, _ in NAMES.values()) + "\n"
+    observed = run_probe("tests.proxy.dns_ttl_probe", kind, *mode, hosts=hosts)
+    print(kind, observed)
+    return observed
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,14 @@ import pytest
 from proxy.bootstrap import parse_bootstrap
 from proxy.config_error import ConfigError
 from proxy.upstream.tcp_keepalive import TcpKeepalive
-from tests.proxy.running import RecordingUpstream, bootstrap, exchange, free_port, running_proxy
+from tests.proxy.running import (
+    RecordingUpstream,
+    bootstrap,
+    exchange,
+    free_port,
+    running_proxy,
+    tcp_proxy_bootstrap,
+)
 from tests.proxy.test_bootstrap import bootstrap as config_bootstrap
 
 _PIDFD_GETFD = 438   # x86_64 and aarch64 share this syscall number
@@ -87,37 +94,13 @@ def test_without_tcp_keepalive_upstream_sockets_have_none(kind: str, tmp_path: P
     assert _upstream_socket_options(kind, "", tmp_path) == (0,)
 
 
-def _tcp_proxy_bootstrap(port: int, upstream: int) -> str:
-    return f"""
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: up
-  clusters:
-  - name: up
-    type: STATIC
-    connect_timeout: 1s
-{KEEPALIVE}
-    load_assignment:
-      cluster_name: up
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
-"""
-
-
 @pytest.mark.privileged
 @pytest.mark.parametrize("kind", ["tulle", "envoy"])
 def test_tcp_proxy_upstream_sockets_get_the_clusters_tcp_keepalive(kind: str, tmp_path: Path) -> None:
     port = free_port()
     upstream = RecordingUpstream()
     try:
-        with running_proxy(kind, _tcp_proxy_bootstrap(port, upstream.port), port, tmp_path), \
+        with running_proxy(kind, tcp_proxy_bootstrap(port, upstream.port, cluster_extra=KEEPALIVE), port, tmp_path), \
                 socket.create_connection(("127.0.0.1", port), timeout=3) as client:
             client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             assert client.recv(65536).startswith(b"HTTP/1.1 200")   # the upstream connection is up

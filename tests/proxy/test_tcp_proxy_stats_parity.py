@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.running import ThreadedUpstream, free_port, running_proxy
+from tests.proxy.running import ThreadedUpstream, free_port, running_proxy, tcp_proxy_bootstrap
 
 BULK = 256 * 1024   # past the 64 KiB read that sends a direction to splice(2)
 STATS = ("upstream_cx_total", "upstream_cx_destroy", "upstream_cx_destroy_local",
@@ -31,29 +31,6 @@ class ScriptedEchoUpstream(ThreadedUpstream):
             if first and data.startswith(b"q"):
                 return
             first = False
-
-
-def tcp_bootstrap(port: int, admin: int, upstream: int) -> str:
-    return f"""
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: echo
-  clusters:
-  - name: echo
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: echo
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
-"""
 
 
 def _read_all(sock: socket.socket, size: int) -> bytes:
@@ -101,7 +78,7 @@ def bulk_echo(port: int) -> None:
 def _cluster_stats(admin: int) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as reply:
         lines = dict(line.split(": ", 1) for line in reply.read().decode().splitlines() if ": " in line)
-    return {stat: int(lines[f"cluster.echo.{stat}"]) for stat in STATS}
+    return {stat: int(lines[f"cluster.up.{stat}"]) for stat in STATS}
 
 
 def _observe(kind: str, traffic: Callable[[int], None], workdir: Path) -> dict[str, int]:
@@ -109,7 +86,7 @@ def _observe(kind: str, traffic: Callable[[int], None], workdir: Path) -> dict[s
     upstream = ScriptedEchoUpstream()
     port, admin = free_port(), free_port()
     try:
-        with running_proxy(kind, tcp_bootstrap(port, admin, upstream.port), port, workdir):
+        with running_proxy(kind, tcp_proxy_bootstrap(port, upstream.port, admin_port=admin), port, workdir):
             # the readiness probe's connection went through to the upstream too: counted apart
             time.sleep(0.3)
             before = _cluster_stats(admin)

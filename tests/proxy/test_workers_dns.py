@@ -6,35 +6,18 @@ counting DNS server there (tests/proxy/dns_probe.py)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.kernel import KernelResources
+from tests.proxy.dns_namespace import run_probe
 
 pytestmark = pytest.mark.privileged
 
 
 def observe(kind: str) -> dict[str, Any]:
-    kernel = KernelResources()
-    ns = kernel.netns("dns")
-    etc = Path("/etc/netns") / ns   # `ip netns exec` mounts its resolv.conf over /etc/resolv.conf
-    try:
-        etc.mkdir(parents=True)
-        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-        done = kernel.exec(ns, [sys.executable, "-m", "tests.proxy.dns_probe", kind], timeout=90)
-        assert done.returncode == 0, done.stderr[-3000:]
-        observed: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return observed
-    finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        problems = kernel.cleanup()
-        assert not problems, problems
+    return run_probe("tests.proxy.dns_probe", kind, timeout=90)
 
 
 @pytest.fixture(scope="module")

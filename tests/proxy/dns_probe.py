@@ -7,7 +7,6 @@ upstream (and how many workers) served requests before and after the answer chan
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 from dnslib import QTYPE, RR, A, DNSRecord
 
+from tests.ports import free_port
 from tests.proxy.dns_server import ThreadedDnsServer
 from tests.proxy.running import exchange, hcm_bootstrap
 from tests.proxy.test_workers_health import ProbedUpstream
@@ -71,9 +71,9 @@ def main(kind: str) -> None:
     port = first.port
     second = ProbedUpstream(address=("127.0.0.2", port))
     dns = CountingDns("127.0.0.1")
-    listener = _free_port()
+    listener = free_port()
     config = hcm_bootstrap(listener, "              - {match: {prefix: /}, route: {cluster: web}}", cluster(port),
-                           admin_port=_free_port())
+                           admin_port=free_port())
     proxy = ProxyProcess(kind, yaml.safe_load(config), prefix=f"workerdns-{kind}-",  # type: ignore[arg-type]
                          until_live=True, concurrency=2)
     try:
@@ -91,12 +91,6 @@ def main(kind: str) -> None:
         dns.close()
         first.close()
         second.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

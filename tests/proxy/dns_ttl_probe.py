@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import yaml
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from tests.ports import free_port
 from tests.proxy.dns_server import ThreadedDnsServer
 from tests.proxy.running import exchange, hcm_bootstrap
 from tests.proxy.test_workers_health import ProbedUpstream
@@ -165,10 +165,10 @@ def hosts_main(kind: str) -> None:
     port = first.port
     second = ProbedUpstream(address=("127.0.0.2", port))
     dns = TtlDns("127.0.0.1")
-    listener = _free_port()
+    listener = free_port()
     routes = "\n".join(f"              - {{match: {{prefix: /{cluster}}}, route: {{cluster: {cluster}}}}}"
                        for cluster in NAMES)
-    config = hcm_bootstrap(listener, routes, clusters(port), admin_port=_free_port())
+    config = hcm_bootstrap(listener, routes, clusters(port), admin_port=free_port())
     proxy = ProxyProcess(kind, yaml.safe_load(config), prefix=f"dnshosts-{kind}-",  # type: ignore[arg-type]
                          until_live=True, concurrency=2)
     try:
@@ -188,10 +188,10 @@ def main(kind: str) -> None:
     second = ProbedUpstream(address=("127.0.0.2", port))
     upstreams = [first, second]
     dns = TtlDns("127.0.0.1")
-    listener = _free_port()
+    listener = free_port()
     routes = "\n".join(f"              - {{match: {{prefix: /{cluster}}}, route: {{cluster: {cluster}}}}}"
                        for cluster in NAMES)
-    admin = _free_port()
+    admin = free_port()
     config = hcm_bootstrap(listener, routes, clusters(port), admin_port=admin)
     proxy = ProxyProcess(kind, yaml.safe_load(config), prefix=f"dnsttl-{kind}-",  # type: ignore[arg-type]
                          until_live=True, concurrency=2)
@@ -228,12 +228,6 @@ def main(kind: str) -> None:
         dns.close()
         first.close()
         second.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -81,7 +81,10 @@ static_resources:
             deadline = time.monotonic() + 10   # both flush about once a second
             while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
                 time.sleep(0.1)
-    return [normalised(line) for line in log.read_text().splitlines(keepends=True)]
+    # in content order: each connection's line is written when it closes, and the readiness
+    # probe's pair may close after the relayed one (the upstream serves both at once); sorted,
+    # the probe's line (0 bytes) comes first, the relayed one second, the refused one last
+    return sorted(normalised(line) for line in log.read_text().splitlines(keepends=True))
 
 
 @pytest.mark.timeout(60)
